@@ -1,0 +1,46 @@
+# MetTrack developer commands. Every target creates/updates ./.venv from pyproject.toml itself;
+# the install step is skipped when pyproject.toml has not changed since the last install.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PG_URL ?= postgres://postgres@127.0.0.1:5432/mettrack
+REDIS_URL ?= redis://127.0.0.1:6379/0
+DEMO_DB ?= sqlite:///$(CURDIR)/var/demo.sqlite3
+
+.PHONY: venv demo demo-data serve test lint bench services browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make demo: embedded SQLite database, demo trial, whole pipeline, dashboard on http://127.0.0.1:8000
+demo: venv
+	mkdir -p var
+	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py migrate --noinput
+	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py load_demo
+	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
+
+## make test: lint, then the whole suite against the real PostgreSQL and Redis
+test: venv lint services browser
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+services:
+	scripts/ensure-services.sh
+
+browser:
+	scripts/ensure-chromium.sh
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf var .pytest_cache
