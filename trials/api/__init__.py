@@ -1,0 +1,1 @@
+"""REST API of the trials app (``/api/v1/``)."""

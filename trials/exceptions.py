@@ -1,0 +1,51 @@
+"""Exceptions raised by ``trials.services``; the API maps each to an HTTP status.
+
+``ServiceError`` subclasses carry a clear, user-facing message and, for invalid input, field-level
+messages (``field_errors``), so that no caller ever has to show an IntegrityError.
+"""
+
+from __future__ import annotations
+
+from trials.models import AuditImmutableError
+
+__all__ = [
+    "AuditImmutableError",
+    "DuplicateError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "ServiceError",
+]
+
+
+class ServiceError(Exception):
+    """Base class of every error a service raises on purpose.
+
+    Args:
+        message: what went wrong, in words a user can act on.
+        field_errors: optional ``{field name: [messages]}``.
+    """
+
+    http_status = 400
+
+    def __init__(self, message: str, field_errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field_errors: dict[str, list[str]] = field_errors or {}
+
+
+class InvalidInputError(ServiceError, ValueError):
+    """The input is invalid (HTTP 400): a field value, or objects from different trials mixed."""
+
+    http_status = 400
+
+
+class DuplicateError(ServiceError):
+    """The object would duplicate an existing one (HTTP 409): same subject id, visit label, UID..."""
+
+    http_status = 409
+
+
+class InvalidStateError(ServiceError):
+    """The verb does not apply in the object's current state (HTTP 409), e.g. confirming twice."""
+
+    http_status = 409

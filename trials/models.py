@@ -1,0 +1,685 @@
+"""Data model of MetTrack trials (see ../shared/design.md, "Data model").
+
+What is here:
+    Trial            code, title, and the RANO-BM criteria settings (rano-bm.md section 9) as fields;
+                     ``Trial.criteria_settings()`` returns them as a dict (stored with every assessment).
+    Site             a trial site (code unique per trial).
+    TrialMembership  user x trial (x optional site) x role (investigator | data_manager | radiologist | admin).
+    Patient          pseudonymous ``subject_id`` (unique per trial), enrolment and treatment-start dates.
+    Timepoint        visit: ``visit_label`` (unique per patient), ``scan_date``, ``is_baseline`` (one baseline
+                     per patient), corticosteroid and clinical status.
+    ImagingSeries    one MR series of a visit: Study/Series Instance UID (unique), geometry, stored volume,
+                     sha256 checksum, source.
+    ModelVersion     segmentation model: architecture, config, weights sha256 (unique), provenance, metrics.
+    SegmentationRun  one model over one series (unique per series + model weights sha256), outputs, timings.
+    Lesion           stable per-patient label (L1, L2, ...), role target | non_target, reader flags.
+    LesionObservation one lesion at one visit: every measurement of rano-bm.md section 1 in physical mm.
+    Assessment       response at one visit for one criteria (rano_bm | volumetric): sums, % changes, nadir,
+                     target / non-target / new-lesion / overall response, reasons, settings, engine version,
+                     review status and signature; ``supersedes`` chains overrides, ``is_current`` marks the
+                     live one (one current per visit and criteria).
+    AuditEvent       append-only audit trail; updates and deletes are refused by the model, the queryset
+                     and a database trigger.
+    ProcessingJob    background work shown as progress (kind, generic object, Celery task id, state, %).
+
+Models hold fields, constraints and small derived properties only. Every state change goes through
+``trials.services`` so that it is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from simple_history.models import HistoricalRecords
+
+from trials.choices import (
+    AssessmentSource,
+    AssessmentStatus,
+    ClinicalStatus,
+    CorticosteroidStatus,
+    Criteria,
+    JobKind,
+    JobState,
+    LesionRole,
+    MembershipRole,
+    NewLesionStatus,
+    ObservationSource,
+    ResponseChoices,
+    RunStatus,
+    SeriesSource,
+    SignatureMeaning,
+)
+
+
+class AuditImmutableError(Exception):
+    """Raised on any attempt to update or delete an AuditEvent row."""
+
+
+class Trial(models.Model):
+    """A clinical trial and the protocol settings of its response criteria.
+
+    The settings default to rano-bm.md section 9. Percent thresholds are signed percentages of change
+    (``pr_threshold_pct = -30`` means "a decrease of at least 30%").
+    """
+
+    code = models.CharField(
+        max_length=32,
+        unique=True,
+        help_text="Short protocol code, e.g. DEMO-BM.",
+        error_messages={"unique": "A trial with this code already exists."},
+    )
+    title = models.CharField(max_length=255)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # rano-bm.md section 9: protocol settings, never constants in code.
+    max_targets = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1)])
+    measurable_min_ld_mm = models.FloatField(default=10.0, validators=[MinValueValidator(0.0)])
+    min_lesion_volume_mm3 = models.FloatField(default=5.0, validators=[MinValueValidator(0.0)])
+    too_small_mm = models.FloatField(default=5.0, validators=[MinValueValidator(0.0)])
+    new_lesion_min_ld_mm = models.FloatField(default=5.0, validators=[MinValueValidator(0.0)])
+    confirmation_days = models.PositiveIntegerField(default=28)
+    min_sd_days = models.PositiveIntegerField(default=42)
+    pr_threshold_pct = models.FloatField(default=-30.0, validators=[MaxValueValidator(0.0)])
+    pd_threshold_pct = models.FloatField(default=20.0, validators=[MinValueValidator(0.0)])
+    pd_min_lesion_increase_mm = models.FloatField(default=5.0, validators=[MinValueValidator(0.0)])
+    vol_pr_threshold_pct = models.FloatField(default=-65.0, validators=[MaxValueValidator(0.0)])
+    vol_pd_threshold_pct = models.FloatField(default=73.0, validators=[MinValueValidator(0.0)])
+    immunotherapy = models.BooleanField(
+        default=False, help_text="When on, new lesions alone do not define progression (rano-bm.md 5)."
+    )
+
+    history = HistoricalRecords()
+
+    #: Field names of the criteria settings, in rano-bm.md section 9 order.
+    CRITERIA_SETTING_FIELDS: tuple[str, ...] = (
+        "max_targets",
+        "measurable_min_ld_mm",
+        "min_lesion_volume_mm3",
+        "too_small_mm",
+        "new_lesion_min_ld_mm",
+        "confirmation_days",
+        "min_sd_days",
+        "pr_threshold_pct",
+        "pd_threshold_pct",
+        "pd_min_lesion_increase_mm",
+        "vol_pr_threshold_pct",
+        "vol_pd_threshold_pct",
+        "immunotherapy",
+    )
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+    def criteria_settings(self) -> dict[str, Any]:
+        """Return the response-criteria settings as a JSON-safe dict.
+
+        Returns:
+            ``{field name: value}`` for every field of ``CRITERIA_SETTING_FIELDS`` (percent thresholds as
+            signed percentages, e.g. ``{"pr_threshold_pct": -30.0, ...}``). Stored verbatim in
+            ``Assessment.settings``.
+        """
+        return {name: getattr(self, name) for name in self.CRITERIA_SETTING_FIELDS}
+
+
+class Site(models.Model):
+    """A participating site of a trial."""
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="sites")
+    code = models.CharField(max_length=32)
+    name = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["trial_id", "code"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trial", "code"],
+                name="unique_site_code_per_trial",
+                violation_error_message="A site with this code already exists in this trial.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trial_id}:{self.code}"
+
+
+class TrialMembership(models.Model):
+    """A user's role in one trial. A user may hold several roles in a trial (one row each)."""
+
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="memberships")
+    site = models.ForeignKey(
+        Site,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="memberships",
+        help_text="Optional: the site the user belongs to.",
+    )
+    role = models.CharField(max_length=20, choices=MembershipRole.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["trial_id", "user_id", "role"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trial", "user", "role"],
+                name="unique_membership_role",
+                violation_error_message="This user already has this role in this trial.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.trial_id}:{self.role}"
+
+
+class Patient(models.Model):
+    """A trial subject, identified only by a pseudonymous subject id (no names are ever stored)."""
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="patients")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="patients")
+    subject_id = models.CharField(
+        max_length=64, help_text="Pseudonymous subject id, unique within the trial."
+    )
+    enrolment_date = models.DateField(null=True, blank=True)
+    treatment_start_date = models.DateField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["trial_id", "subject_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trial", "subject_id"],
+                name="unique_subject_id_per_trial",
+                violation_error_message="A patient with this subject id already exists in this trial.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject_id
+
+
+class Timepoint(models.Model):
+    """One imaging visit of a patient."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="timepoints")
+    visit_label = models.CharField(max_length=32, help_text="e.g. BASELINE, FU1, FU2.")
+    scan_date = models.DateField()
+    is_baseline = models.BooleanField(default=False)
+    corticosteroid_status = models.CharField(
+        max_length=12, choices=CorticosteroidStatus.choices, default=CorticosteroidStatus.NONE
+    )
+    clinical_status = models.CharField(
+        max_length=12, choices=ClinicalStatus.choices, default=ClinicalStatus.STABLE
+    )
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["patient_id", "scan_date", "visit_label"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "visit_label"],
+                name="unique_visit_label_per_patient",
+                violation_error_message="This patient already has a visit with this label.",
+                violation_error_code="duplicate",
+            ),
+            models.UniqueConstraint(
+                fields=["patient"],
+                condition=Q(is_baseline=True),
+                name="one_baseline_per_patient",
+                violation_error_message="This patient already has a baseline visit.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.patient_id}:{self.visit_label}"
+
+
+class ImagingSeries(models.Model):
+    """One MR series of a visit (DICOM PS3.3 General Study C.7.2.1 / General Series C.7.3.1 modules).
+
+    Geometry is of the stored volume, in LPS physical coordinates as SimpleITK reports it.
+    """
+
+    timepoint = models.ForeignKey(Timepoint, on_delete=models.PROTECT, related_name="series")
+    study_instance_uid = models.CharField(max_length=64, blank=True)
+    series_instance_uid = models.CharField(
+        max_length=64,
+        unique=True,
+        error_messages={"unique": "A series with this Series Instance UID already exists."},
+    )
+    modality = models.CharField(max_length=16, default="MR")
+    series_description = models.CharField(max_length=255, blank=True)
+    # Geometry: (x, y, z) order, as SimpleITK GetSize/GetSpacing/GetOrigin; direction is 9 floats row-major.
+    size_voxels = models.JSONField(null=True, blank=True, help_text="[x, y, z] voxel counts.")
+    spacing_mm = models.JSONField(null=True, blank=True, help_text="[x, y, z] voxel spacing in mm.")
+    origin_mm = models.JSONField(null=True, blank=True, help_text="[x, y, z] physical origin in mm (LPS).")
+    direction = models.JSONField(
+        null=True, blank=True, help_text="3x3 direction cosines, row-major (9 floats)."
+    )
+    volume_file = models.FileField(upload_to="series/", blank=True, help_text="Stored volume (NIfTI).")
+    checksum_sha256 = models.CharField(max_length=64, blank=True)
+    source = models.CharField(max_length=16, choices=SeriesSource.choices, default=SeriesSource.UPLOAD_DICOM)
+    original_filename = models.CharField(max_length=255, blank=True)
+    uploaded_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["timepoint_id", "id"]
+        verbose_name_plural = "imaging series"
+
+    def __str__(self) -> str:
+        return self.series_instance_uid
+
+
+class ModelVersion(models.Model):
+    """A registered segmentation model (a MONAI bundle-like model card in database form)."""
+
+    name = models.CharField(max_length=100)
+    version = models.CharField(max_length=32)
+    architecture = models.CharField(max_length=100, help_text="e.g. MONAI UNETR.")
+    config = models.JSONField(default=dict, blank=True, help_text="Network and inference configuration.")
+    weights_sha256 = models.CharField(
+        max_length=64,
+        unique=True,
+        error_messages={"unique": "A model version with these weights (sha256) is already registered."},
+    )
+    weights_path = models.CharField(max_length=500, blank=True)
+    training_provenance = models.JSONField(default=dict, blank=True, help_text="Command, seed, data, commit.")
+    validation_metrics = models.JSONField(default=dict, blank=True)
+    intended_use = models.TextField(blank=True)
+    is_demo = models.BooleanField(default=False, help_text="Demo weights: not for clinical use.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name", "version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "version"],
+                name="unique_model_name_version",
+                violation_error_message="A model with this name and version already exists.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+class SegmentationRun(models.Model):
+    """One segmentation model applied to one series.
+
+    ``model_weights_sha256`` copies ``model_version.weights_sha256`` so that the database itself keeps a
+    re-run of the same weights on the same series from creating a second row.
+    """
+
+    series = models.ForeignKey(ImagingSeries, on_delete=models.PROTECT, related_name="segmentation_runs")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="runs")
+    model_weights_sha256 = models.CharField(max_length=64)
+    device = models.CharField(max_length=32, blank=True, help_text="e.g. cpu, cuda:0.")
+    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    timings_s = models.JSONField(default=dict, blank=True, help_text="Seconds per stage.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    mask_file = models.FileField(upload_to="masks/", blank=True)
+    rtstruct_file = models.FileField(upload_to="rtstruct/", blank=True)
+    seg_file = models.FileField(upload_to="seg/", blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["series_id", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["series", "model_weights_sha256"],
+                name="unique_run_per_series_and_weights",
+                violation_error_message="This series has already been segmented with these model weights.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of series {self.series_id}"
+
+
+class Lesion(models.Model):
+    """A lesion of a patient, followed across visits under a stable label that never changes."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="lesions")
+    label = models.CharField(max_length=16, help_text="Stable label L1, L2, ...")
+    role = models.CharField(max_length=12, choices=LesionRole.choices, default=LesionRole.NON_TARGET)
+    role_set_by_reader = models.BooleanField(
+        default=False, help_text="The reader changed the engine's target selection (rano-bm.md 2)."
+    )
+    first_seen_timepoint = models.ForeignKey(
+        Timepoint, on_delete=models.PROTECT, null=True, blank=True, related_name="first_seen_lesions"
+    )
+    # Reader flags (rano-bm.md section 2).
+    is_cystic = models.BooleanField(default=False)
+    is_dural = models.BooleanField(default=False)
+    is_bony = models.BooleanField(default=False)
+    is_leptomeningeal = models.BooleanField(default=False)
+    previously_irradiated = models.BooleanField(default=False)
+    progressing_since_treatment = models.BooleanField(
+        default=False, help_text="Irradiated lesion the reader marks as progressing: eligible as a target."
+    )
+    too_small_to_measure = models.BooleanField(default=False)
+    is_false_positive = models.BooleanField(default=False, help_text="Dropped by a reader as not a lesion.")
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["patient_id", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient", "label"],
+                name="unique_lesion_label_per_patient",
+                violation_error_message="This patient already has a lesion with this label.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.patient_id}:{self.label}"
+
+
+class LesionObservation(models.Model):
+    """One lesion at one visit, with every measurement of rano-bm.md section 1 (physical mm).
+
+    One observation per lesion and visit: a reader's edit updates the row (source becomes ``edited``)
+    and the AI values stay in the row history. A split lesion's fragments are summed into one row
+    (``fragment_count``). ``present=False`` records a lesion absent at this visit (counts 0 mm).
+    """
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="observations")
+    timepoint = models.ForeignKey(Timepoint, on_delete=models.PROTECT, related_name="observations")
+    segmentation_run = models.ForeignKey(
+        SegmentationRun, on_delete=models.PROTECT, null=True, blank=True, related_name="observations"
+    )
+    source = models.CharField(max_length=8, choices=ObservationSource.choices, default=ObservationSource.AI)
+    present = models.BooleanField(default=True)
+    component_label = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Label value of this lesion in the run's labelled mask."
+    )
+    fragment_count = models.PositiveSmallIntegerField(default=1)
+
+    longest_diameter_mm = models.FloatField(null=True, blank=True)
+    perpendicular_diameter_mm = models.FloatField(null=True, blank=True)
+    volume_mm3 = models.FloatField(null=True, blank=True)
+    max_3d_diameter_mm = models.FloatField(null=True, blank=True)
+    centroid_x_mm = models.FloatField(null=True, blank=True)
+    centroid_y_mm = models.FloatField(null=True, blank=True)
+    centroid_z_mm = models.FloatField(null=True, blank=True)
+    slice_count = models.PositiveIntegerField(null=True, blank=True)
+    ld_slice_index = models.IntegerField(null=True, blank=True, help_text="Axial slice index of the LD.")
+    caliper_points_mm = models.JSONField(
+        null=True, blank=True, help_text="LD end points: [[x, y, z], [x, y, z]] physical mm (LPS)."
+    )
+    perpendicular_points_mm = models.JSONField(
+        null=True, blank=True, help_text="Perpendicular diameter end points: [[x, y, z], [x, y, z]] mm."
+    )
+    intensity_mean = models.FloatField(null=True, blank=True)
+    intensity_sd = models.FloatField(null=True, blank=True)
+    intensity_min = models.FloatField(null=True, blank=True)
+    intensity_max = models.FloatField(null=True, blank=True)
+    measurable = models.BooleanField(default=False)
+    measurable_reason = models.CharField(max_length=255, blank=True)
+    unequivocal_progression = models.BooleanField(
+        default=False, help_text="Reader judgement: unequivocal progression of a non-target (rano-bm.md 4)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["timepoint_id", "lesion_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lesion", "timepoint"],
+                name="unique_observation_per_lesion_visit",
+                violation_error_message="This lesion already has an observation at this visit.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lesion_id}@{self.timepoint_id}"
+
+
+class Assessment(models.Model):
+    """Response of one visit under one criteria, by the rules engine or a radiologist.
+
+    Diameter sums are in mm (RANO-BM), volume sums in mm3 (volumetric); percent changes are signed.
+    An override creates a new row that ``supersedes`` the previous one; exactly one row per visit and
+    criteria is ``is_current``.
+    """
+
+    timepoint = models.ForeignKey(Timepoint, on_delete=models.PROTECT, related_name="assessments")
+    criteria = models.CharField(max_length=12, choices=Criteria.choices, default=Criteria.RANO_BM)
+    source = models.CharField(max_length=12, choices=AssessmentSource.choices, default=AssessmentSource.AI)
+
+    sum_ld_mm = models.FloatField(null=True, blank=True)
+    baseline_sum_ld_mm = models.FloatField(null=True, blank=True)
+    nadir_sum_ld_mm = models.FloatField(null=True, blank=True)
+    sum_volume_mm3 = models.FloatField(null=True, blank=True)
+    baseline_sum_volume_mm3 = models.FloatField(null=True, blank=True)
+    nadir_sum_volume_mm3 = models.FloatField(null=True, blank=True)
+    pct_change_from_baseline = models.FloatField(null=True, blank=True)
+    pct_change_from_nadir = models.FloatField(null=True, blank=True)
+    nadir_timepoint = models.ForeignKey(
+        Timepoint, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    target_response = models.CharField(max_length=16, choices=ResponseChoices.choices, blank=True)
+    non_target_response = models.CharField(max_length=16, choices=ResponseChoices.choices, blank=True)
+    new_lesion_status = models.CharField(
+        max_length=12, choices=NewLesionStatus.choices, default=NewLesionStatus.NONE
+    )
+    overall_response = models.CharField(
+        max_length=16, choices=ResponseChoices.choices, blank=True, help_text="Blank at baseline."
+    )
+    volumetric_response = models.CharField(
+        max_length=16,
+        choices=ResponseChoices.choices,
+        blank=True,
+        help_text="Volumetric response computed alongside (rano-bm.md 8), for disagreement reporting.",
+    )
+    confirmed = models.BooleanField(
+        default=False, help_text="CR/PR confirmed by a later visit (rano-bm.md 7)."
+    )
+    best_overall_response = models.CharField(
+        max_length=16, choices=ResponseChoices.choices, blank=True, help_text="BOR up to this visit."
+    )
+    progression_date = models.DateField(null=True, blank=True, help_text="Possibly backdated (rano-bm.md 5).")
+    reasons = models.JSONField(
+        default=list, blank=True, help_text="Rule outcomes, in words a reader can check."
+    )
+    settings = models.JSONField(default=dict, blank=True, help_text="Trial.criteria_settings() used.")
+    engine_version = models.CharField(max_length=32, blank=True)
+
+    status = models.CharField(max_length=12, choices=AssessmentStatus.choices, default=AssessmentStatus.DRAFT)
+    signed_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    signed_at = models.DateTimeField(null=True, blank=True)
+    signature_meaning = models.CharField(max_length=24, choices=SignatureMeaning.choices, blank=True)
+    comment = models.TextField(blank=True)
+    supersedes = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="superseded_by"
+    )
+    is_current = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["timepoint_id", "criteria", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["timepoint", "criteria"],
+                condition=Q(is_current=True),
+                name="one_current_assessment_per_visit_criteria",
+                violation_error_message="This visit already has a current assessment for these criteria.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.timepoint_id}:{self.criteria}:{self.overall_response or '-'}"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """QuerySet that refuses bulk updates and deletes of audit rows."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise AuditImmutableError("Audit events are append-only: they cannot be updated.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AuditImmutableError("Audit events are append-only: they cannot be deleted.")
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> int:
+        raise AuditImmutableError("Audit events are append-only: they cannot be updated.")
+
+    def update_or_create(self, *args: Any, **kwargs: Any) -> Any:
+        raise AuditImmutableError("Audit events are append-only: use trials.services.record_audit_event.")
+
+
+class AuditEvent(models.Model):
+    """One entry of the append-only audit trail, written by ``trials.services`` in the same transaction
+    as the change it records. Rows are never updated or deleted (model, queryset and database trigger).
+
+    ``actor_name`` copies the user name so the entry keeps its meaning if the account is renamed.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Null for the system (pipeline).",
+    )
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    trial = models.ForeignKey(
+        Trial,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+        help_text="Trial the object belongs to, for per-trial access.",
+    )
+    object_type = models.CharField(max_length=100, help_text="app_label.model of the object.")
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=255, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.object_type}#{self.object_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Insert the row; refuse to save a row that already exists."""
+        if self.pk is not None and not self._state.adding:
+            raise AuditImmutableError("Audit events are append-only: an existing event cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Always refused."""
+        raise AuditImmutableError("Audit events are append-only: they cannot be deleted.")
+
+
+class ProcessingJob(models.Model):
+    """Background work (ingest, segmentation, assessment, export) shown as progress.
+
+    The job row is saved first and the Celery task is enqueued on commit, so a task never runs for a
+    job that does not exist. ``content_object`` points at what the job works on (a series, a patient...).
+    """
+
+    kind = models.CharField(max_length=16, choices=JobKind.choices)
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
+    content_type = models.ForeignKey(ContentType, on_delete=models.PROTECT, null=True, blank=True)
+    object_id = models.PositiveBigIntegerField(null=True, blank=True)
+    content_object = GenericForeignKey("content_type", "object_id")
+    params = models.JSONField(default=dict, blank=True, help_text="Task arguments (ids only).")
+    result = models.JSONField(default=dict, blank=True)
+    celery_task_id = models.CharField(max_length=255, blank=True, db_index=True)
+    state = models.CharField(max_length=12, choices=JobState.choices, default=JobState.QUEUED)
+    progress_pct = models.PositiveSmallIntegerField(
+        default=0, validators=[MinValueValidator(0), MaxValueValidator(100)]
+    )
+    stage = models.CharField(max_length=64, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    correlation_id = models.CharField(max_length=64, blank=True, db_index=True)
+    time_limit_s = models.PositiveIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    enqueued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-enqueued_at", "-id"]
+        indexes = [models.Index(fields=["content_type", "object_id"], name="job_object_idx")]
+        constraints = [
+            models.CheckConstraint(condition=Q(progress_pct__lte=100), name="job_progress_pct_lte_100"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.pk} ({self.state})"
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds between start and finish, or None while not finished."""
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
