@@ -12,7 +12,7 @@ PG_FORWARD = """
 CREATE OR REPLACE FUNCTION trials_auditevent_refuse_change() RETURNS trigger AS $$
 BEGIN
     RAISE EXCEPTION 'trials_auditevent is append-only: % refused', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
+        USING ERRCODE = 'restrict_violation';
 END;
 $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS trials_auditevent_append_only ON trials_auditevent;
@@ -52,7 +52,9 @@ SQLITE_REVERSE = [
 def forward(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD)
+        # A plain cursor without parameters: the PL/pgSQL body contains "%" placeholders of RAISE.
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(PG_FORWARD)
     elif vendor == "sqlite":
         for statement in SQLITE_FORWARD:
             schema_editor.execute(statement)
@@ -61,7 +63,8 @@ def forward(apps, schema_editor):
 def reverse(apps, schema_editor):
     vendor = schema_editor.connection.vendor
     if vendor == "postgresql":
-        schema_editor.execute(PG_REVERSE)
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(PG_REVERSE)
     elif vendor == "sqlite":
         for statement in SQLITE_REVERSE:
             schema_editor.execute(statement)
