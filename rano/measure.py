@@ -1,0 +1,631 @@
+"""Measurement of every lesion of a label image in physical millimetres (rano-bm.md section 1).
+
+The longest diameter (LD) is the largest in-plane Feret diameter over the axial slices of a lesion,
+taken between the outer edges of its voxels: the convex hull of the voxel *corners*, so a voxelised
+20 mm sphere measures 20 mm within one voxel. The perpendicular diameter is the longest chord of that
+hull, on the LD slice, perpendicular to the LD. The maximum 3D diameter uses the 3D hull of the same
+corners. Every number is computed on the lesion's bounding-box crop; the full volume is never copied
+per lesion.
+
+Geometry: spacing is never assumed isotropic, and direction cosines are honoured. When one of the
+image's index axes lies within 45 degrees of the physical superior-inferior axis, slices across that
+axis are the axial plane (no resampling). Otherwise the label image is reformatted (nearest neighbour)
+onto an axial grid for the in-plane measurements; volume, centroid, 3D diameter and intensity stats
+always come from the native grid, where they are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from rano.errors import GeometryError
+from rano.settings import ResponseSettings
+
+Point3 = tuple[float, float, float]
+
+#: Slice planes within this angle of true axial are used as they are (rano-bm.md section 1).
+AXIAL_TOLERANCE_DEG = 45.0
+#: Minimum perpendicular diameter of a measurable lesion (rano-bm.md section 2), mm.
+MIN_PERPENDICULAR_MM = 5.0
+#: Minimum number of axial slices showing a measurable lesion (rano-bm.md section 2).
+MIN_SLICES = 2
+
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical placement of a 3D voxel grid, in SimpleITK (x, y, z) index order.
+
+    Attributes:
+        spacing_mm: Voxel size along index axes i, j, k (mm).
+        origin_mm: Physical position of the centre of voxel (0, 0, 0) (mm).
+        direction: Row-major 3x3 direction cosines; column c is the physical direction of index axis c.
+    """
+
+    spacing_mm: Point3
+    origin_mm: Point3
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if len(self.spacing_mm) != 3 or len(self.origin_mm) != 3 or len(self.direction) != 9:
+            raise GeometryError("geometry needs 3 spacings, 3 origin coordinates and 9 direction cosines")
+        if not all(math.isfinite(s) and s > 0 for s in self.spacing_mm):
+            raise GeometryError(f"voxel spacing must be positive and finite, got {self.spacing_mm}")
+        if not all(math.isfinite(v) for v in (*self.origin_mm, *self.direction)):
+            raise GeometryError("origin and direction must be finite numbers")
+        d = self.matrix
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            raise GeometryError(f"direction cosines must form an orthonormal matrix, got {self.direction}")
+
+    @property
+    def matrix(self) -> NDArray[np.float64]:
+        """Direction cosines as a 3x3 array (columns are index-axis directions)."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        """Geometry of a 3D SimpleITK image."""
+        if image.GetDimension() != 3:
+            raise GeometryError(f"a 3D image is needed, got {image.GetDimension()}D")
+        return cls(
+            tuple(float(v) for v in image.GetSpacing()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetDirection()),
+        )
+
+    def to_physical(self, index_xyz: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Map continuous indices (n, 3), in (i, j, k) order, to physical points (n, 3) in mm."""
+        scaled = np.asarray(index_xyz, dtype=np.float64) * np.asarray(self.spacing_mm)
+        return scaled @ self.matrix.T + np.asarray(self.origin_mm)
+
+    def axial_axis(self) -> tuple[int, float]:
+        """Index axis closest to the physical z axis and its angle to it (degrees)."""
+        zcomp = np.abs(self.matrix[2, :])
+        axis = int(np.argmax(zcomp))
+        angle = math.degrees(math.acos(min(1.0, float(zcomp[axis]))))
+        return axis, angle
+
+
+@dataclass(frozen=True)
+class LesionMeasurement:
+    """Everything rano-bm.md section 1 asks of one lesion, in physical units.
+
+    Attributes:
+        label: Label value of the lesion in the label image.
+        voxel_count: Number of voxels.
+        volume_mm3: Voxel count x voxel volume (mm^3).
+        longest_diameter_mm: Largest in-plane Feret diameter over the axial slices (voxel corners).
+        perpendicular_diameter_mm: Longest chord perpendicular to the LD on the LD slice.
+        ld_slice_index: Index, along ``slice_axis``, of the slice carrying the LD (of the reformatted
+            axial grid when ``reformatted`` is true).
+        ld_endpoints_mm: Physical end points of the LD caliper (x, y, z mm).
+        perpendicular_endpoints_mm: Physical end points of the perpendicular caliper.
+        max_3d_diameter_mm: Largest distance between two voxel corners of the lesion (mm).
+        centroid_mm: Physical centre of mass of the voxel centres (mm).
+        slice_count: Number of axial slices on which the lesion appears.
+        slice_axis: Index axis (0=i, 1=j, 2=k) across which axial slices were taken.
+        slice_spacing_mm: Distance between those axial slices (mm).
+        reformatted: True when the image was reformatted to an axial grid for the in-plane measures.
+        bbox_index: First voxel index (i, j, k) of the lesion's bounding box in the native grid.
+        bbox_size: Size (i, j, k) of that bounding box, voxels.
+        intensity_mean: Mean image intensity inside the lesion (None without an image).
+        intensity_sd: Population standard deviation of the intensity (None without an image).
+        intensity_min: Minimum intensity (None without an image).
+        intensity_max: Maximum intensity (None without an image).
+        measurable: Whether the lesion is measurable (rano-bm.md section 2, geometry only; reader
+            flags such as cystic or dural are applied by :mod:`rano.response`).
+        not_measurable_reason: Why it is not measurable, None when it is.
+    """
+
+    label: int
+    voxel_count: int
+    volume_mm3: float
+    longest_diameter_mm: float
+    perpendicular_diameter_mm: float
+    ld_slice_index: int | None
+    ld_endpoints_mm: tuple[Point3, Point3] | None
+    perpendicular_endpoints_mm: tuple[Point3, Point3] | None
+    max_3d_diameter_mm: float
+    centroid_mm: Point3
+    slice_count: int
+    slice_axis: int
+    slice_spacing_mm: float
+    reformatted: bool
+    bbox_index: tuple[int, int, int]
+    bbox_size: tuple[int, int, int]
+    intensity_mean: float | None
+    intensity_sd: float | None
+    intensity_min: float | None
+    intensity_max: float | None
+    measurable: bool
+    not_measurable_reason: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready mapping (tuples become lists)."""
+        out = asdict(self)
+        for key in ("ld_endpoints_mm", "perpendicular_endpoints_mm"):
+            if out[key] is not None:
+                out[key] = [list(p) for p in out[key]]
+        for key in ("centroid_mm", "bbox_index", "bbox_size"):
+            out[key] = list(out[key])
+        return out
+
+
+def measurability(
+    longest_diameter_mm: float,
+    perpendicular_diameter_mm: float,
+    slice_count: int,
+    slice_spacing_mm: float | None,
+    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen, so a shared default is safe
+) -> tuple[bool, str | None]:
+    """Geometric measurability of a lesion (rano-bm.md section 2).
+
+    Measurable: LD >= ``measurable_min_ld_mm`` (2 x slice spacing when the spacing exceeds 5 mm),
+    perpendicular >= 5 mm, and visible on >= 2 axial slices.
+
+    Returns:
+        ``(True, None)`` or ``(False, reason)`` with the first failed rule in words.
+    """
+    min_ld = settings.min_measurable_ld_mm(slice_spacing_mm)
+    if longest_diameter_mm < min_ld:
+        return False, f"LD {longest_diameter_mm:.1f} mm is below the {min_ld:.1f} mm minimum"
+    if perpendicular_diameter_mm < MIN_PERPENDICULAR_MM:
+        return False, (
+            f"perpendicular diameter {perpendicular_diameter_mm:.1f} mm is below {MIN_PERPENDICULAR_MM:.0f} mm"
+        )
+    if slice_count < MIN_SLICES:
+        return False, f"visible on {slice_count} axial slice(s), at least {MIN_SLICES} are needed"
+    return True, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Connected components
+# --------------------------------------------------------------------------------------------------
+
+
+def _integer_labels(array: NDArray[np.generic]) -> NDArray[np.integer]:
+    if array.ndim != 3:
+        raise GeometryError(f"a 3D label array is needed, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise GeometryError("a label image must hold whole numbers (0 = background)")
+        array = array.astype(np.int64)
+    if array.dtype == np.bool_:
+        array = array.view(np.uint8)
+    if array.size and array.min() < 0:
+        raise GeometryError("label values must be >= 0 (0 = background)")
+    return array  # type: ignore[return-value]
+
+
+def label_components_array(
+    mask: NDArray[np.generic], spacing_mm: Sequence[float], min_volume_mm3: float
+) -> NDArray[np.int32]:
+    """26-connected components of a mask array (z, y, x), small ones dropped.
+
+    Labels run 1..n in raster order of each component's first voxel (z, then y, then x), so the same
+    mask always gets the same labels.
+
+    Args:
+        mask: Nonzero voxels are lesion.
+        spacing_mm: Voxel size (x, y, z) in mm, for the volume threshold.
+        min_volume_mm3: Components smaller than this are removed.
+    """
+    mask = _integer_labels(mask)
+    voxel_mm3 = float(np.prod(spacing_mm))
+    labels, count = ndimage.label(mask != 0, structure=_STRUCTURE_26)
+    labels = labels.astype(np.int32, copy=False)
+    if count == 0:
+        return labels
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes * voxel_mm3 >= min_volume_mm3
+    keep[0] = False
+    if keep[1:].all():
+        return labels
+    # ndimage numbers components in raster order already; renumber the survivors consecutively.
+    lut = np.zeros(count + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def label_components(
+    mask: sitk.Image, min_volume_mm3: float = ResponseSettings().min_lesion_volume_mm3
+) -> sitk.Image:
+    """26-connected lesion components of a mask image, components under ``min_volume_mm3`` dropped.
+
+    Returns:
+        A UInt32 label image on the same grid, labels 1..n in raster order (deterministic).
+    """
+    geometry = Geometry.of(mask)
+    array = label_components_array(sitk.GetArrayViewFromImage(mask), geometry.spacing_mm, min_volume_mm3)
+    out = sitk.GetImageFromArray(array.astype(np.uint32, copy=False))
+    out.CopyInformation(mask)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry kernels on one lesion's crop
+# --------------------------------------------------------------------------------------------------
+
+
+def _slice_hulls(mask: NDArray[np.bool_]) -> list[tuple[int, NDArray[np.float64]]]:
+    """2D convex hull of the voxel corners on each slice of a (slice, row, col) boolean crop.
+
+    Only the first and last voxel of each row can be hull vertices, so the hull is built from their
+    four corners per row (index units, (col, row) order, corners at +-0.5).
+    """
+    n_cols = mask.shape[2]
+    rows_present: NDArray[np.bool_] = np.any(mask, axis=2)
+    first = mask.argmax(axis=2)
+    last = n_cols - 1 - mask[:, :, ::-1].argmax(axis=2)
+    hulls: list[tuple[int, NDArray[np.float64]]] = []
+    for s in np.flatnonzero(rows_present.any(axis=1)):
+        rows = np.flatnonzero(rows_present[s]).astype(np.float64)
+        lo = first[s, rows_present[s]] - 0.5
+        hi = last[s, rows_present[s]] + 0.5
+        pts = np.concatenate(
+            [
+                np.column_stack([lo, rows - 0.5]),
+                np.column_stack([lo, rows + 0.5]),
+                np.column_stack([hi, rows - 0.5]),
+                np.column_stack([hi, rows + 0.5]),
+            ]
+        )
+        try:
+            hull = ConvexHull(pts)
+            hulls.append((int(s), pts[hull.vertices]))
+        except QhullError:  # pragma: no cover - corner sets always span an area
+            hulls.append((int(s), pts))
+    return hulls
+
+
+def _diameter(points: NDArray[np.float64]) -> tuple[float, int, int]:
+    """Largest pairwise distance of a small point set and the indices of its two ends."""
+    diff = points[:, None, :] - points[None, :, :]
+    d2 = np.einsum("ijk,ijk->ij", diff, diff)
+    flat = int(np.argmax(d2))
+    i, j = divmod(flat, d2.shape[1])
+    return math.sqrt(float(d2[i, j])), i, j
+
+
+def _perpendicular_chord(
+    polygon: NDArray[np.float64], a: NDArray[np.float64], b: NDArray[np.float64]
+) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
+    """Longest chord of a convex polygon (ordered vertices, mm) perpendicular to segment a-b.
+
+    The chord length along the LD is concave and piecewise linear in the offset, so its maximum lies
+    at the offset of a vertex: only those offsets are tried.
+    """
+    u = (b - a) / np.linalg.norm(b - a)
+    n = np.array([-u[1], u[0]])
+    t_vertex = (polygon - a) @ u
+    s_vertex = (polygon - a) @ n
+    t0, t1 = t_vertex, np.roll(t_vertex, -1)
+    s0, s1 = s_vertex, np.roll(s_vertex, -1)
+    t = t_vertex[:, None]  # candidate offsets x edges
+    crosses = ((t0[None, :] - t) * (t1[None, :] - t) <= 0) & (t0 != t1)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(crosses, (t - t0[None, :]) / (t1 - t0)[None, :], np.nan)
+    s = s0[None, :] + frac * (s1 - s0)[None, :]
+    smax = np.nanmax(np.where(crosses, s, -np.inf), axis=1)
+    smin = np.nanmin(np.where(crosses, s, np.inf), axis=1)
+    length = smax - smin
+    k = int(np.argmax(length))
+    base = a + t_vertex[k] * u
+    return float(length[k]), base + smin[k] * n, base + smax[k] * n
+
+
+def _frame_axes(slice_axis: int) -> tuple[int, int]:
+    """(row, col) index axes of slices across ``slice_axis``; col is the faster-varying axis."""
+    row_axis, col_axis = sorted(set((0, 1, 2)) - {slice_axis}, reverse=True)
+    return row_axis, col_axis
+
+
+def _to_frame(crop: NDArray[np.bool_], slice_axis: int) -> NDArray[np.bool_]:
+    """View a numpy (z, y, x) crop as (slice, row, col) for the given SimpleITK slice axis."""
+    row_axis, col_axis = _frame_axes(slice_axis)
+    return crop.transpose(2 - slice_axis, 2 - row_axis, 2 - col_axis)
+
+
+@dataclass(frozen=True)
+class _InPlane:
+    longest_diameter_mm: float
+    perpendicular_diameter_mm: float
+    ld_slice_index: int | None
+    ld_endpoints_mm: tuple[Point3, Point3] | None
+    perpendicular_endpoints_mm: tuple[Point3, Point3] | None
+    slice_count: int
+
+
+def _in_plane(
+    crop: NDArray[np.bool_], start_zyx: Sequence[int], geometry: Geometry, slice_axis: int
+) -> tuple[_InPlane, list[tuple[int, NDArray[np.float64]]]]:
+    """LD, perpendicular and slice count of one lesion crop sliced across ``slice_axis``."""
+    frame = _to_frame(crop, slice_axis)
+    hulls = _slice_hulls(frame)
+    if not hulls:
+        return _InPlane(0.0, 0.0, None, None, None, 0), hulls
+    row_axis, col_axis = _frame_axes(slice_axis)
+    scale = np.array([geometry.spacing_mm[col_axis], geometry.spacing_mm[row_axis]])
+    best = (-1.0, 0, 0, 0)
+    for h, (_, pts) in enumerate(hulls):
+        d, i, j = _diameter(pts * scale)
+        if d > best[0] + 1e-9:  # ties keep the first (lowest) slice, deterministically
+            best = (d, h, i, j)
+    ld, h, i, j = best
+    s, pts = hulls[h]
+    mm = pts * scale
+    perp, p0, p1 = _perpendicular_chord(mm, mm[i], mm[j])
+
+    start_xyz = np.array(start_zyx[::-1], dtype=np.float64)
+
+    def to_phys(points_mm: Sequence[NDArray[np.float64]]) -> tuple[Point3, Point3]:
+        idx = np.zeros((len(points_mm), 3))
+        idx[:, slice_axis] = s
+        for r, p in enumerate(points_mm):
+            idx[r, col_axis] = p[0] / scale[0]
+            idx[r, row_axis] = p[1] / scale[1]
+        phys = geometry.to_physical(idx + start_xyz)
+        return (tuple(map(float, phys[0])), tuple(map(float, phys[1])))  # type: ignore[return-value]
+
+    slice_index = int(s + start_xyz[slice_axis])
+    return (
+        _InPlane(ld, perp, slice_index, to_phys([mm[i], mm[j]]), to_phys([p0, p1]), len(hulls)),
+        hulls,
+    )
+
+
+def _max_3d_diameter(
+    hulls: list[tuple[int, NDArray[np.float64]]],
+    start_zyx: Sequence[int],
+    geometry: Geometry,
+    slice_axis: int,
+) -> float:
+    """Largest distance between two voxel corners, from the per-slice 2D hulls (mm)."""
+    if not hulls:
+        return 0.0
+    row_axis, col_axis = _frame_axes(slice_axis)
+    blocks = []
+    for s, pts in hulls:
+        for dz in (-0.5, 0.5):
+            idx = np.empty((len(pts), 3))
+            idx[:, col_axis] = pts[:, 0]
+            idx[:, row_axis] = pts[:, 1]
+            idx[:, slice_axis] = s + dz
+            blocks.append(idx)
+    idx_all = np.concatenate(blocks) + np.array(start_zyx[::-1], dtype=np.float64)
+    phys = geometry.to_physical(idx_all)
+    # Corners of >= 1 voxel always span a volume; a degenerate set would just skip the reduction.
+    with contextlib.suppress(QhullError):
+        phys = phys[ConvexHull(phys).vertices]
+    return _diameter(phys)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Public measurement API
+# --------------------------------------------------------------------------------------------------
+
+
+def _axial_reformat(labels: NDArray[np.integer], geometry: Geometry) -> tuple[NDArray[np.integer], Geometry]:
+    """Nearest-neighbour reformat of a label array onto an axis-aligned (axial) grid.
+
+    In-plane spacing is the finest native spacing; slice spacing is that of the native axis closest
+    to the z axis, so the reformat neither invents nor discards through-plane resolution.
+    """
+    axis, _ = geometry.axial_axis()
+    in_plane = min(geometry.spacing_mm)
+    out_spacing = np.array([in_plane, in_plane, geometry.spacing_mm[axis]])
+    shape_xyz = np.array(labels.shape[::-1])
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (-0.5, shape_xyz[0] - 0.5)
+            for y in (-0.5, shape_xyz[1] - 0.5)
+            for z in (-0.5, shape_xyz[2] - 0.5)
+        ]
+    )
+    phys = geometry.to_physical(corners)
+    lo, hi = phys.min(axis=0), phys.max(axis=0)
+    size = np.maximum(1, np.ceil((hi - lo) / out_spacing).astype(int))
+    origin = lo + out_spacing / 2
+    src = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=np.uint32))
+    src.SetSpacing(geometry.spacing_mm)
+    src.SetOrigin(geometry.origin_mm)
+    src.SetDirection(geometry.direction)
+    out = sitk.Resample(
+        src,
+        [int(v) for v in size],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        [float(v) for v in origin],
+        [float(v) for v in out_spacing],
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        0,
+        sitk.sitkUInt32,
+    )
+    return sitk.GetArrayFromImage(out), Geometry.of(out)
+
+
+def measure_lesions_array(
+    labels: NDArray[np.generic],
+    spacing_mm: Sequence[float],
+    origin_mm: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    image: NDArray[np.generic] | None = None,
+    *,
+    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen, so a shared default is safe
+    relabel: bool | None = None,
+) -> list[LesionMeasurement]:
+    """Measure every lesion of a label array laid out (z, y, x) as SimpleITK's GetArrayFromImage.
+
+    Args:
+        labels: Label array, 0 = background. A binary mask is split into 26-connected components.
+        spacing_mm: Voxel size (x, y, z), mm.
+        origin_mm: Physical centre of the first voxel (x, y, z), mm.
+        direction: Row-major 3x3 direction cosines (SimpleITK convention).
+        image: Optional intensity array of the same shape, for the first-order statistics.
+        settings: Response settings (``min_lesion_volume_mm3`` and the measurability thresholds).
+        relabel: True: split into connected components and drop those under
+            ``min_lesion_volume_mm3``; False: measure each label value as one lesion, as given;
+            None (default): relabel only when the array is binary.
+
+    Returns:
+        One :class:`LesionMeasurement` per lesion, in increasing label order.
+
+    Raises:
+        GeometryError: On a non-3D array, non-integer or negative labels, bad spacing or direction,
+            or an intensity array of another shape.
+    """
+    geometry = Geometry(
+        tuple(float(v) for v in spacing_mm),  # type: ignore[arg-type]
+        tuple(float(v) for v in origin_mm),  # type: ignore[arg-type]
+        tuple(float(v) for v in np.asarray(direction, dtype=float).ravel()),
+    )
+    arr = _integer_labels(np.asarray(labels))
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape != arr.shape:
+            raise GeometryError(f"image shape {image.shape} differs from label shape {arr.shape}")
+    if relabel is None:
+        relabel = arr.size > 0 and int(arr.max()) <= 1
+    if relabel:
+        arr = label_components_array(arr, geometry.spacing_mm, settings.min_lesion_volume_mm3)
+    return _measure(arr, geometry, image, settings)
+
+
+def measure_lesions(
+    labels: sitk.Image,
+    image: sitk.Image | None = None,
+    *,
+    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen, so a shared default is safe
+    relabel: bool | None = None,
+) -> list[LesionMeasurement]:
+    """Measure every lesion of a SimpleITK label image (see :func:`measure_lesions_array`).
+
+    Args:
+        labels: 3D label or binary mask image.
+        image: Optional intensity image on the same grid (size, spacing, origin, direction).
+        settings: Response settings.
+        relabel: See :func:`measure_lesions_array`.
+
+    Raises:
+        GeometryError: When the image is not 3D or lies on another grid than the labels.
+    """
+    geometry = Geometry.of(labels)
+    image_array = None
+    if image is not None:
+        other = Geometry.of(image)
+        if image.GetSize() != labels.GetSize() or not (
+            np.allclose(other.spacing_mm, geometry.spacing_mm, atol=1e-4)
+            and np.allclose(other.origin_mm, geometry.origin_mm, atol=1e-3)
+            and np.allclose(other.direction, geometry.direction, atol=1e-4)
+        ):
+            raise GeometryError(
+                "the intensity image lies on another grid than the label image; resample it first"
+            )
+        image_array = sitk.GetArrayViewFromImage(image)
+    return measure_lesions_array(
+        sitk.GetArrayViewFromImage(labels),
+        geometry.spacing_mm,
+        geometry.origin_mm,
+        geometry.direction,
+        image_array,
+        settings=settings,
+        relabel=relabel,
+    )
+
+
+def _measure(
+    arr: NDArray[np.integer],
+    geometry: Geometry,
+    image: NDArray[np.generic] | None,
+    settings: ResponseSettings,
+) -> list[LesionMeasurement]:
+    if arr.size == 0 or int(arr.max()) == 0:
+        return []
+    axis, angle = geometry.axial_axis()
+    reformatted = angle > AXIAL_TOLERANCE_DEG + 1e-6
+    objects = ndimage.find_objects(arr)
+    if reformatted:
+        axial, axial_geometry = _axial_reformat(arr, geometry)
+        axial_objects = ndimage.find_objects(axial, max_label=len(objects))
+        slice_axis, slice_spacing = 2, axial_geometry.spacing_mm[2]
+    else:
+        slice_axis, slice_spacing = axis, geometry.spacing_mm[axis]
+    voxel_mm3 = float(np.prod(geometry.spacing_mm))
+    results: list[LesionMeasurement] = []
+    for index, bbox in enumerate(objects):
+        if bbox is None:
+            continue
+        label = index + 1
+        crop = arr[bbox] == label
+        start = [sl.start for sl in bbox]
+        zz, yy, xx = np.nonzero(crop)
+        count = int(zz.size)
+        centroid_idx = np.array([[xx.mean() + start[2], yy.mean() + start[1], zz.mean() + start[0]]])
+        centroid = geometry.to_physical(centroid_idx)[0]
+        plane, hulls = _in_plane(crop, start, geometry, slice_axis) if not reformatted else (None, [])
+        if reformatted:
+            abox = axial_objects[index] if index < len(axial_objects) else None
+            if abox is not None:
+                plane, _ = _in_plane(axial[abox] == label, [sl.start for sl in abox], axial_geometry, 2)
+            else:
+                plane = _InPlane(0.0, 0.0, None, None, None, 0)
+            _, hulls = _in_plane(crop, start, geometry, axis)
+            max3d = _max_3d_diameter(hulls, start, geometry, axis)
+        else:
+            max3d = _max_3d_diameter(hulls, start, geometry, slice_axis)
+        assert plane is not None
+        stats: list[float | None] = [None, None, None, None]
+        if image is not None:
+            values = np.asarray(image[bbox])[crop].astype(np.float64)
+            stats = [float(values.mean()), float(values.std()), float(values.min()), float(values.max())]
+        ok, reason = measurability(
+            plane.longest_diameter_mm,
+            plane.perpendicular_diameter_mm,
+            plane.slice_count,
+            slice_spacing,
+            settings,
+        )
+        if reformatted and plane.slice_count == 0:
+            reason = "not visible on the axial reformat"
+        results.append(
+            LesionMeasurement(
+                label=label,
+                voxel_count=count,
+                volume_mm3=count * voxel_mm3,
+                longest_diameter_mm=plane.longest_diameter_mm,
+                perpendicular_diameter_mm=plane.perpendicular_diameter_mm,
+                ld_slice_index=plane.ld_slice_index,
+                ld_endpoints_mm=plane.ld_endpoints_mm,
+                perpendicular_endpoints_mm=plane.perpendicular_endpoints_mm,
+                max_3d_diameter_mm=max3d,
+                centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+                slice_count=plane.slice_count,
+                slice_axis=slice_axis,
+                slice_spacing_mm=float(slice_spacing),
+                reformatted=reformatted,
+                bbox_index=(int(start[2]), int(start[1]), int(start[0])),
+                bbox_size=(
+                    int(bbox[2].stop - bbox[2].start),
+                    int(bbox[1].stop - bbox[1].start),
+                    int(bbox[0].stop - bbox[0].start),
+                ),
+                intensity_mean=stats[0],
+                intensity_sd=stats[1],
+                intensity_min=stats[2],
+                intensity_max=stats[3],
+                measurable=ok,
+                not_measurable_reason=reason,
+            )
+        )
+    return results
