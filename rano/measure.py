@@ -196,20 +196,32 @@ def measurability(
 def _integer_labels(array: NDArray[np.generic]) -> NDArray[np.integer]:
     if array.ndim != 3:
         raise GeometryError(f"a 3D label array is needed, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+    if array.dtype == np.bool_:
+        return array.view(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
             raise GeometryError("a label image must hold whole numbers (0 = background)")
         array = array.astype(np.int64)
-    if array.dtype == np.bool_:
-        array = array.view(np.uint8)
-    if array.size and array.min() < 0:
+    # Unsigned arrays cannot hold negatives: skip a full pass over large masks.
+    if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
         raise GeometryError("label values must be >= 0 (0 = background)")
     return array  # type: ignore[return-value]
 
 
+def _raw_components(mask: NDArray[np.integer]) -> NDArray[np.integer]:
+    """26-connected components in raster order (z, then y, then x of each component's first voxel).
+
+    SimpleITK's filter is several times faster than scipy.ndimage.label on large masks and numbers
+    components in the same scan order.
+    """
+    binary = sitk.GetImageFromArray((mask != 0).view(np.uint8))
+    # A copy: a view would outlive the temporary SimpleITK image that owns the buffer.
+    return sitk.GetArrayFromImage(sitk.ConnectedComponent(binary, True))
+
+
 def label_components_array(
     mask: NDArray[np.generic], spacing_mm: Sequence[float], min_volume_mm3: float
-) -> NDArray[np.int32]:
+) -> NDArray[np.uint32]:
     """26-connected components of a mask array (z, y, x), small ones dropped.
 
     Labels run 1..n in raster order of each component's first voxel (z, then y, then x), so the same
@@ -220,20 +232,17 @@ def label_components_array(
         spacing_mm: Voxel size (x, y, z) in mm, for the volume threshold.
         min_volume_mm3: Components smaller than this are removed.
     """
-    mask = _integer_labels(mask)
-    voxel_mm3 = float(np.prod(spacing_mm))
-    labels, count = ndimage.label(mask != 0, structure=_STRUCTURE_26)
-    labels = labels.astype(np.int32, copy=False)
+    labels = _raw_components(_integer_labels(np.asarray(mask))).astype(np.uint32, copy=False)
+    count = int(labels.max()) if labels.size else 0
     if count == 0:
         return labels
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    keep = sizes * voxel_mm3 >= min_volume_mm3
+    keep = sizes * float(np.prod(spacing_mm)) >= min_volume_mm3
     keep[0] = False
     if keep[1:].all():
         return labels
-    # ndimage numbers components in raster order already; renumber the survivors consecutively.
-    lut = np.zeros(count + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    lut = np.zeros(count + 1, dtype=np.uint32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
     return lut[labels]
 
 
@@ -247,7 +256,7 @@ def label_components(
     """
     geometry = Geometry.of(mask)
     array = label_components_array(sitk.GetArrayViewFromImage(mask), geometry.spacing_mm, min_volume_mm3)
-    out = sitk.GetImageFromArray(array.astype(np.uint32, copy=False))
+    out = sitk.GetImageFromArray(array)
     out.CopyInformation(mask)
     return out
 
@@ -257,44 +266,58 @@ def label_components(
 # --------------------------------------------------------------------------------------------------
 
 
-def _slice_hulls(mask: NDArray[np.bool_]) -> list[tuple[int, NDArray[np.float64]]]:
-    """2D convex hull of the voxel corners on each slice of a (slice, row, col) boolean crop.
+def _extremes(mask: NDArray[np.bool_], axis: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Voxels with no lesion voxel before / after them along ``axis`` (first / last of their line)."""
+    before = np.logical_or.accumulate(mask, axis=axis)
+    after = np.flip(np.logical_or.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
+    strictly_before = np.zeros_like(mask)
+    strictly_after = np.zeros_like(mask)
+    lead = [slice(None)] * mask.ndim
+    lag = [slice(None)] * mask.ndim
+    lead[axis], lag[axis] = slice(1, None), slice(None, -1)
+    strictly_before[tuple(lead)] = before[tuple(lag)]
+    strictly_after[tuple(lag)] = after[tuple(lead)]
+    return mask & ~strictly_before, mask & ~strictly_after
 
-    Only the first and last voxel of each row can be hull vertices, so the hull is built from their
-    four corners per row (index units, (col, row) order, corners at +-0.5).
+
+def _hull_candidates(mask: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """Voxel corners that can be vertices of the convex hull of all voxel corners.
+
+    A corner at offset (+-0.5, ...) of a voxel lies strictly inside a segment between two other
+    corners unless the voxel is the first (for -0.5) or last (for +0.5) lesion voxel of its line along
+    every axis with an offset, so only those corners are kept: about one per boundary voxel instead
+    of 2^ndim per voxel. Works for 2D-per-slice (pass axes 1, 2 of a (slice, row, col) crop) by the
+    caller using ``axes``.
+
+    Returns:
+        The leading-axis index of each candidate and its continuous coordinates along the remaining
+        axes (index units, same axis order as ``mask``).
     """
-    n_cols = mask.shape[2]
-    rows_present: NDArray[np.bool_] = np.any(mask, axis=2)
-    first = mask.argmax(axis=2)
-    last = n_cols - 1 - mask[:, :, ::-1].argmax(axis=2)
-    hulls: list[tuple[int, NDArray[np.float64]]] = []
-    for s in np.flatnonzero(rows_present.any(axis=1)):
-        rows = np.flatnonzero(rows_present[s]).astype(np.float64)
-        lo = first[s, rows_present[s]] - 0.5
-        hi = last[s, rows_present[s]] + 0.5
-        pts = np.concatenate(
-            [
-                np.column_stack([lo, rows - 0.5]),
-                np.column_stack([lo, rows + 0.5]),
-                np.column_stack([hi, rows - 0.5]),
-                np.column_stack([hi, rows + 0.5]),
-            ]
-        )
-        try:
-            hull = ConvexHull(pts)
-            hulls.append((int(s), pts[hull.vertices]))
-        except QhullError:  # pragma: no cover - corner sets always span an area
-            hulls.append((int(s), pts))
-    return hulls
+    ndim = mask.ndim
+    sides = [_extremes(mask, axis) for axis in range(1, ndim)]
+    firsts: list[NDArray[np.intp]] = []
+    coords: list[NDArray[np.float64]] = []
+    for combo in range(1 << (ndim - 1)):
+        selected = mask
+        offsets = []
+        for a in range(ndim - 1):
+            last = (combo >> a) & 1
+            selected = selected & sides[a][last]
+            offsets.append(0.5 if last else -0.5)
+        idx = np.nonzero(selected)
+        firsts.append(idx[0])
+        coords.append(np.column_stack([idx[a + 1] + offsets[a] for a in range(ndim - 1)]))
+    return np.concatenate(firsts), np.concatenate(coords).astype(np.float64)
 
 
 def _diameter(points: NDArray[np.float64]) -> tuple[float, int, int]:
-    """Largest pairwise distance of a small point set and the indices of its two ends."""
-    diff = points[:, None, :] - points[None, :, :]
-    d2 = np.einsum("ijk,ijk->ij", diff, diff)
+    """Largest pairwise distance of a point set and the indices of its two ends."""
+    sq = np.einsum("ij,ij->i", points, points)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (points @ points.T)
     flat = int(np.argmax(d2))
     i, j = divmod(flat, d2.shape[1])
-    return math.sqrt(float(d2[i, j])), i, j
+    # Recompute the winner exactly: the Gram-matrix form loses a few ulps.
+    return float(np.linalg.norm(points[i] - points[j])), i, j
 
 
 def _perpendicular_chord(
@@ -314,10 +337,10 @@ def _perpendicular_chord(
     t = t_vertex[:, None]  # candidate offsets x edges
     crosses = ((t0[None, :] - t) * (t1[None, :] - t) <= 0) & (t0 != t1)[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(crosses, (t - t0[None, :]) / (t1 - t0)[None, :], np.nan)
+        frac = np.where(crosses, (t - t0[None, :]) / (t1 - t0)[None, :], 0.0)
     s = s0[None, :] + frac * (s1 - s0)[None, :]
-    smax = np.nanmax(np.where(crosses, s, -np.inf), axis=1)
-    smin = np.nanmin(np.where(crosses, s, np.inf), axis=1)
+    smax = np.where(crosses, s, -np.inf).max(axis=1)
+    smin = np.where(crosses, s, np.inf).min(axis=1)
     length = smax - smin
     k = int(np.argmax(length))
     base = a + t_vertex[k] * u
@@ -326,7 +349,7 @@ def _perpendicular_chord(
 
 def _frame_axes(slice_axis: int) -> tuple[int, int]:
     """(row, col) index axes of slices across ``slice_axis``; col is the faster-varying axis."""
-    row_axis, col_axis = sorted(set((0, 1, 2)) - {slice_axis}, reverse=True)
+    row_axis, col_axis = sorted({0, 1, 2} - {slice_axis}, reverse=True)
     return row_axis, col_axis
 
 
@@ -346,26 +369,44 @@ class _InPlane:
     slice_count: int
 
 
+_EMPTY_PLANE = _InPlane(0.0, 0.0, None, None, None, 0)
+
+
 def _in_plane(
     crop: NDArray[np.bool_], start_zyx: Sequence[int], geometry: Geometry, slice_axis: int
-) -> tuple[_InPlane, list[tuple[int, NDArray[np.float64]]]]:
-    """LD, perpendicular and slice count of one lesion crop sliced across ``slice_axis``."""
-    frame = _to_frame(crop, slice_axis)
-    hulls = _slice_hulls(frame)
-    if not hulls:
-        return _InPlane(0.0, 0.0, None, None, None, 0), hulls
-    row_axis, col_axis = _frame_axes(slice_axis)
-    scale = np.array([geometry.spacing_mm[col_axis], geometry.spacing_mm[row_axis]])
-    best = (-1.0, 0, 0, 0)
-    for h, (_, pts) in enumerate(hulls):
-        d, i, j = _diameter(pts * scale)
-        if d > best[0] + 1e-9:  # ties keep the first (lowest) slice, deterministically
-            best = (d, h, i, j)
-    ld, h, i, j = best
-    s, pts = hulls[h]
-    mm = pts * scale
-    perp, p0, p1 = _perpendicular_chord(mm, mm[i], mm[j])
+) -> _InPlane:
+    """LD, perpendicular and slice count of one lesion crop sliced across ``slice_axis``.
 
+    Every slice's candidate corners are padded into one (slices, k, 2) array so that all slices'
+    pairwise distances come from one vectorised computation (no Python loop over slices).
+    """
+    frame = _to_frame(crop, slice_axis)
+    slice_of, rc = _hull_candidates(frame)
+    if slice_of.size == 0:
+        return _EMPTY_PLANE
+    row_axis, col_axis = _frame_axes(slice_axis)
+    # (col, row) order, in mm: distances within a slice are Euclidean because direction is orthonormal.
+    scale = np.array([geometry.spacing_mm[col_axis], geometry.spacing_mm[row_axis]])
+    mm = rc[:, ::-1] * scale
+    order = np.argsort(slice_of, kind="stable")
+    slice_of, mm = slice_of[order], mm[order]
+    slices, starts, counts = np.unique(slice_of, return_index=True, return_counts=True)
+    rank = np.arange(slice_of.size) - np.repeat(starts, counts)
+    group = np.repeat(np.arange(slices.size), counts)
+    padded = np.repeat(mm[starts][:, None, :], int(counts.max()), axis=1)  # pad with a real point
+    padded[group, rank] = mm
+    sq = np.einsum("skc,skc->sk", padded, padded)
+    d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * np.einsum("sic,sjc->sij", padded, padded)
+    per_slice = d2.reshape(slices.size, -1).max(axis=1)
+    best = int(np.argmax(per_slice))  # ties: the first (lowest) slice, deterministically
+    pts = mm[starts[best] : starts[best] + counts[best]]
+    ld, i, j = _diameter(pts)
+    try:
+        polygon = pts[ConvexHull(pts).vertices]
+        perp, p0, p1 = _perpendicular_chord(polygon, pts[i], pts[j])
+    except QhullError:  # pragma: no cover - corners of a voxel always span an area
+        perp, p0, p1 = 0.0, pts[i], pts[i]
+    s = int(slices[best])
     start_xyz = np.array(start_zyx[::-1], dtype=np.float64)
 
     def to_phys(points_mm: Sequence[NDArray[np.float64]]) -> tuple[Point3, Point3]:
@@ -377,36 +418,28 @@ def _in_plane(
         phys = geometry.to_physical(idx + start_xyz)
         return (tuple(map(float, phys[0])), tuple(map(float, phys[1])))  # type: ignore[return-value]
 
-    slice_index = int(s + start_xyz[slice_axis])
-    return (
-        _InPlane(ld, perp, slice_index, to_phys([mm[i], mm[j]]), to_phys([p0, p1]), len(hulls)),
-        hulls,
+    return _InPlane(
+        ld,
+        perp,
+        int(s + start_xyz[slice_axis]),
+        to_phys([pts[i], pts[j]]),
+        to_phys([p0, p1]),
+        int(slices.size),
     )
 
 
-def _max_3d_diameter(
-    hulls: list[tuple[int, NDArray[np.float64]]],
-    start_zyx: Sequence[int],
-    geometry: Geometry,
-    slice_axis: int,
-) -> float:
-    """Largest distance between two voxel corners, from the per-slice 2D hulls (mm)."""
-    if not hulls:
+def _max_3d_diameter(crop: NDArray[np.bool_], start_zyx: Sequence[int], geometry: Geometry) -> float:
+    """Largest distance between two voxel corners of a (z, y, x) crop, in mm."""
+    # Pad a leading axis so the candidate rule applies along all three crop axes.
+    lead, zyx = _hull_candidates(crop[None])
+    if lead.size == 0:
         return 0.0
-    row_axis, col_axis = _frame_axes(slice_axis)
-    blocks = []
-    for s, pts in hulls:
-        for dz in (-0.5, 0.5):
-            idx = np.empty((len(pts), 3))
-            idx[:, col_axis] = pts[:, 0]
-            idx[:, row_axis] = pts[:, 1]
-            idx[:, slice_axis] = s + dz
-            blocks.append(idx)
-    idx_all = np.concatenate(blocks) + np.array(start_zyx[::-1], dtype=np.float64)
-    phys = geometry.to_physical(idx_all)
-    # Corners of >= 1 voxel always span a volume; a degenerate set would just skip the reduction.
-    with contextlib.suppress(QhullError):
-        phys = phys[ConvexHull(phys).vertices]
+    idx_xyz = zyx[:, ::-1] + np.array(start_zyx[::-1], dtype=np.float64)
+    phys = geometry.to_physical(idx_xyz)
+    if len(phys) > 4:
+        # Corners of >= 1 voxel always span a volume; a degenerate set just skips the reduction.
+        with contextlib.suppress(QhullError):
+            phys = phys[ConvexHull(phys).vertices]
     return _diameter(phys)[0]
 
 
@@ -498,8 +531,9 @@ def measure_lesions_array(
     if relabel is None:
         relabel = arr.size > 0 and int(arr.max()) <= 1
     if relabel:
-        arr = label_components_array(arr, geometry.spacing_mm, settings.min_lesion_volume_mm3)
-    return _measure(arr, geometry, image, settings)
+        # Labels as label_components_array would number them, without materialising that array.
+        return _measure(_raw_components(arr), geometry, image, settings, settings.min_lesion_volume_mm3)
+    return _measure(arr, geometry, image, settings, None)
 
 
 def measure_lesions(
@@ -549,12 +583,16 @@ def _measure(
     geometry: Geometry,
     image: NDArray[np.generic] | None,
     settings: ResponseSettings,
+    min_volume_mm3: float | None,
 ) -> list[LesionMeasurement]:
-    if arr.size == 0 or int(arr.max()) == 0:
+    """Measure each label of ``arr``; with ``min_volume_mm3``, drop small ones and renumber 1..n."""
+    if arr.size == 0:
+        return []
+    objects = ndimage.find_objects(arr)
+    if not objects:
         return []
     axis, angle = geometry.axial_axis()
     reformatted = angle > AXIAL_TOLERANCE_DEG + 1e-6
-    objects = ndimage.find_objects(arr)
     if reformatted:
         axial, axial_geometry = _axial_reformat(arr, geometry)
         axial_objects = ndimage.find_objects(axial, max_label=len(objects))
@@ -566,25 +604,27 @@ def _measure(
     for index, bbox in enumerate(objects):
         if bbox is None:
             continue
-        label = index + 1
-        crop = arr[bbox] == label
-        start = [sl.start for sl in bbox]
+        raw_label = index + 1
+        crop = arr[bbox] == raw_label
         zz, yy, xx = np.nonzero(crop)
         count = int(zz.size)
-        centroid_idx = np.array([[xx.mean() + start[2], yy.mean() + start[1], zz.mean() + start[0]]])
-        centroid = geometry.to_physical(centroid_idx)[0]
-        plane, hulls = _in_plane(crop, start, geometry, slice_axis) if not reformatted else (None, [])
+        if min_volume_mm3 is not None and count * voxel_mm3 < min_volume_mm3:
+            continue
+        label = raw_label if min_volume_mm3 is None else len(results) + 1
+        start = [sl.start for sl in bbox]
+        centroid = geometry.to_physical(
+            np.array([[xx.mean() + start[2], yy.mean() + start[1], zz.mean() + start[0]]])
+        )[0]
         if reformatted:
             abox = axial_objects[index] if index < len(axial_objects) else None
-            if abox is not None:
-                plane, _ = _in_plane(axial[abox] == label, [sl.start for sl in abox], axial_geometry, 2)
-            else:
-                plane = _InPlane(0.0, 0.0, None, None, None, 0)
-            _, hulls = _in_plane(crop, start, geometry, axis)
-            max3d = _max_3d_diameter(hulls, start, geometry, axis)
+            plane = (
+                _in_plane(axial[abox] == raw_label, [sl.start for sl in abox], axial_geometry, 2)
+                if abox is not None
+                else _EMPTY_PLANE
+            )
         else:
-            max3d = _max_3d_diameter(hulls, start, geometry, slice_axis)
-        assert plane is not None
+            plane = _in_plane(crop, start, geometry, slice_axis)
+        max3d = _max_3d_diameter(crop, start, geometry)
         stats: list[float | None] = [None, None, None, None]
         if image is not None:
             values = np.asarray(image[bbox])[crop].astype(np.float64)
