@@ -1,0 +1,53 @@
+"""Shared pytest fixtures of the MetTrack suite (builders live in tests/factories.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Give this run its own test database (``test_<name>_p<pid>``).
+
+    Several engineers and CI jobs share one PostgreSQL server; a fixed test database name would make
+    concurrent runs destroy each other's database.
+    """
+    from django.conf import settings
+
+    for db_settings in settings.DATABASES.values():
+        if db_settings["ENGINE"] == "django.db.backends.sqlite3":
+            continue  # in-memory per process already
+        test_settings = db_settings.setdefault("TEST", {})
+        base = test_settings.get("NAME") or f"test_{db_settings['NAME']}"
+        test_settings["NAME"] = f"{base}_p{os.getpid()}"
+
+
+@pytest.fixture
+def api_client() -> Any:
+    """An unauthenticated DRF test client."""
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+@pytest.fixture
+def trial(db: None) -> Any:
+    """A trial with one site."""
+    from tests.factories import make_site, make_trial
+
+    trial = make_trial("TRIAL-A")
+    make_site(trial, code="SITE-A")
+    return trial
+
+
+@pytest.fixture
+def other_trial(db: None) -> Any:
+    """A second trial with one site, for cross-trial checks."""
+    from tests.factories import make_site, make_trial
+
+    trial = make_trial("TRIAL-B")
+    make_site(trial, code="SITE-B")
+    return trial

@@ -1,0 +1,225 @@
+"""Django admin of the trials app.
+
+The admin is a service client like any other: saves of trials, sites, memberships, patients and visits
+call ``trials.services`` (so they are audited); everything clinical that the pipeline or readers produce
+(series, runs, lesions, observations, assessments) is read-only here, and the audit trail can be
+neither changed nor deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from simple_history.admin import SimpleHistoryAdmin
+
+from trials import services
+from trials.models import (
+    Assessment,
+    AuditEvent,
+    ImagingSeries,
+    Lesion,
+    LesionObservation,
+    ModelVersion,
+    Patient,
+    ProcessingJob,
+    SegmentationRun,
+    Site,
+    Timepoint,
+    Trial,
+    TrialMembership,
+)
+
+
+def _audit(request: HttpRequest) -> dict[str, Any]:
+    return {
+        "actor": request.user,
+        "reason": "changed in the admin",
+        "correlation_id": getattr(request, "correlation_id", ""),
+    }
+
+
+class ServiceAdmin(SimpleHistoryAdmin):
+    """Admin whose add/change call services; no delete (clinical data is never deleted)."""
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def update_via_service(self, request: HttpRequest, obj: Any, changes: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            changes = {name: form.cleaned_data[name] for name in form.changed_data}
+            self.update_via_service(request, obj, changes)
+        else:
+            data = {name: form.cleaned_data[name] for name in form.fields if name in form.cleaned_data}
+            created = self.create_via_service(request, data)
+            # The admin goes on with ``obj`` (messages, redirect): make it the saved row.
+            obj.pk = created.pk
+            obj._state.adding = False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyAdmin(SimpleHistoryAdmin):
+    """Admin that only shows rows."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Trial)
+class TrialAdmin(ServiceAdmin):
+    list_display = ["code", "title", "max_targets", "measurable_min_ld_mm", "immunotherapy", "created_at"]
+    search_fields = ["code", "title"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["code"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Trial:
+        return services.create_trial(**data, **_audit(request))
+
+    def update_via_service(self, request: HttpRequest, obj: Trial, changes: dict[str, Any]) -> Trial:
+        return services.update_trial(obj, **changes, **_audit(request))
+
+
+@admin.register(Site)
+class SiteAdmin(ServiceAdmin):
+    list_display = ["code", "name", "trial"]
+    list_filter = ["trial"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["trial"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Site:
+        return services.create_site(data.pop("trial"), **data, **_audit(request))
+
+    def update_via_service(self, request: HttpRequest, obj: Site, changes: dict[str, Any]) -> Site:
+        return services.update_site(obj, **changes, **_audit(request))
+
+
+@admin.register(TrialMembership)
+class TrialMembershipAdmin(ServiceAdmin):
+    list_display = ["user", "trial", "role", "site"]
+    list_filter = ["trial", "role"]
+    list_select_related = ["user", "trial", "site"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["trial", "user"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> TrialMembership:
+        return services.add_membership(data.pop("trial"), **data, **_audit(request))
+
+    def update_via_service(self, request: HttpRequest, obj: TrialMembership, changes: dict[str, Any]) -> Any:
+        return services.update_membership(obj, **changes, **_audit(request))
+
+
+@admin.register(Patient)
+class PatientAdmin(ServiceAdmin):
+    list_display = ["subject_id", "trial", "site", "enrolment_date"]
+    list_filter = ["trial", "site"]
+    search_fields = ["subject_id"]
+    list_select_related = ["trial", "site"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["trial"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Patient:
+        return services.create_patient(data.pop("trial"), **data, **_audit(request))
+
+    def update_via_service(self, request: HttpRequest, obj: Patient, changes: dict[str, Any]) -> Patient:
+        return services.update_patient(obj, **changes, **_audit(request))
+
+
+@admin.register(Timepoint)
+class TimepointAdmin(ServiceAdmin):
+    list_display = ["patient", "visit_label", "scan_date", "is_baseline", "corticosteroid_status"]
+    list_filter = ["patient__trial", "is_baseline"]
+    search_fields = ["patient__subject_id", "visit_label"]
+    list_select_related = ["patient"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["patient"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Timepoint:
+        return services.create_timepoint(data.pop("patient"), **data, **_audit(request))
+
+    def update_via_service(self, request: HttpRequest, obj: Timepoint, changes: dict[str, Any]) -> Timepoint:
+        return services.update_timepoint(obj, **changes, **_audit(request))
+
+
+@admin.register(ImagingSeries)
+class ImagingSeriesAdmin(ReadOnlyAdmin):
+    list_display = ["series_instance_uid", "timepoint", "source", "created_at"]
+    search_fields = ["series_instance_uid", "study_instance_uid"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    list_display = ["name", "version", "architecture", "is_demo", "is_active"]
+
+
+@admin.register(SegmentationRun)
+class SegmentationRunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "series", "model_version", "status", "device", "finished_at"]
+    list_filter = ["status"]
+
+
+@admin.register(Lesion)
+class LesionAdmin(ReadOnlyAdmin):
+    list_display = ["label", "patient", "role", "is_false_positive"]
+    list_filter = ["role"]
+
+
+@admin.register(LesionObservation)
+class LesionObservationAdmin(ReadOnlyAdmin):
+    list_display = ["lesion", "timepoint", "source", "present", "longest_diameter_mm", "volume_mm3"]
+
+
+@admin.register(Assessment)
+class AssessmentAdmin(ReadOnlyAdmin):
+    list_display = ["timepoint", "criteria", "overall_response", "status", "is_current", "signed_by"]
+    list_filter = ["criteria", "status", "is_current"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit trail: viewable, never added, changed or deleted (also not by superusers)."""
+
+    list_display = ["created_at", "actor_name", "action", "object_type", "object_id", "object_repr"]
+    list_filter = ["action", "object_type", "trial"]
+    search_fields = ["object_repr", "actor_name", "correlation_id", "object_id"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ProcessingJob)
+class ProcessingJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "state", "progress_pct", "stage", "enqueued_at", "finished_at"]
+    list_filter = ["kind", "state"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,548 @@
+"""Serializers of the REST API. Writes go through ``trials.services`` (audited); reads are plain.
+
+Related objects are accepted as primary keys, looked up only among the trials the requesting user can
+see, so an id from another trial is rejected as "does not exist" (400) without revealing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import models
+from rest_framework import serializers
+
+from trials import services
+from trials.choices import ResponseChoices, SignatureMeaning
+from trials.models import (
+    Assessment,
+    AuditEvent,
+    ImagingSeries,
+    Lesion,
+    LesionObservation,
+    ModelVersion,
+    Patient,
+    ProcessingJob,
+    SegmentationRun,
+    Site,
+    Timepoint,
+    Trial,
+    TrialMembership,
+)
+from trials.permissions import visible_trial_ids
+
+
+class TrialScopedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
+    """Primary-key field limited to objects of the trials the requesting user can see.
+
+    Args:
+        trial_path: lookup from the related model to its trial id, e.g. ``"patient__trial"``.
+    """
+
+    def __init__(self, *, trial_path: str, **kwargs: Any) -> None:
+        self.trial_path = trial_path
+        super().__init__(**kwargs)
+
+    def get_queryset(self) -> models.QuerySet[Any]:
+        queryset = super().get_queryset()
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        return queryset.filter(**{f"{self.trial_path}__in": visible_trial_ids(user)})
+
+
+def audit_kwargs(context: dict[str, Any], reason: str = "") -> dict[str, Any]:
+    """Actor, reason and correlation id of the current request, for a service call."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    return {
+        "actor": user if getattr(user, "is_authenticated", False) else None,
+        "reason": reason,
+        "correlation_id": getattr(request, "correlation_id", "") or "",
+    }
+
+
+class ServiceModelSerializer(serializers.ModelSerializer):
+    """ModelSerializer whose create/update call services instead of saving directly.
+
+    Subclasses set ``create_service(validated_data, **audit)`` and ``update_service(instance, **audit,
+    **changes)``, and list in ``Meta.create_only_fields`` what cannot change after creation.
+    """
+
+    reason = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, max_length=2000, help_text="Why (audit trail)."
+    )
+
+    create_service: Callable[..., Any] | None = None
+    update_service: Callable[..., Any] | None = None
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        if self.instance is not None and not isinstance(self.instance, list | models.QuerySet):
+            for name in getattr(self.Meta, "create_only_fields", ()):
+                if name in fields:
+                    fields[name].read_only = True
+        return fields
+
+    def get_validators(self) -> list[Any]:
+        # Uniqueness is decided by the services (database constraints, race-free) -> 409 with a clear
+        # message; DRF's pre-checks would duplicate them with a different wording and status.
+        return []
+
+    def create(self, validated_data: dict[str, Any]) -> Any:
+        reason = validated_data.pop("reason", "")
+        assert self.create_service is not None, f"{type(self).__name__} is read-only"
+        return type(self).create_service(validated_data, **audit_kwargs(self.context, reason))  # type: ignore[misc]
+
+    def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
+        reason = validated_data.pop("reason", "")
+        assert self.update_service is not None, f"{type(self).__name__} is read-only"
+        return type(self).update_service(instance, **audit_kwargs(self.context, reason), **validated_data)  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------- trials
+
+
+def _create_trial(data: dict[str, Any], **audit: Any) -> Trial:
+    return services.create_trial(**data, **audit)
+
+
+class TrialSerializer(ServiceModelSerializer):
+    """A trial and its response-criteria settings (rano-bm.md section 9)."""
+
+    create_service = staticmethod(_create_trial)
+    update_service = staticmethod(services.update_trial)
+
+    class Meta:
+        model = Trial
+        fields = [
+            "id",
+            "code",
+            "title",
+            "description",
+            "created_at",
+            *Trial.CRITERIA_SETTING_FIELDS,
+            "reason",
+        ]
+        read_only_fields = ["id", "created_at"]
+        create_only_fields = ["code"]
+
+
+def _create_site(data: dict[str, Any], **audit: Any) -> Site:
+    return services.create_site(data.pop("trial"), **data, **audit)
+
+
+class SiteSerializer(ServiceModelSerializer):
+    """A site of a trial."""
+
+    trial = TrialScopedPrimaryKeyField(queryset=Trial.objects.all(), trial_path="pk")
+    create_service = staticmethod(_create_site)
+    update_service = staticmethod(services.update_site)
+
+    class Meta:
+        model = Site
+        fields = ["id", "trial", "code", "name", "created_at", "reason"]
+        read_only_fields = ["id", "created_at"]
+        create_only_fields = ["trial"]
+
+
+def _add_membership(data: dict[str, Any], **audit: Any) -> TrialMembership:
+    return services.add_membership(data.pop("trial"), **data, **audit)
+
+
+class TrialMembershipSerializer(ServiceModelSerializer):
+    """A user's role in a trial."""
+
+    trial = TrialScopedPrimaryKeyField(queryset=Trial.objects.all(), trial_path="pk")
+    user = serializers.PrimaryKeyRelatedField(queryset=get_user_model().objects.filter(is_active=True))
+    site = TrialScopedPrimaryKeyField(
+        queryset=Site.objects.all(), trial_path="trial", required=False, allow_null=True
+    )
+    username = serializers.CharField(source="user.username", read_only=True)
+    create_service = staticmethod(_add_membership)
+    update_service = staticmethod(services.update_membership)
+
+    class Meta:
+        model = TrialMembership
+        fields = ["id", "trial", "user", "username", "site", "role", "created_at", "reason"]
+        read_only_fields = ["id", "created_at"]
+        create_only_fields = ["trial", "user"]
+
+
+# --------------------------------------------------------------------------------- patients, visits
+
+
+def _create_patient(data: dict[str, Any], **audit: Any) -> Patient:
+    return services.create_patient(data.pop("trial"), **data, **audit)
+
+
+class PatientSerializer(ServiceModelSerializer):
+    """A trial subject (pseudonymous subject id only)."""
+
+    trial = TrialScopedPrimaryKeyField(queryset=Trial.objects.all(), trial_path="pk")
+    site = TrialScopedPrimaryKeyField(queryset=Site.objects.all(), trial_path="trial")
+    create_service = staticmethod(_create_patient)
+    update_service = staticmethod(services.update_patient)
+
+    class Meta:
+        model = Patient
+        fields = [
+            "id",
+            "trial",
+            "site",
+            "subject_id",
+            "enrolment_date",
+            "treatment_start_date",
+            "created_at",
+            "reason",
+        ]
+        read_only_fields = ["id", "created_at"]
+        create_only_fields = ["trial"]
+
+
+def _create_timepoint(data: dict[str, Any], **audit: Any) -> Timepoint:
+    return services.create_timepoint(data.pop("patient"), **data, **audit)
+
+
+class TimepointSerializer(ServiceModelSerializer):
+    """A visit of a patient."""
+
+    patient = TrialScopedPrimaryKeyField(queryset=Patient.objects.all(), trial_path="trial")
+    subject_id = serializers.CharField(source="patient.subject_id", read_only=True)
+    trial = serializers.IntegerField(source="patient.trial_id", read_only=True)
+    create_service = staticmethod(_create_timepoint)
+    update_service = staticmethod(services.update_timepoint)
+
+    class Meta:
+        model = Timepoint
+        fields = [
+            "id",
+            "patient",
+            "subject_id",
+            "trial",
+            "visit_label",
+            "scan_date",
+            "is_baseline",
+            "corticosteroid_status",
+            "clinical_status",
+            "notes",
+            "created_at",
+            "reason",
+        ]
+        read_only_fields = ["id", "created_at"]
+        create_only_fields = ["patient"]
+
+
+# ------------------------------------------------------------------------------------------ imaging
+
+
+class ImagingSeriesSerializer(serializers.ModelSerializer):
+    """An imaging series (read-only here: series arrive through upload or PACS)."""
+
+    patient = serializers.IntegerField(source="timepoint.patient_id", read_only=True)
+
+    class Meta:
+        model = ImagingSeries
+        fields = [
+            "id",
+            "timepoint",
+            "patient",
+            "study_instance_uid",
+            "series_instance_uid",
+            "modality",
+            "series_description",
+            "size_voxels",
+            "spacing_mm",
+            "origin_mm",
+            "direction",
+            "volume_file",
+            "checksum_sha256",
+            "source",
+            "original_filename",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    """A registered segmentation model."""
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "version",
+            "architecture",
+            "config",
+            "weights_sha256",
+            "training_provenance",
+            "validation_metrics",
+            "intended_use",
+            "is_demo",
+            "is_active",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class SegmentationRunSerializer(serializers.ModelSerializer):
+    """A segmentation run (read-only)."""
+
+    class Meta:
+        model = SegmentationRun
+        fields = [
+            "id",
+            "series",
+            "model_version",
+            "model_weights_sha256",
+            "device",
+            "status",
+            "timings_s",
+            "started_at",
+            "finished_at",
+            "mask_file",
+            "rtstruct_file",
+            "seg_file",
+            "error",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+# ------------------------------------------------------------------------------------------ lesions
+
+
+def _create_lesion(data: dict[str, Any], **audit: Any) -> Lesion:
+    return services.create_lesion(data.pop("patient"), **data, **audit)
+
+
+class LesionSerializer(ServiceModelSerializer):
+    """A lesion with its stable label, role and reader flags."""
+
+    patient = TrialScopedPrimaryKeyField(queryset=Patient.objects.all(), trial_path="trial")
+    first_seen_timepoint = TrialScopedPrimaryKeyField(
+        queryset=Timepoint.objects.all(), trial_path="patient__trial", required=False, allow_null=True
+    )
+    label = serializers.CharField(max_length=16, required=False, help_text="Default: next free L<n>.")
+    create_service = staticmethod(_create_lesion)
+    update_service = staticmethod(services.update_lesion)
+
+    class Meta:
+        model = Lesion
+        fields = [
+            "id",
+            "patient",
+            "label",
+            "role",
+            "role_set_by_reader",
+            "first_seen_timepoint",
+            "is_cystic",
+            "is_dural",
+            "is_bony",
+            "is_leptomeningeal",
+            "previously_irradiated",
+            "progressing_since_treatment",
+            "too_small_to_measure",
+            "is_false_positive",
+            "notes",
+            "created_at",
+            "reason",
+        ]
+        read_only_fields = ["id", "role_set_by_reader", "created_at"]
+        create_only_fields = ["patient", "label"]
+
+
+def _record_observation(data: dict[str, Any], **audit: Any) -> LesionObservation:
+    return services.record_observation(data.pop("lesion"), data.pop("timepoint"), **data, **audit)
+
+
+class PointsField(serializers.JSONField):
+    """Two physical points ``[[x, y, z], [x, y, z]]`` in mm (validated by the service)."""
+
+
+class LesionObservationSerializer(ServiceModelSerializer):
+    """A lesion at a visit with its measurements (physical mm)."""
+
+    lesion = TrialScopedPrimaryKeyField(queryset=Lesion.objects.all(), trial_path="patient__trial")
+    timepoint = TrialScopedPrimaryKeyField(queryset=Timepoint.objects.all(), trial_path="patient__trial")
+    segmentation_run = TrialScopedPrimaryKeyField(
+        queryset=SegmentationRun.objects.all(),
+        trial_path="series__timepoint__patient__trial",
+        required=False,
+        allow_null=True,
+    )
+    lesion_label = serializers.CharField(source="lesion.label", read_only=True)
+    caliper_points_mm = PointsField(required=False, allow_null=True)
+    perpendicular_points_mm = PointsField(required=False, allow_null=True)
+    create_service = staticmethod(_record_observation)
+    update_service = staticmethod(services.update_observation)
+
+    class Meta:
+        model = LesionObservation
+        fields = [
+            "id",
+            "lesion",
+            "lesion_label",
+            "timepoint",
+            "segmentation_run",
+            "source",
+            "present",
+            "component_label",
+            "fragment_count",
+            "longest_diameter_mm",
+            "perpendicular_diameter_mm",
+            "volume_mm3",
+            "max_3d_diameter_mm",
+            "centroid_x_mm",
+            "centroid_y_mm",
+            "centroid_z_mm",
+            "slice_count",
+            "ld_slice_index",
+            "caliper_points_mm",
+            "perpendicular_points_mm",
+            "intensity_mean",
+            "intensity_sd",
+            "intensity_min",
+            "intensity_max",
+            "measurable",
+            "measurable_reason",
+            "unequivocal_progression",
+            "created_at",
+            "updated_at",
+            "reason",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at"]
+        create_only_fields = ["lesion", "timepoint"]
+
+
+# -------------------------------------------------------------------------------------- assessments
+
+
+class AssessmentSerializer(serializers.ModelSerializer):
+    """An assessment (read-only; changed through the confirm and override verbs)."""
+
+    signed_by_name = serializers.CharField(source="signed_by.username", read_only=True, default=None)
+
+    class Meta:
+        model = Assessment
+        fields = [
+            "id",
+            "timepoint",
+            "criteria",
+            "source",
+            "sum_ld_mm",
+            "baseline_sum_ld_mm",
+            "nadir_sum_ld_mm",
+            "sum_volume_mm3",
+            "baseline_sum_volume_mm3",
+            "nadir_sum_volume_mm3",
+            "pct_change_from_baseline",
+            "pct_change_from_nadir",
+            "nadir_timepoint",
+            "target_response",
+            "non_target_response",
+            "new_lesion_status",
+            "overall_response",
+            "volumetric_response",
+            "confirmed",
+            "best_overall_response",
+            "progression_date",
+            "reasons",
+            "settings",
+            "engine_version",
+            "status",
+            "signed_by",
+            "signed_by_name",
+            "signed_at",
+            "signature_meaning",
+            "comment",
+            "supersedes",
+            "is_current",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class ConfirmAssessmentSerializer(serializers.Serializer):
+    """Input of ``POST /assessments/{id}/confirm/``."""
+
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    signature_meaning = serializers.ChoiceField(
+        choices=SignatureMeaning.choices, default=SignatureMeaning.REVIEWED_AND_CONFIRMED
+    )
+
+
+class OverrideAssessmentSerializer(serializers.Serializer):
+    """Input of ``POST /assessments/{id}/override/``."""
+
+    overall_response = serializers.ChoiceField(choices=ResponseChoices.choices)
+    reason = serializers.CharField(max_length=2000, help_text="Required: why the reader disagrees.")
+    target_response = serializers.ChoiceField(choices=ResponseChoices.choices, required=False)
+    non_target_response = serializers.ChoiceField(choices=ResponseChoices.choices, required=False)
+    comment = serializers.CharField(required=False, allow_blank=True)
+
+
+# ----------------------------------------------------------------------------------- audit and jobs
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    """An audit trail entry (read-only)."""
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "actor_name",
+            "action",
+            "trial",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "before",
+            "after",
+            "reason",
+            "correlation_id",
+        ]
+        read_only_fields = fields
+
+
+class ProcessingJobSerializer(serializers.ModelSerializer):
+    """A background job shown as progress (read-only)."""
+
+    object_type = serializers.SerializerMethodField()
+    duration_s = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = ProcessingJob
+        fields = [
+            "id",
+            "kind",
+            "trial",
+            "object_type",
+            "object_id",
+            "params",
+            "result",
+            "celery_task_id",
+            "state",
+            "progress_pct",
+            "stage",
+            "message",
+            "error",
+            "attempts",
+            "correlation_id",
+            "time_limit_s",
+            "enqueued_at",
+            "started_at",
+            "finished_at",
+            "duration_s",
+        ]
+        read_only_fields = fields
+
+    def get_object_type(self, job: ProcessingJob) -> str | None:
+        """``app_label.model`` of the object the job works on."""
+        if job.content_type_id is None:
+            return None
+        return f"{job.content_type.app_label}.{job.content_type.model}"

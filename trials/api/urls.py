@@ -1,0 +1,28 @@
+"""Routes of the REST API, mounted at ``/api/v1/``."""
+
+from django.urls import include, path
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from trials.api import views
+
+app_name = "api"
+
+router = DefaultRouter()
+router.register("trials", views.TrialViewSet, basename="trial")
+router.register("sites", views.SiteViewSet, basename="site")
+router.register("memberships", views.TrialMembershipViewSet, basename="membership")
+router.register("patients", views.PatientViewSet, basename="patient")
+router.register("timepoints", views.TimepointViewSet, basename="timepoint")
+router.register("series", views.ImagingSeriesViewSet, basename="series")
+router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
+router.register("lesions", views.LesionViewSet, basename="lesion")
+router.register("observations", views.LesionObservationViewSet, basename="observation")
+router.register("assessments", views.AssessmentViewSet, basename="assessment")
+router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
+router.register("jobs", views.ProcessingJobViewSet, basename="job")
+
+urlpatterns = [
+    path("auth/token/", obtain_auth_token, name="token"),
+    path("", include(router.urls)),
+]

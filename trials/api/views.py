@@ -1,0 +1,305 @@
+"""REST API viewsets (``/api/v1/``).
+
+Every queryset is limited to the trials the user is a member of, so other trials' objects answer 404.
+Writes need the capability of ``trials.permissions.ROLE_CAPABILITIES`` and go through services.
+Verbs are ``@action``s: ``assessments/{id}/confirm/``, ``assessments/{id}/override/``; the series
+upload (``POST timepoints/{id}/series/``) and ``series/{id}/segment/`` are added by the pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+
+from trials import filtersets, services
+from trials.api import serializers as s
+from trials.models import (
+    Assessment,
+    AuditEvent,
+    ImagingSeries,
+    Lesion,
+    LesionObservation,
+    ModelVersion,
+    Patient,
+    ProcessingJob,
+    Site,
+    Timepoint,
+    Trial,
+    TrialMembership,
+)
+from trials.permissions import (
+    EDIT_LESIONS,
+    MANAGE_MEMBERSHIPS,
+    MANAGE_PATIENTS,
+    MANAGE_TRIAL,
+    REVIEW_ASSESSMENTS,
+    TrialObjectPermission,
+    has_capability,
+    visible_trial_ids,
+)
+
+# No PUT: partial updates only, so a client never resets fields it did not send.
+_READ_WRITE = ["get", "post", "patch", "head", "options"]
+
+
+class TrialScopedViewSet(viewsets.GenericViewSet):
+    """Base: queryset limited to visible trials, writes checked against ``write_capability``.
+
+    Subclasses set ``queryset`` (with its select_related), ``trial_path`` (lookup to the trial) and,
+    when writable, ``write_capability`` and ``trial_for_create``.
+    """
+
+    permission_classes = [TrialObjectPermission]
+    trial_path: str = "trial"
+    write_capability: str | None = None
+    action_capabilities: dict[str, str] = {}
+
+    def get_queryset(self) -> QuerySet[Any]:
+        queryset = super().get_queryset()
+        return queryset.filter(**{f"{self.trial_path}__in": visible_trial_ids(self.request.user)})
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        """The trial a new object will belong to."""
+        raise NotImplementedError
+
+    def perform_create(self, serializer: BaseSerializer) -> None:
+        trial = self.trial_for_create(serializer.validated_data)
+        if self.write_capability is None or not has_capability(
+            self.request.user, trial, self.write_capability
+        ):
+            raise PermissionDenied("Your role in this trial does not allow creating this object.")
+        serializer.save()
+
+
+class WritableViewSet(
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.ListModelMixin,
+    TrialScopedViewSet,
+):
+    """List, retrieve, create, partial update (no delete: clinical data is never deleted)."""
+
+    http_method_names = _READ_WRITE
+
+
+class ReadOnlyViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, TrialScopedViewSet):
+    """List and retrieve only."""
+
+
+class TrialViewSet(WritableViewSet):
+    """Trials the user is a member of. Creating a trial is for superusers; trial admins edit it."""
+
+    queryset = Trial.objects.all()
+    serializer_class = s.TrialSerializer
+    filterset_class = filtersets.TrialFilterSet
+    trial_path = "pk"
+    write_capability = MANAGE_TRIAL
+    ordering_fields = ["code", "created_at"]
+
+    def perform_create(self, serializer: BaseSerializer) -> None:
+        if not self.request.user.is_superuser:
+            raise PermissionDenied("Only a superuser can create a trial.")
+        serializer.save()
+
+
+class SiteViewSet(WritableViewSet):
+    """Sites of the user's trials; trial admins manage them."""
+
+    queryset = Site.objects.all()
+    serializer_class = s.SiteSerializer
+    filterset_class = filtersets.SiteFilterSet
+    write_capability = MANAGE_TRIAL
+    ordering_fields = ["code"]
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        return validated_data["trial"]
+
+
+class TrialMembershipViewSet(mixins.DestroyModelMixin, WritableViewSet):
+    """Memberships of the user's trials; trial admins add, change and remove them."""
+
+    queryset = TrialMembership.objects.select_related("user")
+    serializer_class = s.TrialMembershipSerializer
+    filterset_class = filtersets.TrialMembershipFilterSet
+    write_capability = MANAGE_MEMBERSHIPS
+    http_method_names = [*_READ_WRITE, "delete"]
+    ordering_fields = ["role", "created_at"]
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        return validated_data["trial"]
+
+    def perform_destroy(self, instance: TrialMembership) -> None:
+        services.remove_membership(
+            instance,
+            actor=self.request.user,
+            reason=self.request.query_params.get("reason", ""),
+            correlation_id=getattr(self.request, "correlation_id", ""),
+        )
+
+
+class PatientViewSet(WritableViewSet):
+    """Patients of the user's trials; data managers create and edit them."""
+
+    queryset = Patient.objects.all()
+    serializer_class = s.PatientSerializer
+    filterset_class = filtersets.PatientFilterSet
+    write_capability = MANAGE_PATIENTS
+    ordering_fields = ["subject_id", "enrolment_date", "created_at"]
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        return validated_data["trial"]
+
+
+class TimepointViewSet(WritableViewSet):
+    """Visits; data managers create and edit them."""
+
+    queryset = Timepoint.objects.select_related("patient")
+    serializer_class = s.TimepointSerializer
+    filterset_class = filtersets.TimepointFilterSet
+    trial_path = "patient__trial"
+    write_capability = MANAGE_PATIENTS
+    ordering_fields = ["scan_date", "visit_label"]
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        return validated_data["patient"].trial
+
+    @extend_schema(responses=s.ImagingSeriesSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="series")
+    def series(self, request: Request, pk: str | None = None) -> Response:
+        """Series of this visit. (The pipeline adds POST here: upload of one series -> 202 with a job.)"""
+        timepoint = self.get_object()
+        queryset = ImagingSeries.objects.filter(timepoint=timepoint).select_related("timepoint")
+        page = self.paginate_queryset(queryset)
+        serializer = s.ImagingSeriesSerializer(page, many=True, context=self.get_serializer_context())
+        return self.get_paginated_response(serializer.data)
+
+
+class ImagingSeriesViewSet(ReadOnlyViewSet):
+    """Imaging series of the user's trials (read-only; upload is a visit action)."""
+
+    queryset = ImagingSeries.objects.select_related("timepoint")
+    serializer_class = s.ImagingSeriesSerializer
+    filterset_class = filtersets.ImagingSeriesFilterSet
+    trial_path = "timepoint__patient__trial"
+    ordering_fields = ["created_at"]
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    """Registered segmentation models (not trial-specific; any signed-in user may read them)."""
+
+    queryset = ModelVersion.objects.all()
+    serializer_class = s.ModelVersionSerializer
+    filterset_class = filtersets.ModelVersionFilterSet
+
+
+class LesionViewSet(WritableViewSet):
+    """Lesions; radiologists create them and edit roles and flags."""
+
+    queryset = Lesion.objects.all()
+    serializer_class = s.LesionSerializer
+    filterset_class = filtersets.LesionFilterSet
+    trial_path = "patient__trial"
+    write_capability = EDIT_LESIONS
+    ordering_fields = ["label", "created_at"]
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        return validated_data["patient"].trial
+
+
+class LesionObservationViewSet(WritableViewSet):
+    """Lesion observations; radiologists add missed lesions' measurements and correct the AI's."""
+
+    queryset = LesionObservation.objects.select_related("lesion")
+    serializer_class = s.LesionObservationSerializer
+    filterset_class = filtersets.LesionObservationFilterSet
+    trial_path = "lesion__patient__trial"
+    write_capability = EDIT_LESIONS
+    ordering_fields = ["timepoint", "lesion", "longest_diameter_mm"]
+
+    def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
+        return validated_data["lesion"].patient.trial
+
+
+class AssessmentViewSet(ReadOnlyViewSet):
+    """Assessments; radiologists confirm or override the current one of a visit."""
+
+    queryset = Assessment.objects.select_related("signed_by")
+    serializer_class = s.AssessmentSerializer
+    filterset_class = filtersets.AssessmentFilterSet
+    trial_path = "timepoint__patient__trial"
+    action_capabilities = {"confirm": REVIEW_ASSESSMENTS, "override": REVIEW_ASSESSMENTS}
+    ordering_fields = ["created_at", "timepoint"]
+
+    @extend_schema(request=s.ConfirmAssessmentSerializer, responses=s.AssessmentSerializer)
+    @action(detail=True, methods=["post"])
+    def confirm(self, request: Request, pk: str | None = None) -> Response:
+        """Confirm the AI's (or a previous reader's) response and sign it."""
+        assessment = self.get_object()
+        data = s.ConfirmAssessmentSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        confirmed = services.confirm_assessment(
+            assessment,
+            actor=request.user,
+            reason=data.validated_data.get("reason", ""),
+            signature_meaning=data.validated_data["signature_meaning"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(s.AssessmentSerializer(confirmed, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=s.OverrideAssessmentSerializer, responses={201: s.AssessmentSerializer})
+    @action(detail=True, methods=["post"])
+    def override(self, request: Request, pk: str | None = None) -> Response:
+        """Replace the response with the reader's, with a reason; returns the new signed assessment."""
+        assessment = self.get_object()
+        data = s.OverrideAssessmentSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        new = services.override_assessment(
+            assessment,
+            overall_response=values.pop("overall_response"),
+            reason=values.pop("reason"),
+            actor=request.user,
+            correlation_id=getattr(request, "correlation_id", ""),
+            **values,
+        )
+        return Response(
+            s.AssessmentSerializer(new, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class AuditEventViewSet(ReadOnlyViewSet):
+    """The audit trail of the user's trials (read-only; events outside any trial: superusers)."""
+
+    queryset = AuditEvent.objects.all()
+    serializer_class = s.AuditEventSerializer
+    filterset_class = filtersets.AuditEventFilterSet
+    ordering_fields = ["created_at"]
+
+    def get_queryset(self) -> QuerySet[Any]:
+        if self.request.user.is_superuser:
+            return AuditEvent.objects.all()
+        return super().get_queryset()
+
+
+class ProcessingJobViewSet(ReadOnlyViewSet):
+    """Background jobs of the user's trials, shown as progress (read-only)."""
+
+    queryset = ProcessingJob.objects.select_related("content_type")
+    serializer_class = s.ProcessingJobSerializer
+    filterset_class = filtersets.ProcessingJobFilterSet
+    ordering_fields = ["enqueued_at", "state"]
+
+    def get_queryset(self) -> QuerySet[Any]:
+        if self.request.user.is_superuser:
+            return ProcessingJob.objects.select_related("content_type")
+        return super().get_queryset()

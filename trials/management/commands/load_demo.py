@@ -1,0 +1,152 @@
+"""``manage.py load_demo``: the demo trial DEMO-BM with one site, three patients, their visits and one
+user per role. Idempotent: a second run finds everything in place and only resets the demo passwords.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from trials import services
+from trials.choices import ClinicalStatus, CorticosteroidStatus, MembershipRole
+from trials.models import Patient, Site, Timepoint, Trial, TrialMembership
+
+DEMO_TRIAL_CODE = "DEMO-BM"
+DEMO_SITE_CODE = "DEMO-01"
+DEFAULT_PASSWORD = "mettrack-demo"
+
+#: username -> (trial role, is superuser)
+DEMO_USERS: dict[str, tuple[str, bool]] = {
+    "demo-admin": (MembershipRole.ADMIN, True),
+    "demo-radiologist": (MembershipRole.RADIOLOGIST, False),
+    "demo-investigator": (MembershipRole.INVESTIGATOR, False),
+    "demo-datamanager": (MembershipRole.DATA_MANAGER, False),
+}
+
+# (subject id, treatment start, [(visit label, weeks after baseline, steroids, clinical status)])
+DEMO_PATIENTS: list[tuple[str, dt.date, list[tuple[str, int, str, str]]]] = [
+    (
+        "DEMO-001",
+        dt.date(2025, 1, 13),
+        [
+            ("BASELINE", 0, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+            ("FU1", 8, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+            ("FU2", 16, CorticosteroidStatus.NONE, ClinicalStatus.IMPROVED),
+            ("FU3", 24, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+        ],
+    ),
+    (
+        "DEMO-002",
+        dt.date(2025, 2, 3),
+        [
+            ("BASELINE", 0, CorticosteroidStatus.STABLE, ClinicalStatus.STABLE),
+            ("FU1", 8, CorticosteroidStatus.DECREASED, ClinicalStatus.STABLE),
+            ("FU2", 16, CorticosteroidStatus.INCREASED, ClinicalStatus.WORSE),
+        ],
+    ),
+    (
+        "DEMO-003",
+        dt.date(2025, 3, 10),
+        [
+            ("BASELINE", 0, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+            ("FU1", 6, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+            ("FU2", 12, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+            ("FU3", 20, CorticosteroidStatus.NONE, ClinicalStatus.STABLE),
+        ],
+    ),
+]
+
+
+class Command(BaseCommand):
+    help = "Create (or complete) the demo trial DEMO-BM, its patients and visits, and one user per role."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--password",
+            default=os.environ.get("DEMO_PASSWORD", DEFAULT_PASSWORD),
+            help="Password of every demo user (default: $DEMO_PASSWORD or %(default)s).",
+        )
+        parser.add_argument("--host", default="http://127.0.0.1:8000", help="Base URL printed in the hints.")
+
+    def handle(self, *args: Any, password: str, host: str, **options: Any) -> None:
+        correlation_id = services.new_correlation_id()
+        audit = {"actor": None, "reason": "demo data (manage.py load_demo)", "correlation_id": correlation_id}
+        with transaction.atomic():
+            trial = Trial.objects.filter(code=DEMO_TRIAL_CODE).first() or services.create_trial(
+                code=DEMO_TRIAL_CODE,
+                title="Demo: longitudinal RANO-BM response in brain metastases",
+                description="Synthetic demo trial. Not for clinical use.",
+                **audit,
+            )
+            site = Site.objects.filter(trial=trial, code=DEMO_SITE_CODE).first() or services.create_site(
+                trial, code=DEMO_SITE_CODE, name="Demo University Hospital", **audit
+            )
+            created_patients = created_visits = 0
+            for subject_id, start, visits in DEMO_PATIENTS:
+                patient = Patient.objects.filter(trial=trial, subject_id=subject_id).first()
+                if patient is None:
+                    patient = services.create_patient(
+                        trial,
+                        site=site,
+                        subject_id=subject_id,
+                        enrolment_date=start - dt.timedelta(days=14),
+                        treatment_start_date=start,
+                        **audit,
+                    )
+                    created_patients += 1
+                baseline_date = start - dt.timedelta(days=7)
+                for label, weeks, steroids, clinical in visits:
+                    if Timepoint.objects.filter(patient=patient, visit_label=label).exists():
+                        continue
+                    services.create_timepoint(
+                        patient,
+                        visit_label=label,
+                        scan_date=baseline_date + dt.timedelta(weeks=weeks),
+                        is_baseline=(weeks == 0),
+                        corticosteroid_status=steroids,
+                        clinical_status=clinical,
+                        **audit,
+                    )
+                    created_visits += 1
+            tokens = {}
+            for username, (role, is_superuser) in DEMO_USERS.items():
+                user = self._ensure_user(username, password, is_superuser)
+                if not TrialMembership.objects.filter(trial=trial, user=user, role=role).exists():
+                    services.add_membership(trial, user=user, role=role, site=site, **audit)
+                tokens[username] = Token.objects.get_or_create(user=user)[0].key
+
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo trial {trial.code}: {trial.patients.count()} patients, "
+                f"{Timepoint.objects.filter(patient__trial=trial).count()} visits "
+                f"({created_patients} patients and {created_visits} visits created now)."
+            )
+        )
+        self.stdout.write("Log in (all demo users share one password):")
+        self.stdout.write(f"  password: {password}")
+        for username, (role, is_superuser) in DEMO_USERS.items():
+            extra = ", superuser" if is_superuser else ""
+            self.stdout.write(f"  {username:<18} role {role}{extra}")
+        self.stdout.write(
+            f"  web:   {host}/accounts/login/   admin: {host}/admin/   API docs: {host}/api/docs/"
+        )
+        self.stdout.write(
+            f"  API:   curl -H 'Authorization: Token {tokens['demo-investigator']}' {host}/api/v1/patients/"
+        )
+
+    def _ensure_user(self, username: str, password: str, is_superuser: bool) -> Any:
+        """Create the demo user, or reset its password so the printed one always works."""
+        user_model = get_user_model()
+        user, _ = user_model.objects.get_or_create(username=username)
+        user.is_active = True
+        user.is_staff = is_superuser
+        user.is_superuser = is_superuser
+        user.set_password(password)
+        user.save()
+        return user
