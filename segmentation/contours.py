@@ -1,0 +1,489 @@
+"""Lesion contours out: NIfTI label image, RTSTRUCT (rt-utils) and DICOM SEG (highdicom), and readers.
+
+The label image is an integer image in the native geometry of the series (what
+:func:`segmentation.io.read_series` returns): 0 is background, each lesion has its own value, and
+``lesion_names`` maps each value to the lesion's stable label (``{1: "L1", 2: "L2"}``).
+
+- RTSTRUCT: one ROI per lesion, named by its label and coloured, referencing every image of the series
+  (treatment-planning systems such as RayStation read it). Contours are polygons through pixel centres
+  on each slice, so reading back rasterises them again: the mask comes back within contour
+  tolerance, not voxel-identical. rt-utils applies Pixel Spacing assuming square pixels, so series with
+  non-square pixels are refused rather than contoured wrongly.
+- DICOM SEG: a BINARY segmentation with one segment per lesion (label as Segment Label and Tracking
+  ID), referencing the source images; it reads back voxel-identical.
+
+Readers return a :class:`ContourSet` whose label image numbers the lesions 1..n in file order, with
+their names, so round-trip tests compare lesions by name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from segmentation.errors import ContourExportError, ContourReadError, MissingAttributeError
+from segmentation.io import GEOMETRY_ATTRIBUTES, RTSTRUCT_ATTRIBUTES, LoadedSeries, read_series
+
+#: Distinct colours (RGB) cycled through for lesions without an explicit colour.
+DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+)
+
+MANUFACTURER = "MetTrack"
+#: SNOMED CT codes for what a segment is (PS3.16 CID 7150 category, CID 7151 type).
+_CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
+_TYPE = ("14799000", "SCT", "Neoplasm, metastatic")
+#: Geometry agreement needed between label image and series (mm, and direction cosines).
+_GEOMETRY_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class ContourSet:
+    """Lesion masks read back from an RTSTRUCT or SEG.
+
+    Attributes:
+        labels: uint16 label image in the series geometry; value i is the lesion ``names[i]``.
+        names: Label value -> lesion name (ROI Name or Segment Label).
+        colors: Label value -> RGB colour as stored (RTSTRUCT ROI Display Color; SEG colours are
+            converted from CIELab and may differ by rounding).
+    """
+
+    labels: sitk.Image
+    names: dict[int, str]
+    colors: dict[int, tuple[int, int, int]]
+
+    def mask(self, name: str) -> np.ndarray:
+        """Boolean array [slice, row, column] of the lesion called ``name``."""
+        for value, lesion in self.names.items():
+            if lesion == name:
+                return sitk.GetArrayViewFromImage(self.labels) == value
+        raise KeyError(name)
+
+
+# --- NIfTI -----------------------------------------------------------------------------------------
+
+
+def write_label_nifti(labels: sitk.Image, path: str | Path) -> Path:
+    """Write a lesion label image as compressed NIfTI in its own (native) geometry.
+
+    Args:
+        labels: Integer 3D label image (0 = background).
+        path: Output file; ``.nii.gz`` is usual.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ContourExportError: If the image is not a 3D integer image or has values outside uint16.
+    """
+    arr = _label_array(labels)
+    out = sitk.GetImageFromArray(arr.astype(np.uint16))
+    out.CopyInformation(labels)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(out, str(target), useCompression=True)
+    return target
+
+
+def read_label_nifti(path: str | Path) -> sitk.Image:
+    """Read a label NIfTI written by :func:`write_label_nifti` (as uint16)."""
+    return sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkUInt16)
+
+
+# --- shared checks ---------------------------------------------------------------------------------
+
+
+def _label_array(labels: sitk.Image) -> np.ndarray:
+    if labels.GetDimension() != 3 or labels.GetNumberOfComponentsPerPixel() != 1:
+        raise ContourExportError("The lesion label image must be a 3D scalar image.")
+    arr = sitk.GetArrayFromImage(labels)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ContourExportError(f"The lesion label image must be integer, not {labels.GetPixelIDTypeAsString()}.")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.uint16).max):
+        raise ContourExportError("Lesion label values must lie between 0 and 65535.")
+    return arr
+
+
+def _checked_lesions(arr: np.ndarray, lesion_names: Mapping[int, str]) -> list[int]:
+    present = {int(v) for v in np.unique(arr) if v != 0}
+    unnamed = sorted(present - set(lesion_names))
+    if unnamed:
+        raise ContourExportError(f"Label values {unnamed} have no lesion name; every lesion needs one.")
+    empty = sorted(set(lesion_names) - present)
+    if empty:
+        raise ContourExportError(
+            f"Lesions {[lesion_names[v] for v in empty]} have no voxel in the label image; nothing to contour."
+        )
+    names = [lesion_names[v] for v in sorted(present)]
+    if len(set(names)) != len(names):
+        raise ContourExportError(f"Lesion names must be unique; got {names}.")
+    if not present:
+        raise ContourExportError("The label image contains no lesion; there is nothing to export.")
+    return sorted(present)
+
+
+def _series_datasets(series: LoadedSeries | str | Path | Sequence[Dataset]) -> tuple[list[Dataset], sitk.Image | None]:
+    """Return the series headers (and the series image when known) from any accepted form."""
+    if isinstance(series, LoadedSeries):
+        return list(series.source_datasets), series.image
+    if isinstance(series, str | Path):
+        loaded = read_series(series)
+        return list(loaded.source_datasets), loaded.image
+    return list(series), None
+
+
+def _require_headers(datasets: Sequence[Dataset], keywords: Sequence[str]) -> None:
+    if not datasets:
+        raise ContourExportError("No source DICOM images were given; contours must reference a DICOM series.")
+    missing = sorted({k for ds in datasets for k in keywords if k not in ds})
+    if missing:
+        raise MissingAttributeError(
+            f"The source series lacks {', '.join(missing)}, which RTSTRUCT/SEG export must copy from it.",
+            missing,
+        )
+
+
+def _slice_index(labels: sitk.Image, position_mm: Sequence[float]) -> int:
+    """Index along the label image's third axis of a plane at ``position_mm``; -1 if it is off-grid."""
+    continuous = labels.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in position_mm))
+    index = [round(c) for c in continuous]
+    if max(abs(c - i) for c, i in zip(continuous, index, strict=True)) > 1e-2:
+        return -1
+    if index[0] != 0 or index[1] != 0 or not 0 <= index[2] < labels.GetSize()[2]:
+        return -1
+    return index[2]
+
+
+def _check_plane_geometry(labels: sitk.Image, ds: Dataset, orientation: Sequence[float], spacing: Sequence[float]) -> None:
+    direction = np.asarray(labels.GetDirection()).reshape(3, 3)
+    if (int(ds.Columns), int(ds.Rows)) != tuple(labels.GetSize()[:2]) or not (
+        np.allclose(direction[:, 0], orientation[:3], atol=_GEOMETRY_TOL)
+        and np.allclose(direction[:, 1], orientation[3:], atol=_GEOMETRY_TOL)
+        and np.allclose(labels.GetSpacing()[:2], (spacing[1], spacing[0]), atol=_GEOMETRY_TOL)
+    ):
+        raise ContourExportError(
+            "The label image is not in the native geometry of the series (matrix, orientation or pixel "
+            "spacing differ); map the prediction back to the series geometry first."
+        )
+
+
+# --- RTSTRUCT --------------------------------------------------------------------------------------
+
+
+def write_rtstruct(
+    labels: sitk.Image,
+    series_dir: LoadedSeries | str | Path | Sequence[Dataset],
+    out_path: str | Path,
+    *,
+    lesion_names: Mapping[int, str],
+    colors: Mapping[int, Sequence[int]] | None = None,
+    series_description: str = "MetTrack lesions",
+) -> Path:
+    """Write an RTSTRUCT with one ROI per lesion, referencing the source MR series (rt-utils).
+
+    Args:
+        labels: Lesion label image in the series' native geometry.
+        series_dir: The source series: a folder holding it (read and validated with
+            :func:`segmentation.io.read_series`), a :class:`~segmentation.io.LoadedSeries`, or its
+            single-frame datasets (headers suffice).
+        out_path: Output file.
+        lesion_names: Label value -> ROI name (the stable lesion label, e.g. ``"L1"``).
+        colors: Label value -> RGB (0-255); :data:`DEFAULT_COLORS` in label order otherwise.
+        series_description: Series Description of the RTSTRUCT.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ContourExportError: Bad label image, unnamed or empty lesions, multi-frame or non-square-pixel
+            series, or a label image not in the series geometry.
+        MissingAttributeError: The series lacks an attribute the RTSTRUCT copies (StudyTime, StudyID...).
+    """
+    from rt_utils import RTStruct, ds_helper  # heavy (OpenCV), only needed here
+
+    arr = _label_array(labels)
+    lesions = _checked_lesions(arr, lesion_names)
+    datasets, _ = _series_datasets(series_dir)
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        raise ContourExportError("RTSTRUCT export needs a single-frame series; use DICOM SEG for multi-frame images.")
+    _require_headers(datasets, (*RTSTRUCT_ATTRIBUTES, *GEOMETRY_ATTRIBUTES))
+    spacing = [float(v) for v in datasets[0].PixelSpacing]
+    if abs(spacing[0] - spacing[1]) > _GEOMETRY_TOL:
+        raise ContourExportError(
+            f"The series has non-square pixels ({spacing[0]} x {spacing[1]} mm); RTSTRUCT export supports "
+            "square pixels only. Use the DICOM SEG output instead."
+        )
+    orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
+    _check_plane_geometry(labels, datasets[0], orientation, spacing)
+    normal = np.cross(orientation[:3], orientation[3:])
+    # rt-utils orders slices by position along the normal; follow the same order
+    ordered = sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
+    slice_of = [_slice_index(labels, ds.ImagePositionPatient) for ds in ordered]
+    if -1 in slice_of or sorted(slice_of) != list(range(labels.GetSize()[2])):
+        raise ContourExportError(
+            "The label image's slices do not coincide with the series' slices; map the prediction back to "
+            "the series geometry first."
+        )
+    rtstruct_ds = ds_helper.create_rtstruct_dataset(ordered)
+    rtstruct = RTStruct(ordered, rtstruct_ds)
+    for number, value in enumerate(lesions):
+        mask = (arr[slice_of] == value).transpose(1, 2, 0)  # rt-utils wants [row, column, slice]
+        color = colors.get(value) if colors else None
+        rgb = [int(c) for c in (color or DEFAULT_COLORS[number % len(DEFAULT_COLORS)])]
+        rtstruct.add_roi(mask=mask, color=rgb, name=lesion_names[value], roi_generation_algorithm="AUTOMATIC")
+    ds = rtstruct.ds
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = "MetTrack lesion contours"
+    if "InstitutionName" in ds:
+        del ds.InstitutionName  # rt-utils writes its own institution, which is not ours to claim
+    ds.SeriesDescription = series_description
+    ds.StructureSetLabel = "MetTrack"
+    target = Path(out_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def read_rtstruct(path: str | Path, series: LoadedSeries) -> ContourSet:
+    """Rasterise every ROI of an RTSTRUCT onto its series (rt-utils).
+
+    Args:
+        path: The RTSTRUCT file.
+        series: The series it references, as loaded by :func:`segmentation.io.read_series`.
+
+    Returns:
+        The ROIs as a label image in the series geometry.
+
+    Raises:
+        ContourReadError: Not an RTSTRUCT, or it references images outside the series.
+    """
+    from rt_utils import RTStruct, RTStructBuilder
+
+    try:
+        ds = pydicom.dcmread(path)
+        RTStructBuilder.validate_rtstruct(ds)
+    except Exception as exc:  # rt-utils raises bare Exception
+        raise ContourReadError(f"{Path(path).name} is not a valid RTSTRUCT ({exc}).") from exc
+    datasets = list(series.source_datasets)
+    orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
+    normal = np.cross(orientation[:3], orientation[3:])
+    ordered = sorted(datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])))
+    try:
+        RTStructBuilder.validate_rtstruct_series_references(ds, ordered)
+    except Exception as exc:  # rt-utils raises bare Exception
+        raise ContourReadError(f"The RTSTRUCT does not belong to this series ({exc}).") from exc
+    rtstruct = RTStruct(ordered, ds)
+    slice_of = [_slice_index(series.image, d.ImagePositionPatient) for d in ordered]
+    out = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, dtype=np.uint16)
+    names: dict[int, str] = {}
+    colors: dict[int, tuple[int, int, int]] = {}
+    for value, roi in enumerate(ds.StructureSetROISequence, start=1):
+        mask = rtstruct.get_roi_mask_by_name(roi.ROIName)  # [row, column, slice] for square pixels
+        volume = mask.transpose(2, 0, 1)
+        out[slice_of] = np.where(volume, value, out[slice_of])
+        names[value] = str(roi.ROIName)
+    for contour in ds.ROIContourSequence:
+        number = int(contour.ReferencedROINumber)
+        for value, roi in enumerate(ds.StructureSetROISequence, start=1):
+            if int(roi.ROINumber) == number and "ROIDisplayColor" in contour:
+                colors[value] = tuple(int(c) for c in contour.ROIDisplayColor)  # type: ignore[assignment]
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(series.image)
+    return ContourSet(labels=image, names=names, colors=colors)
+
+
+# --- DICOM SEG -------------------------------------------------------------------------------------
+
+
+def _frame_planes(datasets: Sequence[Dataset]) -> list[tuple[Sequence[float], Sequence[float], Sequence[float]]]:
+    """(position, orientation, pixel spacing) per source frame, in the order highdicom pairs frames."""
+    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        ds = datasets[0]
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        planes = []
+        for item in ds.PerFrameFunctionalGroupsSequence:
+
+            def group(name: str, item: Dataset = item) -> Dataset:
+                return (item if name in item else shared)[name][0]
+
+            planes.append(
+                (
+                    group("PlanePositionSequence").ImagePositionPatient,
+                    group("PlaneOrientationSequence").ImageOrientationPatient,
+                    group("PixelMeasuresSequence").PixelSpacing,
+                )
+            )
+        return planes
+    _require_headers(datasets, GEOMETRY_ATTRIBUTES)
+    return [(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing) for ds in datasets]
+
+
+def write_seg(
+    labels: sitk.Image,
+    source_datasets: LoadedSeries | Sequence[Dataset],
+    out_path: str | Path,
+    *,
+    lesion_names: Mapping[int, str],
+    algorithm_name: str,
+    algorithm_version: str,
+    colors: Mapping[int, Sequence[int]] | None = None,
+    series_description: str = "MetTrack lesions",
+) -> Path:
+    """Write a BINARY DICOM SEG with one segment per lesion, referencing the source images (highdicom).
+
+    Args:
+        labels: Lesion label image in the series' native geometry.
+        source_datasets: The source series (single-frame datasets or one multi-frame dataset; headers
+            suffice) or a :class:`~segmentation.io.LoadedSeries`.
+        out_path: Output file.
+        lesion_names: Label value -> Segment Label (e.g. ``"L1"``), also used as Tracking ID.
+        algorithm_name: Algorithm Name, e.g. the model version's name.
+        algorithm_version: Algorithm Version, e.g. the weights checksum or release.
+        colors: Label value -> RGB (0-255); :data:`DEFAULT_COLORS` in label order otherwise.
+        series_description: Series Description of the SEG.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ContourExportError: Bad label image, unnamed or empty lesions, or a label image not in the
+            series geometry.
+        MissingAttributeError: The source images lack an attribute the SEG must reference.
+    """
+    import highdicom as hd  # heavy, only needed here
+    from pydicom.sr.codedict import codes
+
+    arr = _label_array(labels)
+    lesions = _checked_lesions(arr, lesion_names)
+    datasets = list(source_datasets.source_datasets if isinstance(source_datasets, LoadedSeries) else source_datasets)
+    _require_headers(datasets, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"))
+    planes = _frame_planes(datasets)
+    _check_plane_geometry(labels, datasets[0], [float(v) for v in planes[0][1]], [float(v) for v in planes[0][2]])
+    slice_of = [_slice_index(labels, position) for position, _, _ in planes]
+    if -1 in slice_of:
+        raise ContourExportError(
+            "The label image's slices do not coincide with the source images; map the prediction back to "
+            "the series geometry first."
+        )
+    frames = arr[slice_of]  # frame i of the SEG input pairs with source frame/image i
+    stacked = np.stack([frames == value for value in lesions], axis=-1).astype(np.uint8)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
+    )
+    descriptions = []
+    for number, value in enumerate(lesions, start=1):
+        rgb = colors.get(value) if colors else None
+        rgb = rgb or DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)]
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=lesion_names[value],
+                segmented_property_category=hd.sr.CodedConcept(_CATEGORY[0], _CATEGORY[1], _CATEGORY[2]),
+                segmented_property_type=hd.sr.CodedConcept(_TYPE[0], _TYPE[1], _TYPE[2]),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_id=lesion_names[value],
+                tracking_uid=hd.UID(),
+                display_color=hd.color.CIELabColor.from_rgb(*(int(c) for c in rgb)),
+            )
+        )
+    with warnings.catch_warnings():
+        # de-identified sources carry a subject id as Patient Name; highdicom warns it is one component
+        warnings.simplefilter("ignore", UserWarning)
+        seg = hd.seg.Segmentation(
+            source_images=datasets,
+            pixel_array=stacked,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=int(datasets[0].get("SeriesNumber") or 1) + 1000,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=algorithm_name,
+            software_versions=algorithm_version,
+            device_serial_number="0",
+            series_description=series_description,
+        )
+    target = Path(out_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(target)
+    return target
+
+
+def read_seg(path: str | Path, series: LoadedSeries) -> ContourSet:
+    """Read a DICOM SEG back onto its source series (highdicom).
+
+    Args:
+        path: The SEG file.
+        series: The source series as loaded by :func:`segmentation.io.read_series`.
+
+    Returns:
+        Segments as a label image (value = segment number) in the series geometry.
+
+    Raises:
+        ContourReadError: Not a SEG, or it does not reference this series.
+    """
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as exc:  # highdicom raises ValueError/AttributeError/TypeError for non-SEG input
+        raise ContourReadError(f"{Path(path).name} is not a readable DICOM SEG ({exc}).") from exc
+    datasets = list(series.source_datasets)
+    referenced = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
+    if str(datasets[0].SeriesInstanceUID) not in referenced:
+        raise ContourReadError("The SEG does not reference this series (its Referenced Series differ).")
+    planes = _frame_planes(datasets)
+    try:
+        if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+            pixels = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=str(datasets[0].SOPInstanceUID),
+                source_frame_numbers=list(range(1, len(planes) + 1)),
+                combine_segments=True,
+                assert_missing_frames_are_empty=True,  # empty frames are omitted when writing
+            )
+        else:
+            pixels = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in datasets],
+                combine_segments=True,
+                assert_missing_frames_are_empty=True,  # empty frames are omitted when writing
+            )
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ContourReadError(f"The SEG does not reference this series ({exc}).") from exc
+    slice_of = [_slice_index(series.image, position) for position, _, _ in planes]
+    out = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, dtype=np.uint16)
+    out[slice_of] = pixels.astype(np.uint16)
+    names = {}
+    colors = {}
+    for number in seg.segment_numbers:
+        description = seg.get_segment_description(number)
+        names[int(number)] = str(description.segment_label)
+        if "RecommendedDisplayCIELabValue" in description:
+            lab = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue)
+            colors[int(number)] = tuple(int(c) for c in lab.to_rgb(clip=True))
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(series.image)
+    return ContourSet(labels=image, names=names, colors=colors)
+
+
+def new_uid() -> str:
+    """A new DICOM UID (for callers that pre-assign output UIDs)."""
+    return str(generate_uid())
