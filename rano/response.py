@@ -1,0 +1,808 @@
+"""The RANO-BM response engine (rano-bm.md sections 2-8): frozen dataclasses in, frozen dataclasses out.
+
+Input is per-visit lesion observations with stable lesion ids (from :mod:`rano.match`, or from the
+database), plus reader inputs: target selection override, lesion flags (cystic, dural, bony,
+leptomeningeal, previously irradiated and progressing), "too small to measure" per observation and
+unequivocal non-target progression per visit. No image is needed, so the service layer can call it
+with rows it has stored. Every result carries its reasons, the settings and the engine version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from rano import ENGINE_VERSION
+from rano.errors import ResponseInputError
+from rano.measure import measurability
+from rano.settings import ResponseSettings
+
+_EPS = 1e-9
+
+
+class Response(StrEnum):
+    """Response categories (CDISC-style codes used across MetTrack)."""
+
+    CR = "CR"
+    PR = "PR"
+    SD = "SD"
+    PD = "PD"
+    NE = "NE"
+    NON_CR_NON_PD = "NON-CR/NON-PD"
+
+
+class Steroids(StrEnum):
+    """Corticosteroid use at a visit, compared with the previous assessment."""
+
+    NONE = "none"
+    DECREASED = "decreased"
+    STABLE = "stable"
+    INCREASED = "increased"
+
+
+class ClinicalStatus(StrEnum):
+    """Clinical (neurological) status at a visit."""
+
+    IMPROVED = "improved"
+    STABLE = "stable"
+    WORSE = "worse"
+
+
+class NewLesions(StrEnum):
+    """New-lesion status of a visit (rano-bm.md section 5)."""
+
+    NONE = "none"
+    EQUIVOCAL = "equivocal"
+    UNEQUIVOCAL = "unequivocal"
+
+
+class Criteria(StrEnum):
+    """Which sum drives the target response: diameters (RANO-BM) or volumes (section 8)."""
+
+    RANO_BM = "rano-bm"
+    VOLUMETRIC = "volumetric"
+
+
+class Role(StrEnum):
+    """Role of a lesion in the assessment."""
+
+    TARGET = "target"
+    NON_TARGET = "non_target"
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class LesionObservation:
+    """One lesion at one visit.
+
+    Attributes:
+        lesion_id: Stable label (L1, L2, ...) that never changes across visits.
+        present: False when the lesion is absent at this visit (counts 0 mm).
+        longest_diameter_mm: LD; for a split lesion the sum of its fragments' LDs.
+        perpendicular_diameter_mm: Perpendicular diameter on the LD slice.
+        volume_mm3: Volume (sum over fragments).
+        slice_count: Number of axial slices showing the lesion.
+        slice_spacing_mm: Slice spacing of the image it was measured on (for measurability).
+        too_small_to_measure: Reader flag: present but too small; counts ``too_small_mm``.
+        fragment_count: Number of follow-up components matched to this lesion (split when > 1).
+        merged_into: Lesion id that absorbed this lesion in a merge (this one then counts 0 mm).
+    """
+
+    lesion_id: str
+    present: bool = True
+    longest_diameter_mm: float = 0.0
+    perpendicular_diameter_mm: float = 0.0
+    volume_mm3: float = 0.0
+    slice_count: int = 0
+    slice_spacing_mm: float | None = None
+    too_small_to_measure: bool = False
+    fragment_count: int = 1
+    merged_into: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lesion_id:
+            raise ResponseInputError("a lesion observation needs a lesion id")
+        for name in ("longest_diameter_mm", "perpendicular_diameter_mm", "volume_mm3"):
+            if not getattr(self, name) >= 0:
+                raise ResponseInputError(f"{self.lesion_id}: {name} must be >= 0, got {getattr(self, name)}")
+        if self.slice_count < 0:
+            raise ResponseInputError(f"{self.lesion_id}: slice_count must be >= 0")
+
+    @property
+    def counts_as_present(self) -> bool:
+        """Present at this visit and not absorbed into another lesion."""
+        return self.present and self.merged_into is None
+
+
+@dataclass(frozen=True)
+class VisitInput:
+    """One imaging visit with its lesion observations and clinical inputs.
+
+    Attributes:
+        visit: Visit label (BL, FU1, ...); the first visit of a patient is the baseline.
+        date: Scan date.
+        observations: Lesions observed (or recorded absent) at this visit. A lesion with no
+            observation is absent.
+        steroids: Corticosteroid status.
+        clinical_status: Clinical status.
+        imaging_available: False when imaging is missing or unreadable: the visit is NE.
+        unequivocal_non_target_progression: Reader judgement of unequivocal non-target progression.
+    """
+
+    visit: str
+    date: dt.date
+    observations: tuple[LesionObservation, ...] = ()
+    steroids: Steroids = Steroids.NONE
+    clinical_status: ClinicalStatus = ClinicalStatus.STABLE
+    imaging_available: bool = True
+    unequivocal_non_target_progression: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.visit:
+            raise ResponseInputError("a visit needs a label")
+        if not isinstance(self.date, dt.date):
+            raise ResponseInputError(f"visit {self.visit}: date must be a date, got {self.date!r}")
+        try:
+            Steroids(self.steroids)
+            ClinicalStatus(self.clinical_status)
+        except ValueError as exc:
+            raise ResponseInputError(f"visit {self.visit}: {exc}") from None
+        ids = [o.lesion_id for o in self.observations]
+        if len(ids) != len(set(ids)):
+            raise ResponseInputError(f"visit {self.visit}: a lesion id appears more than once")
+
+
+@dataclass(frozen=True)
+class LesionFlags:
+    """Reader flags on one lesion (rano-bm.md section 2)."""
+
+    lesion_id: str
+    cystic: bool = False
+    dural: bool = False
+    bony: bool = False
+    leptomeningeal: bool = False
+    previously_irradiated: bool = False
+    progressing_since_treatment: bool = False
+
+
+@dataclass(frozen=True)
+class ReaderInputs:
+    """Reader decisions the engine must respect.
+
+    Attributes:
+        lesion_flags: Flags per lesion.
+        target_ids: Reader's target selection; None keeps the automatic one.
+    """
+
+    lesion_flags: tuple[LesionFlags, ...] = ()
+    target_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TargetSelection:
+    """Baseline target / non-target roles and why."""
+
+    target_ids: tuple[str, ...]
+    non_target_ids: tuple[str, ...]
+    reader_selected: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VisitAssessment:
+    """Responses at one visit under one criteria (null fields at baseline and at NE visits).
+
+    Sums, nadir and percentages are in mm for RANO-BM and in mm^3 for the volumetric criteria
+    (``sum_ld_mm`` and ``sum_volume_mm3`` are both always given).
+    """
+
+    visit: str
+    date: dt.date
+    is_baseline: bool
+    criteria: Criteria
+    sum_ld_mm: float | None
+    sum_volume_mm3: float | None
+    baseline_sum: float | None
+    nadir_sum: float | None
+    nadir_visit: str | None
+    pct_change_from_baseline: float | None
+    pct_change_from_nadir: float | None
+    target_response: Response | None
+    non_target_response: Response | None
+    new_lesions: NewLesions | None
+    new_lesion_ids: tuple[str, ...]
+    possible_new_lesion_ids: tuple[str, ...]
+    non_target_growth_flags: tuple[str, ...]
+    overall_response: Response | None
+    confirmed: bool | None
+    confirmed_by: str | None
+    backdated_progression_date: dt.date | None
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A patient's assessment under one criteria."""
+
+    criteria: Criteria
+    selection: TargetSelection
+    visits: tuple[VisitAssessment, ...]
+    best_overall_response: Response | None
+    progression_date: dt.date | None
+    progression_visit: str | None
+    roles: Mapping[str, Role]
+    first_seen: Mapping[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    engine_version: str = ENGINE_VERSION
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _flags_by_id(reader: ReaderInputs) -> dict[str, LesionFlags]:
+    flags: dict[str, LesionFlags] = {}
+    for f in reader.lesion_flags:
+        if f.lesion_id in flags:
+            raise ResponseInputError(f"lesion {f.lesion_id} has flags given twice")
+        flags[f.lesion_id] = f
+    return flags
+
+
+def _eligibility(obs: LesionObservation, flags: LesionFlags | None, settings: ResponseSettings) -> str | None:
+    """Why a baseline lesion cannot be a target (None when it can)."""
+    if flags is not None:
+        for name in ("dural", "bony", "leptomeningeal", "cystic"):
+            if getattr(flags, name):
+                return f"{obs.lesion_id} is marked {name}: non-measurable"
+        if flags.previously_irradiated and not flags.progressing_since_treatment:
+            return f"{obs.lesion_id} was treated with radiosurgery and is not marked progressing"
+    if obs.too_small_to_measure:
+        return f"{obs.lesion_id} is marked too small to measure"
+    ok, reason = measurability(
+        obs.longest_diameter_mm,
+        obs.perpendicular_diameter_mm,
+        obs.slice_count,
+        obs.slice_spacing_mm,
+        settings,
+    )
+    return None if ok else f"{obs.lesion_id} not measurable: {reason}"
+
+
+def select_targets(
+    baseline: VisitInput,
+    reader: ReaderInputs = ReaderInputs(),  # noqa: B008 - frozen
+    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
+) -> TargetSelection:
+    """Targets at baseline (rano-bm.md section 2): up to ``max_targets`` measurable lesions, largest LD
+    first (ties: larger volume, then lesion id); every other baseline lesion is a non-target.
+
+    Raises:
+        ResponseInputError: When the reader selects an unknown/absent lesion, the same lesion twice,
+            or more than ``max_targets``.
+    """
+    flags = _flags_by_id(reader)
+    present = {o.lesion_id: o for o in baseline.observations if o.counts_as_present}
+    reasons: list[str] = []
+    eligible: list[LesionObservation] = []
+    for obs in present.values():
+        why_not = _eligibility(obs, flags.get(obs.lesion_id), settings)
+        if why_not is None:
+            eligible.append(obs)
+        else:
+            reasons.append(why_not)
+    if reader.target_ids is not None:
+        chosen = tuple(reader.target_ids)
+        if len(set(chosen)) != len(chosen):
+            raise ResponseInputError("the reader's target selection names a lesion twice")
+        if len(chosen) > settings.max_targets:
+            raise ResponseInputError(
+                f"the reader selected {len(chosen)} targets; at most {settings.max_targets}"
+            )
+        for lesion_id in chosen:
+            if lesion_id not in present:
+                raise ResponseInputError(f"reader-selected target {lesion_id} is not present at baseline")
+        eligible_ids = {o.lesion_id for o in eligible}
+        for lesion_id in chosen:
+            if lesion_id not in eligible_ids:
+                reasons.append(f"reader selected {lesion_id} as target although it is not eligible")
+        reasons.append(f"targets selected by the reader: {', '.join(chosen) or 'none'}")
+        targets = chosen
+    else:
+        ranked = sorted(eligible, key=lambda o: (-o.longest_diameter_mm, -o.volume_mm3, o.lesion_id))
+        targets = tuple(o.lesion_id for o in ranked[: settings.max_targets])
+        if targets:
+            reasons.append(
+                "targets: "
+                + ", ".join(
+                    f"{o.lesion_id} (LD {o.longest_diameter_mm:.1f} mm)"
+                    for o in ranked[: settings.max_targets]
+                )
+                + f"; the largest measurable lesions, at most {settings.max_targets}"
+            )
+        else:
+            reasons.append("no measurable disease at baseline")
+        if len(ranked) > settings.max_targets:
+            reasons.append(
+                f"{len(ranked) - settings.max_targets} further measurable lesion(s) followed as non-targets"
+            )
+    non_targets = tuple(sorted((i for i in present if i not in targets), key=_id_key))
+    return TargetSelection(targets, non_targets, reader.target_ids is not None, tuple(reasons))
+
+
+def _id_key(lesion_id: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in lesion_id if ch.isdigit())
+    return (int(digits) if digits else 0, lesion_id)
+
+
+def _target_ld(obs: LesionObservation | None, settings: ResponseSettings) -> float:
+    """LD a target contributes to the SLD (rano-bm.md section 3)."""
+    if obs is None or not obs.counts_as_present:
+        return 0.0
+    if obs.too_small_to_measure:
+        return settings.too_small_mm
+    return obs.longest_diameter_mm
+
+
+def _target_volume(obs: LesionObservation | None) -> float:
+    if obs is None or not obs.counts_as_present:
+        return 0.0
+    return obs.volume_mm3
+
+
+def _pct(value: float, reference: float) -> float | None:
+    return None if reference <= 0 else (value - reference) / reference * 100.0
+
+
+def _validate_visits(visits: Sequence[VisitInput]) -> None:
+    if not visits:
+        raise ResponseInputError("at least one visit (the baseline) is needed")
+    labels = [v.visit for v in visits]
+    if len(set(labels)) != len(labels):
+        raise ResponseInputError("visit labels must be unique")
+    for prev, cur in zip(visits, visits[1:], strict=False):
+        if cur.date <= prev.date:
+            raise ResponseInputError(
+                f"visit dates must increase: {cur.visit} ({cur.date}) is not after {prev.visit} ({prev.date})"
+            )
+    if not visits[0].imaging_available:
+        raise ResponseInputError(f"baseline visit {visits[0].visit} has no imaging; nothing can be assessed")
+
+
+def assess(
+    visits: Sequence[VisitInput],
+    reader: ReaderInputs = ReaderInputs(),  # noqa: B008 - frozen
+    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
+    criteria: Criteria | str = Criteria.RANO_BM,
+) -> Assessment:
+    """Assess one patient's visits under RANO-BM (diameters) or its volumetric variant.
+
+    Args:
+        visits: Visits in date order; the first is the baseline.
+        reader: Reader inputs (flags, target selection override).
+        settings: Protocol settings (rano-bm.md section 9).
+        criteria: ``"rano-bm"`` (sum of LDs) or ``"volumetric"`` (sum of volumes, section 8).
+
+    Returns:
+        The per-visit responses, confirmation, best overall response and progression date.
+
+    Raises:
+        ResponseInputError: On out-of-order dates, duplicate labels, a baseline without imaging,
+            unknown lesion ids in reader inputs, or non-target progression without non-targets.
+    """
+    try:
+        criteria = Criteria(criteria)
+    except ValueError:
+        raise ResponseInputError(f"unknown criteria {criteria!r}; use rano-bm or volumetric") from None
+    _validate_visits(visits)
+    flags = _flags_by_id(reader)
+    seen_ids = {o.lesion_id for v in visits for o in v.observations}
+    unknown = sorted(set(flags) - seen_ids)
+    if unknown:
+        raise ResponseInputError(f"flags given for unknown lesion(s): {', '.join(unknown)}")
+    selection = select_targets(visits[0], reader, settings)
+    volumetric = criteria is Criteria.VOLUMETRIC
+    targets, non_targets = selection.target_ids, selection.non_target_ids
+    unit = "mm3" if volumetric else "mm"
+    label = "target volume sum" if volumetric else "SLD"
+
+    obs_by_visit = [{o.lesion_id: o for o in v.observations} for v in visits]
+    first_seen: dict[str, str] = {}
+    roles: dict[str, Role] = {i: Role.TARGET for i in targets}
+    roles.update({i: Role.NON_TARGET for i in non_targets})
+
+    results: list[VisitAssessment] = []
+    history: list[tuple[int, float, dict[str, float]]] = []  # assessable visits: (index, sum, per-target)
+    nt_history: dict[str, list[float]] = {i: [] for i in non_targets}
+    pending_equivocal: dict[str, int] = {}  # new lesion id -> visit index first showing it
+    baseline_sum = 0.0
+
+    for index, visit in enumerate(visits):
+        obs = obs_by_visit[index]
+        present_ids = [i for i, o in obs.items() if o.counts_as_present]
+        sum_ld = sum(_target_ld(obs.get(i), settings) for i in targets)
+        sum_vol = sum(_target_volume(obs.get(i)) for i in targets)
+        per_target = {
+            i: (_target_volume(obs.get(i)) if volumetric else _target_ld(obs.get(i), settings))
+            for i in targets
+        }
+        current = sum_vol if volumetric else sum_ld
+        if index == 0:
+            for i in present_ids:
+                first_seen[i] = visit.visit
+            baseline_sum = current
+            history.append((0, current, per_target))
+            for i in non_targets:
+                nt_history[i].append(obs[i].longest_diameter_mm)
+            results.append(
+                VisitAssessment(
+                    visit.visit,
+                    visit.date,
+                    True,
+                    criteria,
+                    sum_ld,
+                    sum_vol,
+                    current,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    (),
+                    (),
+                    (),
+                    None,
+                    None,
+                    None,
+                    None,
+                    (*selection.reasons, f"baseline {label} {current:.1f} {unit}"),
+                )  # fmt: skip
+            )
+            continue
+        if not visit.imaging_available:
+            results.append(
+                VisitAssessment(
+                    visit.visit,
+                    visit.date,
+                    False,
+                    criteria,
+                    None,
+                    None,
+                    baseline_sum,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Response.NE,
+                    Response.NE if non_targets else None,
+                    None,
+                    (),
+                    (),
+                    (),
+                    Response.NE,
+                    None,
+                    None,
+                    None,
+                    ("imaging missing or unreadable -> NE",),
+                )  # fmt: skip
+            )
+            continue
+
+        reasons: list[str] = []
+        # --- nadir: smallest sum on study before this visit, baseline included (section 3) ---
+        nadir_index, nadir_sum, nadir_targets = min(history, key=lambda h: (h[1], -h[0]))
+        nadir_label = visits[nadir_index].visit
+
+        # --- target response (section 3 / section 8) ---
+        target_response: Response | None = None
+        pct_base = _pct(current, baseline_sum) if targets else None
+        pct_nadir = _pct(current, nadir_sum) if targets else None
+        if targets:
+            absent = [i for i in targets if obs.get(i) is None or not obs[i].counts_as_present]
+            pd_factor = 1 + (settings.vol_pd_threshold if volumetric else settings.pd_threshold) / 100
+            pr_factor = 1 + (settings.vol_pr_threshold if volumetric else settings.pr_threshold) / 100
+            grown = [
+                (i, per_target[i] - nadir_targets[i])
+                for i in targets
+                if per_target[i] - nadir_targets[i] >= settings.pd_min_lesion_increase_mm - _EPS
+            ]
+            sum_words = f"{label} {current:.1f} {unit}"
+            if len(absent) == len(targets):
+                target_response = Response.CR
+                reasons.append(f"all targets absent ({', '.join(targets)}) -> target CR")
+            elif current >= nadir_sum * pd_factor - _EPS and (
+                (not volumetric and grown) or (volumetric and current > nadir_sum + _EPS)
+            ):
+                target_response = Response.PD
+                change = "" if pct_nadir is None else f" is {pct_nadir:.0f}% above nadir"
+                words = f"{sum_words}{change} {nadir_sum:.1f} {unit} ({nadir_label})"
+                if not volumetric:
+                    words += "; " + ", ".join(f"{i} grew {g:.1f} mm" for i, g in grown)
+                reasons.append(f"{words} -> target PD")
+            elif current <= baseline_sum * pr_factor + _EPS:
+                target_response = Response.PR
+                reasons.append(
+                    f"{sum_words} is {abs(pct_base or 0):.0f}% below baseline {baseline_sum:.1f} {unit} -> target PR"
+                )
+            else:
+                target_response = Response.SD
+                base_words = "" if pct_base is None else f"{pct_base:+.0f}% from baseline"
+                nadir_words = "" if pct_nadir is None else f"{pct_nadir:+.0f}% from nadir ({nadir_label})"
+                reasons.append(f"{sum_words} ({base_words}, {nadir_words}) -> target SD")
+                if not volumetric and current >= nadir_sum * pd_factor - _EPS and not grown:
+                    reasons.append(
+                        f"sum is >= {settings.pd_threshold:.0f}% above nadir but no target grew "
+                        f"{settings.pd_min_lesion_increase_mm:.0f} mm -> not PD"
+                    )
+            for i in targets:
+                o = obs.get(i)
+                if o is not None and o.too_small_to_measure and o.counts_as_present:
+                    reasons.append(f"{i} marked too small to measure: counts {settings.too_small_mm:.0f} mm")
+                if o is not None and o.merged_into is not None:
+                    reasons.append(f"{i} merged into {o.merged_into}: counts 0")
+                if o is not None and o.fragment_count > 1 and o.counts_as_present:
+                    reasons.append(f"{i} split into {o.fragment_count} fragments: their LDs are summed")
+
+        # --- non-target response (section 4) ---
+        non_target_response: Response | None = None
+        growth_flags: list[str] = []
+        for i in non_targets:
+            o = obs.get(i)
+            ld_now = o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0
+            nadir_ld = min(nt_history[i]) if nt_history[i] else 0.0
+            if ld_now - nadir_ld >= 5.0 - _EPS and ld_now >= 1.2 * nadir_ld - _EPS and ld_now > 0:
+                growth_flags.append(i)
+                reasons.append(
+                    f"non-target {i} grew {ld_now - nadir_ld:.1f} mm from its nadir {nadir_ld:.1f} mm: "
+                    "possible progression, for the reader to judge"
+                )
+        if visit.unequivocal_non_target_progression and not non_targets:
+            raise ResponseInputError(
+                f"visit {visit.visit}: non-target progression set but there are no non-targets"
+            )
+        if non_targets:
+            if visit.unequivocal_non_target_progression:
+                non_target_response = Response.PD
+                reasons.append("reader: unequivocal progression of non-target lesions -> non-target PD")
+            elif all(obs.get(i) is None or not obs[i].counts_as_present for i in non_targets):
+                non_target_response = Response.CR
+                reasons.append("all non-target lesions absent -> non-target CR")
+            else:
+                non_target_response = Response.NON_CR_NON_PD
+                still = [i for i in non_targets if obs.get(i) is not None and obs[i].counts_as_present]
+                reasons.append(
+                    f"non-target lesion(s) present ({', '.join(still)}) -> non-target NON-CR/NON-PD"
+                )
+
+        # --- new lesions (section 5) ---
+        new_ids = sorted((i for i in present_ids if i not in first_seen), key=_id_key)
+        unequivocal_new: list[str] = []
+        equivocal_new: list[str] = []
+        for i in new_ids:
+            first_seen[i] = visit.visit
+            roles[i] = Role.NEW
+            o = obs[i]
+            if (
+                o.longest_diameter_mm >= settings.new_lesion_min_ld_mm - _EPS
+                and o.slice_count >= 2
+                and not o.too_small_to_measure
+            ):
+                unequivocal_new.append(i)
+                reasons.append(
+                    f"new lesion {i}: LD {o.longest_diameter_mm:.1f} mm on {o.slice_count} slices -> unequivocal"
+                )
+            else:
+                equivocal_new.append(i)
+                reasons.append(
+                    f"possible new lesion {i}: LD {o.longest_diameter_mm:.1f} mm on {o.slice_count} slice(s) "
+                    "-> equivocal, PD only if a later scan confirms it"
+                )
+        backdate: dt.date | None = None
+        confirmed_new: list[str] = []
+        for i, first_index in sorted(pending_equivocal.items()):
+            if i in present_ids:
+                confirmed_new.append(i)
+                first_date = visits[first_index].date
+                backdate = first_date if backdate is None else min(backdate, first_date)
+                reasons.append(
+                    f"equivocal new lesion {i} first seen at {visits[first_index].visit} is still present -> "
+                    f"confirmed; progression dated {first_date.isoformat()}"
+                )
+            else:
+                reasons.append(f"equivocal new lesion {i} is no longer seen: not progression")
+            del pending_equivocal[i]
+        for i in equivocal_new:
+            pending_equivocal[i] = index
+        if unequivocal_new or confirmed_new:
+            new_status = NewLesions.UNEQUIVOCAL
+        elif equivocal_new:
+            new_status = NewLesions.EQUIVOCAL
+        else:
+            new_status = NewLesions.NONE
+
+        # --- overall response (section 6) ---
+        pd_causes: list[str] = []
+        if target_response is Response.PD:
+            pd_causes.append("target PD")
+        if non_target_response is Response.PD:
+            pd_causes.append("non-target PD")
+        if new_status is NewLesions.UNEQUIVOCAL:
+            if settings.immunotherapy:
+                reasons.append("immunotherapy setting: new lesions alone do not define progression")
+            else:
+                pd_causes.append("unequivocal new lesion")
+        if visit.clinical_status == ClinicalStatus.WORSE:
+            pd_causes.append("clinical status worse")
+        steroids = Steroids(visit.steroids)
+        if pd_causes:
+            overall = Response.PD
+            reasons.append(f"{' + '.join(pd_causes)} -> overall PD")
+        elif targets:
+            if target_response in (Response.CR, Response.PR) and steroids is Steroids.INCREASED:
+                overall = Response.SD
+                reasons.append(f"target {target_response} but corticosteroids increased -> overall SD")
+            elif target_response is Response.CR:
+                if non_target_response is Response.NON_CR_NON_PD:
+                    overall = Response.PR
+                    reasons.append("targets CR but non-target lesions still present -> overall PR")
+                elif steroids in (Steroids.STABLE, Steroids.DECREASED):
+                    overall = Response.PR
+                    reasons.append(f"targets CR but corticosteroids in use ({steroids}) -> overall PR")
+                else:
+                    overall = Response.CR
+                    reasons.append(
+                        "targets CR, no non-target disease, no new lesion, no corticosteroids -> overall CR"
+                    )
+            elif target_response is Response.PR:
+                overall = Response.PR
+                reasons.append("target PR, no progression elsewhere -> overall PR")
+            else:
+                overall = Response.SD
+                reasons.append("target SD -> overall SD")
+        else:
+            if non_targets and non_target_response is Response.CR and steroids is Steroids.NONE:
+                overall = Response.CR
+                reasons.append(
+                    "no measurable disease; all non-targets absent, no corticosteroids -> overall CR"
+                )
+            else:
+                overall = Response.NON_CR_NON_PD
+                what = (
+                    "non-target disease present or corticosteroids in use"
+                    if non_targets
+                    else "no disease at baseline"
+                )
+                reasons.append(f"no measurable disease at baseline; {what} -> overall NON-CR/NON-PD")
+        if new_status is NewLesions.EQUIVOCAL:
+            reasons.append("flag: possible new lesion")
+
+        results.append(
+            VisitAssessment(
+                visit=visit.visit,
+                date=visit.date,
+                is_baseline=False,
+                criteria=criteria,
+                sum_ld_mm=sum_ld,
+                sum_volume_mm3=sum_vol,
+                baseline_sum=baseline_sum if targets else None,
+                nadir_sum=nadir_sum if targets else None,
+                nadir_visit=nadir_label if targets else None,
+                pct_change_from_baseline=pct_base,
+                pct_change_from_nadir=pct_nadir,
+                target_response=target_response,
+                non_target_response=non_target_response,
+                new_lesions=new_status,
+                new_lesion_ids=tuple(new_ids),
+                possible_new_lesion_ids=tuple(equivocal_new),
+                non_target_growth_flags=tuple(growth_flags),
+                overall_response=overall,
+                confirmed=None,
+                confirmed_by=None,
+                backdated_progression_date=backdate if overall is Response.PD else None,
+                reasons=tuple(reasons),
+            )
+        )
+        history.append((index, current, per_target))
+        for i in non_targets:
+            o = obs.get(i)
+            nt_history[i].append(o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0)
+
+    visits_out = _confirm(results, settings)
+    bor = _best_overall_response(visits_out, settings, has_targets=bool(targets))
+    progression_visit, progression_date = None, None
+    for v in visits_out:
+        if v.overall_response is Response.PD:
+            progression_visit = v.visit
+            progression_date = v.backdated_progression_date or v.date
+            break
+    return Assessment(
+        criteria=criteria,
+        selection=selection,
+        visits=tuple(visits_out),
+        best_overall_response=bor,
+        progression_date=progression_date,
+        progression_visit=progression_visit,
+        roles=dict(sorted(roles.items(), key=lambda kv: _id_key(kv[0]))),
+        first_seen=first_seen,
+        settings=settings.to_dict(),
+    )
+
+
+def _confirm(results: list[VisitAssessment], settings: ResponseSettings) -> list[VisitAssessment]:
+    """Confirmation of CR/PR (rano-bm.md section 7): a later visit >= ``confirmation_days`` after it with
+    the same or a better response and no PD in between."""
+    out: list[VisitAssessment] = []
+    for k, v in enumerate(results):
+        if v.overall_response not in (Response.CR, Response.PR):
+            out.append(v)
+            continue
+        accept = {Response.CR} if v.overall_response is Response.CR else {Response.CR, Response.PR}
+        by: VisitAssessment | None = None
+        for later in results[k + 1 :]:
+            if later.overall_response is Response.PD:
+                break
+            if (later.date - v.date).days >= settings.confirmation_days and later.overall_response in accept:
+                by = later
+                break
+        reason = (
+            f"{v.overall_response} confirmed by {by.visit} ({(by.date - v.date).days} days later)"
+            if by is not None
+            else f"{v.overall_response} not (yet) confirmed"
+        )
+        out.append(
+            replace(
+                v,
+                confirmed=by is not None,
+                confirmed_by=by.visit if by else None,
+                reasons=(*v.reasons, reason),
+            )
+        )
+    return out
+
+
+def _best_overall_response(
+    visits: Sequence[VisitAssessment], settings: ResponseSettings, *, has_targets: bool
+) -> Response | None:
+    """BOR over visits up to and including the first PD (rano-bm.md section 7)."""
+    follow_ups = [v for v in visits if not v.is_baseline]
+    if not follow_ups:
+        return None
+    baseline_date = visits[0].date
+    best, best_rank = Response.NE, 1
+    for v in follow_ups:
+        r = v.overall_response
+        if r in (Response.CR, Response.PR) and v.confirmed:
+            rank, category = (5, Response.CR) if r is Response.CR else (4, Response.PR)
+        elif r in (Response.CR, Response.PR, Response.SD, Response.NON_CR_NON_PD):
+            if (v.date - baseline_date).days >= settings.min_sd_days:
+                rank = 3
+                category = Response.SD if has_targets else Response.NON_CR_NON_PD
+            else:
+                rank, category = 1, Response.NE
+        elif r is Response.PD:
+            rank, category = 2, Response.PD
+        else:
+            rank, category = 1, Response.NE
+        if rank > best_rank:
+            best, best_rank = category, rank
+        if r is Response.PD:
+            break
+    return best
+
+
+def compare_criteria(diameter: Assessment, volumetric: Assessment) -> tuple[str, ...]:
+    """Visits where the diameter-based and volumetric overall responses disagree (section 8)."""
+    out = []
+    for d, v in zip(diameter.visits, volumetric.visits, strict=True):
+        if not d.is_baseline and d.overall_response != v.overall_response:
+            out.append(f"{d.visit}: RANO-BM {d.overall_response}, volumetric {v.overall_response}")
+    if diameter.best_overall_response != volumetric.best_overall_response:
+        out.append(
+            f"best overall response: RANO-BM {diameter.best_overall_response}, "
+            f"volumetric {volumetric.best_overall_response}"
+        )
+    return tuple(out)
