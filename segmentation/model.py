@@ -1,0 +1,364 @@
+"""The segmentation model: a MONAI UNETR built from a config file, loaded from a model directory.
+
+A model directory holds exactly what is needed to run and audit a model:
+
+* ``config.json``: ``architecture`` (UNETR arguments), ``preprocessing`` (see
+  :class:`segmentation.preprocess.PreprocessConfig`), ``inference`` (window, overlap, batch),
+  ``postprocessing`` (threshold, smallest lesion), ``intended_use``, ``label``, ``versions``,
+  ``training`` (provenance), ``metrics`` and ``weights_sha256``;
+* ``weights.pt``: the ``state_dict`` (``torch.save``), whose sha256 must equal ``weights_sha256``.
+
+:func:`load_model` verifies the checksum before unpickling anything and refuses, clearly, a checksum
+mismatch, weights whose tensor shapes do not fit the architecture, or a config that is incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import UNETR
+
+from segmentation.preprocess import PreprocessConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.pt"
+#: The shipped demo model (inside the package, so it installs with it).
+DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo-unetr"
+DEMO_LABEL = "demo — not for clinical use"
+
+
+class ModelError(ValueError):
+    """A model directory or config cannot be used."""
+
+
+class ModelConfigError(ModelError):
+    """``config.json`` is missing, unreadable or incomplete."""
+
+
+class ModelIntegrityError(ModelError):
+    """``weights.pt`` does not match the sha256 recorded in ``config.json``."""
+
+
+class ModelWeightsMismatchError(ModelError):
+    """The weights do not fit the architecture in the config (missing/extra/wrong-size tensors)."""
+
+
+_ARCH_KEYS = {
+    "in_channels",
+    "out_channels",
+    "img_size",
+    "feature_size",
+    "hidden_size",
+    "mlp_dim",
+    "num_heads",
+    "proj_type",
+    "norm_name",
+    "conv_block",
+    "res_block",
+    "dropout_rate",
+    "qkv_bias",
+}
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window settings (``config.json`` -> ``inference``).
+
+    Attributes:
+        roi_size: Window size (x, y, z voxels); equals the UNETR ``img_size``.
+        sw_batch_size: Windows per forward pass.
+        overlap: Fraction of overlap between neighbouring windows.
+        mode: Blending, ``gaussian`` or ``constant``.
+    """
+
+    roi_size: tuple[int, int, int]
+    sw_batch_size: int = 4
+    overlap: float = 0.25
+    mode: str = "gaussian"
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholding and component filtering (``config.json`` -> ``postprocessing``).
+
+    Attributes:
+        threshold: Lesion probability threshold.
+        min_lesion_volume_mm3: Components smaller than this are dropped (RANO-BM default 5 mm^3).
+    """
+
+    threshold: float = 0.5
+    min_lesion_volume_mm3: float = 5.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The parsed ``config.json`` of a model directory.
+
+    Attributes:
+        name: Model name (e.g. ``demo-unetr``).
+        version: Model version string.
+        label: Label shown wherever the model appears (the demo says "demo — not for clinical use").
+        architecture: UNETR keyword arguments.
+        preprocessing: Preprocessing parameters.
+        inference: Sliding-window parameters.
+        postprocessing: Threshold and smallest lesion.
+        intended_use: Free text.
+        weights_sha256: Checksum of ``weights.pt``.
+        extra: Everything else (versions, training provenance, metrics), kept verbatim.
+    """
+
+    name: str
+    version: str
+    label: str
+    architecture: dict[str, Any]
+    preprocessing: PreprocessConfig
+    inference: InferenceConfig
+    postprocessing: PostprocessConfig
+    intended_use: str = ""
+    weights_sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_channels(self) -> int:
+        """1: sigmoid lesion logit; 2: softmax background/lesion."""
+        return int(self.architecture["out_channels"])
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Parse and validate a config mapping.
+
+        Raises:
+            ModelConfigError: On missing sections or keys, unknown architecture keys, or a window size
+                that UNETR cannot take (each side a multiple of its 16-voxel patch).
+        """
+        for key in ("name", "architecture", "preprocessing", "inference"):
+            if key not in data:
+                raise ModelConfigError(f"config.json lacks the {key!r} section")
+        arch = dict(data["architecture"])
+        if arch.pop("name", "UNETR") != "UNETR":
+            raise ModelConfigError("only the UNETR architecture is supported")
+        unknown = set(arch) - _ARCH_KEYS
+        if unknown:
+            raise ModelConfigError(f"unknown architecture keys: {sorted(unknown)}")
+        for key in ("in_channels", "out_channels", "img_size"):
+            if key not in arch:
+                raise ModelConfigError(f"architecture lacks {key!r}")
+        arch["img_size"] = [int(v) for v in arch["img_size"]]
+        if len(arch["img_size"]) != 3 or any(v <= 0 or v % 16 for v in arch["img_size"]):
+            raise ModelConfigError(f"img_size must be three multiples of 16 (UNETR patch), got {arch['img_size']}")
+        if int(arch["out_channels"]) not in (1, 2):
+            raise ModelConfigError("out_channels must be 1 (sigmoid) or 2 (softmax)")
+        try:
+            pre = PreprocessConfig.from_dict(data["preprocessing"])
+        except (TypeError, ValueError) as exc:
+            raise ModelConfigError(f"preprocessing section: {exc}") from exc
+        inf = dict(data["inference"])
+        inf["roi_size"] = tuple(int(v) for v in inf.get("roi_size", arch["img_size"]))
+        if list(inf["roi_size"]) != arch["img_size"]:
+            raise ModelConfigError(f"inference roi_size {inf['roi_size']} differs from img_size {arch['img_size']}")
+        try:
+            inference = InferenceConfig(**inf)
+            post = PostprocessConfig(**data.get("postprocessing", {}))
+        except TypeError as exc:
+            raise ModelConfigError(f"inference/postprocessing section: {exc}") from exc
+        known = {
+            "name", "version", "label", "architecture", "preprocessing", "inference",
+            "postprocessing", "intended_use", "weights_sha256",
+        }  # fmt: skip
+        return cls(
+            name=str(data["name"]),
+            version=str(data.get("version", "0")),
+            label=str(data.get("label", "")),
+            architecture={"name": "UNETR", **arch},
+            preprocessing=pre,
+            inference=inference,
+            postprocessing=post,
+            intended_use=str(data.get("intended_use", "")),
+            weights_sha256=str(data.get("weights_sha256", "")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, the inverse of :meth:`from_dict`."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "label": self.label,
+            "intended_use": self.intended_use,
+            "architecture": dict(self.architecture),
+            "preprocessing": self.preprocessing.to_dict(),
+            "inference": {
+                "roi_size": list(self.inference.roi_size),
+                "sw_batch_size": self.inference.sw_batch_size,
+                "overlap": self.inference.overlap,
+                "mode": self.inference.mode,
+            },
+            "postprocessing": {
+                "threshold": self.postprocessing.threshold,
+                "min_lesion_volume_mm3": self.postprocessing.min_lesion_volume_mm3,
+            },
+            "weights_sha256": self.weights_sha256,
+            **self.extra,
+        }
+
+
+def build_network(config: ModelConfig) -> UNETR:
+    """Instantiate the UNETR described by ``config.architecture`` (random weights)."""
+    kwargs = {k: v for k, v in config.architecture.items() if k != "name"}
+    kwargs["img_size"] = tuple(kwargs["img_size"])
+    try:
+        return UNETR(**kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ModelConfigError(f"cannot build UNETR from the config: {exc}") from exc
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_config(model_dir: str | Path) -> ModelConfig:
+    """Read and validate ``config.json`` of a model directory."""
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ModelConfigError(f"no {CONFIG_NAME} in model directory {model_dir}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelConfigError(f"cannot read {path}: {exc}") from exc
+    return ModelConfig.from_dict(data)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model ready for inference.
+
+    Attributes:
+        config: The parsed config.
+        network: The UNETR with its weights, in eval mode, on the CPU.
+        directory: Where it was loaded from.
+        n_parameters: Number of parameters.
+    """
+
+    config: ModelConfig
+    network: torch.nn.Module
+    directory: Path
+    n_parameters: int
+
+
+def load_state_dict_checked(network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``network``, refusing any missing, unexpected or wrong-size tensor.
+
+    Raises:
+        ModelWeightsMismatchError: Naming the first offending tensors.
+    """
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k}: weights {tuple(state[k].shape)} vs architecture {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} tensors of the wrong size (e.g. {'; '.join(wrong[:3])})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise ModelWeightsMismatchError(
+            f"the weights in {source} do not match the architecture in config.json: " + "; ".join(parts)
+        )
+    network.load_state_dict(state, strict=True)
+
+
+def load_model(model_dir: str | Path = DEMO_MODEL_DIR) -> LoadedModel:
+    """Load a model directory: read the config, verify the weights' sha256, build and fill the UNETR.
+
+    Raises:
+        ModelConfigError: Missing/invalid config, or missing ``weights_sha256``.
+        ModelIntegrityError: The weights file is missing or its sha256 differs from the config's.
+        ModelWeightsMismatchError: The weights do not fit the configured architecture.
+    """
+    directory = Path(model_dir)
+    config = read_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelIntegrityError(f"no {WEIGHTS_NAME} in model directory {directory}")
+    if not config.weights_sha256:
+        raise ModelConfigError(f"{directory / CONFIG_NAME} records no weights_sha256; refusing unverified weights")
+    actual = sha256_file(weights)
+    if actual != config.weights_sha256:
+        raise ModelIntegrityError(
+            f"refusing {weights}: its sha256 is {actual} but config.json expects {config.weights_sha256}"
+        )
+    network = build_network(config)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for corrupt files
+        raise ModelIntegrityError(f"cannot read {weights}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ModelWeightsMismatchError(f"{weights} does not hold a state_dict")
+    load_state_dict_checked(network, state, str(weights))
+    network.eval()
+    return LoadedModel(
+        config=config,
+        network=network,
+        directory=directory,
+        n_parameters=sum(p.numel() for p in network.parameters()),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a model depends on, recorded in its config."""
+    import monai
+    import numpy
+    import SimpleITK
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": numpy.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+    }
+
+
+def save_model_dir(
+    network: torch.nn.Module, config: ModelConfig, model_dir: str | Path, card: str | None = None
+) -> Path:
+    """Write a complete model directory: ``weights.pt``, then ``config.json`` with its sha256.
+
+    Files are written to temporary names and renamed, so a reader never sees a half-written model.
+    ``card`` (Markdown) is written to ``MODEL_CARD.md`` when given.
+    """
+    directory = Path(model_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
+    torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, tmp_weights)
+    digest = sha256_file(tmp_weights)
+    data = config.to_dict()
+    data["weights_sha256"] = digest
+    data.setdefault("versions", library_versions())
+    tmp_config = directory / (CONFIG_NAME + ".tmp")
+    tmp_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp_weights.replace(directory / WEIGHTS_NAME)
+    tmp_config.replace(directory / CONFIG_NAME)
+    if card is not None:
+        (directory / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    return directory

@@ -1,0 +1,885 @@
+"""Training and fine-tuning of the UNETR lesion segmenter (``bm-train``).
+
+As in Dessoude et al. (NeuroImage 2025): patients split 70/10/20 (every image of a patient in one
+split), flips along the sagittal axis and 180-degree in-plane rotations, BCE-with-logits loss (Dice+BCE
+as an option), and ``--freeze-encoder`` to train only the final 1x1x1 output block of a pretrained
+network (``--init-from``). Full training is the default.
+
+Data sources:
+
+* ``--data DIR``: NIfTI pairs ``<name>_mask.nii.gz`` + ``<name>_t1c.nii.gz`` (or ``<name>.nii.gz`` /
+  ``<name>_image.nii.gz``); the patient id is the part of ``<name>`` before the first ``_``, so
+  ``P007_v1`` and ``P007_v2`` stay in one split;
+* ``--dicom DIR``: one sub-folder per case holding an MR series and its RTSTRUCT; ROIs whose name
+  matches ``--roi-pattern`` (fnmatch, default ``GTV*``) are merged into the lesion mask; the patient id is
+  the DICOM PatientID;
+* ``--phantoms N``: N synthetic patients from :mod:`segmentation.phantoms` (the demo model).
+
+Every case is preprocessed once with the model's own preprocessing and cached (``<run>/cache``).
+Training samples patches (lesion-centred with probability ``--positive-fraction``), validates after
+each epoch with sliding-window inference (Dice and lesion-wise F1), writes ``<run>/last.pt`` every
+epoch (``--resume`` continues from it, RNG states included), and exports the best model so far as a
+complete model directory (``--export``), evaluated on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from segmentation import phantoms
+from segmentation.model import (
+    DEMO_LABEL,
+    ModelConfig,
+    build_network,
+    library_versions,
+    load_model,
+    load_state_dict_checked,
+    save_model_dir,
+)
+from segmentation.preprocess import PreprocessConfig, mask_to_model_space, preprocess
+
+log = logging.getLogger("segmentation.train")
+
+
+class TrainingError(ValueError):
+    """Training cannot start or continue with the given data or options."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """Where one training case comes from (before preprocessing).
+
+    Attributes:
+        case_id: Unique name of the case.
+        patient_id: Patient it belongs to (splits are per patient).
+        load: Returns ``(image, mask)`` on the native grid.
+    """
+
+    case_id: str
+    patient_id: str
+    load: Callable[[], tuple[sitk.Image, sitk.Image]]
+
+
+@dataclass(frozen=True)
+class CachedCase:
+    """A preprocessed case in model space.
+
+    Attributes:
+        case_id: Unique name.
+        patient_id: Patient id.
+        image: Network input (z, y, x), float32.
+        mask: Lesion mask (z, y, x), uint8.
+        spacing_mm: Model voxel size (x, y, z).
+    """
+
+    case_id: str
+    patient_id: str
+    image: np.ndarray
+    mask: np.ndarray
+    spacing_mm: tuple[float, float, float]
+
+
+_IMAGE_SUFFIXES = ("_t1c.nii.gz", "_image.nii.gz", ".nii.gz", "_t1c.nii", "_image.nii", ".nii")
+
+
+def nifti_pair_sources(directory: str | Path) -> list[CaseSource]:
+    """Find ``<name>_mask.nii[.gz]`` files and their images in ``directory``.
+
+    Raises:
+        TrainingError: When the folder has no mask, or a mask has no image.
+    """
+    root = Path(directory)
+    masks = sorted(root.glob("*_mask.nii.gz")) + sorted(root.glob("*_mask.nii"))
+    if not masks:
+        raise TrainingError(f"no <name>_mask.nii.gz files in {root}")
+    out = []
+    for mask_path in masks:
+        name = re.sub(r"_mask\.nii(\.gz)?$", "", mask_path.name)
+        image_path = next((root / f"{name}{s}" for s in _IMAGE_SUFFIXES if (root / f"{name}{s}").is_file()), None)
+        if image_path is None:
+            raise TrainingError(f"mask {mask_path.name} has no image ({name}_t1c.nii.gz or {name}.nii.gz)")
+
+        def _load(i: Path = image_path, m: Path = mask_path) -> tuple[sitk.Image, sitk.Image]:
+            return sitk.ReadImage(str(i)), sitk.ReadImage(str(m))
+
+        out.append(CaseSource(case_id=name, patient_id=name.split("_")[0], load=_load))
+    return out
+
+
+def dicom_rtstruct_sources(directory: str | Path, roi_pattern: str = "GTV*") -> list[CaseSource]:
+    """One case per sub-folder holding an MR series and an RTSTRUCT; ROIs matching ``roi_pattern``.
+
+    The RTSTRUCT is rasterised with rt-utils on the series' own grid; the image is read with SimpleITK's
+    series reader, whose slice order (by position along the normal) is the one rt-utils uses.
+
+    Raises:
+        TrainingError: When a folder lacks the RTSTRUCT, or no ROI name matches the pattern.
+    """
+    import pydicom
+
+    root = Path(directory)
+    out = []
+    for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = [f for f in case_dir.rglob("*") if f.is_file()]
+        rtstructs, patient = [], None
+        for f in files:
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality", "PatientID"])
+            except Exception:  # not DICOM: ignore, as a PACS export folder may hold other files
+                continue
+            if getattr(ds, "Modality", "") == "RTSTRUCT":
+                rtstructs.append(f)
+            patient = patient or str(getattr(ds, "PatientID", "") or case_dir.name)
+        if not rtstructs:
+            raise TrainingError(f"no RTSTRUCT in {case_dir}")
+
+        def _load(d: Path = case_dir, rt: Path = rtstructs[0]) -> tuple[sitk.Image, sitk.Image]:
+            from rt_utils import RTStructBuilder
+
+            series_dir = d
+            reader = sitk.ImageSeriesReader()
+            ids = reader.GetGDCMSeriesIDs(str(series_dir))
+            if not ids:
+                raise TrainingError(f"no image series in {d}")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series_dir), ids[0]))
+            image = reader.Execute()
+            builder = RTStructBuilder.create_from(dicom_series_path=str(series_dir), rt_struct_path=str(rt))
+            names = [n for n in builder.get_roi_names() if fnmatch.fnmatch(n, roi_pattern)]
+            if not names:
+                raise TrainingError(
+                    f"no ROI in {rt.name} matches {roi_pattern!r} (ROIs: {', '.join(builder.get_roi_names())})"
+                )
+            mask = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
+            for n in names:
+                # rt-utils gives (rows, columns, slices); SimpleITK arrays are (slices, rows, columns).
+                mask |= np.transpose(builder.get_roi_mask_by_name(n), (2, 0, 1)).astype(np.uint8)
+            mask_img = sitk.GetImageFromArray(mask)
+            mask_img.CopyInformation(image)
+            return image, mask_img
+
+        out.append(CaseSource(case_id=case_dir.name, patient_id=patient or case_dir.name, load=_load))
+    if not out:
+        raise TrainingError(f"no case folders in {root}")
+    return out
+
+
+#: Acquisition protocols the synthetic training set draws from (the 0.5 mm one is left out: slow).
+TRAINING_GEOMETRIES = ("axial_1mm", "sagittal_1mm", "coronal_0p9x0p9x1p2mm", "axial_0p9x0p9x2mm", "axial_2mm")
+
+
+def phantom_sources(n_patients: int, seed: int) -> list[CaseSource]:
+    """``n_patients`` synthetic patients (one visit each), cycling through :data:`TRAINING_GEOMETRIES`."""
+    out = []
+    for i in range(n_patients):
+
+        def _load(i: int = i) -> tuple[sitk.Image, sitk.Image]:
+            rng = np.random.default_rng([seed, i])
+            ph = phantoms.make_phantom(
+                int(rng.integers(2**31 - 1)),
+                geometry=TRAINING_GEOMETRIES[i % len(TRAINING_GEOMETRIES)],
+                skull=bool(rng.random() < 0.5),
+                noise_fraction=float(rng.uniform(0.01, 0.05)),
+                bias_field_strength=float(rng.uniform(0.0, 0.35)),
+            )
+            return ph.image, ph.mask
+
+        out.append(CaseSource(case_id=f"phantom{seed}-{i:04d}", patient_id=f"phantom{seed}-{i:04d}", load=_load))
+    return out
+
+
+def prepare_case(source: CaseSource, pre: PreprocessConfig, cache_dir: Path | None) -> CachedCase:
+    """Preprocess one case with the model's preprocessing (cached as ``<cache>/<case_id>.npz``)."""
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", source.case_id)
+    path = cache_dir / f"{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return CachedCase(source.case_id, source.patient_id, z["image"], z["mask"], pre.spacing_mm)
+    image, mask = source.load()
+    p = preprocess(image, pre)
+    arr = p.array.astype(np.float32)
+    m = mask_to_model_space(mask, p)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, image=arr, mask=m)
+        tmp.replace(path)
+    return CachedCase(source.case_id, source.patient_id, arr, m, pre.spacing_mm)
+
+
+def split_patients(
+    patient_ids: Sequence[str], seed: int, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+) -> dict[str, str]:
+    """Assign each patient to ``train``, ``val`` or ``test`` (70/10/20 by default), reproducibly.
+
+    With three or more patients, validation and test get at least one patient each.
+
+    Raises:
+        TrainingError: With fewer than three patients or fractions not summing to 1.
+    """
+    unique = sorted(set(patient_ids))
+    if len(unique) < 3:
+        raise TrainingError(f"need at least 3 patients for a train/val/test split, got {len(unique)}")
+    if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise TrainingError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n = len(unique)
+    n_val = max(1, round(fractions[1] * n))
+    n_test = max(1, round(fractions[2] * n))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise TrainingError(f"{n} patients leave none for training")
+    out = {}
+    for rank, idx in enumerate(order):
+        out[unique[idx]] = "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling and augmentation
+# --------------------------------------------------------------------------------------------------
+
+
+def extract_patch(array: np.ndarray, center_zyx: Sequence[int], size_zyx: Sequence[int]) -> np.ndarray:
+    """A ``size_zyx`` patch centred on ``center_zyx``, zero-padded where it leaves the array."""
+    out = np.zeros(tuple(size_zyx), dtype=array.dtype)
+    src, dst = [], []
+    for c, s, n in zip(center_zyx, size_zyx, array.shape, strict=True):
+        lo = int(c) - s // 2
+        a, b = max(lo, 0), min(lo + s, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - lo, b - lo))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchSampler:
+    """Random training patches: lesion-centred with probability ``positive_fraction``, else anywhere
+    in the head."""
+
+    def __init__(self, cases: Sequence[CachedCase], patch_zyx: Sequence[int], positive_fraction: float, rng: np.random.Generator):
+        if not cases:
+            raise TrainingError("no training cases")
+        self.cases = list(cases)
+        self.patch = tuple(int(v) for v in patch_zyx)
+        self.positive_fraction = positive_fraction
+        self.rng = rng
+        self.lesion_voxels = [np.argwhere(c.mask > 0) for c in self.cases]
+        self.head_voxels = [np.argwhere(c.image[::2, ::2, ::2] > 0) * 2 for c in self.cases]
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` (image, mask) patches as arrays (B, 1, z, y, x)."""
+        images, masks = [], []
+        for _ in range(batch_size):
+            k = int(self.rng.integers(len(self.cases)))
+            case = self.cases[k]
+            pos = self.lesion_voxels[k]
+            if len(pos) and self.rng.random() < self.positive_fraction:
+                center = pos[self.rng.integers(len(pos))] + self.rng.integers(-self.patch[0] // 4, self.patch[0] // 4 + 1, 3)
+            else:
+                head = self.head_voxels[k]
+                center = head[self.rng.integers(len(head))] if len(head) else np.asarray(case.image.shape) // 2
+            images.append(extract_patch(case.image, center, self.patch))
+            masks.append(extract_patch(case.mask, center, self.patch))
+        return np.stack(images)[:, None], np.stack(masks)[:, None]
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, intensity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's augmentations, per sample: flip along the sagittal (left-right) axis, and a
+    180-degree rotation in the axial plane; optionally a random intensity scale and shift.
+
+    Arrays are (B, C, z, y, x) in RAS orientation, so left-right is the last axis and the axial plane is
+    (y, x).
+    """
+    images, masks = images.clone(), masks.clone()
+    for b in range(images.shape[0]):
+        if rng.random() < 0.5:
+            images[b] = torch.flip(images[b], dims=(-1,))
+            masks[b] = torch.flip(masks[b], dims=(-1,))
+        if rng.random() < 0.5:
+            images[b] = torch.rot90(images[b], k=2, dims=(-2, -1))
+            masks[b] = torch.rot90(masks[b], k=2, dims=(-2, -1))
+        if intensity:
+            head = images[b] > 0
+            scale, shift = float(rng.uniform(0.85, 1.15)), float(rng.uniform(-0.08, 0.08))
+            images[b] = torch.where(head, (images[b] * scale + shift).clamp(0.0, 1.0), images[b])
+    return images, masks
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss, metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def lesion_logit(output: torch.Tensor) -> torch.Tensor:
+    """The lesion logit (B, 1, ...): the single channel, or for two-channel softmax output the logit
+    difference (softmax over two classes equals the sigmoid of that difference)."""
+    if output.shape[1] == 1:
+        return output
+    return output[:, 1:2] - output[:, 0:1]
+
+
+def segmentation_loss(logit: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """``bce``: BCE with logits (the paper). ``dicebce``: soft Dice (batch-wise) + BCE with logits."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+    if kind == "bce":
+        return bce
+    if kind != "dicebce":
+        raise TrainingError(f"unknown loss {kind!r}; use 'bce' or 'dicebce'")
+    prob = torch.sigmoid(logit)
+    inter = (prob * target).sum()
+    dice = (2 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)
+    return bce + (1.0 - dice)
+
+
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary arrays (1.0 when both are empty)."""
+    p, t = pred > 0, truth > 0
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+
+
+@dataclass(frozen=True)
+class LesionCounts:
+    """Lesion-wise detection counts.
+
+    Attributes:
+        true_positive: Reference lesions (>= the size limit) overlapped by the prediction.
+        false_negative: Reference lesions (>= the size limit) missed.
+        false_positive: Predicted components overlapping no reference lesion.
+    """
+
+    true_positive: int = 0
+    false_negative: int = 0
+    false_positive: int = 0
+
+    def __add__(self, other: LesionCounts) -> LesionCounts:
+        return LesionCounts(
+            self.true_positive + other.true_positive,
+            self.false_negative + other.false_negative,
+            self.false_positive + other.false_positive,
+        )
+
+    @property
+    def f1(self) -> float:
+        """Lesion-wise F1 = 2 TP / (2 TP + FP + FN); 1.0 when there is nothing to find or flag."""
+        denom = 2 * self.true_positive + self.false_positive + self.false_negative
+        return 1.0 if denom == 0 else 2 * self.true_positive / denom
+
+
+def lesion_counts(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing_mm: Sequence[float],
+    min_diameter_mm: float = 5.0,
+    min_pred_volume_mm3: float = 5.0,
+) -> LesionCounts:
+    """Lesion-wise detection with 26-connected components.
+
+    A reference lesion counts when its equivalent-sphere diameter is >= ``min_diameter_mm``; it is found
+    when any predicted voxel overlaps it. A predicted component (>= ``min_pred_volume_mm3``) is a false
+    positive when it overlaps no reference lesion at all (of any size).
+    """
+    voxel_mm3 = float(np.prod(spacing_mm))
+    structure = np.ones((3, 3, 3), dtype=bool)
+    t_lab, n_t = ndi.label(truth > 0, structure)
+    p_lab, n_p = ndi.label(pred > 0, structure)
+    tp = fn = fp = 0
+    if n_t:
+        t_vol = np.bincount(t_lab.ravel(), minlength=n_t + 1)[1:] * voxel_mm3
+        t_diam = np.cbrt(6.0 * t_vol / math.pi)
+        hit = np.zeros(n_t + 1, dtype=bool)
+        hit[np.unique(t_lab[(p_lab > 0) & (t_lab > 0)])] = True
+        for i in range(1, n_t + 1):
+            if t_diam[i - 1] >= min_diameter_mm:
+                tp += int(hit[i])
+                fn += int(not hit[i])
+    if n_p:
+        p_vol = np.bincount(p_lab.ravel(), minlength=n_p + 1) * voxel_mm3
+        overlapping = np.zeros(n_p + 1, dtype=bool)
+        overlapping[np.unique(p_lab[(p_lab > 0) & (t_lab > 0)])] = True
+        for j in range(1, n_p + 1):
+            if p_vol[j] >= min_pred_volume_mm3 and not overlapping[j]:
+                fp += 1
+    return LesionCounts(tp, fn, fp)
+
+
+def remove_small_components(mask: np.ndarray, spacing_mm: Sequence[float], min_volume_mm3: float) -> np.ndarray:
+    """Drop 26-connected components smaller than ``min_volume_mm3``; uint8 output."""
+    lab, n = ndi.label(mask > 0, np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros(mask.shape, dtype=np.uint8)
+    vol = np.bincount(lab.ravel()) * float(np.prod(spacing_mm))
+    keep = vol >= min_volume_mm3
+    keep[0] = False
+    return keep[lab].astype(np.uint8)
+
+
+@torch.no_grad()
+def predict_probability(
+    network: torch.nn.Module, array_zyx: np.ndarray, config: ModelConfig, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Sliding-window lesion probability of one model-space array (z, y, x); float32."""
+    roi = tuple(int(v) for v in config.inference.roi_size)[::-1]  # config is (x, y, z), arrays (z, y, x)
+    x = torch.from_numpy(np.ascontiguousarray(array_zyx, dtype=np.float32))[None, None].to(device)
+    network.eval()
+    out = sliding_window_inference(
+        x,
+        roi_size=roi,
+        sw_batch_size=config.inference.sw_batch_size,
+        predictor=lambda t: lesion_logit(network(t)),
+        overlap=config.inference.overlap,
+        mode=config.inference.mode,
+    )
+    return torch.sigmoid(out)[0, 0].float().cpu().numpy()
+
+
+def evaluate(
+    network: torch.nn.Module,
+    cases: Sequence[CachedCase],
+    config: ModelConfig,
+    min_diameter_mm: float = 5.0,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Dice (over all voxels of all cases) and lesion-wise F1 (lesions >= ``min_diameter_mm``), in model space."""
+    inter = total = 0
+    counts = LesionCounts()
+    per_case = []
+    for case in cases:
+        prob = predict_probability(network, case.image, config, device)
+        pred = remove_small_components(
+            prob >= config.postprocessing.threshold, case.spacing_mm, config.postprocessing.min_lesion_volume_mm3
+        )
+        p, t = pred > 0, case.mask > 0
+        inter += int((p & t).sum())
+        total += int(p.sum()) + int(t.sum())
+        per_case.append(dice_score(p, t))
+        counts = counts + lesion_counts(pred, case.mask, case.spacing_mm, min_diameter_mm, config.postprocessing.min_lesion_volume_mm3)
+    return {
+        "dice": 1.0 if total == 0 else 2.0 * inter / total,
+        "mean_case_dice": float(np.mean(per_case)) if per_case else float("nan"),
+        "lesion_f1": counts.f1,
+        "lesion_tp": counts.true_positive,
+        "lesion_fn": counts.false_negative,
+        "lesion_fp": counts.false_positive,
+        "cases": len(cases),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of one training run (see ``bm-train --help`` for each)."""
+
+    run_dir: Path
+    export_dir: Path | None
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    loss: str = "bce"
+    freeze_encoder: bool = False
+    positive_fraction: float = 0.6
+    intensity_augmentation: bool = False
+    seed: int = 0
+    resume: bool = False
+    max_minutes: float | None = None
+    threads: int | None = None
+    device: str = "auto"
+    command: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
+
+    Raises:
+        TrainingError: When ``cuda`` is asked for on a machine without CUDA, or the name is unknown.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but CUDA is not available on this machine")
+    if name not in ("cpu", "cuda"):
+        raise TrainingError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def freeze_all_but_output(network: torch.nn.Module) -> int:
+    """Freeze every parameter except the final 1x1x1 output block (``network.out``); returns how many
+    parameters stay trainable."""
+    if not hasattr(network, "out"):
+        raise TrainingError("the network has no 'out' block to fine-tune")
+    for p in network.parameters():
+        p.requires_grad_(False)
+    for p in network.out.parameters():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in network.out.parameters())
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def model_card(config: ModelConfig) -> str:
+    """Markdown model card generated from a model config."""
+    d = config.to_dict()
+    tr = d.get("training", {})
+    m = d.get("metrics", {})
+    lines = [
+        f"# {config.name} {config.version}",
+        "",
+        f"**{config.label}**" if config.label else "",
+        "",
+        f"Intended use: {config.intended_use}",
+        "",
+        "## Architecture",
+        "```json",
+        json.dumps(d["architecture"], indent=2),
+        "```",
+        "## Training",
+        "```json",
+        json.dumps(tr, indent=2, ensure_ascii=False),
+        "```",
+        "## Metrics (model space, see training.metrics_note)",
+        "```json",
+        json.dumps(m, indent=2),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def train(
+    config: ModelConfig,
+    sources: Sequence[CaseSource],
+    options: TrainOptions,
+    init_from: Path | None = None,
+    data_description: str = "",
+) -> dict[str, Any]:
+    """Train (or fine-tune) a UNETR; returns the run summary (history, best metrics).
+
+    Raises:
+        TrainingError: On bad options, too few patients, or an init checkpoint that does not fit.
+    """
+    if options.epochs < 1 or options.steps_per_epoch < 1 or options.batch_size < 1:
+        raise TrainingError("epochs, steps_per_epoch and batch_size must be >= 1")
+    if options.loss not in ("bce", "dicebce"):
+        raise TrainingError(f"unknown loss {options.loss!r}; use 'bce' or 'dicebce'")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(options.threads)
+    device = resolve_device(options.device)
+    run_dir = options.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    split = split_patients([s.patient_id for s in sources], options.seed)
+
+    log.info("preparing %d cases (cache %s)", len(sources), run_dir / "cache")
+    cases = {"train": [], "val": [], "test": []}  # type: dict[str, list[CachedCase]]
+    for src in tqdm(sources, desc="preprocess", mininterval=10, file=sys.stderr):
+        cases[split[src.patient_id]].append(prepare_case(src, config.preprocessing, run_dir / "cache"))
+    log.info("split by patient: %s", {k: len(v) for k, v in cases.items()})
+
+    torch.manual_seed(options.seed)
+    network = build_network(config)
+    if init_from is not None:
+        init = load_model(init_from)
+        load_state_dict_checked(network, init.network.state_dict(), str(init_from))
+        log.info("initialised from %s", init_from)
+    n_trainable = (
+        freeze_all_but_output(network) if options.freeze_encoder else sum(p.numel() for p in network.parameters())
+    )
+    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=options.learning_rate, weight_decay=1e-5)
+    network.to(device)
+    rng = np.random.default_rng(options.seed)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"dice": -1.0}
+    start_epoch = 0
+    last_path = run_dir / "last.pt"
+    if options.resume and last_path.is_file():
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        network.load_state_dict(ckpt["network"])
+        network.to(device)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        log.info("resumed from %s at epoch %d (best dice %.4f)", last_path, start_epoch, best.get("dice", -1))
+
+    sampler = PatchSampler(cases["train"], config.inference.roi_size[::-1], options.positive_fraction, rng)
+    for epoch in range(start_epoch, options.epochs):
+        network.train()
+        t0 = time.time()
+        losses = []
+        bar = tqdm(range(options.steps_per_epoch), desc=f"epoch {epoch}", mininterval=30, file=sys.stderr)
+        for _ in bar:
+            img, msk = sampler.sample(options.batch_size)
+            x, y = augment(torch.from_numpy(img), torch.from_numpy(msk).float(), rng, options.intensity_augmentation)
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = segmentation_loss(lesion_logit(network(x)), y, options.loss)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        train_s = time.time() - t0
+        t1 = time.time()
+        val = evaluate(network, cases["val"], config, device=device)
+        entry = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "val_dice": val["dice"],
+            "val_lesion_f1": val["lesion_f1"],
+            "train_s": round(train_s, 1),
+            "val_s": round(time.time() - t1, 1),
+            "elapsed_min": round((time.time() - started) / 60.0, 1),
+        }
+        history.append(entry)
+        log.info(
+            "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d) train %.0fs val %.0fs",
+            epoch, entry["loss"], val["dice"], val["lesion_f1"], val["lesion_tp"], val["lesion_fn"],
+            val["lesion_fp"], train_s, entry["val_s"],
+        )  # fmt: skip
+        improved = val["dice"] > best.get("dice", -1.0)
+        if improved:
+            best = {"epoch": epoch, **val}
+            _atomic_torch_save({k: v.cpu() for k, v in network.state_dict().items()}, run_dir / "best.pt")
+            if options.export_dir is not None:
+                test = evaluate(network, cases["test"], config, device=device)
+                log.info("best so far: test dice %.4f lesion F1 %.3f", test["dice"], test["lesion_f1"])
+                export_model(
+                    network, config, options, best, test, history, n_trainable, len(sources), split,
+                    data_description, time.time() - started, init_from,
+                )  # fmt: skip
+        _atomic_torch_save(
+            {
+                "network": network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(rng),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "best": best,
+                "epoch": epoch,
+                "config": config.to_dict(),
+            },
+            last_path,
+        )
+        if options.max_minutes is not None and (time.time() - started) / 60.0 >= options.max_minutes:
+            log.info("time limit of %.1f min reached after epoch %d", options.max_minutes, epoch)
+            break
+    summary = {"history": history, "best": best, "split": {k: len(v) for k, v in cases.items()}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def export_model(
+    network: torch.nn.Module,
+    config: ModelConfig,
+    options: TrainOptions,
+    best_val: dict[str, Any],
+    test: dict[str, Any],
+    history: list[dict[str, Any]],
+    n_trainable: int,
+    n_cases: int,
+    split: dict[str, str],
+    data_description: str,
+    duration_s: float,
+    init_from: Path | None,
+) -> Path:
+    """Write the current network as a complete model directory with provenance and metrics."""
+    assert options.export_dir is not None
+    counts = {k: sum(1 for v in split.values() if v == k) for k in ("train", "val", "test")}
+    extra = dict(config.extra)
+    extra["versions"] = library_versions()
+    extra["training"] = {
+        "command": options.command,
+        "seed": options.seed,
+        "data": data_description,
+        "cases": n_cases,
+        "patients_per_split": counts,
+        "loss": options.loss,
+        "freeze_encoder": options.freeze_encoder,
+        "init_from": str(init_from) if init_from else None,
+        "trainable_parameters": n_trainable,
+        "learning_rate": options.learning_rate,
+        "batch_size": options.batch_size,
+        "steps_per_epoch": options.steps_per_epoch,
+        "augmentations": ["flip sagittal axis p=0.5", "rotate 180 deg in axial plane p=0.5"]
+        + (["intensity scale 0.85-1.15 and shift +-0.08"] if options.intensity_augmentation else []),
+        "positive_fraction": options.positive_fraction,
+        "best_epoch": best_val.get("epoch"),
+        "epochs_run": len(history),
+        "duration_min": round(duration_s / 60.0, 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
+        + ("CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
+        "history": history,
+        "metrics_note": "Dice over all voxels and lesion-wise F1 (reference lesions >= 5 mm equivalent "
+        "diameter, any overlap = found) on the model-space grid of held-out patients",
+    }
+    extra["metrics"] = {
+        "validation": {k: best_val[k] for k in ("dice", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp", "cases")},
+        "test": {k: test[k] for k in ("dice", "mean_case_dice", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp", "cases")},
+    }
+    cfg = replace(config, extra=extra)
+    return save_model_dir(network, cfg, options.export_dir, card=model_card(cfg))
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def demo_config(
+    spacing_mm: float = 2.0, patch: int = 48, feature_size: int = 8, hidden_size: int = 144, num_heads: int = 4
+) -> ModelConfig:
+    """The demo model's config: a small UNETR on ``spacing_mm`` isotropic voxels, sigmoid output."""
+    return ModelConfig.from_dict(
+        {
+            "name": "demo-unetr",
+            "version": "0.1.0",
+            "label": DEMO_LABEL,
+            "intended_use": "Demonstration and testing of MetTrack on synthetic data. "
+            "Demo — not for clinical use: trained on synthetic lesions only.",
+            "architecture": {
+                "name": "UNETR",
+                "in_channels": 1,
+                "out_channels": 1,
+                "img_size": [patch] * 3,
+                "feature_size": feature_size,
+                "hidden_size": hidden_size,
+                "mlp_dim": hidden_size * 4,
+                "num_heads": num_heads,
+                "proj_type": "conv",
+                "norm_name": "instance",
+                "res_block": True,
+                "dropout_rate": 0.0,
+            },
+            "preprocessing": PreprocessConfig(
+                spacing_mm=(spacing_mm,) * 3, n4_shrink_factor=3, n4_iterations=(25, 25, 15)
+            ).to_dict(),
+            "inference": {"roi_size": [patch] * 3, "sw_batch_size": 4, "overlap": 0.25, "mode": "gaussian"},
+            "postprocessing": {"threshold": 0.5, "min_lesion_volume_mm3": 5.0},
+        }
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``bm-train``."""
+    p = argparse.ArgumentParser(prog="bm-train", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="folder of <name>_t1c.nii.gz + <name>_mask.nii.gz pairs")
+    src.add_argument("--dicom", type=Path, help="folder with one sub-folder (MR series + RTSTRUCT) per case")
+    src.add_argument("--phantoms", type=int, metavar="N", help="train on N synthetic patients")
+    p.add_argument("--roi-pattern", default="GTV*", help="RTSTRUCT ROI names to use (fnmatch; default GTV*)")
+    p.add_argument("--phantom-seed", type=int, default=1000, help="seed of the synthetic patients")
+    p.add_argument("--config", type=Path, help="model config.json to train (default: the demo architecture)")
+    p.add_argument("--init-from", type=Path, help="model directory whose weights initialise the network")
+    p.add_argument("--freeze-encoder", action="store_true", help="train only the final 1x1x1 output block (the paper)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="checkpoints, cache and log")
+    p.add_argument("--export", type=Path, help="write the best model so far here as a model directory")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--loss", choices=("bce", "dicebce"), default="bce", help="bce (paper) or dicebce")
+    p.add_argument("--positive-fraction", type=float, default=0.6, help="share of lesion-centred patches")
+    p.add_argument("--intensity-aug", action="store_true", help="also random intensity scale/shift")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
+    p.add_argument("--threads", type=int, help="torch and SimpleITK CPU threads")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present")
+    p.add_argument("--demo-spacing", type=float, default=2.0, help="voxel size (mm) of the default demo architecture")
+    p.add_argument("--demo-patch", type=int, default=48, help="window side (voxels, multiple of 16) of the demo architecture")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bm-train``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(args.run_dir / "train.log")],
+        force=True,
+    )
+    try:
+        if args.config:
+            config = ModelConfig.from_dict(json.loads(args.config.read_text(encoding="utf-8")))
+        elif args.init_from:
+            config = load_model(args.init_from).config
+        else:
+            config = demo_config(args.demo_spacing, args.demo_patch)
+        if args.phantoms is not None:
+            if args.phantoms < 3:
+                raise TrainingError("--phantoms needs at least 3 patients")
+            sources = phantom_sources(args.phantoms, args.phantom_seed)
+            desc = f"{args.phantoms} synthetic patients (segmentation.phantoms, seed {args.phantom_seed})"
+        elif args.data:
+            sources = nifti_pair_sources(args.data)
+            desc = f"NIfTI pairs from {args.data.name}"
+        else:
+            sources = dicom_rtstruct_sources(args.dicom, args.roi_pattern)
+            desc = f"DICOM + RTSTRUCT ({args.roi_pattern}) from {args.dicom.name}"
+        options = TrainOptions(
+            run_dir=args.run_dir,
+            export_dir=args.export,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            loss=args.loss,
+            freeze_encoder=args.freeze_encoder,
+            positive_fraction=args.positive_fraction,
+            intensity_augmentation=args.intensity_aug,
+            seed=args.seed,
+            resume=args.resume,
+            max_minutes=args.max_minutes,
+            threads=args.threads,
+            device=args.device,
+            command="bm-train " + " ".join(sys.argv[1:] if argv is None else argv),
+        )
+        summary = train(config, sources, options, init_from=args.init_from, data_description=desc)
+    except (TrainingError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(json.dumps(summary["best"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
