@@ -14,6 +14,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import environ
@@ -25,11 +26,15 @@ env = environ.Env()
 
 DEBUG: bool = env.bool("DEBUG", default=False)
 
+# The test suite (pytest, or manage.py test) runs with DEBUG off, like production, but needs no secrets:
+# it only talks to the test client. Production never runs inside pytest.
+TESTING: bool = "pytest" in sys.modules or sys.argv[1:2] == ["test"]
+
 # With DEBUG off the site is assumed to face real users: refuse to start rather than run with a
 # guessable key or a Host header check that accepts anything.
 _secret_key = env.str("SECRET_KEY", default="")
 _allowed_hosts = env.list("ALLOWED_HOSTS", default=[])
-if not DEBUG:
+if not DEBUG and not TESTING:
     missing = [
         name for name, value in (("SECRET_KEY", _secret_key), ("ALLOWED_HOSTS", _allowed_hosts)) if not value
     ]

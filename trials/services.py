@@ -276,8 +276,12 @@ def _update(
     for name, value in changes.items():
         setattr(obj, name, value)
     after = snapshot(obj, changes.keys())
-    if before == after:
+    # Record only what really changed, so the audit trail reads as the change itself.
+    changed = [key for key in after if before.get(key) != after[key]]
+    if not changed:
         return obj
+    before = {key: before[key] for key in changed}
+    after = {key: after[key] for key in changed}
     _save_validated(obj)
     record_audit_event(
         actor=actor,
