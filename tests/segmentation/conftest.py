@@ -1,0 +1,71 @@
+"""Fixtures of the segmentation tests: small real DICOM series written by the synthetic writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from segmentation.dicom_writer import write_dicom_series
+
+#: Shape of the small test volumes as (slices, rows, columns): big enough for lesions of 5-10 mm at
+#: 0.5 mm in-plane, small enough that a test writes and reads a series in well under a second.
+SMALL_SHAPE = (24, 64, 64)
+
+
+def make_mr_image(
+    shape: tuple[int, int, int] = SMALL_SHAPE,
+    spacing_mm: tuple[float, float, float] = (0.5, 0.5, 1.0),
+    origin_mm: tuple[float, float, float] = (-16.0, -20.0, 5.0),
+    direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
+    seed: int = 0,
+) -> sitk.Image:
+    """A deterministic int16 image with a bright ellipsoid 'head' over noise, in the given geometry."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape, dtype=float)
+    head = ((z - shape[0] / 2) / (shape[0] / 2.2)) ** 2 + ((y - shape[1] / 2) / (shape[1] / 2.3)) ** 2 + (
+        (x - shape[2] / 2) / (shape[2] / 2.3)
+    ) ** 2 <= 1
+    arr = (rng.integers(0, 60, shape) + 700 * head).astype(np.int16)
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing(spacing_mm)
+    image.SetOrigin(origin_mm)
+    image.SetDirection(tuple(float(v) for v in direction))
+    return image
+
+
+@pytest.fixture
+def mr_image() -> sitk.Image:
+    """64 x 64 x 24 axial int16 image at 0.5 x 0.5 x 1 mm."""
+    return make_mr_image()
+
+
+@pytest.fixture
+def write_series(tmp_path: Path) -> Callable[..., tuple[Path, list[Path]]]:
+    """Factory: ``write_series(image=None, name="series", **kwargs) -> (folder, files)``.
+
+    Keyword arguments go to :func:`segmentation.dicom_writer.write_dicom_series`.
+    """
+
+    def _write(image: sitk.Image | None = None, name: str = "series", **kwargs: object) -> tuple[Path, list[Path]]:
+        folder = tmp_path / name
+        kwargs.setdefault("patient_id", "BM-TEST-001")
+        files = write_dicom_series(image if image is not None else make_mr_image(), folder, **kwargs)  # type: ignore[arg-type]
+        return folder, files
+
+    return _write
+
+
+@pytest.fixture
+def mr_series(write_series: Callable[..., tuple[Path, list[Path]]]) -> tuple[Path, list[Path]]:
+    """(folder, files) of the default small axial MR series."""
+    return write_series()
+
+
+@pytest.fixture
+def make_image() -> Callable[..., sitk.Image]:
+    """The :func:`make_mr_image` builder, for tests that need another geometry."""
+    return make_mr_image
