@@ -25,9 +25,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from segmentation.errors import ImagingError
 
-class PreprocessError(ValueError):
-    """The image cannot be preprocessed (empty, no head found, degenerate geometry)."""
+
+class PreprocessError(ImagingError, ValueError):
+    """The image cannot be preprocessed (empty, no head found, degenerate geometry).
+
+    An :class:`~segmentation.errors.ImagingError`: its message is written for the person who sent the image.
+    """
 
 
 class EmptyImageError(PreprocessError):

@@ -1,0 +1,221 @@
+"""Lesion segmentation of one MRI: preprocess -> UNETR sliding window -> native geometry -> lesions.
+
+Stages (each timed in :attr:`SegmentationResult.timings_s`):
+
+1. ``preprocess.*``: the model's preprocessing (:mod:`segmentation.preprocess`);
+2. ``network``: MONAI :func:`~monai.inferers.sliding_window_inference` with batched windows, Gaussian
+   blending, sigmoid of the lesion logit. On CUDA: bf16 autocast (``amp``), ``channels_last_3d`` and
+   ``torch.compile`` options, blending on the GPU. On the CPU: float32, deterministic (same input,
+   same output, bit for bit);
+3. ``to_native``: probability map pasted back into the uncropped grid and resampled (linear) onto the
+   native image grid, then thresholded to a uint8 mask;
+4. ``components``: 26-connected lesions, components under ``min_lesion_volume_mm3`` dropped
+   (:func:`rano.measure.label_components`);
+5. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+
+from rano.measure import LesionMeasurement, label_components, measure_lesions
+from rano.settings import ResponseSettings
+from segmentation.model import LoadedModel
+from segmentation.preprocess import PreprocessError, preprocess, to_native
+
+
+class ImageTooSmallError(PreprocessError):
+    """The head in the image is far smaller than the model's window: it is not a brain MRI volume."""
+
+
+class DeviceUnavailableError(ValueError):
+    """The requested compute device is not available on this machine."""
+
+
+#: An image is refused when a side of its head box is under this fraction of the window's side.
+MIN_WINDOW_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run the network.
+
+    Attributes:
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
+        amp: bf16 autocast on CUDA (ignored on the CPU, which stays float32 and deterministic).
+        channels_last: ``channels_last_3d`` memory format on CUDA.
+        compile: ``torch.compile`` the network on CUDA.
+        sw_batch_size: Windows per forward pass (default: the model config's).
+        overlap: Window overlap fraction (default: the model config's).
+        threshold: Probability threshold (default: the model config's).
+        keep_probability: Keep the native-grid probability map in the result (memory: 4 bytes/voxel).
+    """
+
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    sw_batch_size: int | None = None
+    overlap: float | None = None
+    threshold: float | None = None
+    keep_probability: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """Output of :func:`segment_image`, all on the native image grid.
+
+    Attributes:
+        mask: Binary lesion mask (uint8), small components removed.
+        labels: Lesion labels 1..n (uint32), raster order.
+        lesions: One measurement per label (rano-bm.md section 1).
+        timings_s: Seconds per stage.
+        device: Device the network ran on.
+        n_windows: Number of sliding windows evaluated.
+        probability: Lesion probability (float32) when ``keep_probability`` was set.
+    """
+
+    mask: sitk.Image
+    labels: sitk.Image
+    lesions: list[LesionMeasurement]
+    timings_s: dict[str, float]
+    device: str
+    n_windows: int
+    probability: sitk.Image | None = field(default=None)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA -> :class:`DeviceUnavailableError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise DeviceUnavailableError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("CUDA was asked for but no CUDA device is available on this machine")
+    return torch.device(name)
+
+
+def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap: float) -> int:
+    n = 1
+    for s, r in zip(shape_zyx, roi_zyx, strict=True):
+        s = max(s, r)
+        step = max(1, int(r * (1 - overlap)))
+        n *= int(np.ceil((s - r) / step)) + 1
+    return n
+
+
+def _predictor(network: torch.nn.Module, device: torch.device, options: InferenceOptions) -> Callable[[torch.Tensor], torch.Tensor]:
+    use_amp = device.type == "cuda" and options.amp
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda" and options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            out = network(x)
+        logit = out if out.shape[1] == 1 else out[:, 1:2] - out[:, 0:1]
+        # Sigmoid per window: blending probabilities keeps the map in 0..1.
+        return torch.sigmoid(logit.float())
+
+    return run
+
+
+def segment_image(
+    image: sitk.Image,
+    model: LoadedModel,
+    options: InferenceOptions | None = None,
+    settings: ResponseSettings | None = None,
+) -> SegmentationResult:
+    """Segment and measure the metastases of one post-gadolinium T1 volume.
+
+    Args:
+        image: The MRI in its native geometry (any orientation, spacing, pixel type).
+        model: A verified model (:func:`segmentation.model.load_model`).
+        options: Device and speed options.
+        settings: Measurement settings; by default the RANO-BM defaults with the model's
+            ``min_lesion_volume_mm3``.
+
+    Returns:
+        Mask, labels and lesion table on the native grid, with per-stage timings.
+
+    Raises:
+        EmptyImageError: The image is constant (e.g. all zeros).
+        ImageTooSmallError: The head is far smaller than the model's window.
+        PreprocessError: Any other image that cannot be preprocessed.
+        DeviceUnavailableError: ``cuda`` asked for without CUDA.
+    """
+    options = options or InferenceOptions()
+    cfg = model.config
+    settings = settings or ResponseSettings(min_lesion_volume_mm3=cfg.postprocessing.min_lesion_volume_mm3)
+    device = resolve_device(options.device)
+    timings: dict[str, float] = {}
+
+    pre = preprocess(image, cfg.preprocessing)
+    timings.update({f"preprocess.{k}": v for k, v in pre.timings_s.items()})
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
+    shape = pre.array.shape
+    if any(s < MIN_WINDOW_FRACTION * r for s, r in zip(shape, roi_zyx, strict=True)):
+        extent = [round(s * sp, 1) for s, sp in zip(shape[::-1], cfg.preprocessing.spacing_mm, strict=True)]
+        window = [round(r * sp, 1) for r, sp in zip(roi_zyx[::-1], cfg.preprocessing.spacing_mm, strict=True)]
+        raise ImageTooSmallError(
+            f"The imaged head is far too small for this model: {extent} mm against a window of {window} mm. "
+            "Send a whole-brain 3D volume."
+        )
+
+    t = time.perf_counter()
+    network = model.network
+    overlap = cfg.inference.overlap if options.overlap is None else options.overlap
+    sw_batch = cfg.inference.sw_batch_size if options.sw_batch_size is None else options.sw_batch_size
+    if device.type == "cuda":
+        network = network.to(device)
+        if options.channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        if options.compile:
+            network = torch.compile(network)  # type: ignore[assignment]
+    network.eval()
+    x = torch.from_numpy(np.ascontiguousarray(pre.array, dtype=np.float32))[None, None].to(device)
+    with torch.inference_mode():
+        prob = sliding_window_inference(
+            x,
+            roi_size=roi_zyx,
+            sw_batch_size=sw_batch,
+            predictor=_predictor(network, device, options),
+            overlap=overlap,
+            mode=cfg.inference.mode,
+            sw_device=device,
+            device=device,
+        )
+        prob_np = prob[0, 0].float().cpu().numpy()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    timings["network"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    threshold = cfg.postprocessing.threshold if options.threshold is None else options.threshold
+    native_prob = to_native(prob_np, pre)
+    mask = sitk.Cast(sitk.BinaryThreshold(native_prob, threshold, 1e9, 1, 0), sitk.sitkUInt8)
+    timings["to_native"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    labels = label_components(mask, settings.min_lesion_volume_mm3)
+    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    timings["components"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lesions = measure_lesions(labels, image, settings=settings, relabel=False)
+    timings["measure"] = time.perf_counter() - t
+    return SegmentationResult(
+        mask=mask,
+        labels=labels,
+        lesions=lesions,
+        timings_s=timings,
+        device=str(device),
+        n_windows=_count_windows(shape, roi_zyx, overlap),
+        probability=native_prob if options.keep_probability else None,
+    )
