@@ -1,0 +1,308 @@
+"""``rano-assess``: RANO-BM assessment of one patient from per-visit lesion masks, JSON on stdout.
+
+Usage: ``rano-assess VISITS.json [--criteria rano-bm|volumetric|both] [--settings SETTINGS.json]``.
+The input format is described in the README (section "rano"). Bad input exits with status 2 and one
+line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from rano import ENGINE_VERSION
+from rano.errors import RanoError
+from rano.match import LesionTracker, observations_from_match, register_rigid
+from rano.measure import LesionMeasurement, label_components, measure_lesions
+from rano.response import (
+    Assessment,
+    ClinicalStatus,
+    Criteria,
+    Steroids,
+    VisitInput,
+    assess,
+    compare_criteria,
+)
+from rano.settings import ResponseSettings
+
+_VISIT_KEYS = {"visit", "date", "mask", "image", "steroids", "clinical_status"}
+_TOP_KEYS = {"subject_id", "visits"}
+
+
+class InputError(RanoError):
+    """The VISITS.json file or a file it names is unusable."""
+
+
+def _read_image(path: Path, what: str) -> sitk.Image:
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{what} file is not a readable image: {path}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what} must be a 3D single-channel image: {path}")
+    return image
+
+
+def _choice(value: Any, enum: type[Steroids] | type[ClinicalStatus], key: str, visit: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = " | ".join(e.value for e in enum)
+        raise InputError(f"visit {visit}: {key} must be one of {allowed}, got {value!r}") from None
+
+
+def _components(mask: sitk.Image, settings: ResponseSettings, visit: str) -> sitk.Image:
+    """Binary masks are split into 26-connected components; labelled masks keep their labels."""
+    array = sitk.GetArrayViewFromImage(mask)
+    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
+        raise InputError(f"visit {visit}: the mask must hold whole-number labels")
+    if array.size and array.min() < 0:
+        raise InputError(f"visit {visit}: the mask has negative labels")
+    if array.size and array.max() <= 1:
+        return label_components(mask, settings.min_lesion_volume_mm3)
+    labels = sitk.Cast(mask, sitk.sitkUInt32)
+    return labels
+
+
+def _r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def assess_files(
+    visits_json: Path, criteria: str = "both", settings: ResponseSettings | None = None
+) -> dict[str, Any]:
+    """Run the whole pipeline (components, registration, matching, measurement, response) on a VISITS.json.
+
+    Raises:
+        InputError, RanoError: On any bad input, with a one-line message.
+    """
+    settings = settings or ResponseSettings()
+    if criteria not in ("rano-bm", "volumetric", "both"):
+        raise InputError(f"--criteria must be rano-bm, volumetric or both, got {criteria!r}")
+    try:
+        data = json.loads(Path(visits_json).read_text())
+    except FileNotFoundError:
+        raise InputError(f"visits file not found: {visits_json}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"visits file is not valid JSON: {visits_json} ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError("the visits file must hold a JSON object")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise InputError(f"unknown field(s) in the visits file: {', '.join(unknown)}")
+    subject_id = data.get("subject_id")
+    visits_in = data.get("visits")
+    if not isinstance(subject_id, str) or not subject_id:
+        raise InputError("subject_id must be a non-empty string")
+    if not isinstance(visits_in, list) or not visits_in:
+        raise InputError("visits must be a non-empty list")
+    base_dir = Path(visits_json).resolve().parent
+
+    tracker: LesionTracker | None = None
+    baseline_image: sitk.Image | None = None
+    visit_inputs: list[VisitInput] = []
+    measured: dict[str, dict[str, LesionMeasurement]] = {}
+    previous_date: dt.date | None = None
+    for number, entry in enumerate(visits_in):
+        if not isinstance(entry, dict):
+            raise InputError(f"visit #{number + 1} must be a JSON object")
+        label = entry.get("visit")
+        if not isinstance(label, str) or not label:
+            raise InputError(f"visit #{number + 1}: 'visit' must be a non-empty string")
+        unknown = sorted(set(entry) - _VISIT_KEYS)
+        if unknown:
+            raise InputError(f"visit {label}: unknown field(s) {', '.join(unknown)}")
+        if label in measured:
+            raise InputError(f"visit {label} appears twice")
+        try:
+            date = dt.date.fromisoformat(str(entry.get("date")))
+        except ValueError:
+            raise InputError(f"visit {label}: date must be YYYY-MM-DD, got {entry.get('date')!r}") from None
+        if previous_date is not None and date <= previous_date:
+            raise InputError(f"visit {label}: dates out of order ({date} is not after {previous_date})")
+        previous_date = date
+        steroids = _choice(entry.get("steroids", "none"), Steroids, "steroids", label)
+        clinical = _choice(entry.get("clinical_status", "stable"), ClinicalStatus, "clinical_status", label)
+        if not isinstance(entry.get("mask"), str):
+            raise InputError(f"visit {label}: 'mask' (a file path) is required")
+        mask = _read_image(base_dir / entry["mask"], f"visit {label}: mask")
+        image = None
+        if entry.get("image") is not None:
+            if not isinstance(entry["image"], str):
+                raise InputError(f"visit {label}: 'image' must be a file path")
+            image = _read_image(base_dir / entry["image"], f"visit {label}: image")
+            same_grid = (
+                image.GetSize() == mask.GetSize()
+                and np.allclose(image.GetSpacing(), mask.GetSpacing(), atol=1e-4)
+                and np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-3)
+                and np.allclose(image.GetDirection(), mask.GetDirection(), atol=1e-4)
+            )
+            if not same_grid:
+                raise InputError(f"visit {label}: image and mask lie on different grids")
+        components = _components(mask, settings, label)
+        transform = None
+        if tracker is None:
+            tracker = LesionTracker(components)
+            baseline_image = image
+        elif image is not None and baseline_image is not None:
+            transform = register_rigid(baseline_image, image)
+        known = tracker.lesion_ids
+        match = tracker.add_visit(components, transform)
+        measurements = measure_lesions(components, image, settings=settings, relabel=False)
+        observations = observations_from_match(measurements, match, known)
+        by_label = {m.label: m for m in measurements}
+        measured[label] = {
+            lesion_id: max((by_label[lab] for lab in labs), key=lambda m: m.longest_diameter_mm)
+            for lesion_id, labs in match.components_of().items()
+        }
+        visit_inputs.append(VisitInput(label, date, observations, steroids, clinical))
+
+    diameter = assess(visit_inputs, settings=settings, criteria=Criteria.RANO_BM)
+    volumetric = assess(visit_inputs, settings=settings, criteria=Criteria.VOLUMETRIC)
+    primary = volumetric if criteria == "volumetric" else diameter
+    return _report(subject_id, criteria, settings, visit_inputs, primary, diameter, volumetric, measured)
+
+
+def _report(
+    subject_id: str,
+    criteria: str,
+    settings: ResponseSettings,
+    visit_inputs: Sequence[VisitInput],
+    primary: Assessment,
+    diameter: Assessment,
+    volumetric: Assessment,
+    measured: dict[str, dict[str, LesionMeasurement]],
+) -> dict[str, Any]:
+    with_volumetric = criteria in ("volumetric", "both")
+    visits_out = []
+    for p, d, vol in zip(primary.visits, diameter.visits, volumetric.visits, strict=True):
+        row: dict[str, Any] = {
+            "visit": p.visit,
+            "date": p.date.isoformat(),
+            "sum_ld_mm": _r(p.sum_ld_mm),
+            "sum_volume_mm3": _r(p.sum_volume_mm3),
+            "nadir_sum_ld_mm": _r(d.nadir_sum),
+            "pct_change_from_baseline": _r(p.pct_change_from_baseline),
+            "pct_change_from_nadir": _r(p.pct_change_from_nadir),
+            "target_response": p.target_response,
+            "non_target_response": p.non_target_response,
+            "new_lesions": p.new_lesions,
+            "new_lesion_ids": list(p.new_lesion_ids),
+            "overall_response": p.overall_response,
+            "confirmed": p.confirmed,
+            "volumetric_response": vol.overall_response if with_volumetric else None,
+            "reasons": list(p.reasons),
+        }
+        if criteria == "volumetric":
+            row["nadir_sum_volume_mm3"] = _r(p.nadir_sum)
+        if criteria == "both":
+            row["volumetric"] = {
+                "target_response": vol.target_response,
+                "overall_response": vol.overall_response,
+                "confirmed": vol.confirmed,
+                "nadir_sum_volume_mm3": _r(vol.nadir_sum),
+                "pct_change_from_baseline": _r(vol.pct_change_from_baseline),
+                "pct_change_from_nadir": _r(vol.pct_change_from_nadir),
+                "reasons": list(vol.reasons),
+            }
+        visits_out.append(row)
+    lesions = []
+    for lesion_id, role in primary.roles.items():
+        per_visit: dict[str, Any] = {}
+        for v in visit_inputs:
+            obs = next((o for o in v.observations if o.lesion_id == lesion_id), None)
+            if obs is None:
+                continue
+            m = measured[v.visit].get(lesion_id)
+            if not obs.present or m is None:
+                per_visit[v.visit] = {"present": False, "merged_into": obs.merged_into}
+                continue
+            per_visit[v.visit] = {
+                "present": True,
+                "longest_diameter_mm": _r(obs.longest_diameter_mm, 2),
+                "perpendicular_diameter_mm": _r(obs.perpendicular_diameter_mm, 2),
+                "volume_mm3": _r(obs.volume_mm3, 1),
+                "max_3d_diameter_mm": _r(m.max_3d_diameter_mm, 2),
+                "slices": obs.slice_count,
+                "fragments": obs.fragment_count,
+                "measurable": m.measurable,
+                "ld_slice_index": m.ld_slice_index,
+                "caliper_mm": [[round(c, 2) for c in p] for p in m.ld_endpoints_mm]
+                if m.ld_endpoints_mm
+                else None,
+                "perpendicular_caliper_mm": (
+                    [[round(c, 2) for c in p] for p in m.perpendicular_endpoints_mm]
+                    if m.perpendicular_endpoints_mm
+                    else None
+                ),
+            }
+        lesions.append(
+            {
+                "lesion_id": lesion_id,
+                "role": role,
+                "first_seen": primary.first_seen.get(lesion_id),
+                "measurements": per_visit,
+            }
+        )
+    out: dict[str, Any] = {
+        "subject_id": subject_id,
+        "engine_version": ENGINE_VERSION,
+        "criteria": criteria,
+        "settings": settings.to_dict(),
+        "visits": visits_out,
+        "best_overall_response": primary.best_overall_response,
+        "progression_date": primary.progression_date.isoformat() if primary.progression_date else None,
+        "lesions": lesions,
+    }
+    if criteria == "both":
+        out["volumetric_best_overall_response"] = volumetric.best_overall_response
+        out["volumetric_progression_date"] = (
+            volumetric.progression_date.isoformat() if volumetric.progression_date else None
+        )
+        out["disagreements"] = list(compare_criteria(diameter, volumetric))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 2 bad input)."""
+    parser = argparse.ArgumentParser(
+        prog="rano-assess", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("visits", type=Path, help="VISITS.json (paths inside are relative to it)")
+    parser.add_argument("--criteria", choices=["rano-bm", "volumetric", "both"], default="both")
+    parser.add_argument(
+        "--settings", type=Path, help="JSON object of response settings (rano-bm.md section 9)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = ResponseSettings()
+        if args.settings is not None:
+            try:
+                settings = ResponseSettings.from_dict(json.loads(args.settings.read_text()))
+            except FileNotFoundError:
+                raise InputError(f"settings file not found: {args.settings}") from None
+            except ValueError as exc:
+                if isinstance(exc, RanoError):
+                    raise
+                raise InputError(f"settings file is not valid JSON: {args.settings}") from None
+        report = assess_files(args.visits, args.criteria, settings)
+    except RanoError as exc:
+        print(f"rano-assess: error: {exc}", file=sys.stderr)
+        return 2
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,439 @@
+"""Lesion correspondence across visits (issue 3, item 2).
+
+Every visit's lesion components are brought into the baseline space (with a rigid registration of
+the follow-up image to the baseline image when images exist; identity otherwise) and assigned to
+the lesions seen at any earlier visit by overlap and centroid distance, with scipy's
+``linear_sum_assignment`` for the one-to-one part. Then:
+
+- **split**: further components overlapping an already matched lesion become its fragments;
+- **merge**: one component overlapping several earlier lesions is assigned to the lesion it
+  overlaps most; the others are recorded as merged into it (rano-bm.md section 3);
+- **disappearance**: earlier lesions with no component are absent at this visit;
+- **reappearance**: a lesion absent at the previous visit and matched now keeps its label;
+- **new**: components matched to no earlier lesion get the next free label.
+
+Lesion labels (L1, L2, ...) never change once given. :func:`match_components` is pure numpy on
+footprints in the reference grid (callable from stored masks); :class:`LesionTracker` wraps
+resampling and keeps each lesion's latest footprint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from rano.errors import MatchError
+from rano.measure import Geometry, LesionMeasurement
+from rano.response import LesionObservation
+
+#: Components farther than this from an earlier lesion (centroids, mm) and not overlapping it are
+#: never matched to it.
+DEFAULT_MAX_DISTANCE_MM = 10.0
+
+
+class MatchKind(StrEnum):
+    """How a component of the current visit was assigned."""
+
+    MATCHED = "matched"
+    REAPPEARED = "reappeared"
+    SPLIT = "split"
+    MERGED = "merged"
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A lesion or component in the reference (baseline) grid.
+
+    Attributes:
+        start_zyx: First index (z, y, x) of the crop in the reference array.
+        mask: Boolean crop.
+        centroid_mm: Physical centroid (x, y, z) of its voxels.
+    """
+
+    start_zyx: tuple[int, int, int]
+    mask: NDArray[np.bool_]
+    centroid_mm: tuple[float, float, float]
+
+    @property
+    def voxels(self) -> int:
+        """Number of voxels."""
+        return int(self.mask.sum())
+
+    def overlap(self, other: Footprint) -> int:
+        """Number of voxels shared with ``other`` (same grid)."""
+        lo = np.maximum(self.start_zyx, other.start_zyx)
+        hi = np.minimum(np.add(self.start_zyx, self.mask.shape), np.add(other.start_zyx, other.mask.shape))
+        if np.any(hi <= lo):
+            return 0
+        a = self.mask[tuple(slice(lo[d] - self.start_zyx[d], hi[d] - self.start_zyx[d]) for d in range(3))]
+        b = other.mask[tuple(slice(lo[d] - other.start_zyx[d], hi[d] - other.start_zyx[d]) for d in range(3))]
+        return int(np.count_nonzero(a & b))
+
+
+def footprints(labels_zyx: NDArray[np.integer], geometry: Geometry) -> dict[int, Footprint]:
+    """Footprint of every label of a reference-grid label array, keyed by label value."""
+    out: dict[int, Footprint] = {}
+    for index, bbox in enumerate(ndimage.find_objects(labels_zyx)):
+        if bbox is None:
+            continue
+        crop = labels_zyx[bbox] == index + 1
+        start = tuple(int(s.start) for s in bbox)
+        zz, yy, xx = np.nonzero(crop)
+        centroid = geometry.to_physical(
+            np.array([[xx.mean() + start[2], yy.mean() + start[1], zz.mean() + start[0]]])
+        )[0]
+        out[index + 1] = Footprint(start, crop, (float(centroid[0]), float(centroid[1]), float(centroid[2])))  # type: ignore[arg-type]
+    return out
+
+
+@dataclass(frozen=True)
+class ComponentAssignment:
+    """Assignment of one current component to a lesion id."""
+
+    label: int
+    lesion_id: str
+    kind: MatchKind
+    overlap_voxels: int
+    distance_mm: float | None
+
+
+@dataclass(frozen=True)
+class VisitMatch:
+    """Result of matching one visit against all earlier visits.
+
+    Attributes:
+        assignments: One per component of the current visit, in label order.
+        absent_ids: Earlier lesions with no component at this visit (merged ones excluded).
+        merged_into: Earlier lesion id -> id of the lesion whose component absorbed it.
+        new_ids: Lesion ids created at this visit.
+        next_number: The next free lesion number after this visit.
+    """
+
+    assignments: tuple[ComponentAssignment, ...]
+    absent_ids: tuple[str, ...]
+    merged_into: Mapping[str, str]
+    new_ids: tuple[str, ...]
+    next_number: int
+
+    def components_of(self) -> dict[str, tuple[int, ...]]:
+        """Lesion id -> the component labels assigned to it (several for a split lesion)."""
+        out: dict[str, list[int]] = {}
+        for a in self.assignments:
+            out.setdefault(a.lesion_id, []).append(a.label)
+        return {k: tuple(v) for k, v in out.items()}
+
+
+def lesion_number(lesion_id: str) -> int:
+    """Number of a lesion id such as ``L12`` (0 when it has none)."""
+    digits = "".join(ch for ch in lesion_id if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def match_components(
+    current: Mapping[int, Footprint],
+    prior: Mapping[str, Footprint],
+    *,
+    next_number: int | None = None,
+    absent_last_visit: frozenset[str] = frozenset(),
+    max_distance_mm: float = DEFAULT_MAX_DISTANCE_MM,
+) -> VisitMatch:
+    """Assign the current visit's components to earlier lesions (all in the same reference grid).
+
+    Args:
+        current: Component label -> footprint at the current visit.
+        prior: Lesion id -> its latest footprint over all earlier visits.
+        next_number: Number for the next new lesion id; defaults to one past the largest prior id.
+        absent_last_visit: Lesion ids absent at the previous visit (to report reappearance).
+        max_distance_mm: Non-overlapping pairs farther apart than this are never matched.
+
+    Returns:
+        The assignments; new lesions are numbered in component-label (raster) order.
+    """
+    if max_distance_mm < 0 or not math.isfinite(max_distance_mm):
+        raise MatchError(f"max_distance_mm must be a finite distance >= 0, got {max_distance_mm}")
+    labels = sorted(current)
+    ids = sorted(prior, key=lambda i: (lesion_number(i), i))
+    if next_number is None:
+        next_number = max((lesion_number(i) for i in ids), default=0) + 1
+    n, m = len(labels), len(ids)
+    overlap = np.zeros((n, m), dtype=np.int64)
+    dist = np.full((n, m), np.inf)
+    for a, lab in enumerate(labels):
+        c = current[lab]
+        for b, lid in enumerate(ids):
+            p = prior[lid]
+            dist[a, b] = math.dist(c.centroid_mm, p.centroid_mm)
+            if dist[a, b] <= max(c.mask.shape + p.mask.shape) * 10 + max_distance_mm:  # cheap pre-filter
+                overlap[a, b] = c.overlap(p)
+    sizes_c = np.array([current[lab].voxels for lab in labels], dtype=np.float64)
+    sizes_p = np.array([prior[i].voxels for i in ids], dtype=np.float64)
+    eligible = (overlap > 0) | (dist <= max_distance_mm)
+
+    primary: dict[int, int] = {}  # component index -> prior index
+    if n and m:
+        # Overlap (as a fraction of the smaller footprint) dominates; proximity breaks ties and
+        # matches lesions that moved off their old footprint.
+        frac = overlap / np.maximum(1.0, np.minimum(sizes_c[:, None], sizes_p[None, :]))
+        closeness = np.clip(1.0 - dist / max(max_distance_mm, 1e-9), 0.0, 1.0)
+        score = np.where(eligible, 2.0 * frac + closeness + 1e-3, 0.0)
+        rows, cols = linear_sum_assignment(-score)
+        primary = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if eligible[r, c]}
+
+    matched_prior = set(primary.values())
+    # Merges: an earlier lesion left without a component of its own but overlapping a matched
+    # component was absorbed by it. The merged mass belongs to the lesion it overlaps most.
+    absorbed: dict[int, list[int]] = {}
+    for b in range(m):
+        if b in matched_prior:
+            continue
+        hits = [a for a in primary if overlap[a, b] > 0]
+        if hits:
+            absorbed.setdefault(max(hits, key=lambda k: (overlap[k, b], -k)), []).append(b)
+    owner_of_component: dict[int, int] = dict(primary)
+    merged_into: dict[str, str] = {}
+    for a, extra in absorbed.items():
+        group = [primary[a], *extra]
+        owner = max(group, key=lambda bb: (overlap[a, bb], -bb))
+        owner_of_component[a] = owner
+        for bb in group:
+            if bb != owner:
+                merged_into[ids[bb]] = ids[owner]
+
+    assignments: list[ComponentAssignment] = []
+    new_ids: list[str] = []
+    assigned_ids: set[str] = set()
+    for a, lab in enumerate(labels):
+        if a in owner_of_component:
+            b = owner_of_component[a]
+            kind = (
+                MatchKind.MERGED
+                if any(v == ids[b] for v in merged_into.values())
+                else (MatchKind.REAPPEARED if ids[b] in absent_last_visit else MatchKind.MATCHED)
+            )
+            assignments.append(ComponentAssignment(lab, ids[b], kind, int(overlap[a, b]), float(dist[a, b])))
+            assigned_ids.add(ids[b])
+            continue
+        touching = [b for b in range(m) if overlap[a, b] > 0]
+        if touching:
+            b = max(touching, key=lambda k: (overlap[a, k], -k))
+            target = merged_into.get(ids[b], ids[b])
+            assignments.append(
+                ComponentAssignment(lab, target, MatchKind.SPLIT, int(overlap[a, b]), float(dist[a, b]))
+            )
+            assigned_ids.add(target)
+            continue
+        lesion_id = f"L{next_number}"
+        next_number += 1
+        new_ids.append(lesion_id)
+        assignments.append(ComponentAssignment(lab, lesion_id, MatchKind.NEW, 0, None))
+    # A lesion matched only through its fragments (its primary component went elsewhere) is present.
+    absent = tuple(i for i in ids if i not in assigned_ids and i not in merged_into)
+    return VisitMatch(tuple(assignments), absent, merged_into, tuple(new_ids), next_number)
+
+
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 20240108) -> sitk.Transform:
+    """Rigid registration of ``moving`` (follow-up image) to ``fixed`` (baseline image).
+
+    Multi-resolution (shrink 4-2-1, smoothing 2-1-0 voxels) Mattes mutual information with a
+    fixed sampling seed, so the same inputs give the same transform.
+
+    Returns:
+        A transform mapping fixed-space points to moving-space points (SimpleITK's resampling
+        convention: resample the follow-up onto the baseline grid with it).
+
+    Raises:
+        MatchError: When the images are not 3D or registration fails.
+    """
+    if fixed.GetDimension() != 3 or moving.GetDimension() != 3:
+        raise MatchError("registration needs two 3D images")
+    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+    initial = sitk.CenteredTransformInitializer(
+        fixed_f, moving_f, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.05, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=100, gradientMagnitudeTolerance=1e-6
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(initial, inPlace=False)
+    try:
+        result = reg.Execute(fixed_f, moving_f)
+    except RuntimeError as exc:  # ITK reports failures as RuntimeError
+        raise MatchError(f"rigid registration failed: {exc}") from None
+    return result
+
+
+def _physical_box(image: sitk.Image) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    g = Geometry.of(image)
+    size = image.GetSize()
+    corners = np.array(
+        [
+            [x, y, z]
+            for x in (-0.5, size[0] - 0.5)
+            for y in (-0.5, size[1] - 0.5)
+            for z in (-0.5, size[2] - 0.5)
+        ]
+    )
+    phys = g.to_physical(corners)
+    return phys.min(axis=0), phys.max(axis=0)
+
+
+def check_same_space(reference: sitk.Image, other: sitk.Image, what: str = "mask") -> None:
+    """Refuse to match masks without registration when their physical extents barely overlap.
+
+    Raises:
+        MatchError: When less than half of the smaller extent is shared.
+    """
+    lo1, hi1 = _physical_box(reference)
+    lo2, hi2 = _physical_box(other)
+    inter = np.clip(np.minimum(hi1, hi2) - np.maximum(lo1, lo2), 0, None).prod()
+    smaller = min((hi1 - lo1).prod(), (hi2 - lo2).prod())
+    if inter < 0.5 * smaller:
+        raise MatchError(
+            f"the {what} does not lie in the baseline's physical space ({inter / smaller:.0%} of it overlaps); "
+            "give the images so the visits can be registered"
+        )
+
+
+def to_reference(
+    labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None
+) -> sitk.Image:
+    """Nearest-neighbour resampling of a label image onto the reference grid (no-op when already there)."""
+    same = (
+        transform is None
+        and labels.GetSize() == reference.GetSize()
+        and np.allclose(labels.GetSpacing(), reference.GetSpacing(), atol=1e-5)
+        and np.allclose(labels.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+        and np.allclose(labels.GetDirection(), reference.GetDirection(), atol=1e-5)
+    )
+    if same:
+        return labels
+    return sitk.Resample(
+        labels, reference, transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt32
+    )
+
+
+class LesionTracker:
+    """Matches successive visits of one patient, keeping each lesion's latest footprint.
+
+    Args:
+        reference: Baseline image or mask; its grid is the common space.
+        max_distance_mm: See :func:`match_components`.
+    """
+
+    def __init__(self, reference: sitk.Image, *, max_distance_mm: float = DEFAULT_MAX_DISTANCE_MM) -> None:
+        if reference.GetDimension() != 3:
+            raise MatchError("the reference image must be 3D")
+        self._reference = reference
+        self._geometry = Geometry.of(reference)
+        self._max_distance_mm = max_distance_mm
+        self._prior: dict[str, Footprint] = {}
+        self._absent_last: frozenset[str] = frozenset()
+        self._next_number = 1
+        self.visits: list[VisitMatch] = []
+
+    @property
+    def lesion_ids(self) -> tuple[str, ...]:
+        """Every lesion id given so far."""
+        return tuple(sorted(self._prior, key=lambda i: (lesion_number(i), i)))
+
+    def add_visit(self, labels: sitk.Image, transform: sitk.Transform | None = None) -> VisitMatch:
+        """Match a visit's component label image (its own grid) against every earlier visit.
+
+        Args:
+            labels: Component labels of this visit (e.g. from :func:`rano.measure.label_components`).
+            transform: Reference-to-this-visit transform from :func:`register_rigid`; None = identity.
+        """
+        if transform is None and self.visits:
+            check_same_space(self._reference, labels)
+        ref_labels = sitk.GetArrayViewFromImage(to_reference(labels, self._reference, transform))
+        current = footprints(ref_labels, self._geometry)
+        # Components that fall outside the reference grid after resampling still need an id.
+        for lab in np.unique(sitk.GetArrayViewFromImage(labels)):
+            if lab and int(lab) not in current:
+                raise MatchError(f"lesion component {int(lab)} lies outside the baseline field of view")
+        result = match_components(
+            current,
+            self._prior,
+            next_number=self._next_number,
+            absent_last_visit=self._absent_last,
+            max_distance_mm=self._max_distance_mm,
+        )
+        for lesion_id, labs in result.components_of().items():
+            parts = [current[lab] for lab in labs]
+            self._prior[lesion_id] = parts[0] if len(parts) == 1 else _union(parts, self._geometry)
+        self._absent_last = frozenset(result.absent_ids) | frozenset(result.merged_into)
+        self._next_number = result.next_number
+        self.visits.append(result)
+        return result
+
+
+def _union(parts: Sequence[Footprint], geometry: Geometry) -> Footprint:
+    lo = np.min([p.start_zyx for p in parts], axis=0)
+    hi = np.max([np.add(p.start_zyx, p.mask.shape) for p in parts], axis=0)
+    mask = np.zeros(tuple(hi - lo), dtype=bool)
+    for p in parts:
+        s = np.subtract(p.start_zyx, lo)
+        mask[s[0] : s[0] + p.mask.shape[0], s[1] : s[1] + p.mask.shape[1], s[2] : s[2] + p.mask.shape[2]] |= (
+            p.mask
+        )
+    zz, yy, xx = np.nonzero(mask)
+    c = geometry.to_physical(np.array([[xx.mean() + lo[2], yy.mean() + lo[1], zz.mean() + lo[0]]]))[0]
+    return Footprint((int(lo[0]), int(lo[1]), int(lo[2])), mask, (float(c[0]), float(c[1]), float(c[2])))
+
+
+def observations_from_match(
+    measurements: Sequence[LesionMeasurement], match: VisitMatch, known_ids: Sequence[str] = ()
+) -> tuple[LesionObservation, ...]:
+    """Per-lesion observations of one visit from its component measurements and its match.
+
+    Fragments of a split lesion sum their LDs and volumes (rano-bm.md section 3); the perpendicular
+    and slice spacing come from the largest fragment; the slice count is the largest of them.
+    Earlier lesions that are absent or merged get an absent observation (merged ones name the owner).
+    """
+    by_label = {m.label: m for m in measurements}
+    out: list[LesionObservation] = []
+    for lesion_id, labs in match.components_of().items():
+        try:
+            parts = [by_label[lab] for lab in labs]
+        except KeyError as exc:
+            raise MatchError(f"no measurement for component {exc.args[0]} of {lesion_id}") from None
+        main = max(parts, key=lambda p: p.longest_diameter_mm)
+        out.append(
+            LesionObservation(
+                lesion_id,
+                present=True,
+                longest_diameter_mm=sum(p.longest_diameter_mm for p in parts),
+                perpendicular_diameter_mm=main.perpendicular_diameter_mm,
+                volume_mm3=sum(p.volume_mm3 for p in parts),
+                slice_count=max(p.slice_count for p in parts),
+                slice_spacing_mm=main.slice_spacing_mm,
+                fragment_count=len(parts),
+            )
+        )
+    listed = {o.lesion_id for o in out}
+    for lesion_id in (*match.absent_ids, *known_ids):
+        if lesion_id not in listed and lesion_id not in match.merged_into:
+            out.append(LesionObservation(lesion_id, present=False))
+            listed.add(lesion_id)
+    for lesion_id, owner in match.merged_into.items():
+        if lesion_id not in listed:
+            out.append(LesionObservation(lesion_id, present=False, merged_into=owner))
+    return tuple(sorted(out, key=lambda o: (lesion_number(o.lesion_id), o.lesion_id)))
