@@ -241,7 +241,10 @@ def write_rtstruct(
             "The label image's slices do not coincide with the series' slices; map the prediction back to "
             "the series geometry first."
         )
-    rtstruct_ds = ds_helper.create_rtstruct_dataset(ordered)
+    with warnings.catch_warnings():
+        # rt-utils sets the dataset's encoding through attributes pydicom 3 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rtstruct_ds = ds_helper.create_rtstruct_dataset(ordered)
     rtstruct = RTStruct(ordered, rtstruct_ds)
     for number, value in enumerate(lesions):
         mask = (arr[slice_of] == value).transpose(1, 2, 0)  # rt-utils wants [row, column, slice]

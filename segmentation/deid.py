@@ -6,8 +6,9 @@ What is done to each dataset, recursively through every sequence:
 - Attributes of the basic profile with action Z (Type 2, must stay present) are emptied, those with
   action X are removed. The table below is the basic profile's list for the attributes that occur in
   MR images, RT structure sets and segmentations; on top of it, as catch-alls that the profile implies,
-  every other Person Name (PN) element is emptied, every free-text comment element is removed, and all
-  private tags and overlay/curve groups (60xx, 50xx) are removed.
+  every other Person Name (PN) element is emptied, every free-text comment element and every element
+  naming an institution, organisation, address or telephone number is removed, and all private tags
+  and overlay/curve groups (60xx, 50xx) are removed.
 - UIDs are kept by default (the profile's Retain UIDs option, code 113110) so the contours MetTrack
   returns reference the site's own series. With ``remap_uids=True`` every non-standard UID is replaced
   by a new one, consistently across datasets that share a ``uid_map`` (action U).
@@ -179,6 +180,11 @@ BASIC_PROFILE_ACTIONS: dict[str, str] = {
     "CurrentPatientLocation": "X",
     "PatientInstitutionResidence": "X",
     "DataSetTrailingPadding": "X",
+    "VerifyingOrganization": "X",
+    "VerificationDateTime": "X",
+    "VerifyingObserverIdentificationCodeSequence": "Z",
+    "PersonIdentificationCodeSequence": "X",
+    "ContentCreatorIdentificationCodeSequence": "X",
 }
 
 #: UID keywords that name standard things (classes, syntaxes) rather than instances: never remapped.
@@ -199,8 +205,17 @@ def _code_item(value: str, meaning: str) -> Dataset:
     return item
 
 
+#: Keyword fragments of attributes that name people's places or organisations; removed wherever they occur
+#: (the basic profile lists each, e.g. Verifying Organization, Person Address, Institution Name).
+_IDENTIFYING_FRAGMENTS = ("Institution", "Organization", "Address", "Telephone", "Telecom")
+
+
 def _is_free_text_comment(keyword: str) -> bool:
     return keyword.endswith("Comments") or keyword.endswith("Comment")
+
+
+def _is_identifying_by_name(keyword: str) -> bool:
+    return _is_free_text_comment(keyword) or any(fragment in keyword for fragment in _IDENTIFYING_FRAGMENTS)
 
 
 def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | None) -> None:
@@ -214,7 +229,7 @@ def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | Non
             del ds[elem.tag]
             continue
         action = BASIC_PROFILE_ACTIONS.get(keyword)
-        if action == "X" or (action is None and _is_free_text_comment(keyword)):
+        if action == "X" or (action is None and _is_identifying_by_name(keyword)):
             del ds[elem.tag]
             continue
         if action == "Z":
