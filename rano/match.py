@@ -363,12 +363,15 @@ class LesionTracker:
         """
         if transform is None and self.visits:
             check_same_space(self._reference, labels)
-        ref_labels = sitk.GetArrayViewFromImage(to_reference(labels, self._reference, transform))
+        # Keep the resampled image alive while its array view is used.
+        resampled = to_reference(labels, self._reference, transform)
+        ref_labels = sitk.GetArrayViewFromImage(resampled)
         current = footprints(ref_labels, self._geometry)
         # Components that fall outside the reference grid after resampling still need an id.
-        for lab in np.unique(sitk.GetArrayViewFromImage(labels)):
-            if lab and int(lab) not in current:
-                raise MatchError(f"lesion component {int(lab)} lies outside the baseline field of view")
+        native = ndimage.find_objects(sitk.GetArrayViewFromImage(labels))
+        for index, bbox in enumerate(native):
+            if bbox is not None and index + 1 not in current:
+                raise MatchError(f"lesion component {index + 1} lies outside the baseline field of view")
         result = match_components(
             current,
             self._prior,

@@ -21,7 +21,9 @@ def sphere_mask(
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> sitk.Image:
     """Binary mask of balls (centres in mm from the origin, moved by ``shift_mm``)."""
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(size_xyz[::-1], spacing[::-1], strict=True)), indexing="ij")
+    z, y, x = np.meshgrid(
+        *(np.arange(n) * s for n, s in zip(size_xyz[::-1], spacing[::-1], strict=True)), indexing="ij"
+    )
     mask = np.zeros(z.shape, np.uint8)
     for (cx, cy, cz), r in spheres:
         cx, cy, cz = cx + shift_mm[0], cy + shift_mm[1], cz + shift_mm[2]
