@@ -144,7 +144,9 @@ def _check_members(
         seen.add(relative)
         declared_total += info.file_size
         compressed_total += info.compress_size
-        if info.file_size >= _RATIO_CHECK_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+        if info.file_size >= _RATIO_CHECK_MIN_BYTES and info.file_size > max_ratio * max(
+            info.compress_size, 1
+        ):
             raise ArchiveTooLargeError(
                 f"A file in the zip archive unpacks {info.file_size / max(info.compress_size, 1):.0f} times "
                 f"larger than it is stored (limit {max_ratio:.0f}); this looks like a zip bomb and is refused."
@@ -176,7 +178,9 @@ def _extract_members(
     for info, relative in members:
         target = (staging / relative).resolve()
         if root not in target.parents:
-            raise PathTraversalError(f"The zip archive member {info.filename!r} would land outside its folder.")
+            raise PathTraversalError(
+                f"The zip archive member {info.filename!r} would land outside its folder."
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         member_bytes = 0
         try:

@@ -115,7 +115,9 @@ def _label_array(labels: sitk.Image) -> np.ndarray:
         raise ContourExportError("The lesion label image must be a 3D scalar image.")
     arr = sitk.GetArrayFromImage(labels)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ContourExportError(f"The lesion label image must be integer, not {labels.GetPixelIDTypeAsString()}.")
+        raise ContourExportError(
+            f"The lesion label image must be integer, not {labels.GetPixelIDTypeAsString()}."
+        )
     if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.uint16).max):
         raise ContourExportError("Lesion label values must lie between 0 and 65535.")
     return arr
@@ -139,7 +141,9 @@ def _checked_lesions(arr: np.ndarray, lesion_names: Mapping[int, str]) -> list[i
     return sorted(present)
 
 
-def _series_datasets(series: LoadedSeries | str | Path | Sequence[Dataset]) -> tuple[list[Dataset], sitk.Image | None]:
+def _series_datasets(
+    series: LoadedSeries | str | Path | Sequence[Dataset],
+) -> tuple[list[Dataset], sitk.Image | None]:
     """Return the series headers (and the series image when known) from any accepted form."""
     if isinstance(series, LoadedSeries):
         return list(series.source_datasets), series.image
@@ -171,7 +175,9 @@ def _slice_index(labels: sitk.Image, position_mm: Sequence[float]) -> int:
     return index[2]
 
 
-def _check_plane_geometry(labels: sitk.Image, ds: Dataset, orientation: Sequence[float], spacing: Sequence[float]) -> None:
+def _check_plane_geometry(
+    labels: sitk.Image, ds: Dataset, orientation: Sequence[float], spacing: Sequence[float]
+) -> None:
     direction = np.asarray(labels.GetDirection()).reshape(3, 3)
     if (int(ds.Columns), int(ds.Rows)) != tuple(labels.GetSize()[:2]) or not (
         np.allclose(direction[:, 0], orientation[:3], atol=_GEOMETRY_TOL)
@@ -222,7 +228,9 @@ def write_rtstruct(
     lesions = _checked_lesions(arr, lesion_names)
     datasets, _ = _series_datasets(series_dir)
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
-        raise ContourExportError("RTSTRUCT export needs a single-frame series; use DICOM SEG for multi-frame images.")
+        raise ContourExportError(
+            "RTSTRUCT export needs a single-frame series; use DICOM SEG for multi-frame images."
+        )
     _require_headers(datasets, (*RTSTRUCT_ATTRIBUTES, *GEOMETRY_ATTRIBUTES))
     spacing = [float(v) for v in datasets[0].PixelSpacing]
     if abs(spacing[0] - spacing[1]) > _GEOMETRY_TOL:
@@ -234,7 +242,9 @@ def write_rtstruct(
     _check_plane_geometry(labels, datasets[0], orientation, spacing)
     normal = np.cross(orientation[:3], orientation[3:])
     # rt-utils orders slices by position along the normal; follow the same order
-    ordered = sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
+    ordered = sorted(
+        datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
+    )
     slice_of = [_slice_index(labels, ds.ImagePositionPatient) for ds in ordered]
     if -1 in slice_of or sorted(slice_of) != list(range(labels.GetSize()[2])):
         raise ContourExportError(
@@ -287,7 +297,9 @@ def read_rtstruct(path: str | Path, series: LoadedSeries) -> ContourSet:
     datasets = list(series.source_datasets)
     orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
     normal = np.cross(orientation[:3], orientation[3:])
-    ordered = sorted(datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])))
+    ordered = sorted(
+        datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient]))
+    )
     try:
         RTStructBuilder.validate_rtstruct_series_references(ds, ordered)
     except Exception as exc:  # rt-utils raises bare Exception
@@ -315,7 +327,9 @@ def read_rtstruct(path: str | Path, series: LoadedSeries) -> ContourSet:
 # --- DICOM SEG -------------------------------------------------------------------------------------
 
 
-def _frame_planes(datasets: Sequence[Dataset]) -> list[tuple[Sequence[float], Sequence[float], Sequence[float]]]:
+def _frame_planes(
+    datasets: Sequence[Dataset],
+) -> list[tuple[Sequence[float], Sequence[float], Sequence[float]]]:
     """(position, orientation, pixel spacing) per source frame, in the order highdicom pairs frames."""
     if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
         ds = datasets[0]
@@ -375,10 +389,14 @@ def write_seg(
 
     arr = _label_array(labels)
     lesions = _checked_lesions(arr, lesion_names)
-    datasets = list(source_datasets.source_datasets if isinstance(source_datasets, LoadedSeries) else source_datasets)
+    datasets = list(
+        source_datasets.source_datasets if isinstance(source_datasets, LoadedSeries) else source_datasets
+    )
     _require_headers(datasets, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"))
     planes = _frame_planes(datasets)
-    _check_plane_geometry(labels, datasets[0], [float(v) for v in planes[0][1]], [float(v) for v in planes[0][2]])
+    _check_plane_geometry(
+        labels, datasets[0], [float(v) for v in planes[0][1]], [float(v) for v in planes[0][2]]
+    )
     slice_of = [_slice_index(labels, position) for position, _, _ in planes]
     if -1 in slice_of:
         raise ContourExportError(

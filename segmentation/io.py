@@ -205,7 +205,9 @@ def read_series(
         with tempfile.TemporaryDirectory(prefix="mettrack-upload-") as tmp:
             folder = Path(tmp) / "upload"
             safe_extract_zip(source, folder)
-            loaded = _read_dicom_files(_candidate_files(folder), series_uid, require_rtstruct_attributes, backend)
+            loaded = _read_dicom_files(
+                _candidate_files(folder), series_uid, require_rtstruct_attributes, backend
+            )
         return replace(loaded, source_paths=())
     files = _candidate_files(source) if source.is_dir() else [source]
     return _read_dicom_files(files, series_uid, require_rtstruct_attributes, backend)
@@ -313,7 +315,9 @@ def _store_dicom(loaded: LoadedSeries, staging: Path, *, subject_id: str, remap_
             info,
             study_instance_uid=uid_map.get(info.study_instance_uid or "", info.study_instance_uid),
             series_instance_uid=uid_map.get(info.series_instance_uid or "", info.series_instance_uid),
-            frame_of_reference_uid=uid_map.get(info.frame_of_reference_uid or "", info.frame_of_reference_uid),
+            frame_of_reference_uid=uid_map.get(
+                info.frame_of_reference_uid or "", info.frame_of_reference_uid
+            ),
         )
     return replace(loaded, info=info, source_datasets=tuple(headers), source_paths=tuple(paths))
 
@@ -642,7 +646,9 @@ def _validated_geometry(
         or abs(np.linalg.norm(col_dir) - 1) > 1e-3
         or abs(np.dot(row_dir, col_dir)) > 1e-3
     ):
-        raise GeometryError("Image Orientation (Patient) is not two orthogonal unit vectors; the header is damaged.")
+        raise GeometryError(
+            "Image Orientation (Patient) is not two orthogonal unit vectors; the header is damaged."
+        )
     normal = np.cross(row_dir, col_dir)
     ordered = sorted(slices, key=lambda s: float(np.dot(s.position_mm, normal)))
     along = np.array([np.dot(s.position_mm, normal) for s in ordered])
@@ -693,7 +699,9 @@ def _check_dimensions(size: Sequence[int], spacing: Sequence[float]) -> None:
             f"The series has {n_slices} slices; a 3D brain MRI has {MIN_SLICES} to {MAX_SLICES}."
         )
     if columns * rows * n_slices > MAX_VOXELS:
-        raise AbsurdDimensionsError(f"The volume has {columns * rows * n_slices} voxels, more than {MAX_VOXELS}.")
+        raise AbsurdDimensionsError(
+            f"The volume has {columns * rows * n_slices} voxels, more than {MAX_VOXELS}."
+        )
     for value in spacing[:3]:
         if not MIN_SPACING_MM <= float(value) <= MAX_SPACING_MM:
             raise AbsurdDimensionsError(
@@ -735,7 +743,9 @@ def _number(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _dicom_info(ds: Dataset, image: sitk.Image, *, is_multiframe: bool, missing_rt: tuple[str, ...]) -> SeriesInfo:
+def _dicom_info(
+    ds: Dataset, image: sitk.Image, *, is_multiframe: bool, missing_rt: tuple[str, ...]
+) -> SeriesInfo:
     meta = getattr(ds, "file_meta", None)
     return SeriesInfo(
         source_format="dicom",
@@ -750,7 +760,9 @@ def _dicom_info(ds: Dataset, image: sitk.Image, *, is_multiframe: bool, missing_
         series_description=_text(ds, "SeriesDescription"),
         sequence_name=_text(ds, "SequenceName") or _text(ds, "PulseSequenceName"),
         contrast_bolus_agent=_text(ds, "ContrastBolusAgent"),
-        transfer_syntax_uid=str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None,
+        transfer_syntax_uid=str(meta.TransferSyntaxUID)
+        if meta is not None and "TransferSyntaxUID" in meta
+        else None,
         is_multiframe=is_multiframe,
         number_of_slices=int(image.GetSize()[2]),
         missing_rtstruct_attributes=missing_rt,

@@ -50,7 +50,9 @@ def write_series(tmp_path: Path) -> Callable[..., tuple[Path, list[Path]]]:
     Keyword arguments go to :func:`segmentation.dicom_writer.write_dicom_series`.
     """
 
-    def _write(image: sitk.Image | None = None, name: str = "series", **kwargs: object) -> tuple[Path, list[Path]]:
+    def _write(
+        image: sitk.Image | None = None, name: str = "series", **kwargs: object
+    ) -> tuple[Path, list[Path]]:
         folder = tmp_path / name
         kwargs.setdefault("patient_id", "BM-TEST-001")
         files = write_dicom_series(image if image is not None else make_mr_image(), folder, **kwargs)  # type: ignore[arg-type]

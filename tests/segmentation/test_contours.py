@@ -35,7 +35,9 @@ def draw_lesions(series, lesions=LESIONS, *, ring: bool = False) -> sitk.Image:
     z, y, x = np.indices(sitk.GetArrayViewFromImage(series.image).shape, dtype=float)
     arr = np.zeros(z.shape, dtype=np.uint16)
     for value, _, (cz, cy, cx), radius in lesions:
-        r = np.sqrt(((z - cz) * spacing[2]) ** 2 + ((y - cy) * spacing[1]) ** 2 + ((x - cx) * spacing[0]) ** 2)
+        r = np.sqrt(
+            ((z - cz) * spacing[2]) ** 2 + ((y - cy) * spacing[1]) ** 2 + ((x - cx) * spacing[0]) ** 2
+        )
         arr[(r <= radius) & ((r > radius / 2) if ring else True)] = value
     labels = sitk.GetImageFromArray(arr)
     labels.CopyInformation(series.image)
@@ -61,7 +63,12 @@ def series(mr_series):
 def test_seg_round_trip_is_identical_and_valid(tmp_path, series) -> None:
     labels = draw_lesions(series)
     path = write_seg(
-        labels, series, tmp_path / "seg.dcm", lesion_names=names(), algorithm_name="demo-unetr", algorithm_version="0.1"
+        labels,
+        series,
+        tmp_path / "seg.dcm",
+        lesion_names=names(),
+        algorithm_name="demo-unetr",
+        algorithm_version="0.1",
     )
     ds = pydicom.dcmread(path)
     assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
@@ -84,19 +91,30 @@ def test_seg_round_trip_is_identical_and_valid(tmp_path, series) -> None:
 
 
 def test_seg_on_enhanced_multiframe_source(tmp_path, write_series, make_image) -> None:
-    folder, files = write_series(make_image(direction=sitk.VersorTransform((1.0, 0.3, 0.0), 0.5).GetMatrix()), multiframe=True)
+    folder, files = write_series(
+        make_image(direction=sitk.VersorTransform((1.0, 0.3, 0.0), 0.5).GetMatrix()), multiframe=True
+    )
     series = read_series(files[0])
     labels = draw_lesions(series)
-    path = write_seg(labels, series, tmp_path / "seg.dcm", lesion_names=names(), algorithm_name="a", algorithm_version="1")
+    path = write_seg(
+        labels, series, tmp_path / "seg.dcm", lesion_names=names(), algorithm_name="a", algorithm_version="1"
+    )
     back = read_seg(path, series)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back.labels) > 0, sitk.GetArrayFromImage(labels) > 0)
-    assert pydicom.dcmread(path).ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
-        series.source_datasets[0].SOPInstanceUID
-    )
+    assert pydicom.dcmread(path).ReferencedSeriesSequence[0].ReferencedInstanceSequence[
+        0
+    ].ReferencedSOPInstanceUID == (series.source_datasets[0].SOPInstanceUID)
 
 
 def test_seg_of_another_series_is_refused(tmp_path, series, write_series) -> None:
-    path = write_seg(draw_lesions(series), series, tmp_path / "seg.dcm", lesion_names=names(), algorithm_name="a", algorithm_version="1")
+    path = write_seg(
+        draw_lesions(series),
+        series,
+        tmp_path / "seg.dcm",
+        lesion_names=names(),
+        algorithm_name="a",
+        algorithm_version="1",
+    )
     other = read_series(write_series(name="other")[0])
     with pytest.raises(ContourReadError):
         read_seg(path, other)
@@ -122,7 +140,9 @@ def test_rtstruct_round_trip_within_contour_tolerance(tmp_path, series, mr_serie
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["L1", "L2", "L3"]
     assert [list(c.ROIDisplayColor) for c in ds.ROIContourSequence] == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
     assert ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == series.info.frame_of_reference_uid
-    referenced = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    referenced = (
+        ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    )
     assert referenced.SeriesInstanceUID == series.info.series_instance_uid
     assert {c.ReferencedSOPInstanceUID for c in referenced.ContourImageSequence} == {
         str(d.SOPInstanceUID) for d in series.source_datasets
@@ -140,7 +160,9 @@ def test_rtstruct_round_trip_within_contour_tolerance(tmp_path, series, mr_serie
 
 
 def test_rtstruct_on_oblique_series(tmp_path, write_series, make_image) -> None:
-    folder, _ = write_series(make_image(direction=sitk.VersorTransform((0.3, 0.2, 0.1), 0.4).GetMatrix()), name="obl")
+    folder, _ = write_series(
+        make_image(direction=sitk.VersorTransform((0.3, 0.2, 0.1), 0.4).GetMatrix()), name="obl"
+    )
     series = read_series(folder)
     labels = draw_lesions(series)
     path = write_rtstruct(labels, series, tmp_path / "rt.dcm", lesion_names=names())
@@ -181,7 +203,14 @@ def test_reading_a_non_rtstruct_file(tmp_path, series, mr_series) -> None:
 def _write_both(labels, series, tmp_path, lesion_names):
     for writer in (
         lambda: write_rtstruct(labels, series, tmp_path / "rt.dcm", lesion_names=lesion_names),
-        lambda: write_seg(labels, series, tmp_path / "seg.dcm", lesion_names=lesion_names, algorithm_name="a", algorithm_version="1"),
+        lambda: write_seg(
+            labels,
+            series,
+            tmp_path / "seg.dcm",
+            lesion_names=lesion_names,
+            algorithm_name="a",
+            algorithm_version="1",
+        ),
     ):
         with pytest.raises(ContourExportError):
             writer()

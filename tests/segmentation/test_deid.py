@@ -112,7 +112,9 @@ def test_uids_are_kept_by_default_so_contours_reference_the_site_series(tmp_path
     labels.CopyInformation(series.image)
     rt_path = write_rtstruct(labels, stored.stored_dir, tmp_path / "rt.dcm", lesion_names={1: "L1"})
     rt = pydicom.dcmread(rt_path)
-    referenced = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    referenced = (
+        rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    )
     assert referenced.SeriesInstanceUID == original.SeriesInstanceUID
 
 
@@ -137,10 +139,15 @@ def test_remapped_uids_are_new_and_consistent(tmp_path, write_series) -> None:
     for ds in stored:
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert ds.SOPClassUID == originals[0].SOPClassUID  # standard UIDs are never remapped
-        assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == uid_map[str(originals[0].SOPInstanceUID)]
+        assert (
+            ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+            == uid_map[str(originals[0].SOPInstanceUID)]
+        )
         assert [item.CodeValue for item in ds.DeidentificationMethodCodeSequence] == ["113100"]
     # the remapped series still loads as one valid series
-    assert read_series(tmp_path / "out").info.series_instance_uid == uid_map[str(originals[0].SeriesInstanceUID)]
+    assert (
+        read_series(tmp_path / "out").info.series_instance_uid == uid_map[str(originals[0].SeriesInstanceUID)]
+    )
 
 
 def test_ingest_with_remapped_uids_reports_the_new_uids(tmp_path, mr_series) -> None:
@@ -148,7 +155,10 @@ def test_ingest_with_remapped_uids_reports_the_new_uids(tmp_path, mr_series) -> 
     original = pydicom.dcmread(files[0])
     stored = ingest_series(folder, tmp_path / "s", subject_id="BM-1", remap_uids=True)
     assert stored.series.info.series_instance_uid != original.SeriesInstanceUID
-    assert stored.series.info.series_instance_uid == pydicom.dcmread(stored.series.source_paths[0]).SeriesInstanceUID
+    assert (
+        stored.series.info.series_instance_uid
+        == pydicom.dcmread(stored.series.source_paths[0]).SeriesInstanceUID
+    )
     # a SEG written on the stored series references the stored (remapped) UIDs and reads back
     import SimpleITK as sitk
 
@@ -157,7 +167,12 @@ def test_ingest_with_remapped_uids_reports_the_new_uids(tmp_path, mr_series) -> 
     labels = sitk.GetImageFromArray(arr)
     labels.CopyInformation(stored.series.image)
     seg_path = write_seg(
-        labels, stored.series, tmp_path / "seg.dcm", lesion_names={1: "L1"}, algorithm_name="t", algorithm_version="1"
+        labels,
+        stored.series,
+        tmp_path / "seg.dcm",
+        lesion_names={1: "L1"},
+        algorithm_name="t",
+        algorithm_version="1",
     )
     np.testing.assert_array_equal(read_seg(seg_path, stored.series).mask("L1"), arr == 1)
 

@@ -19,7 +19,9 @@ SAGITTAL = (0, 0, -1, 1, 0, 0, 0, -1, 0)  # rows along anterior->posterior, colu
 
 
 def _oblique() -> tuple[float, ...]:
-    return sitk.VersorRigid3DTransform((0.2, -0.15, 0.1, float(np.sqrt(1 - 0.2**2 - 0.15**2 - 0.1**2)))).GetMatrix()
+    return sitk.VersorRigid3DTransform(
+        (0.2, -0.15, 0.1, float(np.sqrt(1 - 0.2**2 - 0.15**2 - 0.1**2)))
+    ).GetMatrix()
 
 
 def _gdcm_read(folder):
@@ -31,14 +33,47 @@ def _gdcm_read(folder):
 #: Mandatory attributes of the MR Image IOD modules (PS3.3 A.4) the writer promises, including the ones
 #: rt-utils copies into an RTSTRUCT without a default.
 MANDATORY = [
-    "SOPClassUID", "SOPInstanceUID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "Modality", "SeriesInstanceUID", "SeriesNumber", "FrameOfReferenceUID", "PositionReferenceIndicator",
-    "Manufacturer", "InstanceNumber", "ImageType", "PixelSpacing", "ImageOrientationPatient",
-    "ImagePositionPatient", "SliceThickness", "SamplesPerPixel", "PhotometricInterpretation", "Rows",
-    "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelData",
-    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "EchoTime",
-    "EchoTrainLength", "ContrastBolusAgent", "PatientPosition",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "Modality",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "InstanceNumber",
+    "ImageType",
+    "PixelSpacing",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "SliceThickness",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PixelData",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "EchoTime",
+    "EchoTrainLength",
+    "ContrastBolusAgent",
+    "PatientPosition",
 ]
 
 
@@ -92,7 +127,9 @@ def test_compressed_series_is_lossless(write_series, mr_image, compress, syntax)
     ds = pydicom.dcmread(files[3])
     assert ds.file_meta.TransferSyntaxUID == syntax
     np.testing.assert_array_equal(ds.pixel_array, sitk.GetArrayFromImage(mr_image)[3])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(_gdcm_read(folder)), sitk.GetArrayFromImage(mr_image))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(_gdcm_read(folder)), sitk.GetArrayFromImage(mr_image)
+    )
 
 
 def test_multiframe_variant_is_one_enhanced_file_with_all_frames(write_series, mr_image) -> None:

@@ -117,7 +117,9 @@ def test_series_info_reports_uids_and_acquisition_facts(write_series, mr_image) 
 
 
 @pytest.mark.parametrize("backend", ["sitk", "pydicom"])
-def test_shuffled_file_names_load_in_slice_order_with_both_backends(tmp_path, write_series, mr_image, backend) -> None:
+def test_shuffled_file_names_load_in_slice_order_with_both_backends(
+    tmp_path, write_series, mr_image, backend
+) -> None:
     folder, files = write_series(mr_image)
     # file names must not matter: rename in reverse order into nested folders
     shuffled = tmp_path / "shuffled"
@@ -166,7 +168,9 @@ def test_zip_upload_loads_and_extract_to_keeps_the_files(tmp_path, mr_series, mr
     assert all(p.exists() for p in kept.source_paths) and len(kept.source_paths) == 24
 
 
-def test_non_dicom_files_and_non_image_objects_in_an_upload_are_ignored(write_series, mr_series, mr_image) -> None:
+def test_non_dicom_files_and_non_image_objects_in_an_upload_are_ignored(
+    write_series, mr_series, mr_image
+) -> None:
     folder, _ = mr_series
     (folder / "README.txt").write_text("exported by PACS\n")
     # an RTSTRUCT next to the images is not a second image series

@@ -47,12 +47,18 @@ def assert_refused(upload: Path, tmp_path: Path, error: type[Exception], **limit
 def test_good_archive_extracts_everything(tmp_path) -> None:
     upload = make_zip(tmp_path / "ok.zip", {"a/1.dcm": b"one", "a/b/2.dcm": b"two", "3.dcm": b"three"})
     written = safe_extract_zip(upload, tmp_path / "dest")
-    assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in written) == ["3.dcm", "a/1.dcm", "a/b/2.dcm"]
+    assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in written) == [
+        "3.dcm",
+        "a/1.dcm",
+        "a/b/2.dcm",
+    ]
     assert (tmp_path / "dest" / "a" / "b" / "2.dcm").read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # staging renamed away
 
 
-@pytest.mark.parametrize("name", ["../evil.dcm", "a/../../evil.dcm", "/etc/evil.dcm", "C:/evil.dcm", "..\\evil.dcm"])
+@pytest.mark.parametrize(
+    "name", ["../evil.dcm", "a/../../evil.dcm", "/etc/evil.dcm", "C:/evil.dcm", "..\\evil.dcm"]
+)
 def test_path_traversal(tmp_path, name) -> None:
     upload = make_zip(tmp_path / "bad.zip", {"ok.dcm": b"fine", name: b"evil"})
     assert_refused(upload, tmp_path, PathTraversalError)
@@ -77,7 +83,9 @@ def test_too_many_files_with_the_default_limit_through_ingest(tmp_path) -> None:
 
 
 def test_too_large_when_unpacked(tmp_path) -> None:
-    upload = make_zip(tmp_path / "large.zip", {"a.dcm": bytes(range(256)) * 4096, "b.dcm": bytes(range(256)) * 4096})
+    upload = make_zip(
+        tmp_path / "large.zip", {"a.dcm": bytes(range(256)) * 4096, "b.dcm": bytes(range(256)) * 4096}
+    )
     assert_refused_limits(upload, tmp_path, ArchiveTooLargeError, max_total_bytes=1_000_000)
 
 
