@@ -158,6 +158,10 @@ def head_mask(image: sitk.Image, threshold_fraction: float = 0.5) -> sitk.Image:
     otsu.SetOutsideValue(1)
     otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
     threshold = lo + (otsu.GetThreshold() - lo) * threshold_fraction
+    # Otsu can split a large, smooth background instead of head vs air; never go below 5 % of the
+    # bright end, which is still far under any tissue (CSF on T1 is ~20 % of white matter).
+    p99 = float(np.percentile(arr[:: max(1, arr.shape[0] // 32)], 99.0))
+    threshold = max(threshold, lo + 0.05 * (p99 - lo))
     fg = np.asarray(arr > threshold)
     labels, n = ndi.label(fg)
     if n == 0:
