@@ -164,6 +164,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One schema enum per choice set, named after trials/choices.py.
+    "ENUM_NAME_OVERRIDES": {
+        "ResponseEnum": "trials.choices.ResponseChoices",
+        "JobStateEnum": "trials.choices.JobState",
+    },
 }
 
 if not DEBUG:

@@ -80,18 +80,19 @@ class TrialScopedViewSet(viewsets.GenericViewSet):
 
 
 class WritableViewSet(
+    # TrialScopedViewSet first: its perform_create (the capability check) must win over the mixin's.
+    TrialScopedViewSet,
     mixins.CreateModelMixin,
     mixins.RetrieveModelMixin,
     mixins.UpdateModelMixin,
     mixins.ListModelMixin,
-    TrialScopedViewSet,
 ):
     """List, retrieve, create, partial update (no delete: clinical data is never deleted)."""
 
     http_method_names = _READ_WRITE
 
 
-class ReadOnlyViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, TrialScopedViewSet):
+class ReadOnlyViewSet(TrialScopedViewSet, mixins.RetrieveModelMixin, mixins.ListModelMixin):
     """List and retrieve only."""
 
 
@@ -124,7 +125,7 @@ class SiteViewSet(WritableViewSet):
         return validated_data["trial"]
 
 
-class TrialMembershipViewSet(mixins.DestroyModelMixin, WritableViewSet):
+class TrialMembershipViewSet(WritableViewSet, mixins.DestroyModelMixin):
     """Memberships of the user's trials; trial admins add, change and remove them."""
 
     queryset = TrialMembership.objects.select_related("user")

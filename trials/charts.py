@@ -1,0 +1,401 @@
+"""Dashboard charts: pure functions ``rows -> plotly Figure`` (no database access, no Django).
+
+Views gather rows (plain dataclasses below), call one of these functions and serialise the figure with
+``figure.to_json()``; the browser draws it with the plotly.js served from the installed plotly package.
+
+Every chart carries the response category as text (hover text, labels or legend names), never colour
+alone, so that it reads in greyscale and for colour-blind users.
+
+What is here:
+    burden_figure          SLD (mm) or total volume (mm3) over time with baseline, nadir, PR and PD lines
+    lesion_curves_figure   one curve per lesion (LD or volume) over time
+    waterfall_figure       best % change of SLD per patient, bars coloured and labelled by BOR
+    spider_figure          % change from baseline over time, one line per patient
+    swimmer_figure         time on study per patient with response segments and PD marks
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import plotly.graph_objects as go
+
+#: Colours of the response categories (Okabe-Ito palette: distinguishable with colour-vision deficits).
+RESPONSE_COLOURS: dict[str, str] = {
+    "CR": "#009E73",
+    "PR": "#56B4E9",
+    "SD": "#E69F00",
+    "PD": "#D55E00",
+    "NE": "#999999",
+    "NON-CR/NON-PD": "#CC79A7",
+    "": "#BBBBBB",
+}
+
+_LAYOUT_BASE: dict[str, object] = {
+    "template": "plotly_white",
+    "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
+    "height": 340,
+    "font": {"family": "system-ui, sans-serif", "size": 12},
+    "legend": {"orientation": "h", "y": -0.22},
+}
+
+
+class ChartInputError(ValueError):
+    """Rows given to a chart function are inconsistent (e.g. no baseline, negative values)."""
+
+
+@dataclass(frozen=True)
+class BurdenPoint:
+    """Tumour burden at one visit.
+
+    Attributes:
+        visit_label: e.g. BASELINE, FU1.
+        scan_date: date of the scan.
+        value: SLD in mm, or total target volume in mm3; None when not evaluable.
+        is_baseline: the baseline visit (exactly one per series of points).
+        response: overall response at the visit ("" at baseline).
+    """
+
+    visit_label: str
+    scan_date: dt.date
+    value: float | None
+    is_baseline: bool = False
+    response: str = ""
+
+
+@dataclass(frozen=True)
+class LesionPoint:
+    """One lesion at one visit (for per-lesion curves)."""
+
+    lesion_label: str
+    scan_date: dt.date
+    value: float | None
+
+
+@dataclass(frozen=True)
+class WaterfallRow:
+    """Best percentage change of SLD from baseline of one patient, with the best overall response."""
+
+    subject_id: str
+    best_pct_change: float
+    bor: str
+
+
+@dataclass(frozen=True)
+class SpiderPoint:
+    """Percentage change of SLD from baseline of one patient at one visit."""
+
+    subject_id: str
+    days_from_baseline: int
+    pct_change: float
+    response: str = ""
+
+
+@dataclass(frozen=True)
+class SwimmerRow:
+    """Time on study of one patient.
+
+    Attributes:
+        subject_id: pseudonymous subject id.
+        segments: ``(start_day, end_day, response)`` spans from the baseline (day 0), in order.
+        pd_day: day of the first PD (progression date), None if none.
+        ongoing: the patient is still on study (drawn with an arrow).
+    """
+
+    subject_id: str
+    segments: Sequence[tuple[int, int, str]] = field(default_factory=tuple)
+    pd_day: int | None = None
+    ongoing: bool = True
+
+
+def _running_nadirs(points: Sequence[BurdenPoint]) -> list[float | None]:
+    """Nadir before each visit: the smallest value on study before it, baseline included (rano-bm.md 3)."""
+    nadirs: list[float | None] = []
+    best: float | None = None
+    for point in points:
+        nadirs.append(best)
+        if point.value is not None:
+            best = point.value if best is None else min(best, point.value)
+    return nadirs
+
+
+def burden_figure(
+    points: Sequence[BurdenPoint],
+    *,
+    pr_threshold_pct: float = -30.0,
+    pd_threshold_pct: float = 20.0,
+    quantity: str = "SLD",
+    unit: str = "mm",
+) -> go.Figure:
+    """Tumour burden over time with the baseline, the nadir and the PR and PD threshold lines.
+
+    The PR line is ``baseline x (1 + pr_threshold_pct / 100)`` (default 70% of baseline). The PD line is a
+    step: at each follow-up visit it is ``nadir x (1 + pd_threshold_pct / 100)`` where the nadir is the
+    smallest value before that visit, baseline included (default 120% of nadir).
+
+    Args:
+        points: visits in any order; sorted by scan date here. One must be the baseline.
+        pr_threshold_pct: signed PR threshold, percent change from baseline (e.g. -30 or -65 volumetric).
+        pd_threshold_pct: signed PD threshold, percent change from nadir (e.g. +20 or +73 volumetric).
+        quantity: what is plotted ("SLD", "Total volume").
+        unit: its unit ("mm", "mm3").
+
+    Returns:
+        A figure with traces named ``quantity``, "Baseline", "Nadir", "PR threshold", "PD threshold".
+
+    Raises:
+        ChartInputError: no baseline or several, or a negative value.
+    """
+    ordered = sorted(points, key=lambda p: (p.scan_date, not p.is_baseline))
+    baselines = [p for p in ordered if p.is_baseline]
+    if len(baselines) != 1:
+        raise ChartInputError(f"A burden chart needs exactly one baseline visit, got {len(baselines)}.")
+    if any(p.value is not None and p.value < 0 for p in ordered):
+        raise ChartInputError(f"{quantity} cannot be negative.")
+    baseline = baselines[0]
+    dates = [p.scan_date.isoformat() for p in ordered]
+    hover = [
+        f"{p.visit_label} {p.scan_date:%Y-%m-%d}<br>{quantity} "
+        + (f"{p.value:.1f} {unit}" if p.value is not None else "not evaluable")
+        + (f"<br>Response: {p.response}" if p.response else "")
+        for p in ordered
+    ]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=dates,
+            y=[p.value for p in ordered],
+            mode="lines+markers+text",
+            name=quantity,
+            text=[p.response or ("BL" if p.is_baseline else "") for p in ordered],
+            textposition="top center",
+            hovertext=hover,
+            hoverinfo="text",
+            line={"color": "#1d3557", "width": 2},
+        )
+    )
+    if baseline.value is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[dates[0], dates[-1]],
+                y=[baseline.value, baseline.value],
+                mode="lines",
+                name=f"Baseline {baseline.value:.1f} {unit}",
+                line={"color": "#555555", "dash": "dot"},
+            )
+        )
+        pr_value = baseline.value * (1 + pr_threshold_pct / 100.0)
+        fig.add_trace(
+            go.Scatter(
+                x=[dates[0], dates[-1]],
+                y=[pr_value, pr_value],
+                mode="lines",
+                name=f"PR threshold ({pr_threshold_pct:+.0f}% from baseline)",
+                line={"color": RESPONSE_COLOURS["PR"], "dash": "dash"},
+            )
+        )
+    nadirs = _running_nadirs(ordered)
+    pd_x: list[str] = []
+    pd_y: list[float] = []
+    for date, point, nadir in zip(dates, ordered, nadirs, strict=True):
+        if point.is_baseline or nadir is None:
+            continue
+        pd_x.append(date)
+        pd_y.append(nadir * (1 + pd_threshold_pct / 100.0))
+    if pd_x:
+        fig.add_trace(
+            go.Scatter(
+                x=pd_x,
+                y=pd_y,
+                mode="lines",
+                line_shape="hv",
+                name=f"PD threshold ({pd_threshold_pct:+.0f}% from nadir)",
+                line={"color": RESPONSE_COLOURS["PD"], "dash": "dash"},
+            )
+        )
+    valued = [p for p in ordered if p.value is not None]
+    if valued:
+        nadir_point = min(valued, key=lambda p: (p.value, p.scan_date))
+        fig.add_trace(
+            go.Scatter(
+                x=[nadir_point.scan_date.isoformat()],
+                y=[nadir_point.value],
+                mode="markers",
+                name=f"Nadir {nadir_point.value:.1f} {unit} ({nadir_point.visit_label})",
+                marker={"symbol": "triangle-down", "size": 12, "color": "#1d3557"},
+            )
+        )
+    fig.update_layout(
+        **_LAYOUT_BASE,
+        title={"text": f"{quantity} over time"},
+        yaxis_title=f"{quantity} ({unit})",
+        xaxis_title="Scan date",
+    )
+    return fig
+
+
+def lesion_curves_figure(points: Sequence[LesionPoint], *, quantity: str = "LD", unit: str = "mm") -> go.Figure:
+    """One line per lesion (label L1, L2...) of a measurement over time.
+
+    Args:
+        points: lesion measurements in any order; absent lesions may carry 0 and missing ones None.
+        quantity: "LD" or "Volume".
+        unit: "mm" or "mm3".
+    """
+    by_label: dict[str, list[LesionPoint]] = {}
+    for point in points:
+        by_label.setdefault(point.lesion_label, []).append(point)
+    fig = go.Figure()
+    for label in sorted(by_label, key=_label_key):
+        rows = sorted(by_label[label], key=lambda p: p.scan_date)
+        fig.add_trace(
+            go.Scatter(
+                x=[p.scan_date.isoformat() for p in rows],
+                y=[p.value for p in rows],
+                mode="lines+markers",
+                name=label,
+                hovertemplate=f"{label} %{{x}}<br>{quantity} %{{y:.1f}} {unit}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        **_LAYOUT_BASE,
+        title={"text": f"Per-lesion {quantity}"},
+        yaxis_title=f"{quantity} ({unit})",
+        xaxis_title="Scan date",
+    )
+    return fig
+
+
+def _label_key(label: str) -> tuple[int, str]:
+    digits = label[1:]
+    return (int(digits) if digits.isdigit() else 10**9, label)
+
+
+def waterfall_figure(
+    rows: Sequence[WaterfallRow], *, pr_threshold_pct: float = -30.0, pd_threshold_pct: float = 20.0
+) -> go.Figure:
+    """Waterfall plot: best % change of SLD from baseline per patient, largest increase first.
+
+    Bars are coloured by best overall response and labelled with it (text, not colour only).
+    """
+    ordered = sorted(rows, key=lambda r: (-r.best_pct_change, r.subject_id))
+    fig = go.Figure()
+    seen: set[str] = set()
+    for row in ordered:
+        show = row.bor not in seen
+        seen.add(row.bor)
+        fig.add_trace(
+            go.Bar(
+                x=[row.subject_id],
+                y=[row.best_pct_change],
+                name=row.bor or "no BOR",
+                legendgroup=row.bor,
+                showlegend=show,
+                marker_color=RESPONSE_COLOURS.get(row.bor, "#BBBBBB"),
+                text=[row.bor or "-"],
+                textposition="outside",
+                hovertemplate=f"{row.subject_id}: %{{y:.1f}}% (BOR {row.bor or '-'})<extra></extra>",
+            )
+        )
+    for value, name in ((pr_threshold_pct, "PR"), (pd_threshold_pct, "PD")):
+        fig.add_hline(y=value, line_dash="dash", annotation_text=f"{name} {value:+.0f}%")
+    fig.update_layout(
+        **_LAYOUT_BASE,
+        title={"text": "Waterfall: best change of SLD from baseline"},
+        yaxis_title="Best change from baseline (%)",
+        xaxis={"categoryorder": "array", "categoryarray": [r.subject_id for r in ordered], "title": "Patient"},
+        bargap=0.15,
+    )
+    return fig
+
+
+def spider_figure(points: Sequence[SpiderPoint], *, pr_threshold_pct: float = -30.0) -> go.Figure:
+    """Spider plot: % change of SLD from baseline over time, one line per patient (day 0 = 0%)."""
+    by_subject: dict[str, list[SpiderPoint]] = {}
+    for point in points:
+        by_subject.setdefault(point.subject_id, []).append(point)
+    fig = go.Figure()
+    for subject in sorted(by_subject):
+        rows = sorted(by_subject[subject], key=lambda p: p.days_from_baseline)
+        fig.add_trace(
+            go.Scatter(
+                x=[p.days_from_baseline for p in rows],
+                y=[p.pct_change for p in rows],
+                mode="lines+markers",
+                name=subject,
+                text=[p.response for p in rows],
+                hovertemplate=f"{subject} day %{{x}}: %{{y:.1f}}% %{{text}}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=pr_threshold_pct, line_dash="dash", annotation_text=f"PR {pr_threshold_pct:+.0f}%")
+    fig.update_layout(
+        **_LAYOUT_BASE,
+        title={"text": "Spider: change of SLD from baseline"},
+        xaxis_title="Days from baseline",
+        yaxis_title="Change from baseline (%)",
+    )
+    return fig
+
+
+def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
+    """Swimmer plot: one horizontal lane per patient with its response segments and PD marks.
+
+    Raises:
+        ChartInputError: a segment ends before it starts.
+    """
+    ordered = sorted(rows, key=lambda r: (max((s[1] for s in r.segments), default=0), r.subject_id))
+    fig = go.Figure()
+    shown: set[str] = set()
+    for row in ordered:
+        for start, end, response in row.segments:
+            if end < start:
+                raise ChartInputError(f"{row.subject_id}: segment ends (day {end}) before it starts ({start}).")
+            fig.add_trace(
+                go.Bar(
+                    y=[row.subject_id],
+                    x=[max(end - start, 1)],
+                    base=[start],
+                    orientation="h",
+                    name=response or "on study",
+                    legendgroup=response,
+                    showlegend=response not in shown,
+                    marker_color=RESPONSE_COLOURS.get(response, "#BBBBBB"),
+                    text=[response],
+                    textposition="inside",
+                    hovertemplate=f"{row.subject_id} day {start}-{end}: {response or 'on study'}<extra></extra>",
+                )
+            )
+            shown.add(response)
+    pd_rows = [r for r in ordered if r.pd_day is not None]
+    if pd_rows:
+        fig.add_trace(
+            go.Scatter(
+                y=[r.subject_id for r in pd_rows],
+                x=[r.pd_day for r in pd_rows],
+                mode="markers",
+                name="PD (progression date)",
+                marker={"symbol": "x", "size": 11, "color": "#000000"},
+            )
+        )
+    ongoing = [r for r in ordered if r.ongoing and r.segments]
+    if ongoing:
+        fig.add_trace(
+            go.Scatter(
+                y=[r.subject_id for r in ongoing],
+                x=[max(s[1] for s in r.segments) for r in ongoing],
+                mode="markers",
+                name="Ongoing",
+                marker={"symbol": "arrow-right", "size": 11, "color": "#1d3557"},
+            )
+        )
+    fig.update_layout(
+        **_LAYOUT_BASE,
+        barmode="overlay",
+        title={"text": "Swimmer: time on study"},
+        xaxis_title="Days from baseline",
+        yaxis={"title": "Patient", "categoryorder": "array", "categoryarray": [r.subject_id for r in ordered]},
+    )
+    fig.update_layout(height=max(340, 22 * len(ordered) + 120))
+    return fig
