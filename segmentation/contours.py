@@ -403,8 +403,11 @@ def write_seg(
             "The label image's slices do not coincide with the source images; map the prediction back to "
             "the series geometry first."
         )
-    frames = arr[slice_of]  # frame i of the SEG input pairs with source frame/image i
-    stacked = np.stack([frames == value for value in lesions], axis=-1).astype(np.uint8)
+    # label-map style input: segment numbers must run 1..n, so renumber the lesions through a lookup table
+    # (a stacked one-channel-per-lesion array would be n times larger and several times slower)
+    lookup = np.zeros(int(arr.max()) + 1, dtype=np.uint16)
+    lookup[lesions] = np.arange(1, len(lesions) + 1)
+    frames = lookup[arr[slice_of]]  # frame i of the SEG input pairs with source frame/image i
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -430,7 +433,7 @@ def write_seg(
         warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.Segmentation(
             source_images=datasets,
-            pixel_array=stacked,
+            pixel_array=frames,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
@@ -492,14 +495,15 @@ def read_seg(path: str | Path, series: LoadedSeries) -> ContourSet:
     slice_of = [_slice_index(series.image, position) for position, _, _ in planes]
     out = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, dtype=np.uint16)
     out[slice_of] = pixels.astype(np.uint16)
-    names = {}
-    colors = {}
+    names: dict[int, str] = {}
+    colors: dict[int, tuple[int, int, int]] = {}
     for number in seg.segment_numbers:
         description = seg.get_segment_description(number)
         names[int(number)] = str(description.segment_label)
         if "RecommendedDisplayCIELabValue" in description:
             lab = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue)
-            colors[int(number)] = tuple(int(c) for c in lab.to_rgb(clip=True))
+            red, green, blue = lab.to_rgb(clip=True)
+            colors[int(number)] = (int(red), int(green), int(blue))
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(series.image)
     return ContourSet(labels=image, names=names, colors=colors)

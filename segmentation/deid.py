@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from segmentation.errors import DeidentificationError
 
@@ -300,7 +300,7 @@ def deidentify_dataset(
     if active_map is not None and getattr(ds, "file_meta", None) is not None:
         meta_uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
         if meta_uid:
-            ds.file_meta.MediaStorageSOPInstanceUID = active_map.get(str(meta_uid), str(meta_uid))
+            ds.file_meta.MediaStorageSOPInstanceUID = UID(active_map.get(str(meta_uid), str(meta_uid)))
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = METHOD_DESCRIPTION
     codes = [_code_item(*_BASIC_PROFILE_CODE)]

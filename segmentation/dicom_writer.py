@@ -141,6 +141,9 @@ def write_dicom_series(
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     normal = np.cross(row_dir, col_dir)
     bits = 8 if stored.dtype == np.uint8 else 16
+    # one display window for the whole series (computed once: per-slice volume statistics cost seconds)
+    window_center = _ds_string(float(stored.mean()) * slope + intercept)
+    window_width = _ds_string(max(float(np.ptp(stored)) * slope, 1.0))
 
     datasets: list[Dataset] = []
     for k in range(stored.shape[0]):
@@ -223,8 +226,7 @@ def write_dicom_series(
         ds.ImagedNucleus = "1H"
         ds.MagneticFieldStrength = "3"
         ds.FlipAngle = "9"
-        ds.WindowCenter = _ds_string(float(stored.mean()) * slope + intercept)
-        ds.WindowWidth = _ds_string(max(float(np.ptp(stored)) * slope, 1.0))
+        ds.WindowCenter, ds.WindowWidth = window_center, window_width
         for keyword, value in tags.items():
             if value is None:
                 if keyword in ds:

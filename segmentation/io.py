@@ -388,7 +388,7 @@ def _candidate_files(folder: Path) -> list[Path]:
 
 def _read_headers(files: Sequence[Path]) -> tuple[list[tuple[Path, Dataset]], int]:
     """Read the header of every DICOM file; return (image headers, number of DICOM files found)."""
-    images = []
+    images: list[tuple[Path, Dataset]] = []
     dicom_count = 0
     for path in files:
         try:
@@ -608,9 +608,9 @@ def _read_multiframe(path: Path, header: Dataset, missing_rt: tuple[str, ...]) -
             arr = arr.astype(np.float32) * slope + intercept
     image = _to_image(arr, origin, direction, spacing)
     info = _dicom_info(header, image, is_multiframe=True, missing_rt=missing_rt)
-    thickness = measures.get("SliceThickness") if measures is not None else None
-    if thickness not in (None, ""):
-        info = replace(info, slice_thickness_mm=float(thickness))
+    thickness = _number(measures, "SliceThickness") if measures is not None else None
+    if thickness is not None:
+        info = replace(info, slice_thickness_mm=thickness)
     return LoadedSeries(image=image, info=info, source_datasets=(header,), source_paths=(path,))
 
 
