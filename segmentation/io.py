@@ -17,7 +17,7 @@ spacing and matrix, slices stacked along the slice normal at a regular step): or
 normal (row x column), spacing = (column spacing, row spacing, slice step). Pixels of single-frame
 series are decoded by SimpleITK/GDCM by default: on the benchmark (docs/benchmarks.md) it and pydicom
 load a 512 x 512 x 208 series about equally fast (both far under the 5 s target), and GDCM also decodes
-the JPEG Lossless and JPEG-LS syntaxes common in PACS exports without extra plugins. Multi-frame files
+JPEG Lossless (Process 14), common in PACS exports, for which pydicom has no decoder installed here. Multi-frame files
 are read with pydicom, since GDCM's series reader does not assemble their frames into a volume.
 """
 
