@@ -1,0 +1,227 @@
+"""``rano-assess`` on example patients written as NIfTI masks by the tests (issue 3, item 5)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+from rano_cases import write_case
+
+from rano import ENGINE_VERSION
+from rano.cli import main
+
+L1_CENTRE, L2_CENTRE = (20.0, 22.0, 20.0), (45.0, 42.0, 26.0)
+
+
+def run(capsys, *argv: str) -> tuple[int, dict | None, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 else None), captured.err
+
+
+def two_lesions(r1: float, r2: float) -> list:
+    return [(L1_CENTRE, r1), (L2_CENTRE, r2)]
+
+
+CASES = {
+    # name: (visits, expected overall per follow-up, best overall response)
+    "partial-response-confirmed": (
+        [
+            ("2024-01-08", two_lesions(12.5, 8)),
+            ("2024-03-08", two_lesions(8, 5)),
+            ("2024-05-08", two_lesions(8, 5)),
+        ],
+        ["PR", "PR"],
+        "PR",
+    ),
+    "complete-response": (
+        [("2024-01-08", two_lesions(12.5, 8)), ("2024-03-08", []), ("2024-05-08", [])],
+        ["CR", "CR"],
+        "CR",
+    ),
+    "stable-disease": (
+        [("2024-01-08", two_lesions(12.5, 8)), ("2024-03-08", two_lesions(11.5, 7.5))],
+        ["SD"],
+        "SD",
+    ),
+    "progression-by-growth": (
+        [("2024-01-08", two_lesions(8, 6)), ("2024-03-08", two_lesions(11.5, 6))],
+        ["PD"],
+        "PD",
+    ),
+    "progression-by-new-lesion": (
+        [
+            ("2024-01-08", two_lesions(12.5, 8)),
+            ("2024-03-08", [*two_lesions(12.5, 8), ((40.0, 12.0, 32.0), 4.0)]),
+        ],
+        ["PD"],
+        "PD",
+    ),
+    "no-measurable-disease": (
+        [("2024-01-08", [(L1_CENTRE, 3.0)]), ("2024-03-08", [(L1_CENTRE, 3.0)])],
+        ["NON-CR/NON-PD"],
+        "NON-CR/NON-PD",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_example_cases(tmp_path: Path, capsys, name: str) -> None:
+    visits, expected, bor = CASES[name]
+    path = write_case(
+        tmp_path,
+        name,
+        [{"visit": f"V{i}", "date": d, "spheres": s} for i, (d, s) in enumerate(visits)],
+    )
+    code, out, err = run(capsys, path)
+    assert code == 0, err
+    assert out["subject_id"] == name and out["engine_version"] == ENGINE_VERSION
+    assert out["settings"]["max_targets"] == 5
+    assert out["visits"][0]["overall_response"] is None and out["visits"][0]["target_response"] is None
+    assert [v["overall_response"] for v in out["visits"][1:]] == expected
+    assert out["best_overall_response"] == bor
+    for v in out["visits"][1:]:
+        assert v["reasons"] and v["new_lesions"] in ("none", "equivocal", "unequivocal")
+        assert v["confirmed"] in ((True, False) if v["overall_response"] in ("CR", "PR") else (None,))
+    if "progression" in name:
+        assert out["progression_date"] == "2024-03-08"
+
+
+def test_output_fields_for_a_target_lesion(tmp_path: Path, capsys) -> None:
+    path = write_case(
+        tmp_path,
+        "S001",
+        [
+            {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(12.5, 8), "steroids": "none"},
+            {
+                "visit": "FU1",
+                "date": "2024-03-08",
+                "spheres": two_lesions(9, 6),
+                "clinical_status": "improved",
+            },
+        ],
+    )
+    code, out, _ = run(capsys, path)
+    assert code == 0
+    fu1 = out["visits"][1]
+    assert fu1["nadir_sum_ld_mm"] == out["visits"][0]["sum_ld_mm"]
+    assert fu1["pct_change_from_baseline"] == pytest.approx(
+        100 * (fu1["sum_ld_mm"] - out["visits"][0]["sum_ld_mm"]) / out["visits"][0]["sum_ld_mm"], abs=0.2
+    )
+    assert fu1["volumetric_response"] in ("PR", "SD") and "volumetric" in fu1
+    l1 = next(lesion for lesion in out["lesions"] if lesion["lesion_id"] == "L1")
+    assert l1["role"] == "target" and l1["first_seen"] == "BL"
+    bl = l1["measurements"]["BL"]
+    # A 25 mm sphere on a 1 mm grid: LD within one voxel diagonal.
+    assert abs(bl["longest_diameter_mm"] - 25.0) <= 1.5 and bl["measurable"] and bl["present"]
+    (a, b) = bl["caliper_mm"]
+    assert (
+        a[2] == b[2]
+        and abs(sum((p - q) ** 2 for p, q in zip(a, b, strict=True)) ** 0.5 - bl["longest_diameter_mm"])
+        < 0.05
+    )
+
+
+def test_criteria_and_settings_options(tmp_path: Path, capsys) -> None:
+    path = write_case(
+        tmp_path,
+        "S002",
+        [
+            {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(12.5, 8)},
+            {"visit": "FU1", "date": "2024-03-08", "spheres": two_lesions(10, 6.5)},
+        ],
+    )
+    code, out, _ = run(capsys, path, "--criteria", "rano-bm")
+    assert (
+        code == 0
+        and out["visits"][1]["overall_response"] == "SD"
+        and out["visits"][1]["volumetric_response"] is None
+    )
+    code, vol, _ = run(capsys, path, "--criteria", "volumetric")
+    # Volumes fell to about half: (10/12.5)^3 and (6.5/8)^3 -> about -48%, short of the -65% PR.
+    fu1 = vol["visits"][1]
+    assert code == 0 and fu1["overall_response"] == "SD" and fu1["volumetric_response"] == "SD"
+    assert fu1["nadir_sum_volume_mm3"] == vol["visits"][0]["sum_volume_mm3"]
+    assert -55 < fu1["pct_change_from_baseline"] < -42
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"pr_threshold": -15}))
+    code, loose, _ = run(capsys, path, "--criteria", "rano-bm", "--settings", settings)
+    assert (
+        code == 0
+        and loose["visits"][1]["overall_response"] == "PR"
+        and loose["settings"]["pr_threshold"] == -15
+    )
+
+
+def test_registration_with_images(tmp_path: Path, capsys) -> None:
+    """Follow-up acquired 8 mm off: with images the lesions are registered and keep their ids."""
+    visits = [
+        {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(12.5, 8)},
+        {"visit": "FU1", "date": "2024-03-08", "spheres": two_lesions(12.5, 8), "shift_mm": (8.0, 0.0, 0.0)},
+    ]
+    path = write_case(tmp_path, "S003", visits, images=True)
+    code, out, err = run(capsys, path)
+    assert code == 0, err
+    assert out["visits"][1]["new_lesions"] == "none" and out["visits"][1]["overall_response"] == "SD"
+    assert [lesion["lesion_id"] for lesion in out["lesions"]] == ["L1", "L2"]
+
+
+def _case(tmp_path: Path, **changes) -> Path:
+    visits = [
+        {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(12.5, 8)},
+        {"visit": "FU1", "date": "2024-03-08", "spheres": two_lesions(12, 8)},
+    ]
+    path = write_case(tmp_path, "S009", visits)
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        data["visits"][1][key] = value
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"mask": "missing.nii.gz"}, "not found"),
+        ({"mask": "garbage.nii.gz"}, "not a readable image"),
+        ({"date": "2023-12-01"}, "out of order"),
+        ({"date": "08/03/2024"}, "YYYY-MM-DD"),
+        ({"steroids": "lots"}, "steroids must be one of none | decreased | stable | increased"),
+        ({"clinical_status": "better"}, "clinical_status must be one of"),
+        ({"colour": "blue"}, "unknown field"),
+        ({"mask": "far.nii.gz"}, "physical space"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, capsys, changes, words) -> None:
+    path = _case(tmp_path, **changes)
+    (tmp_path / "garbage.nii.gz").write_bytes(b"not an image at all")
+    far = sitk.ReadImage(str(tmp_path / "FU1.nii.gz"))
+    far.SetOrigin((900.0, 0.0, 0.0))
+    sitk.WriteImage(far, str(tmp_path / "far.nii.gz"))
+    code, _, err = run(capsys, path)
+    assert code == 2
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_bad_settings_and_missing_visits_file(tmp_path: Path, capsys) -> None:
+    path = _case(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"pr_thresold": -30}))
+    code, _, err = run(capsys, path, "--settings", bad)
+    assert code == 2 and "unknown setting" in err and err.count("\n") == 1
+    code, _, err = run(capsys, tmp_path / "nope.json")
+    assert code == 2 and "not found" in err
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    exe = Path(sys.executable).with_name("rano-assess")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    done = subprocess.run([str(exe), str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["visits"][1]["overall_response"] == "SD"
