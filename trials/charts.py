@@ -236,7 +236,9 @@ def burden_figure(
     return fig
 
 
-def lesion_curves_figure(points: Sequence[LesionPoint], *, quantity: str = "LD", unit: str = "mm") -> go.Figure:
+def lesion_curves_figure(
+    points: Sequence[LesionPoint], *, quantity: str = "LD", unit: str = "mm"
+) -> go.Figure:
     """One line per lesion (label L1, L2...) of a measurement over time.
 
     Args:
@@ -305,7 +307,11 @@ def waterfall_figure(
         **_LAYOUT_BASE,
         title={"text": "Waterfall: best change of SLD from baseline"},
         yaxis_title="Best change from baseline (%)",
-        xaxis={"categoryorder": "array", "categoryarray": [r.subject_id for r in ordered], "title": "Patient"},
+        xaxis={
+            "categoryorder": "array",
+            "categoryarray": [r.subject_id for r in ordered],
+            "title": "Patient",
+        },
         bargap=0.15,
     )
     return fig
@@ -351,7 +357,9 @@ def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
     for row in ordered:
         for start, end, response in row.segments:
             if end < start:
-                raise ChartInputError(f"{row.subject_id}: segment ends (day {end}) before it starts ({start}).")
+                raise ChartInputError(
+                    f"{row.subject_id}: segment ends (day {end}) before it starts ({start})."
+                )
             fig.add_trace(
                 go.Bar(
                     y=[row.subject_id],
@@ -395,7 +403,11 @@ def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
         barmode="overlay",
         title={"text": "Swimmer: time on study"},
         xaxis_title="Days from baseline",
-        yaxis={"title": "Patient", "categoryorder": "array", "categoryarray": [r.subject_id for r in ordered]},
+        yaxis={
+            "title": "Patient",
+            "categoryorder": "array",
+            "categoryarray": [r.subject_id for r in ordered],
+        },
     )
     fig.update_layout(height=max(340, 22 * len(ordered) + 120))
     return fig
