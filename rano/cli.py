@@ -20,8 +20,8 @@ import SimpleITK as sitk
 
 from rano import ENGINE_VERSION
 from rano.errors import RanoError
-from rano.match import LesionTracker, observations_from_match, register_rigid
-from rano.measure import LesionMeasurement, label_components, measure_lesions
+from rano.measure import LesionMeasurement
+from rano.pipeline import observe_visits
 from rano.response import (
     Assessment,
     ClinicalStatus,
@@ -61,19 +61,6 @@ def _choice(value: Any, enum: type[Steroids] | type[ClinicalStatus], key: str, v
         raise InputError(f"visit {visit}: {key} must be one of {allowed}, got {value!r}") from None
 
 
-def _components(mask: sitk.Image, settings: ResponseSettings, visit: str) -> sitk.Image:
-    """Binary masks are split into 26-connected components; labelled masks keep their labels."""
-    array = sitk.GetArrayViewFromImage(mask)
-    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
-        raise InputError(f"visit {visit}: the mask must hold whole-number labels")
-    if array.size and array.min() < 0:
-        raise InputError(f"visit {visit}: the mask has negative labels")
-    if array.size and array.max() <= 1:
-        return label_components(mask, settings.min_lesion_volume_mm3)
-    labels = sitk.Cast(mask, sitk.sitkUInt32)
-    return labels
-
-
 def _r(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -108,10 +95,7 @@ def assess_files(
         raise InputError("visits must be a non-empty list")
     base_dir = Path(visits_json).resolve().parent
 
-    tracker: LesionTracker | None = None
-    baseline_image: sitk.Image | None = None
-    visit_inputs: list[VisitInput] = []
-    measured: dict[str, dict[str, LesionMeasurement]] = {}
+    loaded: list[tuple[str, dt.date, Steroids, ClinicalStatus, sitk.Image, sitk.Image | None]] = []
     previous_date: dt.date | None = None
     for number, entry in enumerate(visits_in):
         if not isinstance(entry, dict):
@@ -122,7 +106,7 @@ def assess_files(
         unknown = sorted(set(entry) - _VISIT_KEYS)
         if unknown:
             raise InputError(f"visit {label}: unknown field(s) {', '.join(unknown)}")
-        if label in measured:
+        if any(label == row[0] for row in loaded):
             raise InputError(f"visit {label} appears twice")
         try:
             date = dt.date.fromisoformat(str(entry.get("date")))
@@ -149,24 +133,14 @@ def assess_files(
             )
             if not same_grid:
                 raise InputError(f"visit {label}: image and mask lie on different grids")
-        components = _components(mask, settings, label)
-        transform = None
-        if tracker is None:
-            tracker = LesionTracker(components)
-            baseline_image = image
-        elif image is not None and baseline_image is not None:
-            transform = register_rigid(baseline_image, image)
-        known = tracker.lesion_ids
-        match = tracker.add_visit(components, transform)
-        measurements = measure_lesions(components, image, settings=settings, relabel=False)
-        observations = observations_from_match(measurements, match, known)
-        by_label = {m.label: m for m in measurements}
-        measured[label] = {
-            lesion_id: max((by_label[lab] for lab in labs), key=lambda m: m.longest_diameter_mm)
-            for lesion_id, labs in match.components_of().items()
-        }
-        visit_inputs.append(VisitInput(label, date, observations, steroids, clinical))
+        loaded.append((label, date, steroids, clinical, mask, image))
 
+    observed = observe_visits([row[4] for row in loaded], [row[5] for row in loaded], settings)
+    visit_inputs = [
+        VisitInput(label, date, obs.observations, steroids, clinical)
+        for (label, date, steroids, clinical, _, _), obs in zip(loaded, observed, strict=True)
+    ]
+    measured = {row[0]: obs.measurements for row, obs in zip(loaded, observed, strict=True)}
     diameter = assess(visit_inputs, settings=settings, criteria=Criteria.RANO_BM)
     volumetric = assess(visit_inputs, settings=settings, criteria=Criteria.VOLUMETRIC)
     primary = volumetric if criteria == "volumetric" else diameter

@@ -1,0 +1,94 @@
+"""From per-visit lesion masks (and optional images) to response-engine observations.
+
+The chain is: connected components -> registration to baseline (when both images exist) ->
+matching against every earlier visit -> measurement on each visit's native grid -> per-lesion
+observations (split fragments summed, merges recorded). ``rano-assess`` and the property tests use
+it; the service layer can use it for a patient whose masks are on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from rano.errors import GeometryError
+from rano.match import LesionTracker, VisitMatch, observations_from_match, register_rigid
+from rano.measure import LesionMeasurement, label_components, measure_lesions
+from rano.response import LesionObservation
+from rano.settings import ResponseSettings
+
+
+@dataclass(frozen=True)
+class ObservedVisit:
+    """One visit after matching and measurement.
+
+    Attributes:
+        observations: Per-lesion observations for :func:`rano.response.assess`.
+        measurements: Lesion id -> measurement of its largest fragment (for calipers and display).
+        match: The matching result.
+    """
+
+    observations: tuple[LesionObservation, ...]
+    measurements: dict[str, LesionMeasurement]
+    match: VisitMatch
+
+
+def components_of(mask: sitk.Image, settings: ResponseSettings) -> sitk.Image:
+    """Binary masks are split into 26-connected components (small ones dropped); labelled masks keep
+    their labels (one lesion per label value).
+
+    Raises:
+        GeometryError: For non-integer or negative labels.
+    """
+    array = sitk.GetArrayViewFromImage(mask)
+    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
+        raise GeometryError("the mask must hold whole-number labels")
+    if array.size and array.min() < 0:
+        raise GeometryError("the mask has negative labels")
+    if array.size and array.max() <= 1:
+        return label_components(mask, settings.min_lesion_volume_mm3)
+    return sitk.Cast(mask, sitk.sitkUInt32)
+
+
+def observe_visits(
+    masks: Sequence[sitk.Image],
+    images: Sequence[sitk.Image | None] | None = None,
+    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
+) -> list[ObservedVisit]:
+    """Match and measure every visit of one patient; the first visit is the baseline.
+
+    Args:
+        masks: Lesion masks (binary or labelled), one per visit, in date order.
+        images: Optional intensity images on the masks' grids; registration runs for a follow-up
+            when it and the baseline both have an image, otherwise the identity is used (and the
+            masks must share the baseline's physical space).
+        settings: Response settings (minimum lesion volume, measurability).
+
+    Raises:
+        GeometryError, MatchError: On masks that cannot be measured or brought into one space.
+    """
+    images = list(images) if images is not None else [None] * len(masks)
+    if len(images) != len(masks):
+        raise GeometryError("give one image (or None) per mask")
+    tracker: LesionTracker | None = None
+    out: list[ObservedVisit] = []
+    for mask, image in zip(masks, images, strict=True):
+        components = components_of(mask, settings)
+        transform = None
+        if tracker is None:
+            tracker = LesionTracker(components)
+        elif image is not None and images[0] is not None:
+            transform = register_rigid(images[0], image)
+        known = tracker.lesion_ids
+        match = tracker.add_visit(components, transform)
+        measurements = measure_lesions(components, image, settings=settings, relabel=False)
+        by_label = {m.label: m for m in measurements}
+        largest = {
+            lesion_id: max((by_label[lab] for lab in labs), key=lambda m: m.longest_diameter_mm)
+            for lesion_id, labs in match.components_of().items()
+        }
+        out.append(ObservedVisit(observations_from_match(measurements, match, known), largest, match))
+    return out
