@@ -73,7 +73,8 @@ def safe_extract_zip(
 
     Args:
         zip_path: The uploaded archive.
-        dest_dir: Destination folder; must not exist yet or be empty. It is created on success only.
+        dest_dir: Destination folder. If it does not exist it is created on success only; if it exists,
+            the archive's top-level entries are moved into it at the end, and none may already exist.
         max_files: Most members (files) allowed.
         max_total_bytes: Most bytes allowed once unpacked (declared and actually decompressed).
         max_ratio: Highest unpacked/compressed size ratio allowed for a member of 1 MiB or more, and
@@ -88,12 +89,13 @@ def safe_extract_zip(
         SymlinkInArchiveError: A member is a symbolic link.
         TooManyFilesError: More than ``max_files`` members.
         ArchiveTooLargeError: Too many bytes unpacked, or a compression ratio above ``max_ratio``.
-        FileExistsError: ``dest_dir`` exists and is not empty (a caller error, not an upload error).
+        FileExistsError: ``dest_dir`` is a file, or already holds an entry the archive would create
+            (a caller error, not an upload error).
     """
     source = Path(zip_path)
     dest = Path(dest_dir)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"Extraction destination {dest} exists and is not empty")
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"Extraction destination {dest} exists and is not a folder")
     if not zipfile.is_zipfile(source):
         raise CorruptArchiveError("The upload is not a readable zip archive.")
     try:
@@ -102,17 +104,30 @@ def safe_extract_zip(
         raise CorruptArchiveError(f"The zip archive cannot be opened ({exc}).") from exc
     with archive:
         members = _check_members(archive.infolist(), max_files, max_total_bytes, max_ratio)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
+        existing = dest.exists()
+        # stage on the same file system so that the final step is a rename, not a copy
+        stage_parent = dest if existing else dest.parent
+        stage_parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=stage_parent))
         try:
             written = _extract_members(archive, members, staging, max_total_bytes)
-            if dest.exists():
-                dest.rmdir()  # empty, checked above
-            os.replace(staging, dest)
-        except BaseException:
+            if existing:
+                _move_entries(staging, dest)
+            else:
+                os.replace(staging, dest)
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
     return [dest / relative for relative in written]
+
+
+def _move_entries(staging: Path, dest: Path) -> None:
+    """Move the staged top-level entries into an existing folder, refusing to overwrite anything."""
+    entries = sorted(staging.iterdir())
+    clashes = [entry.name for entry in entries if (dest / entry.name).exists()]
+    if clashes:
+        raise FileExistsError(f"Extraction destination {dest} already holds {', '.join(clashes[:5])}")
+    for entry in entries:
+        os.replace(entry, dest / entry.name)
 
 
 def _check_members(

@@ -123,12 +123,25 @@ def test_unsafe_errors_share_a_base_class() -> None:
         assert issubclass(error, UnsafeArchiveError)
 
 
-def test_destination_must_be_new_or_empty(tmp_path) -> None:
-    upload = make_zip(tmp_path / "ok.zip", {"a.dcm": b"a"})
-    (tmp_path / "dest").mkdir()
-    (tmp_path / "dest" / "keep.txt").write_text("existing")
+def test_existing_destination_receives_entries_but_nothing_is_overwritten(tmp_path) -> None:
+    upload = make_zip(tmp_path / "ok.zip", {"a.dcm": b"a", "sub/b.dcm": b"b"})
+    written = safe_extract_zip(upload, tmp_path)  # the folder holding the zip itself
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == ["a.dcm", "sub/b.dcm"]
+    assert (tmp_path / "sub" / "b.dcm").read_bytes() == b"b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm", "ok.zip", "sub"]  # no staging left
+    (tmp_path / "a.dcm").write_bytes(b"keep me")
+    (tmp_path / "sub" / "b.dcm").unlink()
     with pytest.raises(FileExistsError):
-        safe_extract_zip(upload, tmp_path / "dest")
+        safe_extract_zip(upload, tmp_path)
+    assert (tmp_path / "a.dcm").read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm", "ok.zip", "sub"]
+
+
+def test_unsafe_archive_into_an_existing_folder_leaves_it_untouched(tmp_path) -> None:
+    upload = make_zip(tmp_path / "bad.zip", {"ok.dcm": b"fine", "../evil.dcm": b"evil"})
+    with pytest.raises(PathTraversalError):
+        safe_extract_zip(upload, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]
 
 
 def assert_refused_limits(upload: Path, tmp_path: Path, error: type[Exception], **limits: int) -> None:
