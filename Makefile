@@ -12,8 +12,10 @@ DEMO_DB ?= sqlite:///$(CURDIR)/var/demo.sqlite3
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# Offline first: when every pin is already installed (second run, closed network) nothing is fetched.
+	$(PY) -m pip install -q --disable-pip-version-check --no-index --no-build-isolation -e '.[dev]' >/dev/null 2>&1 \
+	  || { $(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel \
+	       && $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'; }
 	touch $(STAMP)
 
 venv: $(STAMP)
