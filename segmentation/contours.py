@@ -141,16 +141,23 @@ def _checked_lesions(arr: np.ndarray, lesion_names: Mapping[int, str]) -> list[i
     return sorted(present)
 
 
-def _series_datasets(
-    series: LoadedSeries | str | Path | Sequence[Dataset],
-) -> tuple[list[Dataset], sitk.Image | None]:
-    """Return the series headers (and the series image when known) from any accepted form."""
+SeriesLike = LoadedSeries | str | Path | Sequence[Dataset] | Sequence[str | Path]
+
+
+def _series_datasets(series: SeriesLike) -> list[Dataset]:
+    """Return the source headers from a LoadedSeries, a series folder or file, datasets, or file paths."""
     if isinstance(series, LoadedSeries):
-        return list(series.source_datasets), series.image
+        return list(series.source_datasets)
     if isinstance(series, str | Path):
-        loaded = read_series(series)
-        return list(loaded.source_datasets), loaded.image
-    return list(series), None
+        return list(read_series(series).source_datasets)
+    items = list(series)
+    if items and all(isinstance(item, str | Path) for item in items):
+        return [pydicom.dcmread(item, stop_before_pixels=True) for item in items]  # type: ignore[arg-type]
+    return items  # type: ignore[return-value]
+
+
+def _as_loaded(series: LoadedSeries | str | Path) -> LoadedSeries:
+    return series if isinstance(series, LoadedSeries) else read_series(series)
 
 
 def _require_headers(datasets: Sequence[Dataset], keywords: Sequence[str]) -> None:
@@ -195,7 +202,7 @@ def _check_plane_geometry(
 
 def write_rtstruct(
     labels: sitk.Image,
-    series_dir: LoadedSeries | str | Path | Sequence[Dataset],
+    series_dir: SeriesLike,
     out_path: str | Path,
     *,
     lesion_names: Mapping[int, str],
@@ -208,7 +215,7 @@ def write_rtstruct(
         labels: Lesion label image in the series' native geometry.
         series_dir: The source series: a folder holding it (read and validated with
             :func:`segmentation.io.read_series`), a :class:`~segmentation.io.LoadedSeries`, or its
-            single-frame datasets (headers suffice).
+            single-frame datasets (headers suffice) or file paths.
         out_path: Output file.
         lesion_names: Label value -> ROI name (the stable lesion label, e.g. ``"L1"``).
         colors: Label value -> RGB (0-255); :data:`DEFAULT_COLORS` in label order otherwise.
@@ -226,7 +233,7 @@ def write_rtstruct(
 
     arr = _label_array(labels)
     lesions = _checked_lesions(arr, lesion_names)
-    datasets, _ = _series_datasets(series_dir)
+    datasets = _series_datasets(series_dir)
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise ContourExportError(
             "RTSTRUCT export needs a single-frame series; use DICOM SEG for multi-frame images."
@@ -274,12 +281,12 @@ def write_rtstruct(
     return target
 
 
-def read_rtstruct(path: str | Path, series: LoadedSeries) -> ContourSet:
+def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> ContourSet:
     """Rasterise every ROI of an RTSTRUCT onto its series (rt-utils).
 
     Args:
         path: The RTSTRUCT file.
-        series: The series it references, as loaded by :func:`segmentation.io.read_series`.
+        series: The series it references, loaded by :func:`segmentation.io.read_series` or its folder.
 
     Returns:
         The ROIs as a label image in the series geometry.
@@ -294,6 +301,7 @@ def read_rtstruct(path: str | Path, series: LoadedSeries) -> ContourSet:
         RTStructBuilder.validate_rtstruct(ds)
     except Exception as exc:  # rt-utils raises bare Exception
         raise ContourReadError(f"{Path(path).name} is not a valid RTSTRUCT ({exc}).") from exc
+    series = _as_loaded(series)
     datasets = list(series.source_datasets)
     orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
     normal = np.cross(orientation[:3], orientation[3:])
@@ -354,7 +362,7 @@ def _frame_planes(
 
 def write_seg(
     labels: sitk.Image,
-    source_datasets: LoadedSeries | Sequence[Dataset],
+    source_datasets: SeriesLike,
     out_path: str | Path,
     *,
     lesion_names: Mapping[int, str],
@@ -367,8 +375,8 @@ def write_seg(
 
     Args:
         labels: Lesion label image in the series' native geometry.
-        source_datasets: The source series (single-frame datasets or one multi-frame dataset; headers
-            suffice) or a :class:`~segmentation.io.LoadedSeries`.
+        source_datasets: The source series: single-frame datasets or one multi-frame dataset (headers
+            suffice), their file paths, a series folder, or a :class:`~segmentation.io.LoadedSeries`.
         out_path: Output file.
         lesion_names: Label value -> Segment Label (e.g. ``"L1"``), also used as Tracking ID.
         algorithm_name: Algorithm Name, e.g. the model version's name.
@@ -389,9 +397,7 @@ def write_seg(
 
     arr = _label_array(labels)
     lesions = _checked_lesions(arr, lesion_names)
-    datasets = list(
-        source_datasets.source_datasets if isinstance(source_datasets, LoadedSeries) else source_datasets
-    )
+    datasets = _series_datasets(source_datasets)
     _require_headers(datasets, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"))
     planes = _frame_planes(datasets)
     _check_plane_geometry(
@@ -452,12 +458,12 @@ def write_seg(
     return target
 
 
-def read_seg(path: str | Path, series: LoadedSeries) -> ContourSet:
+def read_seg(path: str | Path, series: LoadedSeries | str | Path) -> ContourSet:
     """Read a DICOM SEG back onto its source series (highdicom).
 
     Args:
         path: The SEG file.
-        series: The source series as loaded by :func:`segmentation.io.read_series`.
+        series: The source series, loaded by :func:`segmentation.io.read_series` or its folder/file.
 
     Returns:
         Segments as a label image (value = segment number) in the series geometry.
@@ -471,6 +477,7 @@ def read_seg(path: str | Path, series: LoadedSeries) -> ContourSet:
         seg = hd.seg.segread(path)
     except Exception as exc:  # highdicom raises ValueError/AttributeError/TypeError for non-SEG input
         raise ContourReadError(f"{Path(path).name} is not a readable DICOM SEG ({exc}).") from exc
+    series = _as_loaded(series)
     datasets = list(series.source_datasets)
     referenced = {str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])}
     if str(datasets[0].SeriesInstanceUID) not in referenced:

@@ -262,3 +262,17 @@ def test_label_nifti_keeps_native_geometry_and_values(tmp_path, series) -> None:
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(labels))
     with pytest.raises(ContourExportError):
         write_label_nifti(sitk.Cast(labels, sitk.sitkFloat32), tmp_path / "bad.nii.gz")
+
+
+def test_writers_and_readers_accept_folders_and_file_paths(tmp_path, series, mr_series) -> None:
+    folder, files = mr_series
+    labels = draw_lesions(series)
+    seg_path = write_seg(
+        labels, files, tmp_path / "seg.dcm", lesion_names=names(), algorithm_name="a", algorithm_version="1"
+    )
+    rt_path = write_rtstruct(
+        labels, [pydicom.dcmread(p) for p in files], tmp_path / "rt.dcm", lesion_names=names()
+    )
+    expected = sitk.GetArrayFromImage(labels)
+    np.testing.assert_array_equal(read_seg(seg_path, folder).mask("L2"), expected == 2)
+    assert dice(read_rtstruct(rt_path, folder).mask("L1"), expected == 1) >= 0.95
