@@ -202,3 +202,21 @@ def test_overlay_and_curve_groups_are_removed() -> None:
     ds.add_new(0x50000022, "LO", "curve by Dr Jane")
     deidentify_dataset(ds, subject_id="BM-1")
     assert 0x60000022 not in ds and 0x50000022 not in ds
+
+
+def test_nifti_header_free_text_is_not_stored(tmp_path, mr_image) -> None:
+    import gzip
+
+    import nibabel as nib
+
+    source = tmp_path / "Doe_Jane.nii.gz"
+    image = nib.Nifti1Image(np.zeros((32, 32, 8), dtype=np.int16), np.eye(4))
+    image.header["descrip"] = b"Doe^Jane MRN-88442211"
+    image.header["aux_file"] = b"JaneDoe"
+    nib.save(image, source)
+    assert b"MRN-88442211" in gzip.decompress(source.read_bytes())  # the oracle can see it in the source
+    stored = ingest_series(source, tmp_path / "store" / "s1", subject_id="BM-042")
+    raw = gzip.decompress(stored.series.source_paths[0].read_bytes())
+    for needle in (b"MRN-88442211", b"Doe", b"JaneDoe"):
+        assert needle not in raw
+    assert [p.name for p in stored.stored_dir.iterdir()] == ["image.nii.gz"]
