@@ -156,17 +156,24 @@ def segment_image(
     device = resolve_device(options.device)
     timings: dict[str, float] = {}
 
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
+    window_mm = np.asarray(roi_zyx[::-1], dtype=float) * np.asarray(cfg.preprocessing.spacing_mm)
+
+    def check_extent(extent_mm: np.ndarray, what: str, window: np.ndarray = window_mm) -> None:
+        if np.any(extent_mm < MIN_WINDOW_FRACTION * window):
+            raise ImageTooSmallError(
+                f"The {what} is far too small for this model: {np.round(extent_mm, 1).tolist()} mm against a "
+                f"window of {np.round(window, 1).tolist()} mm. Send a whole-brain 3D volume."
+            )
+
+    if image.GetDimension() == 3:
+        # Sorted extents: the check must not depend on the orientation of the index axes.
+        native_extent = np.sort(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing()))
+        check_extent(native_extent, "image", np.sort(window_mm))
     pre = preprocess(image, cfg.preprocessing)
     timings.update({f"preprocess.{k}": v for k, v in pre.timings_s.items()})
-    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
     shape = pre.array.shape
-    if any(s < MIN_WINDOW_FRACTION * r for s, r in zip(shape, roi_zyx, strict=True)):
-        extent = [round(s * sp, 1) for s, sp in zip(shape[::-1], cfg.preprocessing.spacing_mm, strict=True)]
-        window = [round(r * sp, 1) for r, sp in zip(roi_zyx[::-1], cfg.preprocessing.spacing_mm, strict=True)]
-        raise ImageTooSmallError(
-            f"The imaged head is far too small for this model: {extent} mm against a window of {window} mm. "
-            "Send a whole-brain 3D volume."
-        )
+    check_extent(np.asarray(shape[::-1]) * np.asarray(cfg.preprocessing.spacing_mm), "imaged head")
 
     t = time.perf_counter()
     network = model.network

@@ -67,7 +67,7 @@ class PreprocessConfig:
     crop_margin_mm: float = 4.0
     head_threshold_fraction: float = 0.5
     lower_percentile: float = 0.5
-    upper_percentile: float = 99.5
+    upper_percentile: float = 99.9
     input_divisor: float = 255.0
 
     def __post_init__(self) -> None:
@@ -169,7 +169,8 @@ def head_mask(image: sitk.Image, threshold_fraction: float = 0.5) -> sitk.Image:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     mask = labels == int(np.argmax(sizes))
-    mask = ndi.binary_closing(mask, iterations=2)
+    # Pad before closing: scipy erodes from a zero border, which would eat a head touching the edge.
+    mask = ndi.binary_closing(np.pad(mask, 2), iterations=2)[2:-2, 2:-2, 2:-2]
     mask = ndi.binary_fill_holes(mask)
     out = sitk.GetImageFromArray(mask.astype(np.uint8))
     out.CopyInformation(image)
@@ -242,7 +243,7 @@ def normalise_intensity(
     image: sitk.Image,
     mask: sitk.Image,
     lower_percentile: float = 0.5,
-    upper_percentile: float = 99.5,
+    upper_percentile: float = 99.9,
 ) -> np.ndarray:
     """Map the ``[lower, upper]`` percentiles inside ``mask`` to 0-255 (clipped); background set to 0.
 
