@@ -44,6 +44,7 @@ from segmentation.archive import safe_extract_zip
 from segmentation.deid import deidentify_dataset
 from segmentation.errors import (
     AbsurdDimensionsError,
+    CorruptArchiveError,
     DuplicateSliceError,
     GeometryError,
     InconsistentOrientationError,
@@ -198,6 +199,8 @@ def read_series(
         raise InputNotFoundError(f"No file or folder at {source}.")
     if source.is_file() and source.name.lower().endswith(NIFTI_SUFFIXES):
         return _read_nifti(source)
+    if source.is_file() and source.suffix.lower() == ".zip" and not zipfile.is_zipfile(source):
+        raise CorruptArchiveError(f"{source.name} is named like a zip archive but is not a readable one.")
     if source.is_file() and zipfile.is_zipfile(source):
         if extract_to is not None:
             safe_extract_zip(source, extract_to)

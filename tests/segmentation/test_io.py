@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from segmentation.errors import (
     AbsurdDimensionsError,
+    CorruptArchiveError,
     DuplicateSliceError,
     GeometryError,
     ImagingError,
@@ -245,6 +246,12 @@ def test_not_dicom_single_file(tmp_path) -> None:
     upload = tmp_path / "scan.bin"
     upload.write_bytes(bytes(range(256)) * 8)
     assert_nothing_stored(upload, tmp_path, NotDicomError)
+
+
+def test_damaged_zip(tmp_path, mr_series) -> None:
+    upload = zip_folder(mr_series[0], tmp_path / "upload.zip")
+    upload.write_bytes(upload.read_bytes()[:-200])  # cut off the central directory
+    assert_nothing_stored(upload, tmp_path, CorruptArchiveError)
 
 
 def test_corrupt_nifti(tmp_path) -> None:
