@@ -1,8 +1,10 @@
 """Data model of MetTrack trials (see ../shared/design.md, "Data model").
 
 What is here:
-    Trial            code, title, and the RANO-BM criteria settings (rano-bm.md section 9) as fields;
-                     ``Trial.criteria_settings()`` returns them as a dict (stored with every assessment).
+    Trial            code, title, and the RANO-BM criteria settings (rano-bm.md section 9) as fields
+                     (percent thresholds as ``*_pct`` fields); ``Trial.criteria_settings()`` returns them
+                     keyed by the section 9 / ``rano.settings.ResponseSettings`` names (``pr_threshold``),
+                     and is stored with every assessment.
     Site             a trial site (code unique per trial).
     TrialMembership  user x trial (x optional site) x role (investigator | data_manager | radiologist | admin).
     Patient          pseudonymous ``subject_id`` (unique per trial), enrolment and treatment-start dates.
@@ -33,6 +35,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -114,6 +117,11 @@ class Trial(models.Model):
         "immunotherapy",
     )
 
+    #: Model field name -> settings key of rano-bm.md section 9 (and of rano.settings.ResponseSettings).
+    CRITERIA_SETTING_KEYS: dict[str, str] = {
+        name: name.removesuffix("_pct") for name in CRITERIA_SETTING_FIELDS
+    }
+
     class Meta:
         ordering = ["code"]
 
@@ -121,14 +129,26 @@ class Trial(models.Model):
         return self.code
 
     def criteria_settings(self) -> dict[str, Any]:
-        """Return the response-criteria settings as a JSON-safe dict.
+        """Return the response-criteria settings as a JSON-safe dict, keyed by rano-bm.md section 9 names.
 
-        Returns:
-            ``{field name: value}`` for every field of ``CRITERIA_SETTING_FIELDS`` (percent thresholds as
-            signed percentages, e.g. ``{"pr_threshold_pct": -30.0, ...}``). Stored verbatim in
-            ``Assessment.settings``.
+        The keys are those of ``rano.settings.ResponseSettings`` (``pr_threshold``, not the field name
+        ``pr_threshold_pct``), so ``ResponseSettings.from_dict(trial.criteria_settings())`` builds the
+        engine's settings. Percent thresholds are signed percentages (``{"pr_threshold": -30.0, ...}``).
+        Stored verbatim in ``Assessment.settings``.
         """
-        return {name: getattr(self, name) for name in self.CRITERIA_SETTING_FIELDS}
+        return {key: getattr(self, name) for name, key in self.CRITERIA_SETTING_KEYS.items()}
+
+    def clean(self) -> None:
+        """Validate the settings with the rules engine itself, so a trial never stores settings it rejects."""
+        super().clean()
+        # Imported here: rano is a pure package, and models must stay importable without loading it eagerly.
+        from rano.errors import SettingsError
+        from rano.settings import ResponseSettings
+
+        try:
+            ResponseSettings.from_dict(self.criteria_settings())
+        except SettingsError as exc:
+            raise ValidationError(f"Invalid response-criteria settings: {exc}") from exc
 
 
 class Site(models.Model):

@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 from django.db import IntegrityError, transaction
 
+from rano.settings import ResponseSettings
 from tests.factories import (
     make_lesion,
     make_model_version,
@@ -19,11 +20,13 @@ from tests.factories import (
     make_timepoint,
     make_trial,
 )
+from trials.exceptions import InvalidInputError
 from trials.models import ImagingSeries, Lesion, LesionObservation, Patient, SegmentationRun, Timepoint, Trial
 
 pytestmark = pytest.mark.django_db
 
-# rano-bm.md section 9, transcribed by hand (the oracle): percentages as signed percent of change.
+# rano-bm.md section 9, transcribed by hand (the oracle): percentages as signed percent of change,
+# keys as the spec names them.
 SECTION_9_DEFAULTS = {
     "max_targets": 5,
     "measurable_min_ld_mm": 10.0,
@@ -32,11 +35,11 @@ SECTION_9_DEFAULTS = {
     "new_lesion_min_ld_mm": 5.0,
     "confirmation_days": 28,
     "min_sd_days": 42,
-    "pr_threshold_pct": -30.0,
-    "pd_threshold_pct": 20.0,
+    "pr_threshold": -30.0,
+    "pd_threshold": 20.0,
     "pd_min_lesion_increase_mm": 5.0,
-    "vol_pr_threshold_pct": -65.0,
-    "vol_pd_threshold_pct": 73.0,
+    "vol_pr_threshold": -65.0,
+    "vol_pd_threshold": 73.0,
     "immunotherapy": False,
 }
 
@@ -51,8 +54,27 @@ def test_trial_criteria_settings_reflect_protocol_changes() -> None:
     settings = trial.criteria_settings()
     assert settings["max_targets"] == 3
     assert settings["immunotherapy"] is True
-    assert settings["pr_threshold_pct"] == -50.0
+    assert settings["pr_threshold"] == -50.0
     assert settings["min_sd_days"] == 42
+
+
+def test_trial_criteria_settings_build_the_rules_engine_settings() -> None:
+    trial = make_trial(max_targets=3, pd_threshold_pct=25.0)
+    engine = ResponseSettings.from_dict(trial.criteria_settings())
+    assert (engine.max_targets, engine.pd_threshold, engine.pr_threshold) == (3, 25.0, -30.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pr_threshold_pct": 10.0}, "pr_threshold"),
+        ({"pd_threshold_pct": 0.0}, "pd_threshold"),
+        ({"measurable_min_ld_mm": 0.0}, "measurable_min_ld_mm"),
+    ],
+)
+def test_settings_the_engine_rejects_are_invalid_input(settings: dict, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        make_trial(**settings)
 
 
 def _raises_integrity(create) -> None:
