@@ -13,13 +13,18 @@ Conventions (the whole project relies on them):
 
 What is here:
     Audit:        record_audit_event, snapshot, new_correlation_id, trial_of
-    Trials:       create_trial, update_trial, create_site, update_site, add_membership, remove_membership
+    Trials:       create_trial, update_trial, create_site, update_site, add_membership, update_membership,
+                  remove_membership
     Patients:     create_patient, update_patient, create_timepoint, update_timepoint
     Imaging:      register_series, update_series, register_model_version, create_segmentation_run,
                   update_segmentation_run
     Lesions:      next_lesion_label, create_lesion, update_lesion, record_observation, update_observation
     Assessments:  create_assessment (supersedes the current one), confirm_assessment, override_assessment
-    Jobs:         create_job (enqueue on commit), start_job, update_job_progress, finish_job, fail_job
+    Jobs:         create_job (enqueue on commit), set_job_task_id, start_job, update_job_progress,
+                  finish_job, fail_job (job start and progress are telemetry on the job row, not audited)
+
+Exports and other verbs outside this module record themselves with ``record_audit_event`` inside their
+own ``transaction.atomic`` block, e.g. ``record_audit_event(actor=user, action="export", obj=trial, ...)``.
 """
 
 from __future__ import annotations

@@ -278,3 +278,14 @@ def test_other_trial_object_is_404_for_a_member_of_trial_a(trial: Any, other_tri
     )
     foreign.refresh_from_db()
     assert not foreign.is_dural
+
+
+def test_exception_handler_turns_a_raced_integrity_error_into_409() -> None:
+    # Services pre-check with full_clean(); a concurrent insert can still reach the database constraint.
+    from django.db import IntegrityError
+
+    from trials.api.exceptions import exception_handler
+
+    response = exception_handler(IntegrityError("duplicate key value violates unique constraint"), {})
+    assert response is not None and response.status_code == 409
+    assert "uniqueness" in response.data["detail"]
