@@ -134,8 +134,8 @@ def nifti_pair_sources(directory: str | Path) -> list[CaseSource]:
 def dicom_rtstruct_sources(directory: str | Path, roi_pattern: str = "GTV*") -> list[CaseSource]:
     """One case per sub-folder holding an MR series and an RTSTRUCT; ROIs matching ``roi_pattern``.
 
-    The RTSTRUCT is rasterised with rt-utils on the series' own grid; the image is read with SimpleITK's
-    series reader, whose slice order (by position along the normal) is the one rt-utils uses.
+    The series is read by :func:`segmentation.io.read_series` and the RTSTRUCT rasterised on its grid by
+    :func:`segmentation.contours.read_rtstruct`; the matching ROIs are merged into one mask.
 
     Raises:
         TrainingError: When a folder lacks the RTSTRUCT, or no ROI name matches the pattern.
@@ -159,28 +159,20 @@ def dicom_rtstruct_sources(directory: str | Path, roi_pattern: str = "GTV*") -> 
             raise TrainingError(f"no RTSTRUCT in {case_dir}")
 
         def _load(d: Path = case_dir, rt: Path = rtstructs[0]) -> tuple[sitk.Image, sitk.Image]:
-            from rt_utils import RTStructBuilder
+            from segmentation.contours import read_rtstruct
+            from segmentation.io import read_series
 
-            series_dir = d
-            reader = sitk.ImageSeriesReader()
-            ids = reader.GetGDCMSeriesIDs(str(series_dir))
-            if not ids:
-                raise TrainingError(f"no image series in {d}")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series_dir), ids[0]))
-            image = reader.Execute()
-            builder = RTStructBuilder.create_from(dicom_series_path=str(series_dir), rt_struct_path=str(rt))
-            names = [n for n in builder.get_roi_names() if fnmatch.fnmatch(n, roi_pattern)]
-            if not names:
+            series = read_series(d, require_rtstruct_attributes=False)
+            contours = read_rtstruct(rt, series)
+            values = [v for v, n in contours.names.items() if fnmatch.fnmatch(n, roi_pattern)]
+            if not values:
                 raise TrainingError(
-                    f"no ROI in {rt.name} matches {roi_pattern!r} (ROIs: {', '.join(builder.get_roi_names())})"
+                    f"no ROI in {rt.name} matches {roi_pattern!r} (ROIs: {', '.join(contours.names.values())})"
                 )
-            mask = np.zeros(image.GetSize()[::-1], dtype=np.uint8)
-            for n in names:
-                # rt-utils gives (rows, columns, slices); SimpleITK arrays are (slices, rows, columns).
-                mask |= np.transpose(builder.get_roi_mask_by_name(n), (2, 0, 1)).astype(np.uint8)
-            mask_img = sitk.GetImageFromArray(mask)
-            mask_img.CopyInformation(image)
-            return image, mask_img
+            labels = sitk.GetArrayViewFromImage(contours.labels)
+            mask = sitk.GetImageFromArray(np.isin(labels, values).astype(np.uint8))
+            mask.CopyInformation(series.image)
+            return series.image, mask
 
         out.append(CaseSource(case_id=case_dir.name, patient_id=patient or case_dir.name, load=_load))
     if not out:

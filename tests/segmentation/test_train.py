@@ -1,0 +1,195 @@
+"""Training: patient-level split, augmentations, losses, metrics, freezing, bm-train end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from segmentation.model import build_network, load_model
+from segmentation.phantoms import make_phantom, write_phantom_nifti
+from segmentation.train import (
+    LesionCounts,
+    TrainingError,
+    augment,
+    demo_config,
+    dice_score,
+    extract_patch,
+    freeze_all_but_output,
+    lesion_counts,
+    main,
+    nifti_pair_sources,
+    segmentation_loss,
+    split_patients,
+)
+
+
+def _ball(shape: tuple[int, int, int], center: tuple[int, int, int], radius: float) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return ((z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2) <= radius**2
+
+
+def test_split_is_by_patient_70_10_20_and_reproducible() -> None:
+    patients = [f"P{i:02d}" for i in range(10) for _visit in range(3)]
+    split = split_patients(patients, seed=4)
+    counts = {k: sum(1 for v in split.values() if v == k) for k in ("train", "val", "test")}
+    assert counts == {"train": 7, "val": 1, "test": 2}
+    assert set(split) == set(patients)  # one split per patient: all visits follow their patient
+    assert split == split_patients(list(reversed(patients)), seed=4)
+    assert split != split_patients(patients, seed=5)
+
+
+def test_split_refuses_too_few_patients() -> None:
+    with pytest.raises(TrainingError, match="at least 3 patients"):
+        split_patients(["A", "A", "B"], seed=0)
+
+
+def test_augmentations_move_image_and_mask_together() -> None:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((8, 1, 12, 12, 12), np.float32)
+    mask[:, :, 2:5, 1:4, 7:11] = 1.0  # off-centre, so flips and rotations move it
+    image = mask * 0.5 + 0.25
+    x, y = augment(torch.from_numpy(image), torch.from_numpy(mask), rng)
+    assert torch.equal((x > 0.5).float(), y)  # still aligned
+    assert torch.equal(y.sum(dim=(1, 2, 3, 4)), torch.from_numpy(mask).sum(dim=(1, 2, 3, 4)))
+    moved = [not torch.equal(y[b], torch.from_numpy(mask[b])) for b in range(8)]
+    assert any(moved) and not all(moved)  # random, per sample
+    # Only left-right flips and 180-degree axial rotations: the slice (z) profile never changes.
+    assert torch.equal(y.sum(dim=(3, 4)), torch.from_numpy(mask).sum(axis=(3, 4)))
+
+
+def test_extract_patch_pads_outside_the_volume() -> None:
+    arr = np.arange(27, dtype=np.float32).reshape(3, 3, 3) + 1
+    patch = extract_patch(arr, (0, 0, 0), (4, 4, 4))
+    assert patch.shape == (4, 4, 4)
+    assert patch[2, 2, 2] == arr[0, 0, 0] and patch[0, 0, 0] == 0
+
+
+def test_losses() -> None:
+    logit = torch.tensor([[[[[2.0, -1.0, 0.5]]]]])
+    target = torch.tensor([[[[[1.0, 0.0, 1.0]]]]])
+    expected_bce = -np.mean([math.log(1 / (1 + math.exp(-2))), math.log(1 - 1 / (1 + math.exp(1))),
+                             math.log(1 / (1 + math.exp(-0.5)))])  # fmt: skip
+    assert float(segmentation_loss(logit, target, "bce")) == pytest.approx(expected_bce, rel=1e-5)
+    p = torch.sigmoid(logit)
+    dice = (2 * float((p * target).sum()) + 1) / (float(p.sum()) + 2 + 1)
+    assert float(segmentation_loss(logit, target, "dicebce")) == pytest.approx(expected_bce + 1 - dice, rel=1e-5)
+    with pytest.raises(TrainingError, match="unknown loss"):
+        segmentation_loss(logit, target, "focal")
+
+
+def test_dice_and_lesion_counts_against_hand_counts() -> None:
+    shape = (40, 40, 40)
+    big = _ball(shape, (10, 10, 10), 5)  # 10 mm at 1 mm voxels
+    other = _ball(shape, (30, 30, 30), 4)
+    tiny = _ball(shape, (10, 30, 30), 1)  # under 5 mm: neither counted nor missed
+    truth = big | other | tiny
+    pred = _ball(shape, (10, 10, 11), 5) | _ball(shape, (30, 10, 30), 3)  # one hit, one false positive
+    inter = (pred & truth).sum()
+    assert dice_score(pred, truth) == pytest.approx(2 * inter / (pred.sum() + truth.sum()))
+    counts = lesion_counts(pred, truth, (1.0, 1.0, 1.0), min_diameter_mm=5.0)
+    assert counts == LesionCounts(true_positive=1, false_negative=1, false_positive=1)
+    assert counts.f1 == pytest.approx(2 / (2 + 1 + 1))
+    assert dice_score(np.zeros(shape), np.zeros(shape)) == 1.0
+
+
+def test_freeze_encoder_trains_only_the_output_block() -> None:
+    torch.manual_seed(0)
+    net = build_network(demo_config(2.0, 32, feature_size=4, hidden_size=48))
+    n = freeze_all_but_output(net)
+    assert n == sum(p.numel() for p in net.out.parameters())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    loss = segmentation_loss(net(torch.rand(1, 1, 32, 32, 32)), torch.ones(1, 1, 32, 32, 32), "bce")
+    loss.backward()
+    opt.step()
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("out.") for k in changed)
+
+
+def test_nifti_pairs_group_visits_by_patient(tmp_path: Path) -> None:
+    for name in ("P1_v1", "P1_v2", "P2_v1"):
+        img = sitk.Image(4, 4, 4, sitk.sitkInt16)
+        sitk.WriteImage(img, str(tmp_path / f"{name}_t1c.nii.gz"))
+        sitk.WriteImage(img, str(tmp_path / f"{name}_mask.nii.gz"))
+    sources = nifti_pair_sources(tmp_path)
+    assert [(s.case_id, s.patient_id) for s in sources] == [("P1_v1", "P1"), ("P1_v2", "P1"), ("P2_v1", "P2")]
+    (tmp_path / "P3_mask.nii.gz").write_bytes((tmp_path / "P2_v1_mask.nii.gz").read_bytes())
+    with pytest.raises(TrainingError, match="P3_mask.nii.gz has no image"):
+        nifti_pair_sources(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def nifti_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    for i in range(3):
+        ph = make_phantom(100 + i, n_lesions=2, diameter_range_mm=(8.0, 20.0), geometry="axial_2mm")
+        write_phantom_nifti(ph, folder, f"P{i}_v1")
+    return folder
+
+
+def _train_args(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--run-dir", str(run), "--export", str(run / "model"), "--demo-patch", "32",
+            "--steps-per-epoch", "2", "--batch-size", "2", "--threads", "1", "--device", "cpu", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(_train_args(nifti_dataset, run, "--epochs", "1", "--loss", "dicebce")) == 0
+    model = load_model(run / "model")  # a complete, verified model directory
+    cfg = model.config.to_dict()
+    assert cfg["label"] == "demo — not for clinical use"
+    assert cfg["training"]["seed"] == 0 and "--data" in cfg["training"]["command"]
+    assert cfg["training"]["patients_per_split"] == {"train": 1, "val": 1, "test": 1}
+    assert {"dice", "lesion_f1"} <= set(cfg["metrics"]["test"]) and {"dice", "lesion_f1"} <= set(cfg["metrics"]["validation"])
+    assert (run / "model" / "MODEL_CARD.md").read_text().count("not for clinical use") >= 1
+    assert "epoch 0 loss" in (run / "train.log").read_text()
+
+    # Resume continues from last.pt: one more epoch, history of two.
+    assert main(_train_args(nifti_dataset, run, "--epochs", "2", "--resume")) == 0
+    assert [h["epoch"] for h in json.loads((run / "summary.json").read_text())["history"]] == [0, 1]
+
+    # Paper-style fine-tuning: init from the model, only the output block changes.
+    ft = tmp_path / "ft"
+    assert main(_train_args(nifti_dataset, ft, "--epochs", "1", "--init-from", str(run / "model"),
+                            "--freeze-encoder", "--lr", "1e-2")) == 0  # fmt: skip
+    base = torch.load(run / "last.pt", weights_only=False)["network"]
+    tuned = torch.load(ft / "last.pt", weights_only=False)["network"]
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith("out.") for k in changed)
+
+
+def test_bm_train_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no <name>_mask.nii.gz" in (tmp_path / "r" / "train.log").read_text()
+    assert main(["--phantoms", "2", "--run-dir", str(tmp_path / "r2")]) == 2
+
+
+def test_dicom_rtstruct_cases_take_the_rois_matching_the_pattern(tmp_path: Path) -> None:
+    from segmentation.contours import write_rtstruct
+    from segmentation.dicom_writer import write_dicom_series
+    from segmentation.train import dicom_rtstruct_sources
+
+    ph = make_phantom(5, n_lesions=2, diameter_range_mm=(12.0, 20.0), geometry="axial_2mm")
+    case = tmp_path / "case1"
+    write_dicom_series(ph.image, case, patient_id="SUBJ-7")
+    ids = sorted(lesion.lesion_id for lesion in ph.lesions)
+    # One lesion called GTV_1, the other "Edema": only the GTV must become training mask.
+    write_rtstruct(ph.labels, case, case / "rtstruct.dcm", lesion_names={ids[0]: "GTV_1", ids[1]: "Edema"})
+    (source,) = dicom_rtstruct_sources(tmp_path, "GTV*")
+    assert source.patient_id == "SUBJ-7"
+    image, mask = source.load()
+    assert mask.GetSize() == ph.image.GetSize()
+    truth = sitk.GetArrayViewFromImage(ph.labels) == ids[0]
+    got = sitk.GetArrayViewFromImage(mask) > 0
+    assert dice_score(got, truth) > 0.9  # polygon rasterisation differs from the voxels at the edges
+    (no_match,) = dicom_rtstruct_sources(tmp_path, "CTV*")
+    with pytest.raises(TrainingError, match="no ROI"):
+        no_match.load()
