@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist
 
 from rano.errors import GeometryError
 from rano.settings import ResponseSettings
@@ -312,12 +313,17 @@ def _hull_candidates(mask: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray
 
 def _diameter(points: NDArray[np.float64]) -> tuple[float, int, int]:
     """Largest pairwise distance of a point set and the indices of its two ends."""
-    sq = np.einsum("ij,ij->i", points, points)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (points @ points.T)
-    flat = int(np.argmax(d2))
-    i, j = divmod(flat, d2.shape[1])
-    # Recompute the winner exactly: the Gram-matrix form loses a few ulps.
-    return float(np.linalg.norm(points[i] - points[j])), i, j
+    n = len(points)
+    if n < 2:
+        return 0.0, 0, 0
+    # pdist is a single-threaded C loop: a BLAS Gram matrix would start worker threads for a few
+    # hundred points, which costs more than it saves on a shared machine.
+    d2 = pdist(points, "sqeuclidean")
+    k = int(np.argmax(d2))
+    # Condensed index k -> (i, j), i < j.
+    i = int(n - 2 - math.floor(math.sqrt(-8 * k + 4 * n * (n - 1) - 7) / 2.0 - 0.5))
+    j = int(k + i + 1 - n * (n - 1) // 2 + (n - i) * ((n - i) - 1) // 2)
+    return math.sqrt(float(d2[k])), i, j
 
 
 def _perpendicular_chord(
@@ -567,8 +573,24 @@ def measure_lesions(
                 "the intensity image lies on another grid than the label image; resample it first"
             )
         image_array = sitk.GetArrayViewFromImage(image)
+    label_array = sitk.GetArrayViewFromImage(labels)
+    integer_pixels = np.issubdtype(label_array.dtype, np.integer)
+    if relabel is None and integer_pixels:
+        relabel = label_array.size > 0 and int(label_array.max()) <= 1
+    if relabel and integer_pixels:
+        if label_array.size and np.issubdtype(label_array.dtype, np.signedinteger) and label_array.min() < 0:
+            raise GeometryError("label values must be >= 0 (0 = background)")
+        # Straight from the SimpleITK image: no copy of the full volume on the way in or out.
+        components = sitk.ConnectedComponent(labels, True)
+        return _measure(
+            sitk.GetArrayViewFromImage(components),
+            geometry,
+            image_array,
+            settings,
+            settings.min_lesion_volume_mm3,
+        )
     return measure_lesions_array(
-        sitk.GetArrayViewFromImage(labels),
+        label_array,
         geometry.spacing_mm,
         geometry.origin_mm,
         geometry.direction,
@@ -606,14 +628,19 @@ def _measure(
             continue
         raw_label = index + 1
         crop = arr[bbox] == raw_label
-        zz, yy, xx = np.nonzero(crop)
-        count = int(zz.size)
+        count = int(np.count_nonzero(crop))
         if min_volume_mm3 is not None and count * voxel_mm3 < min_volume_mm3:
             continue
         label = raw_label if min_volume_mm3 is None else len(results) + 1
         start = [sl.start for sl in bbox]
+        # Centroid from the three marginal profiles: cheaper than listing every voxel index.
+        mean_zyx = [
+            float(np.dot(crop.sum(axis=tuple(a for a in range(3) if a != axis)), np.arange(crop.shape[axis])))
+            / count
+            for axis in range(3)
+        ]
         centroid = geometry.to_physical(
-            np.array([[xx.mean() + start[2], yy.mean() + start[1], zz.mean() + start[0]]])
+            np.array([[mean_zyx[2] + start[2], mean_zyx[1] + start[1], mean_zyx[0] + start[0]]])
         )[0]
         if reformatted:
             abox = axial_objects[index] if index < len(axial_objects) else None
