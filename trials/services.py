@@ -226,10 +226,18 @@ def _save_validated(obj: M) -> M:
         with transaction.atomic():
             obj.save()
     except IntegrityError as exc:
-        raise DuplicateError(
-            f"This {obj._meta.verbose_name} conflicts with an existing one ({exc.__class__.__name__}: {exc})."
-        ) from exc
+        raise DuplicateError(_duplicate_message(obj, exc)) from exc
     return obj
+
+
+def _duplicate_message(obj: models.Model, exc: IntegrityError) -> str:
+    """The violated constraint's own message when the database names it (PostgreSQL), else a generic one."""
+    diag = getattr(exc.__cause__, "diag", None)
+    constraint_name = getattr(diag, "constraint_name", None)
+    for constraint in obj._meta.constraints:
+        if constraint.name == constraint_name and isinstance(constraint, models.UniqueConstraint):
+            return str(constraint.violation_error_message)
+    return f"This {obj._meta.verbose_name} conflicts with an existing one (a uniqueness rule)."
 
 
 def _check_fields(model: type[models.Model], changes: dict[str, Any], allowed: Iterable[str]) -> None:

@@ -1,0 +1,47 @@
+"""A duplicate inserted concurrently (after the service's pre-check) still ends as DuplicateError.
+
+Needs real concurrent transactions, so it runs on PostgreSQL only (SQLite serialises writers).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, connections, transaction
+
+from tests.factories import make_site, make_trial
+from trials import services
+from trials.exceptions import DuplicateError
+from trials.models import Patient
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_duplicate_subject_id_becomes_duplicate_error() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("needs concurrent transactions (PostgreSQL)")
+    trial = make_trial()
+    site = make_site(trial)
+    inserted = threading.Event()
+    release = threading.Event()
+
+    def first_writer() -> None:
+        try:
+            with transaction.atomic():
+                services.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
+                inserted.set()
+                release.wait(timeout=30)  # hold the uncommitted row while the second writer checks
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=first_writer)
+    thread.start()
+    assert inserted.wait(timeout=30)
+    # The pre-check cannot see the uncommitted row; the INSERT then waits on the unique index.
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    with pytest.raises(DuplicateError, match="A patient with this subject id already exists in this trial."):
+        services.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
+    thread.join(timeout=30)
+    timer.cancel()
+    assert Patient.objects.filter(subject_id="RACE-1").count() == 1
