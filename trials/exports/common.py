@@ -59,14 +59,16 @@ def lesion_category(observation: dict[str, Any], new: bool) -> str:
     return "TARGET" if observation["role"] == LesionRole.TARGET else "NON-TARGET"
 
 
-def counted_ld_mm(observation: dict[str, Any], too_small_mm: float) -> float | None:
+def counted_ld_mm(observation: dict[str, Any], too_small_mm: float, *, at_baseline: bool) -> float | None:
     """The diameter a target contributes to the SLD (rano-bm.md 3).
 
     Absent: 0 mm; present but marked too small to measure by a reader: ``too_small_mm``; else its LD.
+    The reader's "too small" flag is stored on the lesion, not per visit; a target was measurable at
+    baseline by definition (rano-bm.md 2), so the flag applies to follow-up visits only.
     """
     if not observation["present"]:
         return 0.0
-    if observation["too_small_to_measure"]:
+    if observation["too_small_to_measure"] and not at_baseline:
         return too_small_mm
     return observation["longest_diameter_mm"]
 

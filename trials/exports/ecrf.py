@@ -73,7 +73,8 @@ _TARGET_COLUMNS: tuple[Column, ...] = tuple(
             f"tl{n}_ld_mm",
             DECIMAL,
             f"Longest diameter that target lesion {n} contributes to the SLD at this visit: 0 when absent, "
-            "the trial's too_small_mm when a reader marked it too small to measure, else the measured LD.",
+            "the trial's too_small_mm at a follow-up visit when a reader marked it too small to measure, "
+            "else the measured LD.",
             unit="mm",
         ),
     )
@@ -132,7 +133,7 @@ VISIT_COLUMNS: tuple[Column, ...] = (
         "confirmed",
         FLAG,
         "Y when this visit's CR/PR is confirmed by a later visit at least confirmation_days later "
-        "(rano-bm.md 7). Empty when the visit has no assessment.",
+        "(rano-bm.md 7). Empty when the visit has no response (no assessment, or baseline).",
         allowed=("Y", "N"),
     ),
     Column(
@@ -282,7 +283,9 @@ def visit_row(trial: Trial, visit: dict[str, Any], observations: list[dict[str, 
     for n in range(1, MAX_TARGET_COLUMNS + 1):
         target = targets[n - 1] if n <= len(targets) else None
         row[f"tl{n}_label"] = target["label"] if target else None
-        row[f"tl{n}_ld_mm"] = counted_ld_mm(target, too_small) if target else None
+        row[f"tl{n}_ld_mm"] = (
+            counted_ld_mm(target, too_small, at_baseline=visit["is_baseline"]) if target else None
+        )
     if has_rano:
         assessor = visit["rano_signed_by"] if reviewed else ENGINE_ASSESSOR
         signed_at = visit["rano_signed_at"]
@@ -303,7 +306,7 @@ def visit_row(trial: Trial, visit: dict[str, Any], observations: list[dict[str, 
         ai_response=visit["ai_response"],
         final_response=visit["rano_overall_response"] if reviewed else None,
         review_status=visit["rano_status"],
-        confirmed=visit["rano_confirmed"] if has_rano else None,
+        confirmed=visit["rano_confirmed"] if has_rano and visit["rano_overall_response"] else None,
         best_overall_response_to_date=visit["rano_best_overall_response"],
         progression_date=visit["rano_progression_date"],
         assessor=assessor,
@@ -358,7 +361,9 @@ def lesion_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]
                 "present": obs["present"],
                 "observation_source": obs["source"],
                 "longest_diameter_mm": obs["longest_diameter_mm"],
-                "counted_ld_mm": counted_ld_mm(obs, too_small) if category == "TARGET" else None,
+                "counted_ld_mm": counted_ld_mm(obs, too_small, at_baseline=visit["is_baseline"])
+                if category == "TARGET"
+                else None,
                 "perpendicular_diameter_mm": obs["perpendicular_diameter_mm"],
                 "volume_mm3": obs["volume_mm3"],
                 "max_3d_diameter_mm": obs["max_3d_diameter_mm"],

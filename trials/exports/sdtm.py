@@ -422,7 +422,14 @@ def _tr_visit(
         common = {"group": category, "lnkid": obs["label"], "evalid": _evalid(obs)}
         present = obs["present"]
         if category == "TARGET":
-            yield _tr(trial, visit, "LDIAM", counted_ld_mm(obs, too_small), "mm", **common)
+            yield _tr(
+                trial,
+                visit,
+                "LDIAM",
+                counted_ld_mm(obs, too_small, at_baseline=visit["is_baseline"]),
+                "mm",
+                **common,
+            )
             if present and obs["perpendicular_diameter_mm"] is not None:
                 yield _tr(trial, visit, "LPERP", obs["perpendicular_diameter_mm"], "mm", **common)
             volume = obs["volume_mm3"] if present else 0.0

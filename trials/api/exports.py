@@ -1,0 +1,104 @@
+"""Export endpoint: ``GET /api/v1/trials/{id}/exports/{kind}.csv`` (kinds: visits, lesions, tu, tr, rs, patients).
+
+Query parameters: ``site`` (site code; repeat or comma-separate), ``date_from``, ``date_to`` (scan date,
+``YYYY-MM-DD``, inclusive), ``only_confirmed`` (``true``: only reader-signed visits).
+
+Access: data managers and trial admins of the trial (and superusers). A trial the user is not a member of
+answers 404 (its existence is not revealed), other roles 403. The response streams (a large trial never
+sits in memory), and every export writes an ``AuditEvent`` (action ``export``: who, which file, which
+filters, when) before the first byte is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from trials import services
+from trials.choices import AuditAction, MembershipRole
+from trials.exports import (
+    EXPORT_KINDS,
+    ExportError,
+    ExportFilters,
+    UnknownExportKindError,
+    export_filename,
+    get_dataset,
+    open_export,
+)
+from trials.models import Trial
+from trials.permissions import user_roles, visible_trials
+
+#: Roles that may export a trial's data (the issue: "data managers and trial admins only").
+EXPORT_ROLES = frozenset({MembershipRole.DATA_MANAGER, MembershipRole.ADMIN})
+
+
+def may_export(user: Any, trial: Trial) -> bool:
+    """Whether ``user`` may export ``trial``: a data manager or trial admin of it, or a superuser."""
+    if getattr(user, "is_superuser", False):
+        return True
+    return bool(EXPORT_ROLES & user_roles(user, trial))
+
+
+def trial_for_export(user: Any, trial_id: int) -> Trial:
+    """The trial, checked for export access.
+
+    Raises:
+        Http404: no such trial, or the user is not a member (no information about other trials leaks).
+        PermissionDenied: a member whose roles do not allow exports.
+    """
+    trial = visible_trials(user).filter(pk=trial_id).first()
+    if trial is None:
+        raise Http404("No such trial.")
+    if not may_export(user, trial):
+        raise PermissionDenied("Only data managers and trial admins may export this trial's data.")
+    return trial
+
+
+class TrialExportView(APIView):
+    """Stream one export of a trial as CSV."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Export a trial's data as CSV (eCRF visits/lesions, SDTM TU/TR/RS, per-patient BOR)",
+        parameters=[
+            OpenApiParameter("kind", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(EXPORT_KINDS)),
+            OpenApiParameter("site", OpenApiTypes.STR, description="Site code(s), comma-separated."),
+            OpenApiParameter("date_from", OpenApiTypes.DATE, description="First scan date (inclusive)."),
+            OpenApiParameter("date_to", OpenApiTypes.DATE, description="Last scan date (inclusive)."),
+            OpenApiParameter("only_confirmed", OpenApiTypes.BOOL, description="Only reader-signed visits."),
+        ],
+        responses={(200, "text/csv"): OpenApiTypes.BINARY},
+    )
+    def get(self, request: Request, pk: int, kind: str) -> StreamingHttpResponse:
+        trial = trial_for_export(request.user, pk)
+        try:
+            get_dataset(kind)
+            filters = ExportFilters.from_query(request.query_params)
+            chunks = open_export(kind, trial, filters)
+        except UnknownExportKindError as exc:
+            raise NotFound(exc.message) from None
+        except ExportError as exc:
+            raise ParseError(exc.message) from None
+        filename = export_filename(trial, kind)
+        services.record_audit_event(
+            actor=request.user,
+            action=AuditAction.EXPORT,
+            trial=trial,
+            object_type="trials.trial",
+            object_id=str(trial.pk),
+            object_repr=filename,
+            after={"kind": kind, "file": filename, "filters": filters.as_dict()},
+            correlation_id=getattr(request, "correlation_id", "") or "",
+        )
+        response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Cache-Control"] = "no-store"  # clinical data: never cached by proxies or browsers
+        return response
