@@ -5,6 +5,7 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from trials.api import views
+from trials.api.exports import TrialExportView
 
 app_name = "api"
 
@@ -24,5 +25,6 @@ router.register("jobs", views.ProcessingJobViewSet, basename="job")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="token"),
+    path("trials/<int:pk>/exports/<str:kind>.csv", TrialExportView.as_view(), name="trial-export"),
     path("", include(router.urls)),
 ]
