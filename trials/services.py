@@ -932,6 +932,12 @@ def update_observation(
     """Correct an observation. A user's edit of an AI observation turns its source into ``edited``."""
     _check_fields(LesionObservation, changes, OBSERVATION_FIELDS)
     _check_caliper(changes)
+    run = changes.get("segmentation_run")
+    if run is not None and run.series.timepoint_id != observation.timepoint_id:
+        raise InvalidInputError(
+            "The segmentation run is of another visit.",
+            {"segmentation_run": ["Must be a run on a series of this visit."]},
+        )
     if actor is not None and observation.source == ObservationSource.AI and "source" not in changes:
         changes["source"] = ObservationSource.EDITED
     return _update(

@@ -15,6 +15,7 @@ from tests.factories import (
     make_model_version,
     make_observation,
     make_patient,
+    make_run,
     make_series,
     make_site,
     make_timepoint,
@@ -177,6 +178,11 @@ def test_observation_must_be_of_the_lesions_patient_and_caliper_must_be_two_poin
         services.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0]], actor=None)
     obs = services.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0], [12, 0.5, 3]], actor=None)
     assert obs.caliper_points_mm == [[0.0, 0.0, 0.0], [12.0, 0.5, 3.0]]
+    foreign_run = make_run(make_series(make_timepoint(lesion.patient)))
+    with pytest.raises(InvalidInputError, match="run is of another visit"):
+        services.record_observation(make_lesion(lesion.patient), tp, segmentation_run=foreign_run, actor=None)
+    with pytest.raises(InvalidInputError, match="run is of another visit"):
+        services.update_observation(obs, segmentation_run=foreign_run, actor=None)
 
 
 def test_lesion_labels_are_allocated_in_order_and_never_reused() -> None:
