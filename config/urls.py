@@ -2,7 +2,7 @@
 
 ``/admin/`` Django admin, ``/accounts/`` login/logout, ``/api/v1/`` REST API, ``/api/schema/`` OpenAPI,
 ``/api/docs/`` Swagger UI (served offline from drf-spectacular-sidecar). The web dashboard mounts at
-``/`` from ``trials.urls`` once that module exists; until then ``/`` redirects to the API root.
+``/`` from ``trials.urls_dashboard``.
 """
 
 from importlib.util import find_spec
@@ -11,7 +11,6 @@ from django.conf import settings
 from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 urlpatterns = [
@@ -24,8 +23,8 @@ urlpatterns = [
 
 if find_spec("trials.urls") is not None:
     urlpatterns.append(path("", include("trials.urls")))
-else:
-    urlpatterns.append(path("", RedirectView.as_view(url="/api/v1/", permanent=False)))
+# The web dashboard (trials/urls_dashboard.py) lives at "/".
+urlpatterns.append(path("", include("trials.urls_dashboard")))
 
 if settings.DEBUG:
     urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import FieldFile
+from django.db.models.fields.files import FieldFile
 
 from rano.errors import RanoError
 from rano.measure import LesionMeasurement, measure_lesions
@@ -257,7 +257,7 @@ def _response_settings(patient: Patient) -> ResponseSettings:
     )
 
 
-def _observation_fields(measurement: LesionMeasurement) -> dict[str, Any]:
+def observation_fields(measurement: LesionMeasurement) -> dict[str, Any]:
     """LesionObservation fields from a rano.measure result (physical mm)."""
     cx, cy, cz = measurement.centroid_mm
     return {
@@ -543,7 +543,7 @@ def add_lesion_from_seed(
         actor=actor,
         reason=reason,
         correlation_id=cid,
-        **_observation_fields(measurement),
+        **observation_fields(measurement),
     )
     _review_event(
         "add_lesion",
@@ -627,7 +627,7 @@ def merge_lesions(
         actor=actor,
         reason=reason,
         correlation_id=cid,
-        **_observation_fields(measurement),
+        **observation_fields(measurement),
     )
     services.update_observation(
         absorb_obs,
@@ -756,7 +756,7 @@ def split_lesion(
         actor=actor,
         reason=reason,
         correlation_id=cid,
-        **_observation_fields(keep_measure),
+        **observation_fields(keep_measure),
     )
     new_observation = services.record_observation(
         new_lesion,
@@ -767,7 +767,7 @@ def split_lesion(
         actor=actor,
         reason=reason,
         correlation_id=cid,
-        **_observation_fields(new_measure),
+        **observation_fields(new_measure),
     )
     _review_event(
         "split_lesion",

@@ -1,0 +1,92 @@
+// MetTrack dashboard: draw plotly figures from data-figure attributes, filter tables, upload a series
+// and follow its processing job with a live progress bar. Vanilla JS, no external requests.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    if (match) return decodeURIComponent(match[1]);
+    const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  // Charts: each .chart element carries its figure as JSON (built server-side by trials/charts.py).
+  if (window.Plotly) {
+    document.querySelectorAll(".chart[data-figure]").forEach(function (el) {
+      const text = el.getAttribute("data-figure");
+      if (!text) { el.textContent = "No data."; return; }
+      const fig = JSON.parse(text);
+      window.Plotly.newPlot(el, fig.data, fig.layout, { responsive: true, displaylogo: false });
+    });
+  }
+
+  // Table filter (trial home).
+  document.querySelectorAll("input[data-filter-table]").forEach(function (input) {
+    const table = document.getElementById(input.getAttribute("data-filter-table"));
+    input.addEventListener("input", function () {
+      const needle = input.value.trim().toLowerCase();
+      table.querySelectorAll("tbody tr").forEach(function (tr) {
+        tr.hidden = needle !== "" && !tr.textContent.toLowerCase().includes(needle);
+      });
+    });
+  });
+
+  // Job progress polling: every job still queued or running is refreshed once a second.
+  function pollJob(jobId, bar, stateEl, messageEl) {
+    fetch("/jobs/" + jobId + "/progress.json", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+      .then(function (job) {
+        bar.hidden = false;
+        bar.value = job.progress_pct;
+        bar.textContent = job.progress_pct + "%";
+        if (stateEl) stateEl.textContent = job.state;
+        if (messageEl) messageEl.textContent = job.state === "failed" ? job.error : (job.stage || job.message || "");
+        if (job.state === "queued" || job.state === "running") {
+          setTimeout(function () { pollJob(jobId, bar, stateEl, messageEl); }, 1000);
+        } else if (job.state === "succeeded") {
+          if (messageEl) messageEl.textContent = "Done. Reload the page to see the new results.";
+        }
+      })
+      .catch(function () { if (messageEl) messageEl.textContent = "Progress unavailable."; });
+  }
+  document.querySelectorAll(".job[data-job-id]").forEach(function (el) {
+    const state = el.getAttribute("data-job-state");
+    if (state === "queued" || state === "running") {
+      pollJob(el.getAttribute("data-job-id"), el.querySelector("progress"), el.querySelector(".job-state"),
+        el.querySelector(".job-message"));
+    }
+  });
+
+  // Upload of a visit's series through the REST API; the answer (202) names the processing job.
+  document.querySelectorAll("form.upload").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const file = form.querySelector("input[type=file]").files[0];
+      const status = form.querySelector(".upload-status");
+      const bar = form.querySelector(".upload-progress");
+      if (!file) { status.textContent = "Choose a file first."; return; }
+      const data = new FormData();
+      data.append("file", file);
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/api/v1/timepoints/" + form.getAttribute("data-timepoint-id") + "/series/");
+      xhr.setRequestHeader("X-CSRFToken", csrfToken());
+      bar.hidden = false;
+      xhr.upload.onprogress = function (e) {
+        if (e.lengthComputable) { bar.value = Math.round((50 * e.loaded) / e.total); status.textContent = "Uploading…"; }
+      };
+      xhr.onload = function () {
+        let body = {};
+        try { body = JSON.parse(xhr.responseText); } catch (e) { body = {}; }
+        if (xhr.status === 202 || xhr.status === 201) {
+          const job = body.job || body;
+          status.textContent = "Uploaded; processing…";
+          if (job && job.id) pollJob(job.id, bar, null, status);
+        } else {
+          status.textContent = "Upload refused (" + xhr.status + "): " + (body.detail || xhr.statusText);
+        }
+      };
+      xhr.onerror = function () { status.textContent = "Upload failed (network)."; };
+      xhr.send(data);
+    });
+  });
+})();

@@ -1,0 +1,20 @@
+"""Routes of the web dashboard, mounted at ``/`` (namespace ``dashboard``)."""
+
+from django.urls import path
+
+from trials.views import assets, home, patient, review, trial_plots, viewer
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", home.home, name="home"),
+    path("trials/<int:trial_id>/", home.trial_home, name="trial"),
+    path("trials/<int:trial_id>/plots/", trial_plots.trial_plots, name="trial-plots"),
+    path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
+    path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),
+    path("visits/<int:timepoint_id>/review/<slug:action>/", review.review_action, name="review"),
+    path("series/<int:series_id>/slices/<int:k>.png", viewer.slice_png, name="slice"),
+    path("series/<int:series_id>/overlay/<int:k>.json", viewer.slice_overlay, name="overlay"),
+    path("jobs/<int:job_id>/progress.json", patient.job_progress, name="job-progress"),
+    path("assets/<str:name>", assets.asset, name="asset"),
+]

@@ -1,0 +1,51 @@
+"""Static assets of the dashboard, served by Django itself so the demo needs no collectstatic and no
+CDN: plotly.js straight from the installed plotly package, and the dashboard's own script and style
+from ``trials/static/dashboard/``. Responses carry an ETag and a long cache lifetime."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import plotly
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotModified
+from django.views.decorators.http import require_GET
+
+_OWN = Path(__file__).resolve().parent.parent / "static" / "dashboard"
+
+#: Public name -> (file, content type). Nothing outside this table is ever served.
+ASSETS: dict[str, tuple[Path, str]] = {
+    "plotly.min.js": (
+        Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js",
+        "text/javascript",
+    ),
+    "dashboard.js": (_OWN / "dashboard.js", "text/javascript"),
+    "viewer.js": (_OWN / "viewer.js", "text/javascript"),
+    "dashboard.css": (_OWN / "dashboard.css", "text/css"),
+}
+
+
+@lru_cache(maxsize=len(ASSETS))
+def _load(path: Path, mtime_ns: int) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()[:20]
+
+
+@require_GET
+def asset(request: HttpRequest, name: str) -> HttpResponse:
+    """Serve one whitelisted asset (no login needed: nothing clinical in it)."""
+    if name not in ASSETS:
+        raise Http404("No such asset.")
+    path, content_type = ASSETS[name]
+    try:
+        data, digest = _load(path, path.stat().st_mtime_ns)
+    except FileNotFoundError as exc:
+        raise Http404("Asset missing from this installation.") from exc
+    etag = f'"{digest}"'
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponseNotModified()
+    response = HttpResponse(data, content_type=f"{content_type}; charset=utf-8")
+    response["ETag"] = etag
+    response["Cache-Control"] = "public, max-age=86400"
+    return response

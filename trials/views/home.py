@@ -1,0 +1,51 @@
+"""Home (the user's trials) and trial home (patients with latest response, BOR, pending reviews...)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from trials import permissions
+from trials.views.common import capability_flags, optional_url, trial_for
+from trials.views.queries import trial_patient_summaries
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """Trials the user belongs to, with their patient counts and the user's roles."""
+    trials = list(
+        permissions.visible_trials(request.user)
+        .annotate(patient_count=Count("patients", distinct=True))
+        .order_by("code")
+    )
+    roles: dict[int, list[str]] = {}
+    for trial_id, role in request.user.memberships.values_list("trial_id", "role"):
+        roles.setdefault(trial_id, []).append(role.replace("_", " "))
+    rows = [
+        (
+            trial,
+            ", ".join(sorted(roles.get(trial.pk, []))) or ("superuser" if request.user.is_superuser else ""),
+        )
+        for trial in trials
+    ]
+    return render(request, "dashboard/home.html", {"rows": rows})
+
+
+@login_required
+def trial_home(request: HttpRequest, trial_id: int) -> HttpResponse:
+    """Patients of a trial: latest response, best overall response, pending reviews, failed jobs, next visit."""
+    trial = trial_for(request.user, trial_id)
+    summaries = trial_patient_summaries(trial)
+    flags = capability_flags(request.user, trial)
+    context = {
+        "trial": trial,
+        "summaries": summaries,
+        "pending_total": sum(s.pending_reviews for s in summaries),
+        "failed_total": sum(s.failed_jobs for s in summaries),
+        "exports_url": optional_url("exports:trial", trial.pk) if flags["can_export"] else None,
+        "quality_url": optional_url("exports:quality", trial.pk) if flags["can_export"] else None,
+        **flags,
+    }
+    return render(request, "dashboard/trial.html", context)

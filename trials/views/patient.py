@@ -1,0 +1,109 @@
+"""Patient timeline: visits with responses, SLD and volume charts, per-lesion curves, lesion tables,
+and upload of a new visit's series with a live progress bar (the ProcessingJob)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+
+from trials import charts, permissions
+from trials.models import ProcessingJob
+from trials.views.common import capability_flags, patient_for
+from trials.views.queries import VisitRow, patient_timeline
+
+
+def timeline_figures(rows: list[VisitRow], trial: object) -> dict[str, str]:
+    """Plotly JSON of the patient's charts: SLD, total volume, per-lesion LD and volume."""
+    figures: dict[str, str] = {}
+    if sum(1 for r in rows if r.timepoint.is_baseline) != 1:
+        return figures
+    sld = [
+        charts.BurdenPoint(
+            r.timepoint.visit_label,
+            r.timepoint.scan_date,
+            r.assessment.sum_ld_mm if r.assessment else None,
+            r.timepoint.is_baseline,
+            r.assessment.overall_response if r.assessment else "",
+        )
+        for r in rows
+    ]
+    volume = [
+        charts.BurdenPoint(
+            r.timepoint.visit_label,
+            r.timepoint.scan_date,
+            (r.volumetric or r.assessment).sum_volume_mm3 if (r.volumetric or r.assessment) else None,
+            r.timepoint.is_baseline,
+            (r.volumetric.overall_response or r.volumetric.volumetric_response)
+            if r.volumetric
+            else (r.assessment.volumetric_response if r.assessment else ""),
+        )
+        for r in rows
+    ]
+    if any(p.value is not None for p in sld):
+        figures["sld"] = charts.burden_figure(
+            sld, pr_threshold_pct=trial.pr_threshold_pct, pd_threshold_pct=trial.pd_threshold_pct
+        ).to_json()
+    if any(p.value is not None for p in volume):
+        figures["volume"] = charts.burden_figure(
+            volume,
+            pr_threshold_pct=trial.vol_pr_threshold_pct,
+            pd_threshold_pct=trial.vol_pd_threshold_pct,
+            quantity="Total volume",
+            unit="mm3",
+        ).to_json()
+    ld_points: list[charts.LesionPoint] = []
+    volume_points: list[charts.LesionPoint] = []
+    for r in rows:
+        for lesion_row in r.lesions:
+            obs = lesion_row.observation
+            if obs is None or lesion_row.category == "dropped":
+                continue
+            ld = (
+                (obs.longest_diameter_mm if obs.present else 0.0)
+                if obs.longest_diameter_mm is not None
+                else None
+            )
+            vol = (obs.volume_mm3 if obs.present else 0.0) if obs.volume_mm3 is not None else None
+            ld_points.append(charts.LesionPoint(lesion_row.lesion.label, r.timepoint.scan_date, ld))
+            volume_points.append(charts.LesionPoint(lesion_row.lesion.label, r.timepoint.scan_date, vol))
+    if ld_points:
+        figures["lesion_ld"] = charts.lesion_curves_figure(ld_points).to_json()
+        figures["lesion_volume"] = charts.lesion_curves_figure(
+            volume_points, quantity="Volume", unit="mm3"
+        ).to_json()
+    return figures
+
+
+@login_required
+def patient_detail(request: HttpRequest, patient_id: int) -> HttpResponse:
+    """The patient timeline page."""
+    patient = patient_for(request.user, patient_id)
+    rows = patient_timeline(patient)
+    flags = capability_flags(request.user, patient.trial)
+    running = [job.pk for row in rows for job in row.jobs if job.state in ("queued", "running")]
+    return render(
+        request,
+        "dashboard/patient.html",
+        {
+            "patient": patient,
+            "trial": patient.trial,
+            "rows": rows,
+            "figures": timeline_figures(rows, patient.trial),
+            "running_job_ids": running,
+            **flags,
+        },
+    )
+
+
+@login_required
+def job_progress(request: HttpRequest, job_id: int) -> JsonResponse:
+    """Progress of a processing job, polled by the progress bar."""
+    job = (
+        ProcessingJob.objects.filter(pk=job_id, trial__in=permissions.visible_trial_ids(request.user))
+        .values("pk", "kind", "state", "progress_pct", "stage", "message", "error")
+        .first()
+    )
+    if job is None:
+        raise Http404("No such job.")
+    return JsonResponse(job)

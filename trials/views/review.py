@@ -1,0 +1,176 @@
+"""POST endpoints of the reader-review verbs. Each checks the role's capability (403 otherwise, even
+though the buttons are hidden from other roles), calls one ``trials.review`` function with the
+request's correlation id, and redirects back to the visit with a message (post/redirect/get)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from trials import permissions, review
+from trials.exceptions import ServiceError
+from trials.models import Assessment, Lesion, LesionObservation, Timepoint
+from trials.views.common import require, timepoint_for
+
+
+class FormError(ServiceError):
+    """A posted field is missing or malformed."""
+
+
+def _lesion(timepoint: Timepoint, request: HttpRequest, field: str = "lesion_id") -> Lesion:
+    value = request.POST.get(field, "")
+    if not value.isdigit():
+        raise FormError(f"Choose a lesion ({field}).")
+    lesion = Lesion.objects.filter(pk=int(value), patient_id=timepoint.patient_id).first()
+    if lesion is None:
+        raise Http404("No such lesion for this patient.")
+    return lesion
+
+
+def _index(request: HttpRequest, field: str) -> tuple[int, int, int]:
+    parts = [p.strip() for p in request.POST.get(field, "").split(",")]
+    if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise FormError(f"{field} must be a voxel index i,j,k (click on the image).")
+    i, j, k = (int(p) for p in parts)
+    return (i, j, k)
+
+
+def _assessment(timepoint: Timepoint, request: HttpRequest) -> Assessment:
+    value = request.POST.get("assessment_id", "")
+    assessment = (
+        Assessment.objects.filter(pk=int(value), timepoint=timepoint).first() if value.isdigit() else None
+    )
+    if assessment is None:
+        raise Http404("No such assessment for this visit.")
+    return assessment
+
+
+def _drop(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    lesion = review.drop_lesion(_lesion(tp, r), timepoint=tp, **kw)
+    return f"{lesion.label} dropped as a false positive; the assessments were recomputed."
+
+
+def _restore(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    lesion = review.restore_lesion(_lesion(tp, r), timepoint=tp, **kw)
+    return f"{lesion.label} restored; the assessments were recomputed."
+
+
+def _add(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    obs = review.add_lesion_from_seed(tp, seed_index=_index(r, "seed"), **kw)
+    return f"{obs.lesion.label} added (LD {obs.longest_diameter_mm:.1f} mm); the assessments were recomputed."
+
+
+def _merge(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    obs = review.merge_lesions(_lesion(tp, r, "keep_id"), _lesion(tp, r, "absorb_id"), timepoint=tp, **kw)
+    return f"Merged into {obs.lesion.label} (LD {obs.longest_diameter_mm:.1f} mm)."
+
+
+def _split(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    kept, new = review.split_lesion(
+        _lesion(tp, r), timepoint=tp, seed_keep=_index(r, "seed_keep"), seed_new=_index(r, "seed_new"), **kw
+    )
+    return f"{kept.lesion.label} split; the new part is {new.lesion.label}."
+
+
+def _targets(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    ids = [int(v) for v in r.POST.getlist("target_ids") if v.isdigit()]
+    lesions = list(Lesion.objects.filter(pk__in=ids, patient_id=tp.patient_id))
+    if len(lesions) != len(set(ids)):
+        raise Http404("No such lesion for this patient.")
+    targets = review.set_target_selection(tp.patient, lesions, **kw)
+    return f"Targets: {', '.join(sorted(t.label for t in targets)) or 'none'}."
+
+
+def _flags(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    lesion = _lesion(tp, r)
+    flags = {name: r.POST.get(name) == "on" for name in review.LESION_FLAGS}
+    review.set_lesion_flags(lesion, timepoint=tp, flags=flags, **kw)
+    return f"Flags of {lesion.label} saved."
+
+
+def _progression(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    value = r.POST.get("observation_id", "")
+    obs = (
+        LesionObservation.objects.select_related("lesion", "timepoint")
+        .filter(pk=int(value), timepoint=tp)
+        .first()
+        if value.isdigit()
+        else None
+    )
+    if obs is None:
+        raise Http404("No such observation at this visit.")
+    review.set_unequivocal_progression(obs, value=r.POST.get("value") == "on", **kw)
+    return f"Unequivocal progression of {obs.lesion.label} saved."
+
+
+def _context(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    review.set_clinical_context(
+        tp,
+        corticosteroid_status=r.POST.get("corticosteroid_status") or None,
+        clinical_status=r.POST.get("clinical_status") or None,
+        **kw,
+    )
+    return "Steroids and clinical status saved."
+
+
+def _confirm(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    assessment = review.confirm_with_signature(_assessment(tp, r), password=r.POST.get("password", ""), **kw)
+    return f"Assessment confirmed and signed by {assessment.signed_by.get_username()}."
+
+
+def _override(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    assessment = review.override_with_signature(
+        _assessment(tp, r),
+        overall_response=r.POST.get("overall_response", ""),
+        password=r.POST.get("password", ""),
+        **kw,
+    )
+    return f"Response overridden to {assessment.overall_response} and signed."
+
+
+#: action -> (handler, capabilities of which the user needs one)
+ACTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
+    "drop": (_drop, (permissions.EDIT_LESIONS,)),
+    "restore": (_restore, (permissions.EDIT_LESIONS,)),
+    "add": (_add, (permissions.EDIT_LESIONS,)),
+    "merge": (_merge, (permissions.EDIT_LESIONS,)),
+    "split": (_split, (permissions.EDIT_LESIONS,)),
+    "targets": (_targets, (permissions.EDIT_LESIONS,)),
+    "flags": (_flags, (permissions.EDIT_LESIONS,)),
+    "progression": (_progression, (permissions.EDIT_LESIONS,)),
+    "context": (_context, (permissions.EDIT_LESIONS, permissions.MANAGE_PATIENTS)),
+    "confirm": (_confirm, (permissions.REVIEW_ASSESSMENTS,)),
+    "override": (_override, (permissions.REVIEW_ASSESSMENTS,)),
+}
+
+
+@require_POST
+@login_required
+def review_action(request: HttpRequest, timepoint_id: int, action: str) -> HttpResponse:
+    """Run one review verb on a visit and redirect back to the visit page."""
+    timepoint = timepoint_for(request.user, timepoint_id)
+    if action not in ACTIONS:
+        raise Http404("Unknown review action.")
+    handler, capabilities = ACTIONS[action]
+    trial = timepoint.patient.trial
+    if not any(permissions.has_capability(request.user, trial, c) for c in capabilities):
+        require(request.user, trial, capabilities[0])  # raises PermissionDenied -> 403
+    try:
+        text = handler(
+            timepoint,
+            request,
+            actor=request.user,
+            reason=request.POST.get("reason", "").strip(),
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return HttpResponseRedirect(reverse("dashboard:visit", args=[timepoint.pk]) + "#review")
+    messages.success(request, text)
+    return HttpResponseRedirect(reverse("dashboard:visit", args=[timepoint.pk]) + "#review")

@@ -1,0 +1,230 @@
+"""Visit page: the slice viewer (server-rendered PNG slices with contour and caliper overlays),
+side by side with the baseline or previous visit, the lesion table with the review tools, the
+assessment with confirm/override, and the visit's audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from trials import permissions
+from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices
+from trials.models import ImagingSeries, LesionObservation
+from trials.review import LESION_FLAGS, MissingImageError
+from trials.views.common import capability_flags, timepoint_for
+from trials.views.imaging import (
+    CachedVolume,
+    SliceOutOfRangeError,
+    contour_segments,
+    encode_png_gray,
+    load_volume,
+    physical_to_index,
+    window_slice,
+)
+from trials.views.queries import VisitRow, patient_timeline, visit_audit_events
+
+FLAG_LABELS = {
+    "is_cystic": "Cystic",
+    "is_dural": "Dural",
+    "is_bony": "Bony",
+    "is_leptomeningeal": "Leptomeningeal",
+    "previously_irradiated": "Previously irradiated",
+    "progressing_since_treatment": "Progressing since treatment",
+    "too_small_to_measure": "Too small to measure",
+}
+
+
+def _series_for(user: Any, series_id: int) -> ImagingSeries:
+    series = (
+        ImagingSeries.objects.select_related("timepoint__patient")
+        .filter(pk=series_id, timepoint__patient__trial__in=permissions.visible_trial_ids(user))
+        .first()
+    )
+    if series is None or not series.volume_file:
+        raise Http404("No such series, or no stored volume.")
+    return series
+
+
+def _lesion_slice(volume: CachedVolume, obs: LesionObservation) -> int | None:
+    """Axial slice index (z) on which the lesion's LD caliper lies, or of its centroid."""
+    if obs.caliper_points_mm:
+        a, b = (physical_to_index(volume, p) for p in obs.caliper_points_mm)
+        return int(round((a[2] + b[2]) / 2))
+    if obs.centroid_x_mm is not None and obs.centroid_y_mm is not None and obs.centroid_z_mm is not None:
+        return int(
+            round(physical_to_index(volume, [obs.centroid_x_mm, obs.centroid_y_mm, obs.centroid_z_mm])[2])
+        )
+    return None
+
+
+def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
+    """JSON-ready description of one visit's first stored series for the viewer script."""
+    if row is None:
+        return None
+    series = next((s for s in row.series if s.volume_file), None)
+    if series is None:
+        return None
+    try:
+        volume = load_volume(series.volume_file)
+    except (MissingImageError, RuntimeError, OSError):
+        return None
+    lesions = []
+    for lesion_row in row.lesions:
+        obs = lesion_row.observation
+        if obs is None or not obs.present:
+            continue
+        k = _lesion_slice(volume, obs)
+        if k is None:
+            continue
+        lesions.append(
+            {
+                "label": lesion_row.lesion.label,
+                "lesion_id": lesion_row.lesion.pk,
+                "k": max(0, min(volume.size[2] - 1, k)),
+                "category": lesion_row.category,
+                "ld_mm": obs.longest_diameter_mm,
+            }
+        )
+    return {
+        "visit": row.timepoint.visit_label,
+        "date": row.timepoint.scan_date.isoformat(),
+        "series_id": series.pk,
+        "size": list(volume.size),
+        "spacing": list(volume.spacing_mm),
+        "index_to_physical": volume.index_to_physical(),
+        "physical_to_index": volume.physical_to_index(),
+        "window": round(volume.default_window, 2),
+        "level": round(volume.default_level, 2),
+        "lesions": lesions,
+    }
+
+
+@login_required
+def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
+    """The visit page (viewer, lesions, review, assessment, audit trail)."""
+    timepoint = timepoint_for(request.user, timepoint_id)
+    patient = timepoint.patient
+    rows = patient_timeline(patient)
+    index = next(i for i, r in enumerate(rows) if r.timepoint.pk == timepoint.pk)
+    row = rows[index]
+    baseline = next((r for r in rows if r.timepoint.is_baseline), None)
+    previous = rows[index - 1] if index > 0 else None
+    compare: dict[str, Any] = {}
+    if baseline is not None and baseline is not row:
+        compare["baseline"] = viewer_panel(baseline)
+    if previous is not None and previous is not baseline:
+        compare["previous"] = viewer_panel(previous)
+    viewer = {"main": viewer_panel(row), "compare": {k: v for k, v in compare.items() if v}}
+    flags = capability_flags(request.user, patient.trial)
+    present_rows = [r for r in row.lesions if r.observation is not None and r.observation.present]
+    for lesion_row in row.lesions:
+        lesion_row.flag_states = [  # type: ignore[attr-defined]
+            (name, FLAG_LABELS[name], getattr(lesion_row.lesion, name)) for name in LESION_FLAGS
+        ]
+    return render(
+        request,
+        "dashboard/visit.html",
+        {
+            "timepoint": timepoint,
+            "patient": patient,
+            "trial": patient.trial,
+            "row": row,
+            "rows": rows,
+            "present_rows": present_rows,
+            "viewer_json": json.dumps(viewer),
+            "has_viewer": viewer["main"] is not None,
+            "audit_events": visit_audit_events(timepoint),
+            "responses": ResponseChoices.choices,
+            "steroid_choices": CorticosteroidStatus.choices,
+            "clinical_choices": ClinicalStatus.choices,
+            "can_edit_context": flags["can_edit_lesions"] or flags["can_manage_patients"],
+            **flags,
+        },
+    )
+
+
+def _float_param(request: HttpRequest, name: str) -> float | None:
+    value = request.GET.get(name, "")
+    if value == "":
+        return None
+    try:
+        result = float(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {value!r}.") from exc
+    if not np.isfinite(result):
+        raise ValueError(f"{name} must be finite.")
+    return result
+
+
+@require_GET
+@login_required
+def slice_png(request: HttpRequest, series_id: int, k: int) -> HttpResponse:
+    """Axial slice ``k`` of a series as a greyscale PNG, with ``?window=&level=`` (image units)."""
+    series = _series_for(request.user, series_id)
+    try:
+        window = _float_param(request, "window")
+        level = _float_param(request, "level")
+        volume = load_volume(series.volume_file)
+        pixels = window_slice(volume, k, window, level)
+    except (ValueError, SliceOutOfRangeError) as exc:
+        return HttpResponseBadRequest(str(exc), content_type="text/plain")
+    response = HttpResponse(encode_png_gray(pixels), content_type="image/png")
+    # Slices of a stored series never change; let the browser keep them while scrolling back and forth.
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+@login_required
+def slice_overlay(request: HttpRequest, series_id: int, k: int) -> JsonResponse:
+    """Contours (pixel-edge segments), labels and LD/perpendicular calipers of the lesions on slice ``k``.
+
+    Coordinates are in pixel-corner units of the slice image: voxel (i, j) covers [i, i+1] x [j, j+1].
+    """
+    series = _series_for(request.user, series_id)
+    volume = load_volume(series.volume_file)
+    if not 0 <= k < volume.size[2]:
+        return JsonResponse({"error": f"Slice {k} is outside 0-{volume.size[2] - 1}."}, status=400)
+    observations = (
+        LesionObservation.objects.filter(timepoint_id=series.timepoint_id, present=True)
+        .select_related("lesion", "segmentation_run")
+        .order_by("lesion_id")
+    )
+    lesions = []
+    for obs in observations:
+        entry: dict[str, Any] = {
+            "label": obs.lesion.label,
+            "lesion_id": obs.lesion_id,
+            "role": obs.lesion.role,
+            "dropped": obs.lesion.is_false_positive,
+            "segments": [],
+            "caliper": None,
+            "perpendicular": None,
+        }
+        run = obs.segmentation_run
+        if run is not None and run.mask_file and obs.component_label is not None:
+            try:
+                labels = load_volume(run.mask_file, labels=True)
+            except (MissingImageError, RuntimeError, OSError):
+                labels = None
+            if labels is not None and labels.array.shape == volume.array.shape:
+                entry["segments"] = contour_segments(labels.array[k] == obs.component_label)
+        for key, points in (
+            ("caliper", obs.caliper_points_mm),
+            ("perpendicular", obs.perpendicular_points_mm),
+        ):
+            if not points:
+                continue
+            a, b = (physical_to_index(volume, p) for p in points)
+            if int(round((a[2] + b[2]) / 2)) == k:
+                # +0.5: a voxel centre sits in the middle of its pixel square.
+                entry[key] = [[a[0] + 0.5, a[1] + 0.5], [b[0] + 0.5, b[1] + 0.5]]
+        if entry["segments"] or entry["caliper"]:
+            lesions.append(entry)
+    return JsonResponse({"k": k, "lesions": lesions})
