@@ -47,6 +47,7 @@ from scipy import ndimage as ndi
 from tqdm import tqdm
 
 from segmentation import phantoms
+from segmentation.errors import ImagingError
 from segmentation.model import (
     DEMO_LABEL,
     ModelConfig,
@@ -866,8 +867,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             command="bm-train " + " ".join(sys.argv[1:] if argv is None else argv),
         )
         summary = train(config, sources, options, init_from=args.init_from, data_description=desc)
-    except (TrainingError, ValueError) as exc:
-        log.error("%s", exc)
+    except (TrainingError, ValueError, ImagingError) as exc:
+        log.error("%s", getattr(exc, "user_message", None) or exc)
         return 2
     print(json.dumps(summary["best"], indent=2))
     return 0

@@ -1,0 +1,119 @@
+"""bm-segment: NIfTI and DICOM input, outputs, timings, self-check, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+
+from segmentation.cli import segment_main, train_main
+from segmentation.dicom_writer import write_dicom_series
+from segmentation.model import WEIGHTS_NAME, build_network, save_model_dir
+from segmentation.phantoms import make_phantom
+from segmentation.train import demo_config
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = demo_config(spacing_mm=2.0, patch=32, feature_size=4, hidden_size=48, num_heads=4)
+    return save_model_dir(build_network(cfg), cfg, tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def phantom():  # type: ignore[no-untyped-def]
+    return make_phantom(9, n_lesions=2, diameter_range_mm=(10.0, 20.0), geometry="axial_2mm")
+
+
+def test_nifti_input_writes_mask_and_lesion_table(tmp_path: Path, tiny_model_dir: Path, phantom, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(phantom.image, str(src))
+    out = tmp_path / "out"
+    assert segment_main([str(src), str(out), "--model", str(tiny_model_dir), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "network" in printed and "total" in printed  # per-stage timings
+    mask = sitk.ReadImage(str(out / "mask.nii.gz"))
+    assert mask.GetSize() == phantom.image.GetSize() and mask.GetOrigin() == phantom.image.GetOrigin()
+    report = json.loads((out / "lesions.json").read_text())
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
+    assert len(report["lesions"]) == labels.max()
+    assert report["model"]["label"] == "demo — not for clinical use"
+    assert {"read", "preprocess.n4", "network", "measure", "write"} <= set(report["timings_s"])
+    assert not (out / "rtstruct.dcm").exists() and not (out / "seg.dcm").exists()  # NIfTI input
+
+
+def test_dicom_input_also_writes_rtstruct_and_seg(tmp_path: Path, tiny_model_dir: Path, phantom) -> None:  # type: ignore[no-untyped-def]
+    series = tmp_path / "series"
+    write_dicom_series(phantom.image, series, patient_id="SUBJ-1")
+    out = tmp_path / "out"
+    # A threshold just above 0 makes the whole head box one lesion, so there is always something to export.
+    args = [str(series), str(out), "--model", str(tiny_model_dir), "--device", "cpu", "--threshold", "1e-6"]
+    assert segment_main(args) == 0
+    report = json.loads((out / "lesions.json").read_text())
+    assert len(report["lesions"]) >= 1
+    rt = pydicom.dcmread(out / "rtstruct.dcm")
+    seg = pydicom.dcmread(out / "seg.dcm")
+    assert rt.Modality == "RTSTRUCT" and seg.Modality == "SEG"
+    assert [r.ROIName for r in rt.StructureSetROISequence] == [f"L{m['label']}" for m in report["lesions"]]
+    assert len(seg.SegmentSequence) == len(report["lesions"])
+
+
+@pytest.mark.slow
+def test_self_check_reports_dice(tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert segment_main(["--self-check", "--model", str(tiny_model_dir), "--device", "cpu", "--min-dice", "0"]) == 0
+    out = capsys.readouterr().out
+    dice = float(out.split("Dice ")[1].split(";")[0])
+    assert 0.0 <= dice <= 1.0
+    # An untrained network cannot reach Dice 0.99: the self-check must say so with exit status 1.
+    assert segment_main(["--self-check", "--model", str(tiny_model_dir), "--device", "cpu", "--min-dice", "0.99"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_tampered_model_is_refused(tmp_path: Path, tiny_model_dir: Path, phantom, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    raw = bytearray((bad / WEIGHTS_NAME).read_bytes())
+    raw[-5] ^= 1
+    (bad / WEIGHTS_NAME).write_bytes(bytes(raw))
+    src = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(phantom.image, str(src))
+    assert segment_main([str(src), str(tmp_path / "o"), "--model", str(bad)]) == 2
+    assert "ModelIntegrityError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((64, 64, 64), np.int16), "no brain"),
+        # 10 mm cube (0.5 mm voxels) against the tiny model's 64 mm window.
+        (np.pad(np.full((16, 16, 16), 300, np.int16), 2), "far too small"),
+    ],
+)
+def test_bad_images_are_refused_clearly(tmp_path: Path, tiny_model_dir: Path, capsys, array, message) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "img.nii.gz"
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 0.5, 0.5))
+    sitk.WriteImage(image, str(src))
+    assert segment_main([str(src), str(tmp_path / "o"), "--model", str(tiny_model_dir)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_arguments_and_input(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert segment_main([]) == 2
+    assert segment_main([str(tmp_path / "nothing.nii.gz"), str(tmp_path / "o"), "--model", str(tiny_model_dir)]) == 2
+    assert "InputNotFoundError" in capsys.readouterr().err
+
+
+def test_bm_train_entry_point_shows_help(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--freeze-encoder" in out and "--init-from" in out and "--roi-pattern" in out
