@@ -243,8 +243,10 @@ def match_components(
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 20240108) -> sitk.Transform:
     """Rigid registration of ``moving`` (follow-up image) to ``fixed`` (baseline image).
 
-    Multi-resolution (shrink 4-2-1, smoothing 2-1-0 voxels) Mattes mutual information with a
-    fixed sampling seed, so the same inputs give the same transform.
+    Both images are first bin-shrunk to about 2 mm voxels, then registered multi-resolution
+    (shrink 4-2-1, smoothing 2-1-0 voxels) with Mattes mutual information on a 2% random sample
+    with a fixed seed, so the same inputs give the same transform. Matching tolerates millimetres
+    (overlap plus a 10 mm distance gate), so 2 mm is ample and keeps a 1 mm brain fast.
 
     Returns:
         A transform mapping fixed-space points to moving-space points (SimpleITK's resampling
@@ -255,18 +257,28 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 2024010
     """
     if fixed.GetDimension() != 3 or moving.GetDimension() != 3:
         raise MatchError("registration needs two 3D images")
-    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
-    moving_f = sitk.Cast(moving, sitk.sitkFloat32)
+
+    # Register at about 2 mm: bin-shrinking first is far cheaper than letting the registration
+    # smooth and resample the full 1 mm volumes at every level.
+    def coarse(image: sitk.Image) -> sitk.Image:
+        # ... but keep at least 64 voxels per axis so that the coarsest level still has structure.
+        factors = [
+            max(1, min(round(2.0 / s), n // 64))
+            for s, n in zip(image.GetSpacing(), image.GetSize(), strict=True)
+        ]
+        return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+
+    fixed_f, moving_f = coarse(fixed), coarse(moving)
     initial = sitk.CenteredTransformInitializer(
         fixed_f, moving_f, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.05, seed)
+    reg.SetMetricSamplingPercentage(0.02, seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=100, gradientMagnitudeTolerance=1e-6
+        learningRate=2.0, minStep=1e-2, numberOfIterations=60, gradientMagnitudeTolerance=1e-6
     )
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([4, 2, 1])

@@ -34,11 +34,25 @@ def sphere_mask(
     return img
 
 
-def synthetic_t1c(mask: sitk.Image, seed: int = 0) -> sitk.Image:
-    """A smooth 'brain' with bright enhancing lesions, on the mask's grid (for registration)."""
+def synthetic_t1c(
+    mask: sitk.Image, seed: int = 0, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> sitk.Image:
+    """A smooth 'brain' with bright enhancing lesions, on the mask's grid (for registration).
+
+    The anatomy moves with ``shift_mm`` like the lesions do, as in a patient positioned differently.
+    """
     arr = sitk.GetArrayFromImage(mask).astype(np.float32)
     shape = np.array(arr.shape)
-    grids = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    spacing_zyx = np.array(mask.GetSpacing()[::-1])
+    shift_zyx = np.array(shift_mm[::-1])
+    half = (shape - 1) * spacing_zyx / 2
+    grids = np.meshgrid(
+        *(
+            (np.arange(n) * s - h - d) / h
+            for n, s, h, d in zip(shape, spacing_zyx, half, shift_zyx, strict=True)
+        ),
+        indexing="ij",
+    )
     head = (sum(g**2 for g in grids) < 0.8).astype(np.float32)
     structure = 300 * head + 100 * head * np.sin(6 * grids[1]) * np.cos(5 * grids[2]) + 80 * grids[0]
     rng = np.random.default_rng(seed)
@@ -69,7 +83,7 @@ def write_case(
         sitk.WriteImage(mask, str(folder / f"{v['visit']}.nii.gz"))
         v["mask"] = f"{v['visit']}.nii.gz"
         if images:
-            sitk.WriteImage(synthetic_t1c(mask), str(folder / f"{v['visit']}_t1c.nii.gz"))
+            sitk.WriteImage(synthetic_t1c(mask, shift_mm=shift), str(folder / f"{v['visit']}_t1c.nii.gz"))
             v["image"] = f"{v['visit']}_t1c.nii.gz"
         entries.append(v)
     path = folder / "visits.json"

@@ -158,16 +158,23 @@ def test_criteria_and_settings_options(tmp_path: Path, capsys) -> None:
 
 
 def test_registration_with_images(tmp_path: Path, capsys) -> None:
-    """Follow-up acquired 8 mm off: with images the lesions are registered and keep their ids."""
+    """Follow-up positioned 14 mm off (anatomy and lesions, farther than the lesions' size and the
+    10 mm matching gate): without images the lesions look new,
+    with images the rigid registration brings them back and they keep their ids."""
     visits = [
-        {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(12.5, 8)},
-        {"visit": "FU1", "date": "2024-03-08", "spheres": two_lesions(12.5, 8), "shift_mm": (8.0, 0.0, 0.0)},
+        {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(6, 4)},
+        {"visit": "FU1", "date": "2024-03-08", "spheres": two_lesions(6, 4), "shift_mm": (14.0, 0.0, 0.0)},
     ]
-    path = write_case(tmp_path, "S003", visits, images=True)
+    grid = {"size_xyz": (80, 72, 56)}
+    path = write_case(tmp_path / "img", "S003", visits, images=True, **grid)
     code, out, err = run(capsys, path)
     assert code == 0, err
     assert out["visits"][1]["new_lesions"] == "none" and out["visits"][1]["overall_response"] == "SD"
     assert [lesion["lesion_id"] for lesion in out["lesions"]] == ["L1", "L2"]
+    masks_only = write_case(tmp_path / "masks", "S003", visits, images=False, **grid)
+    code, out, err = run(capsys, masks_only)
+    assert code == 0, err
+    assert out["visits"][1]["new_lesions"] == "unequivocal" and out["visits"][1]["overall_response"] == "PD"
 
 
 def _case(tmp_path: Path, **changes) -> Path:
