@@ -9,7 +9,7 @@ from typing import IO, Any
 from trials.exports.columns import Dataset
 
 #: Rows per yielded text chunk: large enough to keep per-chunk overhead low, small enough to stream.
-ROWS_PER_CHUNK = 500
+ROWS_PER_CHUNK = 200
 
 
 class _Line:

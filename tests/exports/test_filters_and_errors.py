@@ -1,0 +1,127 @@
+"""Export filters and every error class of trials.exports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import pandas as pd
+import pytest
+from django.http import QueryDict
+
+from trials.exports import (
+    ExportFilters,
+    InvalidExportFilterError,
+    RowShapeError,
+    TooManyTargetsError,
+    UnknownExportKindError,
+    get_dataset,
+    open_export,
+)
+from trials.exports.columns import TEXT, Column, Dataset, ExportDefinitionError
+from trials.exports.common import study_day
+
+
+def frame(kind: str, trial, filters: ExportFilters) -> pd.DataFrame:
+    text = "".join(open_export(kind, trial, filters))
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+
+
+@pytest.mark.django_db
+def test_site_filter(world) -> None:
+    visits = frame("visits", world.trial, ExportFilters(site_codes=("S02",)))
+    assert set(visits["subject_id"]) == {"002"}
+    patients = frame("patients", world.trial, ExportFilters(site_codes=("S01",)))
+    assert list(patients["subject_id"]) == ["001", "003"]
+
+
+@pytest.mark.django_db
+def test_date_range_filter_keeps_visit_numbers(world) -> None:
+    filters = ExportFilters(date_from=dt.date(2024, 3, 1), date_to=dt.date(2024, 4, 5))
+    visits = frame("visits", world.trial, filters)
+    assert list(zip(visits["subject_id"], visits["visit_label"], visits["visit_number"], strict=True)) == [
+        ("001", "FU1", "2"),
+        ("001", "FU2", "3"),
+        ("002", "FU1", "2"),
+    ]
+    lesions = frame("lesions", world.trial, filters)
+    assert set(lesions["visit_label"]) == {"FU1", "FU2"}
+
+
+@pytest.mark.django_db
+def test_only_confirmed_keeps_reader_signed_visits(world) -> None:
+    filters = ExportFilters(only_confirmed=True)
+    visits = frame("visits", world.trial, filters)
+    assert list(visits["visit_label"]) == ["FU1", "FU2"]
+    assert set(visits["review_status"]) == {"confirmed", "overridden"}
+    rs = frame("rs", world.trial, filters)
+    assert set(rs.loc[rs["RSCAT"] == "RANO-BM", "RSACPTFL"]) == {"Y"}
+    assert set(rs["VISIT"]) == {"FU1", "FU2", ""}  # BESTRESP has no visit
+    tr = frame("tr", world.trial, filters)
+    assert set(tr["VISIT"]) == {"FU1", "FU2"}
+
+
+def test_filters_from_query_parameters() -> None:
+    query = QueryDict("site=S01,S02&site=S03&date_from=2024-01-01&date_to=2024-12-31&only_confirmed=true")
+    filters = ExportFilters.from_query(query)
+    assert filters.site_codes == ("S01", "S02", "S03")
+    assert (filters.date_from, filters.date_to) == (dt.date(2024, 1, 1), dt.date(2024, 12, 31))
+    assert filters.only_confirmed is True
+    assert ExportFilters.from_query(QueryDict("")) == ExportFilters()
+    assert filters.as_dict()["site"] == ["S01", "S02", "S03"]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("date_from=2024-13-01", "date_from must be a date"),
+        ("date_to=yesterday", "date_to must be a date"),
+        ("only_confirmed=maybe", "only_confirmed must be true or false"),
+        ("subject=001", "Unknown filter(s) subject"),
+        ("date_from=2024-05-01&date_to=2024-04-01", "is after date_to"),
+    ],
+)
+def test_invalid_filters_raise_invalid_export_filter_error(query: str, message: str) -> None:
+    with pytest.raises(InvalidExportFilterError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ExportFilters.from_query(QueryDict(query))
+
+
+def test_unknown_kind_raises_unknown_export_kind_error() -> None:
+    with pytest.raises(UnknownExportKindError, match="Unknown export 'dm'; choose one of visits, lesions"):
+        get_dataset("dm")
+
+
+@pytest.mark.django_db
+def test_visits_export_refuses_trials_with_more_targets_than_columns() -> None:
+    from tests.factories import make_trial
+
+    trial = make_trial("WIDE", max_targets=6)
+    with pytest.raises(TooManyTargetsError, match="allows 6 targets but the visits CSV has 5"):
+        open_export("visits", trial)
+    assert open_export("lesions", trial) is not None  # other exports have no target columns
+
+
+def test_row_with_wrong_columns_raises_row_shape_error() -> None:
+    dataset = get_dataset("patients")
+    with pytest.raises(RowShapeError, match="missing"):
+        dataset.format_row({"trial_code": "X"})
+
+
+def test_inconsistent_definitions_raise_export_definition_error() -> None:
+    with pytest.raises(ExportDefinitionError, match="unknown type"):
+        Column("x", "number", "bad type")
+    with pytest.raises(ExportDefinitionError, match="duplicate columns x"):
+        Dataset("k", "t", "d", (Column("x", TEXT, "a"), Column("x", TEXT, "b")), rows=lambda t, f: iter(()))
+
+
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        (dt.date(2024, 1, 5), 1),
+        (dt.date(2024, 1, 6), 2),
+        (dt.date(2024, 1, 4), -1),
+        (dt.date(2023, 12, 31), -5),
+    ],
+)
+def test_study_day_has_no_day_zero(day: dt.date, expected: int) -> None:
+    assert study_day(day, dt.date(2024, 1, 5)) == expected
