@@ -137,6 +137,24 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 
+# Pipeline (worker/, trials/pipeline.py). Queue names are settable so that test runs use their own.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default=CELERY_TASK_DEFAULT_QUEUE)
+CELERY_GPU_QUEUE: str = env.str("CELERY_GPU_QUEUE", default="gpu")
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_ALWAYS_EAGER = CELERY_EMBEDDED
+# A message taken by a worker that died without acknowledging returns to its queue after this long; it
+# must exceed the longest task (PIPELINE_JOB_TIME_LIMIT_S), or a running task is delivered twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=7200)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+PIPELINE_MODEL_DIR: str = env.str("PIPELINE_MODEL_DIR", default="")  # empty: segmentation/models/demo-unetr
+PIPELINE_DEVICE: str = env.str("PIPELINE_DEVICE", default="auto")  # auto | cpu | cuda
+PIPELINE_JOB_TIME_LIMIT_S: int = env.int("PIPELINE_JOB_TIME_LIMIT_S", default=3600)
+PIPELINE_ENQUEUE_GRACE_S: int = env.int("PIPELINE_ENQUEUE_GRACE_S", default=30)
+PIPELINE_SWEEP_INTERVAL_S: float = env.float("PIPELINE_SWEEP_INTERVAL_S", default=60.0)
+PIPELINE_MAX_UPLOAD_BYTES: int = env.int("PIPELINE_MAX_UPLOAD_BYTES", default=2 * 1024**3)
+PIPELINE_EMBEDDED_SYNC: bool = env.bool("PIPELINE_EMBEDDED_SYNC", default=False)
+
 REST_FRAMEWORK = {
     # Token first: an anonymous API request then gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [

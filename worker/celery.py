@@ -1,0 +1,60 @@
+"""The Celery application of MetTrack.
+
+Queues: ``gpu`` (segmentation; run ``celery -A worker worker -Q gpu --concurrency 1`` on a GPU node) and
+``default`` (lesion matching, assessment, periodic sweeps; ``celery -A worker worker -Q default``). Queue
+names come from ``CELERY_GPU_QUEUE`` / ``CELERY_DEFAULT_QUEUE`` so that test runs can use their own.
+
+Reliability settings (config/settings.py): ``acks_late`` and ``reject_on_worker_lost`` (a task whose
+worker dies is delivered again), prefetch 1 (a long segmentation never holds a second message hostage),
+and the Redis ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT_S``): a message taken by a worker that
+was killed outright is put back after that many seconds. Beat (``celery -A worker beat``, or a worker
+started with ``-B``) runs the two pipeline sweeps every ``PIPELINE_SWEEP_INTERVAL_S`` seconds.
+
+Embedded mode: with an empty ``CELERY_BROKER_URL`` nothing talks to a broker; tasks run in-process
+(``task_always_eager``) and pipeline jobs run in a background thread of the web process
+(see :func:`worker.tasks.enqueue_pipeline`), so ``make demo`` needs no Redis.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from django.conf import settings  # noqa: E402 - needs DJANGO_SETTINGS_MODULE
+
+app = Celery("mettrack")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+_default_queue: str = getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "default")
+_gpu_queue: str = getattr(settings, "CELERY_GPU_QUEUE", "gpu")
+_sweep_interval_s: float = float(getattr(settings, "PIPELINE_SWEEP_INTERVAL_S", 60.0))
+
+app.conf.update(
+    include=["worker.tasks"],
+    task_routes={
+        "mettrack.pipeline.segment": {"queue": _gpu_queue},
+        "mettrack.*": {"queue": _default_queue},
+    },
+    beat_schedule={
+        "pipeline-sweep-unenqueued-jobs": {
+            "task": "mettrack.pipeline.sweep_unenqueued",
+            "schedule": _sweep_interval_s,
+            # A sweep that waited longer than its interval is replaced by the next one.
+            "options": {"queue": _default_queue, "expires": _sweep_interval_s},
+        },
+        "pipeline-sweep-stuck-jobs": {
+            "task": "mettrack.pipeline.sweep_stuck",
+            "schedule": _sweep_interval_s,
+            "options": {"queue": _default_queue, "expires": _sweep_interval_s},
+        },
+    },
+)
+
+if getattr(settings, "CELERY_EMBEDDED", not getattr(settings, "CELERY_BROKER_URL", "")):
+    # No broker: an in-memory transport keeps Celery from trying AMQP on localhost.
+    app.conf.update(broker_url="memory://", task_always_eager=True, task_eager_propagates=False)
+
+__all__ = ["app"]
