@@ -198,6 +198,7 @@ def segment_image(
             sw_device=device,
             device=device,
         )
+        assert isinstance(prob, torch.Tensor)  # a tensor predictor gives a tensor back
         prob_np = prob[0, 0].float().cpu().numpy()
     if device.type == "cuda":
         torch.cuda.synchronize()

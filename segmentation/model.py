@@ -159,8 +159,8 @@ class ModelConfig:
             pre = PreprocessConfig.from_dict(data["preprocessing"])
         except (TypeError, ValueError) as exc:
             raise ModelConfigError(f"preprocessing section: {exc}") from exc
-        inf = dict(data["inference"])
-        inf["roi_size"] = tuple(int(v) for v in inf.get("roi_size", arch["img_size"]))
+        inf: dict[str, Any] = dict(data["inference"])
+        inf["roi_size"] = tuple(int(v) for v in (inf.get("roi_size") or arch["img_size"]))
         if list(inf["roi_size"]) != arch["img_size"]:
             raise ModelConfigError(f"inference roi_size {inf['roi_size']} differs from img_size {arch['img_size']}")
         try:

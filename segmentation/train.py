@@ -121,9 +121,10 @@ def nifti_pair_sources(directory: str | Path) -> list[CaseSource]:
     out = []
     for mask_path in masks:
         name = re.sub(r"_mask\.nii(\.gz)?$", "", mask_path.name)
-        image_path = next((root / f"{name}{s}" for s in _IMAGE_SUFFIXES if (root / f"{name}{s}").is_file()), None)
-        if image_path is None:
+        found = next((root / f"{name}{s}" for s in _IMAGE_SUFFIXES if (root / f"{name}{s}").is_file()), None)
+        if found is None:
             raise TrainingError(f"mask {mask_path.name} has no image ({name}_t1c.nii.gz or {name}.nii.gz)")
+        image_path: Path = found
 
         def _load(i: Path = image_path, m: Path = mask_path) -> tuple[sitk.Image, sitk.Image]:
             return sitk.ReadImage(str(i)), sitk.ReadImage(str(m))
@@ -448,6 +449,7 @@ def predict_probability(
         overlap=config.inference.overlap,
         mode=config.inference.mode,
     )
+    assert isinstance(out, torch.Tensor)  # a tensor predictor gives a tensor back
     return torch.sigmoid(out)[0, 0].float().cpu().numpy()
 
 
@@ -528,17 +530,18 @@ def resolve_device(name: str) -> torch.device:
 def freeze_all_but_output(network: torch.nn.Module) -> int:
     """Freeze every parameter except the final 1x1x1 output block (``network.out``); returns how many
     parameters stay trainable."""
-    if not hasattr(network, "out"):
+    out = getattr(network, "out", None)
+    if not isinstance(out, torch.nn.Module):
         raise TrainingError("the network has no 'out' block to fine-tune")
     for p in network.parameters():
         p.requires_grad_(False)
-    for p in network.out.parameters():
+    for p in out.parameters():
         p.requires_grad_(True)
-    return sum(p.numel() for p in network.out.parameters())
+    return int(sum(p.numel() for p in out.parameters()))
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return rng.bit_generator.state
+    return dict(rng.bit_generator.state)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
