@@ -45,6 +45,8 @@ def _segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default: model config)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: model config)")
     p.add_argument("--series-uid", help="Series Instance UID when the DICOM input holds several series")
+    p.add_argument("--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours")
+    p.add_argument("--overlay-slices", help="comma-separated axial slice indices for overlay.png (default: through the lesions)")
     p.add_argument("--self-check", action="store_true", help="run the model on a generated phantom, report Dice")
     p.add_argument("--seed", type=int, default=7, help="phantom seed of --self-check")
     p.add_argument("--min-dice", type=float, default=0.5, help="--self-check fails below this Dice")
@@ -145,6 +147,10 @@ def _segment(args: argparse.Namespace) -> int:
             else:
                 write_rtstruct(result.labels, series, out / "rtstruct.dcm", lesion_names=names)
                 written.append("rtstruct.dcm")
+    if args.overlay_png:
+        slices = [int(v) for v in args.overlay_slices.split(",")] if args.overlay_slices else None
+        write_overlay_png(series.image, result.mask, out / "overlay.png", slices)
+        written.append("overlay.png")
     timings["write"] = time.perf_counter() - t
     report = {
         "input": str(args.input),
@@ -173,6 +179,37 @@ def _segment(args: argparse.Namespace) -> int:
     print("timings:")
     _print_timings(timings)
     return 0
+
+
+def write_overlay_png(
+    image: sitk.Image, mask: sitk.Image, path: Path, slices: Sequence[int] | None = None
+) -> Path:
+    """Three axial slices (RAS-reoriented, radiological display: patient right on the image left) with the
+    mask outline in red. Default slices: quartiles of the lesion extent, or the middle of the volume."""
+    from PIL import Image
+
+    img = sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS")).astype(np.float32)
+    msk = sitk.GetArrayFromImage(sitk.DICOMOrient(mask, "LPS")) > 0
+    if slices is None:
+        zs = np.flatnonzero(msk.any(axis=(1, 2)))
+        if len(zs):
+            slices = [int(np.percentile(zs, q)) for q in (25, 50, 75)]
+        else:
+            slices = [img.shape[0] * k // 4 for k in (1, 2, 3)]
+    hi = float(np.percentile(img, 99.5)) or 1.0
+    tiles = []
+    for z in slices:
+        z = int(np.clip(z, 0, img.shape[0] - 1))
+        gray = np.clip(img[z] / hi, 0, 1)
+        rgb = np.stack([gray] * 3, axis=-1)
+        m = msk[z]
+        interior = m.copy()
+        interior[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+        rgb[m & ~interior] = (1.0, 0.1, 0.1)
+        # LPS arrays run anterior at the top and patient right on the left (radiological view).
+        tiles.append(rgb)
+    Image.fromarray((np.concatenate(tiles, axis=1) * 255).astype(np.uint8)).save(path)
+    return path
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
