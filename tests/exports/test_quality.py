@@ -1,0 +1,121 @@
+"""Data-quality checks (trials.quality) and the data-management pages (trials.views_quality)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from trials.quality import QualityInputError, agreement, quality_report
+
+pytestmark = pytest.mark.django_db
+
+TODAY = dt.date(2024, 7, 11)
+
+
+def test_visits_missing_images_and_failed_jobs(world) -> None:
+    report = quality_report(world.trial, today=TODAY)
+    assert [(v.subject_id, v.visit_label) for v in report.missing_images.rows] == [("002", "FU1")]
+    assert report.missing_images.total == 1
+    [job] = report.failed_jobs.rows
+    assert (job.job_id, job.kind, job.error) == (world.objects["job"].pk, "segment", "CUDA out of memory")
+
+
+def test_assessments_awaiting_review(world) -> None:
+    report = quality_report(world.trial, today=TODAY)
+    pending = {(p.visit.subject_id, p.visit.visit_label): p for p in report.awaiting_review.rows}
+    assert set(pending) == {("001", "BASELINE"), ("001", "FU3"), ("002", "BASELINE"), ("002", "FU1")}
+    assert pending[("001", "FU3")].ai_response == "PD"
+    assert pending[("001", "FU3")].waiting_days == 10  # created 2024-07-01 (pinned), today 2024-07-11
+
+
+@pytest.mark.parametrize(
+    ("today", "status_002"),
+    [(dt.date(2024, 4, 10), "due"), (dt.date(2024, 4, 29), "overdue"), (TODAY, "overdue")],
+)
+def test_unconfirmed_responses_with_confirmation_due_dates(world, today: dt.date, status_002: str) -> None:
+    rows = {
+        u.visit.subject_id: u for u in quality_report(world.trial, today=today).unconfirmed_responses.rows
+    }
+    assert set(rows) == {"001", "002"}  # 001 FU1 is confirmed; 001 FU2 (PR) and 002 FU1 (PR) are not
+    # Scan date + confirmation_days (28): 2024-04-05 + 28 d and 2024-04-01 + 28 d.
+    assert rows["001"].confirmation_due == dt.date(2024, 5, 3)
+    assert rows["001"].status == "scanned"  # FU3 (2024-06-01) was scanned after the due date
+    assert rows["002"].confirmation_due == dt.date(2024, 4, 29)
+    assert rows["002"].status == status_002
+
+
+def test_overrides_by_reader(world) -> None:
+    [activity] = quality_report(world.trial, today=TODAY).overrides_by_reader
+    assert (activity.reader, activity.confirmations, activity.overrides) == ("rad1", 1, 1)
+    assert activity.override_rate == 0.5
+
+
+def test_ai_vs_reader_kappa_against_hand_computation(world) -> None:
+    result = agreement(world.trial)
+    # Reviewed visits: FU1 AI PR / reader PR, FU2 AI SD / reader PR.
+    # p_o = 1/2; marginals AI (PR 1, SD 1), reader (PR 2, SD 0): p_e = (1*2 + 1*0) / 4 = 1/2; kappa 0.
+    assert result.pairs == 2
+    assert result.percent_agreement == pytest.approx(50.0)
+    assert result.kappa == pytest.approx(0.0, abs=1e-12)
+    assert result.confusion == {("PR", "PR"): 1, ("SD", "PR"): 1}
+    assert result.matrix() == (["PR", "SD"], [[1, 0], [1, 0]])
+
+
+def test_limit_must_be_positive(world) -> None:
+    with pytest.raises(QualityInputError, match="limit must be at least 1, got 0"):
+        quality_report(world.trial, limit=0)
+
+
+def test_sections_are_truncated_to_limit_with_full_totals(world) -> None:
+    report = quality_report(world.trial, today=TODAY, limit=1)
+    assert len(report.awaiting_review.rows) == 1 and report.awaiting_review.total == 4
+    assert report.awaiting_review.truncated
+
+
+def test_report_query_count_is_fixed(world) -> None:
+    from bench.bench_exports import build_bulk_trial
+
+    with CaptureQueriesContext(connection) as small:
+        quality_report(world.trial, today=TODAY)
+    bulk = build_bulk_trial("QUAL", 6)
+    with CaptureQueriesContext(connection) as large:
+        quality_report(bulk, today=TODAY)
+    assert len(small) == len(large) <= 12
+
+
+def page_client(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_quality_page_for_data_manager(world) -> None:
+    response = page_client(world.data_manager).get(f"/trials/{world.trial.pk}/quality/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for text in ("CUDA out of memory", "2024-04-29", "overdue", "rad1", 'id="kappa">0.00<'):
+        assert text in html, text
+
+
+def test_exports_page_lists_every_download(world) -> None:
+    response = page_client(world.admin).get(f"/trials/{world.trial.pk}/exports/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    for kind in ("visits", "lesions", "tu", "tr", "rs", "patients"):
+        assert f'formaction="/api/v1/trials/{world.trial.pk}/exports/{kind}.csv"' in html
+
+
+@pytest.mark.parametrize("page", ["quality", "exports"])
+def test_pages_refuse_other_roles_and_non_members(world, page: str) -> None:
+    from tests.factories import make_member, make_trial
+
+    url = f"/trials/{world.trial.pk}/{page}/"
+    assert page_client(world.reader).get(url).status_code == 403
+    assert page_client(world.investigator).get(url).status_code == 403
+    outsider = make_member(make_trial("ELSEWHERE"), "data_manager")
+    assert page_client(outsider).get(url).status_code == 404
+    assert Client().get(url).status_code == 302  # to the login page
