@@ -23,6 +23,8 @@ urlpatterns = [
 
 if find_spec("trials.urls") is not None:
     urlpatterns.append(path("", include("trials.urls")))
+# Data-management pages (exports form, data quality): namespace "exports", trials/views_quality.py.
+urlpatterns.append(path("", include(("trials.views_quality", "exports"), namespace="exports")))
 # The web dashboard (trials/urls_dashboard.py) lives at "/".
 urlpatterns.append(path("", include("trials.urls_dashboard")))
 
