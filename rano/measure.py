@@ -281,21 +281,33 @@ def _extremes(mask: NDArray[np.bool_], axis: int) -> tuple[NDArray[np.bool_], ND
     return mask & ~strictly_before, mask & ~strictly_after
 
 
-def _hull_candidates(mask: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+Sides = list[tuple[NDArray[np.bool_], NDArray[np.bool_]]]
+
+
+def _crop_sides(crop: NDArray[np.bool_]) -> Sides:
+    """First/last-of-line voxels of a 3D crop along each of its numpy axes (shared by 2D and 3D)."""
+    return [_extremes(crop, axis) for axis in range(crop.ndim)]
+
+
+def _hull_candidates(
+    mask: NDArray[np.bool_], sides: Sides | None = None
+) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
     """Voxel corners that can be vertices of the convex hull of all voxel corners.
 
     A corner at offset (+-0.5, ...) of a voxel lies strictly inside a segment between two other
     corners unless the voxel is the first (for -0.5) or last (for +0.5) lesion voxel of its line along
     every axis with an offset, so only those corners are kept: about one per boundary voxel instead
-    of 2^ndim per voxel. Works for 2D-per-slice (pass axes 1, 2 of a (slice, row, col) crop) by the
-    caller using ``axes``.
+    of 2^ndim per voxel. The rule applies along every axis but the first: pass a (slice, row, col)
+    crop for per-slice 2D candidates, or ``crop[None]`` for 3D ones. ``sides`` may give the
+    precomputed :func:`_extremes` of axes 1.. so that 2D and 3D share them.
 
     Returns:
         The leading-axis index of each candidate and its continuous coordinates along the remaining
         axes (index units, same axis order as ``mask``).
     """
     ndim = mask.ndim
-    sides = [_extremes(mask, axis) for axis in range(1, ndim)]
+    if sides is None:
+        sides = [_extremes(mask, axis) for axis in range(1, ndim)]
     firsts: list[NDArray[np.intp]] = []
     coords: list[NDArray[np.float64]] = []
     for combo in range(1 << (ndim - 1)):
@@ -379,7 +391,11 @@ _EMPTY_PLANE = _InPlane(0.0, 0.0, None, None, None, 0)
 
 
 def _in_plane(
-    crop: NDArray[np.bool_], start_zyx: Sequence[int], geometry: Geometry, slice_axis: int
+    crop: NDArray[np.bool_],
+    start_zyx: Sequence[int],
+    geometry: Geometry,
+    slice_axis: int,
+    sides: Sides | None = None,
 ) -> _InPlane:
     """LD, perpendicular and slice count of one lesion crop sliced across ``slice_axis``.
 
@@ -387,10 +403,14 @@ def _in_plane(
     pairwise distances come from one vectorised computation (no Python loop over slices).
     """
     frame = _to_frame(crop, slice_axis)
-    slice_of, rc = _hull_candidates(frame)
+    row_axis, col_axis = _frame_axes(slice_axis)
+    frame_sides = None
+    if sides is not None:
+        axes_order = (2 - slice_axis, 2 - row_axis, 2 - col_axis)
+        frame_sides = [tuple(side.transpose(axes_order) for side in sides[axes_order[k]]) for k in (1, 2)]
+    slice_of, rc = _hull_candidates(frame, frame_sides)  # type: ignore[arg-type]
     if slice_of.size == 0:
         return _EMPTY_PLANE
-    row_axis, col_axis = _frame_axes(slice_axis)
     # (col, row) order, in mm: distances within a slice are Euclidean because direction is orthonormal.
     scale = np.array([geometry.spacing_mm[col_axis], geometry.spacing_mm[row_axis]])
     mm = rc[:, ::-1] * scale
@@ -434,10 +454,14 @@ def _in_plane(
     )
 
 
-def _max_3d_diameter(crop: NDArray[np.bool_], start_zyx: Sequence[int], geometry: Geometry) -> float:
+def _max_3d_diameter(
+    crop: NDArray[np.bool_], start_zyx: Sequence[int], geometry: Geometry, sides: Sides | None = None
+) -> float:
     """Largest distance between two voxel corners of a (z, y, x) crop, in mm."""
     # Pad a leading axis so the candidate rule applies along all three crop axes.
-    lead, zyx = _hull_candidates(crop[None])
+    lead, zyx = _hull_candidates(
+        crop[None], None if sides is None else [(first[None], last[None]) for first, last in sides]
+    )
     if lead.size == 0:
         return 0.0
     idx_xyz = zyx[:, ::-1] + np.array(start_zyx[::-1], dtype=np.float64)
@@ -642,6 +666,7 @@ def _measure(
         centroid = geometry.to_physical(
             np.array([[mean_zyx[2] + start[2], mean_zyx[1] + start[1], mean_zyx[0] + start[0]]])
         )[0]
+        sides = _crop_sides(crop)
         if reformatted:
             abox = axial_objects[index] if index < len(axial_objects) else None
             plane = (
@@ -650,8 +675,8 @@ def _measure(
                 else _EMPTY_PLANE
             )
         else:
-            plane = _in_plane(crop, start, geometry, slice_axis)
-        max3d = _max_3d_diameter(crop, start, geometry)
+            plane = _in_plane(crop, start, geometry, slice_axis, sides)
+        max3d = _max_3d_diameter(crop, start, geometry, sides)
         stats: list[float | None] = [None, None, None, None]
         if image is not None:
             values = np.asarray(image[bbox])[crop].astype(np.float64)
