@@ -1,7 +1,9 @@
 """Export speed: a trial of 1,000 patients x 8 visits x 6 lesions, every export kind streamed to /dev/null.
 
 Targets (issue 8): under 10 s per file, constant memory (the export streams: tracemalloc peak does not
-grow with the trial) and a constant number of SQL queries (the same for a 4x smaller trial).
+grow with the trial: 1,000 patients peak within 1.25x of 500 patients) and a constant number of SQL queries
+(the same for both trials). Both trials span several cursor chunks (``trials.exports.queries.CHUNK_SIZE``
+rows); the peak is about two chunks of rows, held while one chunk replaces the previous one.
 
 Needs a database: ``DATABASE_URL=postgres://... python -m bench exports``. The trial is written with
 ``bulk_create`` into a throw-away test database (created and destroyed here), so the benchmark never touches
@@ -19,7 +21,7 @@ from typing import Any
 PATIENTS = 1000
 VISITS = 8
 LESIONS = 6
-SMALL_PATIENTS = 250
+SMALL_PATIENTS = 500
 TARGET_S = 10.0
 
 
@@ -225,7 +227,7 @@ def main() -> None:
             _, _, queries_small, _ = _run(kind, small, measure_memory=False)
             _, _, _, peak = _run(kind, big, measure_memory=True)
             _, _, _, peak_small = _run(kind, small, measure_memory=True)
-            ok = seconds < TARGET_S and queries == queries_small and peak < 2 * peak_small
+            ok = seconds < TARGET_S and queries == queries_small and peak < 1.25 * peak_small
             print(
                 f"{kind:9} {seconds:7.2f} {size / 1e6:6.1f} {queries:8d} {queries_small:8d} "
                 f"{peak / 1e6:8.2f} {peak_small / 1e6:10.2f} {peak / max(peak_small, 1):10.2f}  "
@@ -233,7 +235,7 @@ def main() -> None:
             )
         print(
             f"target: < {TARGET_S:.0f} s per file; queries equal for {PATIENTS} and {SMALL_PATIENTS} patients; "
-            "peak memory for 4x the patients under 2x the small trial's peak"
+            "peak memory for 2x the patients under 1.25x the smaller trial's peak"
         )
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
