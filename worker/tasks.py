@@ -191,7 +191,8 @@ def run_pipeline_inline(job_id: int, *, max_retries: int = MAX_RETRIES) -> dict[
     """
     for attempt in range(max_retries + 1):
         try:
-            close_old_connections()
+            if attempt:
+                close_old_connections()  # drop a connection the transient error left broken
             with transient_errors():
                 try:
                     run_id = pipeline.run_segmentation_stage(job_id)

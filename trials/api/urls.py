@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from trials.api import views
+from trials.api import uploads, views
 from trials.api.exports import TrialExportView
 
 app_name = "api"
@@ -25,6 +25,8 @@ router.register("jobs", views.ProcessingJobViewSet, basename="job")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="token"),
+    # Before the router: POST uploads a series; GET is the router's list of the visit's series.
+    path("timepoints/<int:pk>/series/", uploads.SeriesUploadView.as_view(), name="timepoint-series-upload"),
     path("trials/<int:pk>/exports/<str:kind>.csv", TrialExportView.as_view(), name="trial-export"),
     path("", include(router.urls)),
 ]
