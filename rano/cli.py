@@ -95,7 +95,7 @@ def assess_files(
         raise InputError("visits must be a non-empty list")
     base_dir = Path(visits_json).resolve().parent
 
-    loaded: list[tuple[str, dt.date, Steroids, ClinicalStatus, sitk.Image, sitk.Image | None]] = []
+    loaded: list[tuple[str, dt.date, Steroids, ClinicalStatus, sitk.Image | None, sitk.Image | None]] = []
     previous_date: dt.date | None = None
     for number, entry in enumerate(visits_in):
         if not isinstance(entry, dict):
@@ -117,11 +117,23 @@ def assess_files(
         previous_date = date
         steroids = _choice(entry.get("steroids", "none"), Steroids, "steroids", label)
         clinical = _choice(entry.get("clinical_status", "stable"), ClinicalStatus, "clinical_status", label)
-        if not isinstance(entry.get("mask"), str):
-            raise InputError(f"visit {label}: 'mask' (a file path) is required")
-        mask = _read_image(base_dir / entry["mask"], f"visit {label}: mask")
-        image = None
-        if entry.get("image") is not None:
+        if "mask" not in entry:
+            raise InputError(
+                f"visit {label}: 'mask' (a file path, or null when imaging is missing) is required"
+            )
+        mask: sitk.Image | None = None
+        image: sitk.Image | None = None
+        if entry["mask"] is None:
+            # Imaging missing for this visit: it is assessed NE (rano-bm.md section 6).
+            if not loaded:
+                raise InputError(f"baseline visit {label} needs a mask")
+            if entry.get("image") is not None:
+                raise InputError(f"visit {label}: an image without a mask")
+        elif not isinstance(entry["mask"], str):
+            raise InputError(f"visit {label}: 'mask' must be a file path or null")
+        else:
+            mask = _read_image(base_dir / entry["mask"], f"visit {label}: mask")
+        if mask is not None and entry.get("image") is not None:
             if not isinstance(entry["image"], str):
                 raise InputError(f"visit {label}: 'image' must be a file path")
             image = _read_image(base_dir / entry["image"], f"visit {label}: image")
@@ -137,8 +149,8 @@ def assess_files(
 
     observed = observe_visits([row[4] for row in loaded], [row[5] for row in loaded], settings)
     visit_inputs = [
-        VisitInput(label, date, obs.observations, steroids, clinical)
-        for (label, date, steroids, clinical, _, _), obs in zip(loaded, observed, strict=True)
+        VisitInput(label, date, obs.observations, steroids, clinical, imaging_available=mask is not None)
+        for (label, date, steroids, clinical, mask, _), obs in zip(loaded, observed, strict=True)
     ]
     measured = {row[0]: obs.measurements for row, obs in zip(loaded, observed, strict=True)}
     diameter = assess(visit_inputs, settings=settings, criteria=Criteria.RANO_BM)

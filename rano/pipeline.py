@@ -28,12 +28,12 @@ class ObservedVisit:
     Attributes:
         observations: Per-lesion observations for :func:`rano.response.assess`.
         measurements: Lesion id -> measurement of its largest fragment (for calipers and display).
-        match: The matching result.
+        match: The matching result (None for a visit without imaging).
     """
 
     observations: tuple[LesionObservation, ...]
     measurements: dict[str, LesionMeasurement]
-    match: VisitMatch
+    match: VisitMatch | None
 
 
 def components_of(mask: sitk.Image, settings: ResponseSettings) -> sitk.Image:
@@ -54,14 +54,15 @@ def components_of(mask: sitk.Image, settings: ResponseSettings) -> sitk.Image:
 
 
 def observe_visits(
-    masks: Sequence[sitk.Image],
+    masks: Sequence[sitk.Image | None],
     images: Sequence[sitk.Image | None] | None = None,
     settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
 ) -> list[ObservedVisit]:
     """Match and measure every visit of one patient; the first visit is the baseline.
 
     Args:
-        masks: Lesion masks (binary or labelled), one per visit, in date order.
+        masks: Lesion masks (binary or labelled), one per visit, in date order; None for a follow-up
+            without imaging (no observations: the response engine makes it NE).
         images: Optional intensity images on the masks' grids; registration runs for a follow-up
             when it and the baseline both have an image, otherwise the identity is used (and the
             masks must share the baseline's physical space).
@@ -76,6 +77,11 @@ def observe_visits(
     tracker: LesionTracker | None = None
     out: list[ObservedVisit] = []
     for mask, image in zip(masks, images, strict=True):
+        if mask is None:
+            if tracker is None:
+                raise GeometryError("the baseline visit needs a mask")
+            out.append(ObservedVisit((), {}, None))
+            continue
         components = components_of(mask, settings)
         transform = None
         if tracker is None:

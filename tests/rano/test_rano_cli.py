@@ -91,6 +91,30 @@ def test_example_cases(tmp_path: Path, capsys, name: str) -> None:
         assert out["progression_date"] == "2024-03-08"
 
 
+def test_visit_without_imaging_is_ne(tmp_path: Path, capsys) -> None:
+    """Section 6: missing imaging -> NE (``"mask": null``); the next visit is assessed normally."""
+    path = write_case(
+        tmp_path,
+        "S010",
+        [
+            {"visit": "BL", "date": "2024-01-08", "spheres": two_lesions(12.5, 8)},
+            {"visit": "FU1", "date": "2024-03-08", "spheres": []},
+            {"visit": "FU2", "date": "2024-05-08", "spheres": two_lesions(8, 5)},
+        ],
+    )
+    data = json.loads(path.read_text())
+    data["visits"][1]["mask"] = None
+    path.write_text(json.dumps(data))
+    code, out, err = run(capsys, path)
+    assert code == 0, err
+    assert [v["overall_response"] for v in out["visits"]] == [None, "NE", "PR"]
+    assert out["visits"][1]["sum_ld_mm"] is None
+    data["visits"][0]["mask"] = None
+    path.write_text(json.dumps(data))
+    code, _, err = run(capsys, path)
+    assert code == 2 and "needs a mask" in err
+
+
 def test_output_fields_for_a_target_lesion(tmp_path: Path, capsys) -> None:
     path = write_case(
         tmp_path,
@@ -201,6 +225,8 @@ def _case(tmp_path: Path, **changes) -> Path:
         ({"clinical_status": "better"}, "clinical_status must be one of"),
         ({"colour": "blue"}, "unknown field"),
         ({"mask": "far.nii.gz"}, "physical space"),
+        ({"image": "far.nii.gz"}, "different grids"),
+        ({"mask": 3}, "file path or null"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tmp_path: Path, capsys, changes, words) -> None:
