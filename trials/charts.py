@@ -35,10 +35,10 @@ RESPONSE_COLOURS: dict[str, str] = {
 
 _LAYOUT_BASE: dict[str, object] = {
     "template": "plotly_white",
-    "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
-    "height": 340,
+    "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
+    "height": 380,
     "font": {"family": "system-ui, sans-serif", "size": 12},
-    "legend": {"orientation": "h", "y": -0.22},
+    "legend": {"orientation": "h", "y": -0.3, "yanchor": "top"},
 }
 
 
@@ -196,15 +196,19 @@ def burden_figure(
                 line={"color": RESPONSE_COLOURS["PR"], "dash": "dash"},
             )
         )
+    # The PD threshold of a visit holds from the previous visit up to it: a step drawn "hv" through
+    # (previous date, threshold of this visit) points, closed at the last visit's date.
     nadirs = _running_nadirs(ordered)
     pd_x: list[str] = []
     pd_y: list[float] = []
-    for date, point, nadir in zip(dates, ordered, nadirs, strict=True):
-        if point.is_baseline or nadir is None:
+    for i, (point, nadir) in enumerate(zip(ordered, nadirs, strict=True)):
+        if point.is_baseline or nadir is None or i == 0:
             continue
-        pd_x.append(date)
+        pd_x.append(dates[i - 1])
         pd_y.append(nadir * (1 + pd_threshold_pct / 100.0))
     if pd_x:
+        pd_x.append(dates[-1])
+        pd_y.append(pd_y[-1])
         fig.add_trace(
             go.Scatter(
                 x=pd_x,

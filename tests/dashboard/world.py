@@ -110,7 +110,7 @@ def imaged_visit(
         np.float32
     )
     labels = np.zeros(SIZE_XYZ[::-1], dtype=np.uint16)
-    for number, (label, (centre, radius)) in enumerate(sorted(segmented.items()), start=1):
+    for number, (_label, (centre, radius)) in enumerate(sorted(segmented.items()), start=1):
         sphere = _sphere(centre, radius)
         volume[sphere] = LESION_SIGNAL + rng.normal(0, 4, int(sphere.sum()))
         labels[sphere] = number
@@ -157,7 +157,9 @@ def build_world(media_root: Path, *, subject_id: str = "SUBJ-0001") -> World:
     trial = make_trial("DASH-BM", title="Dashboard test trial")
     site = make_site(trial, code="SITE-1", name="Site one")
     patient = make_patient(trial, site=site, subject_id=subject_id)
-    baseline = make_timepoint(patient, visit_label="BASELINE", scan_date=dt.date(2024, 1, 10), is_baseline=True)
+    baseline = make_timepoint(
+        patient, visit_label="BASELINE", scan_date=dt.date(2024, 1, 10), is_baseline=True
+    )
     fu1 = make_timepoint(patient, visit_label="FU1", scan_date=dt.date(2024, 3, 10))
     model_version = make_model_version(name="unetr-demo")
     lesions: dict[str, Lesion] = {}

@@ -105,6 +105,28 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
     }
 
 
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def audit_change_lines(event: Any, limit: int = 8) -> list[str]:
+    """Readable change lines of an audit event: ``field: before -> after`` (or the created values)."""
+    before, after = event.before or {}, event.after or {}
+    if before and after:
+        keys = [k for k in after if before.get(k) != after.get(k)] or list(after)
+        lines = [f"{k}: {_short(before.get(k))} \u2192 {_short(after.get(k))}" for k in keys]
+    elif after:
+        keys = [k for k in after if k not in _NOISY_FIELDS and after[k] not in (None, "", [], {})]
+        lines = [f"{k}: {_short(after[k])}" for k in keys]
+    else:
+        lines = [f"{k}: {_short(v)}" for k, v in before.items() if k not in _NOISY_FIELDS][:limit]
+    return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+_NOISY_FIELDS = {"id", "created_at", "updated_at", "settings", "engine_version", "is_current", "comment"}
+
+
 @login_required
 def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
     """The visit page (viewer, lesions, review, assessment, audit trail)."""
@@ -137,9 +159,9 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
             "row": row,
             "rows": rows,
             "present_rows": present_rows,
-            "viewer_json": json.dumps(viewer),
+            "viewer_data": viewer,
             "has_viewer": viewer["main"] is not None,
-            "audit_events": visit_audit_events(timepoint),
+            "audit_rows": [(event, audit_change_lines(event)) for event in visit_audit_events(timepoint)],
             "responses": ResponseChoices.choices,
             "steroid_choices": CorticosteroidStatus.choices,
             "clinical_choices": ClinicalStatus.choices,

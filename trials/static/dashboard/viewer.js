@@ -28,10 +28,11 @@
     ctx.setTransform(4, 0, 0, 4, 0, 0);
     ctx.clearRect(0, 0, w, h);
     // The image is drawn with object-fit: contain; keep the canvas aspect identical via CSS sizing.
+    const u = Math.max(w, h) / 64;  // overlay sizes scale with the matrix so they read the same at any size
     overlay.lesions.forEach(function (les) {
       const colour = les.dropped ? "#9e9e9e" : (les.role === "target" ? "#ffd400" : "#00e5ff");
-      ctx.strokeStyle = colour; ctx.lineWidth = 0.35;
-      if (les.dropped) ctx.setLineDash([1, 1]); else ctx.setLineDash([]);
+      ctx.strokeStyle = colour; ctx.lineWidth = 0.35 * u;
+      if (les.dropped) ctx.setLineDash([u, u]); else ctx.setLineDash([]);
       ctx.beginPath();
       let minX = Infinity, minY = Infinity;
       les.segments.forEach(function (s) {
@@ -43,16 +44,17 @@
       ["caliper", "perpendicular"].forEach(function (key) {
         const c = les[key];
         if (!c) return;
-        ctx.strokeStyle = key === "caliper" ? "#ff3b30" : "#ff9f0a"; ctx.lineWidth = 0.4;
+        ctx.strokeStyle = key === "caliper" ? "#ff3b30" : "#ff9f0a"; ctx.lineWidth = 0.4 * u;
         ctx.beginPath(); ctx.moveTo(c[0][0], c[0][1]); ctx.lineTo(c[1][0], c[1][1]); ctx.stroke();
-        [c[0], c[1]].forEach(function (p) { ctx.beginPath(); ctx.arc(p[0], p[1], 0.7, 0, 2 * Math.PI); ctx.stroke(); });
+        [c[0], c[1]].forEach(function (p) { ctx.beginPath(); ctx.arc(p[0], p[1], 0.7 * u, 0, 2 * Math.PI); ctx.stroke(); });
         if (!isFinite(minX)) { minX = c[0][0]; minY = c[0][1]; }
       });
       if (isFinite(minX)) {
-        ctx.font = "bold 5px system-ui, sans-serif";
-        ctx.fillStyle = colour; ctx.strokeStyle = "#000"; ctx.lineWidth = 0.8;
-        const text = les.label + (les.dropped ? " (dropped)" : "");
-        ctx.strokeText(text, minX, Math.max(5, minY - 1)); ctx.fillText(text, minX, Math.max(5, minY - 1));
+        ctx.font = "bold " + (4 * u) + "px system-ui, sans-serif";
+        ctx.fillStyle = colour; ctx.strokeStyle = "#000"; ctx.lineWidth = 0.8 * u;
+        const text = les.label + (les.dropped ? " (FP)" : "");
+        const ty = Math.max(5 * u, minY - u);
+        ctx.strokeText(text, minX, ty); ctx.fillText(text, minX, ty);
       }
     });
   }

@@ -1,0 +1,126 @@
+"""End to end, in a real browser against a live server on PostgreSQL: a radiologist logs in, opens a
+patient, scrolls the viewer, drops a false-positive lesion, sees the assessment change from PD to SD,
+overrides it with a reason and a password signature, and finds both events in the visit's audit trail.
+Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dashboard.world import build_world
+from tests.e2e.conftest import ARTIFACTS
+from trials.models import Assessment, AuditEvent
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def live_world(transactional_db: None, settings: Any, tmp_path: Path) -> Any:
+    from trials.views.imaging import clear_cache
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    # The live server speaks plain HTTP; secure-only cookies would never come back to it.
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    clear_cache()
+    return build_world(settings.MEDIA_ROOT)
+
+
+def _shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -> None:
+    world = live_world
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+
+    # Log in.
+    page.goto(f"{live_server.url}/")
+    assert "/accounts/login/" in page.url
+    page.get_by_label("User name").fill(world.radiologist.username)
+    page.get_by_label("Password").fill(world.password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name="Your trials").wait_for()
+    _shot(page, "01-home")
+
+    # Trial home -> patient timeline.
+    page.get_by_role("link", name="DASH-BM").first.click()
+    page.get_by_role("link", name="SUBJ-0001").click()
+    page.get_by_role("heading", name=re.compile("Patient SUBJ-0001")).wait_for()
+    page.locator("#chart-sld .main-svg").first.wait_for()  # plotly drew the SLD chart
+    _shot(page, "02-patient-timeline")
+
+    # Visit FU1: the viewer.
+    page.locator("#visits").get_by_role("link", name="FU1").click()
+    try:
+        page.locator("#main-canvas[data-k]").wait_for(state="attached")
+    except Exception:
+        _shot(page, "viewer-failed")
+        raise AssertionError(f"viewer did not load; browser errors: {errors}") from None
+    assert page.locator("#overall-response").inner_text().startswith("PD")
+    start_k = int(page.locator("#main-canvas").get_attribute("data-k"))
+    page.locator("#viewer-root").focus()
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function(f"document.getElementById('main-canvas').dataset.k === '{start_k + 2}'")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"document.getElementById('main-canvas').dataset.k === '{start_k + 1}'")
+    # j jumps to a lesion; its contour and label are on that slice.
+    page.keyboard.press("j")
+    page.wait_for_function("document.getElementById('main-canvas').dataset.lesions.includes('L')")
+    assert "slice" in page.locator("#main-status").inner_text()
+    assert page.locator("#compare-img").get_attribute("src"), "the comparison panel shows the previous visit"
+    _shot(page, "03-viewer")
+
+    # Drop L2 as a false positive: the assessment is recomputed (PD -> SD).
+    page.get_by_label("Reason").and_(page.locator(f"#drop-reason-{world.lesions['L2'].pk}")).fill(
+        "vessel, not a metastasis"
+    )
+    page.get_by_role("button", name="Drop L2 as a false positive").click()
+    page.locator(".messages").get_by_text("L2 dropped").wait_for()
+    assert page.locator("#overall-response").inner_text().startswith("SD")
+    assert "dropped" in page.locator("#lesion-L2").inner_text()
+    _shot(page, "04-after-drop")
+
+    # Override with a reason, signed by the password.
+    page.get_by_label("Reader's overall response").select_option("PD")
+    page.get_by_label("Reason (required)").fill("new enhancement on perfusion judged progression")
+    page.get_by_label(re.compile("Password \\(electronic signature: .reviewed and overridden")).fill(
+        world.password
+    )
+    page.get_by_role("button", name="Override and sign").click()
+    page.locator(".messages").get_by_text("overridden to PD").wait_for()
+    assert page.locator("#overall-response").inner_text().startswith("PD")
+    status = page.locator("#review-status").inner_text()
+    assert "Overridden" in status and world.radiologist.username in status
+
+    # The audit trail of the visit shows both, with who and why.
+    audit = page.locator("#audit-table")
+    override_row = audit.locator("tr", has_text="new enhancement on perfusion judged progression").filter(
+        has_text="override"
+    )
+    assert override_row.count() >= 1
+    assert world.radiologist.username in override_row.first.inner_text()
+    assert (
+        audit.locator("tr", has_text="review.drop_lesion").filter(has_text="vessel, not a metastasis").count()
+        == 1
+    )
+    page.locator("#audit").scroll_into_view_if_needed()
+    _shot(page, "05-audit-trail")
+    assert not errors, f"JavaScript errors: {errors}"
+
+    # The database agrees with the page.
+    current = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
+    assert (current.overall_response, current.status, current.signed_by_id) == (
+        "PD",
+        "overridden",
+        world.radiologist.pk,
+    )
+    assert AuditEvent.objects.filter(action="override", actor=world.radiologist).exists()
