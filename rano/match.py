@@ -400,6 +400,79 @@ class LesionTracker:
         return result
 
 
+@dataclass(frozen=True)
+class PriorVisit:
+    """An earlier visit as stored: its component labels, which lesion each label is, and its transform.
+
+    Attributes:
+        labels: Component label image on the visit's own grid.
+        lesion_ids: Label value -> lesion id (several labels may name one lesion: a split).
+        transform: Reference-to-this-visit transform (from :func:`register_rigid`); None = identity.
+    """
+
+    labels: sitk.Image
+    lesion_ids: Mapping[int, str]
+    transform: sitk.Transform | None = None
+
+
+def match_visit(
+    current: sitk.Image,
+    prior_visits: Sequence[PriorVisit],
+    reference: sitk.Image,
+    *,
+    transform: sitk.Transform | None = None,
+    next_number: int | None = None,
+    max_distance_mm: float = DEFAULT_MAX_DISTANCE_MM,
+) -> VisitMatch:
+    """Match a new visit's components against every earlier visit's lesions, from stored masks.
+
+    The stateless counterpart of :class:`LesionTracker` for callers that keep each visit's labels and
+    lesion ids (e.g. in a database): each lesion's footprint is taken from the latest earlier visit
+    that shows it.
+
+    Args:
+        current: Component label image of the new visit (its own grid).
+        prior_visits: Earlier visits in date order (the baseline first).
+        reference: Grid of the common space (the baseline mask or image).
+        transform: Reference-to-current transform; None = identity (same physical space required).
+        next_number: Number of the next new lesion; default one past the largest known.
+        max_distance_mm: See :func:`match_components`.
+
+    Raises:
+        MatchError: On a label with no lesion id, or masks outside the reference space.
+    """
+    geometry = Geometry.of(reference)
+    latest: dict[str, list[Footprint]] = {}
+    seen_at: dict[str, int] = {}
+    for k, visit in enumerate(prior_visits):
+        if visit.transform is None:
+            check_same_space(reference, visit.labels)
+        resampled = to_reference(visit.labels, reference, visit.transform)
+        parts = footprints(sitk.GetArrayViewFromImage(resampled), geometry)
+        for label in parts:
+            if label not in visit.lesion_ids:
+                raise MatchError(f"earlier visit #{k + 1}: label {label} has no lesion id")
+        this_visit: dict[str, list[Footprint]] = {}
+        for label, fp in parts.items():
+            this_visit.setdefault(visit.lesion_ids[label], []).append(fp)
+        for lesion_id, fps in this_visit.items():
+            latest[lesion_id] = fps
+            seen_at[lesion_id] = k
+    prior = {i: fps[0] if len(fps) == 1 else _union(fps, geometry) for i, fps in latest.items()}
+    last = len(prior_visits) - 1
+    absent_last = frozenset(i for i, k in seen_at.items() if k != last)
+    if transform is None and prior_visits:
+        check_same_space(reference, current)
+    resampled_current = to_reference(current, reference, transform)
+    return match_components(
+        footprints(sitk.GetArrayViewFromImage(resampled_current), geometry),
+        prior,
+        next_number=next_number,
+        absent_last_visit=absent_last,
+        max_distance_mm=max_distance_mm,
+    )
+
+
 def _union(parts: Sequence[Footprint], geometry: Geometry) -> Footprint:
     lo = np.min([p.start_zyx for p in parts], axis=0)
     hi = np.max([np.add(p.start_zyx, p.mask.shape) for p in parts], axis=0)

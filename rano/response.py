@@ -221,6 +221,8 @@ class VisitAssessment:
     confirmed_by: str | None
     backdated_progression_date: dt.date | None
     reasons: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+    engine_version: str = ENGINE_VERSION
 
 
 @dataclass(frozen=True)
@@ -711,7 +713,8 @@ def assess(
             o = obs.get(i)
             nt_history[i].append(o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0)
 
-    visits_out = _confirm(results, settings)
+    # Each visit's result carries the protocol settings it was assessed under.
+    visits_out = [replace(v, settings=settings.to_dict()) for v in _confirm(results, settings)]
     bor = _best_overall_response(visits_out, settings, has_targets=bool(targets))
     progression_visit, progression_date = None, None
     for v in visits_out:

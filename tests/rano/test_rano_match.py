@@ -11,9 +11,11 @@ from rano.errors import MatchError
 from rano.match import (
     LesionTracker,
     MatchKind,
+    PriorVisit,
     check_same_space,
     footprints,
     match_components,
+    match_visit,
     observations_from_match,
     register_rigid,
 )
@@ -130,3 +132,17 @@ def test_rigid_registration_recovers_a_shift_and_matches() -> None:
 def test_registration_needs_3d() -> None:
     with pytest.raises(MatchError, match="3D"):
         register_rigid(sitk.Image(8, 8, sitk.sitkFloat32), sitk.Image(8, 8, sitk.sitkFloat32))
+
+
+def test_match_visit_from_stored_masks_equals_the_tracker() -> None:
+    """The stateless, database-friendly matcher gives the tracker's answer, visit by visit."""
+    visits = [comps(A, B), comps(A, C), comps(A, B, C)]
+    tracker = LesionTracker(visits[0])
+    stored: list[PriorVisit] = []
+    for labels in visits:
+        expected = tracker.add_visit(labels)
+        got = match_visit(labels, stored, visits[0])
+        assert got == expected
+        stored.append(PriorVisit(labels, {a.label: a.lesion_id for a in got.assignments}))
+    with pytest.raises(MatchError, match="no lesion id"):
+        match_visit(visits[1], [PriorVisit(visits[0], {1: "L1"})], visits[0])

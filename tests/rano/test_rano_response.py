@@ -565,6 +565,7 @@ def test_settings_and_engine_version_are_stored() -> None:
     s = ResponseSettings(pr_threshold=-25.0)
     res = assess([BL_TARGETS_ONLY, v("FU1", 60, o("L1", 16), o("L2", 10))], settings=s)
     assert res.settings == s.to_dict() and res.engine_version == ENGINE_VERSION
+    assert all(v.settings == s.to_dict() and v.engine_version == ENGINE_VERSION for v in res.visits)
     assert res.visits[1].overall_response is R.PR  # -25.7% is PR under a -25% protocol
 
 
