@@ -424,7 +424,11 @@ def _in_plane(
     sq = np.einsum("skc,skc->sk", padded, padded)
     d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * np.einsum("sic,sjc->sij", padded, padded)
     per_slice = d2.reshape(slices.size, -1).max(axis=1)
-    best = int(np.argmax(per_slice))  # ties: the first (lowest) slice, deterministically
+    # Ties (a sphere has several slices with the same LD): take the largest cross-section, then the
+    # lowest slice, so the caliper is drawn on the slice a reader would pick, deterministically.
+    tied = np.flatnonzero(per_slice >= per_slice.max() - 1e-9)
+    areas = frame[slices[tied]].sum(axis=(1, 2))
+    best = int(tied[int(np.argmax(areas))])
     pts = mm[starts[best] : starts[best] + counts[best]]
     ld, i, j = _diameter(pts)
     try:

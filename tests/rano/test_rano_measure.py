@@ -368,3 +368,12 @@ def test_geometry_roundtrip() -> None:
     g = Geometry.of(img)
     idx = np.array([[1.0, 2.0, 3.0]])
     assert np.allclose(g.to_physical(idx)[0], img.TransformContinuousIndexToPhysicalPoint((1.0, 2.0, 3.0)))
+
+
+def test_ld_slice_of_a_sphere_is_its_central_slice() -> None:
+    """Several slices share the largest LD; the caliper goes on the largest cross-section."""
+    z, y, x = np.ogrid[:41, :41, :41]
+    mask = ((x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2 <= 100).astype(np.uint8)
+    (m,) = measure_lesions_array(mask, (1.0, 1.0, 1.0))
+    assert m.ld_slice_index == 20
+    assert m.ld_endpoints_mm[0][2] == 20.0
