@@ -172,8 +172,7 @@ def match_components(
         for b, lid in enumerate(ids):
             p = prior[lid]
             dist[a, b] = math.dist(c.centroid_mm, p.centroid_mm)
-            if dist[a, b] <= max(c.mask.shape + p.mask.shape) * 10 + max_distance_mm:  # cheap pre-filter
-                overlap[a, b] = c.overlap(p)
+            overlap[a, b] = c.overlap(p)  # returns at once when the bounding boxes are disjoint
     sizes_c = np.array([current[lab].voxels for lab in labels], dtype=np.float64)
     sizes_p = np.array([prior[i].voxels for i in ids], dtype=np.float64)
     eligible = (overlap > 0) | (dist <= max_distance_mm)
