@@ -753,6 +753,38 @@ def export_model(
     return save_model_dir(network, cfg, options.export_dir, card=model_card(cfg))
 
 
+def evaluate_native(
+    model_dir: Path, sources: Sequence[CaseSource], device: str = "auto", min_diameter_mm: float = 5.0
+) -> dict[str, Any]:
+    """Whole-pipeline evaluation on the native grid: ``bm-segment``'s inference on each case, Dice over all
+    voxels and lesion-wise F1 (reference lesions >= ``min_diameter_mm``) against the native masks."""
+    from segmentation.inference import InferenceOptions, segment_image
+
+    model = load_model(model_dir)
+    inter = total = 0
+    counts = LesionCounts()
+    per_case = []
+    for src in tqdm(sources, desc="evaluate", mininterval=10, file=sys.stderr):
+        image, mask = src.load()
+        result = segment_image(image, model, InferenceOptions(device=device))
+        p = sitk.GetArrayViewFromImage(result.mask) > 0
+        t = sitk.GetArrayViewFromImage(mask) > 0
+        inter += int((p & t).sum())
+        total += int(p.sum()) + int(t.sum())
+        per_case.append({"case": src.case_id, "dice": dice_score(p, t)})
+        counts = counts + lesion_counts(p, t, image.GetSpacing(), min_diameter_mm, model.config.postprocessing.min_lesion_volume_mm3)
+    return {
+        "dice": 1.0 if total == 0 else 2.0 * inter / total,
+        "mean_case_dice": float(np.mean([c["dice"] for c in per_case])) if per_case else float("nan"),
+        "lesion_f1": counts.f1,
+        "lesion_tp": counts.true_positive,
+        "lesion_fn": counts.false_negative,
+        "lesion_fp": counts.false_positive,
+        "cases": len(per_case),
+        "per_case": per_case,
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -801,6 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--phantoms", type=int, metavar="N", help="train on N synthetic patients")
     p.add_argument("--roi-pattern", default="GTV*", help="RTSTRUCT ROI names to use (fnmatch; default GTV*)")
     p.add_argument("--phantom-seed", type=int, default=1000, help="seed of the synthetic patients")
+    p.add_argument("--evaluate", type=Path, metavar="MODEL_DIR",
+                   help="only evaluate MODEL_DIR with the whole inference pipeline on the native grid of the given data")
     p.add_argument("--config", type=Path, help="model config.json to train (default: the demo architecture)")
     p.add_argument("--init-from", type=Path, help="model directory whose weights initialise the network")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the final 1x1x1 output block (the paper)")
@@ -830,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
-        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(args.run_dir / "train.log")],
+        handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(args.run_dir / "train.log")],
         force=True,
     )
     try:
@@ -851,6 +885,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sources = dicom_rtstruct_sources(args.dicom, args.roi_pattern)
             desc = f"DICOM + RTSTRUCT ({args.roi_pattern}) from {args.dicom.name}"
+        if args.evaluate is not None:
+            result = evaluate_native(args.evaluate, sources, args.device)
+            log.info("evaluation of %s on %s: %s", args.evaluate, desc,
+                     {k: v for k, v in result.items() if k != "per_case"})  # fmt: skip
+            print(json.dumps(result, indent=2))
+            return 0
         options = TrainOptions(
             run_dir=args.run_dir,
             export_dir=args.export,

@@ -193,3 +193,18 @@ def test_dicom_rtstruct_cases_take_the_rois_matching_the_pattern(tmp_path: Path)
     (no_match,) = dicom_rtstruct_sources(tmp_path, "CTV*")
     with pytest.raises(TrainingError, match="no ROI"):
         no_match.load()
+
+
+@pytest.mark.slow
+def test_evaluate_runs_the_whole_pipeline_on_the_native_grid(nifti_dataset: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from segmentation.model import save_model_dir
+
+    cfg = demo_config(2.0, 32, feature_size=4, hidden_size=48)
+    model_dir = save_model_dir(build_network(cfg), cfg, tmp_path / "m")
+    assert main(["--data", str(nifti_dataset), "--evaluate", str(model_dir), "--run-dir", str(tmp_path / "r"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["cases"] == 3 and len(result["per_case"]) == 3
+    # Two reference lesions per phantom, all >= 8 mm: each is either found or missed.
+    assert result["lesion_tp"] + result["lesion_fn"] == 6
+    assert 0.0 <= result["dice"] <= 1.0
