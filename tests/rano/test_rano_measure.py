@@ -377,3 +377,19 @@ def test_ld_slice_of_a_sphere_is_its_central_slice() -> None:
     (m,) = measure_lesions_array(mask, (1.0, 1.0, 1.0))
     assert m.ld_slice_index == 20
     assert m.ld_endpoints_mm[0][2] == 20.0
+
+
+def test_binary_input_numbers_lesions_like_label_components() -> None:
+    """Measuring a binary mask gives the labels label_components() would give (small ones dropped)."""
+    mask = np.zeros((12, 30, 30), np.uint8)
+    mask[1, 1, 1] = 1  # 1 mm^3: dropped at the default 5 mm^3
+    mask[2:6, 3:9, 3:9] = 1
+    mask[0:3, 20:22, 20:22] = 1  # 12 mm^3
+    mask[7:11, 15:25, 4:12] = 1
+    img = sitk.GetImageFromArray(mask)
+    direct = measure_lesions(img)
+    via_labels = measure_lesions(label_components(img, 5.0), relabel=False)
+    assert [(m.label, m.voxel_count, m.longest_diameter_mm) for m in direct] == [
+        (m.label, m.voxel_count, m.longest_diameter_mm) for m in via_labels
+    ]
+    assert [m.label for m in direct] == [1, 2, 3]
