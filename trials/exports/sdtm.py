@@ -379,21 +379,37 @@ def tu_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
             }
 
 
+def _tr_base(trial: Trial, visit: dict[str, Any]) -> dict[str, Any]:
+    """Values shared by every TR record of one visit (computed once per visit, not per record)."""
+    return {
+        "STUDYID": trial.code,
+        "DOMAIN": "TR",
+        "USUBJID": _subject(trial, visit),
+        "TRLNKGRP": visit["visit_label"],
+        "TRMETHOD": "MRI",
+        "TREVAL": EVALUATOR,
+        **_timing_values("TR", visit),
+    }
+
+
 def _tr(
-    trial: Trial, visit: dict[str, Any], testcd: str, value: Any, unit: str | None, **extra: Any
+    base: dict[str, Any],
+    testcd: str,
+    value: Any,
+    unit: str | None,
+    group: str,
+    lnkid: str | None,
+    evalid: str,
 ) -> dict[str, Any]:
     if isinstance(value, float | int) and not isinstance(value, bool):
         text, number = f"{float(value):.1f}", float(value)
     else:
         text, number = value, None
     return {
-        "STUDYID": trial.code,
-        "DOMAIN": "TR",
-        "USUBJID": _subject(trial, visit),
+        **base,
         "TRSEQ": None,  # numbered by the caller, per subject
-        "TRGRPID": extra.get("group"),
-        "TRLNKID": extra.get("lnkid"),
-        "TRLNKGRP": visit["visit_label"],
+        "TRGRPID": group,
+        "TRLNKID": lnkid,
         "TRTESTCD": testcd,
         "TRTEST": TR_TESTS[testcd],
         "TRORRES": text,
@@ -402,10 +418,7 @@ def _tr(
         "TRSTRESN": number,
         "TRSTRESU": unit if number is not None else None,
         "TRSTAT": "NOT DONE" if value is None else None,
-        "TRMETHOD": "MRI",
-        "TREVAL": EVALUATOR,
-        "TREVALID": extra.get("evalid"),
-        **_timing_values("TR", visit),
+        "TREVALID": evalid,
     }
 
 
@@ -415,26 +428,21 @@ def _tr_visit(
     observations: list[dict[str, Any]],
     first_visit_baseline: dict[int, bool],
 ) -> Iterator[dict[str, Any]]:
+    base = _tr_base(trial, visit)
     too_small = too_small_setting(visit, trial.too_small_mm)
     for obs in sorted(observations, key=lambda o: label_sort_key(o["label"])):
         first_visit_baseline.setdefault(obs["lesion_id"], visit["is_baseline"])
         category = lesion_category(obs, is_new_lesion(obs, first_visit_baseline[obs["lesion_id"]]))
-        common = {"group": category, "lnkid": obs["label"], "evalid": _evalid(obs)}
+        ids = (category, obs["label"], _evalid(obs))
         present = obs["present"]
         if category == "TARGET":
-            yield _tr(
-                trial,
-                visit,
-                "LDIAM",
-                counted_ld_mm(obs, too_small, at_baseline=visit["is_baseline"]),
-                "mm",
-                **common,
-            )
+            ld = counted_ld_mm(obs, too_small, at_baseline=visit["is_baseline"])
+            yield _tr(base, "LDIAM", ld, "mm", *ids)
             if present and obs["perpendicular_diameter_mm"] is not None:
-                yield _tr(trial, visit, "LPERP", obs["perpendicular_diameter_mm"], "mm", **common)
+                yield _tr(base, "LPERP", obs["perpendicular_diameter_mm"], "mm", *ids)
             volume = obs["volume_mm3"] if present else 0.0
             if volume is not None:
-                yield _tr(trial, visit, "VOLUME", volume, "mm3", **common)
+                yield _tr(base, "VOLUME", volume, "mm3", *ids)
             continue
         if not present:
             state = "ABSENT"
@@ -442,14 +450,14 @@ def _tr_visit(
             state = "UNEQUIVOCAL PROGRESSION"
         else:
             state = "PRESENT"
-        yield _tr(trial, visit, "TUMSTATE", state, None, **common)
+        yield _tr(base, "TUMSTATE", state, None, *ids)
         if present and obs["longest_diameter_mm"] is not None:
-            yield _tr(trial, visit, "LDIAM", obs["longest_diameter_mm"], "mm", **common)
+            yield _tr(base, "LDIAM", obs["longest_diameter_mm"], "mm", *ids)
         if present and obs["volume_mm3"] is not None:
-            yield _tr(trial, visit, "VOLUME", obs["volume_mm3"], "mm3", **common)
+            yield _tr(base, "VOLUME", obs["volume_mm3"], "mm3", *ids)
     if visit["rano_present"] and visit["rano_sum_ld_mm"] is not None:
         evalid = EVALID_READER if is_reviewed(visit["rano_status"]) else EVALID_ALGORITHM
-        yield _tr(trial, visit, "SUMDIAM", visit["rano_sum_ld_mm"], "mm", group="TARGET", evalid=evalid)
+        yield _tr(base, "SUMDIAM", visit["rano_sum_ld_mm"], "mm", "TARGET", None, evalid)
 
 
 def tr_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
