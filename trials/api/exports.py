@@ -67,6 +67,7 @@ class TrialExportView(APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
+        operation_id="trials_export_csv",
         summary="Export a trial's data as CSV (eCRF visits/lesions, SDTM TU/TR/RS, per-patient BOR)",
         parameters=[
             OpenApiParameter("kind", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(EXPORT_KINDS)),
