@@ -861,10 +861,10 @@ def set_target_selection(
         role = LesionRole.TARGET if lesion.pk in chosen_ids else LesionRole.NON_TARGET
         before[lesion.label] = lesion.role
         after[lesion.label] = role
-        if lesion.role != role or not lesion.role_set_by_reader:
-            services.update_lesion(
-                lesion, role=role, role_set_by_reader=True, actor=actor, reason=reason, correlation_id=cid
-            )
+        # update_lesion marks a changed role as the reader's; the pipeline then keeps every current role
+        # as the selection (an unchanged selection needs no mark: the engine already chose it).
+        if lesion.role != role:
+            services.update_lesion(lesion, role=role, actor=actor, reason=reason, correlation_id=cid)
     _review_event(
         "set_targets", baseline, actor=actor, before=before, after=after, reason=reason, correlation_id=cid
     )

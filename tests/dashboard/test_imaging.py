@@ -1,0 +1,74 @@
+"""Viewer imaging helpers: PNG encoder checked by an independent decoder (SimpleITK's PNG reader),
+contour edges against a hand count, window/level mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from trials.views.imaging import (
+    CachedVolume,
+    SliceOutOfRangeError,
+    contour_segments,
+    encode_png_gray,
+    physical_to_index,
+    window_slice,
+)
+
+
+def test_png_round_trip_through_simpleitk(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(37, 53), dtype=np.uint8)  # odd sizes: rows are not padded
+    path = tmp_path / "slice.png"
+    path.write_bytes(encode_png_gray(pixels))
+    decoded = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert decoded.shape == (37, 53)
+    np.testing.assert_array_equal(decoded, pixels)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4), dtype=np.float32), np.zeros((2, 2, 2), dtype=np.uint8)])
+def test_png_refuses_non_2d_uint8(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="2D uint8"):
+        encode_png_gray(bad)
+
+
+def test_contour_of_single_pixel_and_square() -> None:
+    one = np.zeros((5, 5), dtype=bool)
+    one[2, 3] = True
+    segments = contour_segments(one)
+    assert sorted(map(tuple, segments)) == sorted([(3, 2, 4, 2), (3, 3, 4, 3), (3, 2, 3, 3), (4, 2, 4, 3)])
+    square = np.zeros((6, 6), dtype=bool)
+    square[1:4, 2:5] = True  # 3 x 3: perimeter 12 unit edges, all on the square's outline
+    segments = contour_segments(square)
+    assert len(segments) == 12
+    for x0, y0, x1, y1 in segments:
+        assert x0 in (2, 5) or y0 in (1, 4)
+        assert abs(x1 - x0) + abs(y1 - y0) == 1
+
+
+def test_contour_at_image_border_is_closed() -> None:
+    full = np.ones((2, 2), dtype=bool)
+    assert len(contour_segments(full)) == 8
+
+
+def _volume(array: np.ndarray) -> CachedVolume:
+    return CachedVolume(array, (1.0, 1.0, 2.0), (10.0, 20.0, 30.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), 100.0, 50.0)
+
+
+def test_window_level_maps_linearly_and_clips() -> None:
+    array = np.array([[[-100.0, 0.0, 50.0, 100.0, 500.0]]], dtype=np.float32)
+    out = window_slice(_volume(array), 0, window=100.0, level=50.0)
+    # [level - window/2, level + window/2] = [0, 100] -> [0, 255]
+    assert out.tolist() == [[0, 0, 127, 255, 255]]
+    default = window_slice(_volume(array), 0, None, None)  # the volume's own default window
+    np.testing.assert_array_equal(default, out)
+    with pytest.raises(SliceOutOfRangeError):
+        window_slice(_volume(array), 1, None, None)
+
+
+def test_physical_to_index_inverts_the_geometry() -> None:
+    volume = _volume(np.zeros((4, 4, 4), dtype=np.float32))
+    assert physical_to_index(volume, [12.0, 23.0, 36.0]) == pytest.approx([2.0, 3.0, 3.0])
