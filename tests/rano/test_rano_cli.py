@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from rano_cases import write_case
@@ -258,3 +259,23 @@ def test_console_script_runs(tmp_path: Path) -> None:
     done = subprocess.run([str(exe), str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["visits"][1]["overall_response"] == "SD"
+
+
+def test_labelled_masks_keep_one_lesion_per_label(tmp_path: Path, capsys) -> None:
+    """Two touching lesions given as labels 1 and 2 stay two lesions; as a binary mask they are one."""
+    arr = np.zeros((40, 48, 64), np.uint8)
+    arr[10:25, 10:30, 10:30] = 1
+    arr[10:25, 10:30, 30:45] = 2  # touches label 1
+    visits = []
+    for name, date in (("BL", "2024-01-08"), ("FU1", "2024-03-08")):
+        for kind, data in (("labelled", arr), ("binary", (arr > 0).astype(np.uint8))):
+            folder = tmp_path / kind
+            folder.mkdir(exist_ok=True)
+            sitk.WriteImage(sitk.GetImageFromArray(data), str(folder / f"{name}.nii.gz"))
+        visits.append({"visit": name, "date": date, "mask": f"{name}.nii.gz"})
+    for kind, expected in (("labelled", ["L1", "L2"]), ("binary", ["L1"])):
+        path = tmp_path / kind / "visits.json"
+        path.write_text(json.dumps({"subject_id": "S011", "visits": visits}))
+        code, out, err = run(capsys, path)
+        assert code == 0, err
+        assert [lesion["lesion_id"] for lesion in out["lesions"]] == expected, kind
