@@ -1,0 +1,299 @@
+"""Dashboard pages through the Django test client: role-aware UI (buttons absent and refused by the
+server), 404 outside the user's trials, slices and overlays, assets, and query counts that do not grow
+with visits, lesions or patients (no N+1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import SimpleITK as sitk
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.dashboard.world import CENTRE_L1, World
+from tests.factories import (
+    make_assessment,
+    make_job,
+    make_lesion,
+    make_member,
+    make_observation,
+    make_patient,
+    make_timepoint,
+    make_trial,
+)
+from trials import services
+from trials.models import Assessment, Lesion
+
+pytestmark = pytest.mark.django_db
+
+
+def _count_queries(client: Any, url: str) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200, response.content[:500]
+    return len(ctx.captured_queries)
+
+
+def test_login_required(client: Any, world: World) -> None:
+    for url in (
+        "/",
+        f"/trials/{world.trial.pk}/",
+        f"/patients/{world.patient.pk}/",
+        f"/visits/{world.fu1.pk}/",
+    ):
+        response = client.get(url)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_other_trials_answer_404(client: Any, world: World) -> None:
+    outsider = make_member(make_trial("OTHER"), "radiologist")
+    client.force_login(outsider)
+    series = world.fu1.series.first()
+    for url in (
+        f"/trials/{world.trial.pk}/",
+        f"/trials/{world.trial.pk}/plots/",
+        f"/patients/{world.patient.pk}/",
+        f"/visits/{world.fu1.pk}/",
+        f"/series/{series.pk}/slices/0.png",
+        f"/series/{series.pk}/overlay/0.json",
+    ):
+        assert client.get(url).status_code == 404, url
+    response = client.post(f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk})
+    assert response.status_code == 404
+    assert not Lesion.objects.get(pk=world.lesions["L2"].pk).is_false_positive
+
+
+def test_home_lists_only_member_trials(client: Any, world: World) -> None:
+    make_trial("HIDDEN-TRIAL")
+    client.force_login(world.investigator)
+    body = client.get("/").content.decode()
+    assert "DASH-BM" in body and "HIDDEN-TRIAL" not in body and "investigator" in body
+
+
+def test_trial_home_columns(client: Any, world: World) -> None:
+    make_job(world.fu1.series.first(), kind="pipeline")
+    job = make_job(world.fu1.series.first(), kind="segment")
+    services.fail_job(job, error="CUDA out of memory")
+    client.force_login(world.investigator)
+    response = client.get(f"/trials/{world.trial.pk}/")
+    summary = response.context["summaries"][0]
+    assert (summary.subject_id, summary.latest_response, summary.bor) == ("SUBJ-0001", "PD", "PD")
+    assert summary.pending_reviews == 1  # the FU1 draft (baseline has no response to review)
+    assert summary.failed_jobs == 1
+    assert summary.next_expected_visit is None  # progressed: no further visit expected
+    assert summary.progression_date == dt.date(2024, 3, 10)
+    body = response.content.decode()
+    assert 'class="resp resp-PD"' in body and ">PD<" in body  # the category as text, not only colour
+    assert 'label for="patient-filter"' in body
+
+
+def test_next_expected_visit_uses_last_interval(client: Any, world: World) -> None:
+    patient = make_patient(world.trial, subject_id="SUBJ-0002")
+    make_timepoint(patient, visit_label="BASELINE", scan_date=dt.date(2024, 1, 1), is_baseline=True)
+    make_timepoint(patient, visit_label="FU1", scan_date=dt.date(2024, 2, 12))
+    client.force_login(world.investigator)
+    summaries = {s.subject_id: s for s in client.get(f"/trials/{world.trial.pk}/").context["summaries"]}
+    assert summaries["SUBJ-0002"].next_expected_visit == dt.date(2024, 3, 25)  # + 42 days
+
+
+def test_investigator_reads_but_cannot_review(client: Any, world: World) -> None:
+    client.force_login(world.investigator)
+    body = client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert "Images" in body and "L2" in body
+    for absent in ("Drop L2", "Override and sign", "Confirm and sign", "Add lesion", 'id="click-mode"'):
+        assert absent not in body, absent
+    assessment = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
+    posts = {
+        "drop": {"lesion_id": world.lesions["L2"].pk},
+        "confirm": {"assessment_id": assessment.pk, "password": world.password},
+        "override": {
+            "assessment_id": assessment.pk,
+            "password": world.password,
+            "overall_response": "SD",
+            "reason": "x",
+        },
+        "context": {"clinical_status": "worse"},
+    }
+    for action, data in posts.items():
+        assert client.post(f"/visits/{world.fu1.pk}/review/{action}/", data).status_code == 403, action
+    assessment.refresh_from_db()
+    assert assessment.status == "draft" and assessment.is_current
+
+
+def test_data_manager_sees_upload_not_review(client: Any, world: World) -> None:
+    client.force_login(world.data_manager)
+    patient_page = client.get(f"/patients/{world.patient.pk}/").content.decode()
+    assert 'class="upload"' in patient_page and "Upload series" in patient_page
+    visit_page = client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert "Override and sign" not in visit_page and "Drop L2" not in visit_page
+    assert 'id="context-form"' in visit_page  # steroids and clinical status are visit data
+    response = client.post(f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk})
+    assert response.status_code == 403
+
+
+def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> None:
+    body = rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    for present in (
+        "Drop L2",
+        "Override and sign",
+        "Confirm and sign",
+        "Add lesion",
+        'for="override-password"',
+    ):
+        assert present in body, present
+    response = rad_client.post(
+        f"/visits/{world.fu1.pk}/review/drop/",
+        {"lesion_id": world.lesions["L2"].pk, "reason": "vessel"},
+        follow=True,
+    )
+    assert "L2 dropped" in response.content.decode()
+    assessment = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
+    assert assessment.overall_response == "SD"
+    # A wrong password is refused with a message and nothing is signed.
+    response = rad_client.post(
+        f"/visits/{world.fu1.pk}/review/confirm/",
+        {"assessment_id": assessment.pk, "password": "bad"},
+        follow=True,
+    )
+    assert "password does not match" in response.content.decode()
+    assessment.refresh_from_db()
+    assert assessment.status == "draft"
+    rad_client.post(
+        f"/visits/{world.fu1.pk}/review/confirm/",
+        {"assessment_id": assessment.pk, "password": world.password},
+    )
+    assessment.refresh_from_db()
+    assert (assessment.status, assessment.signed_by) == ("confirmed", world.radiologist)
+    audit = rad_client.get(f"/visits/{world.fu1.pk}/").context["audit_rows"]
+    actions = [(event.action, event.actor_name) for event, _lines in audit]
+    assert ("confirm", "rad") in actions and ("review.drop_lesion", "rad") in actions
+
+
+def test_add_lesion_form_rejects_malformed_seed(rad_client: Any, world: World) -> None:
+    count = Lesion.objects.count()
+    response = rad_client.post(f"/visits/{world.fu1.pk}/review/add/", {"seed": "1,2"}, follow=True)
+    assert "voxel index" in response.content.decode()
+    assert Lesion.objects.count() == count
+    assert rad_client.post(f"/visits/{world.fu1.pk}/review/nonsense/", {}).status_code == 404
+
+
+def test_slice_png_and_overlay(rad_client: Any, world: World, tmp_path: Path) -> None:
+    series = world.fu1.series.first()
+    k = CENTRE_L1[2]
+    response = rad_client.get(f"/series/{series.pk}/slices/{k}.png?window=100&level=150")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    file = tmp_path / "slice.png"
+    file.write_bytes(response.content)
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))  # an independent PNG decoder
+    assert pixels.shape == (64, 64)
+    i, j, _ = CENTRE_L1
+    # Window [100, 200]: the lesion (300) is above the top, tissue (100 +- noise) near the bottom.
+    assert pixels[j, i] == 255 and pixels[2, 2] < 60
+    overlay = json.loads(rad_client.get(f"/series/{series.pk}/overlay/{k}.json").content)
+    by_label = {entry["label"]: entry for entry in overlay["lesions"]}
+    assert set(by_label) == {"L1", "L2"}
+    xs = [x for seg in by_label["L1"]["segments"] for x in (seg[0], seg[2])]
+    assert min(xs) <= i - 7 and max(xs) >= i + 7  # the contour surrounds the 8 mm-radius disc
+    caliper = by_label["L1"]["caliper"]
+    assert caliper is not None
+    length = ((caliper[0][0] - caliper[1][0]) ** 2 + (caliper[0][1] - caliper[1][1]) ** 2) ** 0.5
+    ld = world.lesions["L1"].observations.get(timepoint=world.fu1).longest_diameter_mm
+    assert length == pytest.approx(ld, abs=1e-6)  # 1 mm pixels: the drawn caliper is the LD
+    assert rad_client.get(f"/series/{series.pk}/slices/99.png").status_code == 400
+    assert rad_client.get(f"/series/{series.pk}/slices/1.png?window=abc").status_code == 400
+    assert rad_client.get(f"/series/{series.pk}/overlay/99.json").status_code == 400
+
+
+def test_viewer_config_has_comparison_and_lesion_slices(rad_client: Any, world: World) -> None:
+    data = rad_client.get(f"/visits/{world.fu1.pk}/").context["viewer_data"]
+    assert data["main"]["size"] == [64, 64, 32]
+    assert {entry["label"]: entry["k"] for entry in data["main"]["lesions"]} == {"L1": 16, "L2": 16}
+    assert data["compare"]["baseline"]["visit"] == "BASELINE"
+
+
+def test_assets_served_locally_with_etag(client: Any, db: None) -> None:
+    response = client.get("/assets/plotly.min.js")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/javascript")
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    assert b"plotly" in body[:2000].lower()
+    again = client.get("/assets/plotly.min.js", HTTP_IF_NONE_MATCH=response["ETag"])
+    assert again.status_code == 304
+    assert client.get("/assets/viewer.js").status_code == 200
+    assert client.get("/assets/..%2Fsettings.py").status_code == 404
+    assert client.get("/assets/other.js").status_code == 404
+
+
+def test_pages_use_no_cdn(rad_client: Any, world: World) -> None:
+    for url in (
+        f"/patients/{world.patient.pk}/",
+        f"/trials/{world.trial.pk}/plots/",
+        f"/visits/{world.fu1.pk}/",
+    ):
+        body = rad_client.get(url).content.decode()
+        assert "cdn." not in body and "https://" not in body, url
+
+
+def test_job_progress(rad_client: Any, world: World) -> None:
+    job = make_job(world.fu1.series.first(), kind="pipeline")
+    services.update_job_progress(job, progress_pct=40, stage="segmentation")
+    data = json.loads(rad_client.get(f"/jobs/{job.pk}/progress.json").content)
+    assert (data["state"], data["progress_pct"], data["stage"]) == ("queued", 40, "segmentation")
+    other = make_job(None, kind="export", trial=make_trial("OTHER-JOBS"))
+    assert rad_client.get(f"/jobs/{other.pk}/progress.json").status_code == 404
+
+
+def _add_visits(world: World, visits: int, lesions: int) -> None:
+    extra = [make_lesion(world.patient) for _ in range(lesions)]
+    for n in range(visits):
+        tp = make_timepoint(
+            world.patient, visit_label=f"FU{n + 2}", scan_date=dt.date(2024, 5, 1) + dt.timedelta(days=60 * n)
+        )
+        for lesion in [*world.lesions.values(), *extra]:
+            make_observation(lesion, tp, longest_diameter_mm=10.0 + n, volume_mm3=500.0)
+        make_assessment(tp, sum_ld_mm=30.0, pct_change_from_baseline=-5.0)
+        make_assessment(tp, criteria="volumetric", sum_volume_mm3=900.0)
+
+
+def test_timeline_and_visit_query_counts_do_not_grow(rad_client: Any, world: World) -> None:
+    timeline = f"/patients/{world.patient.pk}/"
+    small = _count_queries(rad_client, timeline)
+    small_visit = _count_queries(rad_client, f"/visits/{world.fu1.pk}/")
+    _add_visits(world, visits=4, lesions=5)
+    assert _count_queries(rad_client, timeline) == small
+    assert _count_queries(rad_client, f"/visits/{world.fu1.pk}/") == small_visit
+    assert small <= 15
+
+
+def test_trial_pages_query_counts_do_not_grow(client: Any, world: World) -> None:
+    client.force_login(world.investigator)
+    urls = (f"/trials/{world.trial.pk}/", f"/trials/{world.trial.pk}/plots/")
+    before = [_count_queries(client, url) for url in urls]
+    for n in range(15):
+        patient = make_patient(world.trial, subject_id=f"SUBJ-1{n:03d}")
+        baseline = make_timepoint(patient, visit_label="BASELINE", is_baseline=True)
+        fu = make_timepoint(patient, visit_label="FU1")
+        make_assessment(baseline, overall_response="", sum_ld_mm=40.0)
+        make_assessment(
+            fu,
+            overall_response="PR",
+            sum_ld_mm=20.0,
+            pct_change_from_baseline=-50.0,
+            best_overall_response="PR",
+        )
+        services.fail_job(make_job(fu, kind="pipeline"), error="failed")
+    assert [_count_queries(client, url) for url in urls] == before
+    assert max(before) <= 15
+
+
+def test_trial_plots_rows(client: Any, world: World) -> None:
+    client.force_login(world.investigator)
+    response = client.get(f"/trials/{world.trial.pk}/plots/")
+    rows = response.context["waterfall_rows"]
+    fu1 = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
+    assert [(r.subject_id, r.bor) for r in rows] == [("SUBJ-0001", "PD")]
+    assert rows[0].best_pct_change == pytest.approx(fu1.pct_change_from_baseline)
+    assert "chart-waterfall" in response.content.decode()
