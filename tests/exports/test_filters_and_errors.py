@@ -125,3 +125,27 @@ def test_inconsistent_definitions_raise_export_definition_error() -> None:
 )
 def test_study_day_has_no_day_zero(day: dt.date, expected: int) -> None:
     assert study_day(day, dt.date(2024, 1, 5)) == expected
+
+
+@pytest.mark.parametrize(
+    ("column_type", "value", "text"),
+    [
+        ("flag", True, "Y"),
+        ("flag", False, "N"),
+        ("flag", None, ""),
+        ("decimal", 12.345, "12.3"),
+        ("decimal", 0.0, "0.0"),
+        ("decimal", None, ""),
+        ("integer", 7, "7"),
+        ("date", dt.date(2024, 2, 29), "2024-02-29"),
+        (
+            "datetime",
+            dt.datetime(2024, 7, 2, 16, 15, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "2024-07-02T14:15:30Z",
+        ),
+        ("text", "", ""),
+        ("text", "NON-CR/NON-PD", "NON-CR/NON-PD"),
+    ],
+)
+def test_cell_formatting(column_type: str, value, text: str) -> None:
+    assert Column("c", column_type, "d").format(value) == text

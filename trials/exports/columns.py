@@ -79,23 +79,48 @@ class Column:
         datetimes ISO 8601 in UTC to the second (``YYYY-MM-DDTHH:MM:SSZ``); decimals rounded to
         ``decimals`` digits (a fixed count, so files compare cell by cell).
         """
-        if value is None or value == "":
-            return ""
+        return self.formatter()(value)
+
+    def formatter(self) -> Callable[[Any], str]:
+        """The formatting function of this column's type (chosen once: it runs for every exported cell)."""
         if self.type == FLAG:
-            return "Y" if value else "N"
+            return _format_flag
         if self.type == DECIMAL:
-            return f"{float(value):.{self.decimals}f}"
+            spec = f".{self.decimals}f"
+            return lambda value: "" if value is None or value == "" else format(float(value), spec)
         if self.type == INTEGER:
-            return str(int(value))
+            return lambda value: "" if value is None or value == "" else str(int(value))
         if self.type == DATETIME:
-            if isinstance(value, dt.datetime):
-                if value.tzinfo is not None:
-                    value = value.astimezone(dt.UTC).replace(tzinfo=None)
-                return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-            return str(value)
+            return _format_datetime
         if self.type == DATE:
-            return value.isoformat() if isinstance(value, dt.date) else str(value)
-        return str(value)
+            return _format_date
+        return _format_text
+
+
+def _format_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _format_flag(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    return "Y" if value else "N"
+
+
+def _format_date(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
+
+
+def _format_datetime(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
 
 
 RowGenerator = Callable[["Trial", "ExportFilters"], Iterator[Mapping[str, Any]]]
@@ -130,7 +155,7 @@ class Dataset:
     @cached_property
     def _formatters(self) -> tuple[tuple[str, Callable[[Any], str]], ...]:
         # Bound methods looked up once: format_row runs for every exported row.
-        return tuple((c.name, c.format) for c in self.columns)
+        return tuple((c.name, c.formatter()) for c in self.columns)
 
     @property
     def header(self) -> list[str]:
