@@ -279,36 +279,66 @@ def _label_key(label: str) -> tuple[int, str]:
     return (int(digits) if digits.isdigit() else 10**9, label)
 
 
+def _hline(y: float) -> dict[str, object]:
+    """A dashed horizontal line across the plot at ``y`` (a layout shape; cheaper than add_hline)."""
+    return {
+        "type": "line",
+        "xref": "paper",
+        "x0": 0,
+        "x1": 1,
+        "yref": "y",
+        "y0": y,
+        "y1": y,
+        "line": {"dash": "dash", "color": "#444444", "width": 1},
+    }
+
+
+def _hline_label(y: float, name: str) -> dict[str, object]:
+    return {
+        "xref": "paper",
+        "x": 1,
+        "xanchor": "right",
+        "y": y,
+        "yanchor": "bottom",
+        "text": f"{name} {y:+.0f}%",
+        "showarrow": False,
+    }
+
+
+def _by_category(rows: Sequence[object], key: str) -> dict[str, list[object]]:
+    """Group rows by a response attribute, in the order categories first appear."""
+    groups: dict[str, list[object]] = {}
+    for row in rows:
+        groups.setdefault(getattr(row, key), []).append(row)
+    return groups
+
+
 def waterfall_figure(
     rows: Sequence[WaterfallRow], *, pr_threshold_pct: float = -30.0, pd_threshold_pct: float = 20.0
 ) -> go.Figure:
     """Waterfall plot: best % change of SLD from baseline per patient, largest increase first.
 
-    Bars are coloured by best overall response and labelled with it (text, not colour only).
+    Bars are coloured by best overall response and labelled with it (text, not colour only). One trace per
+    category (not per patient) keeps a 500-patient trial fast to build and to draw.
     """
     ordered = sorted(rows, key=lambda r: (-r.best_pct_change, r.subject_id))
     fig = go.Figure()
-    seen: set[str] = set()
-    for row in ordered:
-        show = row.bor not in seen
-        seen.add(row.bor)
+    for bor, group in _by_category(ordered, "bor").items():
         fig.add_trace(
             go.Bar(
-                x=[row.subject_id],
-                y=[row.best_pct_change],
-                name=row.bor or "no BOR",
-                legendgroup=row.bor,
-                showlegend=show,
-                marker_color=RESPONSE_COLOURS.get(row.bor, "#BBBBBB"),
-                text=[row.bor or "-"],
+                x=[r.subject_id for r in group],  # type: ignore[attr-defined]
+                y=[r.best_pct_change for r in group],  # type: ignore[attr-defined]
+                name=bor or "no BOR",
+                marker_color=RESPONSE_COLOURS.get(bor, "#BBBBBB"),
+                text=[bor or "-"] * len(group),
                 textposition="outside",
-                hovertemplate=f"{row.subject_id}: %{{y:.1f}}% (BOR {row.bor or '-'})<extra></extra>",
+                hovertemplate="%{x}: %{y:.1f}% (BOR %{text})<extra></extra>",
             )
         )
-    for value, name in ((pr_threshold_pct, "PR"), (pd_threshold_pct, "PD")):
-        fig.add_hline(y=value, line_dash="dash", annotation_text=f"{name} {value:+.0f}%")
     fig.update_layout(
         **_LAYOUT_BASE,
+        shapes=[_hline(pr_threshold_pct), _hline(pd_threshold_pct)],
+        annotations=[_hline_label(pr_threshold_pct, "PR"), _hline_label(pd_threshold_pct, "PD")],
         title={"text": "Waterfall: best change of SLD from baseline"},
         yaxis_title="Best change from baseline (%)",
         xaxis={
@@ -322,26 +352,44 @@ def waterfall_figure(
 
 
 def spider_figure(points: Sequence[SpiderPoint], *, pr_threshold_pct: float = -30.0) -> go.Figure:
-    """Spider plot: % change of SLD from baseline over time, one line per patient (day 0 = 0%)."""
+    """Spider plot: % change of SLD from baseline over time, one line per patient (day 0 = 0%).
+
+    Patients are grouped into one trace per latest response (lines separated by gaps), so the legend
+    reads by category and hundreds of patients stay one trace each category.
+    """
     by_subject: dict[str, list[SpiderPoint]] = {}
     for point in points:
         by_subject.setdefault(point.subject_id, []).append(point)
-    fig = go.Figure()
+    groups: dict[str, tuple[list[int | None], list[float | None], list[str]]] = {}
     for subject in sorted(by_subject):
         rows = sorted(by_subject[subject], key=lambda p: p.days_from_baseline)
+        latest = next((p.response for p in reversed(rows) if p.response), "")
+        xs, ys, texts = groups.setdefault(latest, ([], [], []))
+        if xs:
+            xs.append(None)  # a gap: the next patient's line starts afresh
+            ys.append(None)
+            texts.append("")
+        xs.extend(p.days_from_baseline for p in rows)
+        ys.extend(p.pct_change for p in rows)
+        texts.extend(f"{subject} {p.response}".strip() for p in rows)
+    fig = go.Figure()
+    for latest, (xs, ys, texts) in groups.items():
         fig.add_trace(
             go.Scatter(
-                x=[p.days_from_baseline for p in rows],
-                y=[p.pct_change for p in rows],
+                x=xs,
+                y=ys,
                 mode="lines+markers",
-                name=subject,
-                text=[p.response for p in rows],
-                hovertemplate=f"{subject} day %{{x}}: %{{y:.1f}}% %{{text}}<extra></extra>",
+                name=f"latest {latest}" if latest else "no response yet",
+                line={"color": RESPONSE_COLOURS.get(latest, "#BBBBBB")},
+                text=texts,
+                connectgaps=False,
+                hovertemplate="%{text}: day %{x}, %{y:.1f}%<extra></extra>",
             )
         )
-    fig.add_hline(y=pr_threshold_pct, line_dash="dash", annotation_text=f"PR {pr_threshold_pct:+.0f}%")
     fig.update_layout(
         **_LAYOUT_BASE,
+        shapes=[_hline(pr_threshold_pct)],
+        annotations=[_hline_label(pr_threshold_pct, "PR")],
         title={"text": "Spider: change of SLD from baseline"},
         xaxis_title="Days from baseline",
         yaxis_title="Change from baseline (%)",
@@ -356,30 +404,32 @@ def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
         ChartInputError: a segment ends before it starts.
     """
     ordered = sorted(rows, key=lambda r: (max((s[1] for s in r.segments), default=0), r.subject_id))
-    fig = go.Figure()
-    shown: set[str] = set()
+    segments: dict[str, tuple[list[str], list[int], list[int]]] = {}
     for row in ordered:
         for start, end, response in row.segments:
             if end < start:
                 raise ChartInputError(
                     f"{row.subject_id}: segment ends (day {end}) before it starts ({start})."
                 )
-            fig.add_trace(
-                go.Bar(
-                    y=[row.subject_id],
-                    x=[max(end - start, 1)],
-                    base=[start],
-                    orientation="h",
-                    name=response or "on study",
-                    legendgroup=response,
-                    showlegend=response not in shown,
-                    marker_color=RESPONSE_COLOURS.get(response, "#BBBBBB"),
-                    text=[response],
-                    textposition="inside",
-                    hovertemplate=f"{row.subject_id} day {start}-{end}: {response or 'on study'}<extra></extra>",
-                )
+            ys, bases, lengths = segments.setdefault(response, ([], [], []))
+            ys.append(row.subject_id)
+            bases.append(start)
+            lengths.append(max(end - start, 1))
+    fig = go.Figure()
+    for response, (ys, bases, lengths) in segments.items():
+        fig.add_trace(
+            go.Bar(
+                y=ys,
+                x=lengths,
+                base=bases,
+                orientation="h",
+                name=response or "on study",
+                marker_color=RESPONSE_COLOURS.get(response, "#BBBBBB"),
+                text=[response] * len(ys),
+                textposition="inside",
+                hovertemplate="%{y} from day %{base}: %{text}<extra></extra>",
             )
-            shown.add(response)
+        )
     pd_rows = [r for r in ordered if r.pd_day is not None]
     if pd_rows:
         fig.add_trace(

@@ -86,9 +86,12 @@ def test_waterfall_sorted_largest_increase_first_and_labelled_by_bor() -> None:
     ]
     fig = charts.waterfall_figure(rows)
     assert list(fig.layout.xaxis.categoryarray) == ["S2", "S3", "S1", "S4"]
-    assert [t.text[0] for t in fig.data] == ["PD", "SD", "PR", "CR"]
-    assert {t.marker.color for t in fig.data} == {
-        charts.RESPONSE_COLOURS[r] for r in ("PD", "SD", "PR", "CR")
+    bars = {
+        (x, y, text) for trace in fig.data for x, y, text in zip(trace.x, trace.y, trace.text, strict=True)
+    }
+    assert bars == {("S2", 25.0, "PD"), ("S3", -5.0, "SD"), ("S1", -50.0, "PR"), ("S4", -100.0, "CR")}
+    assert {t.name: t.marker.color for t in fig.data} == {
+        r: charts.RESPONSE_COLOURS[r] for r in ("PD", "SD", "PR", "CR")
     }
     assert sorted(shape.y0 for shape in fig.layout.shapes) == [-30.0, 20.0]
 
@@ -102,21 +105,34 @@ def test_lesion_curves_one_trace_per_label_in_numeric_order() -> None:
 
 def test_spider_and_swimmer() -> None:
     spider = charts.spider_figure(
-        [charts.SpiderPoint("S1", 60, -40.0, "PR"), charts.SpiderPoint("S1", 0, 0.0)]
+        [
+            charts.SpiderPoint("S1", 60, -40.0, "PR"),
+            charts.SpiderPoint("S1", 0, 0.0),
+            charts.SpiderPoint("S2", 0, 0.0),
+            charts.SpiderPoint("S2", 50, -35.0, "PR"),
+            charts.SpiderPoint("S3", 0, 0.0),
+            charts.SpiderPoint("S3", 55, 30.0, "PD"),
+        ]
     )
-    assert list(spider.data[0].x) == [0, 60]
+    lines = {t.name: (list(t.x), list(t.y)) for t in spider.data}
+    # One trace per latest response; patients within it are separate lines (a gap between them).
+    assert lines == {
+        "latest PR": ([0, 60, None, 0, 50], [0.0, -40.0, None, 0.0, -35.0]),
+        "latest PD": ([0, 55], [0.0, 30.0]),
+    }
     swimmer = charts.swimmer_figure(
         [
             charts.SwimmerRow("S1", [(0, 60, "SD"), (60, 120, "PD")], pd_day=120, ongoing=False),
             charts.SwimmerRow("S2", [(0, 200, "PR")], ongoing=True),
         ]
     )
-    bars = [t for t in swimmer.data if t.type == "bar"]
-    assert [(b.y[0], b.base[0], b.x[0], b.text[0]) for b in bars] == [
-        ("S1", 0, 60, "SD"),
-        ("S1", 60, 60, "PD"),
-        ("S2", 0, 200, "PR"),
-    ]
+    bars = sorted(
+        (y, base, length, text)
+        for t in swimmer.data
+        if t.type == "bar"
+        for y, base, length, text in zip(t.y, t.base, t.x, t.text, strict=True)
+    )
+    assert bars == [("S1", 0, 60, "SD"), ("S1", 60, 60, "PD"), ("S2", 0, 200, "PR")]
     pd_marks = _trace(swimmer, "PD (progression date)")
     assert list(pd_marks.x) == [120] and list(pd_marks.y) == ["S1"]
     assert list(_trace(swimmer, "Ongoing").y) == ["S2"]
