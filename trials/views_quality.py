@@ -11,25 +11,18 @@ Same access rule as the export API: data managers and trial admins; 404 for non-
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from trials.api.exports import may_export
 from trials.exports import EXPORTS
+from trials.exports.access import trial_for_export
 from trials.models import Trial
-from trials.permissions import visible_trials
 from trials.quality import quality_report
 
 
 def _trial(request: HttpRequest, trial_id: int) -> Trial:
-    trial = visible_trials(request.user).filter(pk=trial_id).first()
-    if trial is None:
-        raise Http404("No such trial.")
-    if not may_export(request.user, trial):
-        raise PermissionDenied("Only data managers and trial admins may see this page.")
-    return trial
+    return trial_for_export(request.user, trial_id)
 
 
 @login_required

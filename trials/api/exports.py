@@ -11,9 +11,8 @@ filters, when) before the first byte is sent.
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.http import Http404, StreamingHttpResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
@@ -22,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from trials import services
-from trials.choices import AuditAction, MembershipRole
+from trials.choices import AuditAction
 from trials.exports import (
     EXPORT_KINDS,
     ExportError,
@@ -32,33 +31,7 @@ from trials.exports import (
     get_dataset,
     open_export,
 )
-from trials.models import Trial
-from trials.permissions import user_roles, visible_trials
-
-#: Roles that may export a trial's data (the issue: "data managers and trial admins only").
-EXPORT_ROLES = frozenset({MembershipRole.DATA_MANAGER, MembershipRole.ADMIN})
-
-
-def may_export(user: Any, trial: Trial) -> bool:
-    """Whether ``user`` may export ``trial``: a data manager or trial admin of it, or a superuser."""
-    if getattr(user, "is_superuser", False):
-        return True
-    return bool(EXPORT_ROLES & user_roles(user, trial))
-
-
-def trial_for_export(user: Any, trial_id: int) -> Trial:
-    """The trial, checked for export access.
-
-    Raises:
-        Http404: no such trial, or the user is not a member (no information about other trials leaks).
-        PermissionDenied: a member whose roles do not allow exports.
-    """
-    trial = visible_trials(user).filter(pk=trial_id).first()
-    if trial is None:
-        raise Http404("No such trial.")
-    if not may_export(user, trial):
-        raise PermissionDenied("Only data managers and trial admins may export this trial's data.")
-    return trial
+from trials.exports.access import trial_for_export
 
 
 class TrialExportView(APIView):
@@ -79,7 +52,10 @@ class TrialExportView(APIView):
         responses={(200, "text/csv"): OpenApiTypes.BINARY},
     )
     def get(self, request: Request, pk: int, kind: str) -> StreamingHttpResponse:
-        trial = trial_for_export(request.user, pk)
+        try:
+            trial = trial_for_export(request.user, pk)
+        except DjangoPermissionDenied as exc:
+            raise PermissionDenied(str(exc)) from None  # keep the message (DRF would replace it)
         try:
             get_dataset(kind)
             filters = ExportFilters.from_query(request.query_params)
