@@ -144,7 +144,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_ALWAYS_EAGER = CELERY_EMBEDDED
 # A message taken by a worker that died without acknowledging returns to its queue after this long; it
 # must exceed the longest task (PIPELINE_JOB_TIME_LIMIT_S), or a running task is delivered twice.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=7200)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_S", default=7200),
+    # How often a worker looks for such messages (seconds); every look is one cheap Redis query.
+    "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_INTERVAL_S", default=10),
+    "unacked_restore_throttle": 1,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 PIPELINE_MODEL_DIR: str = env.str("PIPELINE_MODEL_DIR", default="")  # empty: segmentation/models/demo-unetr

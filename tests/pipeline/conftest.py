@@ -81,6 +81,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model_dir(network, config, tmp_path_factory.mktemp("tiny-model") / "tiny-unetr")
 
 
+@pytest.fixture(scope="session")
+def slow_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny UNETR on 2 mm voxels: about 36 windows per test volume, so a segmentation lasts a few
+    seconds on a CPU (long enough to kill a worker in the middle of it). Finds no lesion either."""
+    import torch
+
+    from segmentation.model import build_network, save_model_dir
+    from segmentation.train import demo_config
+
+    config = demo_config(spacing_mm=2.0, patch=32, feature_size=4, hidden_size=32, num_heads=2)
+    torch.manual_seed(1)
+    network = build_network(config)
+    with torch.no_grad():
+        network.out.conv.conv.bias.fill_(-20.0)
+    return save_model_dir(network, config, tmp_path_factory.mktemp("slow-tiny-model") / "tiny-unetr-2mm")
+
+
 @pytest.fixture
 def pipeline_patient(db: None) -> Iterator[Any]:
     """A trial patient with the three visits of ``synthetic_patient`` (no series yet)."""

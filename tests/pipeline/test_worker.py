@@ -1,0 +1,331 @@
+"""Real Celery worker processes on a real Redis broker and the test PostgreSQL database.
+
+* Three visits uploaded through the API are processed by a ``celery worker`` subprocess; the worker is
+  killed with SIGKILL in the middle of the first segmentation; a new worker finishes every job exactly
+  once and nothing is duplicated.
+* Uploads made while Redis is down are not lost: the job is stored, and once Redis is back the periodic
+  sweep (beat inside the worker) hands it to the broker and the worker runs it. That test runs its own
+  ``redis-server`` on another port; the shared server on 6379 is never stopped.
+
+The worker uses its own queue names and Redis database number, so runs of other engineers on the same
+Redis do not interfere. The model is the tiny model directory of conftest.py: these tests check the
+mechanics, not segmentation accuracy (see test_longitudinal.py for the clinical results).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.factories import make_member
+from tests.pipeline.conftest import SyntheticPatient
+from trials.choices import Criteria, JobState, MembershipRole, RunStatus
+from trials.models import (
+    Assessment,
+    AuditEvent,
+    ImagingSeries,
+    LesionObservation,
+    ProcessingJob,
+    SegmentationRun,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+REDIS_HOST = "127.0.0.1"
+SHARED_REDIS_PORT = 6379
+PRIVATE_REDIS_PORT = 6390
+REDIS_DB = 11  # not the default 0: another run's unacknowledged messages never mix with ours
+VISIBILITY_TIMEOUT_S = 15  # longer than one tiny-model task, short enough for the test
+ROOT = Path(__file__).resolve().parents[2]
+CELERY = Path(sys.executable).with_name("celery")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((REDIS_HOST, port)) == 0
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class Worker:
+    """A ``celery -A worker worker`` subprocess in its own process group (so SIGKILL takes it all)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, beat: bool = False) -> None:
+        queues = f"{env['CELERY_GPU_QUEUE']},{env['CELERY_DEFAULT_QUEUE']}"
+        args = [str(CELERY), "-A", "worker", "worker", "-Q", queues, "--concurrency", "1", "-l", "info"]
+        args += ["-n", f"test-{os.getpid()}-{log_path.stem}@%h", "--without-gossip", "--without-mingle"]
+        if beat:
+            args += ["-B", "-s", str(log_path.with_suffix(".beat"))]
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log()[-3000:]}")
+            return " ready." in self.log()
+
+        wait_for(ready, timeout_s, "the worker to start")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture
+def broker(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], str]]:
+    """Point this process's Celery app at a broker (port -> URL) with test-private queue names."""
+    from worker import tasks
+    from worker.celery import app
+
+    gpu_queue, default_queue = f"mt-test-{os.getpid()}-gpu", f"mt-test-{os.getpid()}-default"
+    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "task_routes")}
+    monkeypatch.setattr(tasks, "GPU_QUEUE", gpu_queue)
+    monkeypatch.setattr(tasks, "DEFAULT_QUEUE", default_queue)
+    settings.CELERY_EMBEDDED = False
+    settings.CELERY_GPU_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE = gpu_queue, default_queue
+
+    def use(port: int) -> str:
+        url = f"redis://{REDIS_HOST}:{port}/{REDIS_DB}"
+        settings.CELERY_BROKER_URL = url
+        monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads this variable before its own setting
+        app.conf.update(
+            broker_url=url,
+            task_always_eager=False,
+            task_routes={
+                "mettrack.pipeline.segment": {"queue": gpu_queue},
+                "mettrack.*": {"queue": default_queue},
+            },
+        )
+        # Connection pools are bound to the URL they were made for: start afresh.
+        app._pool = None
+        app.amqp._producer_pool = None
+        return url
+
+    yield use
+    app.conf.update(**saved)
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def worker_env(broker_url: str, media_root: Path, model_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of a worker process: the test database, this test's storage, queues and model."""
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or REDIS_HOST}:{db['PORT'] or 5432}/{db['NAME']}",
+        CELERY_BROKER_URL=broker_url,
+        CELERY_GPU_QUEUE=settings.CELERY_GPU_QUEUE,
+        CELERY_DEFAULT_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+        CELERY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S),
+        CELERY_UNACKED_RESTORE_INTERVAL_S="1",
+        MEDIA_ROOT=str(media_root),
+        PIPELINE_MODEL_DIR=str(model_dir),
+        PIPELINE_DEVICE="cpu",
+        # Production settings (DEBUG off) with what they require.
+        DEBUG="0",
+        SECRET_KEY="pipeline-worker-test-key-not-secret-0123456789-abcdefghijkl",
+        ALLOWED_HOSTS="localhost",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def upload(client: Any, timepoint_id: int, path: Path) -> Any:
+    with path.open("rb") as fh:
+        return client.post(f"/api/v1/timepoints/{timepoint_id}/series/", {"file": fh}, format="multipart")
+
+
+def jobs_done(ids: list[int]) -> bool:
+    states = set(ProcessingJob.objects.filter(pk__in=ids).values_list("state", flat=True))
+    return states <= {JobState.SUCCEEDED, JobState.FAILED}
+
+
+@pytest.mark.timeout(300)
+def test_three_visits_through_a_worker_killed_mid_segmentation(
+    broker: Callable[[int], str],
+    api_client: Any,
+    pipeline_patient: Any,
+    synthetic_patient: SyntheticPatient,
+    slow_tiny_model_dir: Path,
+    media_root: Path,
+    tmp_path: Path,
+) -> None:
+    if not port_open(SHARED_REDIS_PORT):
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    url = broker(SHARED_REDIS_PORT)
+    env = worker_env(url, media_root, slow_tiny_model_dir)
+    manager = make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER)
+    api_client.force_authenticate(manager)
+    visits = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
+
+    first = Worker(env, tmp_path / "worker-1.log")
+    try:
+        first.wait_ready()
+        response = upload(api_client, visits["BASELINE"].pk, synthetic_patient.zips[0])
+        assert response.status_code == 202, response.content
+        job_ids = [response.json()["job"]["id"]]
+        assert ProcessingJob.objects.get(pk=job_ids[0]).celery_task_id  # it reached Redis
+
+        def segmenting() -> bool:
+            job = ProcessingJob.objects.get(pk=job_ids[0])
+            return job.state == JobState.RUNNING and job.stage == "segmentation" and job.progress_pct >= 10
+
+        try:
+            wait_for(segmenting, 90, "the first segmentation to start", poll_s=0.05)
+        except AssertionError as exc:
+            job = ProcessingJob.objects.get(pk=job_ids[0])
+            raise AssertionError(
+                f"{exc}; job {job.state} {job.stage} {job.error}\n{first.log()[-4000:]}"
+            ) from None
+        first.kill()
+    finally:
+        first.kill()
+    # The other visits arrive while no worker runs: they wait in the queue.
+    for label, path in zip(synthetic_patient.labels[1:], synthetic_patient.zips[1:], strict=True):
+        response = upload(api_client, visits[label].pk, path)
+        assert response.status_code == 202, response.content
+        job_ids.append(response.json()["job"]["id"])
+    killed = ProcessingJob.objects.get(pk=job_ids[0])
+    assert killed.state == JobState.RUNNING and killed.attempts == 1  # left mid-way, not acknowledged
+
+    second = Worker(env, tmp_path / "worker-2.log")
+    try:
+        second.wait_ready()
+        wait_for(lambda: jobs_done(job_ids), 200, "every job to finish", poll_s=0.5)
+    finally:
+        second.stop()
+
+    jobs = list(ProcessingJob.objects.filter(pk__in=job_ids).order_by("pk"))
+    for job in jobs:
+        assert job.state == JobState.SUCCEEDED, (job.error, second.log()[-3000:])
+        assert job.progress_pct == 100 and job.finished_at is not None
+    assert jobs[0].attempts == 2  # delivered again after the kill, run to the end once
+    # Exactly one run per series, one observation per lesion and visit, one current assessment per
+    # visit and criteria: the rerun duplicated nothing.
+    assert SegmentationRun.objects.count() == 3 == ImagingSeries.objects.count()
+    assert set(SegmentationRun.objects.values_list("status", flat=True)) == {RunStatus.SUCCEEDED}
+    assert set(SegmentationRun.objects.values_list("device", flat=True)) == {"cpu"}
+    pairs = list(LesionObservation.objects.values_list("lesion_id", "timepoint_id"))
+    assert len(pairs) == len(set(pairs))
+    for tp in visits.values():
+        for criteria in (Criteria.RANO_BM, Criteria.VOLUMETRIC):
+            assert Assessment.objects.filter(timepoint=tp, criteria=criteria, is_current=True).count() == 1
+    # The uploader and the correlation id travelled with the tasks into the audit trail.
+    for job in jobs:
+        finished = AuditEvent.objects.get(correlation_id=job.correlation_id, action="finish")
+        assert finished.object_id == str(job.pk)
+        run_events = AuditEvent.objects.filter(
+            correlation_id=job.correlation_id, object_type="trials.segmentationrun", action="create"
+        )
+        assert run_events.count() == 1 and run_events.get().actor == manager
+
+
+@pytest.mark.timeout(300)
+def test_upload_while_redis_is_down_runs_after_redis_returns(
+    broker: Callable[[int], str],
+    api_client: Any,
+    pipeline_patient: Any,
+    synthetic_patient: SyntheticPatient,
+    tiny_model_dir: Path,
+    media_root: Path,
+    tmp_path: Path,
+) -> None:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        pytest.skip("redis-server is not installed")
+    if port_open(PRIVATE_REDIS_PORT):
+        pytest.skip(f"port {PRIVATE_REDIS_PORT} is taken")
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                redis_server,
+                "--port",
+                str(PRIVATE_REDIS_PORT),
+                "--bind",
+                REDIS_HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open(PRIVATE_REDIS_PORT), 20, "the private redis-server")
+        return process
+
+    redis = start_redis()
+    url = broker(PRIVATE_REDIS_PORT)
+    env = worker_env(
+        url, media_root, tiny_model_dir, PIPELINE_SWEEP_INTERVAL_S="2", PIPELINE_ENQUEUE_GRACE_S="1"
+    )
+    api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
+    worker = Worker(env, tmp_path / "worker-beat.log", beat=True)
+    try:
+        worker.wait_ready()
+        redis.terminate()
+        redis.wait(timeout=20)
+        assert not port_open(PRIVATE_REDIS_PORT)
+
+        response = upload(
+            api_client, pipeline_patient.timepoints.get(visit_label="BASELINE").pk, synthetic_patient.zips[0]
+        )
+        assert response.status_code == 202, response.content
+        job = ProcessingJob.objects.get(pk=response.json()["job"]["id"])
+        assert job.state == JobState.QUEUED and job.celery_task_id == ""  # stored, not yet at the broker
+
+        redis = start_redis()
+        wait_for(lambda: jobs_done([job.pk]), 150, "the job to run after Redis returned", poll_s=0.5)
+        job.refresh_from_db()
+        assert job.state == JobState.SUCCEEDED, (job.error, worker.log()[-3000:])
+        assert job.celery_task_id and job.attempts == 1
+        assert AuditEvent.objects.filter(
+            object_type="trials.processingjob", object_id=str(job.pk), reason__contains="periodic sweep"
+        ).exists()
+    finally:
+        worker.stop()
+        redis.terminate()
+        redis.wait(timeout=20)
