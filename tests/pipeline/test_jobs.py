@@ -1,0 +1,141 @@
+"""Job reliability pieces in-process: sweeps, task policy, error mapping, ``manage.py import_series``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import OperationalError
+from django.utils import timezone
+
+from tests.pipeline.conftest import SyntheticPatient
+from trials import pipeline, services
+from trials.choices import JobKind, JobState
+from trials.models import AuditEvent, ImagingSeries, ProcessingJob
+
+
+@pytest.fixture
+def embedded(settings: Any, tiny_model_dir: Path, media_root: Path) -> None:
+    settings.CELERY_EMBEDDED = True
+    settings.PIPELINE_EMBEDDED_SYNC = True
+    settings.PIPELINE_MODEL_DIR = str(tiny_model_dir)
+
+
+def test_task_policy_is_late_ack_retry_transient_only() -> None:
+    from worker.celery import app
+    from worker.tasks import GPU_QUEUE, analyse_series, segment_series
+
+    for task in (segment_series, analyse_series):
+        assert task.acks_late and task.reject_on_worker_lost
+        assert task.autoretry_for == (pipeline.TransientError,)
+        assert task.max_retries == 5 and task.retry_backoff and task.retry_jitter
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.amqp.router.route({}, "mettrack.pipeline.segment")["queue"].name == GPU_QUEUE
+
+
+def test_database_connection_errors_become_transient() -> None:
+    with pytest.raises(pipeline.TransientError, match="database unavailable"), pipeline.transient_errors():
+        raise OperationalError("server closed the connection unexpectedly")
+    # Anything else passes through unchanged.
+    with pytest.raises(ValueError, match="bad value"), pipeline.transient_errors():
+        raise ValueError("bad value")
+
+
+@pytest.mark.django_db
+def test_stuck_running_job_past_its_limit_is_failed_and_audited(pipeline_patient: Any) -> None:
+    old = services.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=600, actor=None)
+    recent = services.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=600, actor=None)
+    services.start_job(old, stage="segmentation")
+    services.start_job(recent, stage="segmentation")
+    ProcessingJob.objects.filter(pk=old.pk).update(started_at=timezone.now() - dt.timedelta(seconds=601))
+
+    assert pipeline.sweep_stuck_jobs() == [old.pk]
+
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert (
+        old.state == JobState.FAILED and "time limit of 10 min" in old.error and "segmentation" in old.error
+    )
+    assert recent.state == JobState.RUNNING
+    assert AuditEvent.objects.filter(
+        object_type="trials.processingjob", object_id=str(old.pk), action="fail"
+    ).exists()
+    assert pipeline.sweep_stuck_jobs() == []  # nothing left to fail
+
+
+@pytest.mark.django_db
+def test_sweep_enqueues_only_jobs_that_never_reached_the_broker(
+    pipeline_patient: Any, synthetic_patient: SyntheticPatient, embedded: None, settings: Any
+) -> None:
+    settings.PIPELINE_ENQUEUE_GRACE_S = 60
+    visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    upload = pipeline.ingest_upload(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
+    assert upload.job.celery_task_id == ""
+    assert pipeline.sweep_unenqueued_jobs() == []  # younger than the grace period: its own enqueue may come
+    ProcessingJob.objects.filter(pk=upload.job.pk).update(
+        enqueued_at=timezone.now() - dt.timedelta(seconds=61)
+    )
+
+    assert pipeline.sweep_unenqueued_jobs() == [upload.job.pk]
+
+    upload.job.refresh_from_db()
+    assert upload.job.state == JobState.SUCCEEDED and upload.job.celery_task_id.startswith("embedded-")
+    assert (
+        AuditEvent.objects.filter(object_id=str(upload.job.pk), reason__contains="periodic sweep").count()
+        == 1
+    )
+    assert pipeline.sweep_unenqueued_jobs() == []
+
+
+@pytest.mark.django_db
+def test_failed_job_can_be_retried_and_reuses_the_stored_series(
+    pipeline_patient: Any,
+    synthetic_patient: SyntheticPatient,
+    embedded: None,
+    settings: Any,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from worker.tasks import run_pipeline_inline
+
+    settings.PIPELINE_MODEL_DIR = str(tmp_path / "no-model-here")
+    visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    upload = pipeline.ingest_upload(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
+    run_pipeline_inline(upload.job.pk)
+    job = ProcessingJob.objects.get(pk=upload.job.pk)
+    assert job.state == JobState.FAILED and "config.json" in job.error and job.attempts == 1
+
+    settings.PIPELINE_MODEL_DIR = str(tiny_model_dir)
+    with django_capture_on_commit_callbacks(execute=True):
+        pipeline.retry_job(job, actor=None, reason="model installed")
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.error == ""
+    assert ImagingSeries.objects.count() == 1
+    with pytest.raises(services.InvalidStateError, match="only a failed job"):
+        pipeline.retry_job(job, actor=None)
+
+
+@pytest.mark.django_db
+def test_import_series_command_runs_the_pipeline_in_embedded_mode(
+    pipeline_patient: Any, synthetic_patient: SyntheticPatient, embedded: None, tmp_path: Path
+) -> None:
+    call_command("import_series", "SUBJ-001", "BASELINE", str(synthetic_patient.zips[0]))
+    series = ImagingSeries.objects.get()
+    job = ProcessingJob.objects.get(object_id=series.pk)
+    assert job.state == JobState.SUCCEEDED and series.timepoint.visit_label == "BASELINE"
+
+    with pytest.raises(CommandError, match="already stored"):
+        call_command("import_series", "SUBJ-001", "FU1", str(synthetic_patient.zips[0]))
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    with pytest.raises(CommandError, match="DICOM"):
+        call_command("import_series", "SUBJ-001", "FU1", str(bad))
+    with pytest.raises(CommandError, match="No patient"):
+        call_command("import_series", "NOBODY", "FU1", str(bad))
+    with pytest.raises(CommandError, match="no visit"):
+        call_command("import_series", "SUBJ-001", "FU9", str(bad))
+    assert ImagingSeries.objects.count() == 1
