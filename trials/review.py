@@ -6,9 +6,10 @@ why, with before/after), and then recomputes the patient's assessments from the 
 with the pipeline's ``reassess_patient`` -- all in one transaction, so a failed recomputation leaves no
 half-applied correction behind.
 
-Reader-drawn contours (an added lesion, a merge, a split) are stored as a label mask on the series grid
-in a segmentation run of the "reader edits" model version (``READER_MODEL_NAME``; one run per series),
-with the lesion's primary key as label value, so the viewer draws them like the AI's contours.
+Reader-drawn contours (an added lesion, a merge, a split) are stored as one binary mask per lesion and
+visit on the series grid, ``masks/reader/tp<visit id>_lesion<lesion id>.nii.gz``; the observation then
+has no segmentation run (its source is ``manual`` or ``edited``) and the viewer draws that mask instead.
+Keeping them out of ``SegmentationRun`` leaves the pipeline's runs (and its lesion matching) untouched.
 
 Permission checks are the caller's job (``trials.permissions``: ``edit_lesions`` for corrections,
 ``review_assessments`` for confirm/override), as for every service.
@@ -17,12 +18,11 @@ What is here:
     drop_lesion, restore_lesion, add_lesion_from_seed, merge_lesions, split_lesion,
     set_target_selection, set_lesion_flags, set_unequivocal_progression, set_clinical_context,
     confirm_with_signature, override_with_signature, verify_signature,
-    load_series_image, load_observation_mask, grow_region
+    load_series_image, load_observation_mask, observation_mask_source, read_stored_image, grow_region
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -52,17 +52,12 @@ from trials.models import (
     ImagingSeries,
     Lesion,
     LesionObservation,
-    ModelVersion,
     Patient,
-    SegmentationRun,
     Timepoint,
 )
 
-#: Name of the model version under which reader-drawn masks are stored (not a network).
-READER_MODEL_NAME = "reader-edits"
-READER_MODEL_VERSION = "1"
-#: Fixed checksum of that pseudo model: sha256 of its name, so every installation agrees on it.
-READER_MODEL_SHA256 = hashlib.sha256(READER_MODEL_NAME.encode()).hexdigest()
+#: Folder (in the default storage) of reader-drawn lesion masks.
+READER_MASK_DIR = "masks/reader"
 
 #: Reader flags a radiologist may set on a lesion (rano-bm.md section 2).
 LESION_FLAGS: tuple[str, ...] = (
@@ -99,32 +94,38 @@ class MissingImageError(InvalidStateError):
 # ------------------------------------------------------------------------------------------ imaging
 
 
-def _local_path(file: FieldFile) -> tuple[str, bool]:
-    """Path of a stored file on this machine; remote storages are copied to a temporary file."""
+def read_stored_image(name: str) -> sitk.Image:
+    """Read a NIfTI (or any SimpleITK format) from the default storage, with its geometry.
+
+    Remote storages (no local path) are copied to a temporary file first.
+
+    Raises:
+        MissingImageError: nothing is stored under ``name``.
+    """
+    if not name or not default_storage.exists(name):
+        raise MissingImageError(f"No image is stored under {name!r}.")
     try:
-        return file.path, False
+        return sitk.ReadImage(default_storage.path(name))
     except NotImplementedError:
-        suffix = ".nii.gz" if file.name.endswith(".nii.gz") else os.path.splitext(file.name)[1]
+        suffix = ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
         handle, path = tempfile.mkstemp(suffix=suffix)
-        with os.fdopen(handle, "wb") as out, file.open("rb") as src:
-            out.write(src.read())
-        return path, True
+        try:
+            with os.fdopen(handle, "wb") as out, default_storage.open(name, "rb") as src:
+                out.write(src.read())
+            return sitk.ReadImage(path)
+        finally:
+            os.unlink(path)
 
 
 def read_image_file(file: FieldFile) -> sitk.Image:
-    """Read a stored NIfTI (or any SimpleITK format) into an image with its geometry.
+    """Read a stored file field (a series volume, a run's mask).
 
     Raises:
         MissingImageError: no file is stored.
     """
     if not file:
         raise MissingImageError("No image file is stored for this object.")
-    path, temporary = _local_path(file)
-    try:
-        return sitk.ReadImage(path)
-    finally:
-        if temporary:
-            os.unlink(path)
+    return read_stored_image(file.name)
 
 
 def load_series_image(series: ImagingSeries) -> sitk.Image:
@@ -147,22 +148,40 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     )
 
 
-def load_observation_mask(observation: LesionObservation) -> sitk.Image:
-    """Binary (UInt8) mask of one lesion at one visit, from its run's label mask.
+def reader_mask_name(lesion_id: int, timepoint_id: int) -> str:
+    """Storage name of the reader-drawn mask of one lesion at one visit."""
+    return f"{READER_MASK_DIR}/tp{timepoint_id}_lesion{lesion_id}.nii.gz"
 
-    Raises:
-        MissingImageError: the observation has no run, no mask file or no label value.
+
+def observation_mask_source(observation: LesionObservation) -> tuple[str, int] | None:
+    """Where an observation's contour is stored: ``(storage name, label value)``, or None.
+
+    The AI's contour is its run's label image at ``component_label``; a reader-drawn one (no run) is
+    the binary mask ``reader_mask_name(...)`` with label 1.
     """
     run = observation.segmentation_run
-    if run is None or not run.mask_file or observation.component_label is None:
+    if run is not None and run.mask_file and observation.component_label is not None:
+        return run.mask_file.name, int(observation.component_label)
+    name = reader_mask_name(observation.lesion_id, observation.timepoint_id)
+    if run is None and default_storage.exists(name):
+        return name, 1
+    return None
+
+
+def load_observation_mask(observation: LesionObservation) -> sitk.Image:
+    """Binary (UInt8) mask of one lesion at one visit.
+
+    Raises:
+        MissingImageError: the observation has no stored contour.
+    """
+    source = observation_mask_source(observation)
+    if source is None:
         raise MissingImageError(
             f"{observation.lesion.label} has no stored contour at {observation.timepoint.visit_label}."
         )
-    labels = read_image_file(run.mask_file)
-    return sitk.Cast(
-        sitk.BinaryThreshold(labels, observation.component_label, observation.component_label, 1, 0),
-        sitk.sitkUInt8,
-    )
+    name, value = source
+    labels = read_stored_image(name)
+    return sitk.Cast(sitk.BinaryThreshold(labels, value, value, 1, 0), sitk.sitkUInt8)
 
 
 def grow_region(
@@ -295,71 +314,32 @@ def _primary_series(timepoint: Timepoint) -> ImagingSeries:
     return series
 
 
-def _reader_model(actor: Any, correlation_id: str) -> ModelVersion:
-    model = ModelVersion.objects.filter(weights_sha256=READER_MODEL_SHA256).first()
-    if model is None:
-        model = services.register_model_version(
-            name=READER_MODEL_NAME,
-            version=READER_MODEL_VERSION,
-            architecture="manual (reader contours)",
-            weights_sha256=READER_MODEL_SHA256,
-            intended_use="Container for lesion contours drawn or corrected by readers; not a model.",
-            is_active=False,
-            actor=actor,
-            reason="first reader-drawn contour",
-            correlation_id=correlation_id,
-        )
-    return model
+def _store_reader_mask(lesion: Lesion, timepoint: Timepoint, mask: sitk.Image, reference: sitk.Image) -> None:
+    """Store (or replace) the reader-drawn binary mask of a lesion at a visit.
 
+    The file name is fixed per lesion and visit, so a later correction replaces the earlier contour;
+    the observation row's change is what the audit trail records.
 
-def _reader_run(series: ImagingSeries, actor: Any, correlation_id: str) -> SegmentationRun:
-    model = _reader_model(actor, correlation_id)
-    run = SegmentationRun.objects.filter(series=series, model_weights_sha256=model.weights_sha256).first()
-    if run is None:
-        run = services.create_segmentation_run(
-            series, model, device="reader", status="succeeded", actor=actor, correlation_id=correlation_id
-        )
-    return run
-
-
-def _write_reader_mask(
-    run: SegmentationRun,
-    reference: sitk.Image,
-    paint: Iterable[tuple[int, sitk.Image]],
-    *,
-    actor: Any,
-    reason: str,
-    correlation_id: str,
-) -> None:
-    """Paint lesion masks (label value, binary mask) into the run's label mask and store it (audited).
-
-    A label value is first erased everywhere, so repainting a lesion replaces its old contour.
+    Raises:
+        InvalidInputError: the mask is not on the series grid.
     """
-    if run.mask_file:
-        labels = sitk.Cast(read_image_file(run.mask_file), sitk.sitkUInt32)
-    else:
-        labels = sitk.Image(reference.GetSize(), sitk.sitkUInt32)
-        labels.CopyInformation(reference)
-    array = sitk.GetArrayFromImage(labels)
-    for value, mask in paint:
-        if not _same_grid(mask, reference):
-            raise InvalidInputError("A lesion mask lies on another grid than the series volume.")
-        array[array == value] = 0
-        array[sitk.GetArrayViewFromImage(mask) > 0] = value
-    out = sitk.GetImageFromArray(array)
-    out.CopyInformation(reference)
+    if not _same_grid(mask, reference):
+        raise InvalidInputError("A lesion mask lies on another grid than the series volume.")
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
     handle, path = tempfile.mkstemp(suffix=".nii.gz")
     os.close(handle)
     try:
-        sitk.WriteImage(out, path, useCompression=True)
+        sitk.WriteImage(binary, path, useCompression=True)
         with open(path, "rb") as src:
             data = src.read()
     finally:
         os.unlink(path)
-    name = default_storage.save(f"masks/reader_series{run.series_id}.nii.gz", ContentFile(data))
-    services.update_segmentation_run(
-        run, mask_file=name, actor=actor, reason=reason, correlation_id=correlation_id
-    )
+    name = reader_mask_name(lesion.pk, timepoint.pk)
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    stored = default_storage.save(name, ContentFile(data))
+    if stored != name:  # a concurrent writer took the name: keep the naming contract explicit
+        raise InvalidStateError(f"The contour of {lesion.label} is being saved by someone else; try again.")
 
 
 # ------------------------------------------------------------------------------------ reassessment
@@ -532,13 +512,10 @@ def add_lesion_from_seed(
         reason=reason,
         correlation_id=cid,
     )
-    run = _reader_run(series, actor, cid)
-    _write_reader_mask(run, image, [(lesion.pk, mask)], actor=actor, reason=reason, correlation_id=cid)
+    _store_reader_mask(lesion, timepoint, mask, image)
     observation = services.record_observation(
         lesion,
         timepoint,
-        segmentation_run=run,
-        component_label=lesion.pk,
         source=ObservationSource.MANUAL,
         actor=actor,
         reason=reason,
@@ -609,20 +586,18 @@ def merge_lesions(
     image = load_series_image(series)
     union = sitk.Or(load_observation_mask(keep_obs), load_observation_mask(absorb_obs))
     measurement = _measure_one(union, image, _response_settings(timepoint.patient))
-    run = _reader_run(series, actor, cid)
-    empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    empty.CopyInformation(image)
-    _write_reader_mask(
-        run, image, [(absorb.pk, empty), (keep.pk, union)], actor=actor, reason=reason, correlation_id=cid
-    )
+    _store_reader_mask(keep, timepoint, union, image)
+    absorbed_name = reader_mask_name(absorb.pk, timepoint.pk)
+    if default_storage.exists(absorbed_name):
+        default_storage.delete(absorbed_name)
     before = {
         keep.label: keep_obs.longest_diameter_mm,
         absorb.label: absorb_obs.longest_diameter_mm,
     }
     services.update_observation(
         keep_obs,
-        segmentation_run=run,
-        component_label=keep.pk,
+        segmentation_run=None,
+        component_label=None,
         fragment_count=1,
         actor=actor,
         reason=reason,
@@ -738,20 +713,13 @@ def split_lesion(
         reason=reason,
         correlation_id=cid,
     )
-    run = _reader_run(series, actor, cid)
-    _write_reader_mask(
-        run,
-        image,
-        [(lesion.pk, parts[0]), (new_lesion.pk, parts[1])],
-        actor=actor,
-        reason=reason,
-        correlation_id=cid,
-    )
+    _store_reader_mask(lesion, timepoint, parts[0], image)
+    _store_reader_mask(new_lesion, timepoint, parts[1], image)
     before_ld = observation.longest_diameter_mm
     services.update_observation(
         observation,
-        segmentation_run=run,
-        component_label=lesion.pk,
+        segmentation_run=None,
+        component_label=None,
         fragment_count=1,
         actor=actor,
         reason=reason,
@@ -761,8 +729,6 @@ def split_lesion(
     new_observation = services.record_observation(
         new_lesion,
         timepoint,
-        segmentation_run=run,
-        component_label=new_lesion.pk,
         source=ObservationSource.MANUAL,
         actor=actor,
         reason=reason,

@@ -14,7 +14,7 @@ from scipy.spatial.distance import pdist
 from tests.dashboard.world import CENTRE_L1, CENTRE_L2, CENTRE_MISSED, World, _sphere
 from trials import review, services
 from trials.exceptions import InvalidInputError, InvalidStateError
-from trials.models import Assessment, AuditEvent, Lesion, LesionObservation
+from trials.models import Assessment, AuditEvent, Lesion, LesionObservation, SegmentationRun
 
 pytestmark = pytest.mark.django_db
 
@@ -85,6 +85,7 @@ def _brute_force_ld(mask_zyx: np.ndarray, spacing_xy: tuple[float, float] = (1.0
 def test_add_missed_lesion_from_seed(world: World) -> None:
     review.drop_lesion(world.lesions["L2"], timepoint=world.fu1, actor=world.radiologist)
     assert _current(world).overall_response == "SD"
+    runs = SegmentationRun.objects.count()
     obs = review.add_lesion_from_seed(
         world.fu1, seed_index=CENTRE_MISSED, actor=world.radiologist, reason="missed"
     )
@@ -103,6 +104,12 @@ def test_add_missed_lesion_from_seed(world: World) -> None:
     after = _current(world)
     assert after.overall_response == "PD" and after.new_lesion_status == "unequivocal"
     assert AuditEvent.objects.filter(action="review.add_lesion", reason="missed").count() == 1
+    # The reader's contour is stored beside the pipeline's runs, not as a run of its own.
+    assert SegmentationRun.objects.count() == runs
+    assert review.observation_mask_source(obs) == (
+        f"masks/reader/tp{world.fu1.pk}_lesion{obs.lesion_id}.nii.gz",
+        1,
+    )
 
 
 @pytest.mark.parametrize(

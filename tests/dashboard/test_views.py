@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tests.dashboard.world import CENTRE_L1, World
+from tests.dashboard.world import CENTRE_L1, CENTRE_MISSED, World
 from tests.factories import (
     make_assessment,
     make_job,
@@ -297,3 +297,17 @@ def test_trial_plots_rows(client: Any, world: World) -> None:
     assert [(r.subject_id, r.bor) for r in rows] == [("SUBJ-0001", "PD")]
     assert rows[0].best_pct_change == pytest.approx(fu1.pct_change_from_baseline)
     assert "chart-waterfall" in response.content.decode()
+
+
+def test_overlay_draws_reader_added_lesion(rad_client: Any, world: World) -> None:
+    response = rad_client.post(
+        f"/visits/{world.fu1.pk}/review/add/",
+        {"seed": ",".join(map(str, CENTRE_MISSED)), "reason": "missed"},
+        follow=True,
+    )
+    assert "L3 added" in response.content.decode()
+    series = world.fu1.series.first()
+    overlay = json.loads(rad_client.get(f"/series/{series.pk}/overlay/{CENTRE_MISSED[2]}.json").content)
+    l3 = next(entry for entry in overlay["lesions"] if entry["label"] == "L3")
+    xs = [x for seg in l3["segments"] for x in (seg[0], seg[2])]
+    assert min(xs) <= CENTRE_MISSED[0] - 4 and max(xs) >= CENTRE_MISSED[0] + 4  # the 5 mm-radius disc

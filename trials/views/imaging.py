@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from django.db.models.fields.files import FieldFile
+from django.core.files.storage import default_storage
 from numpy.typing import NDArray
 
-from trials.review import read_image_file
+from trials.review import read_stored_image
 
 _CACHE_SIZE = 6
 
@@ -61,26 +61,29 @@ _lock = threading.Lock()
 _cache: OrderedDict[tuple[str, float, bool], CachedVolume] = OrderedDict()
 
 
-def _mtime(file: FieldFile) -> float:
+def _mtime(name: str) -> float:
     try:
-        return file.storage.get_modified_time(file.name).timestamp()
+        return default_storage.get_modified_time(name).timestamp()
     except (NotImplementedError, OSError):
         return 0.0
 
 
-def load_volume(file: FieldFile, *, labels: bool = False) -> CachedVolume:
+def load_volume(name: str, *, labels: bool = False) -> CachedVolume:
     """Read (or fetch from the cache) a stored volume or label mask.
 
     Args:
-        file: the stored NIfTI.
+        name: storage name of the NIfTI (e.g. ``series.volume_file.name``).
         labels: a label mask (kept as integers, no window) rather than an intensity volume.
+
+    Raises:
+        MissingImageError: nothing is stored under ``name``.
     """
-    key = (file.name, _mtime(file), labels)
+    key = (name, _mtime(name), labels)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    image = read_image_file(file)
+    image = read_stored_image(name)
     if labels:
         array: NDArray[np.generic] = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkUInt32))
         window, level = 1.0, 0.5

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET
 from trials import permissions
 from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices
 from trials.models import ImagingSeries, LesionObservation
-from trials.review import LESION_FLAGS, MissingImageError
+from trials.review import LESION_FLAGS, MissingImageError, observation_mask_source
 from trials.views.common import capability_flags, timepoint_for
 from trials.views.imaging import (
     CachedVolume,
@@ -71,7 +71,7 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
     if series is None:
         return None
     try:
-        volume = load_volume(series.volume_file)
+        volume = load_volume(series.volume_file.name)
     except (MissingImageError, RuntimeError, OSError):
         return None
     lesions = []
@@ -192,7 +192,7 @@ def slice_png(request: HttpRequest, series_id: int, k: int) -> HttpResponse:
     try:
         window = _float_param(request, "window")
         level = _float_param(request, "level")
-        volume = load_volume(series.volume_file)
+        volume = load_volume(series.volume_file.name)
         pixels = window_slice(volume, k, window, level)
     except (ValueError, SliceOutOfRangeError) as exc:
         return HttpResponseBadRequest(str(exc), content_type="text/plain")
@@ -210,7 +210,7 @@ def slice_overlay(request: HttpRequest, series_id: int, k: int) -> JsonResponse:
     Coordinates are in pixel-corner units of the slice image: voxel (i, j) covers [i, i+1] x [j, j+1].
     """
     series = _series_for(request.user, series_id)
-    volume = load_volume(series.volume_file)
+    volume = load_volume(series.volume_file.name)
     if not 0 <= k < volume.size[2]:
         return JsonResponse({"error": f"Slice {k} is outside 0-{volume.size[2] - 1}."}, status=400)
     observations = (
@@ -229,14 +229,15 @@ def slice_overlay(request: HttpRequest, series_id: int, k: int) -> JsonResponse:
             "caliper": None,
             "perpendicular": None,
         }
-        run = obs.segmentation_run
-        if run is not None and run.mask_file and obs.component_label is not None:
+        source = observation_mask_source(obs)
+        if source is not None:
+            name, value = source
             try:
-                labels = load_volume(run.mask_file, labels=True)
+                labels = load_volume(name, labels=True)
             except (MissingImageError, RuntimeError, OSError):
                 labels = None
             if labels is not None and labels.array.shape == volume.array.shape:
-                entry["segments"] = contour_segments(labels.array[k] == obs.component_label)
+                entry["segments"] = contour_segments(labels.array[k] == value)
         for key, points in (
             ("caliper", obs.caliper_points_mm),
             ("perpendicular", obs.perpendicular_points_mm),
