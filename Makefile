@@ -25,6 +25,7 @@ demo: venv
 	mkdir -p var
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py migrate --noinput
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py load_demo
+	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py demo_pipeline
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
 
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
