@@ -311,3 +311,30 @@ def test_overlay_draws_reader_added_lesion(rad_client: Any, world: World) -> Non
     l3 = next(entry for entry in overlay["lesions"] if entry["label"] == "L3")
     xs = [x for seg in l3["segments"] for x in (seg[0], seg[2])]
     assert min(xs) <= CENTRE_MISSED[0] - 4 and max(xs) >= CENTRE_MISSED[0] + 4  # the 5 mm-radius disc
+
+
+def test_timeline_shows_running_job_progress_and_evidence_links(client: Any, world: World) -> None:
+    job = make_job(world.fu1.series.first(), kind="pipeline")
+    services.start_job(job, stage="segmentation")
+    services.update_job_progress(job, progress_pct=40, stage="segmentation")
+    client.force_login(world.data_manager)
+    body = client.get(f"/patients/{world.patient.pk}/").content.decode()
+    assert f'data-job-id="{job.pk}" data-job-state="running"' in body
+    assert 'max="100" value="40"' in body
+    # Every lesion measurement links to its visit's viewer at that lesion.
+    assert f'href="/visits/{world.fu1.pk}/#lesion-L2"' in body
+
+
+def test_audit_change_lines() -> None:
+    from types import SimpleNamespace
+
+    from trials.views.viewer import audit_change_lines
+
+    update = SimpleNamespace(
+        before={"lesion": "L2", "is_false_positive": False}, after={"lesion": "L2", "is_false_positive": True}
+    )
+    assert audit_change_lines(update) == ["lesion: L2", "is_false_positive: false \u2192 true"]
+    create = SimpleNamespace(
+        before=None, after={"id": 3, "overall_response": "PD", "comment": "", "settings": {}}
+    )
+    assert audit_change_lines(create) == ["overall_response: PD"]

@@ -52,6 +52,12 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
 
     # Trial home -> patient timeline.
     page.get_by_role("link", name="DASH-BM").first.click()
+    page.get_by_role("heading", name=re.compile("DASH-BM")).wait_for()
+    _shot(page, "02a-trial-home")
+    page.get_by_role("link", name="Plots").first.click()
+    page.locator("#chart-swimmer .main-svg").first.wait_for()
+    _shot(page, "02b-trial-plots")
+    page.go_back()
     page.get_by_role("link", name="SUBJ-0001").click()
     page.get_by_role("heading", name=re.compile("Patient SUBJ-0001")).wait_for()
     page.locator("#chart-sld .main-svg").first.wait_for()  # plotly drew the SLD chart

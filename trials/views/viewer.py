@@ -115,7 +115,9 @@ def audit_change_lines(event: Any, limit: int = 8) -> list[str]:
     before, after = event.before or {}, event.after or {}
     if before and after:
         keys = [k for k in after if before.get(k) != after.get(k)] or list(after)
-        lines = [f"{k}: {_short(before.get(k))} \u2192 {_short(after.get(k))}" for k in keys]
+        # Identifying keys (which lesion) stay visible even though they did not change.
+        lines = [f"{k}: {after[k]}" for k in _IDENTIFYING if k in after and k not in keys]
+        lines += [f"{k}: {_short(before.get(k))} \u2192 {_short(after.get(k))}" for k in keys]
     elif after:
         keys = [k for k in after if k not in _NOISY_FIELDS and after[k] not in (None, "", [], {})]
         lines = [f"{k}: {_short(after[k])}" for k in keys]
@@ -124,6 +126,7 @@ def audit_change_lines(event: Any, limit: int = 8) -> list[str]:
     return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+_IDENTIFYING = ("lesion",)
 _NOISY_FIELDS = {"id", "created_at", "updated_at", "settings", "engine_version", "is_current", "comment"}
 
 

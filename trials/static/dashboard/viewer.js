@@ -164,8 +164,16 @@
     if (input) { input.value = value; input.focus(); }
   });
 
+  // #viewer-k<slice> restores a slice; #lesion-L<n> (links from the lesion tables) opens that lesion.
   const hash = window.location.hash.match(/^#viewer-k(\d+)$/);
-  state.k = hash ? clamp(parseInt(hash[1], 10), 0, main.size[2] - 1)
-    : (main.lesions.length ? main.lesions[0].k : Math.floor(main.size[2] / 2));
-  update();
+  const lesionHash = window.location.hash.match(/^#lesion-(.+)$/);
+  const lesionIndex = lesionHash ? main.lesions.findIndex(function (l) { return l.label === lesionHash[1]; }) : -1;
+  if (lesionIndex >= 0) {
+    setLesion(lesionIndex);
+    $("viewer-root").scrollIntoView();
+  } else {
+    state.k = hash ? clamp(parseInt(hash[1], 10), 0, main.size[2] - 1)
+      : (main.lesions.length ? main.lesions[0].k : Math.floor(main.size[2] / 2));
+    update();
+  }
 })();
