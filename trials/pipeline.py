@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
@@ -485,6 +486,21 @@ def _progress(job: ProcessingJob | None, pct: int, stage: str, message: str = ""
         services.update_job_progress(job, progress_pct=pct, stage=stage, message=message)
 
 
+#: ``ProcessingJob.message`` of a job failed by :func:`sweep_stuck_jobs`.
+TIMED_OUT_MESSAGE = "timed out"
+
+
+def _finished(job: ProcessingJob) -> bool:
+    """Whether a delivered task has nothing left to do for this job.
+
+    A job the stuck-job sweep failed is not finished: its message, redelivered once the broker gives
+    up on the lost worker, resumes it (so a killed worker's work is never lost).
+    """
+    if job.state == JobState.SUCCEEDED:
+        return True
+    return job.state == JobState.FAILED and job.message != TIMED_OUT_MESSAGE
+
+
 def _job_context(job: ProcessingJob, actor_id: int | None, correlation_id: str) -> tuple[Any | None, str]:
     """The acting user and correlation id a task was given (default: the job's own)."""
     actor = job.created_by
@@ -512,7 +528,7 @@ def run_segmentation_stage(
     from segmentation.inference import InferenceOptions, segment_image
 
     job = ProcessingJob.objects.select_related("created_by").get(pk=job_id)
-    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+    if _finished(job):
         return None
     job = services.start_job(job, celery_task_id=celery_task_id, stage="segmentation")
     actor, cid = _job_context(job, actor_id, correlation_id)
@@ -843,7 +859,7 @@ def run_analysis_stage(
         The job's result, or None when there was nothing to do (job already finished, or no run).
     """
     job = ProcessingJob.objects.select_related("created_by").get(pk=job_id)
-    if job.state in (JobState.SUCCEEDED, JobState.FAILED) or run_id is None:
+    if _finished(job) or run_id is None:
         return None
     if job.state != JobState.RUNNING:
         job = services.start_job(job, celery_task_id=celery_task_id, stage="lesion matching")
@@ -901,6 +917,7 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
         series_by_tp.setdefault(s.timepoint_id, []).append(s)
     failed_series = set(
         ProcessingJob.objects.filter(
+            content_type=ContentType.objects.get_for_model(ImagingSeries),
             kind=JobKind.PIPELINE,
             state=JobState.FAILED,
             object_id__in=[s.pk for v in series_by_tp.values() for s in v],
@@ -1249,8 +1266,8 @@ def _fail_stuck(job: ProcessingJob, now: dt.datetime) -> None:
     services.fail_job(
         job,
         error=f"The job was still running after its time limit of {minutes:g} min (stage: {job.stage or 'unknown'}); "
-        "the worker was probably lost. Retry the job.",
-        message="timed out",
+        "the worker was probably lost. It resumes if its task is delivered again; otherwise retry the job.",
+        message=TIMED_OUT_MESSAGE,
     )
     if job.kind == JobKind.PIPELINE and job.params.get("series_id"):
         for run in SegmentationRun.objects.filter(

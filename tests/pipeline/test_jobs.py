@@ -139,3 +139,26 @@ def test_import_series_command_runs_the_pipeline_in_embedded_mode(
     with pytest.raises(CommandError, match="no visit"):
         call_command("import_series", "SUBJ-001", "FU9", str(bad))
     assert ImagingSeries.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_job_failed_by_the_stuck_sweep_resumes_when_its_task_is_delivered_again(
+    pipeline_patient: Any, synthetic_patient: SyntheticPatient, embedded: None
+) -> None:
+    from worker.tasks import run_pipeline_inline
+
+    visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    upload = pipeline.ingest_upload(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
+    services.start_job(upload.job, stage="segmentation")  # the worker that took it was lost
+    ProcessingJob.objects.filter(pk=upload.job.pk).update(started_at=timezone.now() - dt.timedelta(hours=2))
+    assert pipeline.sweep_stuck_jobs() == [upload.job.pk]
+
+    run_pipeline_inline(upload.job.pk)  # the broker delivers the message again
+
+    job = ProcessingJob.objects.get(pk=upload.job.pk)
+    assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.error == ""
+    # A job that failed on its input is not rerun by a late duplicate delivery.
+    services.fail_job(job.__class__.objects.create(kind=JobKind.PIPELINE, params=job.params), error="bad image")
+    failed = ProcessingJob.objects.get(error="bad image")
+    assert pipeline.run_segmentation_stage(failed.pk) is None
+    assert ProcessingJob.objects.get(pk=failed.pk).attempts == 0
