@@ -18,7 +18,7 @@ exec .venv/bin/python -m segmentation.train \
   --phantoms 60 --phantom-seed 1000 --seed 0 \
   --demo-spacing 2.0 --demo-patch 48 \
   --run-dir "$RUN_DIR" --export segmentation/models/demo-unetr \
-  --epochs 1000 --steps-per-epoch 100 --batch-size 4 --lr 3e-4 \
+  --epochs 1000 --steps-per-epoch 100 --batch-size 4 --lr 1e-3 \
   --loss dicebce --intensity-aug --positive-fraction 0.6 \
   --threads "${THREADS:-1}" --device "${DEVICE:-auto}" --max-minutes "${MAX_MINUTES:-180}" \
   --resume "$@"
