@@ -208,3 +208,17 @@ def test_evaluate_runs_the_whole_pipeline_on_the_native_grid(nifti_dataset: Path
     # Two reference lesions per phantom, all >= 8 mm: each is either found or missed.
     assert result["lesion_tp"] + result["lesion_fn"] == 6
     assert 0.0 <= result["dice"] <= 1.0
+
+
+def test_output_prior_sets_the_initial_lesion_probability() -> None:
+    from segmentation.train import set_output_prior
+
+    net = build_network(demo_config(2.0, 32, feature_size=4, hidden_size=48))
+    set_output_prior(net, 0.01)
+    # With the conv weights zeroed, the output is the bias alone: sigmoid(bias) must be the prior.
+    with torch.no_grad():
+        net.out.conv.conv.weight.zero_()
+    prob = torch.sigmoid(net(torch.rand(1, 1, 32, 32, 32)))
+    assert torch.allclose(prob, torch.full_like(prob, 0.01), atol=1e-6)
+    with pytest.raises(TrainingError, match="prior"):
+        set_output_prior(net, 1.5)
