@@ -260,9 +260,15 @@ def test_missing_file_field_is_400(api_client: Any, pipeline_patient: Any, embed
     api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
     visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
     response = api_client.post(
-        f"/api/v1/timepoints/{visit.pk}/series/", {"other": io.BytesIO(b"x")}, format="multipart"
+        f"/api/v1/timepoints/{visit.pk}/series/", {"series_uid": "1.2.3"}, format="multipart"
     )
     assert response.status_code == 400 and "'file'" in response.json()["detail"]
+    # One file under another field name is taken as the upload (here: not an image -> the imaging message).
+    response = api_client.post(
+        f"/api/v1/timepoints/{visit.pk}/series/", {"upload": io.BytesIO(b"hello")}, format="multipart"
+    )
+    assert response.status_code == 400 and "DICOM" in response.json()["detail"]
+    assert not ImagingSeries.objects.exists()
 
 
 @pytest.mark.django_db

@@ -160,6 +160,8 @@ class SeriesUploadView(APIView):
         ]
         try:
             upload = request.FILES.get("file")
+            if upload is None and len(request.FILES) == 1:
+                upload = next(iter(request.FILES.values()))  # one file under another field name
             series_uid = (request.data.get("series_uid") or "").strip() or None
         except UploadTooLargeError:
             return _too_large()
