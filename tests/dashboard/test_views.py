@@ -338,3 +338,15 @@ def test_audit_change_lines() -> None:
         before=None, after={"id": 3, "overall_response": "PD", "comment": "", "settings": {}}
     )
     assert audit_change_lines(create) == ["overall_response: PD"]
+
+
+def test_data_manager_links_to_exports_and_quality(client: Any, world: World) -> None:
+    client.force_login(world.data_manager)
+    body = client.get(f"/trials/{world.trial.pk}/").content.decode()
+    assert (
+        f'href="/trials/{world.trial.pk}/quality/"' in body
+        and f'href="/trials/{world.trial.pk}/exports/"' in body
+    )
+    client.force_login(world.investigator)
+    body = client.get(f"/trials/{world.trial.pk}/").content.decode()
+    assert "/quality/" not in body and "/exports/" not in body

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from trials.review import read_stored_image
 
+#: Volumes kept per process (the visit, its baseline and previous visit, and their masks).
 _CACHE_SIZE = 6
 
 
@@ -85,12 +86,15 @@ def load_volume(name: str, *, labels: bool = False) -> CachedVolume:
             return _cache[key]
     image = read_stored_image(name)
     if labels:
-        array: NDArray[np.generic] = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkUInt32))
+        # Native pixel types are kept (int16 MR, uint8/uint16 labels): a 512 x 512 x 300 series stays
+        # 150 MB in the cache instead of 300 MB as float32; slices are converted one at a time.
+        array: NDArray[np.generic] = sitk.GetArrayFromImage(image)
         window, level = 1.0, 0.5
     else:
-        array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))
+        array = sitk.GetArrayFromImage(image)
         foreground = array[array > 0]
         sample = foreground if foreground.size else array.ravel()
+        sample = sample[:: max(1, sample.size // 1_000_000)]  # a million voxels give the percentiles
         # Robust default window: 0.5-99.5 percentiles of the signal ignore air and a few hot voxels.
         low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5])) if sample.size else (0.0, 1.0)
         window, level = max(high - low, 1e-3), (high + low) / 2
