@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
@@ -35,8 +37,8 @@ from segmentation.phantoms import (
     render_phantom,
     sample_lesion_specs,
 )
-from trials.choices import Criteria, SeriesSource
-from trials.models import Assessment, ImagingSeries, Patient, Trial
+from trials.choices import Criteria, JobKind, JobState, SeriesSource
+from trials.models import Assessment, ImagingSeries, Patient, ProcessingJob, Trial
 
 #: A 2 mm axial grid that holds the whole head: fast enough for the demo on a laptop CPU.
 DEMO_GEOMETRY: AcquisitionGeometry = GEOMETRIES["axial_2mm"]
@@ -125,11 +127,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--trial", default="DEMO-BM", help="trial code (default DEMO-BM, from load_demo)")
         parser.add_argument("--seed", type=int, default=2026, help="seed of the synthetic patients")
+        parser.add_argument(
+            "--require-model", action="store_true", help="fail (exit 1) when the model cannot be loaded"
+        )
 
     def handle(self, *args: Any, trial: str, seed: int, **options: Any) -> None:
         from trials import pipeline
         from worker.tasks import run_pipeline_inline
 
+        # Jobs run here, in this process, before the command returns (no broker, no background thread).
+        settings.PIPELINE_EMBEDDED_SYNC = True
         if not Trial.objects.filter(code=trial).exists():
             if trial != "DEMO-BM":
                 raise CommandError(f"No trial {trial!r}.")
@@ -137,10 +144,15 @@ class Command(BaseCommand):
         try:
             pipeline.load_pipeline_model()
         except Exception as exc:  # ModelError, or a missing directory
-            raise CommandError(
+            message = (
                 f"The segmentation model cannot be loaded ({exc}). Train or export the demo model first "
                 "(scripts/train-demo-model.sh) or set PIPELINE_MODEL_DIR."
-            ) from exc
+            )
+            if options["require_model"]:
+                raise CommandError(message) from exc
+            # The dashboard is still worth starting: say why there are no AI results, and go on.
+            self.stderr.write(self.style.WARNING(f"{message} No series were processed."))
+            return
         work = Path(tempfile.mkdtemp(prefix="mettrack-demo-"))
         try:
             patients = Patient.objects.filter(trial__code=trial).order_by("subject_id")
@@ -153,6 +165,18 @@ class Command(BaseCommand):
         from trials import pipeline
 
         timepoints = list(patient.timepoints.order_by("scan_date"))
+        for job in ProcessingJob.objects.filter(
+            kind=JobKind.PIPELINE,
+            state=JobState.FAILED,
+            content_type=ContentType.objects.get_for_model(ImagingSeries),
+            object_id__in=ImagingSeries.objects.filter(timepoint__patient=patient).values("pk"),
+        ):
+            # An earlier run failed (e.g. no model yet): run it again on the stored series.
+            pipeline.retry_job(job, actor=None, reason="demo_pipeline run again")
+            job.refresh_from_db()
+            self.stdout.write(
+                f"  job {job.pk} run again: {job.state}" + (f" ({job.error})" if job.error else "")
+            )
         todo = [tp for tp in timepoints if not ImagingSeries.objects.filter(timepoint=tp).exists()]
         if not todo:
             self.stdout.write(f"{patient.subject_id}: every visit already has a series")

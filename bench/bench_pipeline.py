@@ -1,0 +1,181 @@
+"""Pipeline throughput: a 5-visit synthetic patient from upload to final assessment, with the demo model.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/mettrack python -m bench pipeline
+
+Each visit is a real zipped DICOM series (2 mm phantom, 120 x 120 x 90) uploaded through the service the
+API uses, then segmented with the configured model (``PIPELINE_MODEL_DIR``, default the demo model),
+matched and assessed, in-process (embedded mode: the stages the Celery tasks call, without a broker).
+Printed per visit and per stage; the service overhead is everything around the segmentation's own work
+(upload validation and storage, database writes, file I/O, the broker publish measured separately when
+Redis answers) as a fraction of the segmentation time. Target: under 10 %.
+
+Runs in a throw-away test database (``test_bench_pipeline_<pid>``) and a temporary MEDIA_ROOT.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+N_VISITS = 5
+SEED = 4242
+TARGET_OVERHEAD = 0.10
+#: Lesion diameters (mm) per visit: response, then progression with a new lesion.
+COURSE_MM = [
+    [22.0, 16.0, 12.0, 0.0],
+    [15.0, 11.0, 8.0, 0.0],
+    [12.0, 9.0, 7.0, 0.0],
+    [13.0, 9.0, 7.0, 8.0],
+    [19.0, 10.0, 8.0, 11.0],
+]
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("DEBUG", "1")
+    import django
+
+    django.setup()
+
+
+def _broker_publish_ms(samples: int = 20) -> float | None:
+    """Median time to publish one pipeline chain to Redis (a private queue, purged afterwards)."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if not url.startswith("redis://"):
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            pass
+    except OSError:
+        return None
+    from kombu import Connection
+
+    from worker.celery import app
+    from worker.tasks import analyse_series, segment_series
+
+    queue = f"bench-pipeline-{os.getpid()}"
+    times = []
+    with app.connection_for_write() as conn:
+        for i in range(samples):
+            sig = segment_series.si(job_id=-i, correlation_id="bench").set(queue=queue) | analyse_series.s(
+                job_id=-i
+            ).set(queue=queue)
+            started = time.perf_counter()
+            sig.apply_async(connection=conn)
+            times.append(time.perf_counter() - started)
+    with Connection(url) as conn:
+        conn.default_channel.queue_purge(queue)
+        conn.default_channel.queue_delete(queue)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    """Upload, segment, match and assess five visits; print per-stage seconds and the overhead ratio."""
+    _setup_django()
+    from django.conf import settings
+    from django.db import connection
+
+    from tests.factories import make_patient, make_timepoint, make_trial
+    from trials import pipeline
+    from trials.choices import Criteria
+    from trials.management.commands.demo_pipeline import render_visits, write_series_zip
+    from trials.models import Assessment, SegmentationRun
+
+    db = settings.DATABASES["default"]
+    db.setdefault("TEST", {})["NAME"] = f"test_bench_pipeline_{os.getpid()}"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    settings.MEDIA_ROOT = work / "media"
+    settings.CELERY_EMBEDDED = True
+    try:
+        from segmentation.model import DEMO_MODEL_DIR
+
+        if not getattr(settings, "PIPELINE_MODEL_DIR", "") and not (DEMO_MODEL_DIR / "config.json").exists():
+            # No trained demo weights yet: the demo architecture with untrained weights costs the same time.
+            from segmentation.model import build_network, save_model_dir
+            from segmentation.train import demo_config
+
+            config = demo_config()
+            settings.PIPELINE_MODEL_DIR = str(save_model_dir(build_network(config), config, work / "demo-arch"))
+            print("demo model not exported yet: timing the demo architecture with untrained weights")
+        model, version = pipeline.load_pipeline_model()
+        print(
+            f"model: {version} ({model.n_parameters / 1e6:.1f} M parameters), database: {connection.vendor}"
+        )
+        started = time.perf_counter()
+        phantoms = render_visits(SEED, COURSE_MM[:N_VISITS])
+        zips = [write_series_zip(p, work / f"v{i}.zip", patient_id="BENCH") for i, p in enumerate(phantoms)]
+        print(
+            f"rendered {len(zips)} visits ({phantoms[0].image.GetSize()}) in {time.perf_counter() - started:.1f} s"
+        )
+
+        trial = make_trial("BENCH-PIPE")
+        patient = make_patient(trial, subject_id="BENCH-001")
+        visits = [
+            make_timepoint(patient, visit_label="BASELINE" if i == 0 else f"FU{i}",
+                           scan_date=dt.date(2025, 1, 6) + dt.timedelta(weeks=8 * i), is_baseline=i == 0)
+            for i in range(N_VISITS)
+        ]  # fmt: skip
+        header = f"{'visit':9} {'upload':>7} {'segment':>8} {'network':>8} {'seg svc':>8} {'analysis':>9} {'total':>7}  response"
+        print(header)
+        totals = {"upload": 0.0, "seg_work": 0.0, "seg_service": 0.0, "analysis": 0.0, "total": 0.0}
+        analysis_parts: dict[str, float] = {}
+        for visit, path in zip(visits, zips, strict=True):
+            t0 = time.perf_counter()
+            upload = pipeline.ingest_upload(visit, path, enqueue=False, actor=None)
+            t1 = time.perf_counter()
+            run_id = pipeline.run_segmentation_stage(upload.job.pk)
+            t2 = time.perf_counter()
+            result = pipeline.run_analysis_stage(upload.job.pk, run_id) or {}
+            t3 = time.perf_counter()
+            run = SegmentationRun.objects.get(pk=run_id)
+            # The segmentation's own work: every stage segment_image timed (preprocess, network, postprocess).
+            work_s = sum(v for k, v in run.timings_s.items() if not k.endswith("_s"))
+            network_s = run.timings_s.get("network", 0.0)
+            for key, value in result.get("timings_s", {}).items():
+                analysis_parts[key] = analysis_parts.get(key, 0.0) + value
+            row = Assessment.objects.get(timepoint=visit, criteria=Criteria.RANO_BM, is_current=True)
+            totals["upload"] += t1 - t0
+            totals["seg_work"] += work_s
+            totals["seg_service"] += (t2 - t1) - work_s
+            totals["analysis"] += t3 - t2
+            totals["total"] += t3 - t0
+            print(
+                f"{visit.visit_label:9} {t1 - t0:7.2f} {t2 - t1:8.2f} {network_s:8.2f} {(t2 - t1) - work_s:8.2f} "
+                f"{t3 - t2:9.2f} {t3 - t0:7.2f}  {row.overall_response or 'baseline'} "
+                f"({len(result.get('lesions', {}))} lesions)"
+            )
+        publish_ms = _broker_publish_ms()
+        queue_s = (publish_ms or 0.0) / 1000 * N_VISITS
+        overhead = totals["upload"] + totals["seg_service"] + queue_s
+        print(
+            f"total {totals['total']:.1f} s for {N_VISITS} visits ({totals['total'] / N_VISITS:.1f} s per visit): "
+            f"upload {totals['upload']:.1f} s, segmentation work {totals['seg_work']:.1f} s, "
+            f"segmentation service {totals['seg_service']:.2f} s, analysis {totals['analysis']:.1f} s "
+            f"({', '.join(f'{k} {v:.1f}' for k, v in analysis_parts.items())})"
+        )
+        print(
+            "broker publish per job: "
+            + (f"{publish_ms:.1f} ms (Redis)" if publish_ms is not None else "not measured (no Redis broker)")
+        )
+        ratio = overhead / totals["seg_work"]
+        print(
+            f"service overhead (upload validation + storage, database, file I/O, broker) {overhead:.2f} s = "
+            f"{ratio:.1%} of segmentation time; target < {TARGET_OVERHEAD:.0%}: "
+            f"{'ok' if ratio < TARGET_OVERHEAD else 'MISSED'}"
+        )
+        with_analysis = (overhead + totals["analysis"]) / totals["seg_work"]
+        print(f"including registration, matching and assessment: {with_analysis:.1%} of segmentation time")
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
