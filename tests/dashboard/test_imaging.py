@@ -4,6 +4,7 @@ contour edges against a hand count, window/level mapping."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,3 +73,40 @@ def test_window_level_maps_linearly_and_clips() -> None:
 def test_physical_to_index_inverts_the_geometry() -> None:
     volume = _volume(np.zeros((4, 4, 4), dtype=np.float32))
     assert physical_to_index(volume, [12.0, 23.0, 36.0]) == pytest.approx([2.0, 3.0, 3.0])
+
+
+def test_sagittal_volume_is_shown_axially(settings: Any, tmp_path: Path) -> None:
+    from trials.views.imaging import clear_cache, load_volume
+
+    settings.MEDIA_ROOT = tmp_path
+    clear_cache()
+    rng = np.random.default_rng(1)
+    axial = rng.random((5, 6, 7)).astype(np.float32)  # (z, y, x) of an LPS axial grid
+    image = sitk.GetImageFromArray(axial)
+    image.SetSpacing((0.9, 1.1, 2.5))
+    image.SetOrigin((-3.0, 4.0, 10.0))
+    # The same voxels stored as a sagittal acquisition (index axes permuted and flipped).
+    sitk.WriteImage(sitk.DICOMOrient(image, "SPL"), str(tmp_path / "sag.nii.gz"))
+    volume = load_volume("sag.nii.gz")
+    np.testing.assert_array_equal(volume.array, axial)
+    assert volume.spacing_mm == pytest.approx((0.9, 1.1, 2.5))
+    assert volume.origin_mm == pytest.approx((-3.0, 4.0, 10.0))
+    assert physical_to_index(volume, [-3.0 + 0.9 * 2, 4.0 + 1.1 * 3, 10.0 + 2.5 * 4]) == pytest.approx(
+        [2, 3, 4]
+    )
+
+
+def test_clicked_index_maps_back_to_the_stored_grid(settings: Any, tmp_path: Path) -> None:
+    from trials.views.imaging import clear_cache, display_index_to_native, load_volume
+
+    settings.MEDIA_ROOT = tmp_path
+    clear_cache()
+    axial = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)  # every voxel value unique
+    image = sitk.GetImageFromArray(axial)
+    image.SetSpacing((0.9, 1.1, 2.5))
+    stored = sitk.DICOMOrient(image, "SPL")
+    sitk.WriteImage(stored, str(tmp_path / "sag.nii.gz"))
+    displayed = load_volume("sag.nii.gz").array
+    for ijk in [(0, 0, 0), (2, 3, 4), (6, 5, 4)]:
+        native = display_index_to_native("sag.nii.gz", ijk)
+        assert stored[native] == displayed[ijk[2], ijk[1], ijk[0]]

@@ -1,5 +1,7 @@
 """Slice rendering for the viewer: cached volumes, window/level, a small PNG encoder, contour edges.
 
+Volumes are reoriented to LPS on load, so slice ``k`` of the cached array is always an axial slice.
+
 Volumes and label masks are read once with SimpleITK and kept in a small per-process LRU cache keyed by
 file name and modification time, so scrolling costs one array slice, one window/level and one PNG
 encode (a few ms for a 256 x 256 slice), not a NIfTI read.
@@ -84,7 +86,10 @@ def load_volume(name: str, *, labels: bool = False) -> CachedVolume:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    image = read_stored_image(name)
+    # Sagittal or coronal acquisitions (a 3D T1 is often sagittal) are shown axially: DICOMOrient to LPS
+    # only permutes and flips axes (no resampling), so masks reoriented the same way stay aligned.
+    # Rows then run anterior -> posterior and columns patient right -> left (radiological view).
+    image = sitk.DICOMOrient(read_stored_image(name), "LPS")
     if labels:
         # Native pixel types are kept (int16 MR, uint8/uint16 labels): a 512 x 512 x 300 series stays
         # 150 MB in the cache instead of 300 MB as float32; slices are converted one at a time.
@@ -186,3 +191,19 @@ def physical_to_index(volume: CachedVolume, point_mm: list[float]) -> list[float
     """Continuous voxel index (i, j, k) of a physical point in mm."""
     affine = np.array(volume.physical_to_index())
     return (affine[:, :3] @ np.asarray(point_mm, dtype=float) + affine[:, 3]).tolist()
+
+
+def display_index_to_native(name: str, index_ijk: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Map a voxel index clicked in the viewer (LPS-reoriented grid) to the stored volume's own index.
+
+    The review services work on the stored (native) grid; the viewer shows it reoriented to axial.
+
+    Raises:
+        MissingImageError: nothing is stored under ``name``.
+    """
+    volume = load_volume(name)
+    affine = np.array(volume.index_to_physical())
+    point = affine[:, :3] @ np.asarray(index_ijk, dtype=float) + affine[:, 3]
+    native = read_stored_image(name)
+    i, j, k = native.TransformPhysicalPointToIndex([float(v) for v in point])
+    return (int(i), int(j), int(k))

@@ -17,6 +17,7 @@ from trials import permissions, review
 from trials.exceptions import ServiceError
 from trials.models import Assessment, Lesion, LesionObservation, Timepoint
 from trials.views.common import require, timepoint_for
+from trials.views.imaging import display_index_to_native
 
 
 class FormError(ServiceError):
@@ -33,12 +34,16 @@ def _lesion(timepoint: Timepoint, request: HttpRequest, field: str = "lesion_id"
     return lesion
 
 
-def _index(request: HttpRequest, field: str) -> tuple[int, int, int]:
+def _index(request: HttpRequest, field: str, timepoint: Timepoint) -> tuple[int, int, int]:
+    """A clicked voxel index ``i,j,k`` of the viewer's (axial, LPS) grid, as an index of the stored volume."""
     parts = [p.strip() for p in request.POST.get(field, "").split(",")]
     if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
         raise FormError(f"{field} must be a voxel index i,j,k (click on the image).")
     i, j, k = (int(p) for p in parts)
-    return (i, j, k)
+    series = timepoint.series.exclude(volume_file="").order_by("id").first()
+    if series is None:
+        raise FormError("This visit has no stored images to click on.")
+    return display_index_to_native(series.volume_file.name, (i, j, k))
 
 
 def _assessment(timepoint: Timepoint, request: HttpRequest) -> Assessment:
@@ -62,7 +67,7 @@ def _restore(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
 
 
 def _add(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
-    obs = review.add_lesion_from_seed(tp, seed_index=_index(r, "seed"), **kw)
+    obs = review.add_lesion_from_seed(tp, seed_index=_index(r, "seed", tp), **kw)
     return f"{obs.lesion.label} added (LD {obs.longest_diameter_mm:.1f} mm); the assessments were recomputed."
 
 
@@ -73,7 +78,11 @@ def _merge(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
 
 def _split(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
     kept, new = review.split_lesion(
-        _lesion(tp, r), timepoint=tp, seed_keep=_index(r, "seed_keep"), seed_new=_index(r, "seed_new"), **kw
+        _lesion(tp, r),
+        timepoint=tp,
+        seed_keep=_index(r, "seed_keep", tp),
+        seed_new=_index(r, "seed_new", tp),
+        **kw,
     )
     return f"{kept.lesion.label} split; the new part is {new.lesion.label}."
 
