@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,31 @@ def test_a_job_failed_by_the_stuck_sweep_resumes_when_its_task_is_delivered_agai
     job = ProcessingJob.objects.get(pk=upload.job.pk)
     assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.error == ""
     # A job that failed on its input is not rerun by a late duplicate delivery.
-    services.fail_job(job.__class__.objects.create(kind=JobKind.PIPELINE, params=job.params), error="bad image")
+    services.fail_job(
+        job.__class__.objects.create(kind=JobKind.PIPELINE, params=job.params), error="bad image"
+    )
     failed = ProcessingJob.objects.get(error="bad image")
     assert pipeline.run_segmentation_stage(failed.pk) is None
     assert ProcessingJob.objects.get(pk=failed.pk).attempts == 0
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_demo_pipeline_processes_every_visit_once(embedded: None) -> None:
+    from tests.factories import make_patient, make_timepoint, make_trial
+
+    trial = make_trial("DEMO-T")
+    patient = make_patient(trial, subject_id="DEMO-001")
+    make_timepoint(patient, visit_label="BASELINE", scan_date=dt.date(2025, 1, 6), is_baseline=True)
+    make_timepoint(patient, visit_label="FU1", scan_date=dt.date(2025, 3, 3))
+
+    out = io.StringIO()
+    call_command("demo_pipeline", trial="DEMO-T", stdout=out)
+
+    assert "BASELINE" in out.getvalue() and "succeeded" in out.getvalue()
+    jobs = ProcessingJob.objects.filter(kind=JobKind.PIPELINE)
+    assert jobs.count() == 2 and set(jobs.values_list("state", flat=True)) == {JobState.SUCCEEDED}
+    assert set(ImagingSeries.objects.values_list("timepoint__visit_label", flat=True)) == {"BASELINE", "FU1"}
+    assert set(ImagingSeries.objects.values_list("source", flat=True)) == {"synthetic"}
+    call_command("demo_pipeline", trial="DEMO-T", stdout=io.StringIO())  # nothing left to do
+    assert ImagingSeries.objects.count() == 2 and jobs.count() == 2
