@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from trials.views import assets, home, patient, review, trial_plots, viewer
+from trials.views import assets, home, patient, review, trial_plots, upload, viewer
 
 app_name = "dashboard"
 
@@ -13,6 +13,7 @@ urlpatterns = [
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),
     path("visits/<int:timepoint_id>/review/<slug:action>/", review.review_action, name="review"),
+    path("visits/<int:timepoint_id>/upload/", upload.upload_series, name="upload"),
     path("series/<int:series_id>/slices/<int:k>.png", viewer.slice_png, name="slice"),
     path("series/<int:series_id>/overlay/<int:k>.json", viewer.slice_overlay, name="overlay"),
     path("jobs/<int:job_id>/progress.json", patient.job_progress, name="job-progress"),

@@ -350,3 +350,46 @@ def test_data_manager_links_to_exports_and_quality(client: Any, world: World) ->
     client.force_login(world.investigator)
     body = client.get(f"/trials/{world.trial.pk}/").content.decode()
     assert "/quality/" not in body and "/exports/" not in body
+
+
+def _nifti_bytes(tmp_path: Path) -> bytes:
+    import numpy as np
+
+    image = sitk.GetImageFromArray(
+        (100 + 50 * np.random.default_rng(3).random((16, 32, 32))).astype(np.float32)
+    )
+    image.SetSpacing((1.0, 1.0, 2.0))
+    path = tmp_path / "upload.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path.read_bytes()
+
+
+def test_upload_series_from_the_dashboard(client: Any, world: World, tmp_path: Path) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import Client
+
+    from trials.models import ImagingSeries, ProcessingJob
+
+    fu2 = make_timepoint(world.patient, visit_label="FU2", scan_date=dt.date(2024, 5, 10))
+    url = f"/visits/{fu2.pk}/upload/"
+    data = _nifti_bytes(tmp_path)
+    client.force_login(world.investigator)
+    assert client.post(url, {"file": SimpleUploadedFile("fu2.nii.gz", data)}).status_code == 403
+    client.force_login(world.data_manager)
+    assert client.post(url, {}).status_code == 400
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(world.data_manager)
+    assert (
+        strict.post(url, {"file": SimpleUploadedFile("fu2.nii.gz", data)}).status_code == 403
+    )  # no CSRF token
+    response = client.post(url, {"file": SimpleUploadedFile("fu2.nii.gz", data)})
+    assert response.status_code == 202, response.content
+    body = json.loads(response.content)
+    series = ImagingSeries.objects.get(timepoint=fu2)
+    job = ProcessingJob.objects.get(pk=body["job"]["id"])
+    assert body["series"]["id"] == series.pk and job.kind == "pipeline" and job.state == "queued"
+    assert series.uploaded_by == world.data_manager
+    duplicate = client.post(url, {"file": SimpleUploadedFile("fu2.nii.gz", data)})
+    assert duplicate.status_code == 409
+    garbage = client.post(url, {"file": SimpleUploadedFile("notes.nii.gz", b"not an image")})
+    assert garbage.status_code == 400 and json.loads(garbage.content)["detail"]

@@ -57,7 +57,8 @@
     }
   });
 
-  // Upload of a visit's series through the REST API; the answer (202) names the processing job.
+  // Upload of a visit's series (the dashboard's upload view, same service as the API); the answer (202)
+  // names the processing job, whose progress is then polled.
   document.querySelectorAll("form.upload").forEach(function (form) {
     form.addEventListener("submit", function (event) {
       event.preventDefault();
@@ -68,7 +69,7 @@
       const data = new FormData();
       data.append("file", file);
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", "/api/v1/timepoints/" + form.getAttribute("data-timepoint-id") + "/series/");
+      xhr.open("POST", "/visits/" + form.getAttribute("data-timepoint-id") + "/upload/");
       xhr.setRequestHeader("X-CSRFToken", csrfToken());
       bar.hidden = false;
       xhr.upload.onprogress = function (e) {
