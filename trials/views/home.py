@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 
 from trials import permissions
 from trials.views.common import capability_flags, optional_url, trial_for
@@ -38,6 +39,11 @@ def trial_home(request: HttpRequest, trial_id: int) -> HttpResponse:
     """Patients of a trial: latest response, best overall response, pending reviews, failed jobs, next visit."""
     trial = trial_for(request.user, trial_id)
     summaries = trial_patient_summaries(trial)
+    # One reverse() for the page instead of several per row: the table can hold hundreds of patients.
+    marker = 987654321
+    pattern = reverse("dashboard:patient", args=[marker])
+    for summary in summaries:
+        summary.url = pattern.replace(str(marker), str(summary.patient_id))
     flags = capability_flags(request.user, trial)
     context = {
         "trial": trial,

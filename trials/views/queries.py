@@ -56,6 +56,7 @@ class PatientSummary:
     next_expected_visit: dt.date | None = None
     baseline_date: dt.date | None = None
     progression_date: dt.date | None = None
+    url: str = ""  # the patient timeline, filled in by the view
     # (scan date, visit label, overall response, pct change from baseline) of follow-up visits
     visits: list[tuple[dt.date, str, str, float | None]] = field(default_factory=list)
 
