@@ -1,6 +1,7 @@
 """End to end, in a real browser against a live server on PostgreSQL: a radiologist logs in, opens a
 patient, scrolls the viewer, drops a false-positive lesion, sees the assessment change from PD to SD,
-overrides it with a reason and a password signature, and finds both events in the visit's audit trail.
+adds a missed lesion by clicking its seed (PD again: a new lesion), overrides the response with a reason
+and a password signature, and finds the events in the visit's audit trail.
 Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard.world import build_world
+from tests.dashboard.world import CENTRE_MISSED, build_world
 from tests.e2e.conftest import ARTIFACTS
 from trials.models import Assessment, AuditEvent
 
@@ -95,21 +96,41 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     assert "dropped" in page.locator("#lesion-L2").inner_text()
     _shot(page, "04-after-drop")
 
+    # Add the lesion the AI missed: click its centre on the image in "seed" mode (region growing).
+    page.get_by_label("Click on the image to").select_option("add")
+    page.locator("#main-canvas[data-k]").wait_for(state="attached")
+    assert page.locator("#main-canvas").get_attribute("data-k") == str(CENTRE_MISSED[2])
+    box = page.locator("#main-canvas").bounding_box()
+    scale = min(box["width"], box["height"]) / 64  # the 64 x 64 slice, drawn with object-fit: contain
+    off_x, off_y = (box["width"] - 64 * scale) / 2, (box["height"] - 64 * scale) / 2
+    page.locator("#main-canvas").click(
+        position={
+            "x": off_x + (CENTRE_MISSED[0] + 0.5) * scale,
+            "y": off_y + (CENTRE_MISSED[1] + 0.5) * scale,
+        }
+    )
+    assert page.get_by_label("Seed voxel (i,j,k)").input_value() == ",".join(map(str, CENTRE_MISSED))
+    page.locator("#add-reason").fill("missed enhancing focus")
+    page.get_by_role("button", name="Add lesion").click()
+    page.locator(".messages").get_by_text("L3 added").wait_for()
+    assert page.locator("#overall-response").inner_text().startswith("PD")  # an unequivocal new lesion
+    assert "new" in page.locator("#lesion-L3").inner_text()
+
     # Override with a reason, signed by the password.
-    page.get_by_label("Reader's overall response").select_option("PD")
-    page.get_by_label("Reason (required)").fill("new enhancement on perfusion judged progression")
+    page.get_by_label("Reader's overall response").select_option("SD")
+    page.get_by_label("Reason (required)").fill("new focus is a vessel on the perfusion series")
     page.get_by_label(re.compile("Password \\(electronic signature: .reviewed and overridden")).fill(
         world.password
     )
     page.get_by_role("button", name="Override and sign").click()
-    page.locator(".messages").get_by_text("overridden to PD").wait_for()
-    assert page.locator("#overall-response").inner_text().startswith("PD")
+    page.locator(".messages").get_by_text("overridden to SD").wait_for()
+    assert page.locator("#overall-response").inner_text().startswith("SD")
     status = page.locator("#review-status").inner_text()
     assert "Overridden" in status and world.radiologist.username in status
 
     # The audit trail of the visit shows both, with who and why.
     audit = page.locator("#audit-table")
-    override_row = audit.locator("tr", has_text="new enhancement on perfusion judged progression").filter(
+    override_row = audit.locator("tr", has_text="new focus is a vessel on the perfusion series").filter(
         has_text="override"
     )
     assert override_row.count() >= 1
@@ -125,7 +146,7 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     # The database agrees with the page.
     current = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
     assert (current.overall_response, current.status, current.signed_by_id) == (
-        "PD",
+        "SD",
         "overridden",
         world.radiologist.pk,
     )
