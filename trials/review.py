@@ -23,10 +23,12 @@ What is here:
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,6 +57,9 @@ from trials.models import (
     Patient,
     Timepoint,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Folder (in the default storage) of reader-drawn lesion masks.
 READER_MASK_DIR = "masks/reader"
@@ -314,32 +319,97 @@ def _primary_series(timepoint: Timepoint) -> ImagingSeries:
     return series
 
 
-def _store_reader_mask(lesion: Lesion, timepoint: Timepoint, mask: sitk.Image, reference: sitk.Image) -> None:
-    """Store (or replace) the reader-drawn binary mask of a lesion at a visit.
+_JOURNAL: ContextVar[_MaskJournal | None] = ContextVar("review_mask_journal", default=None)
 
-    The file name is fixed per lesion and visit, so a later correction replaces the earlier contour;
-    the observation row's change is what the audit trail records.
 
-    Raises:
-        InvalidInputError: the mask is not on the series grid.
+def _undo_files_on_error(func: Callable[P, R]) -> Callable[P, R]:
+    """Run a review verb with a mask journal: its file writes are undone if it raises."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _MaskJournal() as journal:
+            token = _JOURNAL.set(journal)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _JOURNAL.reset(token)
+
+    return wrapper
+
+
+def _journal() -> _MaskJournal:
+    journal = _JOURNAL.get()
+    if journal is None:  # a programming error: every verb that writes masks is decorated
+        raise RuntimeError("reader masks are written only inside a review verb")
+    return journal
+
+
+class _MaskJournal:
+    """Reader-mask file writes of one review verb, undone if the verb fails.
+
+    Files are not part of the database transaction: when a later step raises (e.g. the re-assessment),
+    the transaction rolls back and the journal puts the previous files back, so the stored contours
+    always match the committed observations.
     """
-    if not _same_grid(mask, reference):
-        raise InvalidInputError("A lesion mask lies on another grid than the series volume.")
-    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
-    handle, path = tempfile.mkstemp(suffix=".nii.gz")
-    os.close(handle)
-    try:
-        sitk.WriteImage(binary, path, useCompression=True)
-        with open(path, "rb") as src:
-            data = src.read()
-    finally:
-        os.unlink(path)
-    name = reader_mask_name(lesion.pk, timepoint.pk)
-    if default_storage.exists(name):
-        default_storage.delete(name)
-    stored = default_storage.save(name, ContentFile(data))
-    if stored != name:  # a concurrent writer took the name: keep the naming contract explicit
-        raise InvalidStateError(f"The contour of {lesion.label} is being saved by someone else; try again.")
+
+    def __init__(self) -> None:
+        self._previous: list[tuple[str, bytes | None]] = []
+
+    def __enter__(self) -> _MaskJournal:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            return
+        for name, data in reversed(self._previous):
+            if default_storage.exists(name):
+                default_storage.delete(name)
+            if data is not None:
+                default_storage.save(name, ContentFile(data))
+
+    def _remember(self, name: str) -> None:
+        data = None
+        if default_storage.exists(name):
+            with default_storage.open(name, "rb") as src:
+                data = src.read()
+        self._previous.append((name, data))
+
+    def delete(self, name: str) -> None:
+        """Delete a stored file (if any), remembering it."""
+        if default_storage.exists(name):
+            self._remember(name)
+            default_storage.delete(name)
+
+    def store(self, lesion: Lesion, timepoint: Timepoint, mask: sitk.Image, reference: sitk.Image) -> None:
+        """Store (or replace) the reader-drawn binary mask of a lesion at a visit.
+
+        The file name is fixed per lesion and visit, so a later correction replaces the earlier
+        contour; the observation row's change is what the audit trail records.
+
+        Raises:
+            InvalidInputError: the mask is not on the series grid.
+        """
+        if not _same_grid(mask, reference):
+            raise InvalidInputError("A lesion mask lies on another grid than the series volume.")
+        binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+        handle, path = tempfile.mkstemp(suffix=".nii.gz")
+        os.close(handle)
+        try:
+            sitk.WriteImage(binary, path, useCompression=True)
+            with open(path, "rb") as src:
+                data = src.read()
+        finally:
+            os.unlink(path)
+        name = reader_mask_name(lesion.pk, timepoint.pk)
+        self._remember(name)
+        if default_storage.exists(name):
+            default_storage.delete(name)
+        stored = default_storage.save(name, ContentFile(data))
+        if stored != name:  # a concurrent writer took the name: keep the naming contract explicit
+            default_storage.delete(stored)
+            raise InvalidStateError(
+                f"The contour of {lesion.label} is being saved by someone else; try again."
+            )
 
 
 # ------------------------------------------------------------------------------------ reassessment
@@ -461,6 +531,7 @@ def restore_lesion(
     return lesion
 
 
+@_undo_files_on_error
 @transaction.atomic
 def add_lesion_from_seed(
     timepoint: Timepoint,
@@ -512,7 +583,7 @@ def add_lesion_from_seed(
         reason=reason,
         correlation_id=cid,
     )
-    _store_reader_mask(lesion, timepoint, mask, image)
+    _journal().store(lesion, timepoint, mask, image)
     observation = services.record_observation(
         lesion,
         timepoint,
@@ -554,6 +625,7 @@ def _present_observation(lesion: Lesion, timepoint: Timepoint) -> LesionObservat
     return observation
 
 
+@_undo_files_on_error
 @transaction.atomic
 def merge_lesions(
     keep: Lesion,
@@ -586,10 +658,8 @@ def merge_lesions(
     image = load_series_image(series)
     union = sitk.Or(load_observation_mask(keep_obs), load_observation_mask(absorb_obs))
     measurement = _measure_one(union, image, _response_settings(timepoint.patient))
-    _store_reader_mask(keep, timepoint, union, image)
-    absorbed_name = reader_mask_name(absorb.pk, timepoint.pk)
-    if default_storage.exists(absorbed_name):
-        default_storage.delete(absorbed_name)
+    _journal().store(keep, timepoint, union, image)
+    _journal().delete(reader_mask_name(absorb.pk, timepoint.pk))
     before = {
         keep.label: keep_obs.longest_diameter_mm,
         absorb.label: absorb_obs.longest_diameter_mm,
@@ -637,6 +707,7 @@ def merge_lesions(
     return keep_obs
 
 
+@_undo_files_on_error
 @transaction.atomic
 def split_lesion(
     lesion: Lesion,
@@ -713,8 +784,8 @@ def split_lesion(
         reason=reason,
         correlation_id=cid,
     )
-    _store_reader_mask(lesion, timepoint, parts[0], image)
-    _store_reader_mask(new_lesion, timepoint, parts[1], image)
+    _journal().store(lesion, timepoint, parts[0], image)
+    _journal().store(new_lesion, timepoint, parts[1], image)
     before_ld = observation.longest_diameter_mm
     services.update_observation(
         observation,

@@ -266,3 +266,34 @@ def test_override_needs_reason_password_and_valid_response(world: World) -> None
     )
     assert _current(world).pk == new.pk
     assert AuditEvent.objects.get(action="override").reason == "pseudo-progression"
+
+
+def test_failed_verb_leaves_files_and_rows_as_they_were(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from trials import pipeline
+
+    added = review.add_lesion_from_seed(world.fu1, seed_index=CENTRE_MISSED, actor=world.radiologist)
+    l3_name = review.reader_mask_name(added.lesion_id, world.fu1.pk)
+    with default_storage.open(l3_name, "rb") as src:
+        l3_bytes = src.read()
+    l1_before = _obs(world, "L1")
+
+    def failing_reassess(*args: object, **kwargs: object) -> None:
+        raise InvalidInputError("the engine refused the data")
+
+    # The failure comes from the last step of the verb, after the contour files were written.
+    monkeypatch.setattr(pipeline, "reassess_patient", failing_reassess)
+    with pytest.raises(InvalidInputError, match="engine refused"):
+        review.merge_lesions(world.lesions["L1"], added.lesion, timepoint=world.fu1, actor=world.radiologist)
+    with default_storage.open(l3_name, "rb") as src:
+        assert src.read() == l3_bytes
+    assert not default_storage.exists(review.reader_mask_name(world.lesions["L1"].pk, world.fu1.pk))
+    l1_after = _obs(world, "L1")
+    assert (l1_after.longest_diameter_mm, l1_after.segmentation_run_id) == (
+        l1_before.longest_diameter_mm,
+        l1_before.segmentation_run_id,
+    )
+    assert _obs(world, "L3").present
