@@ -534,7 +534,8 @@ def run_segmentation_stage(
     actor, cid = _job_context(job, actor_id, correlation_id)
     series = ImagingSeries.objects.select_related("timepoint__patient__trial").get(pk=job.params["series_id"])
     _progress(job, 5, "loading model")
-    model, version = load_pipeline_model(actor=actor, correlation_id=cid)
+    # The model is registered by the system, whoever uploaded the series that first used it.
+    model, version = load_pipeline_model(actor=None, correlation_id=cid)
     run = get_or_create_run(series, version, actor=actor, correlation_id=cid)
     if run.mask_file and run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
         _progress(job, 60, "segmentation", "segmentation already stored; reused")

@@ -3,6 +3,8 @@
 * Three visits uploaded through the API are processed by a ``celery worker`` subprocess; the worker is
   killed with SIGKILL in the middle of the first segmentation; a new worker finishes every job exactly
   once and nothing is duplicated.
+* A database outage seen by the worker (a TCP proxy to PostgreSQL that the test cuts) is retried with
+  backoff, and the job succeeds once the database is reachable again.
 * Uploads made while Redis is down are not lost: the job is stored, and once Redis is back the periodic
   sweep (beat inside the worker) hands it to the broker and the worker runs it. That test runs its own
   ``redis-server`` on another port; the shared server on 6379 is never stopped.
@@ -14,12 +16,14 @@ mechanics, not segmentation accuracy (see test_longitudinal.py for the clinical 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -329,3 +333,104 @@ def test_upload_while_redis_is_down_runs_after_redis_returns(
         worker.stop()
         redis.terminate()
         redis.wait(timeout=20)
+
+
+class TcpProxy:
+    """A TCP forwarder to PostgreSQL that the test can cut and restore: a real network outage."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        with socket.socket() as probe:
+            probe.bind((REDIS_HOST, 0))
+            self.port = probe.getsockname()[1]
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((REDIS_HOST, self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed: the outage
+            upstream = socket.create_connection((REDIS_HOST, self.target_port))
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Refuse new connections and break the open ones."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._conns:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                except OSError:
+                    pass
+            self._conns.clear()
+
+
+@pytest.mark.timeout(300)
+def test_database_outage_is_retried_with_backoff_until_the_job_succeeds(
+    broker: Callable[[int], str],
+    api_client: Any,
+    pipeline_patient: Any,
+    synthetic_patient: SyntheticPatient,
+    tiny_model_dir: Path,
+    media_root: Path,
+    tmp_path: Path,
+) -> None:
+    from django.db import connection
+
+    if not port_open(SHARED_REDIS_PORT):
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    url = broker(SHARED_REDIS_PORT)
+    db = connection.settings_dict
+    proxy = TcpProxy(int(db["PORT"] or 5432))
+    proxy.start()
+    env = worker_env(url, media_root, tiny_model_dir)
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{REDIS_HOST}:{proxy.port}/{db['NAME']}"
+    api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
+    worker = Worker(env, tmp_path / "worker-db.log")
+    try:
+        worker.wait_ready()
+        proxy.cut()  # the worker's database goes away
+        response = upload(
+            api_client, pipeline_patient.timepoints.get(visit_label="BASELINE").pk, synthetic_patient.zips[0]
+        )
+        assert response.status_code == 202, response.content
+        job_id = response.json()["job"]["id"]
+        wait_for(lambda: "Retry in" in worker.log(), 60, "the task to be retried")
+        proxy.start()  # the database is back
+        wait_for(lambda: jobs_done([job_id]), 150, "the job to succeed after the outage", poll_s=0.5)
+    finally:
+        worker.stop()
+        proxy.cut()
+    job = ProcessingJob.objects.get(pk=job_id)
+    assert job.state == JobState.SUCCEEDED, (job.error, worker.log()[-3000:])
+    assert "TransientError" in worker.log() and "database unavailable" in worker.log()
+    assert SegmentationRun.objects.filter(series_id=job.params["series_id"]).count() == 1
