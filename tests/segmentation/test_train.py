@@ -160,7 +160,7 @@ def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path:
     ft = tmp_path / "ft"
     assert main(_train_args(nifti_dataset, ft, "--epochs", "1", "--init-from", str(run / "model"),
                             "--freeze-encoder", "--lr", "1e-2")) == 0  # fmt: skip
-    base = torch.load(run / "last.pt", weights_only=False)["network"]
+    base = load_model(run / "model").network.state_dict()  # what --init-from loaded
     tuned = torch.load(ft / "last.pt", weights_only=False)["network"]
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(k.startswith("out.") for k in changed)
