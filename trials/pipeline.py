@@ -99,6 +99,7 @@ __all__ = [
     "load_pipeline_model",
     "reassess_patient",
     "record_segmentation",
+    "resegment_series",
     "response_settings",
     "retry_job",
     "run_analysis_stage",
@@ -324,6 +325,31 @@ def create_pipeline_job(
         actor=actor,
         reason="segmentation, lesion tracking and assessment of a new series",
         correlation_id=correlation_id,
+    )
+
+
+@transaction.atomic
+def resegment_series(
+    series: ImagingSeries, *, actor: Any | None, reason: str = "", correlation_id: str = ""
+) -> ProcessingJob:
+    """Queue a new pipeline job for a stored series (e.g. after a new model was installed).
+
+    Raises:
+        InvalidStateError: A pipeline job of this series is still queued or running.
+    """
+    ImagingSeries.objects.select_for_update().filter(pk=series.pk).first()  # one request at a time
+    busy = ProcessingJob.objects.filter(
+        content_type=ContentType.objects.get_for_model(ImagingSeries),
+        object_id=series.pk,
+        kind=JobKind.PIPELINE,
+        state__in=(JobState.QUEUED, JobState.RUNNING),
+    ).first()
+    if busy is not None:
+        raise InvalidStateError(
+            f"Series {series.pk} is already being processed (job {busy.pk}, {busy.state})."
+        )
+    return create_pipeline_job(
+        series, actor=actor, correlation_id=correlation_id or services.new_correlation_id()
     )
 
 

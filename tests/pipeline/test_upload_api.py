@@ -283,3 +283,33 @@ def test_get_lists_the_visits_series(
     assert [row["id"] for row in listing.json()["results"]] == list(
         ImagingSeries.objects.values_list("pk", flat=True)
     )
+
+
+@pytest.mark.django_db
+def test_segment_action_reprocesses_a_series_without_duplicating_its_run(
+    api_client: Any,
+    pipeline_patient: Any,
+    embedded: None,
+    synthetic_patient: SyntheticPatient,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from trials import pipeline
+    from trials.models import SegmentationRun
+
+    api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
+    visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    with django_capture_on_commit_callbacks(execute=True):
+        series_id = upload(api_client, visit.pk, synthetic_patient.zips[0]).json()["series"]["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.post(f"/api/v1/series/{series_id}/segment/")
+    assert response.status_code == 202, response.content
+    job = ProcessingJob.objects.get(pk=response.json()["job"]["id"])
+    assert job.state == JobState.SUCCEEDED and job.kind == "pipeline"
+    assert ProcessingJob.objects.filter(object_id=series_id).count() == 2
+    assert SegmentationRun.objects.filter(series_id=series_id).count() == 1  # same model: mask reused
+
+    queued = pipeline.create_pipeline_job(ImagingSeries.objects.get(pk=series_id), enqueue=False, actor=None)
+    busy = api_client.post(f"/api/v1/series/{series_id}/segment/")
+    assert busy.status_code == 409 and f"job {queued.pk}" in busy.json()["detail"]
+    api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.INVESTIGATOR))
+    assert api_client.post(f"/api/v1/series/{series_id}/segment/").status_code == 403

@@ -210,3 +210,52 @@ class SeriesUploadView(APIView):
             status=status.HTTP_202_ACCEPTED,
             headers={"Location": job_url},
         )
+
+
+class SeriesSegmentView(APIView):
+    """``POST /api/v1/series/{id}/segment/``: process a stored series again (e.g. with a newly installed model).
+
+    A new pipeline job is queued (202 with the job); the series' earlier runs and rows stay. With the
+    model that already segmented it, the stored mask is reused and only the assessments are refreshed.
+    409 while a pipeline job of the series is queued or running.
+    """
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: inline_serializer(
+                "SeriesSegmentAccepted",
+                {"job": s.ProcessingJobSerializer(), "job_url": serializers.CharField()},
+            ),
+            409: OpenApiResponse(description="A job of this series is already queued or running."),
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        """Queue the segmentation, lesion matching and assessment of this series again."""
+        from trials.models import ImagingSeries
+
+        series = (
+            ImagingSeries.objects.select_related("timepoint__patient__trial")
+            .filter(pk=pk, timepoint__patient__trial__in=visible_trial_ids(request.user))
+            .first()
+        )
+        if series is None:
+            raise Http404("No such series.")
+        if not has_capability(request.user, series.timepoint.patient.trial, MANAGE_PATIENTS):
+            return Response(
+                {"detail": "Your role in this trial does not allow processing images."},
+                status=status.HTTP_403_FORBIDDEN,
+            )
+        job = pipeline.resegment_series(
+            series,
+            actor=request.user,
+            correlation_id=getattr(request._request, "correlation_id", ""),
+        )
+        job_url = request.build_absolute_uri(reverse("api:job-detail", args=[job.pk]))
+        return Response(
+            {"job": s.ProcessingJobSerializer(job, context={"request": request}).data, "job_url": job_url},
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": job_url},
+        )
