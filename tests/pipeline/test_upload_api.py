@@ -313,3 +313,31 @@ def test_segment_action_reprocesses_a_series_without_duplicating_its_run(
     assert busy.status_code == 409 and f"job {queued.pk}" in busy.json()["detail"]
     api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.INVESTIGATOR))
     assert api_client.post(f"/api/v1/series/{series_id}/segment/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_upload_with_browser_session_and_csrf_token_is_accepted(
+    pipeline_patient: Any, embedded: None, tmp_path: Path, settings: Any
+) -> None:
+    """A logged-in browser (session cookie + CSRF token) can upload: the CSRF check reads the body first."""
+    from django.test import Client
+
+    user = make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    from django.middleware.csrf import _get_new_csrf_string
+
+    token = _get_new_csrf_string()
+    client.cookies[settings.CSRF_COOKIE_NAME] = token
+    path = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(small_image(), str(path))
+    visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    with path.open("rb") as fh:
+        refused = client.post(f"/api/v1/timepoints/{visit.pk}/series/", {"file": fh})
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    with path.open("rb") as fh:
+        accepted = client.post(
+            f"/api/v1/timepoints/{visit.pk}/series/", {"file": fh}, HTTP_X_CSRFTOKEN=token
+        )
+    assert accepted.status_code == 202, accepted.content
+    assert ImagingSeries.objects.filter(timepoint=visit).count() == 1

@@ -95,6 +95,23 @@ class SeriesUploadView(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = [MultiPartParser]
 
+    def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
+        # The upload handlers must be in place before anything reads the body. With session
+        # authentication DRF's CSRF check reads request.POST during authentication, before post() runs,
+        # and Django refuses to change the handlers once the body has been parsed.
+        if request.method == "POST":
+            request.upload_handlers = [
+                SizeLimitUploadHandler(request, limit_bytes=_max_bytes()),
+                TemporaryFileUploadHandler(request),
+            ]
+        return super().initialize_request(request, *args, **kwargs)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # The size limit can trip while the CSRF check parses the body, outside post()'s own handling.
+        if isinstance(exc, UploadTooLargeError):
+            return _too_large()
+        return super().handle_exception(exc)
+
     def _timepoint(self, request: Request, pk: int) -> Timepoint:
         timepoint = (
             Timepoint.objects.select_related("patient__trial")
@@ -154,10 +171,6 @@ class SeriesUploadView(APIView):
         if declared > limit + 1024**2:  # allow for the multipart envelope
             return _too_large()
         django_request = request._request
-        django_request.upload_handlers = [
-            SizeLimitUploadHandler(django_request, limit_bytes=limit),
-            TemporaryFileUploadHandler(django_request),
-        ]
         try:
             upload = request.FILES.get("file")
             if upload is None and len(request.FILES) == 1:
