@@ -38,7 +38,7 @@ ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
     MembershipRole.INVESTIGATOR: frozenset({VIEW}),
     MembershipRole.RADIOLOGIST: frozenset({VIEW, EDIT_LESIONS, REVIEW_ASSESSMENTS}),
     MembershipRole.DATA_MANAGER: frozenset({VIEW, MANAGE_PATIENTS, EXPORT}),
-    MembershipRole.ADMIN: frozenset({VIEW, MANAGE_TRIAL, MANAGE_MEMBERSHIPS}),
+    MembershipRole.ADMIN: frozenset({VIEW, MANAGE_TRIAL, MANAGE_MEMBERSHIPS, EXPORT}),
 }
 
 ALL_CAPABILITIES: frozenset[str] = frozenset().union(*ROLE_CAPABILITIES.values())

@@ -352,6 +352,17 @@ def test_data_manager_links_to_exports_and_quality(client: Any, world: World) ->
     assert "/quality/" not in body and "/exports/" not in body
 
 
+def test_trial_admin_links_to_exports_and_quality(client: Any, world: World) -> None:
+    """Issue 8: exports are for data managers and trial admins."""
+    from tests.factories import make_member
+    from trials.choices import MembershipRole
+
+    client.force_login(make_member(world.trial, MembershipRole.ADMIN))
+    body = client.get(f"/trials/{world.trial.pk}/").content.decode()
+    assert f'href="/trials/{world.trial.pk}/exports/"' in body
+    assert client.get(f"/api/v1/trials/{world.trial.pk}/exports/visits.csv").status_code == 200
+
+
 def _nifti_bytes(tmp_path: Path) -> bytes:
     import numpy as np
 
