@@ -482,24 +482,10 @@ def drop_lesion(
     Raises:
         InvalidStateError: the lesion is already dropped.
     """
-    cid = _cid(correlation_id)
     _check_visit(lesion, timepoint)
     if lesion.is_false_positive:
         raise InvalidStateError(f"{lesion.label} is already dropped as a false positive.")
-    services.update_lesion(lesion, is_false_positive=True, actor=actor, reason=reason, correlation_id=cid)
-    _review_event(
-        "drop_lesion",
-        timepoint,
-        actor=actor,
-        before={"lesion": lesion.label, "is_false_positive": False},
-        after={"lesion": lesion.label, "is_false_positive": True},
-        reason=reason,
-        correlation_id=cid,
-    )
-    _reassess(
-        lesion.patient, _earliest_visit(lesion, timepoint), actor=actor, reason=reason, correlation_id=cid
-    )
-    return lesion
+    return _set_false_positive(lesion, True, "drop_lesion", timepoint, actor, reason, correlation_id)
 
 
 @transaction.atomic
@@ -511,17 +497,30 @@ def restore_lesion(
     Raises:
         InvalidStateError: the lesion is not dropped.
     """
-    cid = _cid(correlation_id)
     _check_visit(lesion, timepoint)
     if not lesion.is_false_positive:
         raise InvalidStateError(f"{lesion.label} is not dropped.")
-    services.update_lesion(lesion, is_false_positive=False, actor=actor, reason=reason, correlation_id=cid)
+    return _set_false_positive(lesion, False, "restore_lesion", timepoint, actor, reason, correlation_id)
+
+
+def _set_false_positive(
+    lesion: Lesion,
+    value: bool,
+    action: str,
+    timepoint: Timepoint,
+    actor: Any,
+    reason: str,
+    correlation_id: str,
+) -> Lesion:
+    """Shared body of drop_lesion / restore_lesion (checks done): flag, audit on the visit, re-assess."""
+    cid = _cid(correlation_id)
+    services.update_lesion(lesion, is_false_positive=value, actor=actor, reason=reason, correlation_id=cid)
     _review_event(
-        "restore_lesion",
+        action,
         timepoint,
         actor=actor,
-        before={"lesion": lesion.label, "is_false_positive": True},
-        after={"lesion": lesion.label, "is_false_positive": False},
+        before={"lesion": lesion.label, "is_false_positive": not value},
+        after={"lesion": lesion.label, "is_false_positive": value},
         reason=reason,
         correlation_id=cid,
     )
