@@ -42,8 +42,9 @@ services:
 browser:
 	scripts/ensure-chromium.sh
 
-bench: venv
-	$(PY) -m bench
+## make bench: every benchmark (bench/bench_*.py); database ones use PostgreSQL like the tests
+bench: venv services
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf var .pytest_cache
