@@ -51,6 +51,7 @@ from segmentation.errors import ImagingError
 from segmentation.model import (
     DEMO_LABEL,
     ModelConfig,
+    PostprocessConfig,
     build_network,
     library_versions,
     load_model,
@@ -272,18 +273,31 @@ def extract_patch(array: np.ndarray, center_zyx: Sequence[int], size_zyx: Sequen
 
 
 class PatchSampler:
-    """Random training patches: lesion-centred with probability ``positive_fraction``, else anywhere
-    in the head."""
+    """Random training patches: lesion-centred with probability ``positive_fraction``; centred on a
+    bright voxel away from every lesion (an enhancing vessel, dura, falx or choroid plexus: the false
+    positives a post-contrast model makes) with probability ``hard_negative_fraction``; else anywhere in
+    the head."""
 
-    def __init__(self, cases: Sequence[CachedCase], patch_zyx: Sequence[int], positive_fraction: float, rng: np.random.Generator):
+    def __init__(
+        self,
+        cases: Sequence[CachedCase],
+        patch_zyx: Sequence[int],
+        positive_fraction: float,
+        rng: np.random.Generator,
+        hard_negative_fraction: float = 0.0,
+    ):
         if not cases:
             raise TrainingError("no training cases")
+        if positive_fraction < 0 or hard_negative_fraction < 0 or positive_fraction + hard_negative_fraction > 1:
+            raise TrainingError("positive and hard-negative fractions must be >= 0 and sum to at most 1")
         self.cases = list(cases)
         self.patch = tuple(int(v) for v in patch_zyx)
         self.positive_fraction = positive_fraction
+        self.hard_negative_fraction = hard_negative_fraction
         self.rng = rng
         self.lesion_voxels = [np.argwhere(c.mask > 0) for c in self.cases]
         self.head_voxels = [np.argwhere(c.image[::2, ::2, ::2] > 0) * 2 for c in self.cases]
+        self.bright_voxels = [bright_non_lesion_voxels(c.image, c.mask) for c in self.cases]
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch_size`` (image, mask) patches as arrays (B, 1, z, y, x)."""
@@ -291,15 +305,30 @@ class PatchSampler:
         for _ in range(batch_size):
             k = int(self.rng.integers(len(self.cases)))
             case = self.cases[k]
-            pos = self.lesion_voxels[k]
-            if len(pos) and self.rng.random() < self.positive_fraction:
+            pos, bright = self.lesion_voxels[k], self.bright_voxels[k]
+            u = self.rng.random()
+            if len(pos) and u < self.positive_fraction:
                 center = pos[self.rng.integers(len(pos))] + self.rng.integers(-self.patch[0] // 4, self.patch[0] // 4 + 1, 3)
+            elif len(bright) and u < self.positive_fraction + self.hard_negative_fraction:
+                center = bright[self.rng.integers(len(bright))] + self.rng.integers(-self.patch[0] // 4, self.patch[0] // 4 + 1, 3)
             else:
                 head = self.head_voxels[k]
                 center = head[self.rng.integers(len(head))] if len(head) else np.asarray(case.image.shape) // 2
             images.append(extract_patch(case.image, center, self.patch))
             masks.append(extract_patch(case.mask, center, self.patch))
         return np.stack(images)[:, None], np.stack(masks)[:, None]
+
+
+def bright_non_lesion_voxels(image: np.ndarray, mask: np.ndarray, percentile: float = 99.0, margin: int = 3) -> np.ndarray:
+    """Voxels (z, y, x) brighter than ``percentile`` of the head and more than ``margin`` voxels from any
+    lesion: where enhancing non-lesion tissue lies. At most 20,000, evenly subsampled."""
+    head = image > 0
+    if not head.any():
+        return np.zeros((0, 3), dtype=np.int64)
+    cut = float(np.percentile(image[head], percentile))
+    near_lesion = ndi.binary_dilation(mask > 0, iterations=margin) if mask.any() else np.zeros(mask.shape, bool)
+    idx = np.argwhere((image >= cut) & ~near_lesion)
+    return idx[:: max(1, len(idx) // 20000)]
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, intensity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -453,27 +482,23 @@ def predict_probability(
     return torch.sigmoid(out)[0, 0].float().cpu().numpy()
 
 
-def evaluate(
-    network: torch.nn.Module,
+def _postprocessed_metrics(
+    probs: Sequence[np.ndarray],
     cases: Sequence[CachedCase],
-    config: ModelConfig,
-    min_diameter_mm: float = 5.0,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Dice (over all voxels of all cases) and lesion-wise F1 (lesions >= ``min_diameter_mm``), in model space."""
+    threshold: float,
+    min_volume_mm3: float,
+    min_diameter_mm: float,
+) -> dict[str, Any]:
     inter = total = 0
     counts = LesionCounts()
     per_case = []
-    for case in cases:
-        prob = predict_probability(network, case.image, config, device)
-        pred = remove_small_components(
-            prob >= config.postprocessing.threshold, case.spacing_mm, config.postprocessing.min_lesion_volume_mm3
-        )
+    for prob, case in zip(probs, cases, strict=True):
+        pred = remove_small_components(prob >= threshold, case.spacing_mm, min_volume_mm3)
         p, t = pred > 0, case.mask > 0
         inter += int((p & t).sum())
         total += int(p.sum()) + int(t.sum())
         per_case.append(dice_score(p, t))
-        counts = counts + lesion_counts(pred, case.mask, case.spacing_mm, min_diameter_mm, config.postprocessing.min_lesion_volume_mm3)
+        counts = counts + lesion_counts(pred, case.mask, case.spacing_mm, min_diameter_mm, min_volume_mm3)
     return {
         "dice": 1.0 if total == 0 else 2.0 * inter / total,
         "mean_case_dice": float(np.mean(per_case)) if per_case else float("nan"),
@@ -482,7 +507,47 @@ def evaluate(
         "lesion_fn": counts.false_negative,
         "lesion_fp": counts.false_positive,
         "cases": len(cases),
+        "threshold": threshold,
+        "min_lesion_volume_mm3": min_volume_mm3,
     }
+
+
+def selection_score(metrics: dict[str, Any]) -> float:
+    """What picks the best epoch and the calibrated post-processing: the mean of Dice and lesion F1
+    (both are targets; Dice alone rewards a model that finds big lesions and many false ones)."""
+    return 0.5 * (float(metrics["dice"]) + float(metrics["lesion_f1"]))
+
+
+#: Post-processing grid searched on the validation patients by :func:`evaluate` with ``calibrate=True``.
+CALIBRATION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CALIBRATION_MIN_VOLUMES_MM3 = (5.0, 15.0, 30.0, 50.0)
+
+
+def evaluate(
+    network: torch.nn.Module,
+    cases: Sequence[CachedCase],
+    config: ModelConfig,
+    min_diameter_mm: float = 5.0,
+    device: torch.device | str = "cpu",
+    calibrate: bool = False,
+) -> dict[str, Any]:
+    """Dice (over all voxels of all cases) and lesion-wise F1 (lesions >= ``min_diameter_mm``), in model space.
+
+    With ``calibrate``, the probability threshold and smallest component are chosen from
+    :data:`CALIBRATION_THRESHOLDS` x :data:`CALIBRATION_MIN_VOLUMES_MM3` to maximise
+    :func:`selection_score` on these cases (use validation cases only); the result's ``threshold`` and
+    ``min_lesion_volume_mm3`` say what was used.
+    """
+    probs = [predict_probability(network, case.image, config, device) for case in cases]
+    post = config.postprocessing
+    if not calibrate:
+        return _postprocessed_metrics(probs, cases, post.threshold, post.min_lesion_volume_mm3, min_diameter_mm)
+    grid = [
+        _postprocessed_metrics(probs, cases, t, v, min_diameter_mm)
+        for t in CALIBRATION_THRESHOLDS
+        for v in CALIBRATION_MIN_VOLUMES_MM3
+    ]
+    return max(grid, key=selection_score)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,6 +568,8 @@ class TrainOptions:
     loss: str = "bce"
     freeze_encoder: bool = False
     positive_fraction: float = 0.6
+    hard_negative_fraction: float = 0.0
+    calibrate: bool = True
     intensity_augmentation: bool = False
     seed: int = 0
     resume: bool = False
@@ -660,7 +727,9 @@ def train(
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         log.info("resumed from %s at epoch %d (best dice %.4f)", last_path, start_epoch, best.get("dice", -1))
 
-    sampler = PatchSampler(cases["train"], config.inference.roi_size[::-1], options.positive_fraction, rng)
+    sampler = PatchSampler(
+        cases["train"], config.inference.roi_size[::-1], options.positive_fraction, rng, options.hard_negative_fraction
+    )
     for epoch in range(start_epoch, options.epochs):
         network.train()
         t0 = time.time()
@@ -680,31 +749,40 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         train_s = time.time() - t0
         t1 = time.time()
-        val = evaluate(network, cases["val"], config, device=device)
+        val = evaluate(network, cases["val"], config, device=device, calibrate=options.calibrate)
         entry = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
             "val_dice": val["dice"],
             "val_lesion_f1": val["lesion_f1"],
+            "val_threshold": val["threshold"],
+            "val_min_lesion_volume_mm3": val["min_lesion_volume_mm3"],
             "train_s": round(train_s, 1),
             "val_s": round(time.time() - t1, 1),
             "elapsed_min": round((time.time() - started) / 60.0, 1),
         }
         history.append(entry)
         log.info(
-            "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d) train %.0fs val %.0fs",
+            "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d; threshold %.2f, min %.0f mm3) "
+            "train %.0fs val %.0fs",
             epoch, entry["loss"], val["dice"], val["lesion_f1"], val["lesion_tp"], val["lesion_fn"],
-            val["lesion_fp"], train_s, entry["val_s"],
+            val["lesion_fp"], val["threshold"], val["min_lesion_volume_mm3"], train_s, entry["val_s"],
         )  # fmt: skip
-        improved = val["dice"] > best.get("dice", -1.0)
+        improved = "score" not in best or selection_score(val) > best["score"]
         if improved:
-            best = {"epoch": epoch, **val}
+            best = {"epoch": epoch, "score": selection_score(val), **val}
             _atomic_torch_save({k: v.cpu() for k, v in network.state_dict().items()}, run_dir / "best.pt")
             if options.export_dir is not None:
-                test = evaluate(network, cases["test"], config, device=device)
+                chosen = replace(
+                    config,
+                    postprocessing=PostprocessConfig(
+                        threshold=float(val["threshold"]), min_lesion_volume_mm3=float(val["min_lesion_volume_mm3"])
+                    ),
+                )
+                test = evaluate(network, cases["test"], chosen, device=device)
                 log.info("best so far: test dice %.4f lesion F1 %.3f", test["dice"], test["lesion_f1"])
                 export_model(
-                    network, config, options, best, test, history, n_trainable, len(sources), split,
+                    network, chosen, options, best, test, history, n_trainable, len(sources), split,
                     data_description, time.time() - started, init_from,
                 )  # fmt: skip
         _atomic_torch_save(
@@ -763,6 +841,15 @@ def export_model(
         "augmentations": ["flip sagittal axis p=0.5", "rotate 180 deg in axial plane p=0.5"]
         + (["intensity scale 0.85-1.15 and shift +-0.08"] if options.intensity_augmentation else []),
         "positive_fraction": options.positive_fraction,
+        "hard_negative_fraction": options.hard_negative_fraction,
+        "postprocessing_calibrated": options.calibrate,
+        "selection": "epoch with the best mean of validation Dice and lesion F1"
+        + (
+            f"; threshold and smallest component chosen on the validation patients from "
+            f"{list(CALIBRATION_THRESHOLDS)} x {list(CALIBRATION_MIN_VOLUMES_MM3)} mm3"
+            if options.calibrate
+            else ""
+        ),
         "lesion_prior": options.lesion_prior if init_from is None else None,
         "grad_clip_norm": options.grad_clip_norm,
         "best_epoch": best_val.get("epoch"),
@@ -876,6 +963,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--loss", choices=("bce", "dicebce"), default="bce", help="bce (paper) or dicebce")
     p.add_argument("--positive-fraction", type=float, default=0.6, help="share of lesion-centred patches")
+    p.add_argument("--hard-negative-fraction", type=float, default=0.0,
+                   help="share of patches centred on bright non-lesion voxels (vessels, dura, plexus)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep the config's threshold and smallest component instead of choosing them on validation")
     p.add_argument("--intensity-aug", action="store_true", help="also random intensity scale/shift")
     p.add_argument("--lesion-prior", type=float, default=0.01,
                    help="initial lesion probability of a new network's output (0 disables)")
@@ -933,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             loss=args.loss,
             freeze_encoder=args.freeze_encoder,
             positive_fraction=args.positive_fraction,
+            hard_negative_fraction=args.hard_negative_fraction,
+            calibrate=not args.no_calibrate,
             intensity_augmentation=args.intensity_aug,
             seed=args.seed,
             resume=args.resume,

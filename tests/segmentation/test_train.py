@@ -14,17 +14,23 @@ import torch
 from segmentation.model import build_network, load_model
 from segmentation.phantoms import make_phantom, write_phantom_nifti
 from segmentation.train import (
+    CALIBRATION_THRESHOLDS,
+    CachedCase,
     LesionCounts,
+    PatchSampler,
     TrainingError,
     augment,
+    bright_non_lesion_voxels,
     demo_config,
     dice_score,
+    evaluate,
     extract_patch,
     freeze_all_but_output,
     lesion_counts,
     main,
     nifti_pair_sources,
     segmentation_loss,
+    selection_score,
     split_patients,
 )
 
@@ -222,3 +228,60 @@ def test_output_prior_sets_the_initial_lesion_probability() -> None:
     assert torch.allclose(prob, torch.full_like(prob, 0.01), atol=1e-6)
     with pytest.raises(TrainingError, match="prior"):
         set_output_prior(net, 1.5)
+
+
+def _case_with_distractor() -> CachedCase:
+    """A 40^3 head of value 0.3 with a bright lesion (ball r=4 at 12,12,12) and an equally bright
+    non-lesion tube along x at (28, 28)."""
+    image = np.zeros((40, 40, 40), np.float32)
+    image[2:-2, 2:-2, 2:-2] = 0.3
+    lesion = _ball(image.shape, (12, 12, 12), 4)
+    image[lesion] = 0.9
+    image[27:30, 27:30, 5:35] = 0.9
+    return CachedCase("c", "p", image, lesion.astype(np.uint8), (2.0, 2.0, 2.0))
+
+
+def test_bright_non_lesion_voxels_are_the_distractor_not_the_lesion() -> None:
+    case = _case_with_distractor()
+    idx = bright_non_lesion_voxels(case.image, case.mask)
+    assert len(idx) > 0
+    assert set(map(int, idx[:, 0])) <= {27, 28, 29} and set(map(int, idx[:, 1])) <= {27, 28, 29}
+
+
+def test_hard_negative_patches_are_centred_near_distractors() -> None:
+    case = _case_with_distractor()
+    sampler = PatchSampler([case], (8, 8, 8), 0.0, np.random.default_rng(0), hard_negative_fraction=1.0)
+    images, masks = sampler.sample(16)
+    # Every patch holds part of the bright tube (centre jitter is +-2 voxels for an 8^3 patch) and no lesion.
+    assert all((im > 0.8).any() for im in images[:, 0])
+    assert masks.sum() == 0
+    with pytest.raises(TrainingError, match="sum to at most 1"):
+        PatchSampler([case], (8, 8, 8), 0.8, np.random.default_rng(0), hard_negative_fraction=0.3)
+
+
+class _ConstantLogit(torch.nn.Module):
+    """A stand-in network whose lesion logit is a fixed field: lesion 0.65 probability, distractor 0.55."""
+
+    def __init__(self, logit: np.ndarray):
+        super().__init__()
+        self.logit = torch.from_numpy(logit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A copy: the sliding-window blender scales its predictor's output in place.
+        return self.logit.expand_as(x).clone() if x.shape[-3:] == self.logit.shape else torch.zeros_like(x)
+
+
+def test_calibration_picks_the_threshold_that_drops_the_false_positive() -> None:
+    case = _case_with_distractor()
+    prob = np.full(case.image.shape, 0.01, np.float32)
+    prob[case.mask > 0] = 0.65
+    prob[27:30, 27:30, 5:35] = 0.55
+    logit = np.log(prob / (1 - prob)).astype(np.float32)
+    config = demo_config(patch=48)  # window larger than the 40^3 case: one window, the whole case
+    net = _ConstantLogit(np.pad(logit, 4))  # monai pads the 40^3 input to the 48^3 window, 4 voxels a side
+    plain = evaluate(net, [case], config)  # threshold 0.5: the tube is a false positive
+    assert (plain["lesion_tp"], plain["lesion_fp"]) == (1, 1)
+    best = evaluate(net, [case], config, calibrate=True)
+    assert (best["lesion_tp"], best["lesion_fp"], best["lesion_f1"]) == (1, 0, 1.0)
+    assert 0.55 < best["threshold"] <= 0.65 and best["threshold"] in CALIBRATION_THRESHOLDS
+    assert selection_score(best) > selection_score(plain)
