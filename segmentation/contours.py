@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -281,6 +282,27 @@ def write_rtstruct(
     return target
 
 
+def _rasterise_slice(image_ds: Dataset, contour_sequence: Any, to_pixel: np.ndarray) -> np.ndarray:
+    """Fill an ROI's contours on one slice as a (Rows, Columns) mask.
+
+    Written here rather than taken from rt-utils' ``get_roi_mask_by_name``, which allocates its masks as
+    (Columns, Rows) and so fails or transposes on non-square matrices (a 256 x 240 sagittal series);
+    the contour lookup and the patient-to-pixel transform are rt-utils' own.
+    """
+    import cv2
+    from rt_utils import image_helper
+
+    mask = np.zeros((int(image_ds.Rows), int(image_ds.Columns)), dtype=np.uint8)
+    polygons = []
+    for points in image_helper.get_slice_contour_data(image_ds, contour_sequence):
+        xyz = np.reshape(np.asarray(points, dtype=float), (-1, 3))
+        pixel = image_helper.apply_transformation_to_3d_points(xyz, to_pixel)
+        polygons.append(np.around(pixel[:, :2]).astype(np.int32))  # (column, row) = OpenCV's (x, y)
+    if polygons:
+        cv2.fillPoly(mask, pts=polygons, color=1)
+    return mask.astype(bool)
+
+
 def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> ContourSet:
     """Rasterise every ROI of an RTSTRUCT onto its series (rt-utils).
 
@@ -294,7 +316,7 @@ def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> Contou
     Raises:
         ContourReadError: Not an RTSTRUCT, or it references images outside the series.
     """
-    from rt_utils import RTStruct, RTStructBuilder
+    from rt_utils import RTStructBuilder, image_helper
 
     try:
         ds = pydicom.dcmread(path)
@@ -312,14 +334,14 @@ def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> Contou
         RTStructBuilder.validate_rtstruct_series_references(ds, ordered)
     except Exception as exc:  # rt-utils raises bare Exception
         raise ContourReadError(f"The RTSTRUCT does not belong to this series ({exc}).") from exc
-    rtstruct = RTStruct(ordered, ds)
     slice_of = [_slice_index(series.image, d.ImagePositionPatient) for d in ordered]
     out = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, dtype=np.uint16)
     names: dict[int, str] = {}
     colors: dict[int, tuple[int, int, int]] = {}
+    contours_of = {int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.ROIContourSequence}
+    to_pixel = image_helper.get_patient_to_pixel_transformation_matrix(ordered)
     for value, roi in enumerate(ds.StructureSetROISequence, start=1):
-        mask = rtstruct.get_roi_mask_by_name(roi.ROIName)  # [row, column, slice] for square pixels
-        volume = mask.transpose(2, 0, 1)
+        volume = np.stack([_rasterise_slice(d, contours_of.get(int(roi.ROINumber), []), to_pixel) for d in ordered])
         out[slice_of] = np.where(volume, value, out[slice_of])
         names[value] = str(roi.ROIName)
     for contour in ds.ROIContourSequence:

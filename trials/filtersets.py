@@ -23,6 +23,7 @@ from trials.models import (
     ModelVersion,
     Patient,
     ProcessingJob,
+    SegmentationRun,
     Site,
     Timepoint,
     Trial,
@@ -89,6 +90,18 @@ class ImagingSeriesFilterSet(filters.FilterSet):
     class Meta:
         model = ImagingSeries
         fields = ["trial", "patient", "timepoint", "series_instance_uid", "study_instance_uid"]
+
+
+class SegmentationRunFilterSet(filters.FilterSet):
+    """Filter segmentation runs by trial, patient, visit, series, model and status."""
+
+    trial = filters.NumberFilter(field_name="series__timepoint__patient__trial")
+    patient = filters.NumberFilter(field_name="series__timepoint__patient")
+    timepoint = filters.NumberFilter(field_name="series__timepoint")
+
+    class Meta:
+        model = SegmentationRun
+        fields = ["trial", "patient", "timepoint", "series", "model_version", "status"]
 
 
 class ModelVersionFilterSet(filters.FilterSet):

@@ -17,8 +17,9 @@ Stages of one uploaded series (one ``ProcessingJob`` of kind ``pipeline`` follow
 3. :func:`run_analysis_stage` (queue ``default``): :func:`analyse_run` measures the components, matches
    them against every other visit of the patient in a common space (the grid of the patient's first
    analysed series, with a rigid registration) and stores ``Lesion`` / ``LesionObservation`` rows
-   (source ``ai``); then :func:`reassess_patient` recomputes the draft AI assessments of this visit and of
-   every later visit.
+   (source ``ai``); :func:`export_run_contours` writes the run's lesions (named by their stable labels)
+   as DICOM RTSTRUCT and SEG referencing the stored series (DICOM uploads); then :func:`reassess_patient`
+   recomputes the draft AI assessments of this visit and of every later visit.
 
 Idempotency comes from database constraints, not from checks done before inserting: one run per series
 and model weights, one lesion per patient and label, one observation per lesion and visit, one current
@@ -849,6 +850,15 @@ def analyse_run(
     map_path = _media_path(_run_file(run, "lesions_ref.nii.gz"))
     map_path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(map_image, str(map_path), useCompression=True)
+    # The same lesion numbers on the series' own grid: what the RTSTRUCT and SEG of this run show.
+    lut = np.zeros(max((int(m.label) for m in measurements), default=0) + 1, dtype=np.uint32)
+    for lesion_id, labs in components.items():
+        lut[list(labs)] = lesion_number(lesion_id)
+    native_labels = sitk.GetArrayFromImage(labels)
+    native = sitk.GetImageFromArray(lut[np.clip(native_labels, 0, len(lut) - 1)] * (native_labels < len(lut)))
+    native.CopyInformation(labels)
+    sitk.WriteImage(native, str(_media_path(_run_file(run, LESION_MAP))), useCompression=True)
+    _complete_later_visits(patient, timepoint, runs, actor=actor, correlation_id=correlation_id)
     timings["store_s"] = time.perf_counter() - t0
 
     services.update_segmentation_run(
@@ -870,6 +880,136 @@ def analyse_run(
         "merged_into": dict(match.merged_into),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def _complete_later_visits(
+    patient: Patient,
+    timepoint: Timepoint,
+    runs: list[SegmentationRun],
+    *,
+    actor: Any | None,
+    correlation_id: str,
+) -> None:
+    """Record "absent" at each later analysed visit for lesions it has no observation of.
+
+    When an earlier visit arrives (or is re-processed) after later ones, the lesions first found there
+    were not known when the later visits were matched. Any such lesion overlapping a later visit's
+    component took that component's label in the matching (see :func:`_prior_footprints`), so a lesion
+    still without an observation at a later visit is one the AI did not find there.
+    """
+    later = {
+        r.series.timepoint_id: r for r in runs if r.series.timepoint.scan_date > timepoint.scan_date
+    }  # runs are in finish order: the last run of each visit wins
+    if not later:
+        return
+    lesions = list(Lesion.objects.filter(patient=patient))
+    observed = set(
+        LesionObservation.objects.filter(timepoint_id__in=later).values_list("lesion_id", "timepoint_id")
+    )
+    for tp_id, later_run in later.items():
+        for lesion in lesions:
+            if (lesion.pk, tp_id) not in observed:
+                _upsert_observation(
+                    lesion,
+                    later_run.series.timepoint,
+                    _absent_values(later_run, "not found at this visit (first seen at an earlier visit analysed later)"),
+                    actor=actor,
+                    correlation_id=correlation_id,
+                )
+
+
+#: Native-grid lesion map of a run (voxel value = lesion number, 3 for L3), written by :func:`analyse_run`.
+LESION_MAP = "lesions.nii.gz"
+
+#: Downloadable outputs of a run: kind -> (file name, media type).
+RUN_FILE_KINDS: dict[str, tuple[str, str]] = {
+    "mask": ("labels.nii.gz", "application/gzip"),
+    "lesions": (LESION_MAP, "application/gzip"),
+    "rtstruct": ("rtstruct.dcm", "application/dicom"),
+    "seg": ("seg.dcm", "application/dicom"),
+}
+
+
+def run_file_path(run: SegmentationRun, kind: str) -> Path | None:
+    """The stored file of ``kind`` (see :data:`RUN_FILE_KINDS`) of a run, or None while it is not written."""
+    if kind not in RUN_FILE_KINDS:
+        return None
+    recorded = {"mask": run.mask_file, "rtstruct": run.rtstruct_file, "seg": run.seg_file}.get(kind)
+    if kind != "lesions" and not recorded:
+        return None
+    path = _media_path(recorded.name if recorded else _run_file(run, LESION_MAP))
+    return path if path.is_file() else None
+
+
+def export_run_contours(
+    run: SegmentationRun, *, actor: Any | None = None, correlation_id: str = ""
+) -> SegmentationRun | None:
+    """Write an analysed run's lesions as DICOM RTSTRUCT and SEG next to its mask.
+
+    Each ROI / segment is named by the lesion's stable label (L1, L2, ...) and references the stored,
+    de-identified source series, so a PACS or treatment-planning system shows the AI lesions on the
+    images they came from. Done once per run: a run with both files stored is returned unchanged.
+
+    SEG and RTSTRUCT are written independently: a series one format cannot encode (RTSTRUCT needs square
+    pixels) still gets the other.
+
+    Returns:
+        The updated run, or None when there is nothing to write: the series was uploaded as NIfTI (no
+        DICOM to reference), the run has no lesion map, or it found no lesion.
+
+    Raises:
+        ContourExportError: rt-utils or highdicom could not encode these lesions on this series (whatever
+            could be written is stored first; the message names what was not).
+    """
+    from segmentation.contours import write_rtstruct, write_seg
+    from segmentation.errors import ContourExportError
+
+    if run.rtstruct_file and run.seg_file:
+        return run
+    series = run.series
+    source_dir = _media_path(series.volume_file.name).parent / "source"
+    map_path = _media_path(_run_file(run, LESION_MAP))
+    if not map_path.exists() or not any(source_dir.glob("*.dcm")):
+        return None
+    lesion_map = sitk.ReadImage(str(map_path))
+    numbers = sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(lesion_map)) if v)
+    if not numbers:
+        return None
+    names = {n: f"L{n}" for n in numbers}
+    description = f"MetTrack lesions ({run.model_version.name})"
+    writers: dict[str, Callable[[Path], Any]] = {
+        "seg_file": lambda out: write_seg(
+            lesion_map, source_dir, out, lesion_names=names, algorithm_name=run.model_version.name,
+            algorithm_version=f"{run.model_version.version} sha256:{run.model_weights_sha256[:16]}",
+            series_description=description,
+        ),
+        "rtstruct_file": lambda out: write_rtstruct(
+            lesion_map, source_dir, out, lesion_names=names, series_description=description
+        ),
+    }  # fmt: skip
+    stored: dict[str, str] = {}
+    errors: list[str] = []
+    for field, write in writers.items():
+        if getattr(run, field):
+            continue
+        name = _run_file(run, "seg.dcm" if field == "seg_file" else "rtstruct.dcm")
+        try:
+            write(_media_path(name))
+        except ImagingError as exc:
+            errors.append(f"{'SEG' if field == 'seg_file' else 'RTSTRUCT'}: {exc.user_message}")
+            continue
+        stored[field] = name
+    if stored:
+        run = services.update_segmentation_run(
+            run,
+            **stored,
+            actor=actor,
+            reason="lesions exported as DICOM " + " and ".join("SEG" if f == "seg_file" else "RTSTRUCT" for f in stored),
+            correlation_id=correlation_id,
+        )
+    if errors:
+        raise ContourExportError(" ".join(errors))
+    return run
 
 
 def run_analysis_stage(
@@ -895,6 +1035,13 @@ def run_analysis_stage(
     _progress(job, 65, "lesion matching")
     summary = analyse_run(run, actor=actor, correlation_id=cid)
     timepoint = run.series.timepoint
+    _progress(job, 75, "DICOM export")
+    contours_note = ""
+    try:
+        export_run_contours(run, actor=actor, correlation_id=cid)
+    except ImagingError as exc:  # the lesions and assessments stand without their DICOM copies
+        contours_note = f"DICOM export incomplete: {exc.user_message}"
+        logger.warning("run %s: %s", run.pk, contours_note)
     _progress(job, 85, "assessment")
     created = reassess_patient(
         timepoint.patient,
@@ -907,8 +1054,10 @@ def run_analysis_stage(
         **summary,
         "series_id": run.series_id,
         "assessments": [a.pk for a in created],
+        **({"contours_error": contours_note} if contours_note else {}),
     }
-    services.finish_job(job, result=result, message=f"{len(summary.get('lesions', {}))} lesion(s); assessed")
+    message = f"{len(summary.get('lesions', {}))} lesion(s); assessed" + (f"; {contours_note}" if contours_note else "")
+    services.finish_job(job, result=result, message=message[:500])
     return result
 
 

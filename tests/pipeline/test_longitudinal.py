@@ -144,6 +144,12 @@ def test_labels_nadir_and_responses_match_the_oracle(
         == timepoints["FU2"]
     )
 
+    # Each run's lesions are written as DICOM RTSTRUCT and SEG on the stored series, named by the stable
+    # labels, and read back to the same voxels as the run's native lesion map.
+    for index, label in enumerate(synthetic_patient.labels):
+        run = SegmentationRun.objects.get(series=uploads[label].series)
+        assert_contours_match_the_lesion_map(run, media_root, set(per_visit[index].values()))
+
     # Sums, nadir and responses against the oracle.
     lds = [ground_truth_lds(p) for p in synthetic_patient.phantoms]
     sums, responses, nadirs = oracle(lds)
@@ -173,6 +179,74 @@ def test_labels_nadir_and_responses_match_the_oracle(
         next(iter(labels_of[1])),
         next(iter(labels_of[2])),
     }
+
+
+def assert_contours_match_the_lesion_map(run: SegmentationRun, media_root: Any, present: set[str]) -> None:
+    """RTSTRUCT and SEG of a run: one ROI/segment per lesion present, the same voxels as its lesion map.
+
+    Tolerances: SEG is voxel-exact; RTSTRUCT goes through polygons (rt-utils), so each lesion's voxels
+    agree to Dice >= 0.85 on these 2 mm phantoms (boundary voxels are where polygon rasterisation differs).
+    """
+    from segmentation.contours import read_rtstruct, read_seg
+
+    assert run.rtstruct_file and run.seg_file
+    source = (media_root / run.series.volume_file.name).parent / "source"
+    lesion_map = sitk.GetArrayFromImage(sitk.ReadImage(str(pipeline.run_file_path(run, "lesions"))))
+    seg = read_seg(media_root / run.seg_file.name, source)
+    rt = read_rtstruct(media_root / run.rtstruct_file.name, source)
+    assert set(seg.names.values()) == present and set(rt.names.values()) == present
+    for name in present:
+        truth = lesion_map == int(name[1:])
+        assert np.array_equal(seg.mask(name), truth), name
+        drawn = rt.mask(name)
+        dice = 2 * (drawn & truth).sum() / (drawn.sum() + truth.sum())
+        assert dice >= 0.85, (name, dice)
+
+
+@pytest.mark.django_db
+def test_a_lesion_first_seen_at_a_late_visit_is_recorded_absent_at_later_visits(
+    synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any
+) -> None:
+    """BASELINE, then FU2, then FU1 with an extra lesion only FU1 shows: FU2, analysed before FU1 was
+    known, gets an AI observation "absent" for it, and its assessment is recomputed."""
+    from scipy import ndimage as ndi
+
+    timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
+    upload_with_ground_truth(timepoints["BASELINE"], synthetic_patient, 0, media_root)
+    upload_with_ground_truth(timepoints["FU2"], synthetic_patient, 2, media_root)
+    fu2_before = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
+
+    # FU1's ground truth plus a 10 mm ball in the brain, 20 mm or more from every lesion of any visit.
+    upload = pipeline.ingest_upload(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
+    volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
+    mask = sitk.GetArrayFromImage(ground_truth_mask(synthetic_patient.phantoms[1], volume))
+    any_lesion = np.any([sitk.GetArrayFromImage(p.mask) > 0 for p in synthetic_patient.phantoms], axis=0)
+    brain = ndi.binary_erosion(sitk.GetArrayFromImage(volume) > 0, iterations=8)
+    far = ndi.distance_transform_edt(~any_lesion, sampling=volume.GetSpacing()[::-1]) >= 20.0
+    centre = np.argwhere(brain & far)[0]
+    z, y, x = np.indices(mask.shape)
+    ball = ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) * 4.0 <= 25.0  # r 5 mm
+    mask[ball] = 1
+    extra = sitk.GetImageFromArray(mask.astype(np.uint8))
+    extra.CopyInformation(volume)
+    version = ModelVersion.objects.get(name="phantom-ground-truth")
+    run = pipeline.record_segmentation(upload.series, version, extra)
+    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+
+    late = Lesion.objects.get(patient=pipeline_patient, first_seen_timepoint=timepoints["FU1"])
+    at_fu2 = LesionObservation.objects.get(lesion=late, timepoint=timepoints["FU2"])
+    assert at_fu2.present is False and at_fu2.source == "ai"
+    assert "earlier visit analysed later" in at_fu2.measurable_reason
+    # Every lesion has an observation at every visit from the one it was first seen at (and, before it,
+    # only "absent" ones: a visit analysed after the lesion was known records it as not there).
+    for lesion in Lesion.objects.filter(patient=pipeline_patient).select_related("first_seen_timepoint"):
+        first = lesion.first_seen_timepoint.scan_date
+        present_at = dict(LesionObservation.objects.filter(lesion=lesion).values_list("timepoint", "present"))
+        assert {tp.pk for tp in timepoints.values() if tp.scan_date >= first} <= set(present_at), lesion.label
+        assert not any(present_at[tp.pk] for tp in timepoints.values() if tp.scan_date < first and tp.pk in present_at)
+    fu2_after = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
+    assert fu2_after.pk != fu2_before.pk  # re-assessed from FU1 on; the earlier version is kept
+    assert Assessment.objects.filter(pk=fu2_before.pk, is_current=False).exists()
 
 
 @pytest.mark.django_db
@@ -267,3 +341,72 @@ def test_reassess_refuses_a_visit_of_another_patient(pipeline_patient: Any) -> N
 @pytest.mark.django_db
 def test_reassess_waits_for_an_analysed_baseline(pipeline_patient: Any) -> None:
     assert pipeline.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
+
+
+@pytest.mark.django_db
+def test_segmentation_runs_and_their_dicom_outputs_through_the_api(
+    synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any, api_client: Any
+) -> None:
+    """``/api/v1/segmentation-runs/``: the run with model provenance and file links; the RTSTRUCT and SEG
+    download as DICOM a PACS can read; other trials' runs and unknown kinds are 404."""
+    import io
+
+    import pydicom
+
+    from tests.factories import make_trial
+
+    timepoint = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    upload = upload_with_ground_truth(timepoint, synthetic_patient, 0, media_root)
+    run = SegmentationRun.objects.get(series=upload.series)
+    reader = make_member(pipeline_patient.trial, MembershipRole.INVESTIGATOR)
+    api_client.force_authenticate(reader)
+
+    listed = api_client.get("/api/v1/segmentation-runs/", {"patient": pipeline_patient.pk}).json()
+    assert [r["id"] for r in listed["results"]] == [run.pk]
+    detail = api_client.get(f"/api/v1/segmentation-runs/{run.pk}/").json()
+    assert detail["model_name"] == "phantom-ground-truth"
+    assert detail["model_weights_sha256"] == run.model_weights_sha256
+    assert set(detail["files"]) == {"mask", "lesions", "rtstruct", "seg"}
+
+    response = api_client.get(detail["files"]["rtstruct"])
+    assert response.status_code == 200 and response["Content-Type"] == "application/dicom"
+    rt = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
+    assert rt.Modality == "RTSTRUCT" and {r.ROIName for r in rt.StructureSetROISequence} == {"L1", "L2"}
+    seg = pydicom.dcmread(io.BytesIO(b"".join(api_client.get(detail["files"]["seg"]).streaming_content)))
+    assert seg.Modality == "SEG" and seg.PatientID == pipeline_patient.subject_id  # de-identified source
+
+    assert api_client.get(f"/api/v1/segmentation-runs/{run.pk}/files/weights/").status_code == 404
+    outsider = make_member(make_trial("OTHER"), MembershipRole.INVESTIGATOR)
+    api_client.force_authenticate(outsider)
+    assert api_client.get(f"/api/v1/segmentation-runs/{run.pk}/").status_code == 404
+    assert api_client.get(f"/api/v1/segmentation-runs/{run.pk}/files/rtstruct/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_series_rtstruct_cannot_encode_still_gets_its_seg_and_its_assessment(
+    pipeline_patient: Any, media_root: Any, tmp_path: Any
+) -> None:
+    """Non-square pixels (0.8 x 1.0 mm): RTSTRUCT export is refused, SEG is written, the job succeeds and
+    its message says what is missing."""
+    from segmentation.dicom_writer import write_dicom_series
+    from tests.pipeline.test_upload_api import small_image, zip_folder
+
+    image = small_image((16, 48, 48))
+    image.SetSpacing((0.8, 1.0, 2.0))
+    write_dicom_series(image, tmp_path / "s", patient_id="Doe^John")
+    timepoint = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    upload = pipeline.ingest_upload(timepoint, zip_folder(tmp_path / "s", tmp_path / "s.zip"), enqueue=False, actor=None)
+    volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
+    z, y, x = np.indices(sitk.GetArrayViewFromImage(volume).shape)
+    ball = ((z - 8) * 2.0) ** 2 + ((y - 24) * 1.0) ** 2 + ((x - 24) * 0.8) ** 2 <= 36.0  # r 6 mm
+    mask = sitk.GetImageFromArray(ball.astype(np.uint8))
+    mask.CopyInformation(volume)
+    run = pipeline.record_segmentation(upload.series, ground_truth_version(), mask)
+    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+
+    upload.job.refresh_from_db()
+    run.refresh_from_db()
+    assert upload.job.state == JobState.SUCCEEDED
+    assert "RTSTRUCT" in upload.job.message and "square pixels" in upload.job.message
+    assert run.seg_file and not run.rtstruct_file
+    assert Assessment.objects.filter(timepoint=timepoint, is_current=True).exists()

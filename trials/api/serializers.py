@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import models
 from rest_framework import serializers
+from rest_framework.reverse import reverse
 
 from trials import services
 from trials.choices import ResponseChoices, SignatureMeaning
@@ -287,7 +288,13 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class SegmentationRunSerializer(serializers.ModelSerializer):
-    """A segmentation run (read-only)."""
+    """A segmentation run (read-only). ``files`` links the stored outputs: ``mask`` (component labels,
+    NIfTI), ``lesions`` (lesion numbers on the series grid, NIfTI), ``rtstruct`` and ``seg`` (DICOM, for
+    DICOM uploads); a file not (yet) written is absent."""
+
+    model_name = serializers.CharField(source="model_version.name", read_only=True)
+    is_demo_model = serializers.BooleanField(source="model_version.is_demo", read_only=True)
+    files = serializers.SerializerMethodField()
 
     class Meta:
         model = SegmentationRun
@@ -295,19 +302,30 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
             "id",
             "series",
             "model_version",
+            "model_name",
+            "is_demo_model",
             "model_weights_sha256",
             "device",
             "status",
             "timings_s",
             "started_at",
             "finished_at",
-            "mask_file",
-            "rtstruct_file",
-            "seg_file",
+            "files",
             "error",
             "created_at",
         ]
         read_only_fields = fields
+
+    def get_files(self, run: SegmentationRun) -> dict[str, str]:
+        from trials.pipeline import RUN_FILE_KINDS, run_file_path
+
+        request = self.context.get("request")
+        out = {}
+        for kind in RUN_FILE_KINDS:
+            if run_file_path(run, kind) is not None:
+                url = reverse("api:segmentationrun-file", kwargs={"pk": run.pk, "kind": kind})
+                out[kind] = request.build_absolute_uri(url) if request is not None else url
+        return out
 
 
 # ------------------------------------------------------------------------------------------ lesions

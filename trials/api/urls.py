@@ -16,6 +16,7 @@ router.register("memberships", views.TrialMembershipViewSet, basename="membershi
 router.register("patients", views.PatientViewSet, basename="patient")
 router.register("timepoints", views.TimepointViewSet, basename="timepoint")
 router.register("series", views.ImagingSeriesViewSet, basename="series")
+router.register("segmentation-runs", views.SegmentationRunViewSet, basename="segmentationrun")
 router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
 router.register("lesions", views.LesionViewSet, basename="lesion")
 router.register("observations", views.LesionObservationViewSet, basename="observation")

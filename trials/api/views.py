@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import FileResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
@@ -30,6 +31,7 @@ from trials.models import (
     ModelVersion,
     Patient,
     ProcessingJob,
+    SegmentationRun,
     Site,
     Timepoint,
     Trial,
@@ -192,6 +194,33 @@ class ImagingSeriesViewSet(ReadOnlyViewSet):
     filterset_class = filtersets.ImagingSeriesFilterSet
     trial_path = "timepoint__patient__trial"
     ordering_fields = ["created_at"]
+
+
+class SegmentationRunViewSet(ReadOnlyViewSet):
+    """Segmentation runs of the user's trials (read-only), with their stored outputs for download."""
+
+    queryset = SegmentationRun.objects.select_related("model_version")
+    serializer_class = s.SegmentationRunSerializer
+    filterset_class = filtersets.SegmentationRunFilterSet
+    trial_path = "series__timepoint__patient__trial"
+    ordering_fields = ["created_at", "finished_at"]
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"], url_path=r"files/(?P<kind>[a-z]+)")
+    def file(self, request: Request, pk: str | None = None, kind: str = "") -> FileResponse:
+        """Download one output of the run: ``mask``, ``lesions``, ``rtstruct`` or ``seg``."""
+        from trials.pipeline import RUN_FILE_KINDS, run_file_path
+
+        run = self.get_object()
+        if kind not in RUN_FILE_KINDS:
+            raise NotFound(f"Unknown file kind {kind!r}; use one of {', '.join(RUN_FILE_KINDS)}.")
+        path = run_file_path(run, kind)
+        if path is None:
+            raise NotFound(f"Segmentation run {run.pk} has no {kind} file.")
+        name, media_type = RUN_FILE_KINDS[kind]
+        return FileResponse(
+            path.open("rb"), as_attachment=True, filename=f"run{run.pk}_{name}", content_type=media_type
+        )
 
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
