@@ -16,7 +16,7 @@ RUN_DIR="${RUN_DIR:-runs/demo}"
 mkdir -p "$RUN_DIR"
 export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
 exec .venv/bin/python -m segmentation.train \
-  --phantoms 60 --phantom-seed 1000 --seed 0 \
+  --phantoms 100 --phantom-seed 1000 --seed 0 \
   --demo-spacing 2.0 --demo-patch 48 \
   --run-dir "$RUN_DIR" --export "${EXPORT:-segmentation/models/demo-unetr}" \
   --epochs 1000 --steps-per-epoch 100 --batch-size 4 --lr 1e-3 \

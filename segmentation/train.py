@@ -519,8 +519,8 @@ def selection_score(metrics: dict[str, Any]) -> float:
 
 
 #: Post-processing grid searched on the validation patients by :func:`evaluate` with ``calibrate=True``.
-CALIBRATION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-CALIBRATION_MIN_VOLUMES_MM3 = (5.0, 15.0, 30.0, 50.0)
+CALIBRATION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CALIBRATION_MIN_VOLUMES_MM3 = (5.0, 15.0, 30.0, 65.0)
 
 
 def evaluate(
