@@ -154,7 +154,11 @@ def main() -> None:
             )
         publish_ms = _broker_publish_ms()
         queue_s = (publish_ms or 0.0) / 1000 * N_VISITS
-        compute = sum(analysis_parts.get(k, 0.0) for k in ("measure_s", "register_s", "match_s"))
+        # Clinical work and output, not overhead: measurement, registration, matching, and writing the
+        # lesions as DICOM SEG + RTSTRUCT (part of the end-to-end definition).
+        compute = sum(
+            analysis_parts.get(k, 0.0) for k in ("measure_s", "register_s", "match_s", "dicom_export_s")
+        )
         # Database writes of the analysis: lesions and observations (store_s), assessments and roles (rest).
         analysis_db = totals["analysis"] - compute
         around = totals["upload"] + totals["seg_service"] + queue_s

@@ -39,6 +39,7 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -758,7 +759,6 @@ def analyse_run(
         InvalidStateError: The run has no stored mask.
         RanoError: Matching failed (e.g. registration).
     """
-    import time
 
     run = (
         SegmentationRun.objects.select_for_update()
@@ -1037,11 +1037,14 @@ def run_analysis_stage(
     timepoint = run.series.timepoint
     _progress(job, 75, "DICOM export")
     contours_note = ""
+    t0 = time.perf_counter()
     try:
         export_run_contours(run, actor=actor, correlation_id=cid)
     except ImagingError as exc:  # the lesions and assessments stand without their DICOM copies
         contours_note = f"DICOM export incomplete: {exc.user_message}"
         logger.warning("run %s: %s", run.pk, contours_note)
+    if "timings_s" in summary:
+        summary["timings_s"]["dicom_export_s"] = round(time.perf_counter() - t0, 3)
     _progress(job, 85, "assessment")
     created = reassess_patient(
         timepoint.patient,
