@@ -376,6 +376,18 @@ def test_segmentation_runs_and_their_dicom_outputs_through_the_api(
     assert seg.Modality == "SEG" and seg.PatientID == pipeline_patient.subject_id  # de-identified source
 
     assert api_client.get(f"/api/v1/segmentation-runs/{run.pk}/files/weights/").status_code == 404
+
+    # The visit page names the model and checksum of the run and links the same downloads.
+    from django.test import Client
+    from django.urls import reverse
+
+    browser = Client()
+    browser.force_login(reader)
+    page = browser.get(reverse("dashboard:visit", args=[timepoint.pk])).content.decode()
+    assert f'id="run-{run.pk}"' in page and run.model_weights_sha256[:12] in page
+    assert f"/api/v1/segmentation-runs/{run.pk}/files/seg/" in page
+    assert f"/api/v1/segmentation-runs/{run.pk}/files/rtstruct/" in page
+    assert "demo — not for clinical use" not in page  # the ground-truth "model" is no demo model
     outsider = make_member(make_trial("OTHER"), MembershipRole.INVESTIGATOR)
     api_client.force_authenticate(outsider)
     assert api_client.get(f"/api/v1/segmentation-runs/{run.pk}/").status_code == 404

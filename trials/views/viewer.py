@@ -11,11 +11,13 @@ import numpy as np
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from trials import permissions
-from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices
-from trials.models import ImagingSeries, LesionObservation
+from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices, RunStatus
+from trials.models import ImagingSeries, LesionObservation, SegmentationRun
+from trials.pipeline import run_file_path
 from trials.review import LESION_FLAGS, MissingImageError, observation_mask_source
 from trials.views.common import capability_flags, timepoint_for
 from trials.views.imaging import (
@@ -152,11 +154,24 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
         lesion_row.flag_states = [  # type: ignore[attr-defined]
             (name, FLAG_LABELS[name], getattr(lesion_row.lesion, name)) for name in LESION_FLAGS
         ]
+    runs = []
+    for run in (
+        SegmentationRun.objects.filter(series__timepoint=timepoint, status=RunStatus.SUCCEEDED)
+        .select_related("model_version", "series")
+        .order_by("-finished_at", "-pk")
+    ):
+        files = [
+            (kind, reverse("api:segmentationrun-file", kwargs={"pk": run.pk, "kind": kind}))
+            for kind in ("seg", "rtstruct", "lesions")
+            if run_file_path(run, kind) is not None
+        ]
+        runs.append({"run": run, "files": files})
     return render(
         request,
         "dashboard/visit.html",
         {
             "timepoint": timepoint,
+            "segmentation_runs": runs,
             "patient": patient,
             "trial": patient.trial,
             "row": row,
