@@ -8,7 +8,8 @@ Stages (each timed in :attr:`SegmentationResult.timings_s`):
    ``torch.compile`` options, blending on the GPU. On the CPU: float32, deterministic (same input,
    same output, bit for bit);
 3. ``to_native``: probability map pasted back into the uncropped grid and resampled (linear) onto the
-   native image grid, then thresholded to a uint8 mask;
+   native image grid, then thresholded to a uint8 mask (with the model's optional hysteresis: a
+   component is kept only when its peak reaches ``detection_threshold``);
 4. ``components``: 26-connected lesions, components under ``min_lesion_volume_mm3`` dropped
    (:func:`rano.measure.label_components`);
 5. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -205,9 +206,10 @@ def segment_image(
     timings["network"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    threshold = cfg.postprocessing.threshold if options.threshold is None else options.threshold
+    post = cfg.postprocessing if options.threshold is None else replace(cfg.postprocessing, threshold=options.threshold)
     native_prob = to_native(prob_np, pre)
-    mask = sitk.Cast(sitk.BinaryThreshold(native_prob, threshold, 1e9, 1, 0), sitk.sitkUInt8)
+    mask = sitk.GetImageFromArray(post.binarise(sitk.GetArrayViewFromImage(native_prob)).astype(np.uint8))
+    mask.CopyInformation(native_prob)
     timings["to_native"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.networks.nets import UNETR
+from scipy import ndimage as ndi
 
 from segmentation.preprocess import PreprocessConfig
 
@@ -89,12 +91,34 @@ class PostprocessConfig:
     """Thresholding and component filtering (``config.json`` -> ``postprocessing``).
 
     Attributes:
-        threshold: Lesion probability threshold.
+        threshold: Lesion probability threshold: the extent of each lesion.
         min_lesion_volume_mm3: Components smaller than this are dropped (RANO-BM default 5 mm^3).
+        detection_threshold: Hysteresis: a component of ``probability >= threshold`` is kept only when its
+            peak probability reaches this (None: every component is kept). Detection and delineation
+            then have their own thresholds: a faint enhancing vessel never peaks high, while a large
+            lesion keeps its full extent at the lower threshold.
     """
 
     threshold: float = 0.5
     min_lesion_volume_mm3: float = 5.0
+    detection_threshold: float | None = None
+
+    def binarise(self, probability: np.ndarray) -> np.ndarray:
+        """The lesion mask (bool) of a probability array, before the smallest components are dropped.
+
+        Hysteresis thresholding written with scipy.ndimage (scikit-image's ``apply_hysteresis_threshold``
+        does the same, but it is not a dependency): label the components above ``threshold`` once, keep
+        those whose maximum reaches ``detection_threshold``.
+        """
+        mask = probability >= self.threshold
+        if self.detection_threshold is None or self.detection_threshold <= self.threshold:
+            return mask
+        labels, n = ndi.label(mask, np.ones((3, 3, 3), dtype=bool))
+        if n == 0:
+            return mask
+        peaks = np.asarray(ndi.maximum(probability, labels, index=np.arange(1, n + 1)))
+        keep = np.concatenate([[False], peaks >= self.detection_threshold])
+        return keep[labels]
 
 
 @dataclass(frozen=True)
@@ -203,6 +227,11 @@ class ModelConfig:
             "postprocessing": {
                 "threshold": self.postprocessing.threshold,
                 "min_lesion_volume_mm3": self.postprocessing.min_lesion_volume_mm3,
+                **(
+                    {"detection_threshold": self.postprocessing.detection_threshold}
+                    if self.postprocessing.detection_threshold is not None
+                    else {}
+                ),
             },
             "weights_sha256": self.weights_sha256,
             **self.extra,

@@ -482,33 +482,72 @@ def predict_probability(
     return torch.sigmoid(out)[0, 0].float().cpu().numpy()
 
 
-def _postprocessed_metrics(
-    probs: Sequence[np.ndarray],
-    cases: Sequence[CachedCase],
-    threshold: float,
-    min_volume_mm3: float,
-    min_diameter_mm: float,
+@dataclass(frozen=True)
+class _Components:
+    """The components of ``probability >= threshold`` of one case, tabulated against its reference so that
+    every (detection threshold, smallest component) pair is scored without labelling again."""
+
+    volume_mm3: np.ndarray  # per component
+    peak: np.ndarray  # highest probability per component
+    overlap_voxels: np.ndarray  # voxels shared with the reference mask, per component
+    hits: tuple[np.ndarray, ...]  # per counted reference lesion: the components that overlap it
+    voxel_mm3: float
+    reference_voxels: int
+
+
+def _tabulate(
+    prob: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float], threshold: float, min_diameter_mm: float
+) -> _Components:
+    voxel_mm3 = float(np.prod(spacing_mm))
+    structure = np.ones((3, 3, 3), dtype=bool)
+    p_lab, n_p = ndi.label(prob >= threshold, structure)
+    t_lab, n_t = ndi.label(truth > 0, structure)
+    index = np.arange(1, n_p + 1)
+    volume = np.bincount(p_lab.ravel(), minlength=n_p + 1)[1:] * voxel_mm3
+    peak = np.asarray(ndi.maximum(prob, p_lab, index=index)) if n_p else np.zeros(0)
+    overlap = np.bincount(p_lab[truth > 0].ravel(), minlength=n_p + 1)[1:]
+    hits = []
+    if n_t:
+        t_diam = np.cbrt(6.0 * np.bincount(t_lab.ravel(), minlength=n_t + 1)[1:] * voxel_mm3 / math.pi)
+        both = (p_lab > 0) & (t_lab > 0)
+        pairs = np.unique(np.stack([t_lab[both], p_lab[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
+        for i in range(1, n_t + 1):
+            if t_diam[i - 1] >= min_diameter_mm:
+                hits.append(pairs[1, pairs[0] == i] - 1)  # 0-based component indices
+    return _Components(volume, peak, overlap, tuple(hits), voxel_mm3, int((truth > 0).sum()))
+
+
+def _score(
+    tables: Sequence[_Components], detection: float | None, min_volume_mm3: float
 ) -> dict[str, Any]:
     inter = total = 0
-    counts = LesionCounts()
+    tp = fn = fp = 0
     per_case = []
-    for prob, case in zip(probs, cases, strict=True):
-        pred = remove_small_components(prob >= threshold, case.spacing_mm, min_volume_mm3)
-        p, t = pred > 0, case.mask > 0
-        inter += int((p & t).sum())
-        total += int(p.sum()) + int(t.sum())
-        per_case.append(dice_score(p, t))
-        counts = counts + lesion_counts(pred, case.mask, case.spacing_mm, min_diameter_mm, min_volume_mm3)
+    for t in tables:
+        kept = t.volume_mm3 >= min_volume_mm3
+        if detection is not None:
+            kept &= t.peak >= detection
+        pred_voxels = int(round(t.volume_mm3[kept].sum() / t.voxel_mm3))
+        shared = int(t.overlap_voxels[kept].sum())
+        inter += shared
+        total += pred_voxels + t.reference_voxels
+        denom = pred_voxels + t.reference_voxels
+        per_case.append(1.0 if denom == 0 else 2.0 * shared / denom)
+        fp += int((kept & (t.overlap_voxels == 0)).sum())
+        found = sum(bool(kept[h].any()) for h in t.hits)
+        tp += found
+        fn += len(t.hits) - found
+    counts = LesionCounts(tp, fn, fp)
     return {
         "dice": 1.0 if total == 0 else 2.0 * inter / total,
         "mean_case_dice": float(np.mean(per_case)) if per_case else float("nan"),
         "lesion_f1": counts.f1,
-        "lesion_tp": counts.true_positive,
-        "lesion_fn": counts.false_negative,
-        "lesion_fp": counts.false_positive,
-        "cases": len(cases),
-        "threshold": threshold,
+        "lesion_tp": tp,
+        "lesion_fn": fn,
+        "lesion_fp": fp,
+        "cases": len(tables),
         "min_lesion_volume_mm3": min_volume_mm3,
+        "detection_threshold": detection,
     }
 
 
@@ -518,8 +557,10 @@ def selection_score(metrics: dict[str, Any]) -> float:
     return 0.5 * (float(metrics["dice"]) + float(metrics["lesion_f1"]))
 
 
-#: Post-processing grid searched on the validation patients by :func:`evaluate` with ``calibrate=True``.
+#: Post-processing grid searched on the validation patients by :func:`evaluate` with ``calibrate=True``:
+#: extent threshold x detection (hysteresis) threshold x smallest component.
 CALIBRATION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CALIBRATION_DETECTION_THRESHOLDS = (None, 0.8, 0.9, 0.95, 0.98)
 CALIBRATION_MIN_VOLUMES_MM3 = (5.0, 15.0, 30.0, 65.0)
 
 
@@ -531,23 +572,36 @@ def evaluate(
     device: torch.device | str = "cpu",
     calibrate: bool = False,
 ) -> dict[str, Any]:
-    """Dice (over all voxels of all cases) and lesion-wise F1 (lesions >= ``min_diameter_mm``), in model space.
+    """Dice (over all voxels of all cases) and lesion-wise F1 (lesions >= ``min_diameter_mm``), in model space,
+    with the post-processing of ``config`` (:meth:`PostprocessConfig.binarise`, then the smallest
+    components dropped).
 
-    With ``calibrate``, the probability threshold and smallest component are chosen from
-    :data:`CALIBRATION_THRESHOLDS` x :data:`CALIBRATION_MIN_VOLUMES_MM3` to maximise
-    :func:`selection_score` on these cases (use validation cases only); the result's ``threshold`` and
+    With ``calibrate``, the extent threshold, the detection threshold and the smallest component are
+    chosen from :data:`CALIBRATION_THRESHOLDS` x :data:`CALIBRATION_DETECTION_THRESHOLDS` x
+    :data:`CALIBRATION_MIN_VOLUMES_MM3` to maximise :func:`selection_score` on these cases (use
+    validation cases only); the result's ``threshold``, ``detection_threshold`` and
     ``min_lesion_volume_mm3`` say what was used.
     """
     probs = [predict_probability(network, case.image, config, device) for case in cases]
     post = config.postprocessing
-    if not calibrate:
-        return _postprocessed_metrics(probs, cases, post.threshold, post.min_lesion_volume_mm3, min_diameter_mm)
-    grid = [
-        _postprocessed_metrics(probs, cases, t, v, min_diameter_mm)
-        for t in CALIBRATION_THRESHOLDS
-        for v in CALIBRATION_MIN_VOLUMES_MM3
-    ]
-    return max(grid, key=selection_score)
+    thresholds = CALIBRATION_THRESHOLDS if calibrate else (post.threshold,)
+    detections = CALIBRATION_DETECTION_THRESHOLDS if calibrate else (post.detection_threshold,)
+    volumes = CALIBRATION_MIN_VOLUMES_MM3 if calibrate else (post.min_lesion_volume_mm3,)
+    best: dict[str, Any] | None = None
+    for threshold in thresholds:
+        tables = [
+            _tabulate(prob, case.mask, case.spacing_mm, threshold, min_diameter_mm)
+            for prob, case in zip(probs, cases, strict=True)
+        ]
+        for detection in detections:
+            if detection is not None and detection <= threshold:
+                continue  # no hysteresis: the same as None
+            for volume in volumes:
+                result = {**_score(tables, detection, volume), "threshold": threshold}
+                if best is None or selection_score(result) > selection_score(best):
+                    best = result
+    assert best is not None
+    return best
 
 
 # --------------------------------------------------------------------------------------------------
@@ -757,16 +811,18 @@ def train(
             "val_lesion_f1": val["lesion_f1"],
             "val_threshold": val["threshold"],
             "val_min_lesion_volume_mm3": val["min_lesion_volume_mm3"],
+            "val_detection_threshold": val["detection_threshold"],
             "train_s": round(train_s, 1),
             "val_s": round(time.time() - t1, 1),
             "elapsed_min": round((time.time() - started) / 60.0, 1),
         }
         history.append(entry)
         log.info(
-            "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d; threshold %.2f, min %.0f mm3) "
-            "train %.0fs val %.0fs",
+            "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d; threshold %.2f, detection %s, "
+            "min %.0f mm3) train %.0fs val %.0fs",
             epoch, entry["loss"], val["dice"], val["lesion_f1"], val["lesion_tp"], val["lesion_fn"],
-            val["lesion_fp"], val["threshold"], val["min_lesion_volume_mm3"], train_s, entry["val_s"],
+            val["lesion_fp"], val["threshold"], val["detection_threshold"], val["min_lesion_volume_mm3"],
+            train_s, entry["val_s"],
         )  # fmt: skip
         improved = "score" not in best or selection_score(val) > best["score"]
         if improved:
@@ -776,7 +832,9 @@ def train(
                 chosen = replace(
                     config,
                     postprocessing=PostprocessConfig(
-                        threshold=float(val["threshold"]), min_lesion_volume_mm3=float(val["min_lesion_volume_mm3"])
+                        threshold=float(val["threshold"]),
+                        min_lesion_volume_mm3=float(val["min_lesion_volume_mm3"]),
+                        detection_threshold=val["detection_threshold"],
                     ),
                 )
                 test = evaluate(network, cases["test"], chosen, device=device)
@@ -845,8 +903,9 @@ def export_model(
         "postprocessing_calibrated": options.calibrate,
         "selection": "epoch with the best mean of validation Dice and lesion F1"
         + (
-            f"; threshold and smallest component chosen on the validation patients from "
-            f"{list(CALIBRATION_THRESHOLDS)} x {list(CALIBRATION_MIN_VOLUMES_MM3)} mm3"
+            f"; extent threshold, detection threshold and smallest component chosen on the validation "
+            f"patients from {list(CALIBRATION_THRESHOLDS)} x {list(CALIBRATION_DETECTION_THRESHOLDS)} x "
+            f"{list(CALIBRATION_MIN_VOLUMES_MM3)} mm3"
             if options.calibrate
             else ""
         ),

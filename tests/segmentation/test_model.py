@@ -153,3 +153,15 @@ def test_config_round_trip_keeps_provenance() -> None:
     cfg = ModelConfig.from_dict(data)
     assert cfg.extra["training"] == {"seed": 3}
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_detection_threshold_round_trips_and_is_absent_when_unset() -> None:
+    from dataclasses import replace
+
+    from segmentation.model import PostprocessConfig
+
+    plain = tiny_config()
+    assert "detection_threshold" not in plain.to_dict()["postprocessing"]  # older readers see no change
+    with_hysteresis = replace(plain, postprocessing=PostprocessConfig(0.4, 30.0, 0.95))
+    again = ModelConfig.from_dict(json.loads(json.dumps(with_hysteresis.to_dict())))
+    assert again.postprocessing == PostprocessConfig(threshold=0.4, min_lesion_volume_mm3=30.0, detection_threshold=0.95)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from segmentation.train import (
     lesion_counts,
     main,
     nifti_pair_sources,
+    remove_small_components,
     segmentation_loss,
     selection_score,
     split_patients,
@@ -285,3 +288,65 @@ def test_calibration_picks_the_threshold_that_drops_the_false_positive() -> None
     assert (best["lesion_tp"], best["lesion_fp"], best["lesion_f1"]) == (1, 0, 1.0)
     assert 0.55 < best["threshold"] <= 0.65 and best["threshold"] in CALIBRATION_THRESHOLDS
     assert selection_score(best) > selection_score(plain)
+
+
+def test_calibrated_scores_equal_the_plain_metrics_of_the_chosen_post_processing() -> None:
+    """The tabulated grid search scores each setting exactly as thresholding, dropping small components
+    and counting with ``lesion_counts`` / ``dice_score`` would (the straightforward path as oracle)."""
+    from segmentation.model import PostprocessConfig
+
+    rng = np.random.default_rng(3)
+    shape = (40, 40, 40)
+    truth = _ball(shape, (12, 12, 12), 5) | _ball(shape, (28, 28, 28), 2.5) | _ball(shape, (30, 10, 10), 1)
+    prob = np.clip(
+        ndi_gaussian(truth.astype(np.float32) * 0.9 + (rng.random(shape) > 0.995) * 0.85, 1.0)
+        + rng.random(shape) * 0.1, 0, 1
+    ).astype(np.float32)
+    case = CachedCase("c", "p", np.ones(shape, np.float32), truth.astype(np.uint8), (2.0, 2.0, 2.0))
+    config = demo_config(patch=48)
+    net = _ConstantLogit(np.pad(np.log(prob / (1 - prob + 1e-6) + 1e-6).astype(np.float32), 4))
+    best = evaluate(net, [case], config, calibrate=True)
+    post = PostprocessConfig(best["threshold"], best["min_lesion_volume_mm3"], best["detection_threshold"])
+    p = predict_probability_for_test(net, case, config)
+    pred = remove_small_components(post.binarise(p), case.spacing_mm, post.min_lesion_volume_mm3)
+    counts = lesion_counts(pred, case.mask, case.spacing_mm, 5.0, post.min_lesion_volume_mm3)
+    assert (best["lesion_tp"], best["lesion_fn"], best["lesion_fp"]) == (
+        counts.true_positive, counts.false_negative, counts.false_positive
+    )
+    assert best["dice"] == pytest.approx(dice_score(pred, case.mask), abs=1e-12)
+    # Every grid point agrees, not only the chosen one.
+    for threshold in (0.3, 0.5):
+        for detection in (None, 0.9):
+            cfg = replace(config, postprocessing=PostprocessConfig(threshold, 15.0, detection))
+            got = evaluate(net, [case], cfg)
+            post = cfg.postprocessing
+            pred = remove_small_components(post.binarise(p), case.spacing_mm, 15.0)
+            c = lesion_counts(pred, case.mask, case.spacing_mm, 5.0, 15.0)
+            assert (got["lesion_tp"], got["lesion_fn"], got["lesion_fp"]) == (
+                c.true_positive, c.false_negative, c.false_positive
+            )
+            assert got["dice"] == pytest.approx(dice_score(pred, case.mask), abs=1e-12)
+
+
+def predict_probability_for_test(net: torch.nn.Module, case: CachedCase, config: Any) -> np.ndarray:
+    from segmentation.train import predict_probability
+
+    return predict_probability(net, case.image, config)
+
+
+def ndi_gaussian(a: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(a, sigma)
+
+
+def test_hysteresis_keeps_components_that_peak_high_at_their_full_extent() -> None:
+    from segmentation.model import PostprocessConfig
+
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[2:8, 2:8, 2:8] = 0.6
+    prob[4, 4, 4] = 0.97  # a lesion: wide at 0.6, confident at its centre
+    prob[12:18, 12:18, 12:18] = 0.7  # a faint vessel: never confident
+    mask = PostprocessConfig(threshold=0.5, detection_threshold=0.9).binarise(prob)
+    assert mask[2:8, 2:8, 2:8].all() and not mask[12:18, 12:18, 12:18].any()
+    assert PostprocessConfig(threshold=0.5).binarise(prob).sum() == 2 * 6**3  # no hysteresis
