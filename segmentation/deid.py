@@ -220,8 +220,12 @@ def _is_identifying_by_name(keyword: str) -> bool:
 
 def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | None) -> None:
     """Apply the profile to one dataset level and recurse into its sequences."""
-    ds.remove_private_tags()
     for elem in list(ds):
+        if elem.tag.is_private:
+            # Private tags go level by level: this function already recurses into every sequence,
+            # so pydicom's remove_private_tags (a full walk at each level) would repeat the work.
+            del ds[elem.tag]
+            continue
         keyword = elem.keyword
         group = elem.tag.group
         if 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:

@@ -45,6 +45,7 @@ HIDDEN = {
     "private": "PrivateTagJaneDoe",
     "nested_person": "Chase^Robert",
     "nested_comment": "Doe nested remark",
+    "nested_private": "NestedPrivateJane",
 }
 
 
@@ -59,6 +60,8 @@ def _identifying_series(write_series):
         observer.VerifyingOrganization = "Saint Elsewhere Hospital"
         observer.VerificationDateTime = "20240102101010"
         observer.ImageComments = HIDDEN["nested_comment"]
+        nested_block = observer.private_block(0x0013, "ACME NESTED", create=True)
+        nested_block.add_new(0x01, "LO", HIDDEN["nested_private"])
         ds.VerifyingObserverSequence = Sequence([observer])
         ds.save_as(path)
     return folder, files
