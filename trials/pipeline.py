@@ -851,11 +851,11 @@ def analyse_run(
     map_path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(map_image, str(map_path), useCompression=True)
     # The same lesion numbers on the series' own grid: what the RTSTRUCT and SEG of this run show.
-    lut = np.zeros(max((int(m.label) for m in measurements), default=0) + 1, dtype=np.uint32)
+    native_labels = sitk.GetArrayFromImage(labels)
+    lut = np.zeros(int(native_labels.max()) + 1, dtype=np.uint32)  # component label -> lesion number
     for lesion_id, labs in components.items():
         lut[list(labs)] = lesion_number(lesion_id)
-    native_labels = sitk.GetArrayFromImage(labels)
-    native = sitk.GetImageFromArray(lut[np.clip(native_labels, 0, len(lut) - 1)] * (native_labels < len(lut)))
+    native = sitk.GetImageFromArray(lut[native_labels])
     native.CopyInformation(labels)
     sitk.WriteImage(native, str(_media_path(_run_file(run, LESION_MAP))), useCompression=True)
     _complete_later_visits(patient, timepoint, runs, actor=actor, correlation_id=correlation_id)
@@ -934,10 +934,13 @@ def run_file_path(run: SegmentationRun, kind: str) -> Path | None:
     """The stored file of ``kind`` (see :data:`RUN_FILE_KINDS`) of a run, or None while it is not written."""
     if kind not in RUN_FILE_KINDS:
         return None
-    recorded = {"mask": run.mask_file, "rtstruct": run.rtstruct_file, "seg": run.seg_file}.get(kind)
-    if kind != "lesions" and not recorded:
-        return None
-    path = _media_path(recorded.name if recorded else _run_file(run, LESION_MAP))
+    if kind == "lesions":  # written by the analysis, not recorded on the run
+        path = _media_path(_run_file(run, LESION_MAP))
+    else:
+        recorded = getattr(run, f"{kind}_file")  # mask_file, rtstruct_file, seg_file
+        if not recorded:
+            return None
+        path = _media_path(recorded.name)
     return path if path.is_file() else None
 
 
@@ -977,34 +980,36 @@ def export_run_contours(
         return None
     names = {n: f"L{n}" for n in numbers}
     description = f"MetTrack lesions ({run.model_version.name})"
-    writers: dict[str, Callable[[Path], Any]] = {
-        "seg_file": lambda out: write_seg(
+    writers: dict[str, Callable[[Path], Any]] = {  # kind (see RUN_FILE_KINDS) -> writer
+        "seg": lambda out: write_seg(
             lesion_map, source_dir, out, lesion_names=names, algorithm_name=run.model_version.name,
             algorithm_version=f"{run.model_version.version} sha256:{run.model_weights_sha256[:16]}",
             series_description=description,
         ),
-        "rtstruct_file": lambda out: write_rtstruct(
+        "rtstruct": lambda out: write_rtstruct(
             lesion_map, source_dir, out, lesion_names=names, series_description=description
         ),
     }  # fmt: skip
-    stored: dict[str, str] = {}
+    stored: dict[str, str] = {}  # run field -> file name
+    written: list[str] = []
     errors: list[str] = []
-    for field, write in writers.items():
-        if getattr(run, field):
+    for kind, write in writers.items():
+        if getattr(run, f"{kind}_file"):
             continue
-        name = _run_file(run, "seg.dcm" if field == "seg_file" else "rtstruct.dcm")
+        name = _run_file(run, RUN_FILE_KINDS[kind][0])
         try:
             write(_media_path(name))
         except ImagingError as exc:
-            errors.append(f"{'SEG' if field == 'seg_file' else 'RTSTRUCT'}: {exc.user_message}")
+            errors.append(f"{kind.upper()}: {exc.user_message}")
             continue
-        stored[field] = name
+        stored[f"{kind}_file"] = name
+        written.append(kind.upper())
     if stored:
         run = services.update_segmentation_run(
             run,
             **stored,
             actor=actor,
-            reason="lesions exported as DICOM " + " and ".join("SEG" if f == "seg_file" else "RTSTRUCT" for f in stored),
+            reason="lesions exported as DICOM " + " and ".join(written),
             correlation_id=correlation_id,
         )
     if errors:
