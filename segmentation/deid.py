@@ -21,15 +21,18 @@ that need them read them before de-identifying (``segmentation.io.SeriesInfo`` d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, generate_uid
 
 from segmentation.errors import DeidentificationError
@@ -218,39 +221,63 @@ def _is_identifying_by_name(keyword: str) -> bool:
     return _is_free_text_comment(keyword) or any(fragment in keyword for fragment in _IDENTIFYING_FRAGMENTS)
 
 
+@functools.lru_cache(maxsize=4096)
+def _action_for_tag(tag: int) -> tuple[str, str | None]:
+    """(keyword, action) of a public tag: "X" remove, "Z" empty, "D" subject id, None keep."""
+    keyword = keyword_for_tag(tag)
+    if keyword in ("PatientName", "PatientID"):
+        return keyword, "D"
+    action = BASIC_PROFILE_ACTIONS.get(keyword)
+    if action is None and _is_identifying_by_name(keyword):
+        action = "X"
+    return keyword, action
+
+
+def _vr(ds: Dataset, tag: BaseTag) -> str:
+    """The element's VR without decoding its value where the file or the dictionary says it."""
+    vr = ds.get_item(tag, keep_deferred=True).VR  # a raw element read from an implicit-VR file has none
+    if vr:
+        return vr
+    if dictionary_has_tag(tag):
+        return dictionary_VR(tag)
+    return ds[tag].VR
+
+
 def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | None) -> None:
-    """Apply the profile to one dataset level and recurse into its sequences."""
-    for elem in list(ds):
-        if elem.tag.is_private:
+    """Apply the profile to one dataset level and recurse into its sequences.
+
+    Elements are looked at by tag and VR only: values stay undecoded (pydicom writes such raw elements
+    back byte for byte) unless they are changed or are sequences to recurse into. Decoding every value,
+    as iterating a dataset does, was most of the cost of storing an upload.
+    """
+    for tag in list(ds.keys()):
+        if tag.is_private:
             # Private tags go level by level: this function already recurses into every sequence,
             # so pydicom's remove_private_tags (a full walk at each level) would repeat the work.
-            del ds[elem.tag]
+            del ds[tag]
             continue
-        keyword = elem.keyword
-        group = elem.tag.group
+        group = tag.group
         if 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
             # curves and overlays can carry burned-in names or annotations
-            del ds[elem.tag]
+            del ds[tag]
             continue
-        action = BASIC_PROFILE_ACTIONS.get(keyword)
-        if action == "X" or (action is None and _is_identifying_by_name(keyword)):
-            del ds[elem.tag]
+        _keyword, action = _action_for_tag(tag)
+        if action == "X":
+            del ds[tag]
             continue
+        vr = _vr(ds, tag)
         if action == "Z":
-            elem.value = None if elem.VR != "SQ" else Sequence()
-            continue
-        if keyword in ("PatientName", "PatientID"):
-            elem.value = subject_id
-            continue
-        if elem.VR == "PN":
+            ds[tag].value = None if vr != "SQ" else Sequence()
+        elif action == "D":
+            ds[tag].value = subject_id
+        elif vr == "PN":
             # any other person (operators, physicians, reviewers) is identifying
-            elem.value = None
-            continue
-        if elem.VR == "UI" and uid_map is not None:
+            ds[tag].value = None
+        elif vr == "UI" and uid_map is not None:
+            elem = ds[tag]
             elem.value = _remap_uid_value(elem, uid_map)
-            continue
-        if elem.VR == "SQ":
-            for item in elem.value:
+        elif vr == "SQ":
+            for item in ds[tag].value:
                 _clean(item, subject_id, uid_map)
 
 

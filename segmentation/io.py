@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -194,7 +195,31 @@ def read_series(
         DuplicateSliceError, InconsistentOrientationError, InconsistentSpacingError, SingleSliceError,
         AbsurdDimensionsError), and for zips the ArchiveError family. All derive from ImagingError.
     """
-    source = Path(path)
+    return _read(
+        Path(path),
+        series_uid=series_uid,
+        require_rtstruct_attributes=require_rtstruct_attributes,
+        extract_to=extract_to,
+        backend=backend,
+        keep_pixel_data=False,
+    )
+
+
+def _read(
+    source: Path,
+    *,
+    series_uid: str | None,
+    require_rtstruct_attributes: bool,
+    extract_to: str | Path | None,
+    backend: Backend,
+    keep_pixel_data: bool,
+) -> LoadedSeries:
+    """:func:`read_series`; with ``keep_pixel_data`` the datasets keep their Pixel Data element.
+
+    The element's value stays on disk (pydicom's deferred read) until it is used, so keeping it costs
+    no memory; :func:`ingest_series` uses it to write the de-identified copy without parsing every file
+    a second time. Only for files that outlive the call (``extract_to``, a folder, a file).
+    """
     if not source.exists():
         raise InputNotFoundError(f"No file or folder at {source}.")
     if source.is_file() and source.name.lower().endswith(NIFTI_SUFFIXES):
@@ -205,7 +230,11 @@ def read_series(
         if extract_to is not None:
             safe_extract_zip(source, extract_to)
             return _read_dicom_files(
-                _candidate_files(Path(extract_to)), series_uid, require_rtstruct_attributes, backend
+                _candidate_files(Path(extract_to)),
+                series_uid,
+                require_rtstruct_attributes,
+                backend,
+                keep_pixel_data=keep_pixel_data,
             )
         with tempfile.TemporaryDirectory(prefix="mettrack-upload-") as tmp:
             folder = Path(tmp) / "upload"
@@ -215,7 +244,9 @@ def read_series(
             )
         return replace(loaded, source_paths=())
     files = _candidate_files(source) if source.is_dir() else [source]
-    return _read_dicom_files(files, series_uid, require_rtstruct_attributes, backend)
+    return _read_dicom_files(
+        files, series_uid, require_rtstruct_attributes, backend, keep_pixel_data=keep_pixel_data
+    )
 
 
 @dataclass(frozen=True)
@@ -226,10 +257,13 @@ class IngestedSeries:
         series: The loaded series; its ``source_paths`` and ``source_datasets`` are the stored,
             de-identified copies, its ``info`` UIDs the stored (possibly remapped) ones.
         stored_dir: Folder holding ``IM_0001.dcm``... (DICOM) or ``image.nii.gz`` (NIfTI).
+        timings_s: Seconds per step: ``read`` (unpacking, validation and pixel decoding, what any reader
+            of the series does) and ``store`` (de-identification and writing the stored copy).
     """
 
     series: LoadedSeries
     stored_dir: Path
+    timings_s: dict[str, float] = field(default_factory=dict)
 
 
 def ingest_series(
@@ -267,19 +301,20 @@ def ingest_series(
         raise FileExistsError(f"Series destination {dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.ingest-", dir=dest.parent))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
     try:
         source = Path(upload)
-        if source.is_file() and zipfile.is_zipfile(source):
-            loaded = read_series(
-                source,
-                series_uid=series_uid,
-                require_rtstruct_attributes=require_rtstruct_attributes,
-                extract_to=work / "upload",
-            )
-        else:
-            loaded = read_series(
-                source, series_uid=series_uid, require_rtstruct_attributes=require_rtstruct_attributes
-            )
+        loaded = _read(
+            source,
+            series_uid=series_uid,
+            require_rtstruct_attributes=require_rtstruct_attributes,
+            extract_to=work / "upload" if source.is_file() and zipfile.is_zipfile(source) else None,
+            backend="sitk",
+            keep_pixel_data=True,
+        )
+        timings["read"] = time.perf_counter() - started
+        started = time.perf_counter()
         staging = work / "series"
         staging.mkdir()
         if loaded.info.source_format == "nifti":
@@ -287,10 +322,16 @@ def ingest_series(
         else:
             stored = _store_dicom(loaded, staging, subject_id=subject_id, remap_uids=remap_uids)
         os.replace(staging, dest)
+        timings["store"] = time.perf_counter() - started
     finally:
+        started = time.perf_counter()
         shutil.rmtree(work, ignore_errors=True)
+        # the unpacked upload is the reading's scratch space: removing it belongs to the read
+        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - started
     stored_paths = tuple(dest / p.name for p in stored.source_paths)
-    return IngestedSeries(series=replace(stored, source_paths=stored_paths), stored_dir=dest)
+    return IngestedSeries(
+        series=replace(stored, source_paths=stored_paths), stored_dir=dest, timings_s=timings
+    )
 
 
 def _store_nifti(loaded: LoadedSeries, staging: Path) -> LoadedSeries:
@@ -305,8 +346,8 @@ def _store_dicom(loaded: LoadedSeries, staging: Path, *, subject_id: str, remap_
     uid_map: dict[str, str] = {}
     headers = []
     paths = []
-    for index, source in enumerate(loaded.source_paths, start=1):
-        ds = pydicom.dcmread(source)
+    # The datasets read during validation, pixel data included (read from disk as it is written).
+    for index, ds in enumerate(loaded.source_datasets, start=1):
         deidentify_dataset(ds, subject_id=subject_id, remap_uids=remap_uids, uid_map=uid_map)
         target = staging / f"IM_{index:04d}.dcm"
         ds.save_as(target, enforce_file_format=True)
@@ -391,13 +432,25 @@ def _candidate_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_headers(files: Sequence[Path]) -> tuple[list[tuple[Path, Dataset]], int]:
-    """Read the header of every DICOM file; return (image headers, number of DICOM files found)."""
+#: Values larger than this stay on disk when a dataset is read with its pixel data (pydicom defer_size).
+_DEFER_BYTES = 64 * 1024
+
+
+def _read_headers(
+    files: Sequence[Path], *, keep_pixel_data: bool = False
+) -> tuple[list[tuple[Path, Dataset]], int]:
+    """Read the header of every DICOM file; return (image headers, number of DICOM files found).
+
+    With ``keep_pixel_data`` the whole file is parsed and large values (the pixel data) are deferred.
+    """
     images: list[tuple[Path, Dataset]] = []
     dicom_count = 0
     for path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if keep_pixel_data:
+                ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+            else:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue  # not DICOM: skipped, and never copied into storage
         dicom_count += 1
@@ -413,9 +466,14 @@ def _describe(ds: Dataset) -> str:
 
 
 def _read_dicom_files(
-    files: Sequence[Path], series_uid: str | None, require_rtstruct_attributes: bool, backend: Backend
+    files: Sequence[Path],
+    series_uid: str | None,
+    require_rtstruct_attributes: bool,
+    backend: Backend,
+    *,
+    keep_pixel_data: bool = False,
 ) -> LoadedSeries:
-    images, dicom_count = _read_headers(files)
+    images, dicom_count = _read_headers(files, keep_pixel_data=keep_pixel_data)
     if not images:
         if dicom_count:
             raise NotDicomError(

@@ -10,7 +10,7 @@ Stages of one uploaded series (one ``ProcessingJob`` of kind ``pipeline`` follow
 
 1. :func:`ingest_upload` (web request or ``manage.py import_series``): validate the upload with the imaging
    module, store the de-identified series under ``MEDIA_ROOT/series/<folder>/`` (``source/`` holds the
-   DICOM files or the NIfTI, ``volume.nii.gz`` the volume the worker reads), record the ``ImagingSeries``
+   DICOM files or the NIfTI, ``volume.nii`` the volume the worker reads), record the ``ImagingSeries``
    and the job in one transaction, and enqueue the job once that transaction commits.
 2. :func:`run_segmentation_stage` (queue ``gpu``): UNETR segmentation of the stored volume, stored as a
    ``SegmentationRun`` whose component label image goes to ``MEDIA_ROOT/masks/run_<id>/labels.nii.gz``.
@@ -35,6 +35,7 @@ invalid input (:data:`PERMANENT_ERRORS`) fails the job once with a message a use
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
@@ -186,10 +188,16 @@ def response_settings(patient: Patient) -> ResponseSettings:
 
 @dataclass(frozen=True)
 class UploadResult:
-    """What :func:`ingest_upload` stored: the series and its queued pipeline job."""
+    """What :func:`ingest_upload` stored: the series and its queued pipeline job.
+
+    ``timings_s``: seconds per step, ``read`` (unpacking, validating and decoding the series), ``store``
+    (de-identified copy), ``volume`` (the worker's NIfTI volume and its checksum), ``record`` (database
+    rows and the job, in one transaction).
+    """
 
     series: ImagingSeries
     job: ProcessingJob
+    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _content_uid(image: sitk.Image) -> str:
@@ -252,9 +260,13 @@ def ingest_upload(
             raise UploadRejectedError(exc.user_message) from exc
         loaded = ingested.series
         info = loaded.info
-        # The worker reads one NIfTI volume: fast to load, and the same file whatever the upload format.
-        volume_name = f"{folder}/volume.nii.gz"
-        sitk.WriteImage(loaded.image, str(_media_path(volume_name)), useCompression=True)
+        timings = dict(ingested.timings_s)
+        started = time.perf_counter()
+        # The worker (and the viewer) read one NIfTI volume: the same file whatever the upload format.
+        # Uncompressed: gzip took 40 ms of a 120 x 120 x 90 upload and slows every read, while the
+        # de-identified DICOM copy beside it, the archival one, is no smaller.
+        volume_name = f"{folder}/volume.nii"
+        sitk.WriteImage(loaded.image, str(_media_path(volume_name)))
         uid = info.series_instance_uid or _content_uid(loaded.image)
         is_nifti = info.source_format == "nifti"
         fields = {
@@ -271,9 +283,13 @@ def ingest_upload(
             "original_filename": (original_filename or Path(upload).name)[:255],
             "uploaded_by": actor if getattr(actor, "is_authenticated", False) else None,
         }
-        return _record_upload(
+        timings["volume"] = time.perf_counter() - started
+        started = time.perf_counter()
+        result = _record_upload(
             timepoint, uid, fields, enqueue=enqueue, actor=actor, reason=reason, correlation_id=correlation_id
         )
+        timings["record"] = time.perf_counter() - started
+        return dataclasses.replace(result, timings_s={k: round(v, 4) for k, v in timings.items()})
     except BaseException:
         shutil.rmtree(folder_path, ignore_errors=True)
         raise
@@ -461,6 +477,7 @@ def record_segmentation(
     *,
     device: str = "",
     timings_s: dict[str, float] | None = None,
+    started_at: dt.datetime | None = None,
     actor: Any | None = None,
     correlation_id: str = "",
 ) -> SegmentationRun:
@@ -477,6 +494,7 @@ def record_segmentation(
         mask: Binary mask or label image on the series' native grid.
         device: Where the network ran (``cpu``, ``cuda:0``).
         timings_s: Seconds per stage.
+        started_at: When the segmentation started (the run keeps the earliest start it was given).
 
     Raises:
         InvalidInputError: The mask is not on the series' grid.
@@ -500,7 +518,7 @@ def record_segmentation(
         mask_file=name,
         device=device or run.device,
         timings_s={**(run.timings_s or {}), **(timings_s or {})},
-        started_at=run.started_at or timezone.now(),
+        started_at=min((t for t in (run.started_at, started_at) if t is not None), default=timezone.now()),
         status=RunStatus.RUNNING,
         error="",
         actor=actor,
@@ -579,11 +597,10 @@ def run_segmentation_stage(
         result.labels,
         device=result.device,
         timings_s={k: round(v, 3) for k, v in result.timings_s.items()},
+        started_at=started,
         actor=actor,
         correlation_id=cid,
     )
-    if run.started_at is None or run.started_at > started:
-        services.update_segmentation_run(run, started_at=started, actor=actor, correlation_id=cid)
     _progress(job, 60, "segmentation", f"{len(result.lesions)} lesion(s) found")
     return run.pk
 
@@ -980,14 +997,16 @@ def export_run_contours(
         return None
     names = {n: f"L{n}" for n in numbers}
     description = f"MetTrack lesions ({run.model_version.name})"
+    # Headers only, read once for both writers: the stored copy was validated when it was uploaded.
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(source_dir.glob("*.dcm"))]
     writers: dict[str, Callable[[Path], Any]] = {  # kind (see RUN_FILE_KINDS) -> writer
         "seg": lambda out: write_seg(
-            lesion_map, source_dir, out, lesion_names=names, algorithm_name=run.model_version.name,
+            lesion_map, headers, out, lesion_names=names, algorithm_name=run.model_version.name,
             algorithm_version=f"{run.model_version.version} sha256:{run.model_weights_sha256[:16]}",
             series_description=description,
         ),
         "rtstruct": lambda out: write_rtstruct(
-            lesion_map, source_dir, out, lesion_names=names, series_description=description
+            lesion_map, headers, out, lesion_names=names, series_description=description
         ),
     }  # fmt: skip
     stored: dict[str, str] = {}  # run field -> file name
