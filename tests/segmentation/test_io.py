@@ -159,6 +159,23 @@ def test_enhanced_multiframe_loads_identically(write_series, make_image) -> None
     assert_same_geometry_and_voxels(loaded.image, image)
 
 
+@pytest.mark.parametrize("multiframe", [False, True], ids=["single-frame", "multi-frame"])
+def test_stored_copy_keeps_every_pixel(tmp_path, write_series, make_image, multiframe) -> None:
+    # 160 x 160 int16 planes (50 KB each, 2.5 MB in one multi-frame file): the multi-frame pixel data is
+    # larger than the size above which ingest leaves values on disk until it writes the stored copy.
+    image = make_image(shape=(20, 160, 160))
+    folder, _ = write_series(image, multiframe=multiframe)
+    upload = zip_folder(folder, tmp_path / "upload.zip")
+    stored = ingest_series(upload, tmp_path / "store", subject_id="BM-007")
+    assert all("PixelData" not in ds for ds in stored.series.source_datasets)  # headers only, as read_series
+    reread = read_series(stored.stored_dir)
+    assert reread.info.is_multiframe is multiframe
+    assert_same_geometry_and_voxels(reread.image, image)
+    assert_same_geometry_and_voxels(stored.series.image, image)
+    assert str(pydicom.dcmread(stored.series.source_paths[0]).PatientID) == "BM-007"
+    assert set(stored.timings_s) == {"read", "store"}
+
+
 def test_zip_upload_loads_and_extract_to_keeps_the_files(tmp_path, mr_series, mr_image) -> None:
     folder, _ = mr_series
     upload = zip_folder(folder, tmp_path / "upload.zip")
