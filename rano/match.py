@@ -6,8 +6,9 @@ the lesions seen at any earlier visit by overlap and centroid distance, with sci
 ``linear_sum_assignment`` for the one-to-one part. Then:
 
 - **split**: further components overlapping an already matched lesion become its fragments;
-- **merge**: one component overlapping several earlier lesions is assigned to the lesion it
-  overlaps most; the others are recorded as merged into it (rano-bm.md section 3);
+- **merge**: one component overlapping several earlier lesions is assigned to the target lesion it
+  overlaps most (to the lesion it overlaps most when none of them is a target); the others are
+  recorded as merged into it and count 0 mm (rano-bm.md section 3);
 - **disappearance**: earlier lesions with no component are absent at this visit;
 - **reappearance**: a lesion absent at the previous visit and matched now keeps its label;
 - **new**: components matched to no earlier lesion get the next free label.
@@ -145,6 +146,7 @@ def match_components(
     next_number: int | None = None,
     absent_last_visit: frozenset[str] = frozenset(),
     max_distance_mm: float = DEFAULT_MAX_DISTANCE_MM,
+    targets: frozenset[str] = frozenset(),
 ) -> VisitMatch:
     """Assign the current visit's components to earlier lesions (all in the same reference grid).
 
@@ -154,6 +156,7 @@ def match_components(
         next_number: Number for the next new lesion id; defaults to one past the largest prior id.
         absent_last_visit: Lesion ids absent at the previous visit (to report reappearance).
         max_distance_mm: Non-overlapping pairs farther apart than this are never matched.
+        targets: The patient's target lesions: a merged mass goes to the target it overlaps most.
 
     Returns:
         The assignments; new lesions are numbered in component-label (raster) order.
@@ -189,7 +192,8 @@ def match_components(
 
     matched_prior = set(primary.values())
     # Merges: an earlier lesion left without a component of its own but overlapping a matched
-    # component was absorbed by it. The merged mass belongs to the lesion it overlaps most.
+    # component was absorbed by it. The merged mass belongs to the target it overlaps most, or to the
+    # lesion it overlaps most when it absorbed no target (rano-bm.md section 3).
     absorbed: dict[int, list[int]] = {}
     for b in range(m):
         if b in matched_prior:
@@ -201,7 +205,7 @@ def match_components(
     merged_into: dict[str, str] = {}
     for a, extra in absorbed.items():
         group = [primary[a], *extra]
-        owner = max(group, key=lambda bb: (overlap[a, bb], -bb))
+        owner = max(group, key=lambda bb: (ids[bb] in targets, overlap[a, bb], -bb))
         owner_of_component[a] = owner
         for bb in group:
             if bb != owner:
@@ -365,12 +369,19 @@ class LesionTracker:
         """Every lesion id given so far."""
         return tuple(sorted(self._prior, key=lambda i: (lesion_number(i), i)))
 
-    def add_visit(self, labels: sitk.Image, transform: sitk.Transform | None = None) -> VisitMatch:
+    def add_visit(
+        self,
+        labels: sitk.Image,
+        transform: sitk.Transform | None = None,
+        *,
+        targets: frozenset[str] = frozenset(),
+    ) -> VisitMatch:
         """Match a visit's component label image (its own grid) against every earlier visit.
 
         Args:
             labels: Component labels of this visit (e.g. from :func:`rano.measure.label_components`).
             transform: Reference-to-this-visit transform from :func:`register_rigid`; None = identity.
+            targets: Target lesion ids (see :func:`match_components`).
         """
         if transform is None and self.visits:
             check_same_space(self._reference, labels)
@@ -389,6 +400,7 @@ class LesionTracker:
             next_number=self._next_number,
             absent_last_visit=self._absent_last,
             max_distance_mm=self._max_distance_mm,
+            targets=targets,
         )
         for lesion_id, labs in result.components_of().items():
             parts = [current[lab] for lab in labs]
@@ -422,6 +434,7 @@ def match_visit(
     transform: sitk.Transform | None = None,
     next_number: int | None = None,
     max_distance_mm: float = DEFAULT_MAX_DISTANCE_MM,
+    targets: frozenset[str] = frozenset(),
 ) -> VisitMatch:
     """Match a new visit's components against every earlier visit's lesions, from stored masks.
 
@@ -436,6 +449,7 @@ def match_visit(
         transform: Reference-to-current transform; None = identity (same physical space required).
         next_number: Number of the next new lesion; default one past the largest known.
         max_distance_mm: See :func:`match_components`.
+        targets: Target lesion ids (see :func:`match_components`).
 
     Raises:
         MatchError: On a label with no lesion id, or masks outside the reference space.
@@ -469,6 +483,7 @@ def match_visit(
         next_number=next_number,
         absent_last_visit=absent_last,
         max_distance_mm=max_distance_mm,
+        targets=targets,
     )
 
 

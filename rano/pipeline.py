@@ -8,7 +8,8 @@ it; the service layer can use it for a patient whose masks are on disk.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 from rano.errors import GeometryError
 from rano.match import LesionTracker, VisitMatch, observations_from_match, register_rigid
 from rano.measure import LesionMeasurement, label_components, measure_lesions
-from rano.response import LesionObservation
+from rano.response import LesionObservation, VisitInput, select_targets
 from rano.settings import ResponseSettings
 
 
@@ -57,6 +58,7 @@ def observe_visits(
     masks: Sequence[sitk.Image | None],
     images: Sequence[sitk.Image | None] | None = None,
     settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
+    targets: Collection[str] | None = None,
 ) -> list[ObservedVisit]:
     """Match and measure every visit of one patient; the first visit is the baseline.
 
@@ -67,6 +69,8 @@ def observe_visits(
             when it and the baseline both have an image, otherwise the identity is used (and the
             masks must share the baseline's physical space).
         settings: Response settings (minimum lesion volume, measurability).
+        targets: Target lesion ids, used to give a merged mass to the target it overlaps most; None
+            selects them from the baseline as :func:`rano.response.select_targets` does.
 
     Raises:
         GeometryError, MatchError: On masks that cannot be measured or brought into one space.
@@ -75,6 +79,7 @@ def observe_visits(
     if len(images) != len(masks):
         raise GeometryError("give one image (or None) per mask")
     tracker: LesionTracker | None = None
+    target_ids = frozenset(targets) if targets is not None else frozenset()
     out: list[ObservedVisit] = []
     for mask, image in zip(masks, images, strict=True):
         if mask is None:
@@ -89,12 +94,17 @@ def observe_visits(
         elif image is not None and images[0] is not None:
             transform = register_rigid(images[0], image)
         known = tracker.lesion_ids
-        match = tracker.add_visit(components, transform)
+        match = tracker.add_visit(components, transform, targets=target_ids)
         measurements = measure_lesions(components, image, settings=settings, relabel=False)
         by_label = {m.label: m for m in measurements}
         largest = {
             lesion_id: max((by_label[lab] for lab in labs), key=lambda m: m.longest_diameter_mm)
             for lesion_id, labs in match.components_of().items()
         }
-        out.append(ObservedVisit(observations_from_match(measurements, match, known), largest, match))
+        observations = observations_from_match(measurements, match, known)
+        if not out and targets is None:
+            # select_targets reads only the observations; the date is a placeholder.
+            baseline = VisitInput("baseline", dt.date(2000, 1, 1), tuple(observations))
+            target_ids = frozenset(select_targets(baseline, settings=settings).target_ids)
+        out.append(ObservedVisit(observations, largest, match))
     return out

@@ -814,7 +814,13 @@ def analyse_run(
     current = footprints(ref_labels, geometry)
     prior, absent_last = _prior_footprints(patient, timepoint, runs, geometry, run)
     next_number = lesion_number(services.next_lesion_label(patient))
-    match = match_components(current, prior, next_number=next_number, absent_last_visit=absent_last)
+    # A merged mass goes to the target it overlaps most (rano-bm.md section 3): roles as stored.
+    targets = frozenset(
+        Lesion.objects.filter(patient=patient, role=LesionRole.TARGET).values_list("label", flat=True)
+    )
+    match = match_components(
+        current, prior, next_number=next_number, absent_last_visit=absent_last, targets=targets
+    )
     components = {lesion_id: list(labs) for lesion_id, labs in match.components_of().items()}
     new_ids = list(match.new_ids)
     number = match.next_number

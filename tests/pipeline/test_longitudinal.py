@@ -422,3 +422,50 @@ def test_a_series_rtstruct_cannot_encode_still_gets_its_seg_and_its_assessment(
     assert "RTSTRUCT" in upload.job.message and "square pixels" in upload.job.message
     assert run.seg_file and not run.rtstruct_file
     assert Assessment.objects.filter(timepoint=timepoint, is_current=True).exists()
+
+
+def _balls_on(volume: sitk.Image, balls: list[tuple[tuple[float, float, float], float]]) -> sitk.Image:
+    """A binary mask on the volume's grid: balls given as (offset from the grid centre in mm, radius mm)."""
+    spacing = np.array(volume.GetSpacing()[::-1])  # z, y, x
+    centre = (np.array(volume.GetSize()[::-1]) - 1) / 2.0
+    zyx = np.indices(volume.GetSize()[::-1]).astype(float)
+    mask = np.zeros(volume.GetSize()[::-1], np.uint8)
+    for (dx, dy, dz), radius in balls:
+        offset = np.array([dz, dy, dx])
+        d2 = sum(((zyx[i] - centre[i]) * spacing[i] - offset[i]) ** 2 for i in range(3))
+        mask[d2 <= radius**2] = 1
+    image = sitk.GetImageFromArray(mask)
+    image.CopyInformation(volume)
+    return image
+
+
+@pytest.mark.django_db
+def test_a_target_merged_into_a_non_target_keeps_the_merged_mass(
+    synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any
+) -> None:
+    """rano-bm.md section 3: the merged mass is assigned to the target. One target (max_targets 1): L1,
+    18 mm at baseline; the non-target L2 grows and joins the shrunken L1 at FU1, and the mass overlaps
+    L2's baseline footprint far more than L1's. L1 must carry the mass (about 40 mm): PD."""
+    type(pipeline_patient.trial).objects.filter(pk=pipeline_patient.trial_id).update(max_targets=1)
+    timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
+    target, non_target = (-14.0, 0.0, 0.0), (14.0, 0.0, 0.0)
+    bridge = [((x, 0.0, 0.0), 2.5) for x in np.arange(-14.0, 14.1, 2.0)]
+    masks = {
+        "BASELINE": [(target, 9.0), (non_target, 8.0)],
+        "FU1": [(target, 3.0), (non_target, 11.0), *bridge],
+    }
+    version = ground_truth_version()
+    for index, label in enumerate(("BASELINE", "FU1")):
+        upload = pipeline.ingest_upload(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
+        volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
+        run = pipeline.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
+        pipeline.run_analysis_stage(upload.job.pk, run.pk)
+        upload.job.refresh_from_db()
+        assert upload.job.state == JobState.SUCCEEDED, upload.job.error
+
+    roles = dict(Lesion.objects.filter(patient=pipeline_patient).values_list("label", "role"))
+    assert roles == {"L1": LesionRole.TARGET, "L2": LesionRole.NON_TARGET}
+    l1 = LesionObservation.objects.get(lesion__label="L1", timepoint=timepoints["FU1"])
+    assert l1.present and l1.longest_diameter_mm > 35.0
+    fu1 = Assessment.objects.get(timepoint=timepoints["FU1"], criteria=Criteria.RANO_BM, is_current=True)
+    assert (fu1.target_response, fu1.overall_response) == ("PD", "PD")

@@ -279,3 +279,28 @@ def test_labelled_masks_keep_one_lesion_per_label(tmp_path: Path, capsys) -> Non
         code, out, err = run(capsys, path)
         assert code == 0, err
         assert [lesion["lesion_id"] for lesion in out["lesions"]] == expected, kind
+
+
+def test_target_merged_into_a_larger_non_target_keeps_the_mass(tmp_path: Path, capsys) -> None:
+    """rano-bm.md section 3: a merged mass is assigned to the target it overlaps. With one target
+    (L1, 14 mm at baseline) merging at FU2 into a non-target that overlaps the mass more, the target
+    carries the whole mass (about 36 mm against its 7 mm at the FU1 nadir): PD, not a shrinking target."""
+    target, non_target = (20.0, 32.0, 24.0), (40.0, 32.0, 24.0)
+    bridge = [((x, 32.0, 24.0), 3.0) for x in range(20, 41, 2)]
+    grid = {"size_xyz": (80, 64, 48)}
+    visits = [
+        {"visit": "BL", "date": "2024-01-08", "spheres": [(target, 7.0), (non_target, 6.5)]},
+        {"visit": "FU1", "date": "2024-03-08", "spheres": [(target, 3.0), (non_target, 9.0)]},
+        {"visit": "FU2", "date": "2024-05-08", "spheres": [(target, 5.0), (non_target, 10.0), *bridge]},
+    ]
+    path = write_case(tmp_path, "S012", visits, **grid)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"max_targets": 1}))
+    code, out, err = run(capsys, path, "--settings", settings)
+    assert code == 0, err
+    lesions = {lesion["lesion_id"]: lesion for lesion in out["lesions"]}
+    assert lesions["L1"]["role"] == "target" and lesions["L2"]["role"] == "non_target"
+    fu1, fu2 = out["visits"][1], out["visits"][2]
+    assert fu1["overall_response"] == "PR"
+    assert fu2["sum_ld_mm"] > 30 and fu2["target_response"] == "PD" and fu2["overall_response"] == "PD"
+    assert out["progression_date"] == "2024-05-08"

@@ -88,6 +88,21 @@ def test_merged_lesions_go_to_the_largest_overlap() -> None:
     assert [(o.lesion_id, o.present, o.merged_into) for o in obs] == [("L1", True, None), ("L2", False, "L1")]
 
 
+def test_merged_mass_goes_to_the_target_even_when_a_non_target_overlaps_more() -> None:
+    # rano-bm.md section 3: "the merged mass is measured once and assigned to the target with the
+    # largest overlap; the others count 0 mm". L1 is the large lesion (first in raster order), L2 the
+    # small one; the merged mass overlaps L1 by 1128 voxels and L2 by 257 (all of it).
+    small, large = ((22, 30, 20), 4.0), ((36, 30, 20), 7.0)
+    merged = comps(((29, 30, 20), 11.0))
+    for targets, owner, other in ((frozenset(), "L1", "L2"), (frozenset({"L2"}), "L2", "L1")):
+        tracker = LesionTracker(comps(small, large))
+        tracker.add_visit(comps(small, large))
+        fu = tracker.add_visit(merged, targets=targets)
+        (only,) = fu.assignments
+        assert (only.lesion_id, only.kind) == (owner, MatchKind.MERGED)
+        assert fu.merged_into == {other: owner} and fu.absent_ids == ()
+
+
 def test_match_components_is_pure_and_deterministic() -> None:
     g = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     prior = footprints(sitk.GetArrayFromImage(comps(A, B)), g)
