@@ -14,10 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from rano.errors import GeometryError
 from rano.match import LesionTracker, VisitMatch, observations_from_match, register_rigid
-from rano.measure import LesionMeasurement, label_components, measure_lesions
+from rano.measure import (
+    Geometry,
+    LesionMeasurement,
+    label_components,
+    label_components_array,
+    measure_lesions,
+)
 from rano.response import LesionObservation, VisitInput, select_targets
 from rano.settings import ResponseSettings
 
@@ -38,8 +45,9 @@ class ObservedVisit:
 
 
 def components_of(mask: sitk.Image, settings: ResponseSettings) -> sitk.Image:
-    """Binary masks are split into 26-connected components (small ones dropped); labelled masks keep
-    their labels (one lesion per label value).
+    """Binary masks are split into 26-connected components; labelled masks keep their labels (one
+    lesion per label value). Either way, 26-connected parts under ``min_lesion_volume_mm3`` are noise
+    and dropped (rano-bm.md section 1); a label left with no part is no lesion.
 
     Raises:
         GeometryError: For non-integer or negative labels.
@@ -51,7 +59,17 @@ def components_of(mask: sitk.Image, settings: ResponseSettings) -> sitk.Image:
         raise GeometryError("the mask has negative labels")
     if array.size and array.max() <= 1:
         return label_components(mask, settings.min_lesion_volume_mm3)
-    return sitk.Cast(mask, sitk.sitkUInt32)
+    labels = np.asarray(array, dtype=np.uint32).copy()
+    spacing = Geometry.of(mask).spacing_mm
+    for value, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        own = labels[box] == value
+        kept = label_components_array(own, spacing, settings.min_lesion_volume_mm3) > 0
+        labels[box][own & ~kept] = 0
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(mask)
+    return out
 
 
 def observe_visits(

@@ -304,3 +304,29 @@ def test_target_merged_into_a_larger_non_target_keeps_the_mass(tmp_path: Path, c
     assert fu1["overall_response"] == "PR"
     assert fu2["sum_ld_mm"] > 30 and fu2["target_response"] == "PD" and fu2["overall_response"] == "PD"
     assert out["progression_date"] == "2024-05-08"
+
+
+def test_labelled_masks_drop_parts_under_the_minimum_volume(tmp_path: Path, capsys) -> None:
+    """rano-bm.md section 1: parts under min_lesion_volume_mm3 (5) are noise, labelled or not. At FU1
+    label 2 is one voxel (1 mm3) and label 3 two separate voxels: no new lesion. Label 4, a 5-voxel
+    rod (exactly 5 mm3), is kept: a new lesion, but equivocal (LD 1 mm)."""
+    arr = np.zeros((40, 48, 64), np.uint8)
+    arr[10:25, 10:30, 10:30] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "BL.nii.gz"))
+    arr[30, 40, 50] = 2
+    arr[32, 5, 5] = arr[38, 5, 5] = 3
+    noisy = arr.copy()
+    sitk.WriteImage(sitk.GetImageFromArray(noisy), str(tmp_path / "FU1.nii.gz"))
+    arr[30:35, 40, 20] = 4
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "FU2.nii.gz"))
+    visits = [
+        {"visit": name, "date": date, "mask": f"{name}.nii.gz"}
+        for name, date in (("BL", "2024-01-08"), ("FU1", "2024-03-08"), ("FU2", "2024-05-08"))
+    ]
+    path = tmp_path / "visits.json"
+    path.write_text(json.dumps({"subject_id": "S013", "visits": visits}))
+    code, out, err = run(capsys, path)
+    assert code == 0, err
+    assert out["visits"][1]["new_lesions"] == "none" and out["visits"][1]["overall_response"] == "SD"
+    assert out["visits"][2]["new_lesions"] == "equivocal" and out["visits"][2]["overall_response"] == "SD"
+    assert [lesion["lesion_id"] for lesion in out["lesions"]] == ["L1", "L2"]
