@@ -7,11 +7,13 @@ hull, on the LD slice, perpendicular to the LD. The maximum 3D diameter uses the
 corners. Every number is computed on the lesion's bounding-box crop; the full volume is never copied
 per lesion.
 
-Geometry: spacing is never assumed isotropic, and direction cosines are honoured. When one of the
-image's index axes lies within 45 degrees of the physical superior-inferior axis, slices across that
-axis are the axial plane (no resampling). Otherwise the label image is reformatted (nearest neighbour)
-onto an axial grid for the in-plane measurements; volume, centroid, 3D diameter and intensity stats
-always come from the native grid, where they are exact.
+Geometry: spacing is never assumed isotropic, and direction cosines are honoured. When the image's
+slice plane (across the third index axis, k) lies within 45 degrees of true axial, its slices are the
+axial plane (no resampling). Otherwise the label image is reformatted (nearest neighbour) onto an axial
+grid for the in-plane measurements, unless another index axis already runs along the physical
+superior-inferior axis (a sagittal or coronal acquisition): its planes are that axial grid without
+resampling. Volume, centroid, 3D diameter and intensity stats always come from the native grid, where
+they are exact.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ Point3 = tuple[float, float, float]
 
 #: Slice planes within this angle of true axial are used as they are (rano-bm.md section 1).
 AXIAL_TOLERANCE_DEG = 45.0
+#: An index axis this close to the superior-inferior axis makes its planes an axial grid as they are
+#: (the tilt moves a plane by under 0.9 mm across 50 mm, less than the reformat's half-voxel rounding).
+ALIGNED_AXIS_TOLERANCE_DEG = 1.0
 #: Minimum perpendicular diameter of a measurable lesion (rano-bm.md section 2), mm.
 MIN_PERPENDICULAR_MM = 5.0
 #: Minimum number of axial slices showing a measurable lesion (rano-bm.md section 2).
@@ -95,6 +100,20 @@ class Geometry:
         axis = int(np.argmax(zcomp))
         angle = math.degrees(math.acos(min(1.0, float(zcomp[axis]))))
         return axis, angle
+
+    def axial_slicing(self) -> tuple[int, bool]:
+        """Index axis across which the axial slices are taken, and whether a reformat is needed.
+
+        rano-bm.md section 1: the image's slice plane (across k) when it is within 45 degrees of true
+        axial; otherwise an axial reformat, which the planes across an index axis running along z
+        already are (no resampling then).
+        """
+        axis, angle = self.axial_axis()
+        if axis == 2 and angle <= AXIAL_TOLERANCE_DEG + 1e-6:
+            return 2, False
+        if angle <= ALIGNED_AXIS_TOLERANCE_DEG:
+            return axis, False
+        return axis, True
 
 
 @dataclass(frozen=True)
@@ -641,8 +660,7 @@ def _measure(
     objects = ndimage.find_objects(arr)
     if not objects:
         return []
-    axis, angle = geometry.axial_axis()
-    reformatted = angle > AXIAL_TOLERANCE_DEG + 1e-6
+    axis, reformatted = geometry.axial_slicing()
     if reformatted:
         axial, axial_geometry = _axial_reformat(arr, geometry)
         axial_objects = ndimage.find_objects(axial, max_label=len(objects))

@@ -147,6 +147,28 @@ def test_sagittal_grid_uses_the_index_axis_along_z() -> None:
     assert abs(m.slice_count - 8) <= 1
 
 
+@pytest.mark.parametrize("tilt_deg", [50.0, 60.0])
+def test_slice_plane_tilted_beyond_45_degrees_is_reformatted(tilt_deg: float) -> None:
+    """rano-bm.md section 1: the image's slice plane is used only within 45 deg of axial, otherwise an
+    axial reformat. Tilted about x by 50 or 60 deg, the j axis is 40 or 30 deg from z: measuring across
+    it would cut the ellipsoid (semi-axes 5, 5, 20 mm along x, y, z) obliquely (LD 13 mm at 50 deg);
+    on the axial reformat its LD is the axial 10 mm."""
+    t = math.radians(tilt_deg)
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(t), -math.sin(t)], [0.0, math.sin(t), math.cos(t)]])
+    spacing = (0.5, 0.5, 0.5)
+    img = ellipsoid_image((5, 5, 20), size_xyz=(40, 110, 110), spacing=spacing, direction=direction)
+    untilted = ellipsoid_image((5, 5, 20), size_xyz=(40, 40, 100), spacing=spacing)
+    (m,) = measure_lesions(img)
+    (reference,) = measure_lesions(untilted)
+    assert m.reformatted and m.slice_axis == 2
+    # Axial LD of the ellipsoid is 10 mm; the voxel-corner hull and the nearest-neighbour reformat add
+    # up to a native voxel diagonal on each side.
+    assert abs(m.longest_diameter_mm - 10.0) <= 2 * math.sqrt(3) * 0.5
+    assert abs(reference.longest_diameter_mm - 10.0) <= 2 * math.sqrt(2) * 0.5
+    a, b = (np.array(p) for p in m.ld_endpoints_mm)
+    assert a[2] == pytest.approx(b[2])  # caliper in one axial plane
+
+
 def test_double_oblique_grid_is_reformatted_to_axial() -> None:
     """No index axis within 45 deg of z: reformat; a 20 mm sphere still measures about 20 mm."""
     # Rows of an orthonormal matrix whose z row is (1, 1, 1) / sqrt(3): every axis 54.7 deg off z.
