@@ -466,6 +466,9 @@ def assess(
             )
             continue
         if not visit.imaging_available:
+            # Clinical deterioration is a PD criterion of its own (section 6: "any"); without imaging
+            # the lesion categories are not evaluable, but the visit is PD, not NE.
+            clinical_pd = visit.clinical_status == ClinicalStatus.WORSE
             results.append(
                 VisitAssessment(
                     visit.visit,
@@ -485,11 +488,15 @@ def assess(
                     (),
                     (),
                     (),
-                    Response.NE,
+                    Response.PD if clinical_pd else Response.NE,
                     None,
                     None,
                     None,
-                    ("imaging missing or unreadable -> NE",),
+                    (
+                        ("imaging missing or unreadable; clinical status worse -> overall PD",)
+                        if clinical_pd
+                        else ("imaging missing or unreadable -> NE",)
+                    ),
                 )  # fmt: skip
             )
             continue

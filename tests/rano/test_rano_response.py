@@ -292,6 +292,14 @@ RULES = [
     ),
     (
         "6",
+        "missing imaging but clinical status worse -> PD (any PD criterion)",
+        [BL, v("FU1", 60, imaging_available=False, clinical_status=ClinicalStatus.WORSE)],
+        None,
+        None,
+        (R.NE, R.NE, None, R.PD),
+    ),
+    (
+        "6",
         "no measurable disease: non-targets present -> NON-CR/NON-PD",
         [v("BL", 0, o("L3", 8)), v("FU1", 60, o("L3", 8))],
         None,
@@ -601,3 +609,15 @@ def test_bad_input_raises(visits, reader, message) -> None:
 def test_bad_dataclass_input_raises(build, message) -> None:
     with pytest.raises(ResponseInputError, match=message):
         build()
+
+
+def test_clinical_progression_without_imaging_dates_the_progression() -> None:
+    """A visit with no readable imaging but clinical status worse is the first PD: it sets the
+    progression date and ends the best-overall-response window."""
+    fu1 = v("FU1", 60, imaging_available=False, clinical_status=ClinicalStatus.WORSE)
+    visits = [BL, fu1, v("FU2", 120, o("L1", 20), o("L2", 15), o("L3", 8))]
+    res = assess(visits)
+    assert [r.overall_response for r in res.visits] == [None, R.PD, R.SD]
+    assert res.progression_visit == "FU1" and res.progression_date == visits[1].date
+    assert res.best_overall_response == R.PD
+    assert "clinical status worse" in " ".join(res.visits[1].reasons)
