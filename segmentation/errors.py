@@ -66,6 +66,18 @@ class NotDicomError(ImagingError):
     """The upload contains no DICOM image (and is not a NIfTI file either)."""
 
 
+class CorruptDicomError(ImagingError):
+    """DICOM files of the upload are damaged (cut short, unreadable header or pixel data).
+
+    Attributes:
+        files: Names of the damaged files inside the upload.
+    """
+
+    def __init__(self, user_message: str, files: list[str]) -> None:
+        super().__init__(user_message)
+        self.files = files
+
+
 class NotMRError(ImagingError):
     """The series is DICOM but not magnetic resonance (e.g. CT, PET, an RTSTRUCT)."""
 

@@ -46,8 +46,10 @@ from segmentation.deid import deidentify_dataset
 from segmentation.errors import (
     AbsurdDimensionsError,
     CorruptArchiveError,
+    CorruptDicomError,
     DuplicateSliceError,
     GeometryError,
+    ImagingError,
     InconsistentOrientationError,
     InconsistentSpacingError,
     InputNotFoundError,
@@ -379,10 +381,33 @@ def _strip_metadata(image: sitk.Image) -> sitk.Image:
 
 
 def _read_nifti(path: Path) -> LoadedSeries:
+    # The NIfTI reader only: SimpleITK would otherwise pick a reader by content, so a DICOM (or any
+    # other format) named .nii.gz would bypass the DICOM checks (modality MR above all).
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("NiftiImageIO")
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
+        with path.open("rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        if gzipped and not path.name.lower().endswith(".gz"):
+            raise NotDicomError(
+                f"{path.name} is gzip-compressed but named .nii; name it .nii.gz and send it again."
+            ) from exc
         raise NotDicomError(f"{path.name} is named like a NIfTI file but cannot be read as one.") from exc
+    # The header is checked before the voxels are read: a small .nii.gz can declare gigabytes.
+    header_size = reader.GetSize()
+    if len(header_size) >= 3 and header_size[2] > 1:
+        if len(header_size) == 4 and header_size[3] != 1:
+            raise UnsupportedImageError(
+                f"The NIfTI image is 4D with {header_size[3]} volumes; send one 3D volume."
+            )
+        _check_dimensions(header_size[:3], reader.GetSpacing()[:3])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise NotDicomError(f"{path.name} is a damaged NIfTI file (its voxel data cannot be read).") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise UnsupportedImageError("The NIfTI image has several components per voxel; send a scalar 3D MRI.")
     if image.GetDimension() == 4:
@@ -444,6 +469,7 @@ def _read_headers(
     With ``keep_pixel_data`` the whole file is parsed and large values (the pixel data) are deferred.
     """
     images: list[tuple[Path, Dataset]] = []
+    damaged: list[str] = []
     dicom_count = 0
     for path in files:
         try:
@@ -451,14 +477,47 @@ def _read_headers(
                 ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
             else:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            if _has_dicom_preamble(path):
+                damaged.append(path.name)  # a DICOM file that cannot be read: never dropped silently
             continue  # not DICOM: skipped, and never copied into storage
         dicom_count += 1
         modality = str(ds.get("Modality", "")).upper()
-        if modality in _NON_IMAGE_MODALITIES or "Rows" not in ds:
+        if modality in _NON_IMAGE_MODALITIES:
+            continue
+        if "Rows" not in ds:
+            # An image (or a file whose header stops before even its modality) without a matrix is a
+            # file cut short, e.g. the last slice of an interrupted export; other objects are skipped.
+            if not modality or modality == "MR" or _is_image_storage(ds):
+                damaged.append(path.name)
             continue
         images.append((path, ds))
+    if damaged:
+        shown = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise CorruptDicomError(
+            f"{len(damaged)} DICOM file(s) of the upload are damaged and cannot be read ({shown}); "
+            "the series would be incomplete. Please export it again from the scanner or PACS.",
+            damaged,
+        )
     return images, dicom_count
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """Whether a file carries the DICOM Part 10 marker ("DICM" after the 128-byte preamble)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_image_storage(ds: Dataset) -> bool:
+    """Whether the dataset's SOP class is an image storage class (MR, enhanced MR, CT, ...)."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    return sop_class.startswith("1.2.840.10008.5.1.4.1.1.") and "Image" in getattr(
+        ds.get("SOPClassUID"), "name", ""
+    )
 
 
 def _describe(ds: Dataset) -> str:
@@ -591,10 +650,41 @@ def _pixels_sitk(paths: Sequence[Path]) -> np.ndarray:
     try:
         volume = reader.Execute()
     except RuntimeError as exc:
-        raise UnsupportedImageError(
-            f"The slices' pixel data cannot be decoded ({str(exc).strip().splitlines()[-1][:200]})."
-        ) from exc
+        # ITK's message names server paths and memory addresses; say which file is at fault instead.
+        raise _pixel_failure(paths) from exc
     return sitk.GetArrayFromImage(volume)
+
+
+def _pixel_failure(paths: Sequence[Path]) -> ImagingError:
+    """The error to report when the pixel data of a series cannot be decoded (only on that path)."""
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path)
+            data = ds.get("PixelData")
+        except Exception:  # noqa: BLE001 - any failure to read the file to its end means it is damaged
+            data = None
+        if data is None:
+            return CorruptDicomError(
+                f"{path.name} is damaged: its pixel data cannot be read (the file may be cut short). "
+                "Please export the series again.",
+                [path.name],
+            )
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        if syntax is not None and not syntax.is_compressed:
+            expected = (
+                int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+                * int(ds.get("NumberOfFrames", 1) or 1) * (int(ds.BitsAllocated) // 8)
+            )  # fmt: skip
+            if len(data) < expected:
+                return CorruptDicomError(
+                    f"{path.name} is damaged: it holds {len(data)} bytes of pixel data where {expected} "
+                    "are needed (the file is cut short). Please export the series again.",
+                    [path.name],
+                )
+    return UnsupportedImageError(
+        "The slices' pixel data cannot be decoded (an encoding MetTrack cannot read?); please export the "
+        "series uncompressed or with standard JPEG / JPEG 2000 compression."
+    )
 
 
 def _pixels_pydicom(paths: Sequence[Path]) -> np.ndarray:

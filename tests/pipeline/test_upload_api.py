@@ -210,6 +210,21 @@ def test_same_nifti_twice_is_a_duplicate(
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("name", ["серия.nii.gz", "脑部.nii", "t1c_ü.nii.gz"])
+def test_nifti_with_a_non_ascii_name_is_accepted(
+    api_client: Any, pipeline_patient: Any, embedded: None, tmp_path: Path, name: str
+) -> None:
+    """The stored copy gets a neutral ASCII name but keeps the suffix the reader goes by."""
+    path = tmp_path / name
+    sitk.WriteImage(small_image(), str(path), useCompression=name.endswith(".gz"))
+    api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
+    response = upload(api_client, pipeline_patient.timepoints.get(visit_label="BASELINE").pk, path)
+    assert response.status_code == 202, response.content
+    assert response.json()["series"]["source"] == "upload_nifti"
+    assert response.json()["series"]["original_filename"] == name
+
+
+@pytest.mark.django_db
 def test_image_the_model_cannot_use_fails_the_job_once_with_its_message(
     api_client: Any,
     pipeline_patient: Any,

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from segmentation.errors import (
     AbsurdDimensionsError,
     CorruptArchiveError,
+    CorruptDicomError,
     DuplicateSliceError,
     GeometryError,
     ImagingError,
@@ -275,6 +276,64 @@ def test_corrupt_nifti(tmp_path) -> None:
     upload = tmp_path / "scan.nii.gz"
     upload.write_bytes(b"definitely not gzip")
     assert_nothing_stored(upload, tmp_path, NotDicomError)
+
+
+@pytest.mark.parametrize("which", [0, 11, 23], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("keep_bytes", [132, 700, 1300])
+def test_a_slice_cut_short_is_named_never_dropped(tmp_path, mr_series, which, keep_bytes) -> None:
+    """A damaged first or last slice leaves no gap to notice: it must not be skipped as "not DICOM"."""
+    folder, files = mr_series
+    files[which].write_bytes(files[which].read_bytes()[:keep_bytes])
+    upload = zip_folder(folder, tmp_path / "upload.zip")
+    error = assert_nothing_stored(upload, tmp_path, CorruptDicomError)
+    assert error.files == [files[which].name] and files[which].name in error.user_message
+
+
+def test_a_slice_with_truncated_pixel_data_is_named(tmp_path, mr_series) -> None:
+    folder, files = mr_series
+    files[23].write_bytes(files[23].read_bytes()[:-100])  # header intact, pixel data 100 bytes short
+    error = assert_nothing_stored(folder, tmp_path, CorruptDicomError)
+    assert files[23].name in error.user_message and "cut short" in error.user_message
+    assert str(tmp_path) not in error.user_message and "ITK" not in error.user_message
+
+
+def test_dicom_named_like_nifti_is_not_read_as_nifti(tmp_path, write_series, make_image) -> None:
+    """SimpleITK picks a reader by content: a DICOM file named .nii.gz must not be read as NIfTI,
+    which would skip the DICOM checks (modality MR above all) and store it as a NIfTI upload."""
+    _, files = write_series(make_image(), multiframe=True)
+    upload = tmp_path / "scan.nii.gz"
+    shutil.copy(files[0], upload)
+    assert_nothing_stored(upload, tmp_path, NotDicomError)
+
+
+def test_nifti_header_declaring_gigabytes_is_refused_before_reading(tmp_path) -> None:
+    """A 1 kB .nii.gz declaring 1024^3 voxels: refused from its header, nothing unpacked."""
+    import gzip
+
+    header = np.zeros(348, np.uint8)
+    header[:4] = np.frombuffer(np.int32(348).tobytes(), np.uint8)  # sizeof_hdr
+    dims = np.array([3, 1024, 1024, 1024, 1, 1, 1, 1], np.int16)
+    header[40:56] = np.frombuffer(dims.tobytes(), np.uint8)
+    header[70:72] = np.frombuffer(np.int16(2).tobytes(), np.uint8)  # datatype uint8
+    header[72:74] = np.frombuffer(np.int16(8).tobytes(), np.uint8)  # bitpix
+    pixdim = np.array([1, 1, 1, 1, 1, 1, 1, 1], np.float32)
+    header[76:108] = np.frombuffer(pixdim.tobytes(), np.uint8)
+    header[108:112] = np.frombuffer(np.float32(352).tobytes(), np.uint8)  # vox_offset
+    header[344:348] = np.frombuffer(b"n+1\0", np.uint8)
+    upload = tmp_path / "bomb.nii.gz"
+    with gzip.open(upload, "wb") as out:
+        out.write(header.tobytes() + bytes(4) + bytes(1000))
+    error = assert_nothing_stored(upload, tmp_path, AbsurdDimensionsError)
+    assert "1073741824 voxels" in error.user_message
+
+
+def test_gzip_nifti_named_nii_says_so(tmp_path, mr_image) -> None:
+    written = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(mr_image, str(written))
+    upload = tmp_path / "scan.nii"
+    shutil.copy(written, upload)
+    error = assert_nothing_stored(upload, tmp_path, NotDicomError)
+    assert "name it .nii.gz" in error.user_message
 
 
 def test_ct_series_is_refused(write_series) -> None:

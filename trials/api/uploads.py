@@ -81,8 +81,12 @@ def _local_copy(upload: Any, folder: Path) -> Path:
     The name matters: the reader tells NIfTI from zip by the ``.nii``/``.nii.gz`` suffix, which Django's
     temporary file names do not keep.
     """
-    name = _SAFE_NAME.sub("_", Path(upload.name or "upload").name).strip("._") or "upload"
-    target = folder / name
+    original = Path(upload.name or "upload").name
+    lower = original.lower()
+    # Keep the suffix the reader needs even when the rest of the name is not ASCII ("серия.nii.gz").
+    suffix = next((s for s in (".nii.gz", ".nii", ".zip", ".dcm") if lower.endswith(s)), "")
+    stem = _SAFE_NAME.sub("_", original[: len(original) - len(suffix)]).strip("._") or "upload"
+    target = folder / f"{stem}{suffix}"
     with target.open("wb") as out:
         for chunk in upload.chunks():
             out.write(chunk)
