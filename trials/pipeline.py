@@ -1313,7 +1313,7 @@ def reassess_patient(
     reason: str = "",
     correlation_id: str = "",
 ) -> list[Assessment]:
-    """Recompute the AI assessments of ``from_timepoint`` and of every later visit of a patient.
+    """Recompute the AI assessments of a patient after a change at ``from_timepoint``.
 
     The rules engine (:func:`rano.response.assess`) runs on the stored observations and the reader's
     inputs: lesion flags (cystic, dural, bony, leptomeningeal, previously irradiated / progressing), "too
@@ -1322,14 +1322,17 @@ def reassess_patient(
     settings. Both criteria are stored: RANO-BM (diameters) and volumetric, one draft ``Assessment`` (source
     ``ai``) each per visit. A new row supersedes the current one (``supersedes``, ``is_current``), so the
     earlier versions stay; when the result is unchanged the current row is kept (a reader's confirmation
-    or override of an unchanged result stays in force). Earlier visits are not touched.
+    or override of an unchanged result stays in force). Visits before ``from_timepoint`` are compared
+    too and get a new row only when their result depends on the change (confirmation by a later visit,
+    a flag that changes the baseline's targets).
 
     Lesion roles chosen by the engine at baseline are written back to ``Lesion.role`` unless a reader
     set them.
 
     Args:
         patient: Whose assessments.
-        from_timepoint: First visit to recompute; None recomputes every visit.
+        from_timepoint: The visit whose data changed (None: no particular one); checked to belong to
+            the patient. Every visit is compared either way.
         actor: The user whose change triggered this (a reader's edit) or None for the pipeline.
         reason: Why (lands in the audit trail of every new row).
         correlation_id: Shared by the audit events of this recomputation.
@@ -1357,10 +1360,12 @@ def reassess_patient(
     trial_settings = patient.trial.criteria_settings()
     reason = reason or "re-assessment"
     created: list[Assessment] = []
+    # Every visit is recomputed and compared, not only those from ``from_timepoint`` on: an earlier
+    # visit's result can depend on later data (a CR/PR is confirmed by a later visit, rano-bm.md
+    # section 7; a lesion flag set at a follow-up can change the baseline's targets). Rows are created
+    # only where the result changed.
     for index, visit in enumerate(inputs.visits):
         timepoint = inputs.timepoints[visit.visit]
-        if from_timepoint is not None and timepoint.scan_date < from_timepoint.scan_date:
-            continue
         prefix_d = engine.assess(
             inputs.visits[: index + 1], inputs.reader, settings_, engine.Criteria.RANO_BM
         )

@@ -314,7 +314,9 @@ def test_reader_change_reassesses_from_that_visit_and_keeps_earlier_versions(
         reason="reader review",
         correlation_id="c1",
     )
-    assert {a.timepoint_id for a in created} == {timepoints["FU1"].pk, timepoints["FU2"].pk}
+    # The baseline changes too: its sum of target diameters no longer counts the lesion taken off the
+    # targets (the change was made at FU1, but target selection is a baseline matter).
+    assert {a.timepoint_id for a in created} == {tp.pk for tp in timepoints.values()}
 
     # Remaining target: the other lesion, halved by FU1 and still small at FU2 -> PR at both; the regrowing
     # non-target is flagged, not called progression (a reader judgement, rano-bm.md 4).
@@ -324,7 +326,15 @@ def test_reader_change_reassesses_from_that_visit_and_keeps_earlier_versions(
     old_fu2.refresh_from_db()
     assert not old_fu2.is_current and old_fu2.overall_response == "PD"  # kept, superseded
     baseline_row.refresh_from_db()
-    assert baseline_row.is_current  # earlier visits untouched
+    assert not baseline_row.is_current  # kept, superseded
+    new_baseline = Assessment.objects.get(
+        timepoint=timepoints["BASELINE"], criteria=Criteria.RANO_BM, is_current=True
+    )
+    assert new_baseline.supersedes_id == baseline_row.pk
+    regrowing_at_baseline = LesionObservation.objects.get(
+        lesion__patient=pipeline_patient, lesion__label=regrowing, timepoint=timepoints["BASELINE"]
+    ).longest_diameter_mm
+    assert new_baseline.sum_ld_mm == pytest.approx(baseline_row.sum_ld_mm - regrowing_at_baseline)
     events = AuditEvent.objects.filter(correlation_id="c1", action="create", object_type="trials.assessment")
     assert events.count() == len(created) and {e.actor_id for e in events} == {reader.pk}
 
@@ -469,3 +479,38 @@ def test_a_target_merged_into_a_non_target_keeps_the_merged_mass(
     assert l1.present and l1.longest_diameter_mm > 35.0
     fu1 = Assessment.objects.get(timepoint=timepoints["FU1"], criteria=Criteria.RANO_BM, is_current=True)
     assert (fu1.target_response, fu1.overall_response) == ("PD", "PD")
+
+
+@pytest.mark.django_db
+def test_a_later_visit_confirms_an_earlier_response_and_a_later_pd_withdraws_it(
+    synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any
+) -> None:
+    """rano-bm.md section 7: a PR is confirmed by a later visit >= 28 days after it with the same or a
+    better response and no PD in between. Visits analysed one by one (weeks 0, 8, 16): SLD about 20 ->
+    10 -> 10. The PR at FU1 is unconfirmed until FU2 arrives, confirmed after, and unconfirmed again
+    once FU2 becomes PD (clinical status worse)."""
+    from trials import review
+
+    timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
+    masks = {"BASELINE": [((0.0, 0.0, 0.0), 10.0)], "FU1": [((0.0, 0.0, 0.0), 5.0)], "FU2": [((0.0, 0.0, 0.0), 5.0)]}
+    version = ground_truth_version()
+
+    def fu1_row() -> Assessment:
+        return Assessment.objects.get(timepoint=timepoints["FU1"], criteria=Criteria.RANO_BM, is_current=True)
+
+    for index, label in enumerate(synthetic_patient.labels):
+        upload = pipeline.ingest_upload(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
+        volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
+        run = pipeline.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
+        pipeline.run_analysis_stage(upload.job.pk, run.pk)
+        if label == "FU1":
+            assert (fu1_row().overall_response, fu1_row().confirmed) == ("PR", False)
+    first = fu1_row()
+    assert (first.overall_response, first.confirmed) == ("PR", True)
+    assert first.supersedes is not None and first.supersedes.confirmed is False  # the earlier version kept
+
+    reader = make_member(pipeline_patient.trial, MembershipRole.RADIOLOGIST)
+    review.set_clinical_context(timepoints["FU2"], clinical_status="worse", actor=reader, reason="seizures")
+    fu2 = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
+    assert fu2.overall_response == "PD"
+    assert (fu1_row().overall_response, fu1_row().confirmed) == ("PR", False)
