@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from trials import services
+from trials import review, services
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -154,7 +154,7 @@ class TimepointAdmin(ServiceAdmin):
         return services.create_timepoint(data.pop("patient"), **data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: Timepoint, changes: dict[str, Any]) -> Timepoint:
-        return services.update_timepoint(obj, **changes, **_audit(request))
+        return review.edit_timepoint(obj, **changes, **_audit(request))
 
 
 @admin.register(ImagingSeries)

@@ -466,6 +466,79 @@ def _cid(correlation_id: str) -> str:
     return correlation_id or services.new_correlation_id()
 
 
+# ------------------------------------------------------------------ record edits (API and admin)
+#
+# The REST API and the admin edit visits, lesions and observations field by field. Any change but a
+# note can change a response (steroids and clinical status, section 6; flags and roles, section 2;
+# measurements and non-target progression, sections 3-4), so these wrappers re-assess the patient
+# after the service has stored and audited the change, in the same transaction.
+
+
+def _changed(obj: Any, before: dict[str, Any]) -> bool:
+    return any(name != "notes" and getattr(obj, name) != value for name, value in before.items())
+
+
+@transaction.atomic
+def edit_timepoint(
+    timepoint: Timepoint, *, actor: Any, reason: str = "", correlation_id: str = "", **changes: Any
+) -> Timepoint:
+    """:func:`trials.services.update_timepoint`, then re-assessment when the change can alter a response."""
+    cid = _cid(correlation_id)
+    before = {name: getattr(timepoint, name) for name in changes}
+    services.update_timepoint(timepoint, actor=actor, reason=reason, correlation_id=cid, **changes)
+    if _changed(timepoint, before):
+        _reassess(timepoint.patient, timepoint, actor=actor, reason=reason, correlation_id=cid)
+    return timepoint
+
+
+@transaction.atomic
+def edit_lesion(
+    lesion: Lesion, *, actor: Any, reason: str = "", correlation_id: str = "", **changes: Any
+) -> Lesion:
+    """:func:`trials.services.update_lesion`, then re-assessment when the change can alter a response."""
+    cid = _cid(correlation_id)
+    before = {name: getattr(lesion, name) for name in changes}
+    services.update_lesion(lesion, actor=actor, reason=reason, correlation_id=cid, **changes)
+    first = Timepoint.objects.filter(observations__lesion=lesion).order_by("scan_date").first()
+    if _changed(lesion, before) and first is not None:
+        _reassess(lesion.patient, first, actor=actor, reason=reason, correlation_id=cid)
+    return lesion
+
+
+@transaction.atomic
+def edit_observation(
+    observation: LesionObservation, *, actor: Any, reason: str = "", correlation_id: str = "", **changes: Any
+) -> LesionObservation:
+    """:func:`trials.services.update_observation`, then re-assessment when the change can alter a
+    response."""
+    cid = _cid(correlation_id)
+    before = {name: getattr(observation, name) for name in changes}
+    services.update_observation(observation, actor=actor, reason=reason, correlation_id=cid, **changes)
+    if _changed(observation, before):
+        timepoint = observation.timepoint
+        _reassess(timepoint.patient, timepoint, actor=actor, reason=reason, correlation_id=cid)
+    return observation
+
+
+@transaction.atomic
+def add_observation(
+    lesion: Lesion,
+    timepoint: Timepoint,
+    *,
+    actor: Any,
+    reason: str = "",
+    correlation_id: str = "",
+    **fields: Any,
+) -> LesionObservation:
+    """:func:`trials.services.record_observation`, then re-assessment of the patient."""
+    cid = _cid(correlation_id)
+    observation = services.record_observation(
+        lesion, timepoint, actor=actor, reason=reason, correlation_id=cid, **fields
+    )
+    _reassess(timepoint.patient, timepoint, actor=actor, reason=reason, correlation_id=cid)
+    return observation
+
+
 # ---------------------------------------------------------------------------------- lesion verbs
 
 

@@ -14,7 +14,7 @@ from django.db import models
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from trials import services
+from trials import review, services
 from trials.choices import ResponseChoices, SignatureMeaning
 from trials.models import (
     Assessment,
@@ -212,7 +212,8 @@ class TimepointSerializer(ServiceModelSerializer):
     subject_id = serializers.CharField(source="patient.subject_id", read_only=True)
     trial = serializers.IntegerField(source="patient.trial_id", read_only=True)
     create_service = staticmethod(_create_timepoint)
-    update_service = staticmethod(services.update_timepoint)
+    # review.edit_*: the service, then re-assessment when the change can alter a response.
+    update_service = staticmethod(review.edit_timepoint)
 
     class Meta:
         model = Timepoint
@@ -344,7 +345,7 @@ class LesionSerializer(ServiceModelSerializer):
     )
     label = serializers.CharField(max_length=16, required=False, help_text="Default: next free L<n>.")
     create_service = staticmethod(_create_lesion)
-    update_service = staticmethod(services.update_lesion)
+    update_service = staticmethod(review.edit_lesion)
 
     class Meta:
         model = Lesion
@@ -372,7 +373,8 @@ class LesionSerializer(ServiceModelSerializer):
 
 
 def _record_observation(data: dict[str, Any], **audit: Any) -> LesionObservation:
-    return services.record_observation(data.pop("lesion"), data.pop("timepoint"), **data, **audit)
+    # review.add_observation: the service, then re-assessment of the patient.
+    return review.add_observation(data.pop("lesion"), data.pop("timepoint"), **data, **audit)
 
 
 class PointsField(serializers.JSONField):
@@ -394,7 +396,7 @@ class LesionObservationSerializer(ServiceModelSerializer):
     caliper_points_mm = PointsField(required=False, allow_null=True)
     perpendicular_points_mm = PointsField(required=False, allow_null=True)
     create_service = staticmethod(_record_observation)
-    update_service = staticmethod(services.update_observation)
+    update_service = staticmethod(review.edit_observation)
 
     class Meta:
         model = LesionObservation

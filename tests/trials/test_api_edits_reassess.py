@@ -1,0 +1,130 @@
+"""Edits through the REST API re-assess the patient, as the dashboard's review actions do.
+
+Steroid and clinical status (rano-bm.md section 6), lesion flags (section 2) and a reader's
+unequivocal non-target progression (section 4) change responses; a PATCH of any of them must leave the
+current assessments recomputed, the earlier versions kept. Expectations are the rules applied by hand
+to measurements recorded directly (no imaging needed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import make_lesion, make_member, make_patient, make_timepoint, make_trial
+from trials import pipeline, services
+from trials.choices import Criteria, MembershipRole
+from trials.models import Assessment, LesionObservation, Timepoint
+
+D0 = dt.date(2024, 1, 1)
+
+
+def _observe(lesion: Any, timepoint: Timepoint, ld: float | None) -> LesionObservation:
+    if ld is None:
+        return services.record_observation(lesion, timepoint, actor=None, present=False)
+    return services.record_observation(
+        lesion, timepoint, actor=None, present=True, longest_diameter_mm=ld,
+        perpendicular_diameter_mm=0.8 * ld, volume_mm3=math.pi / 6 * ld**3, slice_count=5,
+        measurable=ld >= 10,
+    )  # fmt: skip
+
+
+def patient_with(course: dict[str, list[float | None]], days: list[int]) -> tuple[Any, list[Timepoint]]:
+    """A patient whose lesions have the given LD (mm, None = absent) at visits on the given days."""
+    trial = make_trial()
+    patient = make_patient(trial)
+    visits, lesions = [], {}
+    for index, day in enumerate(days):
+        visit = make_timepoint(
+            patient, visit_label="BASELINE" if index == 0 else f"FU{index}",
+            scan_date=D0 + dt.timedelta(days=day), is_baseline=index == 0,
+        )  # fmt: skip
+        visits.append(visit)
+        for label, lds in course.items():
+            if label not in lesions:
+                lesions[label] = make_lesion(patient, label=label, first_seen_timepoint=visit)
+            _observe(lesions[label], visit, lds[index])
+        pipeline.reassess_patient(patient, from_timepoint=visit, actor=None, reason="new visit")
+    return patient, visits
+
+
+def current(visit: Timepoint) -> Assessment:
+    return Assessment.objects.get(timepoint=visit, criteria=Criteria.RANO_BM, is_current=True)
+
+
+@pytest.fixture
+def client_for():
+    def _client(patient: Any, role: str = MembershipRole.RADIOLOGIST) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(make_member(patient.trial, role))
+        return client
+
+    return _client
+
+
+@pytest.mark.django_db
+def test_patching_steroids_re_assesses_the_visit(client_for) -> None:
+    patient, (_, fu1) = patient_with({"L1": [20, None], "L2": [20, None]}, [0, 60])
+    before = current(fu1)
+    assert before.overall_response == "CR"
+    client = client_for(patient, MembershipRole.DATA_MANAGER)
+    response = client.patch(
+        f"/api/v1/timepoints/{fu1.pk}/", {"corticosteroid_status": "increased", "reason": "dex"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    after = current(fu1)
+    assert after.overall_response == "SD" and after.supersedes_id == before.pk  # CR + steroids up -> SD
+
+
+@pytest.mark.django_db
+def test_patching_clinical_status_worse_makes_pd(client_for) -> None:
+    patient, (_, fu1) = patient_with({"L1": [20, 12], "L2": [20, 12]}, [0, 60])
+    assert current(fu1).overall_response == "PR"
+    client = client_for(patient, MembershipRole.DATA_MANAGER)
+    response = client.patch(f"/api/v1/timepoints/{fu1.pk}/", {"clinical_status": "worse"}, format="json")
+    assert response.status_code == 200, response.content
+    assert current(fu1).overall_response == "PD"
+
+
+@pytest.mark.django_db
+def test_patching_a_lesion_flag_re_assesses_every_visit(client_for) -> None:
+    """L1 grows 10 -> 18 mm (sum +27 %, +8 mm): target PD. Flagged cystic, it is no target: L2 alone is
+    stable, SD; the baseline's sum drops to L2's 20 mm."""
+    patient, (baseline, fu1) = patient_with({"L1": [10, 18], "L2": [20, 20]}, [0, 60])
+    assert current(fu1).overall_response == "PD"
+    lesion = patient.lesions.get(label="L1")
+    response = client_for(patient).patch(
+        f"/api/v1/lesions/{lesion.pk}/", {"is_cystic": True, "reason": "cyst"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert current(fu1).overall_response == "SD"
+    assert current(baseline).sum_ld_mm == pytest.approx(20.0)
+
+
+@pytest.mark.django_db
+def test_patching_unequivocal_non_target_progression_makes_pd(client_for) -> None:
+    """Six lesions: L6 (the smallest) is a non-target. The reader marks it unequivocally progressing."""
+    course = {f"L{i}": [30 - i, 21 - i] for i in range(1, 6)} | {"L6": [11, 15]}
+    patient, (_, fu1) = patient_with(course, [0, 60])
+    assert current(fu1).overall_response == "PR"
+    observation = LesionObservation.objects.get(lesion__label="L6", timepoint=fu1)
+    response = client_for(patient).patch(
+        f"/api/v1/observations/{observation.pk}/", {"unequivocal_progression": True}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert current(fu1).overall_response == "PD" and current(fu1).non_target_response == "PD"
+
+
+@pytest.mark.django_db
+def test_a_note_alone_does_not_re_assess(client_for) -> None:
+    patient, (_, fu1) = patient_with({"L1": [20, 12]}, [0, 60])
+    before = current(fu1)
+    response = client_for(patient, MembershipRole.DATA_MANAGER).patch(
+        f"/api/v1/timepoints/{fu1.pk}/", {"notes": "patient moved"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert current(fu1).pk == before.pk
