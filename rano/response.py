@@ -378,6 +378,7 @@ def assess(
     reader: ReaderInputs = ReaderInputs(),  # noqa: B008 - frozen
     settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
     criteria: Criteria | str = Criteria.RANO_BM,
+    overall_overrides: Mapping[str, Response | str] | None = None,
 ) -> Assessment:
     """Assess one patient's visits under RANO-BM (diameters) or its volumetric variant.
 
@@ -386,6 +387,9 @@ def assess(
         reader: Reader inputs (flags, target selection override).
         settings: Protocol settings (rano-bm.md section 9).
         criteria: ``"rano-bm"`` (sum of LDs) or ``"volumetric"`` (sum of volumes, section 8).
+        overall_overrides: Visit label -> the overall response a radiologist set in place of the
+            rules' one. Confirmation, best overall response and progression date (section 7) are
+            derived from the responses as overridden; the visit's reasons keep the rules' answer.
 
     Returns:
         The per-visit responses, confirmation, best overall response and progression date.
@@ -720,6 +724,8 @@ def assess(
             o = obs.get(i)
             nt_history[i].append(o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0)
 
+    if overall_overrides:
+        results = [_overridden(v, overall_overrides.get(v.visit)) for v in results]
     # Each visit's result carries the protocol settings it was assessed under.
     visits_out = [replace(v, settings=settings.to_dict()) for v in _confirm(results, settings)]
     bor = _best_overall_response(visits_out, settings, has_targets=bool(targets))
@@ -739,6 +745,25 @@ def assess(
         roles=dict(sorted(roles.items(), key=lambda kv: _id_key(kv[0]))),
         first_seen=first_seen,
         settings=settings.to_dict(),
+    )
+
+
+def _overridden(v: VisitAssessment, response: Response | str | None) -> VisitAssessment:
+    """A follow-up visit with the radiologist's overall response in place of the rules' one."""
+    if response is None or v.is_baseline:
+        return v
+    try:
+        reader = Response(response)
+    except ValueError:
+        raise ResponseInputError(f"visit {v.visit}: unknown overridden response {response!r}") from None
+    if reader is v.overall_response:
+        return v
+    return replace(
+        v,
+        overall_response=reader,
+        # A backdated progression date belongs to the rules' PD; a reader's PD dates from this scan.
+        backdated_progression_date=v.backdated_progression_date if reader is Response.PD else None,
+        reasons=(*v.reasons, f"overall response set by the radiologist: {reader} (rules: {v.overall_response})"),
     )
 
 

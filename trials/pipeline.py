@@ -67,12 +67,14 @@ from segmentation.model import LoadedModel, ModelError, load_model, sha256_file
 from trials import services
 from trials.choices import (
     AssessmentSource,
+    AssessmentStatus,
     AuditAction,
     Criteria,
     JobKind,
     JobState,
     LesionRole,
     ObservationSource,
+    ResponseChoices,
     RunStatus,
     SeriesSource,
 )
@@ -1304,6 +1306,81 @@ def _ai_row(current: Assessment | None) -> Assessment | None:
     return current
 
 
+_ENGINE_CRITERIA = {Criteria.RANO_BM: engine.Criteria.RANO_BM, Criteria.VOLUMETRIC: engine.Criteria.VOLUMETRIC}
+
+
+def _overridden_responses(patient: Patient) -> dict[str, dict[str, str]]:
+    """Criteria -> visit label -> the overall response a radiologist's current override set."""
+    out: dict[str, dict[str, str]] = {Criteria.RANO_BM: {}, Criteria.VOLUMETRIC: {}}
+    rows = Assessment.objects.filter(
+        timepoint__patient=patient, is_current=True, status=AssessmentStatus.OVERRIDDEN
+    ).select_related("timepoint")
+    for row in rows:
+        if row.overall_response and row.criteria in out:
+            out[row.criteria][row.timepoint.visit_label] = row.overall_response
+    return out
+
+
+@transaction.atomic
+def override_assessment(
+    assessment: Assessment,
+    *,
+    overall_response: str,
+    actor: Any,
+    reason: str,
+    correlation_id: str = "",
+    **changes: Any,
+) -> Assessment:
+    """A radiologist's override (:func:`trials.services.override_assessment`) with what follows from it.
+
+    The new row's confirmation, best overall response and progression date are derived with the
+    reader's response (rano-bm.md section 7) instead of being copied from the superseded row, and
+    the patient is re-assessed: later visits' best overall response and progression date, and an
+    earlier CR/PR's confirmation, follow the overridden response.
+
+    Raises:
+        What :func:`trials.services.override_assessment` raises.
+    """
+    cid = correlation_id or services.new_correlation_id()
+    timepoint = assessment.timepoint
+    patient = Patient.objects.select_for_update().get(pk=timepoint.patient_id)
+    settings_ = response_settings(patient)
+    inputs = _visit_inputs(patient, settings_)
+    label = timepoint.visit_label
+    derived: dict[str, Any] = {}
+    if (
+        inputs is not None
+        and label in inputs.timepoints
+        and assessment.criteria in _ENGINE_CRITERIA
+        and overall_response in ResponseChoices.values
+    ):
+        overrides = {**_overridden_responses(patient)[assessment.criteria], label: overall_response}
+        index = [v.visit for v in inputs.visits].index(label)
+        criteria = _ENGINE_CRITERIA[assessment.criteria]
+        try:
+            full = engine.assess(inputs.visits, inputs.reader, settings_, criteria, overall_overrides=overrides)
+            prefix = engine.assess(
+                inputs.visits[: index + 1], inputs.reader, settings_, criteria, overall_overrides=overrides
+            )
+        except RanoError as exc:
+            raise InvalidInputError(f"{patient.subject_id} cannot be assessed: {exc}") from exc
+        derived = {
+            "confirmed": bool(full.visits[index].confirmed),
+            "best_overall_response": str(prefix.best_overall_response or ""),
+            "progression_date": prefix.progression_date,
+        }
+    new = services.override_assessment(
+        assessment,
+        overall_response=overall_response,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        **{**derived, **changes},
+    )
+    reassess_patient(patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid)
+    return new
+
+
 @transaction.atomic
 def reassess_patient(
     patient: Patient,
@@ -1360,21 +1437,30 @@ def reassess_patient(
     trial_settings = patient.trial.criteria_settings()
     reason = reason or "re-assessment"
     created: list[Assessment] = []
+    overrides = _overridden_responses(patient)
+
+    def run(visits: list[engine.VisitInput], criteria: str, own: str) -> engine.Assessment:
+        # The radiologists' responses at the other visits (a visit's own AI row is the rules' answer).
+        others = {label: r for label, r in overrides[criteria].items() if label != own}
+        return engine.assess(
+            visits, inputs.reader, settings_, _ENGINE_CRITERIA[criteria], overall_overrides=others or None
+        )
+
     # Every visit is recomputed and compared, not only those from ``from_timepoint`` on: an earlier
     # visit's result can depend on later data (a CR/PR is confirmed by a later visit, rano-bm.md
     # section 7; a lesion flag set at a follow-up can change the baseline's targets). Rows are created
     # only where the result changed.
     for index, visit in enumerate(inputs.visits):
         timepoint = inputs.timepoints[visit.visit]
-        prefix_d = engine.assess(
-            inputs.visits[: index + 1], inputs.reader, settings_, engine.Criteria.RANO_BM
-        )
-        prefix_v = engine.assess(
-            inputs.visits[: index + 1], inputs.reader, settings_, engine.Criteria.VOLUMETRIC
-        )
-        va_d, va_v = diameter.visits[index], volume.visits[index]
+        prefix_d = run(inputs.visits[: index + 1], Criteria.RANO_BM, visit.visit)
+        prefix_v = run(inputs.visits[: index + 1], Criteria.VOLUMETRIC, visit.visit)
+        full_d, full_v = diameter, volume
+        if any(overrides.values()):
+            full_d = run(inputs.visits, Criteria.RANO_BM, visit.visit)
+            full_v = run(inputs.visits, Criteria.VOLUMETRIC, visit.visit)
+        va_d, va_v = full_d.visits[index], full_v.visits[index]
         disagreements = tuple(
-            d for d in engine.compare_criteria(diameter, volume) if d.startswith(f"{visit.visit}: ")
+            d for d in engine.compare_criteria(full_d, full_v) if d.startswith(f"{visit.visit}: ")
         )
         for criteria, va, other, prefix, volumetric in (
             (Criteria.RANO_BM, va_d, va_v, prefix_d, False),

@@ -1174,7 +1174,10 @@ def override_with_signature(
             f"Unknown response {overall_response!r}.",
             {"overall_response": [f"One of {', '.join(ResponseChoices.values)}."]},
         )
-    return services.override_assessment(
+    from trials.pipeline import override_assessment  # the pipeline imports services; import late
+
+    # The pipeline's override: derived fields from the reader's response, later visits re-assessed.
+    return override_assessment(
         assessment,
         overall_response=overall_response,
         actor=actor,

@@ -621,3 +621,27 @@ def test_clinical_progression_without_imaging_dates_the_progression() -> None:
     assert res.progression_visit == "FU1" and res.progression_date == visits[1].date
     assert res.best_overall_response == R.PD
     assert "clinical status worse" in " ".join(res.visits[1].reasons)
+
+
+def test_radiologist_overrides_drive_confirmation_bor_and_progression() -> None:
+    """Rules: FU1 PD (sum +23 %, L1 +8 mm), FU2 PD. The radiologist calls FU1 SD: the best overall
+    response becomes SD (FU1 is day 60 >= 42) and progression dates from FU2, not FU1."""
+    visits = [
+        BL_TARGETS_ONLY,
+        v("FU1", 60, o("L1", 28), o("L2", 15)),
+        v("FU2", 120, o("L1", 30), o("L2", 15)),
+    ]
+    rules = assess(visits)
+    assert [r.overall_response for r in rules.visits[1:]] == [R.PD, R.PD]
+    assert rules.progression_visit == "FU1" and rules.best_overall_response == R.PD
+    read = assess(visits, overall_overrides={"FU1": "SD"})
+    assert [r.overall_response for r in read.visits[1:]] == [R.SD, R.PD]
+    assert read.progression_visit == "FU2" and read.progression_date == visits[2].date
+    assert read.best_overall_response == R.SD
+    assert "set by the radiologist: SD (rules: PD)" in " ".join(read.visits[1].reasons)
+    # A reader's PR is confirmed by a later PR like the rules' own.
+    shrinking = [BL_TARGETS_ONLY, v("FU1", 60, o("L1", 16), o("L2", 12)), v("FU2", 120, o("L1", 12), o("L2", 10))]
+    assert [r.overall_response for r in assess(shrinking).visits[1:]] == [R.SD, R.PR]
+    confirmed = assess(shrinking, overall_overrides={"FU1": "PR"})
+    assert confirmed.visits[1].confirmed and confirmed.visits[1].confirmed_by == "FU2"
+    assert confirmed.best_overall_response == R.PR

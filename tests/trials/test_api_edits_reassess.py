@@ -128,3 +128,27 @@ def test_a_note_alone_does_not_re_assess(client_for) -> None:
     )
     assert response.status_code == 200, response.content
     assert current(fu1).pk == before.pk
+
+
+@pytest.mark.django_db
+def test_an_override_redates_progression_and_best_response(client_for) -> None:
+    """Rules: FU1 (day 60) PD, FU2 (day 120) PD. The radiologist overrides FU1 to SD: FU1's row and
+    FU2's carry best overall response SD so far / SD, progression from FU2 (rano-bm.md section 7)."""
+    patient, (_, fu1, fu2) = patient_with({"L1": [20, 28, 30], "L2": [15, 15, 15]}, [0, 60, 120])
+    assert (current(fu1).overall_response, current(fu2).overall_response) == ("PD", "PD")
+    assert current(fu2).progression_date == fu1.scan_date
+    response = client_for(patient).post(
+        f"/api/v1/assessments/{current(fu1).pk}/override/",
+        {"overall_response": "SD", "reason": "post-radiosurgery change, not progression"},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    overridden = current(fu1)
+    assert (overridden.overall_response, overridden.status) == ("SD", "overridden")
+    assert overridden.best_overall_response == "SD" and overridden.progression_date is None
+    later = current(fu2)
+    assert later.overall_response == "PD" and later.best_overall_response == "SD"
+    assert later.progression_date == fu2.scan_date
+    # The override stays in force: FU1's rules result did not change.
+    pipeline.reassess_patient(patient, from_timepoint=None, actor=None)
+    assert current(fu1).pk == overridden.pk

@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
-from trials import filtersets, services
+from trials import filtersets, pipeline, services
 from trials.api import serializers as s
 from trials.models import (
     Assessment,
@@ -293,7 +293,7 @@ class AssessmentViewSet(ReadOnlyViewSet):
         data = s.OverrideAssessmentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        new = services.override_assessment(
+        new = pipeline.override_assessment(  # derived fields follow the reader; later visits re-assessed
             assessment,
             overall_response=values.pop("overall_response"),
             reason=values.pop("reason"),
