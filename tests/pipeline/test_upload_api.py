@@ -267,6 +267,8 @@ def test_upload_over_the_size_limit_is_413(
     api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
     response = upload(api_client, pipeline_patient.timepoints.get(visit_label="BASELINE").pk, path)
     assert response.status_code == 413
+    limit_kib = settings.PIPELINE_MAX_UPLOAD_BYTES / 1024
+    assert f"limit of {limit_kib:.0f} KiB" in response.json()["detail"]  # under 1 MiB: not "0 MiB"
     assert not ImagingSeries.objects.exists() and stored_files(media_root) == []
 
 

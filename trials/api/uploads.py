@@ -67,10 +67,10 @@ def _max_bytes() -> int:
 
 
 def _too_large() -> Response:
+    limit = _max_bytes()
+    size = f"{limit / 1024**2:.0f} MiB" if limit >= 1024**2 else f"{limit / 1024:.0f} KiB"
     return Response(
-        {
-            "detail": f"The upload is larger than the limit of {_max_bytes() / 1024**2:.0f} MiB for one series."
-        },
+        {"detail": f"The upload is larger than the limit of {size} for one series."},
         status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     )
 
