@@ -1117,7 +1117,7 @@ def override_assessment(
 
     Raises:
         InvalidInputError: no user, empty reason, or invalid response.
-        InvalidStateError: the assessment is superseded.
+        InvalidStateError: the assessment is superseded, or it is the baseline's (no response there).
     """
     _require_user(actor, "override")
     if not (reason or "").strip():
@@ -1128,8 +1128,13 @@ def override_assessment(
             f"Unknown response {overall_response!r}.",
             {"overall_response": [f"Must be one of {', '.join(ResponseChoices.values)}."]},
         )
-    old = Assessment.objects.select_for_update().get(pk=assessment.pk)
+    old = Assessment.objects.select_for_update().select_related("timepoint").get(pk=assessment.pk)
     _require_current(old, "override")
+    if old.timepoint.is_baseline:
+        raise InvalidStateError(
+            "The baseline visit has no response to override (rano-bm.md section 6); correct its lesions, "
+            "flags or target selection instead, or confirm it."
+        )
     _retire(old, actor=actor, reason=reason, correlation_id=correlation_id)
     values = {name: getattr(old, name) for name in ASSESSMENT_RESULT_FIELDS}
     values.update(changes)

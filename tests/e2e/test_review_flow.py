@@ -79,6 +79,13 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     page.wait_for_function(f"document.getElementById('main-canvas').dataset.k === '{start_k + 2}'")
     page.keyboard.press("ArrowDown")
     page.wait_for_function(f"document.getElementById('main-canvas').dataset.k === '{start_k + 1}'")
+    # Outside the viewer the arrows are the page's: the slice stays.
+    page.locator("h1").click()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(300)
+    assert page.locator("#main-canvas").get_attribute("data-k") == str(start_k + 1)
+    page.locator("#viewer-root").focus()
     # j jumps to a lesion; its contour and label are on that slice.
     page.keyboard.press("j")
     page.wait_for_function("document.getElementById('main-canvas').dataset.lesions.includes('L')")

@@ -152,3 +152,16 @@ def test_an_override_redates_progression_and_best_response(client_for) -> None:
     # The override stays in force: FU1's rules result did not change.
     pipeline.reassess_patient(patient, from_timepoint=None, actor=None)
     assert current(fu1).pk == overridden.pk
+
+
+@pytest.mark.django_db
+def test_the_baseline_cannot_be_overridden(client_for) -> None:
+    """rano-bm.md section 6: the baseline visit has no response, so there is none to override."""
+    patient, (baseline, _) = patient_with({"L1": [20, 12]}, [0, 60])
+    before = current(baseline)
+    response = client_for(patient).post(
+        f"/api/v1/assessments/{before.pk}/override/", {"overall_response": "PR", "reason": "x"}, format="json"
+    )
+    assert response.status_code == 409, response.content
+    assert "baseline" in response.json()["detail"]
+    assert current(baseline).pk == before.pk and current(baseline).overall_response == ""

@@ -138,7 +138,9 @@
     if (lesionSelect.value !== "") setLesion(parseInt(lesionSelect.value, 10));
   });
 
-  document.addEventListener("keydown", function (e) {
+  // Keys belong to the viewer only while it (or a control inside it) has focus: elsewhere the arrows
+  // scroll the page and j/k are ordinary keys.
+  $("viewer-root").addEventListener("keydown", function (e) {
     const tag = (e.target && e.target.tagName) || "";
     if (tag === "INPUT" && e.target.type !== "range" || tag === "TEXTAREA" || tag === "SELECT") return;
     if (e.key === "ArrowUp" || e.key === "PageUp") { setSlice(state.k + 1); e.preventDefault(); }
