@@ -404,3 +404,15 @@ def test_upload_series_from_the_dashboard(client: Any, world: World, tmp_path: P
     assert duplicate.status_code == 409
     garbage = client.post(url, {"file": SimpleUploadedFile("notes.nii.gz", b"not an image")})
     assert garbage.status_code == 400 and json.loads(garbage.content)["detail"]
+
+
+def test_timeline_shows_nadir_and_best_response_so_far(client: Any, world: World) -> None:
+    """design.md: investigators follow the sums against baseline and nadir and the best overall response
+    so far; each from the visit's current assessment."""
+    client.force_login(world.investigator)
+    body = client.get(f"/patients/{world.patient.pk}/").content.decode()
+    fu1 = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
+    assert "Nadir SLD (mm)" in body and "Change from nadir" in body and "Best response so far" in body
+    assert fu1.nadir_sum_ld_mm is not None and fu1.best_overall_response
+    assert f"{fu1.nadir_sum_ld_mm:.1f} <span class=\"muted\">(BASELINE)</span>" in body
+    assert f"{fu1.pct_change_from_nadir:.1f}%" in body

@@ -182,6 +182,7 @@ class VisitRow:
     lesions: list[LesionRow]
     series: list[ImagingSeries]
     jobs: list[ProcessingJob]
+    nadir_visit_label: str = ""  # the visit of the nadir the assessment compares with
 
 
 def patient_timeline(patient: Patient) -> list[VisitRow]:
@@ -223,6 +224,7 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
         visit = job.object_id if job.content_type_id == ct[Timepoint].pk else series_visit.get(job.object_id)
         if visit is not None:
             jobs_by_visit[visit].append(job)
+    labels = {tp.pk: tp.visit_label for tp in timepoints}
     rows: list[VisitRow] = []
     for tp in timepoints:
         lesion_rows: list[LesionRow] = []
@@ -256,6 +258,7 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
                 lesion_rows,
                 series_by_visit.get(tp.pk, []),
                 jobs_by_visit.get(tp.pk, []),
+                labels.get(assessment.nadir_timepoint_id, "") if assessment is not None else "",
             )
         )
     return rows
