@@ -58,7 +58,15 @@ from django.utils import timezone
 from rano import ENGINE_VERSION
 from rano import response as engine
 from rano.errors import RanoError
-from rano.match import Footprint, footprints, lesion_number, match_components, register_rigid, to_reference
+from rano.match import (
+    Footprint,
+    MatchKind,
+    footprints,
+    lesion_number,
+    match_components,
+    register_rigid,
+    to_reference,
+)
 from rano.measure import Geometry, LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import ImagingError
@@ -754,6 +762,50 @@ def _prior_footprints(
             )
         )
     return prior, absent_last
+
+
+def earlier_lesion_for(timepoint: Timepoint, mask: sitk.Image, image: sitk.Image) -> Lesion | None:
+    """The known lesion a reader-drawn region at ``timepoint`` is, or None when it is new.
+
+    rano-bm.md sections 3 and 5: a lesion is new only when it matches no lesion seen at any other
+    visit, and a target absent at one visit and present again keeps its identity. The region is
+    brought into the patient's common space (rigid registration, as the analysis does) and matched
+    like an AI component against the known lesions the visit does not already show.
+
+    Args:
+        timepoint: The visit the reader drew on.
+        mask: Binary region on the visit's volume grid.
+        image: The visit's volume (for the registration).
+    """
+    patient = timepoint.patient
+    runs = _analysed_runs(patient)
+    if not runs:
+        return None
+    reference_run = runs[0]
+    if reference_run.series.timepoint_id == timepoint.pk:
+        reference, transform = image, None
+    else:
+        reference = _read(reference_run.series.volume_file.name)
+        transform = register_rigid(reference, image)
+    geometry = Geometry.of(reference)
+    region = to_reference(sitk.Cast(mask > 0, sitk.sitkUInt32), reference, transform)
+    current = footprints(sitk.GetArrayFromImage(region), geometry)
+    if not current:
+        return None
+    this_visit = [r for r in runs if r.series.timepoint_id == timepoint.pk]
+    prior, absent_last = _prior_footprints(patient, timepoint, runs, geometry, (this_visit or runs)[-1])
+    shown = set(
+        LesionObservation.objects.filter(timepoint=timepoint, present=True).values_list(
+            "lesion__label", flat=True
+        )
+    )
+    dropped = set(Lesion.objects.filter(patient=patient, is_false_positive=True).values_list("label", flat=True))
+    candidates = {label: fp for label, fp in prior.items() if label not in shown | dropped}
+    match = match_components(current, candidates, absent_last_visit=absent_last)
+    for assignment in match.assignments:
+        if assignment.kind != MatchKind.NEW:
+            return Lesion.objects.get(patient=patient, label=assignment.lesion_id)
+    return None
 
 
 @transaction.atomic

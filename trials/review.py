@@ -617,8 +617,10 @@ def add_lesion_from_seed(
 ) -> LesionObservation:
     """Add a lesion the AI missed: grow it from a seed voxel, measure it like the rest, record it.
 
-    The new lesion gets the next stable label, is first seen at this visit, and its observation has
-    source ``manual``. Its contour is painted into the visit's reader mask.
+    A region matching a lesion seen at another visit (and not shown at this one) is that lesion, e.g. a
+    residual target the AI missed; otherwise it is a new lesion with the next stable label, first seen
+    at this visit. The observation has source ``manual``; the contour is painted into the visit's
+    reader mask.
 
     Args:
         timepoint: the visit the reader is reading.
@@ -647,24 +649,42 @@ def add_lesion_from_seed(
         if existing_mask.GetSize() == image.GetSize() and existing_mask[seed]:
             raise RegionGrowingError(f"The seed lies inside {existing.lesion.label}: it is already a lesion.")
     measurement = _measure_one(mask, image, _response_settings(timepoint.patient))
-    lesion = services.create_lesion(
-        timepoint.patient,
-        first_seen_timepoint=timepoint,
-        role=LesionRole.NON_TARGET,
-        actor=actor,
-        reason=reason,
-        correlation_id=cid,
-    )
+    from trials.pipeline import earlier_lesion_for  # the pipeline imports services; import late
+
+    # A lesion seen at another visit keeps its label (rano-bm.md sections 3 and 5): only a region that
+    # matches no known lesion is a new one.
+    lesion = earlier_lesion_for(timepoint, mask, image)
+    known = lesion is not None
+    if lesion is None:
+        lesion = services.create_lesion(
+            timepoint.patient,
+            first_seen_timepoint=timepoint,
+            role=LesionRole.NON_TARGET,
+            actor=actor,
+            reason=reason,
+            correlation_id=cid,
+        )
     _journal().store(lesion, timepoint, mask, image)
-    observation = services.record_observation(
-        lesion,
-        timepoint,
-        source=ObservationSource.MANUAL,
-        actor=actor,
-        reason=reason,
-        correlation_id=cid,
-        **observation_fields(measurement),
-    )
+    existing = LesionObservation.objects.filter(lesion=lesion, timepoint=timepoint).first()
+    if existing is not None:  # the AI's "absent" at this visit, corrected
+        observation = services.update_observation(
+            existing,
+            source=ObservationSource.MANUAL,
+            actor=actor,
+            reason=reason,
+            correlation_id=cid,
+            **observation_fields(measurement),
+        )
+    else:
+        observation = services.record_observation(
+            lesion,
+            timepoint,
+            source=ObservationSource.MANUAL,
+            actor=actor,
+            reason=reason,
+            correlation_id=cid,
+            **observation_fields(measurement),
+        )
     _review_event(
         "add_lesion",
         timepoint,
@@ -672,6 +692,7 @@ def add_lesion_from_seed(
         before=None,
         after={
             "lesion": lesion.label,
+            "known_lesion": known,
             "seed_index": list(seed),
             "longest_diameter_mm": round(measurement.longest_diameter_mm, 2),
             "volume_mm3": round(measurement.volume_mm3, 1),

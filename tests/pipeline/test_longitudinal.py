@@ -514,3 +514,51 @@ def test_a_later_visit_confirms_an_earlier_response_and_a_later_pd_withdraws_it(
     fu2 = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
     assert fu2.overall_response == "PD"
     assert (fu1_row().overall_response, fu1_row().confirmed) == ("PR", False)
+
+
+@pytest.mark.django_db
+def test_a_lesion_the_reader_adds_where_a_known_lesion_was_keeps_its_label(
+    synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any
+) -> None:
+    """rano-bm.md sections 3 and 5: a target absent at one visit and present again keeps its identity; a
+    lesion is new only when it matches no earlier one. The AI misses ground-truth lesion 2 at FU1; the
+    reader adds it from a seed: it must be that lesion's label again, not a new lesion."""
+    from trials import review
+
+    timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
+    upload_with_ground_truth(timepoints["BASELINE"], synthetic_patient, 0, media_root)
+    baseline_run = SegmentationRun.objects.get(series__timepoint=timepoints["BASELINE"])
+    label_of = lesion_label_of_ground_truth(baseline_run, synthetic_patient.phantoms[0], media_root)
+
+    phantom = synthetic_patient.phantoms[1]
+    upload = pipeline.ingest_upload(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
+    volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
+    truth = sitk.GetArrayFromImage(phantom.labels)
+    missed = sitk.GetImageFromArray((truth == 1).astype(np.uint8))  # the AI finds lesion 1 only
+    missed.CopyInformation(volume)
+    version = ModelVersion.objects.get(name="phantom-ground-truth")
+    run = pipeline.record_segmentation(upload.series, version, missed)
+    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+    absent = LesionObservation.objects.get(lesion__label=label_of[2], timepoint=timepoints["FU1"])
+    assert absent.present is False
+
+    # The reader clicks the brightest voxel of lesion 2.
+    values = sitk.GetArrayFromImage(volume).astype(float)
+    z, y, x = np.unravel_index(np.argmax(np.where(truth == 2, values, -np.inf)), truth.shape)
+    reader = make_member(pipeline_patient.trial, MembershipRole.RADIOLOGIST)
+    lesions_before = Lesion.objects.filter(patient=pipeline_patient).count()
+    added = review.add_lesion_from_seed(
+        timepoints["FU1"], seed_index=(int(x), int(y), int(z)), actor=reader, reason="missed by the AI",
+        multiplier=1.5,
+    )
+    assert added.lesion.label == label_of[2] and added.present and added.source == "manual"
+    assert Lesion.objects.filter(patient=pipeline_patient).count() == lesions_before
+    fu1 = Assessment.objects.get(timepoint=timepoints["FU1"], criteria=Criteria.RANO_BM, is_current=True)
+    assert fu1.new_lesion_status == "none"
+    assert fu1.sum_ld_mm > absent_sum(pipeline_patient, timepoints["FU1"])
+
+
+def absent_sum(patient: Any, timepoint: Timepoint) -> float:
+    """The SLD of the visit's superseded AI assessment (before the reader added the lesion)."""
+    rows = Assessment.objects.filter(timepoint=timepoint, criteria=Criteria.RANO_BM).order_by("created_at", "pk")
+    return float(rows.first().sum_ld_mm)
