@@ -25,7 +25,9 @@ complete model directory (``--export``), evaluated on the held-out test split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
+import hashlib
 import json
 import logging
 import math
@@ -85,6 +87,17 @@ class CaseSource:
     case_id: str
     patient_id: str
     load: Callable[[], tuple[sitk.Image, sitk.Image]]
+    #: Identifies the source's content (file sizes and times): part of the cache key, so a corrected
+    #: mask or another dataset with the same case names is not served from a stale cache.
+    fingerprint: str = ""
+
+
+def _files_fingerprint(paths: Sequence[Path]) -> str:
+    parts = []
+    for path in sorted(paths):
+        stat = path.stat()
+        parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,14 @@ def nifti_pair_sources(directory: str | Path) -> list[CaseSource]:
         def _load(i: Path = image_path, m: Path = mask_path) -> tuple[sitk.Image, sitk.Image]:
             return sitk.ReadImage(str(i)), sitk.ReadImage(str(m))
 
-        out.append(CaseSource(case_id=name, patient_id=name.split("_")[0], load=_load))
+        out.append(
+            CaseSource(
+                case_id=name,
+                patient_id=name.split("_")[0],
+                load=_load,
+                fingerprint=_files_fingerprint([image_path, mask_path]),
+            )
+        )
     return out
 
 
@@ -177,7 +197,14 @@ def dicom_rtstruct_sources(directory: str | Path, roi_pattern: str = "GTV*") -> 
             mask.CopyInformation(series.image)
             return series.image, mask
 
-        out.append(CaseSource(case_id=case_dir.name, patient_id=patient or case_dir.name, load=_load))
+        out.append(
+            CaseSource(
+                case_id=case_dir.name,
+                patient_id=patient or case_dir.name,
+                load=_load,
+                fingerprint=_files_fingerprint(files),
+            )
+        )
     if not out:
         raise TrainingError(f"no case folders in {root}")
     return out
@@ -208,13 +235,28 @@ def phantom_sources(n_patients: int, seed: int) -> list[CaseSource]:
 
 
 def prepare_case(source: CaseSource, pre: PreprocessConfig, cache_dir: Path | None) -> CachedCase:
-    """Preprocess one case with the model's preprocessing (cached as ``<cache>/<case_id>.npz``)."""
+    """Preprocess one case with the model's preprocessing (cached under ``<cache>/``).
+
+    The cache key covers the case name, the source's fingerprint and the preprocessing settings, so a
+    changed mask or a run with other preprocessing never reuses stale arrays.
+
+    Raises:
+        TrainingError: The image or mask cannot be read, or the mask is not on the image's grid.
+    """
+    settings = json.dumps(dataclasses.asdict(pre), sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{settings}|{source.fingerprint}".encode()).hexdigest()[:12]
     key = re.sub(r"[^A-Za-z0-9_.-]", "_", source.case_id)
-    path = cache_dir / f"{key}.npz" if cache_dir else None
+    path = cache_dir / f"{key}-{digest}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
             return CachedCase(source.case_id, source.patient_id, z["image"], z["mask"], pre.spacing_mm)
-    image, mask = source.load()
+    try:
+        image, mask = source.load()
+    except RuntimeError as exc:  # SimpleITK / ITK reading errors
+        raise TrainingError(
+            f"case {source.case_id}: cannot read its image or mask ({str(exc).strip().splitlines()[-1][:160]})"
+        ) from exc
+    _check_same_grid(source.case_id, image, mask)
     p = preprocess(image, pre)
     arr = p.array.astype(np.float32)
     m = mask_to_model_space(mask, p)
@@ -224,6 +266,28 @@ def prepare_case(source: CaseSource, pre: PreprocessConfig, cache_dir: Path | No
         np.savez_compressed(tmp, image=arr, mask=m)
         tmp.replace(path)
     return CachedCase(source.case_id, source.patient_id, arr, m, pre.spacing_mm)
+
+
+def _check_same_grid(case_id: str, image: sitk.Image, mask: sitk.Image) -> None:
+    """Refuse a mask that is not on its image's grid (it would be resampled to nothing, silently)."""
+    if image.GetDimension() != 3 or mask.GetDimension() != 3:
+        raise TrainingError(
+            f"case {case_id}: image and mask must be 3D (got {image.GetDimension()}D and {mask.GetDimension()}D)"
+        )
+    problems = []
+    if image.GetSize() != mask.GetSize():
+        problems.append(f"size {mask.GetSize()} vs {image.GetSize()}")
+    if not np.allclose(image.GetSpacing(), mask.GetSpacing(), rtol=1e-4, atol=1e-4):
+        problems.append(f"spacing {mask.GetSpacing()} vs {image.GetSpacing()}")
+    if not np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-2):
+        problems.append(f"origin {mask.GetOrigin()} vs {image.GetOrigin()}")
+    if not np.allclose(image.GetDirection(), mask.GetDirection(), atol=1e-4):
+        problems.append("direction")
+    if problems:
+        raise TrainingError(
+            f"case {case_id}: the mask is not on the image's grid ({'; '.join(problems)}); "
+            "export both from the same series"
+        )
 
 
 def split_patients(
@@ -773,7 +837,20 @@ def train(
     last_path = run_dir / "last.pt"
     if options.resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        network.load_state_dict(ckpt["network"])
+        saved = ckpt.get("config")
+        if saved is not None and saved != config.to_dict():
+            current = config.to_dict()
+            differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise TrainingError(
+                f"--resume: the run in {run_dir} was started with another model config (differs in: "
+                f"{', '.join(differ)}); resume with the same options or start a new --run-dir"
+            )
+        try:
+            network.load_state_dict(ckpt["network"])
+        except RuntimeError as exc:
+            raise TrainingError(
+                f"--resume: the checkpoint in {run_dir} does not fit this network; start a new --run-dir"
+            ) from exc
         network.to(device)
         optimizer.load_state_dict(ckpt["optimizer"])
         rng.bit_generator.state = ckpt["rng"]
@@ -1051,6 +1128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.config:
+            if not args.config.is_file():
+                raise TrainingError(f"--config {args.config}: no such file")
             config = ModelConfig.from_dict(json.loads(args.config.read_text(encoding="utf-8")))
         elif args.init_from:
             config = load_model(args.init_from).config

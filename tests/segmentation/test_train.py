@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,9 @@ def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path:
     # Resume continues from last.pt: one more epoch, history of two.
     assert main(_train_args(nifti_dataset, run, "--epochs", "2", "--resume")) == 0
     assert [h["epoch"] for h in json.loads((run / "summary.json").read_text())["history"]] == [0, 1]
+    # Resuming with another architecture is refused with a sentence, not a size-mismatch traceback.
+    assert main([*_train_args(nifti_dataset, run, "--epochs", "3", "--resume"), "--demo-patch", "48"]) == 2
+    assert "started with another model config" in (run / "train.log").read_text()
 
     # Paper-style fine-tuning: init from the model, only the output block changes.
     ft = tmp_path / "ft"
@@ -179,6 +184,51 @@ def test_bm_train_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["--data", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
     assert "no <name>_mask.nii.gz" in (tmp_path / "r" / "train.log").read_text()
     assert main(["--phantoms", "2", "--run-dir", str(tmp_path / "r2")]) == 2
+
+
+@pytest.mark.parametrize("damage", ["cropped", "shifted", "unreadable", "2d"])
+def test_bm_train_refuses_a_mask_that_does_not_fit_its_image(nifti_dataset: Path, tmp_path: Path, damage: str) -> None:
+    """A mask off its image's grid was resampled into an empty mask and trained on silently."""
+    data = tmp_path / "data"
+    shutil.copytree(nifti_dataset, data)
+    mask_path = data / "P1_v1_mask.nii.gz"
+    mask = sitk.ReadImage(str(mask_path))
+    if damage == "cropped":
+        mask = mask[: mask.GetSize()[0] // 2, :, :]
+    elif damage == "shifted":
+        mask.SetOrigin(tuple(v + 500.0 for v in mask.GetOrigin()))
+    elif damage == "2d":
+        mask = mask[:, :, mask.GetSize()[2] // 2]
+    if damage == "unreadable":
+        mask_path.write_bytes(b"not an image")
+    else:
+        sitk.WriteImage(mask, str(mask_path))
+    run = tmp_path / "run"
+    assert main(_train_args(data, run, "--epochs", "1")) == 2
+    log = (run / "train.log").read_text()
+    assert "case P1_v1" in log and "Traceback" not in log
+    assert ("cannot read" if damage == "unreadable" else "3D" if damage == "2d" else "not on the image's grid") in log
+
+
+def test_bm_train_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    assert main(["--phantoms", "3", "--config", str(tmp_path / "nope.json"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no such file" in (tmp_path / "r" / "train.log").read_text()
+
+
+def test_cache_key_changes_with_the_preprocessing_and_the_source(tmp_path: Path) -> None:
+    """A stale cache (other spacing, corrected mask) must never be reused for a case of the same name."""
+    from segmentation.preprocess import PreprocessConfig
+    from segmentation.train import CaseSource, prepare_case
+
+    ph = make_phantom(7, n_lesions=1, diameter_range_mm=(10.0, 12.0), geometry="axial_2mm")
+    pre2 = demo_config(2.0, 32).preprocessing
+    pre3 = PreprocessConfig(**{**dataclasses.asdict(pre2), "spacing_mm": (3.0, 3.0, 3.0)})
+    source = CaseSource("case", "P", lambda: (ph.image, ph.mask), fingerprint="a")
+    first = prepare_case(source, pre2, tmp_path)
+    assert prepare_case(source, pre3, tmp_path).image.shape != first.image.shape
+    corrected = CaseSource("case", "P", lambda: (ph.image, ph.mask * 0), fingerprint="b")
+    assert prepare_case(corrected, pre2, tmp_path).mask.sum() == 0 < first.mask.sum()
+    assert len(list(tmp_path.glob("case-*.npz"))) == 3
 
 
 def test_dicom_rtstruct_cases_take_the_rois_matching_the_pattern(tmp_path: Path) -> None:
