@@ -137,7 +137,8 @@ def _segment(args: argparse.Namespace) -> int:
         else:
             write_seg(
                 result.labels, series, out / "seg.dcm", lesion_names=names,
-                algorithm_name=model.config.name, algorithm_version=model.config.weights_sha256[:16],
+                algorithm_name=model.config.name, algorithm_version=model.config.algorithm_version(),
+                algorithm_parameters={"weights_sha256": model.config.weights_sha256, "label": model.config.label},
             )  # fmt: skip
             written.append("seg.dcm")
             if series.info.missing_rtstruct_attributes:
@@ -145,7 +146,10 @@ def _segment(args: argparse.Namespace) -> int:
                     "RTSTRUCT not written: the series lacks " + ", ".join(series.info.missing_rtstruct_attributes)
                 )
             else:
-                write_rtstruct(result.labels, series, out / "rtstruct.dcm", lesion_names=names)
+                write_rtstruct(
+                    result.labels, series, out / "rtstruct.dcm", lesion_names=names,
+                    provenance=model.config.provenance(),
+                )  # fmt: skip
                 written.append("rtstruct.dcm")
     if args.overlay_png:
         slices = [int(v) for v in args.overlay_slices.split(",")] if args.overlay_slices else None

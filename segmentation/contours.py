@@ -209,6 +209,7 @@ def write_rtstruct(
     lesion_names: Mapping[int, str],
     colors: Mapping[int, Sequence[int]] | None = None,
     series_description: str = "MetTrack lesions",
+    provenance: str = "",
 ) -> Path:
     """Write an RTSTRUCT with one ROI per lesion, referencing the source MR series (rt-utils).
 
@@ -221,6 +222,9 @@ def write_rtstruct(
         lesion_names: Label value -> ROI name (the stable lesion label, e.g. ``"L1"``).
         colors: Label value -> RGB (0-255); :data:`DEFAULT_COLORS` in label order otherwise.
         series_description: Series Description of the RTSTRUCT.
+        provenance: What produced the contours (model name, version, full weights checksum, label),
+            written as the Structure Set Description and, shortened, as each ROI's generation
+            description.
 
     Returns:
         The written path.
@@ -276,6 +280,11 @@ def write_rtstruct(
         del ds.InstitutionName  # rt-utils writes its own institution, which is not ours to claim
     ds.SeriesDescription = series_description
     ds.StructureSetLabel = "MetTrack"
+    if provenance:
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the label's dash is not in Latin-1
+        ds.StructureSetDescription = provenance[:1024]  # ST
+        for item in ds.StructureSetROISequence:
+            item.ROIGenerationDescription = provenance[:64]  # LO
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(target, enforce_file_format=True)
@@ -392,6 +401,7 @@ def write_seg(
     algorithm_version: str,
     colors: Mapping[int, Sequence[int]] | None = None,
     series_description: str = "MetTrack lesions",
+    algorithm_parameters: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a BINARY DICOM SEG with one segment per lesion, referencing the source images (highdicom).
 
@@ -405,6 +415,9 @@ def write_seg(
         algorithm_version: Algorithm Version, e.g. the weights checksum or release.
         colors: Label value -> RGB (0-255); :data:`DEFAULT_COLORS` in label order otherwise.
         series_description: Series Description of the SEG.
+        algorithm_parameters: Written as the Algorithm Parameters of every segment's algorithm
+            identification (e.g. the full weights checksum, which Algorithm Version (LO, 64
+            characters) cannot hold together with the version).
 
     Returns:
         The written path.
@@ -437,7 +450,10 @@ def write_seg(
     lookup[lesions] = np.arange(1, len(lesions) + 1)
     frames = lookup[arr[slice_of]]  # frame i of the SEG input pairs with source frame/image i
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
+        name=algorithm_name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm_version,
+        parameters=dict(algorithm_parameters) if algorithm_parameters else None,
     )
     descriptions = []
     for number, value in enumerate(lesions, start=1):
@@ -476,6 +492,8 @@ def write_seg(
         )
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if algorithm_parameters and any(not str(v).isascii() for v in algorithm_parameters.values()):
+        seg.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the label's dash is not in Latin-1
     seg.save_as(target)
     return target
 

@@ -209,6 +209,15 @@ class ModelConfig:
             extra={k: v for k, v in data.items() if k not in known},
         )
 
+    def algorithm_version(self) -> str:
+        """Version and short weights checksum, for DICOM Algorithm Version (LO, 64 characters)."""
+        return f"{self.version} sha256:{self.weights_sha256[:16]}"[:64]
+
+    def provenance(self) -> str:
+        """One line naming what produced a result: name, version, full weights checksum, label."""
+        text = f"{self.name} {self.version}, weights sha256 {self.weights_sha256}"
+        return f"{text}; {self.label}" if self.label else text
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict`."""
         return {

@@ -1092,6 +1092,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-encoder", action="store_true", help="train only the final 1x1x1 output block (the paper)")
     p.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="checkpoints, cache and log")
     p.add_argument("--export", type=Path, help="write the best model so far here as a model directory")
+    p.add_argument("--model-name", help="name of the exported model (default: the config's, demo-unetr)")
+    p.add_argument("--model-version", help="version of the exported model (default: the config's)")
+    p.add_argument(
+        "--label",
+        help="label of the exported model, shown wherever its results appear (default: the config's; "
+        "the demo architecture's is 'demo — not for clinical use')",
+    )
+    p.add_argument("--intended-use", help="intended use written into the exported model's config and card")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--steps-per-epoch", type=int, default=100)
@@ -1135,6 +1143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_model(args.init_from).config
         else:
             config = demo_config(args.demo_spacing, args.demo_patch)
+        # A site's own model must not go out under the demo's name, version and label.
+        identity = {
+            "name": args.model_name, "version": args.model_version, "label": args.label,
+            "intended_use": args.intended_use,
+        }  # fmt: skip
+        changes = {k: v for k, v in identity.items() if v is not None}
+        if changes:
+            config = ModelConfig.from_dict({**config.to_dict(), **changes})
         if args.phantoms is not None:
             if args.phantoms < 3:
                 raise TrainingError("--phantoms needs at least 3 patients")

@@ -1059,14 +1059,20 @@ def export_run_contours(
     description = f"MetTrack lesions ({run.model_version.name})"
     # Headers only, read once for both writers: the stored copy was validated when it was uploaded.
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(source_dir.glob("*.dcm"))]
+    version = run.model_version
+    label = str((version.config or {}).get("label", "")) if isinstance(version.config, dict) else ""
+    provenance = f"{version.name} {version.version}, weights sha256 {run.model_weights_sha256}"
+    provenance = f"{provenance}; {label}" if label else provenance
     writers: dict[str, Callable[[Path], Any]] = {  # kind (see RUN_FILE_KINDS) -> writer
         "seg": lambda out: write_seg(
-            lesion_map, headers, out, lesion_names=names, algorithm_name=run.model_version.name,
-            algorithm_version=f"{run.model_version.version} sha256:{run.model_weights_sha256[:16]}",
+            lesion_map, headers, out, lesion_names=names, algorithm_name=version.name,
+            algorithm_version=f"{version.version} sha256:{run.model_weights_sha256[:16]}"[:64],
+            algorithm_parameters={"weights_sha256": run.model_weights_sha256, "label": label},
             series_description=description,
         ),
         "rtstruct": lambda out: write_rtstruct(
-            lesion_map, headers, out, lesion_names=names, series_description=description
+            lesion_map, headers, out, lesion_names=names, series_description=description,
+            provenance=provenance,
         ),
     }  # fmt: skip
     stored: dict[str, str] = {}  # run field -> file name

@@ -61,6 +61,17 @@ def test_dicom_input_also_writes_rtstruct_and_seg(tmp_path: Path, tiny_model_dir
     assert rt.Modality == "RTSTRUCT" and seg.Modality == "SEG"
     assert [r.ROIName for r in rt.StructureSetROISequence] == [f"L{m['label']}" for m in report["lesions"]]
     assert len(seg.SegmentSequence) == len(report["lesions"])
+    # Both DICOM outputs name the model, its version and the full weights checksum.
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    sha, version = config["weights_sha256"], config["version"]
+    assert len(sha) == 64
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == config["name"] and algorithm.AlgorithmVersion.startswith(f"{version} sha256:")
+    assert sha in algorithm.AlgorithmParameters
+    assert sha in rt.StructureSetDescription and version in rt.StructureSetDescription
+    if config.get("label"):
+        assert config["label"] in rt.StructureSetDescription and config["label"] in algorithm.AlgorithmParameters
+    assert all(r.ROIGenerationDescription.startswith(config["name"]) for r in rt.StructureSetROISequence)
 
 
 @pytest.mark.slow

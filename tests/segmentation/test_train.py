@@ -173,7 +173,10 @@ def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path:
     # Paper-style fine-tuning: init from the model, only the output block changes.
     ft = tmp_path / "ft"
     assert main(_train_args(nifti_dataset, ft, "--epochs", "1", "--init-from", str(run / "model"),
-                            "--freeze-encoder", "--lr", "1e-2")) == 0  # fmt: skip
+                            "--freeze-encoder", "--lr", "1e-2", "--model-name", "site-unetr",
+                            "--model-version", "2.1", "--label", "research use only")) == 0  # fmt: skip
+    site = load_model(ft / "model").config  # a site's model does not go out as the demo
+    assert (site.name, site.version, site.label) == ("site-unetr", "2.1", "research use only")
     base = load_model(run / "model").network.state_dict()  # what --init-from loaded
     tuned = torch.load(ft / "last.pt", weights_only=False)["network"]
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
