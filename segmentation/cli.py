@@ -41,9 +41,9 @@ def _segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA only)")
-    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: model config)")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap (default: model config)")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: model config)")
+    p.add_argument("--sw-batch-size", type=_positive_int, help="windows per forward pass (default: model config)")
+    p.add_argument("--overlap", type=_overlap, help="sliding-window overlap in [0, 1) (default: model config)")
+    p.add_argument("--threshold", type=_probability, help="probability threshold in (0, 1) (default: model config)")
     p.add_argument("--series-uid", help="Series Instance UID when the DICOM input holds several series")
     p.add_argument("--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours")
     p.add_argument("--overlay-slices", help="comma-separated axial slice indices for overlay.png (default: through the lesions)")
@@ -51,6 +51,27 @@ def _segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="phantom seed of --self-check")
     p.add_argument("--min-dice", type=float, default=0.5, help="--self-check fails below this Dice")
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1), got {text}")
+    return value
 
 
 def _print_timings(timings: dict[str, float]) -> None:
@@ -104,6 +125,11 @@ def _segment(args: argparse.Namespace) -> int:
     from segmentation.io import read_series
     from segmentation.model import load_model
 
+    out = Path(args.output_dir)
+    try:  # before minutes of inference, not after
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     timings: dict[str, float] = {}
     t = time.perf_counter()
     model = load_model(args.model)
@@ -123,8 +149,6 @@ def _segment(args: argparse.Namespace) -> int:
     timings.update(result.timings_s)
 
     t = time.perf_counter()
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(result.mask, str(out / "mask.nii.gz"), useCompression=True)
     sitk.WriteImage(result.labels, str(out / "labels.nii.gz"), useCompression=True)
     written = ["mask.nii.gz", "labels.nii.gz", "lesions.json"]

@@ -85,6 +85,15 @@ class InferenceConfig:
     overlap: float = 0.25
     mode: str = "gaussian"
 
+    def __post_init__(self) -> None:
+        # Checked here so a bad config.json fails at load time with its field named, not mid-inference.
+        if not isinstance(self.sw_batch_size, int) or isinstance(self.sw_batch_size, bool) or self.sw_batch_size < 1:
+            raise ModelConfigError(f"inference.sw_batch_size must be a whole number >= 1, got {self.sw_batch_size!r}")
+        if not isinstance(self.overlap, int | float) or not 0.0 <= float(self.overlap) < 1.0:
+            raise ModelConfigError(f"inference.overlap must be a number in [0, 1), got {self.overlap!r}")
+        if self.mode not in ("gaussian", "constant"):
+            raise ModelConfigError(f"inference.mode must be 'gaussian' or 'constant', got {self.mode!r}")
+
 
 @dataclass(frozen=True)
 class PostprocessConfig:
@@ -102,6 +111,17 @@ class PostprocessConfig:
     threshold: float = 0.5
     min_lesion_volume_mm3: float = 5.0
     detection_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "detection_threshold"):
+            value = getattr(self, name)
+            if value is None and name == "detection_threshold":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
+                raise ModelConfigError(f"postprocessing.{name} must be a probability in (0, 1), got {value!r}")
+        value = self.min_lesion_volume_mm3
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) < 0:
+            raise ModelConfigError(f"postprocessing.min_lesion_volume_mm3 must be a number >= 0, got {value!r}")
 
     def binarise(self, probability: np.ndarray) -> np.ndarray:
         """The lesion mask (bool) of a probability array, before the smallest components are dropped.

@@ -73,6 +73,12 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise PreprocessError(f"spacing_mm must be three positive numbers, got {self.spacing_mm}")
+        code = str(self.orientation).upper()
+        axis_of = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if len(code) != 3 or sorted(axis_of.get(c, -1) for c in code) != [0, 1, 2]:
+            raise PreprocessError(
+                f"orientation must name each axis once (R/L, A/P, S/I), e.g. RAS or LPS; got {self.orientation!r}"
+            )
         if self.n4_shrink_factor < 1:
             raise PreprocessError(f"n4_shrink_factor must be >= 1, got {self.n4_shrink_factor}")
         if not 0 <= self.lower_percentile < self.upper_percentile <= 100:

@@ -122,6 +122,25 @@ def test_missing_arguments_and_input(tmp_path: Path, tiny_model_dir: Path, capsy
     assert "InputNotFoundError" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option", [["--sw-batch-size", "0"], ["--threshold", "2"], ["--threshold", "0"], ["--overlap", "1"]]
+)
+def test_out_of_range_options_are_refused_by_the_parser(tmp_path: Path, option: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as info:
+        segment_main([str(tmp_path / "in.nii.gz"), str(tmp_path / "o"), *option])
+    assert info.value.code == 2 and option[0] in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path, tiny_model_dir: Path, phantom, capsys) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(phantom.image, str(src))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder is wanted")
+    assert segment_main([str(src), str(blocker / "out"), "--model", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the output folder" in err and "Traceback" not in err
+
+
 def test_bm_train_entry_point_shows_help(capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
         train_main(["--help"])

@@ -128,6 +128,14 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path: Path) -> None:
         (lambda d: d["inference"].update(roi_size=[64, 64, 64]), "roi_size"),
         (lambda d: d["preprocessing"].update(spacing=[1, 1, 1]), "preprocessing"),
         (lambda d: d.update(weights_sha256=""), "weights_sha256"),
+        # Malformed values fail at load time with the field named, not minutes into inference.
+        (lambda d: d.setdefault("postprocessing", {}).update(threshold="0.5"), "postprocessing.threshold"),
+        (lambda d: d.setdefault("postprocessing", {}).update(threshold=1.5), "postprocessing.threshold"),
+        (lambda d: d.setdefault("postprocessing", {}).update(min_lesion_volume_mm3=-1), "min_lesion_volume"),
+        (lambda d: d["inference"].update(mode="foo"), "inference.mode"),
+        (lambda d: d["inference"].update(sw_batch_size=0), "sw_batch_size"),
+        (lambda d: d["inference"].update(overlap=1.0), "inference.overlap"),
+        (lambda d: d["preprocessing"].update(orientation="XYZ"), "orientation"),
     ],
 )
 def test_bad_configs_are_refused(model_dir: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
