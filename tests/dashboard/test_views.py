@@ -82,7 +82,7 @@ def test_trial_home_columns(client: Any, world: World) -> None:
     response = client.get(f"/trials/{world.trial.pk}/")
     summary = response.context["summaries"][0]
     assert (summary.subject_id, summary.latest_response, summary.bor) == ("SUBJ-0001", "PD", "PD")
-    assert summary.pending_reviews == 1  # the FU1 draft (baseline has no response to review)
+    assert summary.pending_reviews == 2  # the baseline read (targets) and the FU1 draft, as on the timeline
     assert summary.failed_jobs == 1
     assert summary.next_expected_visit is None  # progressed: no further visit expected
     assert summary.progression_date == dt.date(2024, 3, 10)
@@ -151,6 +151,19 @@ def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> 
         follow=True,
     )
     assert "L2 dropped" in response.content.decode()
+    assessment = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
+    assert assessment.overall_response == "SD"
+    # Restoring asks for a reason too; it lands in the audit trail.
+    body = rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert f'id="restore-reason-{world.lesions["L2"].pk}"' in body
+    rad_client.post(
+        f"/visits/{world.fu1.pk}/review/restore/",
+        {"lesion_id": world.lesions["L2"].pk, "reason": "it is a lesion after all"},
+    )
+    from trials.models import AuditEvent
+
+    assert AuditEvent.objects.get(action="review.restore_lesion").reason == "it is a lesion after all"
+    rad_client.post(f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk, "reason": "vessel"})
     assessment = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
     assert assessment.overall_response == "SD"
     # A wrong password is refused with a message and nothing is signed.

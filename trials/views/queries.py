@@ -135,8 +135,8 @@ def trial_patient_summaries(trial: Trial) -> list[PatientSummary]:
     )
     for patient_id, scan_date, label, is_baseline, overall, confirmed, bor, status, pct, prog in assessments:
         summary = summaries[patient_id]
-        if status == AssessmentStatus.DRAFT and not is_baseline:
-            summary.pending_reviews += 1
+        if status == AssessmentStatus.DRAFT:  # the baseline read (its targets) is reviewed too, as the
+            summary.pending_reviews += 1  # timeline and the data-quality page count it
         if is_baseline:
             continue
         summary.visits.append((scan_date, label, overall, pct))
