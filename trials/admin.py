@@ -89,7 +89,9 @@ class TrialAdmin(ServiceAdmin):
         return services.create_trial(**data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: Trial, changes: dict[str, Any]) -> Trial:
-        return services.update_trial(obj, **changes, **_audit(request))
+        from trials.pipeline import update_trial  # heavy imaging imports: only when a trial is saved
+
+        return update_trial(obj, **changes, **_audit(request))
 
 
 @admin.register(Site)

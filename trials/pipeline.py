@@ -97,6 +97,7 @@ from trials.models import (
     ProcessingJob,
     SegmentationRun,
     Timepoint,
+    Trial,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,12 @@ __all__ = [
     "UploadRejectedError",
     "UploadResult",
     "analyse_run",
+    "create_reassessment_job",
+    "earlier_lesion_for",
     "enqueue_pipeline_job",
     "ingest_upload",
     "load_pipeline_model",
+    "override_assessment",
     "reassess_patient",
     "record_segmentation",
     "resegment_series",
@@ -118,8 +122,10 @@ __all__ = [
     "retry_job",
     "run_analysis_stage",
     "run_segmentation_stage",
+    "run_trial_reassessment",
     "sweep_stuck_jobs",
     "sweep_unenqueued_jobs",
+    "update_trial",
     "user_message",
 ]
 
@@ -1554,6 +1560,74 @@ def reassess_patient(
     return created
 
 
+# ------------------------------------------------------------------------- trial-wide re-assessment
+
+
+def update_trial(
+    trial: Trial, *, actor: Any | None, reason: str = "", correlation_id: str = "", **changes: Any
+) -> Trial:
+    """:func:`trials.services.update_trial`; a change of the response-criteria settings (rano-bm.md
+    section 9) re-assesses every patient of the trial in a background job, since each assessment
+    stores the settings it was made under.
+    """
+    cid = correlation_id or services.new_correlation_id()
+    with transaction.atomic():
+        before = trial.criteria_settings()
+        trial = services.update_trial(trial, actor=actor, reason=reason, correlation_id=cid, **changes)
+        if trial.criteria_settings() != before:
+            create_reassessment_job(trial, actor=actor, correlation_id=cid)
+    return trial
+
+
+def create_reassessment_job(
+    trial: Trial, *, enqueue: bool = True, actor: Any | None, correlation_id: str = ""
+) -> ProcessingJob:
+    """Save a queued job re-assessing every patient of ``trial``; handed to the broker after commit."""
+    return services.create_job(
+        JobKind.ASSESS,
+        obj=trial,
+        params={"trial_id": trial.pk},
+        time_limit_s=int(_setting("PIPELINE_JOB_TIME_LIMIT_S", 3600)),
+        enqueue=enqueue_pipeline_job if enqueue else None,
+        actor=actor,
+        reason="the trial's response-criteria settings changed: every patient is re-assessed",
+        correlation_id=correlation_id,
+    )
+
+
+def run_trial_reassessment(
+    job_id: int, *, actor_id: int | None = None, correlation_id: str = "", celery_task_id: str = ""
+) -> dict[str, Any] | None:
+    """Run a re-assessment job (queue ``default``): every patient of the trial, with its settings now.
+
+    Idempotent: re-assessment creates rows only where a result changed, so a redelivered job repeats
+    nothing.
+
+    Returns:
+        ``{"patients": n, "assessments_created": k}``, or None when the job was already finished.
+    """
+    job = ProcessingJob.objects.select_related("created_by").get(pk=job_id)
+    if _finished(job):
+        return None
+    job = services.start_job(job, celery_task_id=celery_task_id, stage="re-assessment")
+    actor, cid = _job_context(job, actor_id, correlation_id)
+    trial = Trial.objects.get(pk=job.params["trial_id"])
+    patients = list(trial.patients.order_by("pk"))
+    created = 0
+    for index, patient in enumerate(patients, start=1):
+        created += len(
+            reassess_patient(
+                patient, from_timepoint=None, actor=actor, reason="trial criteria settings changed",
+                correlation_id=cid,
+            )
+        )  # fmt: skip
+        _progress(job, min(99, 100 * index // len(patients)), "re-assessment", f"{index}/{len(patients)} patients")
+    result = {"patients": len(patients), "assessments_created": created}
+    services.finish_job(job, result=result, message=f"{len(patients)} patient(s) re-assessed", actor=actor,
+                        correlation_id=cid)  # fmt: skip
+    return result
+
+
 # ------------------------------------------------------------------------------------------- sweeps
 
 
@@ -1574,7 +1648,10 @@ def sweep_unenqueued_jobs(
     enqueue = enqueue or enqueue_pipeline_job
     done: list[int] = []
     candidates = ProcessingJob.objects.filter(
-        kind=JobKind.PIPELINE, state=JobState.QUEUED, celery_task_id="", enqueued_at__lt=cutoff
+        kind__in=(JobKind.PIPELINE, JobKind.ASSESS),
+        state=JobState.QUEUED,
+        celery_task_id="",
+        enqueued_at__lt=cutoff,
     ).order_by("pk")
     for job in candidates:
         if enqueue(job):

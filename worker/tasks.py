@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from trials import pipeline
+from trials.choices import JobKind
 from trials.models import ProcessingJob
 from trials.pipeline import PERMANENT_ERRORS, TransientError, transient_errors
 from worker.celery import app
@@ -99,6 +100,21 @@ def analyse_series(
             raise Ignore() from exc
 
 
+@app.task(base=PipelineTask, bind=True, name="mettrack.assess.trial")
+def reassess_trial(
+    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = ""
+) -> dict[str, Any] | None:
+    """Re-assess every patient of a trial after its criteria settings changed (queue default)."""
+    with transient_errors():
+        try:
+            return pipeline.run_trial_reassessment(
+                job_id, actor_id=actor_id, correlation_id=correlation_id, celery_task_id=self.request.id or ""
+            )
+        except PERMANENT_ERRORS as exc:
+            pipeline.fail_pipeline_job(job_id, exc)
+            raise Ignore() from exc
+
+
 @app.task(base=PipelineTask, name="mettrack.pipeline.sweep_unenqueued")
 def sweep_unenqueued() -> list[int]:
     """Periodic: enqueue pipeline jobs that never reached the broker."""
@@ -148,7 +164,13 @@ def enqueue_pipeline(job: ProcessingJob) -> str:
             _embedded_executor().submit(_run_in_thread, job.pk)
         return task_id
     task_id = str(uuid.uuid4())
-    pipeline_signature(job, task_id).apply_async(
+    if job.kind == JobKind.ASSESS:
+        signature = reassess_trial.si(
+            job_id=job.pk, actor_id=job.created_by_id, correlation_id=job.correlation_id
+        ).set(task_id=task_id, queue=DEFAULT_QUEUE)
+    else:
+        signature = pipeline_signature(job, task_id)
+    signature.apply_async(
         retry=True,
         # Quick retries only: an upload request must not hang while Redis is down; the sweep catches up.
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
@@ -189,12 +211,15 @@ def run_pipeline_inline(job_id: int, *, max_retries: int = MAX_RETRIES) -> dict[
     Returns:
         The job's result, or None when it failed or was already finished.
     """
+    kind = ProcessingJob.objects.values_list("kind", flat=True).get(pk=job_id)
     for attempt in range(max_retries + 1):
         try:
             if attempt:
                 close_old_connections()  # drop a connection the transient error left broken
             with transient_errors():
                 try:
+                    if kind == JobKind.ASSESS:
+                        return pipeline.run_trial_reassessment(job_id)
                     run_id = pipeline.run_segmentation_stage(job_id)
                     return pipeline.run_analysis_stage(job_id, run_id)
                 except PERMANENT_ERRORS as exc:
@@ -223,6 +248,7 @@ __all__ = [
     "analyse_series",
     "enqueue_pipeline",
     "pipeline_signature",
+    "reassess_trial",
     "run_pipeline_inline",
     "segment_series",
     "sweep_stuck",

@@ -434,3 +434,35 @@ def test_database_outage_is_retried_with_backoff_until_the_job_succeeds(
     assert job.state == JobState.SUCCEEDED, (job.error, worker.log()[-3000:])
     assert "TransientError" in worker.log() and "database unavailable" in worker.log()
     assert SegmentationRun.objects.filter(series_id=job.params["series_id"]).count() == 1
+
+
+@pytest.mark.timeout(180)
+def test_a_settings_change_is_re_assessed_by_a_worker(
+    broker: Callable[[int], str], api_client: Any, tiny_model_dir: Path, media_root: Path, tmp_path: Path
+) -> None:
+    """A protocol amendment (max_targets 5 -> 1) through the API queues one re-assessment job that a
+    real worker process runs on the default queue; the stored assessments then carry the new setting."""
+    from tests.trials.test_api_edits_reassess import current, patient_with
+    from trials.choices import JobKind
+
+    if not port_open(SHARED_REDIS_PORT):
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    url = broker(SHARED_REDIS_PORT)
+    patient, (_, fu1) = patient_with({"L1": [20, 12], "L2": [15, 15]}, [0, 60])
+    assert current(fu1).sum_ld_mm == pytest.approx(27.0)
+    api_client.force_authenticate(make_member(patient.trial, MembershipRole.ADMIN))
+    response = api_client.patch(f"/api/v1/trials/{patient.trial_id}/", {"max_targets": 1}, format="json")
+    assert response.status_code == 200, response.content
+    job = ProcessingJob.objects.get(kind=JobKind.ASSESS)
+    assert job.celery_task_id  # it reached Redis
+    worker = Worker(worker_env(url, media_root, tiny_model_dir), tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        wait_for(lambda: jobs_done([job.pk]), 90, "the re-assessment job", poll_s=0.3)
+    finally:
+        worker.stop()
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED, (job.error, worker.log()[-3000:])
+    # every visit under both criteria: each stores the settings it was assessed under
+    assert job.result == {"patients": 1, "assessments_created": 4}
+    assert current(fu1).sum_ld_mm == pytest.approx(12.0) and current(fu1).settings["max_targets"] == 1

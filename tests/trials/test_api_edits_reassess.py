@@ -33,10 +33,11 @@ def _observe(lesion: Any, timepoint: Timepoint, ld: float | None) -> LesionObser
     )  # fmt: skip
 
 
-def patient_with(course: dict[str, list[float | None]], days: list[int]) -> tuple[Any, list[Timepoint]]:
+def patient_with(
+    course: dict[str, list[float | None]], days: list[int], trial: Any = None
+) -> tuple[Any, list[Timepoint]]:
     """A patient whose lesions have the given LD (mm, None = absent) at visits on the given days."""
-    trial = make_trial()
-    patient = make_patient(trial)
+    patient = make_patient(trial or make_trial())
     visits, lesions = [], {}
     for index, day in enumerate(days):
         visit = make_timepoint(
@@ -165,3 +166,37 @@ def test_the_baseline_cannot_be_overridden(client_for) -> None:
     assert response.status_code == 409, response.content
     assert "baseline" in response.json()["detail"]
     assert current(baseline).pk == before.pk and current(baseline).overall_response == ""
+
+
+@pytest.mark.django_db
+def test_changing_the_trial_settings_re_assesses_every_patient(
+    client_for, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Each assessment stores the settings it used (rano-bm.md section 9): a protocol change (here
+    max_targets 5 -> 1) queues one job that re-assesses every patient of the trial."""
+    from trials.choices import JobKind
+    from trials.models import ProcessingJob
+
+    settings.CELERY_EMBEDDED, settings.PIPELINE_EMBEDDED_SYNC = True, True
+    patient, (baseline, fu1) = patient_with({"L1": [20, 12], "L2": [15, 15]}, [0, 60])
+    _, (_, other_fu1) = patient_with({"L1": [30, 30], "L2": [10, 20]}, [0, 60], trial=patient.trial)
+    before = current(fu1)
+    assert before.sum_ld_mm == pytest.approx(27.0) and before.settings["max_targets"] == 5
+    admin = make_member(patient.trial, MembershipRole.ADMIN)
+    client = APIClient()
+    client.force_authenticate(admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.patch(
+            f"/api/v1/trials/{patient.trial_id}/", {"max_targets": 1, "reason": "protocol amendment 2"}, format="json"
+        )
+    assert response.status_code == 200, response.content
+    job = ProcessingJob.objects.get(kind=JobKind.ASSESS)
+    assert job.state == "succeeded" and job.result["patients"] == 2
+    after = current(fu1)
+    assert after.supersedes_id == before.pk and after.settings["max_targets"] == 1
+    assert after.sum_ld_mm == pytest.approx(12.0)  # L1 alone is the target now
+    assert current(other_fu1).sum_ld_mm == pytest.approx(30.0) and current(other_fu1).settings["max_targets"] == 1
+    # A change of anything but the criteria settings queues nothing.
+    with django_capture_on_commit_callbacks(execute=True):
+        client.patch(f"/api/v1/trials/{patient.trial_id}/", {"title": "renamed"}, format="json")
+    assert ProcessingJob.objects.filter(kind=JobKind.ASSESS).count() == 1

@@ -14,7 +14,7 @@ from django.db import models
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from trials import review, services
+from trials import pipeline, review, services
 from trials.choices import ResponseChoices, SignatureMeaning
 from trials.models import (
     Assessment,
@@ -112,7 +112,8 @@ class TrialSerializer(ServiceModelSerializer):
     """A trial and its response-criteria settings (rano-bm.md section 9)."""
 
     create_service = staticmethod(_create_trial)
-    update_service = staticmethod(services.update_trial)
+    # pipeline.update_trial: a change of the criteria settings queues a re-assessment of every patient.
+    update_service = staticmethod(pipeline.update_trial)
 
     class Meta:
         model = Trial
