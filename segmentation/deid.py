@@ -222,15 +222,15 @@ def _is_identifying_by_name(keyword: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _action_for_tag(tag: int) -> tuple[str, str | None]:
-    """(keyword, action) of a public tag: "X" remove, "Z" empty, "D" subject id, None keep."""
+def _action_for_tag(tag: int) -> str | None:
+    """Action for a public tag: "X" remove, "Z" empty, "D" subject id, None keep."""
     keyword = keyword_for_tag(tag)
     if keyword in ("PatientName", "PatientID"):
-        return keyword, "D"
+        return "D"
     action = BASIC_PROFILE_ACTIONS.get(keyword)
     if action is None and _is_identifying_by_name(keyword):
         action = "X"
-    return keyword, action
+    return action
 
 
 def _vr(ds: Dataset, tag: BaseTag) -> str:
@@ -261,7 +261,7 @@ def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | Non
             # curves and overlays can carry burned-in names or annotations
             del ds[tag]
             continue
-        _keyword, action = _action_for_tag(tag)
+        action = _action_for_tag(tag)
         if action == "X":
             del ds[tag]
             continue

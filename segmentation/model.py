@@ -69,6 +69,17 @@ _ARCH_KEYS = {
 }
 
 
+def algorithm_version(version: str, weights_sha256: str) -> str:
+    """Model version and short weights checksum, for DICOM Algorithm Version (LO, 64 characters)."""
+    return f"{version} sha256:{weights_sha256[:16]}"[:64]
+
+
+def provenance(name: str, version: str, weights_sha256: str, label: str = "") -> str:
+    """One line naming what produced a result: name, version, full weights checksum, label."""
+    text = f"{name} {version}, weights sha256 {weights_sha256}"
+    return f"{text}; {label}" if label else text
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Sliding-window settings (``config.json`` -> ``inference``).
@@ -231,12 +242,11 @@ class ModelConfig:
 
     def algorithm_version(self) -> str:
         """Version and short weights checksum, for DICOM Algorithm Version (LO, 64 characters)."""
-        return f"{self.version} sha256:{self.weights_sha256[:16]}"[:64]
+        return algorithm_version(self.version, self.weights_sha256)
 
     def provenance(self) -> str:
         """One line naming what produced a result: name, version, full weights checksum, label."""
-        text = f"{self.name} {self.version}, weights sha256 {self.weights_sha256}"
-        return f"{text}; {self.label}" if self.label else text
+        return provenance(self.name, self.version, self.weights_sha256, self.label)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict`."""

@@ -1049,6 +1049,8 @@ def export_run_contours(
     """
     from segmentation.contours import write_rtstruct, write_seg
     from segmentation.errors import ContourExportError
+    from segmentation.model import algorithm_version
+    from segmentation.model import provenance as model_provenance
 
     if run.rtstruct_file and run.seg_file:
         return run
@@ -1067,12 +1069,11 @@ def export_run_contours(
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(source_dir.glob("*.dcm"))]
     version = run.model_version
     label = str((version.config or {}).get("label", "")) if isinstance(version.config, dict) else ""
-    provenance = f"{version.name} {version.version}, weights sha256 {run.model_weights_sha256}"
-    provenance = f"{provenance}; {label}" if label else provenance
+    provenance = model_provenance(version.name, version.version, run.model_weights_sha256, label)
     writers: dict[str, Callable[[Path], Any]] = {  # kind (see RUN_FILE_KINDS) -> writer
         "seg": lambda out: write_seg(
             lesion_map, headers, out, lesion_names=names, algorithm_name=version.name,
-            algorithm_version=f"{version.version} sha256:{run.model_weights_sha256[:16]}"[:64],
+            algorithm_version=algorithm_version(version.version, run.model_weights_sha256),
             algorithm_parameters={"weights_sha256": run.model_weights_sha256, "label": label},
             series_description=description,
         ),
