@@ -38,8 +38,10 @@ from typing import Literal
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 from segmentation.archive import safe_extract_zip
 from segmentation.deid import deidentify_dataset
@@ -62,6 +64,7 @@ from segmentation.errors import (
     SingleSliceError,
     UnsupportedImageError,
 )
+from segmentation.part10 import write_part10
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -143,12 +146,18 @@ class LoadedSeries:
             file); what RTSTRUCT and SEG writers reference. Empty for NIfTI.
         source_paths: The DICOM files in slice order, or the NIfTI file. Empty when the input was a zip
             read without ``extract_to`` (the temporary folder is gone when ``read_series`` returns).
+        source_elements: When read for storing (``ingest_series``): each source dataset's elements as
+            read, before validation decoded some of them, so the stored copy writes every element it
+            does not change as its original bytes. Empty otherwise.
     """
 
     image: sitk.Image
     info: SeriesInfo
     source_datasets: tuple[Dataset, ...]
     source_paths: tuple[Path, ...]
+    source_elements: tuple[dict[BaseTag, DataElement | RawDataElement], ...] = field(
+        default=(), repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True)
@@ -349,10 +358,17 @@ def _store_dicom(loaded: LoadedSeries, staging: Path, *, subject_id: str, remap_
     headers = []
     paths = []
     # The datasets read during validation, pixel data included (read from disk as it is written).
-    for index, ds in enumerate(loaded.source_datasets, start=1):
+    as_read = loaded.source_elements or tuple({} for _ in loaded.source_datasets)
+    for index, (ds, elements) in enumerate(zip(loaded.source_datasets, as_read, strict=True), start=1):
+        # Validation only read values; putting back the elements it decoded lets the copy write every
+        # element de-identification leaves alone as its original bytes (segmentation.part10).
+        current = dict(ds.items())
+        for tag, elem in elements.items():
+            if current.get(tag) is not elem:
+                ds[tag] = elem
         deidentify_dataset(ds, subject_id=subject_id, remap_uids=remap_uids, uid_map=uid_map)
         target = staging / f"IM_{index:04d}.dcm"
-        ds.save_as(target, enforce_file_format=True)
+        write_part10(ds, target)
         paths.append(target)
         if "PixelData" in ds:
             del ds.PixelData
@@ -462,11 +478,15 @@ _DEFER_BYTES = 64 * 1024
 
 
 def _read_headers(
-    files: Sequence[Path], *, keep_pixel_data: bool = False
+    files: Sequence[Path],
+    *,
+    keep_pixel_data: bool = False,
+    as_read: dict[int, dict[BaseTag, DataElement | RawDataElement]] | None = None,
 ) -> tuple[list[tuple[Path, Dataset]], int]:
     """Read the header of every DICOM file; return (image headers, number of DICOM files found).
 
     With ``keep_pixel_data`` the whole file is parsed and large values (the pixel data) are deferred.
+    ``as_read`` (``id(dataset)`` -> its elements before anything decoded them) is filled when given.
     """
     images: list[tuple[Path, Dataset]] = []
     damaged: list[str] = []
@@ -481,6 +501,8 @@ def _read_headers(
             if _has_dicom_preamble(path):
                 damaged.append(path.name)  # a DICOM file that cannot be read: never dropped silently
             continue  # not DICOM: skipped, and never copied into storage
+        if as_read is not None:
+            as_read[id(ds)] = dict(ds.items())  # raw elements: reading a value below decodes it
         dicom_count += 1
         modality = str(ds.get("Modality", "")).upper()
         if modality in _NON_IMAGE_MODALITIES:
@@ -532,7 +554,8 @@ def _read_dicom_files(
     *,
     keep_pixel_data: bool = False,
 ) -> LoadedSeries:
-    images, dicom_count = _read_headers(files, keep_pixel_data=keep_pixel_data)
+    as_read: dict[int, dict[BaseTag, DataElement | RawDataElement]] | None = {} if keep_pixel_data else None
+    images, dicom_count = _read_headers(files, keep_pixel_data=keep_pixel_data, as_read=as_read)
     if not images:
         if dicom_count:
             raise NotDicomError(
@@ -597,12 +620,16 @@ def _read_dicom_files(
                 "The series is split over several multi-frame files; please send it as one file or as "
                 "single-frame slices."
             )
-        return _read_multiframe(members[0][0], first, missing_rt)
-    if len(members) == 1:
+        loaded = _read_multiframe(members[0][0], first, missing_rt)
+    elif len(members) == 1:
         raise SingleSliceError(
             f"The series '{_describe(first)}' is a single 2D slice; MetTrack needs the whole 3D volume."
         )
-    return _read_single_frames(members, missing_rt, backend)
+    else:
+        loaded = _read_single_frames(members, missing_rt, backend)
+    if as_read is None:
+        return loaded
+    return replace(loaded, source_elements=tuple(as_read[id(ds)] for ds in loaded.source_datasets))
 
 
 def _require(ds: Dataset, keywords: Sequence[str], where: str) -> None:

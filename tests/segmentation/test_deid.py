@@ -230,3 +230,24 @@ def test_nifti_header_free_text_is_not_stored(tmp_path, mr_image) -> None:
     for needle in (b"MRN-88442211", b"Doe", b"JaneDoe"):
         assert needle not in raw
     assert [p.name for p in stored.stored_dir.iterdir()] == ["image.nii.gz"]
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True], ids=["explicit-vr", "implicit-vr"])
+def test_stored_copy_is_what_pydicom_writes_for_the_deidentified_source(
+    tmp_path, write_series, implicit_vr
+) -> None:
+    """The stored bytes equal pydicom's own read -> de-identify -> dcmwrite of each source file.
+
+    Ingest de-identifies the datasets its validation read and writes unchanged elements as read
+    (segmentation.part10); this is the straightforward pipeline it must match, byte for byte.
+    """
+    folder, files = _identifying_series(write_series, implicit_vr=implicit_vr)
+    stored = ingest_series(folder, tmp_path / "store", subject_id="BM-042")
+    sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
+    for path in stored.series.source_paths:
+        actual = path.read_bytes()
+        source = sources[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)]
+        expected_ds = deidentify_dataset(pydicom.dcmread(source), subject_id="BM-042")
+        buffer = pydicom.filebase.DicomBytesIO()
+        pydicom.dcmwrite(buffer, expected_ds, enforce_file_format=True)
+        assert actual == buffer.getvalue(), path.name
