@@ -505,12 +505,25 @@ def edit_lesion(
     return lesion
 
 
+def _refuse_ai_source(values: dict[str, Any]) -> None:
+    """A reader's measurement cannot be labelled as the AI's (traceability of every number)."""
+    if values.get("source") == ObservationSource.AI:
+        raise InvalidInputError(
+            "A reader's measurement cannot be recorded as the AI's.",
+            {"source": ["Only the pipeline records AI observations; yours are manual or edited."]},
+        )
+
+
 @transaction.atomic
 def edit_observation(
     observation: LesionObservation, *, actor: Any, reason: str = "", correlation_id: str = "", **changes: Any
 ) -> LesionObservation:
     """:func:`trials.services.update_observation`, then re-assessment when the change can alter a
-    response."""
+    response. A reader's measurement is never labelled as the AI's: an AI row becomes ``edited``."""
+    _refuse_ai_source(changes)
+    changes.pop("source", None)  # derived: an AI row becomes edited, a reader's row keeps its source
+    if observation.source == ObservationSource.AI:
+        changes["source"] = ObservationSource.EDITED
     cid = _cid(correlation_id)
     before = {name: getattr(observation, name) for name in changes}
     services.update_observation(observation, actor=actor, reason=reason, correlation_id=cid, **changes)
@@ -530,7 +543,10 @@ def add_observation(
     correlation_id: str = "",
     **fields: Any,
 ) -> LesionObservation:
-    """:func:`trials.services.record_observation`, then re-assessment of the patient."""
+    """:func:`trials.services.record_observation`, then re-assessment of the patient. A reader's
+    observation is ``manual``."""
+    _refuse_ai_source(fields)
+    fields["source"] = ObservationSource.MANUAL
     cid = _cid(correlation_id)
     observation = services.record_observation(
         lesion, timepoint, actor=actor, reason=reason, correlation_id=cid, **fields
@@ -1180,8 +1196,12 @@ def override_with_signature(
     password: str,
     reason: str,
     correlation_id: str = "",
+    **changes: Any,
 ) -> Assessment:
     """Override the response with the reader's, with a required reason, signed by the password.
+
+    Args:
+        **changes: other result fields the reader sets (target_response, non_target_response, comment).
 
     Raises:
         SignatureError: wrong password. InvalidInputError: empty reason or unknown response.
@@ -1204,4 +1224,5 @@ def override_with_signature(
         actor=actor,
         reason=reason,
         correlation_id=_cid(correlation_id),
+        **changes,
     )

@@ -30,6 +30,7 @@ own ``transaction.atomic`` block, e.g. ``record_audit_event(actor=user, action="
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -886,6 +887,7 @@ def record_observation(
             {"segmentation_run": ["Must be a run on a series of this visit."]},
         )
     _check_caliper(measurements)
+    _check_measurements(measurements)
     return _create(
         LesionObservation,
         actor=actor,
@@ -895,6 +897,48 @@ def record_observation(
         timepoint=timepoint,
         **measurements,
     )
+
+
+#: Upper bounds of a plausible brain lesion measurement (a whole adult head is about 200 mm and 1.5 l):
+#: beyond them a value is a typing or unit error, refused before it can drive a response.
+MAX_DIAMETER_MM = 300.0
+MAX_VOLUME_MM3 = 3_000_000.0
+_DIAMETER_FIELDS = ("longest_diameter_mm", "perpendicular_diameter_mm", "max_3d_diameter_mm")
+
+
+def _check_measurements(values: dict[str, Any], current: LesionObservation | None = None) -> None:
+    """Refuse impossible measurements (negative, not finite, beyond a head, perpendicular > LD).
+
+    Args:
+        values: the fields being set.
+        current: the observation being changed (its other values take part in the LD check).
+    """
+    errors: dict[str, list[str]] = {}
+    for name in (*_DIAMETER_FIELDS, "volume_mm3"):
+        value = values.get(name)
+        if value is None:
+            continue
+        limit = MAX_VOLUME_MM3 if name == "volume_mm3" else MAX_DIAMETER_MM
+        unit = "mm3" if name == "volume_mm3" else "mm"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            errors[name] = ["Must be a number."]
+        elif value < 0:
+            errors[name] = ["Must be 0 or more."]
+        elif value > limit:
+            errors[name] = [f"{value:g} {unit} is beyond any brain lesion (at most {limit:g} {unit}): check the unit."]
+    if not errors:
+        longest = values.get("longest_diameter_mm", getattr(current, "longest_diameter_mm", None))
+        perpendicular = values.get("perpendicular_diameter_mm", getattr(current, "perpendicular_diameter_mm", None))
+        if longest is not None and perpendicular is not None and perpendicular > longest + 1e-6:
+            field = "perpendicular_diameter_mm" if "perpendicular_diameter_mm" in values else "longest_diameter_mm"
+            errors[field] = [
+                f"The perpendicular diameter ({perpendicular:g} mm) cannot exceed the longest diameter "
+                f"({longest:g} mm): the longest diameter is the longest chord (rano-bm.md section 1)."
+            ]
+    if errors:
+        raise InvalidInputError(
+            "Invalid measurement: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), errors
+        )
 
 
 def _check_caliper(values: dict[str, Any]) -> None:
@@ -932,6 +976,7 @@ def update_observation(
     """Correct an observation. A user's edit of an AI observation turns its source into ``edited``."""
     _check_fields(LesionObservation, changes, OBSERVATION_FIELDS)
     _check_caliper(changes)
+    _check_measurements(changes, observation)
     run = changes.get("segmentation_run")
     if run is not None and run.series.timepoint_id != observation.timepoint_id:
         raise InvalidInputError(
@@ -1065,9 +1110,12 @@ def confirm_assessment(
     actor: Any,
     reason: str = "",
     correlation_id: str = "",
-    signature_meaning: str = SignatureMeaning.REVIEWED_AND_CONFIRMED,
 ) -> Assessment:
-    """A radiologist confirms the current draft assessment and signs it.
+    """A radiologist confirms the current draft assessment and signs it ("reviewed and confirmed").
+
+    The signature's meaning follows from the verb, never from the caller: a confirmed row cannot carry
+    an "overridden" manifestation. Callers acting for a person verify the signature first
+    (:func:`trials.review.confirm_with_signature`).
 
     Raises:
         InvalidInputError: no user (the system cannot sign).
@@ -1086,7 +1134,7 @@ def confirm_assessment(
             "status": AssessmentStatus.CONFIRMED,
             "signed_by": actor,
             "signed_at": timezone.now(),
-            "signature_meaning": signature_meaning,
+            "signature_meaning": SignatureMeaning.REVIEWED_AND_CONFIRMED,
         },
         allowed=("status", "signed_by", "signed_at", "signature_meaning"),
         actor=actor,
@@ -1104,7 +1152,6 @@ def override_assessment(
     actor: Any,
     reason: str,
     correlation_id: str = "",
-    signature_meaning: str = SignatureMeaning.REVIEWED_AND_OVERRIDDEN,
     **changes: Any,
 ) -> Assessment:
     """A radiologist replaces the response of the current assessment; a new signed row supersedes it.
@@ -1146,7 +1193,7 @@ def override_assessment(
         status=AssessmentStatus.OVERRIDDEN,
         signed_by=actor,
         signed_at=timezone.now(),
-        signature_meaning=signature_meaning,
+        signature_meaning=SignatureMeaning.REVIEWED_AND_OVERRIDDEN,
         supersedes=old,
         is_current=True,
         **values,

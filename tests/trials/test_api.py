@@ -150,27 +150,80 @@ def test_create_only_fields_cannot_be_changed_by_patch(trial: Any, other_trial: 
     patient = make_patient(trial, subject_id="P-1")
     client = _client(make_member(trial, "data_manager"))
     response = client.patch(f"/api/v1/patients/{patient.pk}/", {"trial": other_trial.pk}, format="json")
-    assert response.status_code == 200
+    assert response.status_code == 400 and "read-only" in response.data["trial"][0]
     patient.refresh_from_db()
     assert patient.trial == trial
+    # sending back what was read is fine: unchanged read-only values are not an error
+    same = client.patch(
+        f"/api/v1/patients/{patient.pk}/", {"trial": trial.pk, "id": patient.pk}, format="json"
+    )
+    assert same.status_code == 200, same.data
+
+
+def test_unknown_and_read_only_fields_are_refused_not_dropped(trial: Any) -> None:
+    """A field the API would ignore is a 400 naming it: a typo never looks like a saved change."""
+    patient = make_patient(trial, subject_id="P-1")
+    visit = make_timepoint(patient, is_baseline=True)
+    lesion = make_lesion(patient, label="L3")
+    client = _client(make_member(trial, "radiologist"))
+    manager = _client(make_member(trial, "data_manager"))
+    typo = manager.patch(f"/api/v1/timepoints/{visit.pk}/", {"steroids": "increased"}, format="json")
+    assert typo.status_code == 400 and typo.data["steroids"] == ["Unknown field."]
+    relabel = client.patch(f"/api/v1/lesions/{lesion.pk}/", {"label": "L99"}, format="json")
+    assert relabel.status_code == 400 and "label" in relabel.data
+    lesion.refresh_from_db()
+    assert lesion.label == "L3"
+    created = manager.post(
+        "/api/v1/timepoints/",
+        {"patient": patient.pk, "visit_label": "FU1", "scan_date": "2025-03-01", "unknown_field": 1},
+        format="json",
+    )
+    assert created.status_code == 400 and "unknown_field" in created.data
+    assert not patient.timepoints.filter(visit_label="FU1").exists()
 
 
 def test_confirm_then_confirm_again_is_409_and_override_needs_reason(trial: Any) -> None:
     assessment = make_assessment(make_timepoint(make_patient(trial)), overall_response="PR")
     client = _client(make_member(trial, "radiologist", "rad"))
     url = f"/api/v1/assessments/{assessment.pk}/"
-    ok = client.post(url + "confirm/", {}, format="json")
+    sign = {"password": DEFAULT_PASSWORD}
+    ok = client.post(url + "confirm/", sign, format="json")
     assert ok.status_code == 200 and ok.data["status"] == "confirmed" and ok.data["signed_by_name"] == "rad"
-    again = client.post(url + "confirm/", {}, format="json")
+    assert ok.data["signature_meaning"] == "reviewed_confirmed"
+    again = client.post(url + "confirm/", sign, format="json")
     assert again.status_code == 409 and "already confirmed" in again.data["detail"]
-    no_reason = client.post(url + "override/", {"overall_response": "SD"}, format="json")
+    no_reason = client.post(url + "override/", {"overall_response": "SD", **sign}, format="json")
     assert no_reason.status_code == 400 and "reason" in no_reason.data
-    bad = client.post(url + "override/", {"overall_response": "MEH", "reason": "x"}, format="json")
+    bad = client.post(url + "override/", {"overall_response": "MEH", "reason": "x", **sign}, format="json")
     assert bad.status_code == 400 and "overall_response" in bad.data
     new = client.post(
-        url + "override/", {"overall_response": "SD", "reason": "PR not reached"}, format="json"
+        url + "override/", {"overall_response": "SD", "reason": "PR not reached", **sign}, format="json"
     )
     assert new.status_code == 201 and new.data["supersedes"] == assessment.pk and new.data["is_current"]
+    assert new.data["signature_meaning"] == "reviewed_overridden" and new.data["status"] == "overridden"
+
+
+def test_signing_through_the_api_needs_the_password_again(trial: Any) -> None:
+    """Confirm and override are electronic signatures (21 CFR Part 11): the API asks for the password
+    as the dashboard does, and the signature's meaning follows from the verb, never from the client."""
+    assessment = make_assessment(make_timepoint(make_patient(trial)), overall_response="PR")
+    client = _client(make_member(trial, "radiologist", "rad"))
+    url = f"/api/v1/assessments/{assessment.pk}/"
+    missing = client.post(url + "confirm/", {"reason": "looks right"}, format="json")
+    assert missing.status_code == 400 and "password" in missing.data
+    wrong = client.post(url + "confirm/", {"password": "guess"}, format="json")
+    assert wrong.status_code == 400 and "password does not match" in wrong.data["detail"]
+    meaning = client.post(
+        url + "confirm/",
+        {"password": DEFAULT_PASSWORD, "signature_meaning": "reviewed_overridden"},
+        format="json",
+    )
+    assert meaning.status_code == 400 and "signature_meaning" in meaning.data
+    unsigned = client.post(url + "override/", {"overall_response": "SD", "reason": "x"}, format="json")
+    assert unsigned.status_code == 400 and "password" in unsigned.data
+    assessment.refresh_from_db()
+    assert assessment.status == "draft" and assessment.signed_by is None and assessment.is_current
+    assert not AuditEvent.objects.filter(action__in=["confirm", "override"]).exists()
 
 
 def test_filters_narrow_lists(trial: Any) -> None:
@@ -289,3 +342,54 @@ def test_exception_handler_turns_a_raced_integrity_error_into_409() -> None:
     response = exception_handler(IntegrityError("duplicate key value violates unique constraint"), {})
     assert response is not None and response.status_code == 409
     assert "uniqueness" in response.data["detail"]
+
+
+def test_impossible_measurements_are_refused_with_the_field_named(trial: Any) -> None:
+    """A negative, absurd or self-contradicting diameter is a 400 naming the field; nothing is stored or
+    re-assessed (it would otherwise drive the response and the exports)."""
+    patient = make_patient(trial)
+    visit = make_timepoint(patient, is_baseline=True)
+    observation = make_observation(
+        make_lesion(patient), visit, longest_diameter_mm=16.1, perpendicular_diameter_mm=9.0
+    )
+    client = _client(make_member(trial, "radiologist"))
+    url = f"/api/v1/observations/{observation.pk}/"
+    events = AuditEvent.objects.count()
+    for change, field, words in (
+        ({"longest_diameter_mm": -5}, "longest_diameter_mm", "0 or more"),
+        ({"volume_mm3": -1}, "volume_mm3", "0 or more"),
+        ({"longest_diameter_mm": 1e9}, "longest_diameter_mm", "beyond any brain lesion"),
+        ({"perpendicular_diameter_mm": 40.0}, "perpendicular_diameter_mm", "cannot exceed the longest"),
+        ({"longest_diameter_mm": 8.0}, "longest_diameter_mm", "cannot exceed the longest"),
+    ):
+        response = client.patch(url, {**change, "reason": "remeasured"}, format="json")
+        assert response.status_code == 400, (change, response.data)
+        assert words in " ".join(response.data[field]), response.data
+    observation.refresh_from_db()
+    assert (observation.longest_diameter_mm, observation.perpendicular_diameter_mm) == (16.1, 9.0)
+    assert AuditEvent.objects.count() == events
+    ok = client.patch(url, {"longest_diameter_mm": 9.0, "perpendicular_diameter_mm": 9.0}, format="json")
+    assert ok.status_code == 200, ok.data  # a round lesion: equal diameters
+
+
+def test_a_readers_measurement_is_never_recorded_as_the_ai_s(trial: Any) -> None:
+    patient = make_patient(trial)
+    visit = make_timepoint(patient, is_baseline=True)
+    lesion = make_lesion(patient)
+    ai = make_observation(lesion, visit, source="ai")
+    client = _client(make_member(trial, "radiologist"))
+    relabel = client.patch(
+        f"/api/v1/observations/{ai.pk}/", {"longest_diameter_mm": 30.0, "source": "ai"}, format="json"
+    )
+    assert relabel.status_code == 400 and "source" in relabel.data
+    edited = client.patch(f"/api/v1/observations/{ai.pk}/", {"longest_diameter_mm": 13.0}, format="json")
+    assert edited.status_code == 200 and edited.data["source"] == "edited"
+    back = client.patch(f"/api/v1/observations/{ai.pk}/", {"source": "manual"}, format="json")
+    assert back.status_code == 200 and back.data["source"] == "edited"  # derived, not the client's
+    other = make_lesion(patient)
+    added = client.post(
+        "/api/v1/observations/",
+        {"lesion": other.pk, "timepoint": visit.pk, "longest_diameter_mm": 11.0, "source": "edited"},
+        format="json",
+    )
+    assert added.status_code == 201 and added.data["source"] == "manual"

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import make_lesion, make_member, make_patient, make_timepoint, make_trial
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    make_lesion,
+    make_member,
+    make_patient,
+    make_timepoint,
+    make_trial,
+)
 from trials import pipeline, services
 from trials.choices import Criteria, MembershipRole
 from trials.models import Assessment, LesionObservation, Timepoint
@@ -74,7 +81,9 @@ def test_patching_steroids_re_assesses_the_visit(client_for) -> None:
     assert before.overall_response == "CR"
     client = client_for(patient, MembershipRole.DATA_MANAGER)
     response = client.patch(
-        f"/api/v1/timepoints/{fu1.pk}/", {"corticosteroid_status": "increased", "reason": "dex"}, format="json"
+        f"/api/v1/timepoints/{fu1.pk}/",
+        {"corticosteroid_status": "increased", "reason": "dex"},
+        format="json",
     )
     assert response.status_code == 200, response.content
     after = current(fu1)
@@ -140,7 +149,11 @@ def test_an_override_redates_progression_and_best_response(client_for) -> None:
     assert current(fu2).progression_date == fu1.scan_date
     response = client_for(patient).post(
         f"/api/v1/assessments/{current(fu1).pk}/override/",
-        {"overall_response": "SD", "reason": "post-radiosurgery change, not progression"},
+        {
+            "overall_response": "SD",
+            "reason": "post-radiosurgery change, not progression",
+            "password": DEFAULT_PASSWORD,
+        },
         format="json",
     )
     assert response.status_code == 201, response.content
@@ -161,7 +174,9 @@ def test_the_baseline_cannot_be_overridden(client_for) -> None:
     patient, (baseline, _) = patient_with({"L1": [20, 12]}, [0, 60])
     before = current(baseline)
     response = client_for(patient).post(
-        f"/api/v1/assessments/{before.pk}/override/", {"overall_response": "PR", "reason": "x"}, format="json"
+        f"/api/v1/assessments/{before.pk}/override/",
+        {"overall_response": "PR", "reason": "x", "password": DEFAULT_PASSWORD},
+        format="json",
     )
     assert response.status_code == 409, response.content
     assert "baseline" in response.json()["detail"]
@@ -187,7 +202,9 @@ def test_changing_the_trial_settings_re_assesses_every_patient(
     client.force_authenticate(admin)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.patch(
-            f"/api/v1/trials/{patient.trial_id}/", {"max_targets": 1, "reason": "protocol amendment 2"}, format="json"
+            f"/api/v1/trials/{patient.trial_id}/",
+            {"max_targets": 1, "reason": "protocol amendment 2"},
+            format="json",
         )
     assert response.status_code == 200, response.content
     job = ProcessingJob.objects.get(kind=JobKind.ASSESS)
@@ -195,8 +212,12 @@ def test_changing_the_trial_settings_re_assesses_every_patient(
     after = current(fu1)
     assert after.supersedes_id == before.pk and after.settings["max_targets"] == 1
     assert after.sum_ld_mm == pytest.approx(12.0)  # L1 alone is the target now
-    assert current(other_fu1).sum_ld_mm == pytest.approx(30.0) and current(other_fu1).settings["max_targets"] == 1
+    assert (
+        current(other_fu1).sum_ld_mm == pytest.approx(30.0)
+        and current(other_fu1).settings["max_targets"] == 1
+    )
     # A change of anything but the criteria settings queues nothing.
     with django_capture_on_commit_callbacks(execute=True):
         client.patch(f"/api/v1/trials/{patient.trial_id}/", {"title": "renamed"}, format="json")
     assert ProcessingJob.objects.filter(kind=JobKind.ASSESS).count() == 1
+

@@ -22,6 +22,7 @@ import pytest
 from django.db import transaction
 from rest_framework.test import APIClient
 
+from tests.factories import DEFAULT_PASSWORD
 from tests.trials.api_world import ROLES, TrialWorld, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -115,13 +116,13 @@ OPS += [
         },
     ),
     Op("observations", "update", _r(RAD), 200, lambda t, w: {"longest_diameter_mm": 15.0}),
-    Op("assessments", "action:confirm", _r(RAD), 200, lambda t, w: {"reason": "agree"}),
+    Op("assessments", "action:confirm", _r(RAD), 200, lambda t, w: {"reason": "agree", "password": DEFAULT_PASSWORD}),
     Op(
         "assessments",
         "action:override",
         _r(RAD),
         201,
-        lambda t, w: {"overall_response": "PD", "reason": "new lesion"},
+        lambda t, w: {"overall_response": "PD", "reason": "new lesion", "password": DEFAULT_PASSWORD},
     ),
 ]
 

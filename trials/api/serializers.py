@@ -15,7 +15,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from trials import pipeline, review, services
-from trials.choices import ResponseChoices, SignatureMeaning
+from trials.choices import ObservationSource, ResponseChoices
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -63,7 +63,38 @@ def audit_kwargs(context: dict[str, Any], reason: str = "") -> dict[str, Any]:
     }
 
 
-class ServiceModelSerializer(serializers.ModelSerializer):
+class StrictInputMixin:
+    """Refuse input a serializer would silently drop: unknown fields, and read-only fields sent with a
+    value other than the object's own (so a client can send back what it read, but a change it cannot
+    make is a 400 naming the field, never a 200 that changed nothing)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if hasattr(data, "keys"):
+            errors: dict[str, list[str]] = {}
+            fields = self.fields  # type: ignore[attr-defined]
+            instance = getattr(self, "instance", None)
+            for name in data:
+                field = fields.get(name)
+                if field is None:
+                    errors[name] = ["Unknown field."]
+                elif field.read_only and not self._same_as_stored(field, instance, data[name]):
+                    errors[name] = ["This field cannot be set here (read-only)."]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+    @staticmethod
+    def _same_as_stored(field: serializers.Field, instance: Any, value: Any) -> bool:
+        if instance is None or isinstance(instance, list | models.QuerySet):
+            return False
+        try:
+            stored = field.to_representation(field.get_attribute(instance))
+        except Exception:  # noqa: BLE001 - a value that cannot be compared is not the stored one
+            return False
+        return stored == value or str(stored) == str(value)
+
+
+class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
     """ModelSerializer whose create/update call services instead of saving directly.
 
     Subclasses set ``create_service(validated_data, **audit)`` and ``update_service(instance, **audit,
@@ -394,6 +425,12 @@ class LesionObservationSerializer(ServiceModelSerializer):
         allow_null=True,
     )
     lesion_label = serializers.CharField(source="lesion.label", read_only=True)
+    # Only the pipeline records "ai": a reader's observation is manual, an edited AI one edited (the
+    # service sets it either way; "ai" is refused, so a reader's number is never shown as the AI's).
+    source = serializers.ChoiceField(
+        choices=[ObservationSource.MANUAL, ObservationSource.EDITED], required=False,
+        help_text="Set by the service: manual (added by a reader) or edited (an AI observation a reader changed).",
+    )  # fmt: skip
     caliper_points_mm = PointsField(required=False, allow_null=True)
     perpendicular_points_mm = PointsField(required=False, allow_null=True)
     create_service = staticmethod(_record_observation)
@@ -464,18 +501,21 @@ class AssessmentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ConfirmAssessmentSerializer(serializers.Serializer):
-    """Input of ``POST /assessments/{id}/confirm/``."""
+#: The re-entered password that signs a confirm or an override (21 CFR Part 11 re-authentication).
+_SIGNATURE_PASSWORD_HELP = "The signer's password, entered again: it applies the electronic signature."
 
+
+class ConfirmAssessmentSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /assessments/{id}/confirm/``; the signature means "reviewed and confirmed"."""
+
+    password = serializers.CharField(write_only=True, trim_whitespace=False, help_text=_SIGNATURE_PASSWORD_HELP)
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
-    signature_meaning = serializers.ChoiceField(
-        choices=SignatureMeaning.choices, default=SignatureMeaning.REVIEWED_AND_CONFIRMED
-    )
 
 
-class OverrideAssessmentSerializer(serializers.Serializer):
-    """Input of ``POST /assessments/{id}/override/``."""
+class OverrideAssessmentSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /assessments/{id}/override/``; the signature means "reviewed and overridden"."""
 
+    password = serializers.CharField(write_only=True, trim_whitespace=False, help_text=_SIGNATURE_PASSWORD_HELP)
     overall_response = serializers.ChoiceField(choices=ResponseChoices.choices)
     reason = serializers.CharField(max_length=2000, help_text="Required: why the reader disagrees.")
     target_response = serializers.ChoiceField(choices=ResponseChoices.choices, required=False)

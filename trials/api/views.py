@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
-from trials import filtersets, pipeline, services
+from trials import filtersets, review, services
 from trials.api import serializers as s
 from trials.models import (
     Assessment,
@@ -272,15 +272,15 @@ class AssessmentViewSet(ReadOnlyViewSet):
     @extend_schema(request=s.ConfirmAssessmentSerializer, responses=s.AssessmentSerializer)
     @action(detail=True, methods=["post"])
     def confirm(self, request: Request, pk: str | None = None) -> Response:
-        """Confirm the AI's (or a previous reader's) response and sign it."""
+        """Confirm the AI's (or a previous reader's) response and sign it (password entered again)."""
         assessment = self.get_object()
         data = s.ConfirmAssessmentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        confirmed = services.confirm_assessment(
+        confirmed = review.confirm_with_signature(
             assessment,
             actor=request.user,
+            password=data.validated_data["password"],
             reason=data.validated_data.get("reason", ""),
-            signature_meaning=data.validated_data["signature_meaning"],
             correlation_id=getattr(request, "correlation_id", ""),
         )
         return Response(s.AssessmentSerializer(confirmed, context=self.get_serializer_context()).data)
@@ -293,10 +293,11 @@ class AssessmentViewSet(ReadOnlyViewSet):
         data = s.OverrideAssessmentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        new = pipeline.override_assessment(  # derived fields follow the reader; later visits re-assessed
+        new = review.override_with_signature(  # derived fields follow the reader; later visits re-assessed
             assessment,
             overall_response=values.pop("overall_response"),
             reason=values.pop("reason"),
+            password=values.pop("password"),
             actor=request.user,
             correlation_id=getattr(request, "correlation_id", ""),
             **values,
