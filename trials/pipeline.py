@@ -99,6 +99,7 @@ from trials.models import (
     Timepoint,
     Trial,
 )
+from trials.rules import too_small_flag_applies
 
 logger = logging.getLogger(__name__)
 
@@ -1241,9 +1242,13 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
                     volume_mm3=float(obs.volume_mm3 or 0.0),
                     slice_count=int(obs.slice_count or 0),
                     slice_spacing_mm=spacing,
-                    # The reader's flag is on the lesion; at baseline it would make the lesion
-                    # non-measurable, which the flag does not mean: it applies to follow-ups.
-                    too_small_to_measure=lesion.too_small_to_measure and obs.present and tp.pk != baseline.pk,
+                    too_small_to_measure=too_small_flag_applies(
+                        lesion.too_small_to_measure,
+                        present=obs.present,
+                        at_baseline=tp.pk == baseline.pk,
+                        longest_diameter_mm=obs.longest_diameter_mm,
+                        measurable_min_ld_mm=settings_.measurable_min_ld_mm,
+                    ),
                     fragment_count=int(obs.fragment_count or 1),
                 )
             )

@@ -221,3 +221,21 @@ def test_changing_the_trial_settings_re_assesses_every_patient(
         client.patch(f"/api/v1/trials/{patient.trial_id}/", {"title": "renamed"}, format="json")
     assert ProcessingJob.objects.filter(kind=JobKind.ASSESS).count() == 1
 
+
+@pytest.mark.django_db
+def test_too_small_flag_does_not_hide_a_regrown_lesion(client_for) -> None:
+    """rano-bm.md section 3: a target marked too small counts 5 mm where it is too small; where it is
+    measured again (25 mm at FU2, regrown) its measured LD counts, so the growth is progression."""
+    patient, (_, fu1, fu2) = patient_with({"L1": [20, 3, 25]}, [0, 60, 120])
+    lesion = patient.lesions.get(label="L1")
+    response = client_for(patient).patch(
+        f"/api/v1/lesions/{lesion.pk}/",
+        {"too_small_to_measure": True, "reason": "3 mm, at the limit"},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    assert current(fu1).sum_ld_mm == pytest.approx(5.0)  # too small there: counts too_small_mm
+    regrown = current(fu2)
+    assert regrown.sum_ld_mm == pytest.approx(25.0)
+    assert (regrown.target_response, regrown.overall_response) == ("PD", "PD")
+    assert regrown.progression_date == fu2.scan_date

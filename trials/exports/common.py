@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from trials.choices import AssessmentStatus, LesionRole
+from trials.rules import too_small_flag_applies
 
 #: Number of target-lesion column groups in the visit CSV (RANO-BM allows at most 5 targets).
 MAX_TARGET_COLUMNS = 5
@@ -59,17 +60,23 @@ def lesion_category(observation: dict[str, Any], new: bool) -> str:
     return "TARGET" if observation["role"] == LesionRole.TARGET else "NON-TARGET"
 
 
-def counted_ld_mm(observation: dict[str, Any], too_small_mm: float, *, at_baseline: bool) -> float | None:
+def counted_ld_mm(observation: dict[str, Any], rule: TooSmallRule, *, at_baseline: bool) -> float | None:
     """The diameter a target contributes to the SLD (rano-bm.md 3).
 
-    Absent: 0 mm; present but marked too small to measure by a reader: ``too_small_mm``; else its LD.
-    The reader's "too small" flag is stored on the lesion, not per visit; a target was measurable at
-    baseline by definition (rano-bm.md 2), so the flag applies to follow-up visits only.
+    Absent: 0 mm; present, marked too small to measure by a reader and measured under the measurable
+    minimum LD at this visit: ``too_small_mm`` (see :func:`trials.rules.too_small_flag_applies`, which
+    the assessment applies too); else its LD.
     """
     if not observation["present"]:
         return 0.0
-    if observation["too_small_to_measure"] and not at_baseline:
-        return too_small_mm
+    if too_small_flag_applies(
+        observation["too_small_to_measure"],
+        present=True,
+        at_baseline=at_baseline,
+        longest_diameter_mm=observation["longest_diameter_mm"],
+        measurable_min_ld_mm=rule.measurable_min_ld_mm,
+    ):
+        return rule.too_small_mm
     return observation["longest_diameter_mm"]
 
 
@@ -78,8 +85,20 @@ def is_reviewed(status: str | None) -> bool:
     return status in (AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN)
 
 
-def too_small_setting(visit: dict[str, Any], default: float) -> float:
-    """``too_small_mm`` stored with the visit's assessment, else the trial's current setting."""
+class TooSmallRule(NamedTuple):
+    """The settings the "too small to measure" rule needs, as the visit's assessment used them."""
+
+    too_small_mm: float
+    measurable_min_ld_mm: float
+
+
+def too_small_setting(visit: dict[str, Any], trial: Any) -> TooSmallRule:
+    """``too_small_mm`` and ``measurable_min_ld_mm`` stored with the visit's assessment, else the trial's
+    current settings."""
     settings = visit.get("rano_settings") or {}
-    value = settings.get("too_small_mm")
-    return float(value) if value is not None else default
+
+    def value(name: str) -> float:
+        stored = settings.get(name)
+        return float(stored) if stored is not None else float(getattr(trial, name))
+
+    return TooSmallRule(value("too_small_mm"), value("measurable_min_ld_mm"))

@@ -269,7 +269,7 @@ def visit_row(trial: Trial, visit: dict[str, Any], observations: list[dict[str, 
     has_rano = bool(visit["rano_present"])
     has_vol = visit["vol_created_at"] is not None
     reviewed = is_reviewed(visit["rano_status"])
-    too_small = too_small_setting(visit, trial.too_small_mm)
+    too_small = too_small_setting(visit, trial)
     targets = sorted(
         (
             o
@@ -348,7 +348,7 @@ def lesion_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]
         if visit["patient_id"] != patient_id:
             patient_id, first_visit_baseline = visit["patient_id"], {}
         keys = _visit_keys(trial, visit)
-        too_small = too_small_setting(visit, trial.too_small_mm)
+        too_small = too_small_setting(visit, trial)
         for obs in sorted(observations, key=lambda o: label_sort_key(o["label"])):
             first_visit_baseline.setdefault(obs["lesion_id"], visit["is_baseline"])
             new = is_new_lesion(obs, first_visit_baseline[obs["lesion_id"]])

@@ -429,7 +429,7 @@ def _tr_visit(
     first_visit_baseline: dict[int, bool],
 ) -> Iterator[dict[str, Any]]:
     base = _tr_base(trial, visit)
-    too_small = too_small_setting(visit, trial.too_small_mm)
+    too_small = too_small_setting(visit, trial)
     for obs in sorted(observations, key=lambda o: label_sort_key(o["label"])):
         first_visit_baseline.setdefault(obs["lesion_id"], visit["is_baseline"])
         category = lesion_category(obs, is_new_lesion(obs, first_visit_baseline[obs["lesion_id"]]))
