@@ -77,6 +77,7 @@ from trials.choices import (
     AssessmentSource,
     AssessmentStatus,
     AuditAction,
+    ClinicalStatus,
     Criteria,
     JobKind,
     JobState,
@@ -1177,8 +1178,10 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
 
     Visits enter in date order from the baseline on: those with a succeeded segmentation run or any
     observation (imaging available), and those whose series all failed processing (not evaluable, NE).
-    Visits still being processed, or without imaging, are left out. Returns None while the baseline has
-    not been analysed.
+    A visit without imaging enters as missing imaging (rano-bm.md section 6: NE, or PD when the clinical
+    status is worse) once a later visit has imaging (it was passed without a readable scan) or when its
+    clinical status is worse. Visits still being processed, and the latest visits still awaiting their
+    scan, are left out. Returns None while the baseline has not been analysed.
     """
     timepoints = list(Timepoint.objects.filter(patient=patient).order_by("scan_date", "pk"))
     analysed = set(
@@ -1216,18 +1219,20 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
     visits: list[engine.VisitInput] = []
     chosen: dict[str, Timepoint] = {}
     seen_lesions: set[str] = set()
+    last_imaged = max(
+        (tp.scan_date for tp in timepoints if tp.pk in analysed or tp.pk in observed), default=baseline.scan_date
+    )
     for tp in timepoints:
         if tp.scan_date < baseline.scan_date or (tp.scan_date == baseline.scan_date and tp.pk != baseline.pk):
             continue
         imaged = tp.pk in analysed or tp.pk in observed
-        not_evaluable = (
-            not imaged
-            and tp.pk != baseline.pk
-            and bool(series_by_tp.get(tp.pk))
-            and all(s.pk in failed_series for s in series_by_tp[tp.pk])
-        )
-        if not imaged and not not_evaluable:
+        series = series_by_tp.get(tp.pk, [])
+        all_failed = bool(series) and all(s.pk in failed_series for s in series)
+        missing = not series and (tp.scan_date < last_imaged or tp.clinical_status == ClinicalStatus.WORSE)
+        if not imaged and tp.pk == baseline.pk:
             continue
+        if not imaged and not all_failed and not missing:
+            continue  # being processed, or its scan is still to come
         obs_inputs = []
         for obs in by_tp.get(tp.pk, []) if imaged else []:
             lesion = obs.lesion

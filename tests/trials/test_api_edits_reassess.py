@@ -239,3 +239,23 @@ def test_too_small_flag_does_not_hide_a_regrown_lesion(client_for) -> None:
     assert regrown.sum_ld_mm == pytest.approx(25.0)
     assert (regrown.target_response, regrown.overall_response) == ("PD", "PD")
     assert regrown.progression_date == fu2.scan_date
+
+
+@pytest.mark.django_db
+def test_a_visit_without_imaging_is_not_evaluable_or_clinical_progression() -> None:
+    """rano-bm.md section 6: missing imaging at a visit -> NE; clinical status worse -> PD (any PD
+    criterion), with the progression date of that visit. The latest visit still awaiting its scan is
+    not assessed yet."""
+    patient, (baseline, fu1) = patient_with({"L1": [20, 18]}, [0, 60])
+    missed = make_timepoint(patient, visit_label="FU2", scan_date=D0 + dt.timedelta(days=120))
+    later = make_timepoint(patient, visit_label="FU3", scan_date=D0 + dt.timedelta(days=180))
+    _observe(patient.lesions.get(label="L1"), later, 19)
+    awaiting = make_timepoint(patient, visit_label="FU4", scan_date=D0 + dt.timedelta(days=240))
+    pipeline.reassess_patient(patient, from_timepoint=later, actor=None, reason="FU3 analysed")
+    assert current(missed).overall_response == "NE"
+    assert current(later).overall_response == "SD"
+    assert not Assessment.objects.filter(timepoint=awaiting).exists()
+    services.update_timepoint(awaiting, clinical_status="worse", actor=None)
+    pipeline.reassess_patient(patient, from_timepoint=awaiting, actor=None, reason="clinically worse")
+    worse = current(awaiting)
+    assert worse.overall_response == "PD" and worse.progression_date == awaiting.scan_date
