@@ -80,7 +80,8 @@ class LesionObservation:
 
     Attributes:
         lesion_id: Stable label (L1, L2, ...) that never changes across visits.
-        present: False when the lesion is absent at this visit (counts 0 mm).
+        present: False when the lesion has no component of its own at this visit: absent, or (with
+            ``merged_into``) inside another lesion's mass. Either way it counts 0 mm.
         longest_diameter_mm: LD; for a split lesion the sum of its fragments' LDs.
         perpendicular_diameter_mm: Perpendicular diameter on the LD slice.
         volume_mm3: Volume (sum over fragments).
@@ -88,7 +89,9 @@ class LesionObservation:
         slice_spacing_mm: Slice spacing of the image it was measured on (for measurability).
         too_small_to_measure: Reader flag: present but too small; counts ``too_small_mm``.
         fragment_count: Number of follow-up components matched to this lesion (split when > 1).
-        merged_into: Lesion id that absorbed this lesion in a merge (this one then counts 0 mm).
+        merged_into: Lesion id that absorbed this lesion in a merge. This one then counts 0 mm in the
+            sums (the mass is measured once, as that lesion) but has not disappeared: it is still
+            there, inside the mass, so it never counts as absent for a CR (rano-bm.md sections 3-4).
     """
 
     lesion_id: str
@@ -110,11 +113,18 @@ class LesionObservation:
                 raise ResponseInputError(f"{self.lesion_id}: {name} must be >= 0, got {getattr(self, name)}")
         if self.slice_count < 0:
             raise ResponseInputError(f"{self.lesion_id}: slice_count must be >= 0")
+        if self.merged_into == self.lesion_id:
+            raise ResponseInputError(f"{self.lesion_id} cannot be merged into itself")
 
     @property
     def counts_as_present(self) -> bool:
         """Present at this visit and not absorbed into another lesion."""
         return self.present and self.merged_into is None
+
+    @property
+    def seen(self) -> bool:
+        """Visible at this visit, measured on its own or inside the mass it merged into."""
+        return self.present or self.merged_into is not None
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,13 @@ class VisitInput:
         ids = [o.lesion_id for o in self.observations]
         if len(ids) != len(set(ids)):
             raise ResponseInputError(f"visit {self.visit}: a lesion id appears more than once")
+        present = {o.lesion_id for o in self.observations if o.counts_as_present}
+        for o in self.observations:
+            if o.merged_into is not None and o.merged_into not in present:
+                raise ResponseInputError(
+                    f"visit {self.visit}: {o.lesion_id} is merged into {o.merged_into}, "
+                    "which is not present at this visit"
+                )
 
 
 @dataclass(frozen=True)
@@ -515,7 +532,8 @@ def assess(
         pct_base = _pct(current, baseline_sum) if targets else None
         pct_nadir = _pct(current, nadir_sum) if targets else None
         if targets:
-            absent = [i for i in targets if obs.get(i) is None or not obs[i].counts_as_present]
+            # A target merged into another lesion counts 0 mm but is inside the mass: not absent.
+            absent = [i for i in targets if obs.get(i) is None or not obs[i].seen]
             pd_factor = 1 + (settings.vol_pd_threshold if volumetric else settings.pd_threshold) / 100
             pr_factor = 1 + (settings.vol_pr_threshold if volumetric else settings.pr_threshold) / 100
             grown = [
@@ -581,12 +599,17 @@ def assess(
             if visit.unequivocal_non_target_progression:
                 non_target_response = Response.PD
                 reasons.append("reader: unequivocal progression of non-target lesions -> non-target PD")
-            elif all(obs.get(i) is None or not obs[i].counts_as_present for i in non_targets):
+            elif all(obs.get(i) is None or not obs[i].seen for i in non_targets):
                 non_target_response = Response.CR
                 reasons.append("all non-target lesions absent -> non-target CR")
             else:
+                # A non-target merged into another lesion is still there, inside the merged mass.
                 non_target_response = Response.NON_CR_NON_PD
-                still = [i for i in non_targets if obs.get(i) is not None and obs[i].counts_as_present]
+                still = [
+                    i if obs[i].counts_as_present else f"{i} (merged into {obs[i].merged_into})"
+                    for i in non_targets
+                    if obs.get(i) is not None and obs[i].seen
+                ]
                 reasons.append(
                     f"non-target lesion(s) present ({', '.join(still)}) -> non-target NON-CR/NON-PD"
                 )
@@ -722,6 +745,8 @@ def assess(
         history.append((index, current, per_target))
         for i in non_targets:
             o = obs.get(i)
+            if o is not None and o.merged_into is not None:
+                continue  # inside a merged mass: no LD of its own, and not 0 mm either
             nt_history[i].append(o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0)
 
     if overall_overrides:
@@ -763,7 +788,10 @@ def _overridden(v: VisitAssessment, response: Response | str | None) -> VisitAss
         overall_response=reader,
         # A backdated progression date belongs to the rules' PD; a reader's PD dates from this scan.
         backdated_progression_date=v.backdated_progression_date if reader is Response.PD else None,
-        reasons=(*v.reasons, f"overall response set by the radiologist: {reader} (rules: {v.overall_response})"),
+        reasons=(
+            *v.reasons,
+            f"overall response set by the radiologist: {reader} (rules: {v.overall_response})",
+        ),
     )
 
 

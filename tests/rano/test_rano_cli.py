@@ -306,6 +306,25 @@ def test_target_merged_into_a_larger_non_target_keeps_the_mass(tmp_path: Path, c
     assert out["progression_date"] == "2024-05-08"
 
 
+def test_non_target_merged_into_a_target_is_not_non_target_cr(tmp_path: Path, capsys) -> None:
+    """rano-bm.md sections 3-4: a target (r 8 mm) and a small non-target (r 3 mm) nearby grow and
+    touch at FU1, one component. The mass is measured once, as the target; the non-target is inside
+    it, not gone: non-target NON-CR/NON-PD, never CR."""
+    target, non_target = (20.0, 32.0, 24.0), (34.0, 32.0, 24.0)
+    visits = [
+        {"visit": "BL", "date": "2024-01-08", "spheres": [(target, 8.0), (non_target, 3.0)]},
+        {"visit": "FU1", "date": "2024-03-08", "spheres": [(target, 9.0), (non_target, 5.0)]},
+    ]
+    code, out, err = run(capsys, write_case(tmp_path, "S013", visits), "--criteria", "rano-bm")
+    assert code == 0, err
+    lesions = {lesion["lesion_id"]: lesion for lesion in out["lesions"]}
+    assert lesions["L1"]["role"] == "target" and lesions["L2"]["role"] == "non_target"
+    assert lesions["L2"]["measurements"]["FU1"]["merged_into"] == "L1"
+    fu1 = out["visits"][1]
+    assert fu1["non_target_response"] == "NON-CR/NON-PD", fu1["reasons"]
+    assert "all non-target lesions absent" not in " ".join(fu1["reasons"])
+
+
 def test_labelled_masks_drop_parts_under_the_minimum_volume(tmp_path: Path, capsys) -> None:
     """rano-bm.md section 1: parts under min_lesion_volume_mm3 (5) are noise, labelled or not. At FU1
     label 2 is one voxel (1 mm3) and label 3 two separate voxels: no new lesion. Label 4, a 5-voxel

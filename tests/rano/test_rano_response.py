@@ -155,6 +155,25 @@ RULES = [
         (R.PR, R.CR, NewLesions.NONE, R.PR),
     ),
     (
+        "3/4",
+        "a non-target merged into a target is inside the merged mass: present, so not non-target CR",
+        [
+            BL,
+            v("FU1", 60, o("L1", 12), o("L2", 10), LesionObservation("L3", present=False, merged_into="L1")),
+        ],
+        None,
+        None,
+        (R.PR, R.NON_CR_NON_PD, NewLesions.NONE, R.PR),
+    ),
+    (
+        "3",
+        "a target merged into a non-target counts 0 mm but has not disappeared: no target CR",
+        [BL, v("FU1", 60, LesionObservation("L2", present=False, merged_into="L3"), o("L3", 20))],
+        None,
+        None,
+        (R.PR, R.NON_CR_NON_PD, NewLesions.NONE, R.PR),
+    ),
+    (
         "4",
         "non-target PD only from the reader's unequivocal progression",
         [BL, v("FU1", 60, o("L1", 20), o("L2", 15), o("L3", 20), unequivocal_non_target_progression=True)],
@@ -405,6 +424,22 @@ def test_growth_flag_names_the_non_target() -> None:
     assert res.visits[-1].non_target_growth_flags == ()
 
 
+def test_merged_non_target_keeps_its_own_nadir() -> None:
+    """Section 4: a non-target inside a merged mass has no LD of its own, it is not 0 mm. When it
+    separates again at 10 mm it grew 2 mm from its 8 mm nadir: no growth flag."""
+    merged = LesionObservation("L3", present=False, merged_into="L1")
+    res = assess(
+        [
+            BL,
+            v("FU1", 60, o("L1", 20), o("L2", 15), merged),
+            v("FU2", 120, o("L1", 20), o("L2", 15), o("L3", 10)),
+        ]
+    )
+    assert res.visits[1].non_target_response is R.NON_CR_NON_PD
+    assert "L3 (merged into L1)" in " ".join(res.visits[1].reasons)
+    assert res.visits[2].non_target_growth_flags == ()
+
+
 def test_equivocal_new_lesion_backdates_progression() -> None:
     """Section 5 / 7: PD declared at the confirming scan, progression dated to the first scan."""
     visits = [
@@ -603,6 +638,11 @@ def test_bad_input_raises(visits, reader, message) -> None:
         (lambda: VisitInput("FU1", "2024-01-01"), "date"),  # type: ignore[arg-type]
         (lambda: VisitInput("FU1", BASE, steroids="lots"), "steroids|Steroids|valid"),  # type: ignore[arg-type]
         (lambda: LesionObservation("L1", longest_diameter_mm=-1), ">= 0"),
+        (lambda: LesionObservation("L1", merged_into="L1"), "merged into itself"),
+        (
+            lambda: VisitInput("FU1", BASE, (LesionObservation("L2", present=False, merged_into="L1"),)),
+            "L2 is merged into L1, which is not present",
+        ),
         (lambda: assess([BL], criteria="recist"), "unknown criteria"),
     ],
 )
@@ -640,7 +680,11 @@ def test_radiologist_overrides_drive_confirmation_bor_and_progression() -> None:
     assert read.best_overall_response == R.SD
     assert "set by the radiologist: SD (rules: PD)" in " ".join(read.visits[1].reasons)
     # A reader's PR is confirmed by a later PR like the rules' own.
-    shrinking = [BL_TARGETS_ONLY, v("FU1", 60, o("L1", 16), o("L2", 12)), v("FU2", 120, o("L1", 12), o("L2", 10))]
+    shrinking = [
+        BL_TARGETS_ONLY,
+        v("FU1", 60, o("L1", 16), o("L2", 12)),
+        v("FU2", 120, o("L1", 12), o("L2", 10)),
+    ]
     assert [r.overall_response for r in assess(shrinking).visits[1:]] == [R.SD, R.PR]
     confirmed = assess(shrinking, overall_overrides={"FU1": "PR"})
     assert confirmed.visits[1].confirmed and confirmed.visits[1].confirmed_by == "FU2"
