@@ -375,6 +375,33 @@ def _pct(value: float, reference: float) -> float | None:
     return None if reference <= 0 else (value - reference) / reference * 100.0
 
 
+def _pct_decimals(pct: float, threshold_pct: float, *, met: bool) -> int:
+    """The fewest decimals (whole percents when they do) that print ``pct`` on the side of a threshold
+    the rule found it on: -29.97%, not -30%, for a sum that missed the -30% PR threshold (rano-bm.md
+    section 6: reasons a reader can check).
+
+    Args:
+        pct: The change, in percent.
+        threshold_pct: The rule's threshold in percent: met at or above it when positive (PD), at or
+            below it when negative (PR).
+        met: Whether the rule found the threshold met.
+    """
+    decimals = 0
+    while decimals < 6:
+        shown = float(f"{pct:.{decimals}f}")
+        on_side = shown >= threshold_pct if threshold_pct > 0 else shown <= threshold_pct
+        if on_side == met:
+            break
+        decimals += 1
+    return decimals
+
+
+def _pct_words(pct: float, threshold_pct: float, *, met: bool, signed: bool = True) -> str:
+    """``pct`` as a reason prints it (see :func:`_pct_decimals`): signed (+20%) or as a magnitude (20%)."""
+    decimals = _pct_decimals(pct, threshold_pct, met=met)
+    return f"{pct:+.{decimals}f}%" if signed else f"{abs(pct):.{decimals}f}%"
+
+
 def _validate_visits(visits: Sequence[VisitInput]) -> None:
     if not visits:
         raise ResponseInputError("at least one visit (the baseline) is needed")
@@ -534,45 +561,75 @@ def assess(
         if targets:
             # A target merged into another lesion counts 0 mm but is inside the mass: not absent.
             absent = [i for i in targets if obs.get(i) is None or not obs[i].seen]
-            pd_factor = 1 + (settings.vol_pd_threshold if volumetric else settings.pd_threshold) / 100
-            pr_factor = 1 + (settings.vol_pr_threshold if volumetric else settings.pr_threshold) / 100
+            pd_threshold = settings.vol_pd_threshold if volumetric else settings.pd_threshold
+            pr_threshold = settings.vol_pr_threshold if volumetric else settings.pr_threshold
+            pd_factor = 1 + pd_threshold / 100
+            pr_factor = 1 + pr_threshold / 100
             grown = [
                 (i, per_target[i] - nadir_targets[i])
                 for i in targets
                 if per_target[i] - nadir_targets[i] >= settings.pd_min_lesion_increase_mm - _EPS
             ]
             sum_words = f"{label} {current:.1f} {unit}"
+            sum_above_nadir = current >= nadir_sum * pd_factor - _EPS
             if len(absent) == len(targets):
                 target_response = Response.CR
                 reasons.append(f"all targets absent ({', '.join(targets)}) -> target CR")
-            elif current >= nadir_sum * pd_factor - _EPS and (
+            elif sum_above_nadir and (
                 (not volumetric and grown) or (volumetric and current > nadir_sum + _EPS)
             ):
                 target_response = Response.PD
-                change = "" if pct_nadir is None else f" is {pct_nadir:.0f}% above nadir"
-                words = f"{sum_words}{change} {nadir_sum:.1f} {unit} ({nadir_label})"
+                # After a CR the nadir is 0: any sum is above it, by no percentage.
+                change = (
+                    ">"
+                    if pct_nadir is None
+                    else f"is {_pct_words(pct_nadir, pd_threshold, met=True, signed=False)} above"
+                )
+                words = f"{sum_words} {change} nadir {nadir_sum:.1f} {unit} ({nadir_label})"
                 if not volumetric:
                     words += "; " + ", ".join(f"{i} grew {g:.1f} mm" for i, g in grown)
                 reasons.append(f"{words} -> target PD")
             elif current <= baseline_sum * pr_factor + _EPS:
                 target_response = Response.PR
-                reasons.append(
-                    f"{sum_words} is {abs(pct_base or 0):.0f}% below baseline {baseline_sum:.1f} {unit} -> target PR"
+                change = (
+                    f"<= {100 + pr_threshold:g}% of"
+                    if pct_base is None
+                    else f"is {_pct_words(pct_base, pr_threshold, met=True, signed=False)} below"
                 )
+                reasons.append(f"{sum_words} {change} baseline {baseline_sum:.1f} {unit} -> target PR")
             else:
                 target_response = Response.SD
-                base_words = "" if pct_base is None else f"{pct_base:+.0f}% from baseline"
-                nadir_words = "" if pct_nadir is None else f"{pct_nadir:+.0f}% from nadir ({nadir_label})"
+                base_text = None if pct_base is None else _pct_words(pct_base, pr_threshold, met=False)
+                nadir_text = (
+                    None if pct_nadir is None else _pct_words(pct_nadir, pd_threshold, met=sum_above_nadir)
+                )
+                if pct_base is not None and pct_base == pct_nadir:
+                    # Nadir at baseline: one change, printed alike for both thresholds.
+                    decimals = max(
+                        _pct_decimals(pct_base, pr_threshold, met=False),
+                        _pct_decimals(pct_base, pd_threshold, met=sum_above_nadir),
+                    )
+                    base_text = nadir_text = f"{pct_base:+.{decimals}f}%"
+                base_words = (
+                    f"baseline {baseline_sum:.1f} {unit}"
+                    if base_text is None
+                    else f"{base_text} from baseline"
+                )
+                nadir_words = (
+                    f"nadir {nadir_sum:.1f} {unit} ({nadir_label})"
+                    if nadir_text is None
+                    else f"{nadir_text} from nadir ({nadir_label})"
+                )
                 reasons.append(f"{sum_words} ({base_words}, {nadir_words}) -> target SD")
-                if not volumetric and current >= nadir_sum * pd_factor - _EPS and not grown:
+                if not volumetric and sum_above_nadir and not grown:
                     reasons.append(
-                        f"sum is >= {settings.pd_threshold:.0f}% above nadir but no target grew "
-                        f"{settings.pd_min_lesion_increase_mm:.0f} mm -> not PD"
+                        f"sum is >= {settings.pd_threshold:g}% above nadir but no target grew "
+                        f"{settings.pd_min_lesion_increase_mm:g} mm -> not PD"
                     )
             for i in targets:
                 o = obs.get(i)
                 if o is not None and o.too_small_to_measure and o.counts_as_present:
-                    reasons.append(f"{i} marked too small to measure: counts {settings.too_small_mm:.0f} mm")
+                    reasons.append(f"{i} marked too small to measure: counts {settings.too_small_mm:g} mm")
                 if o is not None and o.merged_into is not None:
                     reasons.append(f"{i} merged into {o.merged_into}: counts 0")
                 if o is not None and o.fragment_count > 1 and o.counts_as_present:

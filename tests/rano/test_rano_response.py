@@ -417,6 +417,134 @@ def test_reason_words_for_target_pd() -> None:
     assert res.visits[-1].pct_change_from_nadir == pytest.approx(100 * 6 / 22)
 
 
+@pytest.mark.parametrize(
+    ("rule", "visits", "settings", "criteria", "response", "words", "not_words"),
+    [
+        (
+            "section 6: -29.97% is not PR; '-30%' would say it is",
+            [v("BL", 0, o("L1", 30)), v("FU1", 60, o("L1", 21.01))],
+            None,
+            Criteria.RANO_BM,
+            R.SD,
+            "SLD 21.0 mm (-29.97% from baseline, -29.97% from nadir (BL)) -> target SD",
+            "-30%",
+        ),
+        (
+            "section 6: +19.99% from nadir is not PD; '+20%' would say it is",
+            [v("BL", 0, o("L1", 20)), v("FU1", 60, o("L1", 14)), v("FU2", 120, o("L1", 16.799))],
+            None,
+            Criteria.RANO_BM,
+            R.SD,
+            "(-16% from baseline, +19.99% from nadir (FU1)) -> target SD",
+            "+20%",
+        ),
+        (
+            "usual values keep whole percents",
+            [v("BL", 0, o("L1", 20)), v("FU1", 60, o("L1", 16))],
+            None,
+            Criteria.RANO_BM,
+            R.SD,
+            "SLD 16.0 mm (-20% from baseline, -20% from nadir (BL)) -> target SD",
+            "-20.0",
+        ),
+        (
+            "section 8: -64.99% of the volume sum is not volumetric PR",
+            [v("BL", 0, o("L1", 20, vol=1000)), v("FU1", 60, o("L1", 15, vol=350.1))],
+            None,
+            Criteria.VOLUMETRIC,
+            R.SD,
+            "(-64.99% from baseline, -64.99% from nadir (BL)) -> target SD",
+            "-65%",
+        ),
+        (
+            "a fractional PD threshold met exactly prints as met: 20.4%, not 20%",
+            [v("BL", 0, o("L1", 20)), v("FU1", 60, o("L1", 24.08))],
+            ResponseSettings(pd_threshold=20.4, pd_min_lesion_increase_mm=4),
+            Criteria.RANO_BM,
+            R.PD,
+            "SLD 24.1 mm is 20.4% above nadir 20.0 mm (BL); L1 grew 4.1 mm -> target PD",
+            "is 20% above",
+        ),
+        (
+            "a fractional PD threshold in the not-PD note",
+            [v("BL", 0, o("L1", 20)), v("FU1", 60, o("L1", 24.2))],
+            ResponseSettings(pd_threshold=20.5),
+            Criteria.RANO_BM,
+            R.SD,
+            "sum is >= 20.5% above nadir but no target grew 5 mm -> not PD",
+            "sum is >= 20%",
+        ),
+    ],
+    ids=lambda x: x if isinstance(x, str) and " " in x and len(x) > 30 else None,
+)
+def test_reason_percentages_agree_with_the_result(
+    rule, visits, settings, criteria, response, words, not_words
+) -> None:
+    """rano-bm.md section 6: reasons are "in words a reader can check". A percentage rounded onto a
+    threshold the value did not meet (or off one it met) contradicts the result: print more decimals."""
+    last = assess(visits, settings=settings or ResponseSettings(), criteria=criteria).visits[-1]
+    text = " ".join(last.reasons)
+    assert last.target_response is response
+    assert words in text and not_words not in text, text
+
+
+@pytest.mark.parametrize(
+    ("rule", "visits", "reader", "criteria", "response", "words"),
+    [
+        (
+            "PD after a CR nadir (0 mm): no percentage above nadir",
+            [BL_TARGETS_ONLY, v("FU1", 60), v("FU2", 120, o("L1", 12.9), o("L2", 20))],
+            None,
+            Criteria.RANO_BM,
+            R.PD,
+            "SLD 32.9 mm > nadir 0.0 mm (FU1); L2 grew 20.0 mm -> target PD",
+        ),
+        (
+            "volumetric PD after a CR nadir",
+            [BL_TARGETS_ONLY, v("FU1", 60), v("FU2", 120, o("L1", 10, vol=500))],
+            None,
+            Criteria.VOLUMETRIC,
+            R.PD,
+            "target volume sum 500.0 mm3 > nadir 0.0 mm3 (FU1) -> target PD",
+        ),
+        (
+            "SD after a CR nadir (a protocol asking for a 20 mm increase of one lesion)",
+            [v("BL", 0, o("L1", 20)), v("FU1", 60), v("FU2", 120, o("L1", 15))],
+            None,
+            Criteria.RANO_BM,
+            R.SD,
+            "SLD 15.0 mm (-25% from baseline, nadir 0.0 mm (FU1)) -> target SD",
+        ),
+        (
+            "SD on a reader-selected target of 0 mm at baseline",
+            [v("BL", 0, o("L1", 0)), v("FU1", 60, o("L1", 3))],
+            ReaderInputs(target_ids=("L1",)),
+            Criteria.RANO_BM,
+            R.SD,
+            "SLD 3.0 mm (baseline 0.0 mm, nadir 0.0 mm (BL)) -> target SD",
+        ),
+        (
+            "PR on a reader-selected target of 0 mm at baseline",
+            [v("BL", 0, o("L1", 0)), v("FU1", 60, o("L1", 0))],
+            ReaderInputs(target_ids=("L1",)),
+            Criteria.RANO_BM,
+            R.PR,
+            "SLD 0.0 mm <= 70% of baseline 0.0 mm -> target PR",
+        ),
+    ],
+    ids=lambda x: x if isinstance(x, str) and " " in x else None,
+)
+def test_reasons_without_a_percentage(rule, visits, reader, criteria, response, words) -> None:
+    """A change from a sum of 0 (a CR nadir, or a 0 mm baseline) has no percentage; the reason says
+    what the rule compared instead of leaving a gap. (Settings: a 20 mm increase of one lesion for PD.)"""
+    settings = ResponseSettings(pd_min_lesion_increase_mm=20)
+    last = assess(visits, reader or ReaderInputs(), settings, criteria=criteria).visits[-1]
+    text = " ".join(last.reasons)
+    assert last.target_response is response
+    assert words in text, text
+    assert ", )" not in text and "(, " not in text and "mm 0.0" not in text, text
+
+
 def test_growth_flag_names_the_non_target() -> None:
     res = assess([BL, v("FU1", 60, o("L1", 20), o("L2", 15), o("L3", 14))])
     assert res.visits[-1].non_target_growth_flags == ("L3",)
