@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from rano.settings import ResponseSettings
 
 _VISIT_KEYS = {"visit", "date", "mask", "image", "steroids", "clinical_status"}
 _TOP_KEYS = {"subject_id", "visits"}
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class InputError(RanoError):
@@ -59,6 +61,16 @@ def _choice(value: Any, enum: type[Steroids] | type[ClinicalStatus], key: str, v
     except ValueError:
         allowed = " | ".join(e.value for e in enum)
         raise InputError(f"visit {visit}: {key} must be one of {allowed}, got {value!r}") from None
+
+
+def _date(value: Any, visit: str) -> dt.date:
+    """A visit date written YYYY-MM-DD (date.fromisoformat alone also takes 20240301 and 2024-W09-5)."""
+    try:
+        if not isinstance(value, str) or not _DATE.fullmatch(value):
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"visit {visit}: date must be YYYY-MM-DD, got {value!r}") from None
 
 
 def _r(value: float | None, digits: int = 1) -> float | None:
@@ -108,10 +120,7 @@ def assess_files(
             raise InputError(f"visit {label}: unknown field(s) {', '.join(unknown)}")
         if any(label == row[0] for row in loaded):
             raise InputError(f"visit {label} appears twice")
-        try:
-            date = dt.date.fromisoformat(str(entry.get("date")))
-        except ValueError:
-            raise InputError(f"visit {label}: date must be YYYY-MM-DD, got {entry.get('date')!r}") from None
+        date = _date(entry.get("date"), label)
         if previous_date is not None and date <= previous_date:
             raise InputError(f"visit {label}: dates out of order ({date} is not after {previous_date})")
         previous_date = date

@@ -222,6 +222,11 @@ def _case(tmp_path: Path, **changes) -> Path:
         ({"mask": "garbage.nii.gz"}, "not a readable image"),
         ({"date": "2023-12-01"}, "out of order"),
         ({"date": "08/03/2024"}, "YYYY-MM-DD"),
+        # Other ISO 8601 forms Python's date.fromisoformat accepts are not YYYY-MM-DD either.
+        ({"date": "2024-W09-5"}, "date must be YYYY-MM-DD, got '2024-W09-5'"),
+        ({"date": "20240301"}, "date must be YYYY-MM-DD, got '20240301'"),
+        ({"date": 20240301}, "date must be YYYY-MM-DD, got 20240301"),
+        ({"date": "2024-02-30"}, "date must be YYYY-MM-DD"),
         ({"steroids": "lots"}, "steroids must be one of none | decreased | stable | increased"),
         ({"clinical_status": "better"}, "clinical_status must be one of"),
         ({"colour": "blue"}, "unknown field"),
