@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,6 +41,17 @@ _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 class InputError(RanoError):
     """The VISITS.json file or a file it names is unusable."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad command line reported like any other bad input: one line, status 2.
+
+    argparse prints its usage block before the error; the README promises one line on stderr.
+    ``--help`` still prints the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see rano-assess --help)")
 
 
 def _read_image(path: Path, what: str) -> sitk.Image:
@@ -270,16 +281,14 @@ def _report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (0 ok, 2 bad input)."""
-    parser = argparse.ArgumentParser(
-        prog="rano-assess", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = _ArgumentParser(prog="rano-assess", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("visits", type=Path, help="VISITS.json (paths inside are relative to it)")
     parser.add_argument("--criteria", choices=["rano-bm", "volumetric", "both"], default="both")
     parser.add_argument(
         "--settings", type=Path, help="JSON object of response settings (rano-bm.md section 9)"
     )
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         settings = ResponseSettings()
         if args.settings is not None:
             try:

@@ -256,6 +256,30 @@ def test_bad_settings_and_missing_visits_file(tmp_path: Path, capsys) -> None:
     assert code == 2 and "not found" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--criteria", "recist", "VISITS"], "argument --criteria: invalid choice: 'recist'"),
+        ([], "the following arguments are required: visits"),
+        (["VISITS", "--colour", "blue"], "unrecognized arguments: --colour blue"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys, argv, words) -> None:
+    """README: bad input exits with status 2 and one line on stderr, bad arguments too (no usage block)."""
+    path = _case(tmp_path)
+    code = main([str(path) if a == "VISITS" else a for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("rano-assess: error: ") and words in err, err
+
+
+def test_help_still_prints_the_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "usage: rano-assess" in capsys.readouterr().out
+
+
 def test_console_script_runs(tmp_path: Path) -> None:
     path = _case(tmp_path)
     exe = Path(sys.executable).with_name("rano-assess")
