@@ -483,6 +483,15 @@ class LesionObservation(models.Model):
     unequivocal_progression = models.BooleanField(
         default=False, help_text="Reader judgement: unequivocal progression of a non-target (rano-bm.md 4)."
     )
+    merged_into = models.ForeignKey(
+        Lesion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="absorbed_observations",
+        help_text="The lesion whose mass absorbed this one at this visit (present=False, counts 0 mm, but "
+        "not disappeared: rano-bm.md section 3).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -688,11 +688,12 @@ def _observation_values(parts: list[LesionMeasurement], run: SegmentationRun) ->
     }
 
 
-def _absent_values(run: SegmentationRun, why: str = "") -> dict[str, Any]:
+def _absent_values(run: SegmentationRun, why: str = "", merged_into: Lesion | None = None) -> dict[str, Any]:
     values: dict[str, Any] = {
         "segmentation_run": run,
         "source": ObservationSource.AI,
         "present": False,
+        "merged_into": merged_into,
         "component_label": None,
         "fragment_count": 1,
         "measurable": False,
@@ -807,7 +808,9 @@ def earlier_lesion_for(timepoint: Timepoint, mask: sitk.Image, image: sitk.Image
             "lesion__label", flat=True
         )
     )
-    dropped = set(Lesion.objects.filter(patient=patient, is_false_positive=True).values_list("label", flat=True))
+    dropped = set(
+        Lesion.objects.filter(patient=patient, is_false_positive=True).values_list("label", flat=True)
+    )
     candidates = {label: fp for label, fp in prior.items() if label not in shown | dropped}
     match = match_components(current, candidates, absent_last_visit=absent_last)
     for assignment in match.assignments:
@@ -921,9 +924,10 @@ def analyse_run(
     for lesion_id, lesion in lesions.items():
         if lesion_id in components:
             continue
-        why = f"merged into {match.merged_into[lesion_id]}" if lesion_id in match.merged_into else ""
+        into = lesions.get(match.merged_into.get(lesion_id, ""))
+        why = f"merged into {into.label}" if into is not None else ""
         _upsert_observation(
-            lesion, timepoint, _absent_values(run, why), actor=actor, correlation_id=correlation_id
+            lesion, timepoint, _absent_values(run, why, into), actor=actor, correlation_id=correlation_id
         )
 
     lesion_map = np.zeros(ref_labels.shape, dtype=np.uint32)
@@ -997,7 +1001,9 @@ def _complete_later_visits(
                 _upsert_observation(
                     lesion,
                     later_run.series.timepoint,
-                    _absent_values(later_run, "not found at this visit (first seen at an earlier visit analysed later)"),
+                    _absent_values(
+                        later_run, "not found at this visit (first seen at an earlier visit analysed later)"
+                    ),
                     actor=actor,
                     correlation_id=correlation_id,
                 )
@@ -1158,7 +1164,9 @@ def run_analysis_stage(
         "assessments": [a.pk for a in created],
         **({"contours_error": contours_note} if contours_note else {}),
     }
-    message = f"{len(summary.get('lesions', {}))} lesion(s); assessed" + (f"; {contours_note}" if contours_note else "")
+    message = f"{len(summary.get('lesions', {}))} lesion(s); assessed" + (
+        f"; {contours_note}" if contours_note else ""
+    )
     services.finish_job(job, result=result, message=message[:500])
     return result
 
@@ -1211,16 +1219,20 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
     observations = list(
         LesionObservation.objects.filter(
             timepoint__patient=patient, lesion__is_false_positive=False
-        ).select_related("lesion", "segmentation_run__series")
+        ).select_related("lesion", "merged_into", "segmentation_run__series")
     )
     by_tp: dict[int, list[LesionObservation]] = {}
+    present_at: dict[int, set[int]] = {}  # visit -> lesions seen on their own there
     for obs in observations:
         by_tp.setdefault(obs.timepoint_id, []).append(obs)
+        if obs.present:
+            present_at.setdefault(obs.timepoint_id, set()).add(obs.lesion_id)
     visits: list[engine.VisitInput] = []
     chosen: dict[str, Timepoint] = {}
     seen_lesions: set[str] = set()
     last_imaged = max(
-        (tp.scan_date for tp in timepoints if tp.pk in analysed or tp.pk in observed), default=baseline.scan_date
+        (tp.scan_date for tp in timepoints if tp.pk in analysed or tp.pk in observed),
+        default=baseline.scan_date,
     )
     for tp in timepoints:
         if tp.scan_date < baseline.scan_date or (tp.scan_date == baseline.scan_date and tp.pk != baseline.pk):
@@ -1242,6 +1254,7 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
                 engine.LesionObservation(
                     lesion.label,
                     present=obs.present,
+                    merged_into=_merged_into_label(obs, present_at.get(tp.pk, set())),
                     longest_diameter_mm=float(obs.longest_diameter_mm or 0.0),
                     perpendicular_diameter_mm=float(obs.perpendicular_diameter_mm or 0.0),
                     volume_mm3=float(obs.volume_mm3 or 0.0),
@@ -1309,6 +1322,14 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
             )
         )
     return _PatientInputs(visits, chosen, engine.ReaderInputs(lesion_flags=flags, target_ids=target_ids))
+
+
+def _merged_into_label(obs: LesionObservation, present: set[int]) -> str | None:
+    """The label of the lesion whose mass absorbed ``obs``'s lesion, when that lesion is seen at the visit
+    (a merge into a lesion since marked absent or a false positive is an absence)."""
+    if obs.present or obs.merged_into_id is None or obs.merged_into_id not in present:
+        return None
+    return obs.merged_into.label
 
 
 _COMPARED_FIELDS = (
@@ -1381,7 +1402,10 @@ def _ai_row(current: Assessment | None) -> Assessment | None:
     return current
 
 
-_ENGINE_CRITERIA = {Criteria.RANO_BM: engine.Criteria.RANO_BM, Criteria.VOLUMETRIC: engine.Criteria.VOLUMETRIC}
+_ENGINE_CRITERIA = {
+    Criteria.RANO_BM: engine.Criteria.RANO_BM,
+    Criteria.VOLUMETRIC: engine.Criteria.VOLUMETRIC,
+}
 
 
 def _overridden_responses(patient: Patient) -> dict[str, dict[str, str]]:
@@ -1433,7 +1457,9 @@ def override_assessment(
         index = [v.visit for v in inputs.visits].index(label)
         criteria = _ENGINE_CRITERIA[assessment.criteria]
         try:
-            full = engine.assess(inputs.visits, inputs.reader, settings_, criteria, overall_overrides=overrides)
+            full = engine.assess(
+                inputs.visits, inputs.reader, settings_, criteria, overall_overrides=overrides
+            )
             prefix = engine.assess(
                 inputs.visits[: index + 1], inputs.reader, settings_, criteria, overall_overrides=overrides
             )
@@ -1632,7 +1658,9 @@ def run_trial_reassessment(
                 correlation_id=cid,
             )
         )  # fmt: skip
-        _progress(job, min(99, 100 * index // len(patients)), "re-assessment", f"{index}/{len(patients)} patients")
+        _progress(
+            job, min(99, 100 * index // len(patients)), "re-assessment", f"{index}/{len(patients)} patients"
+        )
     result = {"patients": len(patients), "assessments_created": created}
     services.finish_job(job, result=result, message=f"{len(patients)} patient(s) re-assessed", actor=actor,
                         correlation_id=cid)  # fmt: skip

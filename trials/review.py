@@ -793,6 +793,7 @@ def merge_lesions(
         perpendicular_points_mm=None,
         segmentation_run=None,
         component_label=None,
+        merged_into=keep,
         measurable_reason=f"merged into {keep.label}",
         actor=actor,
         reason=reason,

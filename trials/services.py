@@ -753,6 +753,7 @@ OBSERVATION_FIELDS = (
     "segmentation_run",
     "source",
     "present",
+    "merged_into",
     "component_label",
     "fragment_count",
     "longest_diameter_mm",
@@ -888,6 +889,7 @@ def record_observation(
         )
     _check_caliper(measurements)
     _check_measurements(measurements)
+    _check_merged_into(lesion, measurements)
     return _create(
         LesionObservation,
         actor=actor,
@@ -925,12 +927,20 @@ def _check_measurements(values: dict[str, Any], current: LesionObservation | Non
         elif value < 0:
             errors[name] = ["Must be 0 or more."]
         elif value > limit:
-            errors[name] = [f"{value:g} {unit} is beyond any brain lesion (at most {limit:g} {unit}): check the unit."]
+            errors[name] = [
+                f"{value:g} {unit} is beyond any brain lesion (at most {limit:g} {unit}): check the unit."
+            ]
     if not errors:
         longest = values.get("longest_diameter_mm", getattr(current, "longest_diameter_mm", None))
-        perpendicular = values.get("perpendicular_diameter_mm", getattr(current, "perpendicular_diameter_mm", None))
+        perpendicular = values.get(
+            "perpendicular_diameter_mm", getattr(current, "perpendicular_diameter_mm", None)
+        )
         if longest is not None and perpendicular is not None and perpendicular > longest + 1e-6:
-            field = "perpendicular_diameter_mm" if "perpendicular_diameter_mm" in values else "longest_diameter_mm"
+            field = (
+                "perpendicular_diameter_mm"
+                if "perpendicular_diameter_mm" in values
+                else "longest_diameter_mm"
+            )
             errors[field] = [
                 f"The perpendicular diameter ({perpendicular:g} mm) cannot exceed the longest diameter "
                 f"({longest:g} mm): the longest diameter is the longest chord (rano-bm.md section 1)."
@@ -938,6 +948,23 @@ def _check_measurements(values: dict[str, Any], current: LesionObservation | Non
     if errors:
         raise InvalidInputError(
             "Invalid measurement: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), errors
+        )
+
+
+def _check_merged_into(lesion: Lesion, values: dict[str, Any]) -> None:
+    """A lesion merges into another lesion of its patient, and a merged lesion is not seen on its own."""
+    into = values.get("merged_into")
+    if into is None:
+        return
+    if into.pk == lesion.pk or into.patient_id != lesion.patient_id:
+        raise InvalidInputError(
+            "A lesion merges into another lesion of the same patient.",
+            {"merged_into": ["Must be another lesion of this patient."]},
+        )
+    if values.get("present") is True:
+        raise InvalidInputError(
+            "A lesion merged into another has no component of its own at this visit (present must be false).",
+            {"present": ["Must be false for a merged lesion."]},
         )
 
 
@@ -977,6 +1004,9 @@ def update_observation(
     _check_fields(LesionObservation, changes, OBSERVATION_FIELDS)
     _check_caliper(changes)
     _check_measurements(changes, observation)
+    if changes.get("present") is True:
+        changes.setdefault("merged_into", None)  # seen on its own again: no longer inside another mass
+    _check_merged_into(observation.lesion, changes)
     run = changes.get("segmentation_run")
     if run is not None and run.series.timepoint_id != observation.timepoint_id:
         raise InvalidInputError(

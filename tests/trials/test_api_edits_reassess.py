@@ -259,3 +259,25 @@ def test_a_visit_without_imaging_is_not_evaluable_or_clinical_progression() -> N
     pipeline.reassess_patient(patient, from_timepoint=awaiting, actor=None, reason="clinically worse")
     worse = current(awaiting)
     assert worse.overall_response == "PD" and worse.progression_date == awaiting.scan_date
+
+
+@pytest.mark.django_db
+def test_a_non_target_merged_into_a_target_is_not_non_target_cr() -> None:
+    """rano-bm.md section 3: the merged mass is measured once as the target; the non-target inside it
+    has not disappeared, so the non-targets are not CR (and the API names the absorbing lesion)."""
+    patient, (baseline, fu1) = patient_with({"L1": [20, 16], "L2": [6, 5]}, [0, 60])
+    assert current(fu1).non_target_response == "NON-CR/NON-PD"
+    fu2 = make_timepoint(patient, visit_label="FU2", scan_date=D0 + dt.timedelta(days=120))
+    l1, l2 = patient.lesions.get(label="L1"), patient.lesions.get(label="L2")
+    _observe(l1, fu2, 17)
+    services.record_observation(l2, fu2, actor=None, present=False, merged_into=l1)
+    pipeline.reassess_patient(patient, from_timepoint=fu2, actor=None, reason="FU2 analysed")
+    merged = current(fu2)
+    assert merged.non_target_response == "NON-CR/NON-PD", merged.reasons
+    assert merged.sum_ld_mm == pytest.approx(17.0)
+    client = APIClient()
+    client.force_authenticate(make_member(patient.trial, MembershipRole.INVESTIGATOR))
+    row = client.get("/api/v1/observations/", {"lesion": l2.pk, "timepoint": fu2.pk}).data["results"][0]
+    assert row["merged_into"] == "L1" and row["present"] is False
+    with pytest.raises(services.InvalidInputError):
+        services.record_observation(l1, baseline, actor=None, present=False, merged_into=l1)

@@ -431,6 +431,9 @@ class LesionObservationSerializer(ServiceModelSerializer):
         choices=[ObservationSource.MANUAL, ObservationSource.EDITED], required=False,
         help_text="Set by the service: manual (added by a reader) or edited (an AI observation a reader changed).",
     )  # fmt: skip
+    merged_into = serializers.SlugRelatedField(
+        slug_field="label", read_only=True, help_text="Label of the lesion whose mass absorbed this one here."
+    )
     caliper_points_mm = PointsField(required=False, allow_null=True)
     perpendicular_points_mm = PointsField(required=False, allow_null=True)
     create_service = staticmethod(_record_observation)
@@ -508,14 +511,18 @@ _SIGNATURE_PASSWORD_HELP = "The signer's password, entered again: it applies the
 class ConfirmAssessmentSerializer(StrictInputMixin, serializers.Serializer):
     """Input of ``POST /assessments/{id}/confirm/``; the signature means "reviewed and confirmed"."""
 
-    password = serializers.CharField(write_only=True, trim_whitespace=False, help_text=_SIGNATURE_PASSWORD_HELP)
+    password = serializers.CharField(
+        write_only=True, trim_whitespace=False, help_text=_SIGNATURE_PASSWORD_HELP
+    )
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
 
 class OverrideAssessmentSerializer(StrictInputMixin, serializers.Serializer):
     """Input of ``POST /assessments/{id}/override/``; the signature means "reviewed and overridden"."""
 
-    password = serializers.CharField(write_only=True, trim_whitespace=False, help_text=_SIGNATURE_PASSWORD_HELP)
+    password = serializers.CharField(
+        write_only=True, trim_whitespace=False, help_text=_SIGNATURE_PASSWORD_HELP
+    )
     overall_response = serializers.ChoiceField(choices=ResponseChoices.choices)
     reason = serializers.CharField(max_length=2000, help_text="Required: why the reader disagrees.")
     target_response = serializers.ChoiceField(choices=ResponseChoices.choices, required=False)
