@@ -279,6 +279,34 @@ class Timepoint(models.Model):
     def __str__(self) -> str:
         return f"{self.patient_id}:{self.visit_label}"
 
+    def clean(self) -> None:
+        """Follow-ups come after the baseline (rano-bm.md: responses are measured from the baseline on;
+        a follow-up dated before it would never be assessed, or keep a response it no longer has)."""
+        super().clean()
+        if self.scan_date is None or self.patient_id is None:
+            return
+        others = Timepoint.objects.filter(patient_id=self.patient_id).exclude(pk=self.pk)
+        if self.is_baseline:
+            if others.filter(is_baseline=True).exists():
+                return  # a second baseline: the uniqueness rule answers (409)
+            early = others.filter(scan_date__lte=self.scan_date).order_by("scan_date").first()
+            if early is not None:
+                raise ValidationError(
+                    {
+                        "scan_date": f"The baseline must come before every follow-up: {early.visit_label} "
+                        f"was scanned on {early.scan_date.isoformat()}."
+                    }
+                )
+            return
+        baseline = others.filter(is_baseline=True).first()
+        if baseline is not None and self.scan_date <= baseline.scan_date:
+            raise ValidationError(
+                {
+                    "scan_date": f"A follow-up visit must be scanned after the baseline "
+                    f"({baseline.visit_label}, {baseline.scan_date.isoformat()})."
+                }
+            )
+
 
 class ImagingSeries(models.Model):
     """One MR series of a visit (DICOM PS3.3 General Study C.7.2.1 / General Series C.7.3.1 modules).

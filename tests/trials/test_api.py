@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -78,7 +79,7 @@ def test_duplicate_visit_label_and_second_baseline_are_409(trial: Any) -> None:
     assert (
         client.post(url, {**base, "visit_label": "BL", "is_baseline": True}, format="json").status_code == 201
     )
-    dup = client.post(url, {**base, "visit_label": "BL"}, format="json")
+    dup = client.post(url, {**base, "visit_label": "BL", "scan_date": "2025-03-01"}, format="json")
     assert dup.status_code == 409 and "already has a visit with this label" in dup.data["detail"]
     second = client.post(url, {**base, "visit_label": "BL2", "is_baseline": True}, format="json")
     assert second.status_code == 409 and "already has a baseline visit" in second.data["detail"]
@@ -393,3 +394,24 @@ def test_a_readers_measurement_is_never_recorded_as_the_ai_s(trial: Any) -> None
         format="json",
     )
     assert added.status_code == 201 and added.data["source"] == "manual"
+
+
+def test_a_follow_up_cannot_be_dated_before_the_baseline(trial: Any) -> None:
+    """Responses are measured from the baseline on: a follow-up scanned before it (a typo in the date)
+    is refused, on creation and on a date change, and so is a baseline after its follow-ups."""
+    patient = make_patient(trial)
+    baseline = make_timepoint(patient, is_baseline=True, scan_date=dt.date(2025, 3, 3))
+    follow_up = make_timepoint(patient, visit_label="FU1", scan_date=dt.date(2025, 5, 5))
+    client = _client(make_member(trial, "data_manager"))
+    moved = client.patch(f"/api/v1/timepoints/{follow_up.pk}/", {"scan_date": "2024-01-01"}, format="json")
+    assert moved.status_code == 400 and "after the baseline" in moved.data["scan_date"][0]
+    early = client.post(
+        "/api/v1/timepoints/",
+        {"patient": patient.pk, "visit_label": "FU0", "scan_date": "2023-06-01"},
+        format="json",
+    )
+    assert early.status_code == 400 and "after the baseline" in early.data["scan_date"][0]
+    late = client.patch(f"/api/v1/timepoints/{baseline.pk}/", {"scan_date": "2025-06-01"}, format="json")
+    assert late.status_code == 400 and "before every follow-up" in late.data["scan_date"][0]
+    follow_up.refresh_from_db()
+    assert follow_up.scan_date == dt.date(2025, 5, 5)
