@@ -451,7 +451,9 @@ def test_a_settings_change_is_re_assessed_by_a_worker(
     patient, (_, fu1) = patient_with({"L1": [20, 12], "L2": [15, 15]}, [0, 60])
     assert current(fu1).sum_ld_mm == pytest.approx(27.0)
     api_client.force_authenticate(make_member(patient.trial, MembershipRole.ADMIN))
-    response = api_client.patch(f"/api/v1/trials/{patient.trial_id}/", {"max_targets": 1}, format="json")
+    response = api_client.patch(
+        f"/api/v1/trials/{patient.trial_id}/", {"reason": "test change", "max_targets": 1}, format="json"
+    )
     assert response.status_code == 200, response.content
     job = ProcessingJob.objects.get(kind=JobKind.ASSESS)
     assert job.celery_task_id  # it reached Redis

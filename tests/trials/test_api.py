@@ -150,13 +150,17 @@ def test_write_through_api_is_audited_with_user_reason_and_request_id(trial: Any
 def test_create_only_fields_cannot_be_changed_by_patch(trial: Any, other_trial: Any) -> None:
     patient = make_patient(trial, subject_id="P-1")
     client = _client(make_member(trial, "data_manager"))
-    response = client.patch(f"/api/v1/patients/{patient.pk}/", {"trial": other_trial.pk}, format="json")
+    response = client.patch(
+        f"/api/v1/patients/{patient.pk}/", {"reason": "test change", "trial": other_trial.pk}, format="json"
+    )
     assert response.status_code == 400 and "read-only" in response.data["trial"][0]
     patient.refresh_from_db()
     assert patient.trial == trial
     # sending back what was read is fine: unchanged read-only values are not an error
     same = client.patch(
-        f"/api/v1/patients/{patient.pk}/", {"trial": trial.pk, "id": patient.pk}, format="json"
+        f"/api/v1/patients/{patient.pk}/",
+        {"reason": "test change", "trial": trial.pk, "id": patient.pk},
+        format="json",
     )
     assert same.status_code == 200, same.data
 
@@ -168,9 +172,13 @@ def test_unknown_and_read_only_fields_are_refused_not_dropped(trial: Any) -> Non
     lesion = make_lesion(patient, label="L3")
     client = _client(make_member(trial, "radiologist"))
     manager = _client(make_member(trial, "data_manager"))
-    typo = manager.patch(f"/api/v1/timepoints/{visit.pk}/", {"steroids": "increased"}, format="json")
+    typo = manager.patch(
+        f"/api/v1/timepoints/{visit.pk}/", {"reason": "test change", "steroids": "increased"}, format="json"
+    )
     assert typo.status_code == 400 and typo.data["steroids"] == ["Unknown field."]
-    relabel = client.patch(f"/api/v1/lesions/{lesion.pk}/", {"label": "L99"}, format="json")
+    relabel = client.patch(
+        f"/api/v1/lesions/{lesion.pk}/", {"reason": "test change", "label": "L99"}, format="json"
+    )
     assert relabel.status_code == 400 and "label" in relabel.data
     lesion.refresh_from_db()
     assert lesion.label == "L3"
@@ -328,7 +336,10 @@ def test_other_trial_object_is_404_for_a_member_of_trial_a(trial: Any, other_tri
     foreign = make_lesion(make_patient(other_trial))
     assert client.get(f"/api/v1/lesions/{foreign.pk}/").status_code == 404
     assert (
-        client.patch(f"/api/v1/lesions/{foreign.pk}/", {"is_dural": True}, format="json").status_code == 404
+        client.patch(
+            f"/api/v1/lesions/{foreign.pk}/", {"reason": "test change", "is_dural": True}, format="json"
+        ).status_code
+        == 404
     )
     foreign.refresh_from_db()
     assert not foreign.is_dural
@@ -369,7 +380,11 @@ def test_impossible_measurements_are_refused_with_the_field_named(trial: Any) ->
     observation.refresh_from_db()
     assert (observation.longest_diameter_mm, observation.perpendicular_diameter_mm) == (16.1, 9.0)
     assert AuditEvent.objects.count() == events
-    ok = client.patch(url, {"longest_diameter_mm": 9.0, "perpendicular_diameter_mm": 9.0}, format="json")
+    ok = client.patch(
+        url,
+        {"reason": "round lesion", "longest_diameter_mm": 9.0, "perpendicular_diameter_mm": 9.0},
+        format="json",
+    )
     assert ok.status_code == 200, ok.data  # a round lesion: equal diameters
 
 
@@ -380,12 +395,20 @@ def test_a_readers_measurement_is_never_recorded_as_the_ai_s(trial: Any) -> None
     ai = make_observation(lesion, visit, source="ai")
     client = _client(make_member(trial, "radiologist"))
     relabel = client.patch(
-        f"/api/v1/observations/{ai.pk}/", {"longest_diameter_mm": 30.0, "source": "ai"}, format="json"
+        f"/api/v1/observations/{ai.pk}/",
+        {"reason": "test change", "longest_diameter_mm": 30.0, "source": "ai"},
+        format="json",
     )
     assert relabel.status_code == 400 and "source" in relabel.data
-    edited = client.patch(f"/api/v1/observations/{ai.pk}/", {"longest_diameter_mm": 13.0}, format="json")
+    edited = client.patch(
+        f"/api/v1/observations/{ai.pk}/",
+        {"reason": "test change", "longest_diameter_mm": 13.0},
+        format="json",
+    )
     assert edited.status_code == 200 and edited.data["source"] == "edited"
-    back = client.patch(f"/api/v1/observations/{ai.pk}/", {"source": "manual"}, format="json")
+    back = client.patch(
+        f"/api/v1/observations/{ai.pk}/", {"reason": "test change", "source": "manual"}, format="json"
+    )
     assert back.status_code == 200 and back.data["source"] == "edited"  # derived, not the client's
     other = make_lesion(patient)
     added = client.post(
@@ -403,7 +426,11 @@ def test_a_follow_up_cannot_be_dated_before_the_baseline(trial: Any) -> None:
     baseline = make_timepoint(patient, is_baseline=True, scan_date=dt.date(2025, 3, 3))
     follow_up = make_timepoint(patient, visit_label="FU1", scan_date=dt.date(2025, 5, 5))
     client = _client(make_member(trial, "data_manager"))
-    moved = client.patch(f"/api/v1/timepoints/{follow_up.pk}/", {"scan_date": "2024-01-01"}, format="json")
+    moved = client.patch(
+        f"/api/v1/timepoints/{follow_up.pk}/",
+        {"reason": "test change", "scan_date": "2024-01-01"},
+        format="json",
+    )
     assert moved.status_code == 400 and "after the baseline" in moved.data["scan_date"][0]
     early = client.post(
         "/api/v1/timepoints/",
@@ -411,7 +438,32 @@ def test_a_follow_up_cannot_be_dated_before_the_baseline(trial: Any) -> None:
         format="json",
     )
     assert early.status_code == 400 and "after the baseline" in early.data["scan_date"][0]
-    late = client.patch(f"/api/v1/timepoints/{baseline.pk}/", {"scan_date": "2025-06-01"}, format="json")
+    late = client.patch(
+        f"/api/v1/timepoints/{baseline.pk}/",
+        {"reason": "test change", "scan_date": "2025-06-01"},
+        format="json",
+    )
     assert late.status_code == 400 and "before every follow-up" in late.data["scan_date"][0]
     follow_up.refresh_from_db()
     assert follow_up.scan_date == dt.date(2025, 5, 5)
+
+
+def test_a_change_without_a_reason_is_refused(trial: Any) -> None:
+    """Every human change records who, when, what and why: a PATCH without a reason is a 400 and
+    changes nothing."""
+    patient = make_patient(trial)
+    visit = make_timepoint(patient, is_baseline=True)
+    client = _client(make_member(trial, "data_manager"))
+    for reason in ({}, {"reason": "  "}):
+        response = client.patch(
+            f"/api/v1/timepoints/{visit.pk}/", {"notes": "moved", **reason}, format="json"
+        )
+        assert response.status_code == 400 and "reason" in response.data
+    visit.refresh_from_db()
+    assert visit.notes == ""
+    ok = client.patch(
+        f"/api/v1/timepoints/{visit.pk}/", {"notes": "moved", "reason": "site note"}, format="json"
+    )
+    assert ok.status_code == 200
+    event = AuditEvent.objects.filter(object_type="trials.timepoint", action="update").latest("created_at")
+    assert event.reason == "site note"

@@ -95,7 +95,9 @@ def test_patching_clinical_status_worse_makes_pd(client_for) -> None:
     patient, (_, fu1) = patient_with({"L1": [20, 12], "L2": [20, 12]}, [0, 60])
     assert current(fu1).overall_response == "PR"
     client = client_for(patient, MembershipRole.DATA_MANAGER)
-    response = client.patch(f"/api/v1/timepoints/{fu1.pk}/", {"clinical_status": "worse"}, format="json")
+    response = client.patch(
+        f"/api/v1/timepoints/{fu1.pk}/", {"reason": "test change", "clinical_status": "worse"}, format="json"
+    )
     assert response.status_code == 200, response.content
     assert current(fu1).overall_response == "PD"
 
@@ -123,7 +125,9 @@ def test_patching_unequivocal_non_target_progression_makes_pd(client_for) -> Non
     assert current(fu1).overall_response == "PR"
     observation = LesionObservation.objects.get(lesion__label="L6", timepoint=fu1)
     response = client_for(patient).patch(
-        f"/api/v1/observations/{observation.pk}/", {"unequivocal_progression": True}, format="json"
+        f"/api/v1/observations/{observation.pk}/",
+        {"reason": "test change", "unequivocal_progression": True},
+        format="json",
     )
     assert response.status_code == 200, response.content
     assert current(fu1).overall_response == "PD" and current(fu1).non_target_response == "PD"
@@ -134,7 +138,7 @@ def test_a_note_alone_does_not_re_assess(client_for) -> None:
     patient, (_, fu1) = patient_with({"L1": [20, 12]}, [0, 60])
     before = current(fu1)
     response = client_for(patient, MembershipRole.DATA_MANAGER).patch(
-        f"/api/v1/timepoints/{fu1.pk}/", {"notes": "patient moved"}, format="json"
+        f"/api/v1/timepoints/{fu1.pk}/", {"reason": "test change", "notes": "patient moved"}, format="json"
     )
     assert response.status_code == 200, response.content
     assert current(fu1).pk == before.pk
@@ -218,7 +222,11 @@ def test_changing_the_trial_settings_re_assesses_every_patient(
     )
     # A change of anything but the criteria settings queues nothing.
     with django_capture_on_commit_callbacks(execute=True):
-        client.patch(f"/api/v1/trials/{patient.trial_id}/", {"title": "renamed"}, format="json")
+        client.patch(
+            f"/api/v1/trials/{patient.trial_id}/",
+            {"reason": "test change", "title": "renamed"},
+            format="json",
+        )
     assert ProcessingJob.objects.filter(kind=JobKind.ASSESS).count() == 1
 
 

@@ -116,7 +116,13 @@ OPS += [
         },
     ),
     Op("observations", "update", _r(RAD), 200, lambda t, w: {"longest_diameter_mm": 15.0}),
-    Op("assessments", "action:confirm", _r(RAD), 200, lambda t, w: {"reason": "agree", "password": DEFAULT_PASSWORD}),
+    Op(
+        "assessments",
+        "action:confirm",
+        _r(RAD),
+        200,
+        lambda t, w: {"reason": "agree", "password": DEFAULT_PASSWORD},
+    ),
     Op(
         "assessments",
         "action:override",
@@ -159,7 +165,7 @@ def _request(client: APIClient, op: Op, tw: TrialWorld, world: World) -> tuple[i
     elif op.kind == "create":
         response = client.post(base, payload, format="json")
     elif op.kind == "update":
-        response = client.patch(detail, payload, format="json")
+        response = client.patch(detail, {"reason": "test change", **payload}, format="json")
     elif op.kind == "delete":
         response = client.delete(detail)
     else:

@@ -102,7 +102,11 @@ class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
     """
 
     reason = serializers.CharField(
-        write_only=True, required=False, allow_blank=True, max_length=2000, help_text="Why (audit trail)."
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=2000,
+        help_text="Why (audit trail); required for a change (PATCH).",
     )
 
     create_service: Callable[..., Any] | None = None
@@ -120,6 +124,16 @@ class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
         # Uniqueness is decided by the services (database constraints, race-free) -> 409 with a clear
         # message; DRF's pre-checks would duplicate them with a different wording and status.
         return []
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        updating = self.instance is not None and not isinstance(self.instance, list | models.QuerySet)
+        if updating and not (attrs.get("reason") or "").strip():
+            # Every human change records why (audit trail); a creation's why is the record itself.
+            raise serializers.ValidationError(
+                {"reason": ["Say why: a change needs a reason for the audit trail."]}
+            )
+        return attrs
 
     def create(self, validated_data: dict[str, Any]) -> Any:
         reason = validated_data.pop("reason", "")
