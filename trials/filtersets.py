@@ -1,8 +1,20 @@
-"""django-filter FilterSets of the REST API list endpoints (``?trial=1&subject_id=...``)."""
+"""django-filter FilterSets of the REST API list endpoints (``?trial=1&subject_id=...``).
+
+Every list of objects that belong to a patient answers ``?patient=`` (id) and ``?subject_id=``
+(case-insensitive exact). Boolean filters accept ``true``/``false``, ``1``/``0``, ``yes``/``no`` (any case)
+and answer 400 for anything else. The viewsets answer 400 for a query parameter that is neither a filter
+nor ``page``, ``page_size``, ``ordering`` or ``format`` (:func:`unknown_query_parameters`), so a typo never
+looks like "every row".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import django_filters as filters
+from django import forms
+from django.db import models
 
 from trials.choices import (
     AssessmentStatus,
@@ -30,8 +42,57 @@ from trials.models import (
     TrialMembership,
 )
 
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
 
-class TrialFilterSet(filters.FilterSet):
+
+class StrictBooleanField(forms.Field):
+    """A boolean query parameter: true/false, 1/0, yes/no (any case); empty means "not filtered"."""
+
+    default_error_messages = {"invalid": "Use true or false (or 1/0, yes/no), not %(value)s."}
+
+    def to_python(self, value: Any) -> bool | None:
+        if value is None or isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "":
+            return None
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise forms.ValidationError(self.error_messages["invalid"], code="invalid", params={"value": value})
+
+
+class StrictBooleanFilter(filters.BooleanFilter):
+    """``BooleanFilter`` whose values are parsed by :class:`StrictBooleanField` (unknown value: 400)."""
+
+    field_class = StrictBooleanField
+
+
+class StrictFilterSet(filters.FilterSet):
+    """Base of the API's FilterSets: model boolean fields get :class:`StrictBooleanFilter`."""
+
+    FILTER_DEFAULTS = {
+        **filters.FilterSet.FILTER_DEFAULTS,
+        models.BooleanField: {"filter_class": StrictBooleanFilter},
+    }
+
+
+def unknown_query_parameters(
+    filterset_class: type[filters.FilterSet], params: Iterable[str], allowed: Iterable[str]
+) -> list[str]:
+    """The names in ``params`` that are neither a filter of ``filterset_class`` nor in ``allowed``."""
+    known = set(filterset_class.base_filters) | set(allowed)
+    return sorted(name for name in set(params) if name not in known)
+
+
+def subject_id_filter(patient_path: str) -> filters.CharFilter:
+    """``?subject_id=`` (case-insensitive exact) on the patient at ``patient_path``."""
+    return filters.CharFilter(field_name=f"{patient_path}__subject_id", lookup_expr="iexact")
+
+
+class TrialFilterSet(StrictFilterSet):
     """Filter trials by code."""
 
     code = filters.CharFilter(lookup_expr="iexact")
@@ -41,7 +102,7 @@ class TrialFilterSet(filters.FilterSet):
         fields = ["code"]
 
 
-class SiteFilterSet(filters.FilterSet):
+class SiteFilterSet(StrictFilterSet):
     """Filter sites by trial and code."""
 
     class Meta:
@@ -49,7 +110,7 @@ class SiteFilterSet(filters.FilterSet):
         fields = ["trial", "code"]
 
 
-class TrialMembershipFilterSet(filters.FilterSet):
+class TrialMembershipFilterSet(StrictFilterSet):
     """Filter memberships by trial, user, role, site."""
 
     role = filters.ChoiceFilter(choices=MembershipRole.choices)
@@ -59,7 +120,7 @@ class TrialMembershipFilterSet(filters.FilterSet):
         fields = ["trial", "user", "role", "site"]
 
 
-class PatientFilterSet(filters.FilterSet):
+class PatientFilterSet(StrictFilterSet):
     """Filter patients by trial, site, subject id."""
 
     subject_id = filters.CharFilter(lookup_expr="iexact")
@@ -69,42 +130,45 @@ class PatientFilterSet(filters.FilterSet):
         fields = ["trial", "site", "subject_id"]
 
 
-class TimepointFilterSet(filters.FilterSet):
-    """Filter visits by trial, patient, label, baseline, scan date range."""
+class TimepointFilterSet(StrictFilterSet):
+    """Filter visits by trial, patient, subject id, label, baseline, scan date range."""
 
     trial = filters.NumberFilter(field_name="patient__trial")
+    subject_id = subject_id_filter("patient")
     scan_date_after = filters.DateFilter(field_name="scan_date", lookup_expr="gte")
     scan_date_before = filters.DateFilter(field_name="scan_date", lookup_expr="lte")
 
     class Meta:
         model = Timepoint
-        fields = ["trial", "patient", "visit_label", "is_baseline"]
+        fields = ["trial", "patient", "subject_id", "visit_label", "is_baseline"]
 
 
-class ImagingSeriesFilterSet(filters.FilterSet):
-    """Filter series by trial, patient, visit, UID."""
+class ImagingSeriesFilterSet(StrictFilterSet):
+    """Filter series by trial, patient, subject id, visit, UID."""
 
     trial = filters.NumberFilter(field_name="timepoint__patient__trial")
     patient = filters.NumberFilter(field_name="timepoint__patient")
+    subject_id = subject_id_filter("timepoint__patient")
 
     class Meta:
         model = ImagingSeries
-        fields = ["trial", "patient", "timepoint", "series_instance_uid", "study_instance_uid"]
+        fields = ["trial", "patient", "subject_id", "timepoint", "series_instance_uid", "study_instance_uid"]
 
 
-class SegmentationRunFilterSet(filters.FilterSet):
-    """Filter segmentation runs by trial, patient, visit, series, model and status."""
+class SegmentationRunFilterSet(StrictFilterSet):
+    """Filter segmentation runs by trial, patient, subject id, visit, series, model and status."""
 
     trial = filters.NumberFilter(field_name="series__timepoint__patient__trial")
     patient = filters.NumberFilter(field_name="series__timepoint__patient")
+    subject_id = subject_id_filter("series__timepoint__patient")
     timepoint = filters.NumberFilter(field_name="series__timepoint")
 
     class Meta:
         model = SegmentationRun
-        fields = ["trial", "patient", "timepoint", "series", "model_version", "status"]
+        fields = ["trial", "patient", "subject_id", "timepoint", "series", "model_version", "status"]
 
 
-class ModelVersionFilterSet(filters.FilterSet):
+class ModelVersionFilterSet(StrictFilterSet):
     """Filter model versions by name and flags."""
 
     class Meta:
@@ -112,44 +176,56 @@ class ModelVersionFilterSet(filters.FilterSet):
         fields = ["name", "is_active", "is_demo", "weights_sha256"]
 
 
-class LesionFilterSet(filters.FilterSet):
-    """Filter lesions by trial, patient, label, role."""
+class LesionFilterSet(StrictFilterSet):
+    """Filter lesions by trial, patient, subject id, label, role."""
 
     trial = filters.NumberFilter(field_name="patient__trial")
+    subject_id = subject_id_filter("patient")
     role = filters.ChoiceFilter(choices=LesionRole.choices)
 
     class Meta:
         model = Lesion
-        fields = ["trial", "patient", "label", "role", "is_false_positive"]
+        fields = ["trial", "patient", "subject_id", "label", "role", "is_false_positive"]
 
 
-class LesionObservationFilterSet(filters.FilterSet):
-    """Filter observations by trial, patient, lesion, visit, source."""
+class LesionObservationFilterSet(StrictFilterSet):
+    """Filter observations by trial, patient, subject id, lesion, visit, source."""
 
     trial = filters.NumberFilter(field_name="lesion__patient__trial")
     patient = filters.NumberFilter(field_name="lesion__patient")
+    subject_id = subject_id_filter("lesion__patient")
     source = filters.ChoiceFilter(choices=ObservationSource.choices)
 
     class Meta:
         model = LesionObservation
-        fields = ["trial", "patient", "lesion", "timepoint", "source", "present", "measurable"]
+        fields = ["trial", "patient", "subject_id", "lesion", "timepoint", "source", "present", "measurable"]
 
 
-class AssessmentFilterSet(filters.FilterSet):
-    """Filter assessments by trial, patient, visit, criteria, status, response, current."""
+class AssessmentFilterSet(StrictFilterSet):
+    """Filter assessments by trial, patient, subject id, visit, criteria, status, response, current."""
 
     trial = filters.NumberFilter(field_name="timepoint__patient__trial")
     patient = filters.NumberFilter(field_name="timepoint__patient")
+    subject_id = subject_id_filter("timepoint__patient")
     criteria = filters.ChoiceFilter(choices=Criteria.choices)
     status = filters.ChoiceFilter(choices=AssessmentStatus.choices)
     overall_response = filters.ChoiceFilter(choices=ResponseChoices.choices)
 
     class Meta:
         model = Assessment
-        fields = ["trial", "patient", "timepoint", "criteria", "status", "overall_response", "is_current"]
+        fields = [
+            "trial",
+            "patient",
+            "subject_id",
+            "timepoint",
+            "criteria",
+            "status",
+            "overall_response",
+            "is_current",
+        ]
 
 
-class AuditEventFilterSet(filters.FilterSet):
+class AuditEventFilterSet(StrictFilterSet):
     """Filter audit events by trial, object, action, actor, correlation id, time range."""
 
     created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -160,7 +236,7 @@ class AuditEventFilterSet(filters.FilterSet):
         fields = ["trial", "object_type", "object_id", "action", "actor", "correlation_id"]
 
 
-class ProcessingJobFilterSet(filters.FilterSet):
+class ProcessingJobFilterSet(StrictFilterSet):
     """Filter jobs by trial, kind, state, object."""
 
     kind = filters.ChoiceFilter(choices=JobKind.choices)

@@ -19,6 +19,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
+from rest_framework.settings import api_settings
 
 from trials import filtersets, review, services
 from trials.api import serializers as s
@@ -52,7 +53,33 @@ from trials.permissions import (
 _READ_WRITE = ["get", "post", "patch", "head", "options"]
 
 
-class TrialScopedViewSet(viewsets.GenericViewSet):
+class StrictListMixin:
+    """A list answers 400 for a query parameter it does not know, naming it (a typo is not "all rows").
+
+    Known: the filters of ``filterset_class``, the paginator's ``page`` and ``page_size``, ``ordering``
+    and ``format``. Only ``list`` checks: detail views and verbs keep their own parameters (``?reason=``).
+    """
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        filterset_class = getattr(self, "filterset_class", None)
+        if filterset_class is not None:
+            allowed = {api_settings.ORDERING_PARAM, api_settings.URL_FORMAT_OVERRIDE}
+            paginator = getattr(self, "paginator", None)
+            for attr in ("page_query_param", "page_size_query_param"):
+                if getattr(paginator, attr, None):
+                    allowed.add(getattr(paginator, attr))
+            unknown = filtersets.unknown_query_parameters(filterset_class, request.query_params, allowed)
+            if unknown:
+                known = sorted(set(filterset_class.base_filters) | allowed)
+                body: dict[str, Any] = {
+                    "detail": f"Unknown query parameter(s) {', '.join(unknown)}; use {', '.join(known)}."
+                }
+                body.update({name: ["Unknown query parameter."] for name in unknown})
+                return Response(body, status=status.HTTP_400_BAD_REQUEST)
+        return super().list(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class TrialScopedViewSet(StrictListMixin, viewsets.GenericViewSet):
     """Base: queryset limited to visible trials, writes checked against ``write_capability``.
 
     Subclasses set ``queryset`` (with its select_related), ``trial_path`` (lookup to the trial) and,
@@ -223,7 +250,7 @@ class SegmentationRunViewSet(ReadOnlyViewSet):
         )
 
 
-class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+class ModelVersionViewSet(StrictListMixin, viewsets.ReadOnlyModelViewSet):
     """Registered segmentation models (not trial-specific; any signed-in user may read them)."""
 
     queryset = ModelVersion.objects.all()
