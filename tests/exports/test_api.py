@@ -100,3 +100,21 @@ def test_unknown_kind_is_404_and_bad_filter_is_400(world) -> None:
     response = client.get(url(world.trial.pk, "visits"), {"date_from": "01/02/2024"})
     assert response.status_code == 400
     assert "date_from must be a date" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("kind", EXPORT_KINDS)
+def test_unknown_site_is_400_naming_it_and_the_trials_sites(world, kind: str) -> None:
+    before = AuditEvent.objects.filter(action="export").count()
+    response = client_for(world.data_manager).get(url(world.trial.pk, kind), {"site": "NOPE"})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "unknown site nope" in detail.lower()
+    assert "S01, S02" in detail
+    assert AuditEvent.objects.filter(action="export").count() == before  # nothing was exported
+
+
+def test_known_and_unknown_sites_together_are_400_naming_only_the_unknown(world) -> None:
+    response = client_for(world.data_manager).get(url(world.trial.pk, "visits"), {"site": "S01,NOPE,X9"})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "NOPE, X9" in detail and "S01, S02" in detail

@@ -61,6 +61,15 @@ def test_only_confirmed_keeps_reader_signed_visits(world) -> None:
     assert set(tr["VISIT"]) == {"FU1", "FU2"}
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["visits", "lesions", "tu", "tr", "rs", "patients"])
+def test_open_export_refuses_a_site_the_trial_does_not_have(world, kind: str) -> None:
+    with pytest.raises(
+        InvalidExportFilterError, match=r"Unknown site NOPE; trial GOLD-BM has sites S01, S02"
+    ):
+        open_export(kind, world.trial, ExportFilters(site_codes=("S01", "NOPE")))
+
+
 def test_filters_from_query_parameters() -> None:
     query = QueryDict("site=S01,S02&site=S03&date_from=2024-01-01&date_to=2024-12-31&only_confirmed=true")
     filters = ExportFilters.from_query(query)

@@ -42,9 +42,12 @@ def test_query_count_does_not_grow_with_the_trial(trials: dict[str, Any], kind: 
     small_rows = sum(1 for _ in csv.reader(io.StringIO("".join(small_chunks))))
     large_rows = sum(1 for _ in csv.reader(io.StringIO("".join(large_chunks))))
     assert large_rows > small_rows  # the larger trial really exported more
-    # Filters add conditions, not queries.
+    # Filters add conditions, not queries (a site filter adds one: its codes are checked against the
+    # trial's sites before the stream starts).
     filtered_queries, _ = consume(kind, large, ExportFilters(site_codes=("S01",), only_confirmed=True))
-    assert filtered_queries == large_queries
+    assert filtered_queries == large_queries + 1
+    unfiltered_site_queries, _ = consume(kind, large, ExportFilters(only_confirmed=True))
+    assert unfiltered_site_queries == large_queries
 
 
 def test_large_exports_are_yielded_in_chunks(trials: dict[str, Any]) -> None:

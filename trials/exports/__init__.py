@@ -78,15 +78,18 @@ def open_export(kind: str, trial: Trial, filters: ExportFilters | None = None) -
 
     Raises:
         UnknownExportKindError: unknown ``kind``.
+        InvalidExportFilterError: a site code the trial does not have.
         TooManyTargetsError: ``visits`` of a trial whose ``max_targets`` exceeds the target columns.
     """
     dataset = get_dataset(kind)
+    filters = filters or ExportFilters()
+    filters.check_sites(trial)
     if kind == VISITS.kind and trial.max_targets > MAX_TARGET_COLUMNS:
         raise TooManyTargetsError(
             f"Trial {trial.code} allows {trial.max_targets} targets but the visits CSV has "
             f"{MAX_TARGET_COLUMNS} target columns; use the lesions export."
         )
-    return iter_csv(dataset, dataset.rows(trial, filters or ExportFilters()))
+    return iter_csv(dataset, dataset.rows(trial, filters))
 
 
 def export_filename(trial: Trial, kind: str) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Exists, OuterRef, Q
 
 from trials.choices import AssessmentStatus, Criteria
+
+if TYPE_CHECKING:
+    from trials.models import Trial
 
 
 class ExportError(Exception):
@@ -88,6 +91,22 @@ class ExportFilters:
             date_to=_parse_date(params.get("date_to"), "date_to"),
             only_confirmed=flag in _TRUE,
         )
+
+    def check_sites(self, trial: Trial) -> None:
+        """Refuse site codes the trial does not have (an unknown site would export only a header row).
+
+        Raises:
+            InvalidExportFilterError: a code in ``site_codes`` is not one of the trial's sites' codes.
+        """
+        if not self.site_codes:
+            return
+        known = list(trial.sites.order_by("code").values_list("code", flat=True))
+        unknown = [code for code in dict.fromkeys(self.site_codes) if code not in known]
+        if unknown:
+            raise InvalidExportFilterError(
+                f"Unknown site{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"trial {trial.code} has sites {', '.join(known) or '(none)'}."
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe form, stored in the export's audit event."""
