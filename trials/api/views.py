@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.http import FileResponse
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
@@ -23,6 +24,7 @@ from rest_framework.settings import api_settings
 
 from trials import filtersets, review, services
 from trials.api import serializers as s
+from trials.choices import JobKind
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -125,6 +127,24 @@ class ReadOnlyViewSet(TrialScopedViewSet, mixins.RetrieveModelMixin, mixins.List
     """List and retrieve only."""
 
 
+class ReassessmentJobSerializer(serializers.Serializer):
+    """The re-assessment job a change of a trial's criteria settings queued (follow it at ``url``)."""
+
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    state = serializers.CharField()
+    url = serializers.URLField(help_text="The job's progress: GET /api/v1/jobs/{id}/.")
+
+
+class TrialUpdateResponseSerializer(s.TrialSerializer):
+    """A PATCH of a trial answers the trial and the re-assessment job it queued (null when none)."""
+
+    reassessment_job = ReassessmentJobSerializer(read_only=True, allow_null=True)
+
+    class Meta(s.TrialSerializer.Meta):
+        fields = [*s.TrialSerializer.Meta.fields, "reassessment_job"]
+
+
 class TrialViewSet(WritableViewSet):
     """Trials the user is a member of. Creating a trial is for superusers; trial admins edit it."""
 
@@ -139,6 +159,35 @@ class TrialViewSet(WritableViewSet):
         if not self.request.user.is_superuser:
             raise PermissionDenied("Only a superuser can create a trial.")
         serializer.save()
+
+    @extend_schema(responses=TrialUpdateResponseSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Change a trial. A change of its response-criteria settings queues one job re-assessing every
+        patient; ``reassessment_job`` names it (id, kind, state, URL of its progress), null when none."""
+        trial = self.get_object()
+        # pipeline.update_trial does not return the job: it is the trial's assess job created after
+        # this point under this request's correlation id (a reused X-Request-ID cannot match an older one).
+        last_before = ProcessingJob.objects.filter(trial=trial, kind=JobKind.ASSESS).aggregate(last=Max("pk"))
+        response = super().partial_update(request, *args, **kwargs)
+        job = (
+            ProcessingJob.objects.filter(
+                trial=trial,
+                kind=JobKind.ASSESS,
+                correlation_id=getattr(request, "correlation_id", "") or "",
+                pk__gt=last_before["last"] or 0,
+            )
+            .order_by("-pk")
+            .first()
+        )
+        response.data["reassessment_job"] = None
+        if job is not None:
+            response.data["reassessment_job"] = {
+                "id": job.pk,
+                "kind": job.kind,
+                "state": job.state,
+                "url": request.build_absolute_uri(reverse("api:job-detail", args=[job.pk])),
+            }
+        return response
 
 
 class SiteViewSet(WritableViewSet):
