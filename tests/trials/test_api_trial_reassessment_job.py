@@ -39,12 +39,20 @@ def test_criteria_change_answers_with_the_queued_job_and_its_url(trial: Any) -> 
 
 def test_a_second_criteria_change_answers_with_its_own_job(trial: Any) -> None:
     client = _admin_client(trial)
-    first = client.patch(f"/api/v1/trials/{trial.pk}/", {"max_targets": 2}, format="json")
+    first = client.patch(
+        f"/api/v1/trials/{trial.pk}/", {"max_targets": 2, "reason": "amendment"}, format="json"
+    )
     second = client.patch(
-        f"/api/v1/trials/{trial.pk}/", {"max_targets": 3}, format="json", HTTP_X_REQUEST_ID="same-id"
+        f"/api/v1/trials/{trial.pk}/",
+        {"max_targets": 3, "reason": "amendment"},
+        format="json",
+        HTTP_X_REQUEST_ID="same-id",
     )
     third = client.patch(
-        f"/api/v1/trials/{trial.pk}/", {"max_targets": 4}, format="json", HTTP_X_REQUEST_ID="same-id"
+        f"/api/v1/trials/{trial.pk}/",
+        {"max_targets": 4, "reason": "amendment"},
+        format="json",
+        HTTP_X_REQUEST_ID="same-id",
     )
     ids = [r.data["reassessment_job"]["id"] for r in (first, second, third)]
     assert len(set(ids)) == 3
@@ -57,11 +65,17 @@ def test_a_second_criteria_change_answers_with_its_own_job(trial: Any) -> None:
 
 def test_other_changes_answer_with_no_job(trial: Any) -> None:
     client = _admin_client(trial)
-    response = client.patch(f"/api/v1/trials/{trial.pk}/", {"title": "renamed"}, format="json")
+    response = client.patch(
+        f"/api/v1/trials/{trial.pk}/", {"title": "renamed", "reason": "typo"}, format="json"
+    )
     assert response.status_code == 200
     assert response.data["reassessment_job"] is None
     assert not ProcessingJob.objects.filter(kind=JobKind.ASSESS).exists()
-    same = client.patch(f"/api/v1/trials/{trial.pk}/", {"max_targets": trial.max_targets}, format="json")
+    same = client.patch(
+        f"/api/v1/trials/{trial.pk}/",
+        {"max_targets": trial.max_targets, "reason": "no change"},
+        format="json",
+    )
     assert same.status_code == 200 and same.data["reassessment_job"] is None
 
 
