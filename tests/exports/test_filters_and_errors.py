@@ -50,15 +50,21 @@ def test_date_range_filter_keeps_visit_numbers(world) -> None:
 
 @pytest.mark.django_db
 def test_only_confirmed_keeps_reader_signed_visits(world) -> None:
+    """Signed follow-ups, with the baseline their responses are measured from (patient 001); patient
+    002 has no signed visit, so nothing of it (not even its baseline)."""
     filters = ExportFilters(only_confirmed=True)
     visits = frame("visits", world.trial, filters)
-    assert list(visits["visit_label"]) == ["FU1", "FU2"]
-    assert set(visits["review_status"]) == {"confirmed", "overridden"}
+    assert list(zip(visits["subject_id"], visits["visit_label"], strict=True)) == [
+        ("001", "BASELINE"), ("001", "FU1"), ("001", "FU2")
+    ]  # fmt: skip
+    assert list(visits["review_status"])[1:] == ["confirmed", "overridden"]
+    assert list(visits["baseline_sld_mm"])[1:] == ["35.0", "35.0"]
     rs = frame("rs", world.trial, filters)
-    assert set(rs.loc[rs["RSCAT"] == "RANO-BM", "RSACPTFL"]) == {"Y"}
-    assert set(rs["VISIT"]) == {"FU1", "FU2", ""}  # BESTRESP has no visit
+    assert set(rs.loc[(rs["RSCAT"] == "RANO-BM") & (rs["VISIT"] != "BASELINE"), "RSACPTFL"]) == {"Y"}
     tr = frame("tr", world.trial, filters)
-    assert set(tr["VISIT"]) == {"FU1", "FU2"}
+    assert set(tr["VISIT"]) == {"BASELINE", "FU1", "FU2"}  # the baseline's target diameters too
+    tu = frame("tu", world.trial, filters)
+    assert set(tu["VISIT"]) == {"BASELINE"}  # targets identified at the baseline, not at FU1
 
 
 @pytest.mark.django_db

@@ -30,7 +30,7 @@ false positives are never exported. SDTM mapping choices and deviations: `docs/s
 
 Filters (query parameters, all optional): `site` (site code; repeat or comma-separate), `date_from`,
 `date_to` (scan date, inclusive), `only_confirmed` (`true`: only visits whose current RANO-BM assessment a
-reader has signed, i.e. confirmed or overridden).
+reader has signed, i.e. confirmed or overridden, and the baseline of each patient with such a visit).
 """
 
 

@@ -48,7 +48,8 @@ class ExportFilters:
         date_from: only visits scanned on or after this date.
         date_to: only visits scanned on or before this date.
         only_confirmed: only visits whose current RANO-BM assessment a reader has signed
-            (status ``confirmed`` or ``overridden``), i.e. data ready for the case report form.
+            (status ``confirmed`` or ``overridden``), i.e. data ready for the case report form, and
+            the baseline of every patient with such a follow-up (the reference of their responses).
     """
 
     site_codes: tuple[str, ...] = ()
@@ -135,13 +136,18 @@ class ExportFilters:
             # EXISTS rather than a join: the caller's queryset may already join assessments.
             from trials.models import Assessment
 
-            signed = Assessment.objects.filter(
-                timepoint=OuterRef(prefix.removesuffix("__") or "pk"),
+            signed_rows = Assessment.objects.filter(
                 criteria=Criteria.RANO_BM,
                 is_current=True,
                 status__in=(AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN),
             )
-            q &= Q(Exists(signed))
+            signed = signed_rows.filter(timepoint=OuterRef(prefix.removesuffix("__") or "pk"))
+            # A baseline has no response to sign; its measurements are what every signed follow-up's
+            # response rests on, so it goes with the patient's first signed follow-up.
+            signed_follow_up = signed_rows.filter(
+                timepoint__patient=OuterRef(f"{prefix}patient"), timepoint__is_baseline=False
+            )
+            q &= Q(Exists(signed)) | (Q(**{f"{prefix}is_baseline": True}) & Q(Exists(signed_follow_up)))
         return q
 
 
