@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
@@ -35,13 +36,34 @@ from trials.models import (
 def _audit(request: HttpRequest) -> dict[str, Any]:
     return {
         "actor": request.user,
-        "reason": "changed in the admin",
+        "reason": getattr(request, "audit_reason", "") or "added in the admin",
         "correlation_id": getattr(request, "correlation_id", ""),
     }
 
 
+class AuditReasonForm(forms.ModelForm):
+    """The model's form plus the reason the audit trail records; required for a change."""
+
+    reason = forms.CharField(
+        max_length=2000,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Why (audit trail). Required for a change.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        changed = [name for name in self.changed_data if name != "reason"]
+        if self.instance.pk and changed and not (cleaned.get("reason") or "").strip():
+            self.add_error("reason", "Say why: a change needs a reason for the audit trail.")
+        return cleaned
+
+
 class ServiceAdmin(SimpleHistoryAdmin):
-    """Admin whose add/change call services; no delete (clinical data is never deleted)."""
+    """Admin whose add/change call services; no delete (clinical data is never deleted). Every change
+    carries the reason typed in the form (``AuditReasonForm``)."""
+
+    form = AuditReasonForm
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -50,11 +72,17 @@ class ServiceAdmin(SimpleHistoryAdmin):
         raise NotImplementedError
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        request.audit_reason = (form.cleaned_data.get("reason") or "").strip()  # type: ignore[attr-defined]
         if change:
-            changes = {name: form.cleaned_data[name] for name in form.changed_data}
-            self.update_via_service(request, obj, changes)
+            changes = {name: form.cleaned_data[name] for name in form.changed_data if name != "reason"}
+            if changes:
+                self.update_via_service(request, obj, changes)
         else:
-            data = {name: form.cleaned_data[name] for name in form.fields if name in form.cleaned_data}
+            data = {
+                name: form.cleaned_data[name]
+                for name in form.fields
+                if name in form.cleaned_data and name != "reason"
+            }
             created = self.create_via_service(request, data)
             # The admin goes on with ``obj`` (messages, redirect): make it the saved row.
             obj.pk = created.pk

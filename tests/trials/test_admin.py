@@ -35,7 +35,7 @@ def test_adding_a_patient_in_the_admin_is_audited(admin_client: Client, trial: A
     assert response.status_code == 302, response.content.decode()[:2000]
     patient = Patient.objects.get(subject_id="ADM-1")
     event = AuditEvent.objects.get(object_type="trials.patient", object_id=str(patient.pk))
-    assert (event.actor_name, event.action, event.reason) == ("boss", "create", "changed in the admin")
+    assert (event.actor_name, event.action, event.reason) == ("boss", "create", "added in the admin")
 
 
 def test_changing_a_trial_setting_in_the_admin_is_audited(admin_client: Client) -> None:
@@ -43,7 +43,14 @@ def test_changing_a_trial_setting_in_the_admin_is_audited(admin_client: Client) 
     data = {name: getattr(trial, name) for name in trial.CRITERIA_SETTING_FIELDS}
     data.update({"title": trial.title, "description": "", "max_targets": 3})
     data["immunotherapy"] = ""  # unchecked checkbox
-    response = admin_client.post(f"/admin/trials/trial/{trial.pk}/change/", data)
+    # a change without a reason is refused on the form, nothing saved
+    refused = admin_client.post(f"/admin/trials/trial/{trial.pk}/change/", data)
+    assert refused.status_code == 200 and "a change needs a reason" in refused.content.decode()
+    trial.refresh_from_db()
+    assert trial.max_targets == 5
+    response = admin_client.post(
+        f"/admin/trials/trial/{trial.pk}/change/", {**data, "reason": "protocol amendment 3"}
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     trial.refresh_from_db()
     assert trial.max_targets == 3
@@ -51,6 +58,7 @@ def test_changing_a_trial_setting_in_the_admin_is_audited(admin_client: Client) 
         object_type="trials.trial", object_id=str(trial.pk), action="update"
     ).get()
     assert event.before == {"max_targets": 5} and event.after == {"max_targets": 3}
+    assert event.reason == "protocol amendment 3"
 
 
 def test_audit_trail_is_read_only_in_the_admin(admin_client: Client) -> None:
