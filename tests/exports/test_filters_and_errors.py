@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from django.http import QueryDict
 
+from tests import factories as f
+from trials import services
 from trials.exports import (
     ExportFilters,
     InvalidExportFilterError,
@@ -164,3 +166,22 @@ def test_study_day_has_no_day_zero(day: dt.date, expected: int) -> None:
 )
 def test_cell_formatting(column_type: str, value, text: str) -> None:
     assert Column("c", column_type, "d").format(value) == text
+
+
+@pytest.mark.django_db
+def test_a_merged_lesion_is_exported_with_the_lesion_that_absorbed_it() -> None:
+    """rano-bm.md 3: a lesion inside another's mass is not seen on its own (present N, 0 mm) but has
+    not disappeared; the lesions export names the absorbing lesion so the row is not read as a CR."""
+    trial = f.make_trial("MERGE-BM")
+    patient = f.make_patient(trial, subject_id="M-1")
+    baseline = f.make_timepoint(patient, is_baseline=True, scan_date=dt.date(2024, 1, 1))
+    follow_up = f.make_timepoint(patient, visit_label="FU1", scan_date=dt.date(2024, 3, 1))
+    l1, l2 = f.make_lesion(patient, label="L1"), f.make_lesion(patient, label="L2")
+    f.make_observation(l1, baseline, longest_diameter_mm=20.0)
+    f.make_observation(l2, baseline, longest_diameter_mm=12.0)
+    f.make_observation(l1, follow_up, longest_diameter_mm=30.0)
+    services.record_observation(l2, follow_up, actor=None, present=False, merged_into=l1)
+    lesions = frame("lesions", trial, ExportFilters())
+    rows = {(r.visit_label, r.lesion_label): r for r in lesions.itertuples()}
+    assert (rows[("FU1", "L2")].present, rows[("FU1", "L2")].merged_into) == ("N", "L1")
+    assert rows[("FU1", "L1")].merged_into == "" and rows[("BASELINE", "L2")].merged_into == ""

@@ -206,6 +206,12 @@ LESION_COLUMNS: tuple[Column, ...] = (
     ),
     Column("present", FLAG, "N when the lesion is absent at this visit.", allowed=("Y", "N")),
     Column(
+        "merged_into",
+        TEXT,
+        "Label of the lesion whose mass absorbed this one at this visit (present N, counted 0 mm, but not "
+        "disappeared: rano-bm.md 3); empty otherwise.",
+    ),
+    Column(
         "observation_source",
         TEXT,
         "Who produced the measurement: the AI pipeline, a reader (manual), or AI edited by a reader.",
@@ -359,6 +365,7 @@ def lesion_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]
                 "lesion_label": obs["label"],
                 "lesion_category": category,
                 "present": obs["present"],
+                "merged_into": obs["merged_into_label"],
                 "observation_source": obs["source"],
                 "longest_diameter_mm": obs["longest_diameter_mm"],
                 "counted_ld_mm": counted_ld_mm(obs, too_small, at_baseline=visit["is_baseline"])

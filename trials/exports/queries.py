@@ -170,7 +170,8 @@ def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any
 
     Ordered like :func:`visits`, then by lesion record id. Keys: the observation's measurements plus
     ``patient_id``, ``scan_date``, ``timepoint_id``, ``label``, ``role``, the lesion's reader flags,
-    ``first_seen_is_baseline`` (None when unknown), ``ever_split`` and ``model_version``.
+    ``first_seen_is_baseline`` (None when unknown), ``ever_split``, ``merged_into_label`` and
+    ``model_version``.
     """
     split = LesionObservation.objects.filter(lesion=OuterRef("lesion"), fragment_count__gt=1)
     queryset = (
@@ -194,6 +195,7 @@ def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any
             patient_id=F("timepoint__patient_id"),
             scan_date=F("timepoint__scan_date"),
             label=F("lesion__label"),
+            merged_into_label=F("merged_into__label"),
             role=F("lesion__role"),
             is_cystic=F("lesion__is_cystic"),
             is_dural=F("lesion__is_dural"),
