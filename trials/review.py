@@ -521,9 +521,9 @@ def edit_observation(
     """:func:`trials.services.update_observation`, then re-assessment when the change can alter a
     response. A reader's measurement is never labelled as the AI's: an AI row becomes ``edited``."""
     _refuse_ai_source(changes)
-    changes.pop("source", None)  # derived: an AI row becomes edited, a reader's row keeps its source
-    if observation.source == ObservationSource.AI:
-        changes["source"] = ObservationSource.EDITED
+    # Derived, not the client's: the service turns a person's edit of an AI row into "edited" and a
+    # reader's row keeps its source.
+    changes.pop("source", None)
     cid = _cid(correlation_id)
     before = {name: getattr(observation, name) for name in changes}
     services.update_observation(observation, actor=actor, reason=reason, correlation_id=cid, **changes)
