@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
@@ -359,6 +359,7 @@ def _store_dicom(loaded: LoadedSeries, staging: Path, *, subject_id: str, remap_
     paths = []
     # The datasets read during validation, pixel data included (read from disk as it is written).
     as_read = loaded.source_elements or tuple({} for _ in loaded.source_datasets)
+    encoded: dict[Any, bytes] = {}  # elements de-identification sets alike in every file, encoded once
     for index, (ds, elements) in enumerate(zip(loaded.source_datasets, as_read, strict=True), start=1):
         # Validation only read values; putting back the elements it decoded lets the copy write every
         # element de-identification leaves alone as its original bytes (segmentation.part10).
@@ -368,7 +369,7 @@ def _store_dicom(loaded: LoadedSeries, staging: Path, *, subject_id: str, remap_
                 ds[tag] = elem
         deidentify_dataset(ds, subject_id=subject_id, remap_uids=remap_uids, uid_map=uid_map)
         target = staging / f"IM_{index:04d}.dcm"
-        write_part10(ds, target)
+        write_part10(ds, target, encoded=encoded)
         paths.append(target)
         if "PixelData" in ds:
             del ds.PixelData

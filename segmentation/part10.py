@@ -7,6 +7,12 @@ VR and length header. :func:`encode_part10` writes exactly those raw elements di
 of the header, then the bytes pydicom would copy) and hands every other element to pydicom's own
 ``write_data_element``; the file meta information is written by pydicom's ``write_file_meta_info``.
 
+Elements de-identification changes are mostly the same in every file of a series (the subject id, the
+emptied dates, the method code sequence): given an ``encoded`` cache shared by the files of an upload,
+an element whose tag, VR, value, character set and encoding were written before is written as the bytes
+pydicom produced that time (:func:`_element_key` says which values are compared; anything else is
+encoded afresh).
+
 Only the two uncompressed little-endian transfer syntaxes get the direct path, and only when pydicom
 itself would write the raw bytes unchanged (same encoding and character set as read); otherwise the
 dataset goes to :func:`pydicom.dcmwrite` whole. The output is the same bytes as
@@ -17,14 +23,19 @@ Written here because pydicom has no faster path for copying raw elements.
 from __future__ import annotations
 
 import struct
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmwrite
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
 #: Explicit VRs whose length field is 4 bytes after 2 reserved bytes (PS3.5 7.1.2).
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
@@ -32,15 +43,48 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2sHL")
 _IMPLICIT = struct.Struct("<HHL")
+#: Value types compared by equality for the ``encoded`` cache (exact types: pydicom's DS/IS subclasses
+#: keep their original text, so they are encoded afresh).
+_PLAIN_TYPES = frozenset({str, UID, bytes, int, float, type(None)})
 
 
-def write_part10(ds: Dataset, path: str | Path) -> None:
+def _value_key(value: Any) -> Any:
+    """A hashable stand-in for a value that determines its encoding, or None when there is none."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return (kind, value)
+    if kind is PersonName:
+        return (kind, str(value), value.original_string)
+    if kind is MultiValue or kind is list:
+        keys = tuple(_value_key(v) for v in value)
+        return None if any(k is None for k in keys) else ("multi", keys)
+    if kind is Sequence:
+        items = []
+        for item in value:
+            elements = []
+            for tag in sorted(item.keys()):  # noqa: SIM118 - iterating a Dataset decodes every element
+                elem = item.get_item(tag)
+                key = None if elem.is_raw else _element_key(elem)
+                if key is None:
+                    return None
+                elements.append(key)
+            items.append((getattr(item, "is_undefined_length_sequence_item", False), tuple(elements)))
+        return ("sequence", tuple(items))
+    return None
+
+
+def _element_key(elem: DataElement) -> Any:
+    value = _value_key(elem.value)
+    return None if value is None else (elem.tag, elem.VR, elem.is_undefined_length, value)
+
+
+def write_part10(ds: Dataset, path: str | Path, *, encoded: MutableMapping[Any, bytes] | None = None) -> None:
     """Write ``ds`` to ``path`` as :func:`encode_part10` encodes it (the file must not exist)."""
     with open(path, "xb") as handle:
-        handle.write(encode_part10(ds))
+        handle.write(encode_part10(ds, encoded=encoded))
 
 
-def encode_part10(ds: Dataset) -> bytes:
+def encode_part10(ds: Dataset, *, encoded: MutableMapping[Any, bytes] | None = None) -> bytes:
     """The bytes ``pydicom.dcmwrite(buffer, ds, enforce_file_format=True)`` writes.
 
     Like dcmwrite with ``enforce_file_format``, the dataset's file meta gets the Media Storage SOP Class
@@ -48,6 +92,8 @@ def encode_part10(ds: Dataset) -> bytes:
 
     Args:
         ds: A dataset with file meta (as read by ``pydicom.dcmread``).
+        encoded: Bytes of elements encoded before, shared by the files of one upload (filled here);
+            None encodes every changed element afresh.
 
     Raises:
         Whatever pydicom raises for a dataset it cannot write (e.g. invalid file meta).
@@ -80,6 +126,8 @@ def encode_part10(ds: Dataset) -> bytes:
     write_file_meta_info(fp, file_meta, enforce_standard=True)  # validates it as dcmwrite does
     fp.is_implicit_VR, fp.is_little_endian = implicit, True
     charset = ds.get("SpecificCharacterSet", "iso8859")
+    # what else the bytes of an element depend on
+    context = (implicit, tuple(charset) if isinstance(charset, MultiValue) else charset)
     write = fp.write
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:  # retired group lengths are not written (PS3.5 7.2)
@@ -101,5 +149,16 @@ def encode_part10(ds: Dataset) -> bytes:
                 write(_EXPLICIT_SHORT.pack(tag.group, tag.element, vr.encode("ascii"), size))
                 write(value)
                 continue
-        write_data_element(fp, elem, charset)  # decoded or changed elements, and the unusual raw ones
+        key = None if encoded is None or elem.is_raw else _element_key(elem)
+        if key is None:
+            write_data_element(fp, elem, charset)  # the unusual raw ones, and values not compared
+            continue
+        key = (context, key)
+        data = encoded.get(key)
+        if data is None:
+            buffer = DicomBytesIO()
+            buffer.is_implicit_VR, buffer.is_little_endian = implicit, True
+            write_data_element(buffer, elem, charset)  # decoded or changed elements
+            data = encoded[key] = buffer.getvalue()
+        write(data)
     return fp.getvalue()

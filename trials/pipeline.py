@@ -479,6 +479,7 @@ def get_or_create_run(
         series=series, model_weights_sha256=model_version.weights_sha256
     ).first()
     if existing is not None:
+        existing.series = series  # the caller's object, with the visit, patient and trial it has loaded
         return existing
     try:
         return services.create_segmentation_run(
@@ -591,7 +592,7 @@ def run_segmentation_stage(
     """
     from segmentation.inference import InferenceOptions, segment_image
 
-    job = ProcessingJob.objects.select_related("created_by").get(pk=job_id)
+    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
     if _finished(job):
         return None
     job = services.start_job(job, celery_task_id=celery_task_id, stage="segmentation")
@@ -898,7 +899,10 @@ def analyse_run(
     timings["match_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    lesions = {lesion.label: lesion for lesion in Lesion.objects.filter(patient=patient)}
+    lesions = {
+        lesion.label: lesion
+        for lesion in Lesion.objects.filter(patient=patient).select_related("first_seen_timepoint")
+    }
     for lesion_id in new_ids:
         lesions[lesion_id] = services.create_lesion(
             patient,
@@ -1130,13 +1134,13 @@ def run_analysis_stage(
     Returns:
         The job's result, or None when there was nothing to do (job already finished, or no run).
     """
-    job = ProcessingJob.objects.select_related("created_by").get(pk=job_id)
+    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
     if _finished(job) or run_id is None:
         return None
     if job.state != JobState.RUNNING:
         job = services.start_job(job, celery_task_id=celery_task_id, stage="lesion matching")
     actor, cid = _job_context(job, actor_id, correlation_id)
-    run = SegmentationRun.objects.select_related("series__timepoint__patient").get(pk=run_id)
+    run = SegmentationRun.objects.select_related("series__timepoint__patient__trial").get(pk=run_id)
     _progress(job, 65, "lesion matching")
     summary = analyse_run(run, actor=actor, correlation_id=cid)
     timepoint = run.series.timepoint
@@ -1191,7 +1195,8 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
     clinical status is worse. Visits still being processed, and the latest visits still awaiting their
     scan, are left out. Returns None while the baseline has not been analysed.
     """
-    timepoints = list(Timepoint.objects.filter(patient=patient).order_by("scan_date", "pk"))
+    # Through the patient, so each visit knows its patient (and trial) without a query per visit.
+    timepoints = list(patient.timepoints.order_by("scan_date", "pk"))
     analysed = set(
         SegmentationRun.objects.filter(
             series__timepoint__patient=patient, status=RunStatus.SUCCEEDED
@@ -1539,6 +1544,10 @@ def reassess_patient(
     reason = reason or "re-assessment"
     created: list[Assessment] = []
     overrides = _overridden_responses(patient)
+    current_rows = {
+        (row.timepoint_id, row.criteria): row
+        for row in Assessment.objects.filter(timepoint__patient=patient, is_current=True)
+    }
 
     def run(visits: list[engine.VisitInput], criteria: str, own: str) -> engine.Assessment:
         # The radiologists' responses at the other visits (a visit's own AI row is the rules' answer).
@@ -1570,9 +1579,7 @@ def reassess_patient(
             values = _assessment_values(
                 va, other, prefix, inputs.timepoints, volumetric, trial_settings, disagreements
             )
-            current = Assessment.objects.filter(
-                timepoint=timepoint, criteria=criteria, is_current=True
-            ).first()
+            current = current_rows.get((timepoint.pk, criteria))
             if _same_result(_ai_row(current), values):
                 continue
             created.append(
@@ -1643,7 +1650,7 @@ def run_trial_reassessment(
     Returns:
         ``{"patients": n, "assessments_created": k}``, or None when the job was already finished.
     """
-    job = ProcessingJob.objects.select_related("created_by").get(pk=job_id)
+    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
     if _finished(job):
         return None
     job = services.start_job(job, celery_task_id=celery_task_id, stage="re-assessment")

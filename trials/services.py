@@ -213,14 +213,56 @@ def _service_error_from_validation(exc: DjangoValidationError, model: type[model
     return InvalidInputError(f"Invalid {name}: {summary}", field_errors)
 
 
+def _loaded_relations(obj: models.Model) -> list[str]:
+    """Foreign keys of ``obj`` set to an object already read from (or saved to) the database.
+
+    Validating such a key would only look the row up again: the rows MetTrack refers to are never deleted
+    (foreign keys PROTECT; only memberships are deleted, and nothing refers to them), and the database's
+    foreign-key constraint would still refuse, at commit, a row removed behind the application's back.
+    """
+    names = []
+    for field in obj._meta.concrete_fields:
+        if field.is_relation and field.many_to_one and field.is_cached(obj):
+            related = field.get_cached_value(obj)
+            if related is not None and related.pk is not None and not related._state.adding:
+                names.append(field.name)
+    return names
+
+
+def _full_clean(obj: models.Model) -> None:
+    """``obj.full_clean()``, without a query per foreign key given as a loaded object.
+
+    Django's ``full_clean(exclude=...)`` would also leave those fields out of the unique and constraint
+    checks; here only the per-field validation skips them, every uniqueness rule is still checked.
+    """
+    errors: dict[str, Any] = {}
+    try:
+        obj.clean_fields(exclude=_loaded_relations(obj))
+    except DjangoValidationError as exc:
+        errors = exc.update_error_dict(errors)
+    try:
+        obj.clean()
+    except DjangoValidationError as exc:
+        errors = exc.update_error_dict(errors)
+    # As full_clean: a field that is already invalid is not checked for uniqueness.
+    invalid = {name for name in errors if name != NON_FIELD_ERRORS}
+    for check in (obj.validate_unique, obj.validate_constraints):
+        try:
+            check(exclude=invalid)
+        except DjangoValidationError as exc:
+            errors = exc.update_error_dict(errors)
+    if errors:
+        raise DjangoValidationError(errors)
+
+
 def _save_validated(obj: M) -> M:
     """Validate (fields, choices, unique constraints) and save in a savepoint.
 
-    A concurrent insert can still pass full_clean() and then hit the database constraint; the savepoint
+    A concurrent insert can still pass validation and then hit the database constraint; the savepoint
     keeps the outer transaction usable and the IntegrityError becomes a DuplicateError.
     """
     try:
-        obj.full_clean()
+        _full_clean(obj)
     except DjangoValidationError as exc:
         raise _service_error_from_validation(exc, type(obj)) from exc
     try:
@@ -284,8 +326,12 @@ def _update(
 ) -> M:
     _check_fields(type(obj), changes, allowed)
     # Lock the row so two concurrent edits serialise and each audit "before" is the true before.
-    type(obj).objects.select_for_update().filter(pk=obj.pk).first()
-    obj.refresh_from_db()
+    loaded = {name: getattr(obj, name) for name in _loaded_relations(obj)}
+    obj.refresh_from_db(from_queryset=type(obj)._base_manager.select_for_update())
+    for name, related in loaded.items():  # refresh_from_db drops them; keep those still referred to
+        field = obj._meta.get_field(name)
+        if getattr(obj, field.attname) == related.pk:
+            field.set_cached_value(obj, related)
     before = snapshot(obj, changes.keys())
     for name, value in changes.items():
         setattr(obj, name, value)
@@ -1053,11 +1099,14 @@ ASSESSMENT_RESULT_FIELDS = (
 
 
 def _current_assessment(timepoint: Timepoint, criteria: str) -> Assessment | None:
-    return (
+    row = (
         Assessment.objects.select_for_update()
         .filter(timepoint=timepoint, criteria=criteria, is_current=True)
         .first()
     )
+    if row is not None:
+        row.timepoint = timepoint  # the caller's object, with the patient and trial it has loaded
+    return row
 
 
 def _retire(assessment: Assessment, *, actor: Any | None, reason: str, correlation_id: str) -> None:

@@ -57,7 +57,9 @@ def _pydicom_bytes(ds: pydicom.Dataset) -> bytes:
 
 
 def test_the_test_files_exercise_the_direct_path() -> None:
-    syntaxes = [pydicom.dcmread(f, stop_before_pixels=True).file_meta.get("TransferSyntaxUID") for f in TEST_FILES]
+    syntaxes = [
+        pydicom.dcmread(f, stop_before_pixels=True).file_meta.get("TransferSyntaxUID") for f in TEST_FILES
+    ]
     assert sum(s == ExplicitVRLittleEndian for s in syntaxes) >= 10
     assert sum(s == ImplicitVRLittleEndian for s in syntaxes) >= 5
     assert sum(s not in DIRECT_SYNTAXES for s in syntaxes) >= 10  # compressed, big endian, deflated
@@ -90,3 +92,62 @@ def test_file_meta_follows_a_changed_sop_instance_uid(tmp_path) -> None:
     assert back.SOPInstanceUID == "1.2.826.0.1.3680043.8.498.1"
     with pytest.raises(FileExistsError):  # never overwrites a stored file
         write_part10(ds, tmp_path / "out.dcm")
+
+
+@pytest.mark.parametrize("path", TEST_FILES, ids=[Path(f).name for f in TEST_FILES])
+def test_shared_encoded_cache_gives_the_same_bytes(path: str) -> None:
+    """Elements written from the cache of an earlier file are the bytes pydicom writes for this one."""
+    encoded: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected = _pydicom_bytes(_read_and_change(path))
+        except Exception:  # noqa: BLE001 - files pydicom cannot write are covered above
+            return
+        first = encode_part10(_read_and_change(path), encoded=encoded)
+        second = encode_part10(_read_and_change(path), encoded=encoded)
+    assert first == expected
+    assert second == expected
+
+
+def test_cache_keys_tell_values_apart() -> None:
+    """Equal tags with other values, types, VRs, character sets or syntaxes are encoded afresh."""
+
+    def dataset(charset: str | None, implicit: bool, **elements: object) -> pydicom.Dataset:
+        ds = pydicom.Dataset()
+        if charset:
+            ds.SpecificCharacterSet = charset
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.set_original_encoding(implicit, True, ds._character_set)  # as dcmread records it
+        return ds
+
+    encoded: dict = {}
+    variants = [
+        dataset(None, False, PatientName="Doe^Jane", PatientID="BM-1", Rows=256),
+        dataset(None, False, PatientName="Doe^John", PatientID="BM-2", Rows=512),
+        dataset("ISO_IR 100", False, PatientName="Dö^Jane", PatientID="BM-1", Rows=256),
+        dataset("ISO_IR 192", False, PatientName="Dö^Jane", PatientID="BM-1", Rows=256),  # other bytes
+        dataset(None, True, PatientName="Doe^Jane", PatientID="BM-1", Rows=256),  # no VR written
+        dataset(None, False, PatientName=None, PatientID="", Rows=256),
+        dataset(
+            None, False, PatientName="Doe^Jane", PatientID="BM-1", Rows=256, ImageType=["ORIGINAL", "PRIMARY"]
+        ),
+        dataset(
+            None, False, PatientName="Doe^Jane", PatientID="BM-1", Rows=256, ImageType=["DERIVED", "PRIMARY"]
+        ),
+    ]
+    for vr in ("US", "SS"):  # the same tag and value with either VR of an ambiguous element
+        ds = dataset(None, False, PatientName="Doe^Jane")
+        ds.add_new(0x00280106, vr, 5)
+        variants.append(ds)
+    for ds in variants:
+        copy = pydicom.Dataset(ds)
+        copy.file_meta = pydicom.dataset.FileMetaDataset(ds.file_meta)
+        copy.set_original_encoding(*ds.original_encoding, ds._character_set)
+        assert encode_part10(ds, encoded=encoded) == _pydicom_bytes(copy)
+    assert len(encoded) > 10

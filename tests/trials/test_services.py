@@ -298,3 +298,64 @@ def test_job_lifecycle_counts_attempts_and_audits_outcome() -> None:
     with pytest.raises(InvalidInputError, match="Unknown job kind"):
         services.create_job("dance", actor=None)
     assert ProcessingJob.objects.count() == 1
+
+
+def _sql(queries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries]
+
+
+def test_foreign_keys_given_as_loaded_objects_are_not_looked_up_again() -> None:
+    """Validation looks a foreign key up only when it is given as a bare id (or an unsaved object)."""
+    from django.core.exceptions import ValidationError
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from trials.models import Lesion
+
+    patient = make_patient()
+    with CaptureQueriesContext(connection) as loaded:
+        services._full_clean(Lesion(patient=patient, label="L1"))
+    assert not [sql for sql in _sql(loaded) if 'FROM "trials_patient"' in sql]
+    with CaptureQueriesContext(connection) as by_id:
+        services._full_clean(Lesion(patient_id=patient.pk, label="L1"))
+    assert [sql for sql in _sql(by_id) if 'FROM "trials_patient"' in sql]
+    with pytest.raises(ValidationError) as info:
+        services._full_clean(Lesion(patient_id=patient.pk + 1000, label="L1"))
+    assert "patient" in info.value.error_dict
+
+
+def test_uniqueness_is_still_validated_before_the_insert_with_loaded_objects() -> None:
+    """Skipping the lookups of loaded keys keeps every uniqueness rule: no INSERT is even tried."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    patient = make_patient()
+    timepoint = make_timepoint(patient, visit_label="BASELINE", is_baseline=True)
+    lesion = make_lesion(patient)
+    make_observation(lesion, timepoint)
+    with CaptureQueriesContext(connection) as queries, pytest.raises(DuplicateError) as info:
+        services.record_observation(lesion, timepoint, actor=None, longest_diameter_mm=10.0)
+    assert info.value.field_errors  # found by validation, named by field
+    assert not [sql for sql in _sql(queries) if sql.startswith('INSERT INTO "trials_lesionobservation"')]
+
+
+def test_update_locks_the_row_once_and_keeps_the_loaded_relations() -> None:
+    """An update reads the row again under a lock (one query) and its audit event finds the trial
+    through the objects the caller loaded, not by walking the relations again."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from trials.models import Lesion
+
+    patient = make_patient()
+    lesion = Lesion.objects.select_related("patient__trial").get(pk=make_lesion(patient).pk)
+    with CaptureQueriesContext(connection) as queries:
+        services.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
+    sql = _sql(queries)
+    assert len([s for s in sql if s.startswith('SELECT') and "FOR UPDATE" in s]) == 1
+    assert not [s for s in sql if 'FROM "trials_patient"' in s or 'FROM "trials_trial"' in s]
+    (event,) = [e for e in _events(lesion) if e.action == "update"]
+    assert event.trial == patient.trial
+    assert event.after == {"role": LesionRole.TARGET}
+    lesion.refresh_from_db()
+    assert lesion.role == LesionRole.TARGET
