@@ -266,13 +266,14 @@ def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | Non
             del ds[tag]
             continue
         vr = _vr(ds, tag)
+        # A replaced value is set on a new element: the old one is never decoded.
         if action == "Z":
-            ds[tag].value = None if vr != "SQ" else Sequence()
+            ds[tag] = DataElement(tag, vr, None if vr != "SQ" else Sequence())
         elif action == "D":
-            ds[tag].value = subject_id
+            ds[tag] = DataElement(tag, vr, subject_id)
         elif vr == "PN":
             # any other person (operators, physicians, reviewers) is identifying
-            ds[tag].value = None
+            ds[tag] = DataElement(tag, vr, None)
         elif vr == "UI" and uid_map is not None:
             elem = ds[tag]
             elem.value = _remap_uid_value(elem, uid_map)

@@ -5,7 +5,8 @@ about 40 us per element through its generic path, even for an element it only co
 in its raw form (never decoded since it was read) is written as its original value bytes behind a new tag,
 VR and length header. :func:`encode_part10` writes exactly those raw elements directly (a ``struct.pack``
 of the header, then the bytes pydicom would copy) and hands every other element to pydicom's own
-``write_data_element``; the file meta information is written by pydicom's ``write_file_meta_info``.
+``write_data_element``. The file meta information is validated by pydicom's ``validate_file_meta`` and
+written the same way, behind its group length, as pydicom's ``write_file_meta_info`` writes it.
 
 Elements de-identification changes are mostly the same in every file of a series (the subject id, the
 emptied dates, the method code sequence): given an ``encoded`` cache shared by the files of an upload,
@@ -29,9 +30,9 @@ from typing import Any
 
 from pydicom import dcmwrite
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -40,6 +41,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 #: Explicit VRs whose length field is 4 bytes after 2 reserved bytes (PS3.5 7.1.2).
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_GROUP_LENGTH = 0x00020000  # File Meta Information Group Length
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2sHL")
 _IMPLICIT = struct.Struct("<HHL")
@@ -123,14 +125,45 @@ def encode_part10(ds: Dataset, *, encoded: MutableMapping[Any, bytes] | None = N
     fp = DicomBytesIO()
     fp.write(preamble)
     fp.write(b"DICM")
-    write_file_meta_info(fp, file_meta, enforce_standard=True)  # validates it as dcmwrite does
+    _write_file_meta(fp, file_meta, encoded)
     fp.is_implicit_VR, fp.is_little_endian = implicit, True
-    charset = ds.get("SpecificCharacterSet", "iso8859")
+    _write_elements(
+        fp, ds, implicit=implicit, charset=ds.get("SpecificCharacterSet", "iso8859"), encoded=encoded
+    )
+    return fp.getvalue()
+
+
+def _write_file_meta(
+    fp: DicomBytesIO, file_meta: Dataset, encoded: MutableMapping[Any, bytes] | None
+) -> None:
+    """pydicom's ``write_file_meta_info(fp, file_meta, enforce_standard=True)``, elements through the cache."""
+    validate_file_meta(file_meta, enforce_standard=True)  # raises as dcmwrite does; adds what it may
+    if "FileMetaInformationGroupLength" not in file_meta:
+        file_meta.FileMetaInformationGroupLength = 0
+    body = DicomBytesIO()
+    body.is_implicit_VR, body.is_little_endian = False, True
+    _write_elements(body, file_meta, implicit=False, charset="iso8859", encoded=encoded, skip=_GROUP_LENGTH)
+    length = body.tell()
+    file_meta.FileMetaInformationGroupLength = length  # as pydicom does
+    fp.write(_EXPLICIT_SHORT.pack(0x0002, 0x0000, b"UL", 4))
+    fp.write(struct.pack("<L", length))
+    fp.write(body.getvalue())
+
+
+def _write_elements(
+    fp: DicomBytesIO,
+    ds: Dataset,
+    *,
+    implicit: bool,
+    charset: Any,
+    encoded: MutableMapping[Any, bytes] | None,
+    skip: int | None = None,
+) -> None:
     # what else the bytes of an element depend on
     context = (implicit, tuple(charset) if isinstance(charset, MultiValue) else charset)
     write = fp.write
     for tag in sorted(ds.keys()):
-        if tag.element == 0 and tag.group > 6:  # retired group lengths are not written (PS3.5 7.2)
+        if (tag.element == 0 and tag.group > 6) or tag == skip:  # retired group lengths: PS3.5 7.2
             continue
         elem = ds.get_item(tag)  # reads a deferred value (the pixel data) from the source file
         value = elem.value if elem.is_raw else None
@@ -161,4 +194,3 @@ def encode_part10(ds: Dataset, *, encoded: MutableMapping[Any, bytes] | None = N
             write_data_element(buffer, elem, charset)  # decoded or changed elements
             data = encoded[key] = buffer.getvalue()
         write(data)
-    return fp.getvalue()

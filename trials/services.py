@@ -39,8 +39,9 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, models, transaction
-from django.db.models import F
+from django.db import IntegrityError, models, router, transaction
+from django.db.models import F, Q
+from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
 from trials.choices import (
@@ -229,15 +230,63 @@ def _loaded_relations(obj: models.Model) -> list[str]:
     return names
 
 
-def _full_clean(obj: models.Model) -> None:
-    """``obj.full_clean()``, without a query per foreign key given as a loaded object.
+def _q_fields(condition: Any) -> set[str] | None:
+    """Field names a constraint's condition refers to, or None when it is not a plain ``Q``."""
+    if not isinstance(condition, Q):
+        return None
+    names: set[str] = set()
+    for child in condition.children:
+        if isinstance(child, Q):
+            inner = _q_fields(child)
+            if inner is None:
+                return None
+            names |= inner
+            continue
+        lookup, value = child
+        names.add(lookup.split(LOOKUP_SEP)[0])
+        if isinstance(value, F):
+            names.add(value.name.split(LOOKUP_SEP)[0])
+        elif hasattr(value, "resolve_expression"):
+            return None
+    return names
 
-    Django's ``full_clean(exclude=...)`` would also leave those fields out of the unique and constraint
-    checks; here only the per-field validation skips them, every uniqueness rule is still checked.
+
+def _constraint_touches(constraint: models.BaseConstraint, changed: set[str]) -> bool:
+    """Whether a constraint can be broken by a change of the ``changed`` fields (when unsure, True)."""
+    if getattr(constraint, "expressions", ()):
+        return True
+    names = set(getattr(constraint, "fields", ()) or ())
+    condition = getattr(constraint, "condition", None)
+    if condition is not None:
+        referred = _q_fields(condition)
+        if referred is None:
+            return True
+        names |= referred
+    return bool(names & changed) or not names
+
+
+def _full_clean(obj: models.Model, changed: Iterable[str] | None = None) -> None:
+    """``obj.full_clean()``, without the checks that cannot fail.
+
+    - A foreign key given as a loaded object is not looked up again (Django's ``full_clean(exclude=...)``
+      would also leave such a field out of the uniqueness checks; here only its field validation is).
+    - An update (``changed``: the names of the fields it changes) validates the changed fields and the
+      uniqueness rules and constraints they take part in: the unchanged values were validated when they
+      were written, and a rule over unchanged fields held then.
+
+    Written out because ``full_clean`` has no such options; the steps and the error merging are Django's.
     """
+    fields = obj._meta.concrete_fields
+    if changed is None:
+        unchanged: set[str] = set()
+        constraints_changed = None
+    else:
+        names = set(changed)
+        constraints_changed = {f.name for f in fields if f.name in names or f.attname in names}
+        unchanged = {f.name for f in fields} - constraints_changed
     errors: dict[str, Any] = {}
     try:
-        obj.clean_fields(exclude=_loaded_relations(obj))
+        obj.clean_fields(exclude=set(_loaded_relations(obj)) | unchanged)
     except DjangoValidationError as exc:
         errors = exc.update_error_dict(errors)
     try:
@@ -246,23 +295,40 @@ def _full_clean(obj: models.Model) -> None:
         errors = exc.update_error_dict(errors)
     # As full_clean: a field that is already invalid is not checked for uniqueness.
     invalid = {name for name in errors if name != NON_FIELD_ERRORS}
-    for check in (obj.validate_unique, obj.validate_constraints):
-        try:
-            check(exclude=invalid)
-        except DjangoValidationError as exc:
-            errors = exc.update_error_dict(errors)
+    # unique=True fields (MetTrack declares every other uniqueness rule as a constraint)
+    try:
+        obj.validate_unique(exclude=invalid | unchanged)
+    except DjangoValidationError as exc:
+        errors = exc.update_error_dict(errors)
+    using = router.db_for_write(type(obj), instance=obj)
+    constraint_errors: dict[str, Any] = {}
+    for model_class, constraints in obj.get_constraints():
+        for constraint in constraints:
+            if constraints_changed is not None and not _constraint_touches(constraint, constraints_changed):
+                continue
+            try:
+                constraint.validate(model_class, obj, exclude=invalid, using=using)
+            except DjangoValidationError as exc:
+                if getattr(exc, "code", None) == "unique" and len(getattr(constraint, "fields", ())) == 1:
+                    constraint_errors.setdefault(constraint.fields[0], []).append(exc)
+                else:
+                    constraint_errors = exc.update_error_dict(constraint_errors)
+    if constraint_errors:
+        errors = DjangoValidationError(constraint_errors).update_error_dict(errors)
     if errors:
         raise DjangoValidationError(errors)
 
 
-def _save_validated(obj: M) -> M:
+def _save_validated(obj: M, changed: Iterable[str] | None = None) -> M:
     """Validate (fields, choices, unique constraints) and save in a savepoint.
+
+    ``changed``: for an update, the fields it changes (see :func:`_full_clean`).
 
     A concurrent insert can still pass validation and then hit the database constraint; the savepoint
     keeps the outer transaction usable and the IntegrityError becomes a DuplicateError.
     """
     try:
-        _full_clean(obj)
+        _full_clean(obj, changed)
     except DjangoValidationError as exc:
         raise _service_error_from_validation(exc, type(obj)) from exc
     try:
@@ -342,7 +408,7 @@ def _update(
         return obj
     before = {key: before[key] for key in changed}
     after = {key: after[key] for key in changed}
-    _save_validated(obj)
+    _save_validated(obj, changed)
     record_audit_event(
         actor=actor,
         action=action,

@@ -251,3 +251,26 @@ def test_stored_copy_is_what_pydicom_writes_for_the_deidentified_source(
         buffer = pydicom.filebase.DicomBytesIO()
         pydicom.dcmwrite(buffer, expected_ds, enforce_file_format=True)
         assert actual == buffer.getvalue(), path.name
+
+
+def test_a_person_name_the_file_encodes_as_unknown_vr_is_still_emptied(tmp_path) -> None:
+    """A PN element written with VR UN (as some converters do) is a person's name all the same."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = generate_uid()
+    ds.add_new(0x00401010, "UN", b"Doe^John")  # Names of Intended Recipients of Results (PN)
+    ds.add_new(0x00081030, "UN", b"Brain MRI for Doe ")  # Study Description: removed (X)
+    path = tmp_path / "un.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    read = pydicom.dcmread(path)
+    assert read.get_item(0x00401010).is_raw  # not decoded: de-identification replaces it unread
+
+    deidentify_dataset(read, subject_id="BM-001")
+    assert read[0x00401010].VR == "PN"
+    assert not read[0x00401010].value
+    assert 0x00081030 not in read

@@ -352,10 +352,43 @@ def test_update_locks_the_row_once_and_keeps_the_loaded_relations() -> None:
     with CaptureQueriesContext(connection) as queries:
         services.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
     sql = _sql(queries)
-    assert len([s for s in sql if s.startswith('SELECT') and "FOR UPDATE" in s]) == 1
+    assert len([s for s in sql if s.startswith("SELECT") and "FOR UPDATE" in s]) == 1
     assert not [s for s in sql if 'FROM "trials_patient"' in s or 'FROM "trials_trial"' in s]
     (event,) = [e for e in _events(lesion) if e.action == "update"]
     assert event.trial == patient.trial
     assert event.after == {"role": LesionRole.TARGET}
     lesion.refresh_from_db()
     assert lesion.role == LesionRole.TARGET
+
+
+def test_an_update_validates_the_uniqueness_rules_its_change_takes_part_in() -> None:
+    """A rule over a changed field, or over a field its condition names, is checked before the UPDATE."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    patient = make_patient()
+    make_timepoint(patient, visit_label="BASELINE", is_baseline=True)
+    fu1 = make_timepoint(patient, visit_label="FU1")
+    for changes, message in (
+        ({"visit_label": "BASELINE"}, "visit"),
+        ({"is_baseline": True}, "already has a baseline"),  # the field is in the rule's condition only
+    ):
+        with (
+            CaptureQueriesContext(connection) as queries,
+            pytest.raises(DuplicateError, match=message) as info,
+        ):
+            services.update_timepoint(fu1, actor=None, reason="typo", **changes)
+        assert info.value.field_errors
+        assert not [sql for sql in _sql(queries) if sql.startswith('UPDATE "trials_timepoint"')]
+
+
+def test_an_update_does_not_recheck_rules_over_fields_it_leaves_alone() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    patient = make_patient()
+    lesion = make_lesion(patient)
+    with CaptureQueriesContext(connection) as queries:
+        services.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
+    # the label uniqueness rule (patient, label) is not queried: neither field changed
+    assert not [sql for sql in _sql(queries) if 'AS "a" FROM "trials_lesion"' in sql]
