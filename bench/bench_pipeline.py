@@ -88,12 +88,15 @@ def main() -> None:
     from django.conf import settings
     from django.db import connection
 
+    from config.warmup import warm_up_process
     from tests.factories import make_patient, make_timepoint, make_trial
     from trials import pipeline
     from trials.choices import Criteria
     from trials.management.commands.demo_pipeline import render_visits, write_series_zip
     from trials.models import Assessment, SegmentationRun
 
+    # As the web process (config.wsgi) and each worker (worker_init) do at start.
+    print(f"process warm-up (as web and worker processes start): {warm_up_process():.1f} s")
     db = settings.DATABASES["default"]
     db.setdefault("TEST", {})["NAME"] = f"test_bench_pipeline_{os.getpid()}"
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
@@ -136,7 +139,14 @@ def main() -> None:
             f"{'analysis':>9} {'total':>7}  response"
         )
         print(header)
-        totals = {"upload": 0.0, "read": 0.0, "seg_work": 0.0, "seg_service": 0.0, "analysis": 0.0, "total": 0.0}
+        totals = {
+            "upload": 0.0,
+            "read": 0.0,
+            "seg_work": 0.0,
+            "seg_service": 0.0,
+            "analysis": 0.0,
+            "total": 0.0,
+        }
         upload_parts: dict[str, float] = {}
         analysis_parts: dict[str, float] = {}
         for visit, path in zip(visits, zips, strict=True):

@@ -10,6 +10,10 @@ and the Redis ``visibility_timeout`` (``CELERY_VISIBILITY_TIMEOUT_S``): a messag
 was killed outright is put back after that many seconds. Beat (``celery -A worker beat``, or a worker
 started with ``-B``) runs the two pipeline sweeps every ``PIPELINE_SWEEP_INTERVAL_S`` seconds.
 
+Each worker warms up once at start (``worker_init``, before a prefork pool forks its children):
+:func:`config.warmup.warm_up_process` imports what jobs use and moves the startup objects out of the
+garbage collector's scans.
+
 Embedded mode: with an empty ``CELERY_BROKER_URL`` nothing talks to a broker; tasks run in-process
 (``task_always_eager``) and pipeline jobs run in a background thread of the web process
 (see :func:`worker.tasks.enqueue_pipeline`), so ``make demo`` needs no Redis.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -56,5 +61,14 @@ app.conf.update(
 if getattr(settings, "CELERY_EMBEDDED", not getattr(settings, "CELERY_BROKER_URL", "")):
     # No broker: an in-memory transport keeps Celery from trying AMQP on localhost.
     app.conf.update(broker_url="memory://", task_always_eager=True, task_eager_propagates=False)
+
+
+@worker_init.connect
+def _warm_up(**_: object) -> None:
+    """Import what jobs use and freeze the startup objects (config.warmup), before the pool forks."""
+    from config.warmup import warm_up_process
+
+    warm_up_process()
+
 
 __all__ = ["app"]

@@ -207,6 +207,7 @@ def test_three_visits_through_a_worker_killed_mid_segmentation(
     first = Worker(env, tmp_path / "worker-1.log")
     try:
         first.wait_ready()
+        assert "process warmed up" in first.log()  # config.warmup ran at worker start
         response = upload(api_client, visits["BASELINE"].pk, synthetic_patient.zips[0])
         assert response.status_code == 202, response.content
         job_ids = [response.json()["job"]["id"]]
