@@ -163,7 +163,7 @@ def _write_elements(
     context = (implicit, tuple(charset) if isinstance(charset, MultiValue) else charset)
     write = fp.write
     for tag in sorted(ds.keys()):
-        if (tag.element == 0 and tag.group > 6) or tag == skip:  # retired group lengths: PS3.5 7.2
+        if (tag.element == 0 and tag.group > 6) or (skip is not None and tag == skip):  # PS3.5 7.2
             continue
         elem = ds.get_item(tag)  # reads a deferred value (the pixel data) from the source file
         value = elem.value if elem.is_raw else None

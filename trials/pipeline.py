@@ -499,6 +499,7 @@ def record_segmentation(
     started_at: dt.datetime | None = None,
     actor: Any | None = None,
     correlation_id: str = "",
+    labelled: bool = False,
 ) -> SegmentationRun:
     """Store a lesion mask of a series as the output of a segmentation run (created if needed).
 
@@ -514,6 +515,9 @@ def record_segmentation(
         device: Where the network ran (``cpu``, ``cuda:0``).
         timings_s: Seconds per stage.
         started_at: When the segmentation started (the run keeps the earliest start it was given).
+        labelled: ``mask`` is already the run's components (labels 1..n in raster order, none under
+            the trial's ``min_lesion_volume_mm3``), as ``segment_image`` returns them with the trial's
+            settings: stored as it is instead of being labelled again.
 
     Raises:
         InvalidInputError: The mask is not on the series' grid.
@@ -526,8 +530,11 @@ def record_segmentation(
         # The same weights on the same series give the same mask: keep what is stored (a redelivery).
         return run
     patient = series.timepoint.patient
-    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
-    labels = label_components(binary, response_settings(patient).min_lesion_volume_mm3)
+    if labelled:
+        labels = mask
+    else:
+        binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+        labels = label_components(binary, response_settings(patient).min_lesion_volume_mm3)
     name = _run_file(run, "labels.nii.gz")
     path = _media_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -622,7 +629,16 @@ def run_segmentation_stage(
     _progress(job, 10, "segmentation", f"{model.config.name} {model.config.version}")
     started = timezone.now()
     image = sitk.ReadImage(str(_media_path(series.volume_file.name)))
-    result = segment_image(image, model, InferenceOptions(device=str(_setting("PIPELINE_DEVICE", "auto"))))
+    # The model drops components under its own minimum volume, the trial under its own: segment_image
+    # applies the larger, so its labels are already the components the run stores.
+    trial_settings = response_settings(series.timepoint.patient)
+    min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
+    result = segment_image(
+        image,
+        model,
+        InferenceOptions(device=str(_setting("PIPELINE_DEVICE", "auto"))),
+        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
+    )
     _progress(job, 55, "storing segmentation", f"{len(result.lesions)} lesion(s) found")
     run = record_segmentation(
         series,
@@ -633,6 +649,7 @@ def run_segmentation_stage(
         started_at=started,
         actor=actor,
         correlation_id=cid,
+        labelled=True,
     )
     _progress(job, 60, "segmentation", f"{len(result.lesions)} lesion(s) found")
     return run.pk

@@ -45,3 +45,37 @@ def test_concurrent_duplicate_subject_id_becomes_duplicate_error() -> None:
     thread.join(timeout=30)
     timer.cancel()
     assert Patient.objects.filter(subject_id="RACE-1").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrent_duplicate_inside_a_callers_transaction_leaves_that_transaction_usable() -> None:
+    """The service's own atomic block (a savepoint when nested) is what the DuplicateError rolls back."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs concurrent transactions (PostgreSQL)")
+    trial = make_trial()
+    site = make_site(trial)
+    inserted = threading.Event()
+    release = threading.Event()
+
+    def first_writer() -> None:
+        try:
+            with transaction.atomic():
+                services.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
+                inserted.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=first_writer)
+    thread.start()
+    assert inserted.wait(timeout=30)
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    with transaction.atomic():
+        with pytest.raises(DuplicateError):
+            services.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
+        # the caller goes on in the same transaction
+        services.create_patient(trial, site=site, subject_id="RACE-2", actor=None)
+    thread.join(timeout=30)
+    timer.cancel()
+    assert set(Patient.objects.values_list("subject_id", flat=True)) == {"RACE-1", "RACE-2"}
