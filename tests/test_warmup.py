@@ -30,10 +30,11 @@ print(json.dumps({"seconds": seconds, "tables": tables, "frozen": frozen, "track
 """
 
 
-def test_warm_up_loads_what_jobs_use_and_freezes_it() -> None:
+def _last_line_of(code: str) -> str:
+    """Run ``code`` in a fresh Python process (as a web or worker process starts); its last output line."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -41,7 +42,11 @@ def test_warm_up_loads_what_jobs_use_and_freezes_it() -> None:
         timeout=300,
         check=True,
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_warm_up_loads_what_jobs_use_and_freezes_it() -> None:
+    result = json.loads(_last_line_of(PROBE))
     assert result["tables"] == [1, 1, 1]  # highdicom's standard tables are loaded
     assert result["new_modules"] == []
     # Everything alive after start-up is frozen; the collector then tracks only what came after.
@@ -50,15 +55,4 @@ def test_warm_up_loads_what_jobs_use_and_freezes_it() -> None:
 
 
 def test_wsgi_application_warms_up_its_process() -> None:
-    probe = "import gc, config.wsgi; print(gc.get_freeze_count())"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert int(out.stdout.strip().splitlines()[-1]) > 100_000
+    assert int(_last_line_of("import gc, config.wsgi; print(gc.get_freeze_count())")) > 100_000
