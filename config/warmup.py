@@ -1,6 +1,6 @@
 """Process warm-up of the web and worker processes, run once at start (``config.wsgi``, ``worker.celery``).
 
-A web or worker process of MetTrack holds about 430,000 long-lived Python objects once torch, MONAI,
+A web or worker process of MetTrack holds about 650,000 long-lived Python objects once torch, MONAI,
 SimpleITK, pydicom and highdicom are imported and highdicom's DICOM standard tables are loaded (which
 highdicom otherwise does during the first contour export). Python's garbage collector scans every one
 of them at each full collection, about 0.2-0.3 s each time, and storing an upload or exporting contours

@@ -279,11 +279,11 @@ def _full_clean(obj: models.Model, changed: Iterable[str] | None = None) -> None
     fields = obj._meta.concrete_fields
     if changed is None:
         unchanged: set[str] = set()
-        constraints_changed = None
+        changed_fields = None
     else:
         names = set(changed)
-        constraints_changed = {f.name for f in fields if f.name in names or f.attname in names}
-        unchanged = {f.name for f in fields} - constraints_changed
+        changed_fields = {f.name for f in fields if f.name in names or f.attname in names}
+        unchanged = {f.name for f in fields} - changed_fields
     errors: dict[str, Any] = {}
     try:
         obj.clean_fields(exclude=set(_loaded_relations(obj)) | unchanged)
@@ -304,7 +304,7 @@ def _full_clean(obj: models.Model, changed: Iterable[str] | None = None) -> None
     constraint_errors: dict[str, Any] = {}
     for model_class, constraints in obj.get_constraints():
         for constraint in constraints:
-            if constraints_changed is not None and not _constraint_touches(constraint, constraints_changed):
+            if changed_fields is not None and not _constraint_touches(constraint, changed_fields):
                 continue
             try:
                 constraint.validate(model_class, obj, exclude=invalid, using=using)
