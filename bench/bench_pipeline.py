@@ -13,7 +13,8 @@ volume, re-reading it in the worker, the mask files) and the database (series, j
 lesions, observations, assessments). Target: overhead under 10 % of the segmentation. The ratio with the
 upload's reading counted as overhead too is printed beside it.
 
-Django runs with DEBUG off, as deployed (unless the environment sets DEBUG). Runs in a throw-away test database (``test_bench_pipeline_<pid>``) and a temporary MEDIA_ROOT.
+Django runs with DEBUG off, as deployed (unless the environment sets DEBUG). Runs in a throw-away test
+database (``test_bench_pipeline_<pid>``) and a temporary MEDIA_ROOT.
 """
 
 from __future__ import annotations
