@@ -18,6 +18,8 @@ import time
 import tracemalloc
 from typing import Any
 
+from trials.actions import trials as trial_actions
+
 PATIENTS = 1000
 VISITS = 8
 LESIONS = 6
@@ -38,7 +40,6 @@ def build_bulk_trial(code: str, patients: int, visits: int = VISITS, lesions: in
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from trials import services
     from trials.models import (
         Assessment,
         ImagingSeries,
@@ -50,8 +51,8 @@ def build_bulk_trial(code: str, patients: int, visits: int = VISITS, lesions: in
         Timepoint,
     )
 
-    trial = services.create_trial(code=code, title=f"Bulk {code}", actor=None)
-    site = services.create_site(trial, code="S01", name="Bulk site", actor=None)
+    trial = trial_actions.create_trial(code=code, title=f"Bulk {code}", actor=None)
+    site = trial_actions.create_site(trial, code="S01", name="Bulk site", actor=None)
     reader, _ = get_user_model().objects.get_or_create(username=f"reader-{code}")
     model, _ = ModelVersion.objects.get_or_create(
         weights_sha256=f"{code:0<64}"[:64],

@@ -28,6 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from trials.actions import imaging
+from trials.pipeline import analysis, registry
+from trials.pipeline import segmentation as segmentation_stage
+
 N_VISITS = 5
 SEED = 4242
 TARGET_OVERHEAD = 0.10
@@ -64,7 +68,7 @@ def _broker_publish_ms(samples: int = 20) -> float | None:
         return None
     from kombu import Connection
 
-    from worker.celery import app
+    from config.celery import app
     from worker.tasks import analyse_series, segment_series
 
     queue = f"bench-pipeline-{os.getpid()}"
@@ -91,7 +95,6 @@ def main() -> None:
 
     from config.warmup import warm_up_process
     from tests.factories import make_patient, make_timepoint, make_trial
-    from trials import pipeline
     from trials.choices import Criteria
     from trials.management.commands.demo_pipeline import render_visits, write_series_zip
     from trials.models import Assessment, SegmentationRun
@@ -116,7 +119,7 @@ def main() -> None:
                 save_model_dir(build_network(config), config, work / "demo-arch")
             )
             print("demo model not exported yet: timing the demo architecture with untrained weights")
-        model, version = pipeline.load_pipeline_model()
+        model, version = registry.load_pipeline_model()
         print(
             f"model: {version} ({model.n_parameters / 1e6:.1f} M parameters), database: {connection.vendor}, "
             f"DEBUG {'on' if settings.DEBUG else 'off'}"
@@ -152,11 +155,11 @@ def main() -> None:
         analysis_parts: dict[str, float] = {}
         for visit, path in zip(visits, zips, strict=True):
             t0 = time.perf_counter()
-            upload = pipeline.ingest_upload(visit, path, enqueue=False, actor=None)
+            upload = imaging.upload_series(visit, path, enqueue=False, actor=None)
             t1 = time.perf_counter()
-            run_id = pipeline.run_segmentation_stage(upload.job.pk)
+            run_id = segmentation_stage.run_segmentation_stage(upload.job.pk)
             t2 = time.perf_counter()
-            result = pipeline.run_analysis_stage(upload.job.pk, run_id) or {}
+            result = analysis.run_analysis_stage(upload.job.pk, run_id) or {}
             t3 = time.perf_counter()
             run = SegmentationRun.objects.get(pk=run_id)
             # The segmentation's own work: every stage segment_image timed (preprocess, network, postprocess).

@@ -1,17 +1,17 @@
 """URL configuration of MetTrack.
 
 ``/admin/`` Django admin, ``/accounts/`` login/logout, ``/api/v1/`` REST API, ``/api/schema/`` OpenAPI,
-``/api/docs/`` Swagger UI (served offline from drf-spectacular-sidecar). The web dashboard mounts at
-``/`` from ``trials.urls_dashboard``.
+``/api/docs/`` Swagger UI (served offline from drf-spectacular-sidecar). The web pages mount at ``/``
+from ``trials.urls`` (namespaces ``dashboard`` and ``exports``).
 """
-
-from importlib.util import find_spec
 
 from django.conf import settings
 from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from trials import urls as trials_urls
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -21,12 +21,10 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
 
-if find_spec("trials.urls") is not None:
-    urlpatterns.append(path("", include("trials.urls")))
-# Data-management pages (exports form, data quality): namespace "exports", trials/views_quality.py.
-urlpatterns.append(path("", include(("trials.views_quality", "exports"), namespace="exports")))
-# The web dashboard (trials/urls_dashboard.py) lives at "/".
-urlpatterns.append(path("", include("trials.urls_dashboard")))
+urlpatterns += [
+    path("", include((trials_urls.exports_urlpatterns, "exports"), namespace="exports")),
+    path("", include(trials_urls)),
+]
 
 if settings.DEBUG:
     urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

@@ -1,4 +1,4 @@
-"""Process warm-up of the web and worker processes, run once at start (``config.wsgi``, ``worker.celery``).
+"""Process warm-up of the web and worker processes, run once at start (``config.wsgi``, ``config.celery``).
 
 A web or worker process of MetTrack holds about 650,000 long-lived Python objects once torch, MONAI,
 SimpleITK, pydicom and highdicom are imported and highdicom's DICOM standard tables are loaded (which
@@ -22,9 +22,11 @@ import time
 
 logger = logging.getLogger(__name__)
 
-#: Modules a request or a job imports on first use (trials.pipeline brings torch, MONAI, SimpleITK).
+#: Modules a request or a job imports on first use (the pipeline's stages bring torch, MONAI, SimpleITK).
 WARM_MODULES = (
-    "trials.pipeline",
+    "trials.actions.imaging",
+    "trials.actions.review",
+    "trials.pipeline.embedded",
     "segmentation.inference",
     "segmentation.contours",
     "rano.match",

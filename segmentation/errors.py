@@ -163,3 +163,7 @@ class ContourReadError(ImagingError):
 
 class DeidentificationError(ImagingError):
     """A dataset cannot be de-identified (e.g. an empty subject id)."""
+
+
+class RegionError(ImagingError):
+    """A reader's region edit (a seed to grow from, two seeds to split at) gives no usable lesion."""

@@ -19,7 +19,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from trials import services
+from trials.actions import patients
+from trials.actions import trials as trial_actions
 from trials.choices import JobKind
 from trials.models import (
     Assessment,
@@ -35,6 +36,10 @@ from trials.models import (
     Trial,
     TrialMembership,
 )
+from trials.records import assessments as assessment_records
+from trials.records import imaging as imaging_records
+from trials.records import jobs as job_records
+from trials.records import lesions as lesion_records
 
 DEFAULT_PASSWORD = "test-password-123"
 _counter = itertools.count(1)
@@ -60,17 +65,17 @@ def make_superuser(username: str | None = None, *, password: str = DEFAULT_PASSW
 
 def make_trial(code: str | None = None, *, title: str = "Test trial", **criteria_settings: Any) -> Trial:
     """Create a trial (criteria settings default to rano-bm.md section 9)."""
-    return services.create_trial(code=code or f"T{_n()}", title=title, actor=None, **criteria_settings)
+    return trial_actions.create_trial(code=code or f"T{_n()}", title=title, actor=None, **criteria_settings)
 
 
 def make_site(trial: Trial | None = None, *, code: str | None = None, name: str = "Test site") -> Site:
     """Create a site (of a new trial unless given)."""
-    return services.create_site(trial or make_trial(), code=code or f"S{_n()}", name=name, actor=None)
+    return trial_actions.create_site(trial or make_trial(), code=code or f"S{_n()}", name=name, actor=None)
 
 
 def make_membership(user: Any, trial: Trial, role: str, *, site: Site | None = None) -> TrialMembership:
     """Give ``user`` ``role`` in ``trial``."""
-    return services.add_membership(trial, user=user, role=role, site=site, actor=None)
+    return trial_actions.add_membership(trial, user=user, role=role, site=site, actor=None)
 
 
 def make_member(trial: Trial, role: str, username: str | None = None) -> Any:
@@ -87,7 +92,7 @@ def make_patient(
     if trial is None:
         trial = site.trial if site is not None else make_trial()
     site = site or trial.sites.first() or make_site(trial)
-    return services.create_patient(
+    return patients.create_patient(
         trial, site=site, subject_id=subject_id or f"SUBJ-{_n():04d}", actor=None, **fields
     )
 
@@ -103,7 +108,7 @@ def make_timepoint(
     """Create a visit (default scan date 2024-01-01 plus 60 days per existing visit)."""
     patient = patient or make_patient()
     existing = patient.timepoints.count()
-    return services.create_timepoint(
+    return patients.create_timepoint(
         patient,
         visit_label=visit_label or ("BASELINE" if is_baseline else f"FU{existing or _n()}"),
         scan_date=scan_date or dt.date(2024, 1, 1) + dt.timedelta(days=60 * existing),
@@ -117,7 +122,7 @@ def make_series(
     timepoint: Timepoint | None = None, *, series_instance_uid: str | None = None, **fields: Any
 ) -> ImagingSeries:
     """Register a series (no file) of a visit."""
-    return services.register_series(
+    return imaging_records.register_series(
         timepoint or make_timepoint(),
         series_instance_uid=series_instance_uid or f"1.2.826.0.1.3680043.8.498.{_n()}",
         actor=None,
@@ -131,7 +136,7 @@ def make_model_version(
     """Register a model version with a unique (fake) weights checksum."""
     number = _n()
     fields.setdefault("weights_sha256", hashlib.sha256(f"weights-{number}".encode()).hexdigest())
-    return services.register_model_version(
+    return imaging_records.register_model_version(
         name=name,
         version=version or f"0.{number}",
         architecture=fields.pop("architecture", "UNETR"),
@@ -144,28 +149,28 @@ def make_run(
     series: ImagingSeries | None = None, model_version: ModelVersion | None = None, **fields: Any
 ) -> SegmentationRun:
     """Create a segmentation run."""
-    return services.create_segmentation_run(
+    return imaging_records.create_segmentation_run(
         series or make_series(), model_version or make_model_version(), actor=None, **fields
     )
 
 
 def make_lesion(patient: Patient | None = None, **fields: Any) -> Lesion:
     """Create a lesion (next free label)."""
-    return services.create_lesion(patient or make_patient(), actor=None, **fields)
+    return lesion_records.create_lesion(patient or make_patient(), actor=None, **fields)
 
 
 def make_observation(lesion: Lesion, timepoint: Timepoint, **measurements: Any) -> LesionObservation:
     """Record an observation of ``lesion`` at ``timepoint`` (default: present, LD 12 mm)."""
     measurements.setdefault("longest_diameter_mm", 12.0)
-    return services.record_observation(lesion, timepoint, actor=None, **measurements)
+    return lesion_records.record_observation(lesion, timepoint, actor=None, **measurements)
 
 
 def make_assessment(timepoint: Timepoint | None = None, **results: Any) -> Assessment:
     """Create a current draft AI assessment of a visit (default overall response SD)."""
     results.setdefault("overall_response", "SD")
-    return services.create_assessment(timepoint or make_timepoint(), actor=None, **results)
+    return assessment_records.create_assessment(timepoint or make_timepoint(), actor=None, **results)
 
 
 def make_job(obj: Any = None, *, kind: str = JobKind.SEGMENT, **fields: Any) -> ProcessingJob:
     """Create a queued job (nothing is enqueued)."""
-    return services.create_job(kind, obj=obj, actor=None, **fields)
+    return job_records.create_job(kind, obj=obj, actor=None, **fields)

@@ -21,7 +21,7 @@ tables = [getattr(standard, name).cache_info().currsize for name in (
     "get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map")]
 frozen = gc.get_freeze_count()
 modules = set(sys.modules)
-import segmentation.contours, trials.pipeline, highdicom.seg  # already there: nothing new is imported
+import segmentation.contours, trials.pipeline.embedded, trials.actions.review, highdicom.seg  # already there: nothing new is imported
 started = time.perf_counter()
 gc.collect()
 collect_s = time.perf_counter() - started

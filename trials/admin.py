@@ -1,7 +1,7 @@
 """Django admin of the trials app.
 
 The admin is a service client like any other: saves of trials, sites, memberships, patients and visits
-call ``trials.services`` (so they are audited); everything clinical that the pipeline or readers produce
+call actions (``trials.actions``, so they are audited); everything clinical that the pipeline or readers produce
 (series, runs, lesions, observations, assessments) is read-only here, and the audit trail can be
 neither changed nor deleted.
 """
@@ -15,7 +15,8 @@ from django.contrib import admin
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from trials import review, services
+from trials.actions import patients
+from trials.actions import trials as trial_actions
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -114,12 +115,10 @@ class TrialAdmin(ServiceAdmin):
         return ["code"] if obj is not None else []
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Trial:
-        return services.create_trial(**data, **_audit(request))
+        return trial_actions.create_trial(**data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: Trial, changes: dict[str, Any]) -> Trial:
-        from trials.pipeline import update_trial  # heavy imaging imports: only when a trial is saved
-
-        return update_trial(obj, **changes, **_audit(request))
+        return trial_actions.update_trial(obj, **changes, **_audit(request)).trial
 
 
 @admin.register(Site)
@@ -131,10 +130,10 @@ class SiteAdmin(ServiceAdmin):
         return ["trial"] if obj is not None else []
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Site:
-        return services.create_site(data.pop("trial"), **data, **_audit(request))
+        return trial_actions.create_site(data.pop("trial"), **data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: Site, changes: dict[str, Any]) -> Site:
-        return services.update_site(obj, **changes, **_audit(request))
+        return trial_actions.update_site(obj, **changes, **_audit(request))
 
 
 @admin.register(TrialMembership)
@@ -147,10 +146,10 @@ class TrialMembershipAdmin(ServiceAdmin):
         return ["trial", "user"] if obj is not None else []
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> TrialMembership:
-        return services.add_membership(data.pop("trial"), **data, **_audit(request))
+        return trial_actions.add_membership(data.pop("trial"), **data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: TrialMembership, changes: dict[str, Any]) -> Any:
-        return services.update_membership(obj, **changes, **_audit(request))
+        return trial_actions.update_membership(obj, **changes, **_audit(request))
 
 
 @admin.register(Patient)
@@ -164,10 +163,10 @@ class PatientAdmin(ServiceAdmin):
         return ["trial"] if obj is not None else []
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Patient:
-        return services.create_patient(data.pop("trial"), **data, **_audit(request))
+        return patients.create_patient(data.pop("trial"), **data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: Patient, changes: dict[str, Any]) -> Patient:
-        return services.update_patient(obj, **changes, **_audit(request))
+        return patients.update_patient(obj, **changes, **_audit(request))
 
 
 @admin.register(Timepoint)
@@ -181,10 +180,10 @@ class TimepointAdmin(ServiceAdmin):
         return ["patient"] if obj is not None else []
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Timepoint:
-        return services.create_timepoint(data.pop("patient"), **data, **_audit(request))
+        return patients.create_timepoint(data.pop("patient"), **data, **_audit(request))
 
     def update_via_service(self, request: HttpRequest, obj: Timepoint, changes: dict[str, Any]) -> Timepoint:
-        return review.edit_timepoint(obj, **changes, **_audit(request))
+        return patients.edit_timepoint(obj, **changes, **_audit(request))
 
 
 @admin.register(ImagingSeries)

@@ -1,4 +1,5 @@
-"""Exceptions raised by ``trials.services``; the API maps each to an HTTP status.
+"""Exceptions the actions, the pipeline and the row helpers raise on purpose; the API maps each to an
+HTTP status.
 
 ``ServiceError`` subclasses carry a clear, user-facing message and, for invalid input, field-level
 messages (``field_errors``), so that no caller ever has to show an IntegrityError.
@@ -6,14 +7,24 @@ messages (``field_errors``), so that no caller ever has to show an IntegrityErro
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trials.models import AuditImmutableError
+
+if TYPE_CHECKING:
+    from trials.models import ImagingSeries
 
 __all__ = [
     "AuditImmutableError",
     "DuplicateError",
+    "DuplicateSeriesError",
     "InvalidInputError",
     "InvalidStateError",
+    "MissingImageError",
+    "RegionGrowingError",
     "ServiceError",
+    "SignatureError",
+    "UploadRejectedError",
 ]
 
 
@@ -49,3 +60,31 @@ class InvalidStateError(ServiceError):
     """The verb does not apply in the object's current state (HTTP 409), e.g. confirming twice."""
 
     http_status = 409
+
+
+class UploadRejectedError(InvalidInputError):
+    """The upload is not a usable MR series (HTTP 400); the message is the imaging module's."""
+
+
+class DuplicateSeriesError(DuplicateError):
+    """The series is already stored (HTTP 409).
+
+    Attributes:
+        existing: The ImagingSeries already holding this Series Instance UID.
+    """
+
+    def __init__(self, message: str, existing: ImagingSeries) -> None:
+        super().__init__(message, {"series_instance_uid": [message]})
+        self.existing = existing
+
+
+class SignatureError(InvalidInputError):
+    """The password re-entered for an electronic signature is wrong (nothing was signed)."""
+
+
+class RegionGrowingError(InvalidInputError):
+    """Region growing from a seed gave no usable lesion (outside the image, leaked, or too small)."""
+
+
+class MissingImageError(InvalidStateError):
+    """The visit has no stored volume or mask to work on (the pipeline has not produced it)."""

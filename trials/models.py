@@ -25,7 +25,7 @@ What is here:
     ProcessingJob    background work shown as progress (kind, generic object, Celery task id, state, %).
 
 Models hold fields, constraints and small derived properties only. Every state change goes through
-``trials.services`` so that it is audited.
+an action (``trials.actions``) or a row helper (``trials.records``) so that it is audited.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from django.db import models
 from django.db.models import Q
 from simple_history.models import HistoricalRecords
 
+from rano.errors import SettingsError
+from rano.settings import ResponseSettings
 from trials.choices import (
     AssessmentSource,
     AssessmentStatus,
@@ -138,15 +140,16 @@ class Trial(models.Model):
         """
         return {key: getattr(self, name) for name, key in self.CRITERIA_SETTING_KEYS.items()}
 
+    def response_settings(self) -> ResponseSettings:
+        """The trial's criteria settings as the rules engine's :class:`rano.settings.ResponseSettings`
+        (the one conversion: the pipeline, the review and the exports all use it)."""
+        return ResponseSettings.from_dict(self.criteria_settings())
+
     def clean(self) -> None:
         """Validate the settings with the rules engine itself, so a trial never stores settings it rejects."""
         super().clean()
-        # Imported here: rano is a pure package, and models must stay importable without loading it eagerly.
-        from rano.errors import SettingsError
-        from rano.settings import ResponseSettings
-
         try:
-            ResponseSettings.from_dict(self.criteria_settings())
+            self.response_settings()
         except SettingsError as exc:
             raise ValidationError(f"Invalid response-criteria settings: {exc}") from exc
 
@@ -525,6 +528,34 @@ class LesionObservation(models.Model):
 
     history = HistoricalRecords()
 
+    #: Fields a writer (the pipeline, a reader through an action) may set; the API serialises the same.
+    WRITABLE_FIELDS: tuple[str, ...] = (
+        "segmentation_run",
+        "source",
+        "present",
+        "merged_into",
+        "component_label",
+        "fragment_count",
+        "longest_diameter_mm",
+        "perpendicular_diameter_mm",
+        "volume_mm3",
+        "max_3d_diameter_mm",
+        "centroid_x_mm",
+        "centroid_y_mm",
+        "centroid_z_mm",
+        "slice_count",
+        "ld_slice_index",
+        "caliper_points_mm",
+        "perpendicular_points_mm",
+        "intensity_mean",
+        "intensity_sd",
+        "intensity_min",
+        "intensity_max",
+        "measurable",
+        "measurable_reason",
+        "unequivocal_progression",
+    )
+
     class Meta:
         ordering = ["timepoint_id", "lesion_id"]
         constraints = [
@@ -606,6 +637,31 @@ class Assessment(models.Model):
 
     history = HistoricalRecords()
 
+    #: Result fields of an assessment (what the rules engine, or a reader's override, sets).
+    RESULT_FIELDS: tuple[str, ...] = (
+        "sum_ld_mm",
+        "baseline_sum_ld_mm",
+        "nadir_sum_ld_mm",
+        "sum_volume_mm3",
+        "baseline_sum_volume_mm3",
+        "nadir_sum_volume_mm3",
+        "pct_change_from_baseline",
+        "pct_change_from_nadir",
+        "nadir_timepoint",
+        "target_response",
+        "non_target_response",
+        "new_lesion_status",
+        "overall_response",
+        "volumetric_response",
+        "confirmed",
+        "best_overall_response",
+        "progression_date",
+        "reasons",
+        "settings",
+        "engine_version",
+        "comment",
+    )
+
     class Meta:
         ordering = ["timepoint_id", "criteria", "-created_at"]
         constraints = [
@@ -635,11 +691,11 @@ class AuditEventQuerySet(models.QuerySet):
         raise AuditImmutableError("Audit events are append-only: they cannot be updated.")
 
     def update_or_create(self, *args: Any, **kwargs: Any) -> Any:
-        raise AuditImmutableError("Audit events are append-only: use trials.services.record_audit_event.")
+        raise AuditImmutableError("Audit events are append-only: use trials.audit.record_audit_event.")
 
 
 class AuditEvent(models.Model):
-    """One entry of the append-only audit trail, written by ``trials.services`` in the same transaction
+    """One entry of the append-only audit trail, written by ``trials.audit.record_audit_event`` in the same transaction
     as the change it records. Rows are never updated or deleted (model, queryset and database trigger).
 
     ``actor_name`` copies the user name so the entry keeps its meaning if the account is renamed.

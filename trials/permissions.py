@@ -22,6 +22,7 @@ from typing import Any
 from django.db.models import QuerySet
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
+from trials.audit import trial_of
 from trials.choices import MembershipRole
 from trials.models import Trial, TrialMembership
 
@@ -113,8 +114,6 @@ class TrialObjectPermission(BasePermission):
         return bool(request.user and request.user.is_authenticated)
 
     def has_object_permission(self, request: Any, view: Any, obj: Any) -> bool:
-        from trials.services import trial_of
-
         capability = required_capability(request, view)
         if capability is None:
             return True

@@ -12,9 +12,12 @@ import SimpleITK as sitk
 from scipy.spatial.distance import pdist
 
 from tests.dashboard.world import CENTRE_L1, CENTRE_L2, CENTRE_MISSED, World, _sphere
-from trials import review, services
+from trials import exceptions, storage
+from trials.actions import assessments, review
+from trials.actions import trials as trial_actions
 from trials.exceptions import InvalidInputError, InvalidStateError
 from trials.models import Assessment, AuditEvent, Lesion, LesionObservation, SegmentationRun
+from trials.records import lesions as lesion_records
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +96,7 @@ def test_add_missed_lesion_from_seed(world: World) -> None:
         obs.lesion.label == "L3" and obs.source == "manual" and obs.lesion.first_seen_timepoint == world.fu1
     )
     # The grown region is the sphere that was painted (independent construction in world.py).
-    mask = sitk.GetArrayFromImage(review.load_observation_mask(obs)) > 0
+    mask = sitk.GetArrayFromImage(storage.load_observation_mask(obs)) > 0
     assert _dice(mask, _sphere(CENTRE_MISSED, 5.0)) > 0.95
     # Measured by rano.measure: the LD is the largest in-plane distance between voxel corners
     # (rano-bm.md 1), recomputed here by brute force over every axial slice.
@@ -106,7 +109,7 @@ def test_add_missed_lesion_from_seed(world: World) -> None:
     assert AuditEvent.objects.filter(action="review.add_lesion", reason="missed").count() == 1
     # The reader's contour is stored beside the pipeline's runs, not as a run of its own.
     assert SegmentationRun.objects.count() == runs
-    assert review.observation_mask_source(obs) == (
+    assert storage.observation_mask_source(obs) == (
         f"masks/reader/tp{world.fu1.pk}_lesion{obs.lesion_id}.nii.gz",
         1,
     )
@@ -122,7 +125,7 @@ def test_add_missed_lesion_from_seed(world: World) -> None:
 )
 def test_add_lesion_refuses_bad_seeds(world: World, seed: tuple[int, int, int], message: str) -> None:
     count = Lesion.objects.count()
-    with pytest.raises(review.RegionGrowingError, match=message):
+    with pytest.raises(exceptions.RegionGrowingError, match=message):
         review.add_lesion_from_seed(world.fu1, seed_index=seed, actor=world.radiologist)
     assert Lesion.objects.count() == count
 
@@ -186,11 +189,11 @@ def test_target_selection_rules(world: World) -> None:
     assert l2.role == "non_target" and l2.role_set_by_reader
     # L1 alone: 17 mm vs 17 mm -> SD; L2 is a non-target still present -> overall SD.
     assert _current(world).overall_response == "SD"
-    services.update_trial(world.trial, max_targets=1, actor=None)
+    trial_actions.update_trial(world.trial, max_targets=1, actor=None)
     with pytest.raises(InvalidInputError, match="at most 1"):
         review.set_target_selection(world.patient, list(world.lesions.values()), actor=world.radiologist)
-    small = services.create_lesion(world.patient, actor=None)
-    services.record_observation(small, world.baseline, longest_diameter_mm=4.0, measurable=False, actor=None)
+    small = lesion_records.create_lesion(world.patient, actor=None)
+    lesion_records.record_observation(small, world.baseline, longest_diameter_mm=4.0, measurable=False, actor=None)
     with pytest.raises(InvalidInputError, match="cannot be a target"):
         review.set_target_selection(world.patient, [small], actor=world.radiologist)
 
@@ -229,11 +232,11 @@ def test_flags_and_clinical_context(world: World) -> None:
 
 def test_confirm_needs_the_right_password(world: World) -> None:
     assessment = _current(world)
-    with pytest.raises(review.SignatureError, match="does not match"):
-        review.confirm_with_signature(assessment, actor=world.radiologist, password="wrong")
+    with pytest.raises(exceptions.SignatureError, match="does not match"):
+        assessments.confirm_assessment(assessment, actor=world.radiologist, password="wrong")
     assessment.refresh_from_db()
     assert assessment.status == "draft" and not AuditEvent.objects.filter(action="confirm").exists()
-    signed = review.confirm_with_signature(assessment, actor=world.radiologist, password=world.password)
+    signed = assessments.confirm_assessment(assessment, actor=world.radiologist, password=world.password)
     assert (signed.status, signed.signed_by, signed.signature_meaning) == (
         "confirmed",
         world.radiologist,
@@ -241,21 +244,21 @@ def test_confirm_needs_the_right_password(world: World) -> None:
     )
     assert signed.signed_at is not None
     with pytest.raises(InvalidStateError):
-        review.confirm_with_signature(signed, actor=world.radiologist, password=world.password)
+        assessments.confirm_assessment(signed, actor=world.radiologist, password=world.password)
 
 
 def test_override_needs_reason_password_and_valid_response(world: World) -> None:
     assessment = _current(world)
     kwargs = {"actor": world.radiologist, "password": world.password}
     with pytest.raises(InvalidInputError, match="needs a reason"):
-        review.override_with_signature(assessment, overall_response="SD", reason="  ", **kwargs)
+        assessments.override_assessment(assessment, overall_response="SD", reason="  ", **kwargs)
     with pytest.raises(InvalidInputError, match="Unknown response"):
-        review.override_with_signature(assessment, overall_response="MAYBE", reason="x", **kwargs)
-    with pytest.raises(review.SignatureError):
-        review.override_with_signature(
+        assessments.override_assessment(assessment, overall_response="MAYBE", reason="x", **kwargs)
+    with pytest.raises(exceptions.SignatureError):
+        assessments.override_assessment(
             assessment, overall_response="SD", reason="x", actor=world.radiologist, password="nope"
         )
-    new = review.override_with_signature(
+    new = assessments.override_assessment(
         assessment, overall_response="SD", reason="pseudo-progression", **kwargs
     )
     assert (new.overall_response, new.status, new.source, new.supersedes_id) == (
@@ -273,10 +276,8 @@ def test_failed_verb_leaves_files_and_rows_as_they_were(
 ) -> None:
     from django.core.files.storage import default_storage
 
-    from trials import pipeline
-
     added = review.add_lesion_from_seed(world.fu1, seed_index=CENTRE_MISSED, actor=world.radiologist)
-    l3_name = review.reader_mask_name(added.lesion_id, world.fu1.pk)
+    l3_name = storage.reader_mask_name(added.lesion_id, world.fu1.pk)
     with default_storage.open(l3_name, "rb") as src:
         l3_bytes = src.read()
     l1_before = _obs(world, "L1")
@@ -285,12 +286,12 @@ def test_failed_verb_leaves_files_and_rows_as_they_were(
         raise InvalidInputError("the engine refused the data")
 
     # The failure comes from the last step of the verb, after the contour files were written.
-    monkeypatch.setattr(pipeline, "reassess_patient", failing_reassess)
+    monkeypatch.setattr(review, "reassess_patient", failing_reassess)
     with pytest.raises(InvalidInputError, match="engine refused"):
         review.merge_lesions(world.lesions["L1"], added.lesion, timepoint=world.fu1, actor=world.radiologist)
     with default_storage.open(l3_name, "rb") as src:
         assert src.read() == l3_bytes
-    assert not default_storage.exists(review.reader_mask_name(world.lesions["L1"].pk, world.fu1.pk))
+    assert not default_storage.exists(storage.reader_mask_name(world.lesions["L1"].pk, world.fu1.pk))
     l1_after = _obs(world, "L1")
     assert (l1_after.longest_diameter_mm, l1_after.segmentation_run_id) == (
         l1_before.longest_diameter_mm,

@@ -25,8 +25,8 @@ from tests.factories import (
     make_timepoint,
     make_trial,
 )
-from trials import services
 from trials.models import Assessment, Lesion
+from trials.records import jobs as job_records
 
 pytestmark = pytest.mark.django_db
 
@@ -77,7 +77,7 @@ def test_home_lists_only_member_trials(client: Any, world: World) -> None:
 def test_trial_home_columns(client: Any, world: World) -> None:
     make_job(world.fu1.series.first(), kind="pipeline")
     job = make_job(world.fu1.series.first(), kind="segment")
-    services.fail_job(job, error="CUDA out of memory")
+    job_records.fail_job(job, error="CUDA out of memory")
     client.force_login(world.investigator)
     response = client.get(f"/trials/{world.trial.pk}/")
     summary = response.context["summaries"][0]
@@ -252,7 +252,7 @@ def test_pages_use_no_cdn(rad_client: Any, world: World) -> None:
 
 def test_job_progress(rad_client: Any, world: World) -> None:
     job = make_job(world.fu1.series.first(), kind="pipeline")
-    services.update_job_progress(job, progress_pct=40, stage="segmentation")
+    job_records.update_job_progress(job, progress_pct=40, stage="segmentation")
     data = json.loads(rad_client.get(f"/jobs/{job.pk}/progress.json").content)
     assert (data["state"], data["progress_pct"], data["stage"]) == ("queued", 40, "segmentation")
     other = make_job(None, kind="export", trial=make_trial("OTHER-JOBS"))
@@ -297,7 +297,7 @@ def test_trial_pages_query_counts_do_not_grow(client: Any, world: World) -> None
             pct_change_from_baseline=-50.0,
             best_overall_response="PR",
         )
-        services.fail_job(make_job(fu, kind="pipeline"), error="failed")
+        job_records.fail_job(make_job(fu, kind="pipeline"), error="failed")
     assert [_count_queries(client, url) for url in urls] == before
     assert max(before) <= 15
 
@@ -328,8 +328,8 @@ def test_overlay_draws_reader_added_lesion(rad_client: Any, world: World) -> Non
 
 def test_timeline_shows_running_job_progress_and_evidence_links(client: Any, world: World) -> None:
     job = make_job(world.fu1.series.first(), kind="pipeline")
-    services.start_job(job, stage="segmentation")
-    services.update_job_progress(job, progress_pct=40, stage="segmentation")
+    job_records.start_job(job, stage="segmentation")
+    job_records.update_job_progress(job, progress_pct=40, stage="segmentation")
     client.force_login(world.data_manager)
     body = client.get(f"/patients/{world.patient.pk}/").content.decode()
     assert f'data-job-id="{job.pk}" data-job-state="running"' in body

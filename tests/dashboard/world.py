@@ -32,9 +32,8 @@ from tests.factories import (
     make_timepoint,
     make_trial,
 )
-from trials import services
 from trials.models import Lesion, Patient, Timepoint, Trial
-from trials.review import observation_fields
+from trials.records import lesions as lesion_records
 
 SIZE_XYZ = (64, 64, 32)
 SPACING_MM = (1.0, 1.0, 2.0)
@@ -140,19 +139,19 @@ def imaged_visit(
     for number, label in enumerate(sorted(segmented), start=1):
         if label not in lesions:
             lesions[label] = make_lesion(patient, label=label, first_seen_timepoint=timepoint)
-        services.record_observation(
+        lesion_records.record_observation(
             lesions[label],
             timepoint,
             segmentation_run=run,
             component_label=number,
             actor=None,
-            **observation_fields(measured[number]),
+            **lesion_records.measurement_fields([measured[number]]),
         )
 
 
 def build_world(media_root: Path, *, subject_id: str = "SUBJ-0001") -> World:
     """Create the trial, users of each role, one patient with two imaged visits, and AI assessments."""
-    from trials.pipeline import reassess_patient
+    from trials.pipeline.assessment import reassess_patient
 
     trial = make_trial("DASH-BM", title="Dashboard test trial")
     site = make_site(trial, code="SITE-1", name="Site one")

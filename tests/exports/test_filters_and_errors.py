@@ -10,7 +10,6 @@ import pytest
 from django.http import QueryDict
 
 from tests import factories as f
-from trials import services
 from trials.exports import (
     ExportFilters,
     InvalidExportFilterError,
@@ -22,6 +21,7 @@ from trials.exports import (
 )
 from trials.exports.columns import TEXT, Column, Dataset, ExportDefinitionError
 from trials.exports.common import study_day
+from trials.records import lesions as lesion_records
 
 
 def frame(kind: str, trial, filters: ExportFilters) -> pd.DataFrame:
@@ -180,7 +180,7 @@ def test_a_merged_lesion_is_exported_with_the_lesion_that_absorbed_it() -> None:
     f.make_observation(l1, baseline, longest_diameter_mm=20.0)
     f.make_observation(l2, baseline, longest_diameter_mm=12.0)
     f.make_observation(l1, follow_up, longest_diameter_mm=30.0)
-    services.record_observation(l2, follow_up, actor=None, present=False, merged_into=l1)
+    lesion_records.record_observation(l2, follow_up, actor=None, present=False, merged_into=l1)
     lesions = frame("lesions", trial, ExportFilters())
     rows = {(r.visit_label, r.lesion_label): r for r in lesions.itertuples()}
     assert (rows[("FU1", "L2")].present, rows[("FU1", "L2")].merged_into) == ("N", "L1")

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests import factories as f
-from trials import services
 from trials.choices import Criteria, JobKind, LesionRole, RunStatus
 from trials.models import Assessment, Trial
+from trials.records import assessments as assessment_records
+from trials.records import jobs as job_records
+from trials.records import lesions as lesion_records
+from trials.records import visits as visit_records
 
 PINNED_CREATED = dt.datetime(2024, 7, 1, 9, 30, tzinfo=dt.UTC)
 PINNED_SIGNED = dt.datetime(2024, 7, 2, 14, 15, 30, tzinfo=dt.UTC)
@@ -81,7 +84,7 @@ def build_world() -> World:
         label: f.make_timepoint(p1, visit_label=label, scan_date=day, is_baseline=label == "BASELINE")
         for label, day in dates.items()
     }
-    services.update_timepoint(
+    visit_records.update_timepoint(
         tps["FU2"], actor=None, corticosteroid_status="decreased", clinical_status="improved"
     )
     runs = {}
@@ -171,7 +174,7 @@ def build_world() -> World:
         best_overall_response="PR",
         **common,
     )
-    a_fu1 = services.confirm_assessment(a_fu1, actor=reader)
+    a_fu1 = assessment_records.record_confirmation(a_fu1, actor=reader)
     vol_fu1 = f.make_assessment(
         tps["FU1"],
         criteria=Criteria.VOLUMETRIC,
@@ -197,7 +200,7 @@ def build_world() -> World:
         best_overall_response="PR",
         **common,
     )
-    a_fu2 = services.override_assessment(
+    a_fu2 = assessment_records.record_override(
         a_fu2_ai,
         overall_response="PR",
         target_response="PR",
@@ -234,8 +237,8 @@ def build_world() -> World:
     )
     series2 = f.make_series(bl2, series_instance_uid="1.2.826.0.1.3680043.8.498.21")
     job = f.make_job(series2, kind=JobKind.SEGMENT, trial=trial)
-    services.start_job(job)
-    services.fail_job(job, error="CUDA out of memory")
+    job_records.start_job(job)
+    job_records.fail_job(job, error="CUDA out of memory")
     m1 = f.make_lesion(p2, role=LesionRole.TARGET, first_seen_timepoint=bl2)
     m2 = f.make_lesion(p2, role=LesionRole.TARGET, first_seen_timepoint=bl2)
     m3 = f.make_lesion(p2, role=LesionRole.NON_TARGET, first_seen_timepoint=fu2_1)
@@ -267,7 +270,7 @@ def build_world() -> World:
         slice_count=2,
         source="edited",
     )
-    services.update_lesion(m2, actor=None, too_small_to_measure=True)
+    lesion_records.update_lesion(m2, actor=None, too_small_to_measure=True)
     f.make_observation(
         m3, fu2_1, longest_diameter_mm=4.0, perpendicular_diameter_mm=3.0, volume_mm3=20.0, slice_count=1
     )

@@ -13,9 +13,14 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from tests.pipeline.conftest import SyntheticPatient
-from trials import pipeline, services
+from trials import exceptions
+from trials.actions import imaging, jobs
 from trials.choices import JobKind, JobState
 from trials.models import AuditEvent, ImagingSeries, ProcessingJob
+from trials.pipeline import errors, sweeps
+from trials.pipeline import segmentation as segmentation_stage
+from trials.pipeline.embedded import run_job_inline
+from trials.records import jobs as job_records
 
 
 @pytest.fixture
@@ -26,34 +31,34 @@ def embedded(settings: Any, tiny_model_dir: Path, media_root: Path) -> None:
 
 
 def test_task_policy_is_late_ack_retry_transient_only() -> None:
-    from worker.celery import app
+    from config.celery import app
     from worker.tasks import GPU_QUEUE, analyse_series, segment_series
 
     for task in (segment_series, analyse_series):
         assert task.acks_late and task.reject_on_worker_lost
-        assert task.autoretry_for == (pipeline.TransientError,)
+        assert task.autoretry_for == (errors.TransientError,)
         assert task.max_retries == 5 and task.retry_backoff and task.retry_jitter
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.amqp.router.route({}, "mettrack.pipeline.segment")["queue"].name == GPU_QUEUE
 
 
 def test_database_connection_errors_become_transient() -> None:
-    with pytest.raises(pipeline.TransientError, match="database unavailable"), pipeline.transient_errors():
+    with pytest.raises(errors.TransientError, match="database unavailable"), errors.transient_errors():
         raise OperationalError("server closed the connection unexpectedly")
     # Anything else passes through unchanged.
-    with pytest.raises(ValueError, match="bad value"), pipeline.transient_errors():
+    with pytest.raises(ValueError, match="bad value"), errors.transient_errors():
         raise ValueError("bad value")
 
 
 @pytest.mark.django_db
 def test_stuck_running_job_past_its_limit_is_failed_and_audited(pipeline_patient: Any) -> None:
-    old = services.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=600, actor=None)
-    recent = services.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=600, actor=None)
-    services.start_job(old, stage="segmentation")
-    services.start_job(recent, stage="segmentation")
+    old = job_records.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=600, actor=None)
+    recent = job_records.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=600, actor=None)
+    job_records.start_job(old, stage="segmentation")
+    job_records.start_job(recent, stage="segmentation")
     ProcessingJob.objects.filter(pk=old.pk).update(started_at=timezone.now() - dt.timedelta(seconds=601))
 
-    assert pipeline.sweep_stuck_jobs() == [old.pk]
+    assert sweeps.sweep_stuck_jobs() == [old.pk]
 
     old.refresh_from_db()
     recent.refresh_from_db()
@@ -64,7 +69,7 @@ def test_stuck_running_job_past_its_limit_is_failed_and_audited(pipeline_patient
     assert AuditEvent.objects.filter(
         object_type="trials.processingjob", object_id=str(old.pk), action="fail"
     ).exists()
-    assert pipeline.sweep_stuck_jobs() == []  # nothing left to fail
+    assert sweeps.sweep_stuck_jobs() == []  # nothing left to fail
 
 
 @pytest.mark.django_db
@@ -73,14 +78,14 @@ def test_sweep_enqueues_only_jobs_that_never_reached_the_broker(
 ) -> None:
     settings.PIPELINE_ENQUEUE_GRACE_S = 60
     visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
-    upload = pipeline.ingest_upload(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
+    upload = imaging.upload_series(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
     assert upload.job.celery_task_id == ""
-    assert pipeline.sweep_unenqueued_jobs() == []  # younger than the grace period: its own enqueue may come
+    assert sweeps.sweep_unenqueued_jobs() == []  # younger than the grace period: its own enqueue may come
     ProcessingJob.objects.filter(pk=upload.job.pk).update(
         enqueued_at=timezone.now() - dt.timedelta(seconds=61)
     )
 
-    assert pipeline.sweep_unenqueued_jobs() == [upload.job.pk]
+    assert sweeps.sweep_unenqueued_jobs() == [upload.job.pk]
 
     upload.job.refresh_from_db()
     assert upload.job.state == JobState.SUCCEEDED and upload.job.celery_task_id.startswith("embedded-")
@@ -88,7 +93,7 @@ def test_sweep_enqueues_only_jobs_that_never_reached_the_broker(
         AuditEvent.objects.filter(object_id=str(upload.job.pk), reason__contains="periodic sweep").count()
         == 1
     )
-    assert pipeline.sweep_unenqueued_jobs() == []
+    assert sweeps.sweep_unenqueued_jobs() == []
 
 
 @pytest.mark.django_db
@@ -101,23 +106,21 @@ def test_failed_job_can_be_retried_and_reuses_the_stored_series(
     tiny_model_dir: Path,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    from worker.tasks import run_pipeline_inline
-
     settings.PIPELINE_MODEL_DIR = str(tmp_path / "no-model-here")
     visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
-    upload = pipeline.ingest_upload(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
-    run_pipeline_inline(upload.job.pk)
+    upload = imaging.upload_series(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
+    run_job_inline(upload.job.pk)
     job = ProcessingJob.objects.get(pk=upload.job.pk)
     assert job.state == JobState.FAILED and "config.json" in job.error and job.attempts == 1
 
     settings.PIPELINE_MODEL_DIR = str(tiny_model_dir)
     with django_capture_on_commit_callbacks(execute=True):
-        pipeline.retry_job(job, actor=None, reason="model installed")
+        jobs.retry_job(job, actor=None, reason="model installed")
     job.refresh_from_db()
     assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.error == ""
     assert ImagingSeries.objects.count() == 1
-    with pytest.raises(services.InvalidStateError, match="only a failed job"):
-        pipeline.retry_job(job, actor=None)
+    with pytest.raises(exceptions.InvalidStateError, match="only a failed job"):
+        jobs.retry_job(job, actor=None)
 
 
 @pytest.mark.django_db
@@ -146,24 +149,22 @@ def test_import_series_command_runs_the_pipeline_in_embedded_mode(
 def test_a_job_failed_by_the_stuck_sweep_resumes_when_its_task_is_delivered_again(
     pipeline_patient: Any, synthetic_patient: SyntheticPatient, embedded: None
 ) -> None:
-    from worker.tasks import run_pipeline_inline
-
     visit = pipeline_patient.timepoints.get(visit_label="BASELINE")
-    upload = pipeline.ingest_upload(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
-    services.start_job(upload.job, stage="segmentation")  # the worker that took it was lost
+    upload = imaging.upload_series(visit, synthetic_patient.zips[0], enqueue=False, actor=None)
+    job_records.start_job(upload.job, stage="segmentation")  # the worker that took it was lost
     ProcessingJob.objects.filter(pk=upload.job.pk).update(started_at=timezone.now() - dt.timedelta(hours=2))
-    assert pipeline.sweep_stuck_jobs() == [upload.job.pk]
+    assert sweeps.sweep_stuck_jobs() == [upload.job.pk]
 
-    run_pipeline_inline(upload.job.pk)  # the broker delivers the message again
+    run_job_inline(upload.job.pk)  # the broker delivers the message again
 
     job = ProcessingJob.objects.get(pk=upload.job.pk)
     assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.error == ""
     # A job that failed on its input is not rerun by a late duplicate delivery.
-    services.fail_job(
+    job_records.fail_job(
         job.__class__.objects.create(kind=JobKind.PIPELINE, params=job.params), error="bad image"
     )
     failed = ProcessingJob.objects.get(error="bad image")
-    assert pipeline.run_segmentation_stage(failed.pk) is None
+    assert segmentation_stage.run_segmentation_stage(failed.pk) is None
     assert ProcessingJob.objects.get(pk=failed.pk).attempts == 0
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from trials.pipeline import _write_label_image
+from trials.storage import write_label_image
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,7 @@ from trials.pipeline import _write_label_image
     ],
 )
 def test_label_image_is_stored_in_the_smallest_type_with_its_values_and_geometry(
-    tmp_path, largest, pixel_type
+    tmp_path, settings, largest, pixel_type
 ) -> None:
     array = np.zeros((4, 5, 6), dtype=np.uint32)
     array[1, 2, 3] = largest
@@ -29,9 +29,9 @@ def test_label_image_is_stored_in_the_smallest_type_with_its_values_and_geometry
     image.SetSpacing((0.5, 0.6, 2.0))
     image.SetOrigin((-10.0, 5.0, 3.0))
     image.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
-    path = tmp_path / "lesions.nii.gz"
+    settings.MEDIA_ROOT = str(tmp_path)
 
-    _write_label_image(image, path)
+    path = write_label_image(image, "masks/run_1/lesions.nii.gz")
 
     stored = sitk.ReadImage(str(path))
     assert stored.GetPixelID() == pixel_type

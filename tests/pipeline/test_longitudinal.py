@@ -1,6 +1,6 @@
 """Lesion tracking and RANO-BM assessment through the pipeline services, on ground-truth phantom masks.
 
-Real code path: each visit is a real zipped DICOM series uploaded through ``ingest_upload`` (validation,
+Real code path: each visit is a real zipped DICOM series uploaded through ``upload_series`` (validation,
 de-identification, storage), its phantom ground-truth mask is stored as the segmentation
 (``record_segmentation``, in place of the network, whose demo accuracy is not what is tested here), and the
 same ``run_analysis_stage`` the Celery task calls measures, registers, matches, stores and assesses.
@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from rano.measure import measure_lesions
 from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient, ground_truth_mask
-from trials import pipeline, services
+from trials.actions import imaging, review
 from trials.choices import AssessmentSource, Criteria, JobState, LesionRole, MembershipRole, RunStatus
 from trials.exceptions import InvalidInputError
 from trials.models import (
@@ -35,13 +35,17 @@ from trials.models import (
     SegmentationRun,
     Timepoint,
 )
+from trials.pipeline import analysis, assessment, contours
+from trials.pipeline import segmentation as segmentation_stage
+from trials.records import imaging as imaging_records
+from trials.records import lesions as lesion_records
 
 SUM_TOLERANCE_MM = 1e-6  # the same voxels are measured: sums agree to rounding
 
 
 def ground_truth_version() -> ModelVersion:
     """A ModelVersion row standing for the phantom's ground truth (its 'weights' are the phantom seed)."""
-    return services.register_model_version(
+    return imaging_records.register_model_version(
         name="phantom-ground-truth",
         version="1",
         architecture="ground-truth masks of segmentation.phantoms",
@@ -89,13 +93,13 @@ def upload_with_ground_truth(
     timepoint: Timepoint, patient_data: SyntheticPatient, index: int, media_root: Any
 ) -> Any:
     """Upload one visit, store its ground-truth mask as the segmentation, run the analysis stage."""
-    upload = pipeline.ingest_upload(timepoint, patient_data.zips[index], enqueue=False, actor=None)
+    upload = imaging.upload_series(timepoint, patient_data.zips[index], enqueue=False, actor=None)
     volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
     version = ModelVersion.objects.filter(name="phantom-ground-truth").first() or ground_truth_version()
-    run = pipeline.record_segmentation(
+    run = segmentation_stage.record_segmentation(
         upload.series, version, ground_truth_mask(patient_data.phantoms[index], volume)
     )
-    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+    analysis.run_analysis_stage(upload.job.pk, run.pk)
     upload.job.refresh_from_db()
     assert upload.job.state == JobState.SUCCEEDED, upload.job.error
     return upload
@@ -191,7 +195,7 @@ def assert_contours_match_the_lesion_map(run: SegmentationRun, media_root: Any, 
 
     assert run.rtstruct_file and run.seg_file
     source = (media_root / run.series.volume_file.name).parent / "source"
-    lesion_map = sitk.GetArrayFromImage(sitk.ReadImage(str(pipeline.run_file_path(run, "lesions"))))
+    lesion_map = sitk.GetArrayFromImage(sitk.ReadImage(str(contours.run_file_path(run, "lesions"))))
     seg = read_seg(media_root / run.seg_file.name, source)
     rt = read_rtstruct(media_root / run.rtstruct_file.name, source)
     assert set(seg.names.values()) == present and set(rt.names.values()) == present
@@ -217,7 +221,7 @@ def test_a_lesion_first_seen_at_a_late_visit_is_recorded_absent_at_later_visits(
     fu2_before = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
 
     # FU1's ground truth plus a 10 mm ball in the brain, 20 mm or more from every lesion of any visit.
-    upload = pipeline.ingest_upload(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
+    upload = imaging.upload_series(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
     volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
     mask = sitk.GetArrayFromImage(ground_truth_mask(synthetic_patient.phantoms[1], volume))
     any_lesion = np.any([sitk.GetArrayFromImage(p.mask) > 0 for p in synthetic_patient.phantoms], axis=0)
@@ -230,8 +234,8 @@ def test_a_lesion_first_seen_at_a_late_visit_is_recorded_absent_at_later_visits(
     extra = sitk.GetImageFromArray(mask.astype(np.uint8))
     extra.CopyInformation(volume)
     version = ModelVersion.objects.get(name="phantom-ground-truth")
-    run = pipeline.record_segmentation(upload.series, version, extra)
-    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+    run = segmentation_stage.record_segmentation(upload.series, version, extra)
+    analysis.run_analysis_stage(upload.job.pk, run.pk)
 
     late = Lesion.objects.get(patient=pipeline_patient, first_seen_timepoint=timepoints["FU1"])
     at_fu2 = LesionObservation.objects.get(lesion=late, timepoint=timepoints["FU2"])
@@ -271,11 +275,11 @@ def test_rerunning_stages_creates_no_duplicate_rows(
     series = uploads[1].series
     version = ModelVersion.objects.get(name="phantom-ground-truth")
     volume = sitk.ReadImage(str(media_root / series.volume_file.name))
-    run = pipeline.record_segmentation(
+    run = segmentation_stage.record_segmentation(
         series, version, ground_truth_mask(synthetic_patient.phantoms[1], volume)
     )
-    assert pipeline.analyse_run(run) == {"already_analysed": True}
-    assert pipeline.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
+    assert analysis.analyse_run(run) == {"already_analysed": True}
+    assert assessment.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
     assert counts() == before
 
 
@@ -300,14 +304,14 @@ def test_reader_change_reassesses_from_that_visit_and_keeps_earlier_versions(
     new_lesion = next(o.lesion for o in fu2_obs if o.lesion.first_seen_timepoint_id == timepoints["FU2"].pk)
     lds = {o.lesion.label: o.longest_diameter_mm for o in fu2_obs}
     regrowing = max((label for label in lds if label != new_lesion.label), key=lambda label: lds[label])
-    services.update_lesion(new_lesion, is_false_positive=True, actor=reader, reason="vessel, not a lesion")
-    services.update_lesion(
+    lesion_records.update_lesion(new_lesion, is_false_positive=True, actor=reader, reason="vessel, not a lesion")
+    lesion_records.update_lesion(
         Lesion.objects.get(patient=pipeline_patient, label=regrowing),
         role=LesionRole.NON_TARGET,
         actor=reader,
         reason="irradiated lesion, not a target",
     )
-    created = pipeline.reassess_patient(
+    created = assessment.reassess_patient(
         pipeline_patient,
         from_timepoint=timepoints["FU1"],
         actor=reader,
@@ -345,12 +349,12 @@ def test_reassess_refuses_a_visit_of_another_patient(pipeline_patient: Any) -> N
 
     other = make_timepoint(make_patient(pipeline_patient.trial), is_baseline=True)
     with pytest.raises(InvalidInputError, match="another patient"):
-        pipeline.reassess_patient(pipeline_patient, from_timepoint=other, actor=None)
+        assessment.reassess_patient(pipeline_patient, from_timepoint=other, actor=None)
 
 
 @pytest.mark.django_db
 def test_reassess_waits_for_an_analysed_baseline(pipeline_patient: Any) -> None:
-    assert pipeline.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
+    assert assessment.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
 
 
 @pytest.mark.django_db
@@ -417,14 +421,14 @@ def test_a_series_rtstruct_cannot_encode_still_gets_its_seg_and_its_assessment(
     image.SetSpacing((0.8, 1.0, 2.0))
     write_dicom_series(image, tmp_path / "s", patient_id="Doe^John")
     timepoint = pipeline_patient.timepoints.get(visit_label="BASELINE")
-    upload = pipeline.ingest_upload(timepoint, zip_folder(tmp_path / "s", tmp_path / "s.zip"), enqueue=False, actor=None)
+    upload = imaging.upload_series(timepoint, zip_folder(tmp_path / "s", tmp_path / "s.zip"), enqueue=False, actor=None)
     volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
     z, y, x = np.indices(sitk.GetArrayViewFromImage(volume).shape)
     ball = ((z - 8) * 2.0) ** 2 + ((y - 24) * 1.0) ** 2 + ((x - 24) * 0.8) ** 2 <= 36.0  # r 6 mm
     mask = sitk.GetImageFromArray(ball.astype(np.uint8))
     mask.CopyInformation(volume)
-    run = pipeline.record_segmentation(upload.series, ground_truth_version(), mask)
-    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+    run = segmentation_stage.record_segmentation(upload.series, ground_truth_version(), mask)
+    analysis.run_analysis_stage(upload.job.pk, run.pk)
 
     upload.job.refresh_from_db()
     run.refresh_from_db()
@@ -466,10 +470,10 @@ def test_a_target_merged_into_a_non_target_keeps_the_merged_mass(
     }
     version = ground_truth_version()
     for index, label in enumerate(("BASELINE", "FU1")):
-        upload = pipeline.ingest_upload(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
+        upload = imaging.upload_series(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
         volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
-        run = pipeline.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
-        pipeline.run_analysis_stage(upload.job.pk, run.pk)
+        run = segmentation_stage.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
+        analysis.run_analysis_stage(upload.job.pk, run.pk)
         upload.job.refresh_from_db()
         assert upload.job.state == JobState.SUCCEEDED, upload.job.error
 
@@ -489,7 +493,6 @@ def test_a_later_visit_confirms_an_earlier_response_and_a_later_pd_withdraws_it(
     better response and no PD in between. Visits analysed one by one (weeks 0, 8, 16): SLD about 20 ->
     10 -> 10. The PR at FU1 is unconfirmed until FU2 arrives, confirmed after, and unconfirmed again
     once FU2 becomes PD (clinical status worse)."""
-    from trials import review
 
     timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
     masks = {"BASELINE": [((0.0, 0.0, 0.0), 10.0)], "FU1": [((0.0, 0.0, 0.0), 5.0)], "FU2": [((0.0, 0.0, 0.0), 5.0)]}
@@ -499,10 +502,10 @@ def test_a_later_visit_confirms_an_earlier_response_and_a_later_pd_withdraws_it(
         return Assessment.objects.get(timepoint=timepoints["FU1"], criteria=Criteria.RANO_BM, is_current=True)
 
     for index, label in enumerate(synthetic_patient.labels):
-        upload = pipeline.ingest_upload(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
+        upload = imaging.upload_series(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
         volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
-        run = pipeline.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
-        pipeline.run_analysis_stage(upload.job.pk, run.pk)
+        run = segmentation_stage.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
+        analysis.run_analysis_stage(upload.job.pk, run.pk)
         if label == "FU1":
             assert (fu1_row().overall_response, fu1_row().confirmed) == ("PR", False)
     first = fu1_row()
@@ -523,7 +526,6 @@ def test_a_lesion_the_reader_adds_where_a_known_lesion_was_keeps_its_label(
     """rano-bm.md sections 3 and 5: a target absent at one visit and present again keeps its identity; a
     lesion is new only when it matches no earlier one. The AI misses ground-truth lesion 2 at FU1; the
     reader adds it from a seed: it must be that lesion's label again, not a new lesion."""
-    from trials import review
 
     timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
     upload_with_ground_truth(timepoints["BASELINE"], synthetic_patient, 0, media_root)
@@ -531,14 +533,14 @@ def test_a_lesion_the_reader_adds_where_a_known_lesion_was_keeps_its_label(
     label_of = lesion_label_of_ground_truth(baseline_run, synthetic_patient.phantoms[0], media_root)
 
     phantom = synthetic_patient.phantoms[1]
-    upload = pipeline.ingest_upload(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
+    upload = imaging.upload_series(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
     volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
     truth = sitk.GetArrayFromImage(phantom.labels)
     missed = sitk.GetImageFromArray((truth == 1).astype(np.uint8))  # the AI finds lesion 1 only
     missed.CopyInformation(volume)
     version = ModelVersion.objects.get(name="phantom-ground-truth")
-    run = pipeline.record_segmentation(upload.series, version, missed)
-    pipeline.run_analysis_stage(upload.job.pk, run.pk)
+    run = segmentation_stage.record_segmentation(upload.series, version, missed)
+    analysis.run_analysis_stage(upload.job.pk, run.pk)
     absent = LesionObservation.objects.get(lesion__label=label_of[2], timepoint=timepoints["FU1"])
     assert absent.present is False
 

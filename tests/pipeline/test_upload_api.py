@@ -23,6 +23,7 @@ from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient
 from trials.choices import JobState, MembershipRole
 from trials.models import AuditEvent, ImagingSeries, ProcessingJob
+from trials.pipeline import queue
 
 
 def small_image(shape: tuple[int, int, int] = (12, 40, 40), seed: int = 0) -> sitk.Image:
@@ -310,7 +311,6 @@ def test_segment_action_reprocesses_a_series_without_duplicating_its_run(
     synthetic_patient: SyntheticPatient,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    from trials import pipeline
     from trials.models import SegmentationRun
 
     api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.DATA_MANAGER))
@@ -325,7 +325,7 @@ def test_segment_action_reprocesses_a_series_without_duplicating_its_run(
     assert ProcessingJob.objects.filter(object_id=series_id).count() == 2
     assert SegmentationRun.objects.filter(series_id=series_id).count() == 1  # same model: mask reused
 
-    queued = pipeline.create_pipeline_job(ImagingSeries.objects.get(pk=series_id), enqueue=False, actor=None)
+    queued = queue.create_pipeline_job(ImagingSeries.objects.get(pk=series_id), enqueue=False, actor=None)
     busy = api_client.post(f"/api/v1/series/{series_id}/segment/")
     assert busy.status_code == 409 and f"job {queued.pk}" in busy.json()["detail"]
     api_client.force_authenticate(make_member(pipeline_patient.trial, MembershipRole.INVESTIGATOR))

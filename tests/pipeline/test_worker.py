@@ -115,13 +115,13 @@ class Worker:
 @pytest.fixture
 def broker(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], str]]:
     """Point this process's Celery app at a broker (port -> URL) with test-private queue names."""
-    from worker import tasks
-    from worker.celery import app
+    from config.celery import app
+    from trials.pipeline import queue
 
     gpu_queue, default_queue = f"mt-test-{os.getpid()}-gpu", f"mt-test-{os.getpid()}-default"
     saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "task_routes")}
-    monkeypatch.setattr(tasks, "GPU_QUEUE", gpu_queue)
-    monkeypatch.setattr(tasks, "DEFAULT_QUEUE", default_queue)
+    monkeypatch.setattr(queue, "GPU_QUEUE", gpu_queue)
+    monkeypatch.setattr(queue, "DEFAULT_QUEUE", default_queue)
     settings.CELERY_EMBEDDED = False
     settings.CELERY_GPU_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE = gpu_queue, default_queue
 

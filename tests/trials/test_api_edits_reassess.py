@@ -23,17 +23,20 @@ from tests.factories import (
     make_timepoint,
     make_trial,
 )
-from trials import pipeline, services
+from trials import exceptions
 from trials.choices import Criteria, MembershipRole
 from trials.models import Assessment, LesionObservation, Timepoint
+from trials.pipeline import assessment
+from trials.records import lesions as lesion_records
+from trials.records import visits
 
 D0 = dt.date(2024, 1, 1)
 
 
 def _observe(lesion: Any, timepoint: Timepoint, ld: float | None) -> LesionObservation:
     if ld is None:
-        return services.record_observation(lesion, timepoint, actor=None, present=False)
-    return services.record_observation(
+        return lesion_records.record_observation(lesion, timepoint, actor=None, present=False)
+    return lesion_records.record_observation(
         lesion, timepoint, actor=None, present=True, longest_diameter_mm=ld,
         perpendicular_diameter_mm=0.8 * ld, volume_mm3=math.pi / 6 * ld**3, slice_count=5,
         measurable=ld >= 10,
@@ -56,7 +59,7 @@ def patient_with(
             if label not in lesions:
                 lesions[label] = make_lesion(patient, label=label, first_seen_timepoint=visit)
             _observe(lesions[label], visit, lds[index])
-        pipeline.reassess_patient(patient, from_timepoint=visit, actor=None, reason="new visit")
+        assessment.reassess_patient(patient, from_timepoint=visit, actor=None, reason="new visit")
     return patient, visits
 
 
@@ -168,7 +171,7 @@ def test_an_override_redates_progression_and_best_response(client_for) -> None:
     assert later.overall_response == "PD" and later.best_overall_response == "SD"
     assert later.progression_date == fu2.scan_date
     # The override stays in force: FU1's rules result did not change.
-    pipeline.reassess_patient(patient, from_timepoint=None, actor=None)
+    assessment.reassess_patient(patient, from_timepoint=None, actor=None)
     assert current(fu1).pk == overridden.pk
 
 
@@ -259,12 +262,12 @@ def test_a_visit_without_imaging_is_not_evaluable_or_clinical_progression() -> N
     later = make_timepoint(patient, visit_label="FU3", scan_date=D0 + dt.timedelta(days=180))
     _observe(patient.lesions.get(label="L1"), later, 19)
     awaiting = make_timepoint(patient, visit_label="FU4", scan_date=D0 + dt.timedelta(days=240))
-    pipeline.reassess_patient(patient, from_timepoint=later, actor=None, reason="FU3 analysed")
+    assessment.reassess_patient(patient, from_timepoint=later, actor=None, reason="FU3 analysed")
     assert current(missed).overall_response == "NE"
     assert current(later).overall_response == "SD"
     assert not Assessment.objects.filter(timepoint=awaiting).exists()
-    services.update_timepoint(awaiting, clinical_status="worse", actor=None)
-    pipeline.reassess_patient(patient, from_timepoint=awaiting, actor=None, reason="clinically worse")
+    visits.update_timepoint(awaiting, clinical_status="worse", actor=None)
+    assessment.reassess_patient(patient, from_timepoint=awaiting, actor=None, reason="clinically worse")
     worse = current(awaiting)
     assert worse.overall_response == "PD" and worse.progression_date == awaiting.scan_date
 
@@ -278,8 +281,8 @@ def test_a_non_target_merged_into_a_target_is_not_non_target_cr() -> None:
     fu2 = make_timepoint(patient, visit_label="FU2", scan_date=D0 + dt.timedelta(days=120))
     l1, l2 = patient.lesions.get(label="L1"), patient.lesions.get(label="L2")
     _observe(l1, fu2, 17)
-    services.record_observation(l2, fu2, actor=None, present=False, merged_into=l1)
-    pipeline.reassess_patient(patient, from_timepoint=fu2, actor=None, reason="FU2 analysed")
+    lesion_records.record_observation(l2, fu2, actor=None, present=False, merged_into=l1)
+    assessment.reassess_patient(patient, from_timepoint=fu2, actor=None, reason="FU2 analysed")
     merged = current(fu2)
     assert merged.non_target_response == "NON-CR/NON-PD", merged.reasons
     assert merged.sum_ld_mm == pytest.approx(17.0)
@@ -287,5 +290,5 @@ def test_a_non_target_merged_into_a_target_is_not_non_target_cr() -> None:
     client.force_authenticate(make_member(patient.trial, MembershipRole.INVESTIGATOR))
     row = client.get("/api/v1/observations/", {"lesion": l2.pk, "timepoint": fu2.pk}).data["results"][0]
     assert row["merged_into"] == "L1" and row["present"] is False
-    with pytest.raises(services.InvalidInputError):
-        services.record_observation(l1, baseline, actor=None, present=False, merged_into=l1)
+    with pytest.raises(exceptions.InvalidInputError):
+        lesion_records.record_observation(l1, baseline, actor=None, present=False, merged_into=l1)

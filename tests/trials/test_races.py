@@ -13,7 +13,7 @@ import pytest
 from django.db import connection, connections, transaction
 
 from tests.factories import make_site, make_trial
-from trials import services
+from trials.actions import patients
 from trials.exceptions import DuplicateError
 from trials.models import Patient
 
@@ -27,7 +27,7 @@ def _uncommitted_patient(trial, site, subject_id: str) -> Iterator[None]:
     def first_writer() -> None:
         try:
             with transaction.atomic():
-                services.create_patient(trial, site=site, subject_id=subject_id, actor=None)
+                patients.create_patient(trial, site=site, subject_id=subject_id, actor=None)
                 inserted.set()
                 release.wait(timeout=30)  # hold the uncommitted row while the block's writer checks
         finally:
@@ -56,7 +56,7 @@ def test_concurrent_duplicate_subject_id_becomes_duplicate_error() -> None:
         _uncommitted_patient(trial, site, "RACE-1"),
         pytest.raises(DuplicateError, match="A patient with this subject id already exists in this trial."),
     ):
-        services.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
+        patients.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
     assert Patient.objects.filter(subject_id="RACE-1").count() == 1
 
 
@@ -69,7 +69,7 @@ def test_a_concurrent_duplicate_inside_a_callers_transaction_leaves_that_transac
     site = make_site(trial)
     with _uncommitted_patient(trial, site, "RACE-1"), transaction.atomic():
         with pytest.raises(DuplicateError):
-            services.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
+            patients.create_patient(trial, site=site, subject_id="RACE-1", actor=None)
         # the caller goes on in the same transaction
-        services.create_patient(trial, site=site, subject_id="RACE-2", actor=None)
+        patients.create_patient(trial, site=site, subject_id="RACE-2", actor=None)
     assert set(Patient.objects.values_list("subject_id", flat=True)) == {"RACE-1", "RACE-2"}

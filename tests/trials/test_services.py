@@ -22,7 +22,8 @@ from tests.factories import (
     make_trial,
     make_user,
 )
-from trials import services
+from trials.actions import patients
+from trials.actions import trials as trial_actions
 from trials.choices import (
     AssessmentSource,
     AssessmentStatus,
@@ -34,6 +35,12 @@ from trials.choices import (
 )
 from trials.exceptions import DuplicateError, InvalidInputError, InvalidStateError
 from trials.models import Assessment, AuditEvent, Patient, ProcessingJob
+from trials.records import assessments as assessment_records
+from trials.records import base as records_base
+from trials.records import imaging as imaging_records
+from trials.records import jobs as job_records
+from trials.records import lesions as lesion_records
+from trials.records import visits
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +55,7 @@ def test_create_writes_audit_event_with_actor_name_copy_reason_and_correlation_i
     user = make_user("ann")
     trial = make_trial()
     site = make_site(trial)
-    patient = services.create_patient(
+    patient = patients.create_patient(
         trial, site=site, subject_id="P-1", actor=user, reason="screened", correlation_id="req-42"
     )
     (event,) = _events(patient)
@@ -62,7 +69,7 @@ def test_create_writes_audit_event_with_actor_name_copy_reason_and_correlation_i
 
 def test_update_records_only_changed_fields_before_and_after() -> None:
     tp = make_timepoint(visit_label="FU1", scan_date=dt.date(2024, 3, 1))
-    services.update_timepoint(tp, scan_date=dt.date(2024, 3, 4), notes="", actor=None, reason="typo")
+    visits.update_timepoint(tp, scan_date=dt.date(2024, 3, 4), notes="", actor=None, reason="typo")
     update = _events(tp)[-1]
     assert update.action == "update"
     assert update.before == {"scan_date": "2024-03-01"}
@@ -72,7 +79,7 @@ def test_update_records_only_changed_fields_before_and_after() -> None:
 
 def test_update_without_change_writes_no_event() -> None:
     tp = make_timepoint(visit_label="FU1")
-    services.update_timepoint(tp, visit_label="FU1", actor=None)
+    visits.update_timepoint(tp, visit_label="FU1", actor=None)
     assert [e.action for e in _events(tp)] == ["create"]
 
 
@@ -87,7 +94,7 @@ def test_change_and_audit_event_roll_back_together() -> None:
     site = make_site(trial)
     before = AuditEvent.objects.count()
     with pytest.raises(RuntimeError), transaction.atomic():
-        services.create_patient(trial, site=site, subject_id="P-9", actor=None)
+        patients.create_patient(trial, site=site, subject_id="P-9", actor=None)
         raise RuntimeError("the request fails after the service call")
     assert not Patient.objects.filter(subject_id="P-9").exists()
     assert AuditEvent.objects.count() == before
@@ -97,27 +104,27 @@ def test_change_and_audit_event_roll_back_together() -> None:
     ("make_duplicate", "message"),
     [
         (
-            lambda p: services.create_patient(p.trial, site=p.site, subject_id=p.subject_id, actor=None),
+            lambda p: patients.create_patient(p.trial, site=p.site, subject_id=p.subject_id, actor=None),
             "A patient with this subject id already exists in this trial.",
         ),
         (
-            lambda p: services.create_timepoint(
+            lambda p: patients.create_timepoint(
                 p, visit_label="FU1", scan_date=dt.date(2024, 9, 1), actor=None
             ),
             "This patient already has a visit with this label.",
         ),
         (
-            lambda p: services.create_timepoint(
+            lambda p: patients.create_timepoint(
                 p, visit_label="BL-again", scan_date=dt.date(2024, 9, 1), is_baseline=True, actor=None
             ),
             "This patient already has a baseline visit.",
         ),
         (
-            lambda p: services.create_lesion(p, label="L1", actor=None),
+            lambda p: lesion_records.create_lesion(p, label="L1", actor=None),
             "This patient already has a lesion with this label.",
         ),
         (
-            lambda p: services.register_series(
+            lambda p: imaging_records.register_series(
                 p.timepoints.get(visit_label="FU1"), series_instance_uid="1.2.3", actor=None
             ),
             "A series with this Series Instance UID already exists.",
@@ -141,15 +148,15 @@ def test_duplicates_raise_duplicate_error_with_clear_message(make_duplicate, mes
 def test_segmentation_run_duplicate_for_same_weights() -> None:
     series = make_series()
     model = make_model_version()
-    services.create_segmentation_run(series, model, actor=None)
+    imaging_records.create_segmentation_run(series, model, actor=None)
     with pytest.raises(DuplicateError, match="already been segmented with these model weights"):
-        services.create_segmentation_run(series, model, actor=None)
+        imaging_records.create_segmentation_run(series, model, actor=None)
 
 
 def test_invalid_values_raise_invalid_input_with_field_errors() -> None:
     patient = make_patient()
     with pytest.raises(InvalidInputError) as info:
-        services.create_timepoint(
+        patients.create_timepoint(
             patient,
             visit_label="FU1",
             scan_date=dt.date(2024, 1, 1),
@@ -158,50 +165,50 @@ def test_invalid_values_raise_invalid_input_with_field_errors() -> None:
         )
     assert "corticosteroid_status" in info.value.field_errors
     with pytest.raises(InvalidInputError, match="cannot be set"):
-        services.update_patient(patient, trial=make_trial(), actor=None)
+        patients.update_patient(patient, trial=make_trial(), actor=None)
     with pytest.raises(InvalidInputError, match="cannot be set"):
-        services.create_trial(code="Z", title="z", max_target=3, actor=None)
+        trial_actions.create_trial(code="Z", title="z", max_target=3, actor=None)
 
 
 def test_site_of_another_trial_is_rejected() -> None:
     trial, other = make_trial(), make_trial()
     with pytest.raises(InvalidInputError, match="belongs to another trial"):
-        services.create_patient(trial, site=make_site(other), subject_id="X", actor=None)
+        patients.create_patient(trial, site=make_site(other), subject_id="X", actor=None)
 
 
 def test_observation_must_be_of_the_lesions_patient_and_caliper_must_be_two_points() -> None:
     lesion = make_lesion()
     with pytest.raises(InvalidInputError, match="different patients"):
-        services.record_observation(lesion, make_timepoint(), actor=None)
+        lesion_records.record_observation(lesion, make_timepoint(), actor=None)
     tp = make_timepoint(lesion.patient)
     with pytest.raises(InvalidInputError, match="two physical points"):
-        services.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0]], actor=None)
-    obs = services.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0], [12, 0.5, 3]], actor=None)
+        lesion_records.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0]], actor=None)
+    obs = lesion_records.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0], [12, 0.5, 3]], actor=None)
     assert obs.caliper_points_mm == [[0.0, 0.0, 0.0], [12.0, 0.5, 3.0]]
     foreign_run = make_run(make_series(make_timepoint(lesion.patient)))
     with pytest.raises(InvalidInputError, match="run is of another visit"):
-        services.record_observation(make_lesion(lesion.patient), tp, segmentation_run=foreign_run, actor=None)
+        lesion_records.record_observation(make_lesion(lesion.patient), tp, segmentation_run=foreign_run, actor=None)
     with pytest.raises(InvalidInputError, match="run is of another visit"):
-        services.update_observation(obs, segmentation_run=foreign_run, actor=None)
+        lesion_records.update_observation(obs, segmentation_run=foreign_run, actor=None)
 
 
 def test_lesion_labels_are_allocated_in_order_and_never_reused() -> None:
     patient = make_patient()
-    labels = [services.create_lesion(patient, actor=None).label for _ in range(3)]
+    labels = [lesion_records.create_lesion(patient, actor=None).label for _ in range(3)]
     assert labels == ["L1", "L2", "L3"]
-    services.create_lesion(patient, label="L10", actor=None)
-    assert services.create_lesion(patient, actor=None).label == "L11"
+    lesion_records.create_lesion(patient, label="L10", actor=None)
+    assert lesion_records.create_lesion(patient, actor=None).label == "L11"
 
 
 def test_reader_role_change_is_marked_and_edit_of_ai_observation_becomes_edited() -> None:
     reader = make_user()
     lesion = make_lesion()
-    services.update_lesion(lesion, role=LesionRole.TARGET, actor=reader, reason="larger than L2")
+    lesion_records.update_lesion(lesion, role=LesionRole.TARGET, actor=reader, reason="larger than L2")
     lesion.refresh_from_db()
     assert lesion.role == LesionRole.TARGET and lesion.role_set_by_reader
     obs = make_observation(lesion, make_timepoint(lesion.patient), longest_diameter_mm=11.0)
     assert obs.source == ObservationSource.AI
-    services.update_observation(obs, longest_diameter_mm=13.5, actor=reader, reason="caliper on true edge")
+    lesion_records.update_observation(obs, longest_diameter_mm=13.5, actor=reader, reason="caliper on true edge")
     obs.refresh_from_db()
     assert (obs.source, obs.longest_diameter_mm) == (ObservationSource.EDITED, 13.5)
     assert obs.history.earliest().longest_diameter_mm == 11.0
@@ -221,24 +228,24 @@ def test_confirm_signs_and_cannot_be_repeated_or_done_by_the_system() -> None:
     reader = make_user("rad")
     assessment = make_assessment()
     with pytest.raises(InvalidInputError, match="signed-in user"):
-        services.confirm_assessment(assessment, actor=None)
-    confirmed = services.confirm_assessment(assessment, actor=reader, reason="agree")
+        assessment_records.record_confirmation(assessment, actor=None)
+    confirmed = assessment_records.record_confirmation(assessment, actor=reader, reason="agree")
     assert confirmed.status == AssessmentStatus.CONFIRMED
     assert confirmed.signed_by == reader and confirmed.signed_at is not None
     assert confirmed.signature_meaning == SignatureMeaning.REVIEWED_AND_CONFIRMED
     assert _events(confirmed)[-1].action == "confirm"
     with pytest.raises(InvalidStateError, match="already confirmed"):
-        services.confirm_assessment(confirmed, actor=reader)
+        assessment_records.record_confirmation(confirmed, actor=reader)
 
 
 def test_override_creates_signed_superseding_assessment_and_needs_a_reason() -> None:
     reader = make_user("rad")
     old = make_assessment(overall_response="SD", target_response="SD")
     with pytest.raises(InvalidInputError, match="needs a reason"):
-        services.override_assessment(old, overall_response="PD", reason=" ", actor=reader)
+        assessment_records.record_override(old, overall_response="PD", reason=" ", actor=reader)
     with pytest.raises(InvalidInputError, match="Unknown response"):
-        services.override_assessment(old, overall_response="MAYBE", reason="x", actor=reader)
-    new = services.override_assessment(
+        assessment_records.record_override(old, overall_response="MAYBE", reason="x", actor=reader)
+    new = assessment_records.record_override(
         old, overall_response="PD", reason="new lesion in cerebellum", actor=reader
     )
     old.refresh_from_db()
@@ -250,17 +257,17 @@ def test_override_creates_signed_superseding_assessment_and_needs_a_reason() -> 
     assert event.action == "override" and event.before["overall_response"] == "SD"
     assert event.reason == "new lesion in cerebellum"
     with pytest.raises(InvalidStateError, match="superseded"):
-        services.confirm_assessment(old, actor=reader)
+        assessment_records.record_confirmation(old, actor=reader)
 
 
 def test_membership_add_duplicate_and_remove_are_audited() -> None:
     trial = make_trial()
     user = make_member(trial, MembershipRole.RADIOLOGIST)
     with pytest.raises(DuplicateError, match="already has this role"):
-        services.add_membership(trial, user=user, role=MembershipRole.RADIOLOGIST, actor=None)
+        trial_actions.add_membership(trial, user=user, role=MembershipRole.RADIOLOGIST, actor=None)
     membership = trial.memberships.get(user=user)
     pk = membership.pk
-    services.remove_membership(membership, actor=None, reason="left the study")
+    trial_actions.remove_membership(membership, actor=None, reason="left the study")
     assert not trial.memberships.filter(user=user).exists()
     event = AuditEvent.objects.get(object_type="trials.trialmembership", object_id=str(pk), action="delete")
     assert event.before["role"] == "radiologist" and event.reason == "left the study"
@@ -270,7 +277,7 @@ def test_job_is_enqueued_only_after_commit(django_capture_on_commit_callbacks) -
     series = make_series()
     enqueued: list[int] = []
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        job = services.create_job("segment", obj=series, actor=None, enqueue=lambda j: enqueued.append(j.pk))
+        job = job_records.create_job("segment", obj=series, actor=None, enqueue=lambda j: enqueued.append(j.pk))
         assert enqueued == []  # not before commit
     assert len(callbacks) == 1
     callbacks[0]()
@@ -280,23 +287,23 @@ def test_job_is_enqueued_only_after_commit(django_capture_on_commit_callbacks) -
 
 
 def test_job_lifecycle_counts_attempts_and_audits_outcome() -> None:
-    job = services.create_job("assess", obj=make_patient(), actor=None)
-    job = services.start_job(job, celery_task_id="abc")
-    services.update_job_progress(job, progress_pct=40, stage="measuring")
+    job = job_records.create_job("assess", obj=make_patient(), actor=None)
+    job = job_records.start_job(job, celery_task_id="abc")
+    job_records.update_job_progress(job, progress_pct=40, stage="measuring")
     job.refresh_from_db()
     assert (job.state, job.attempts, job.progress_pct, job.stage) == (JobState.RUNNING, 1, 40, "measuring")
     with pytest.raises(InvalidInputError, match="0-100"):
-        services.update_job_progress(job, progress_pct=140)
-    services.fail_job(job, error="Series has no StudyTime (0008,0030)")
-    job = services.start_job(job)
+        job_records.update_job_progress(job, progress_pct=140)
+    job_records.fail_job(job, error="Series has no StudyTime (0008,0030)")
+    job = job_records.start_job(job)
     assert job.attempts == 2 and job.error == ""
-    job = services.finish_job(job, result={"lesions": 3})
+    job = job_records.finish_job(job, result={"lesions": 3})
     assert (job.state, job.progress_pct, job.result) == (JobState.SUCCEEDED, 100, {"lesions": 3})
     assert job.duration_s is not None and job.duration_s >= 0
     actions = [e.action for e in _events(job)]
     assert actions == ["enqueue", "fail", "finish"]
     with pytest.raises(InvalidInputError, match="Unknown job kind"):
-        services.create_job("dance", actor=None)
+        job_records.create_job("dance", actor=None)
     assert ProcessingJob.objects.count() == 1
 
 
@@ -314,13 +321,13 @@ def test_foreign_keys_given_as_loaded_objects_are_not_looked_up_again() -> None:
 
     patient = make_patient()
     with CaptureQueriesContext(connection) as loaded:
-        services._full_clean(Lesion(patient=patient, label="L1"))
+        records_base.full_clean(Lesion(patient=patient, label="L1"))
     assert not [sql for sql in _sql(loaded) if 'FROM "trials_patient"' in sql]
     with CaptureQueriesContext(connection) as by_id:
-        services._full_clean(Lesion(patient_id=patient.pk, label="L1"))
+        records_base.full_clean(Lesion(patient_id=patient.pk, label="L1"))
     assert [sql for sql in _sql(by_id) if 'FROM "trials_patient"' in sql]
     with pytest.raises(ValidationError) as info:
-        services._full_clean(Lesion(patient_id=patient.pk + 1000, label="L1"))
+        records_base.full_clean(Lesion(patient_id=patient.pk + 1000, label="L1"))
     assert "patient" in info.value.error_dict
 
 
@@ -334,7 +341,7 @@ def test_uniqueness_is_still_validated_before_the_insert_with_loaded_objects() -
     lesion = make_lesion(patient)
     make_observation(lesion, timepoint)
     with CaptureQueriesContext(connection) as queries, pytest.raises(DuplicateError) as info:
-        services.record_observation(lesion, timepoint, actor=None, longest_diameter_mm=10.0)
+        lesion_records.record_observation(lesion, timepoint, actor=None, longest_diameter_mm=10.0)
     assert info.value.field_errors  # found by validation, named by field
     assert not [sql for sql in _sql(queries) if sql.startswith('INSERT INTO "trials_lesionobservation"')]
 
@@ -350,7 +357,7 @@ def test_update_locks_the_row_once_and_keeps_the_loaded_relations() -> None:
     patient = make_patient()
     lesion = Lesion.objects.select_related("patient__trial").get(pk=make_lesion(patient).pk)
     with CaptureQueriesContext(connection) as queries:
-        services.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
+        lesion_records.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
     sql = _sql(queries)
     assert len([s for s in sql if s.startswith("SELECT") and "FOR UPDATE" in s]) == 1
     assert not [s for s in sql if 'FROM "trials_patient"' in s or 'FROM "trials_trial"' in s]
@@ -377,7 +384,7 @@ def test_an_update_validates_the_uniqueness_rules_its_change_takes_part_in() -> 
             CaptureQueriesContext(connection) as queries,
             pytest.raises(DuplicateError, match=message) as info,
         ):
-            services.update_timepoint(fu1, actor=None, reason="typo", **changes)
+            visits.update_timepoint(fu1, actor=None, reason="typo", **changes)
         assert info.value.field_errors
         assert not [sql for sql in _sql(queries) if sql.startswith('UPDATE "trials_timepoint"')]
 
@@ -389,6 +396,6 @@ def test_an_update_does_not_recheck_rules_over_fields_it_leaves_alone() -> None:
     patient = make_patient()
     lesion = make_lesion(patient)
     with CaptureQueriesContext(connection) as queries:
-        services.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
+        lesion_records.update_lesion(lesion, role=LesionRole.TARGET, actor=None, reason="protocol")
     # the label uniqueness rule (patient, label) is not queried: neither field changed
     assert not [sql for sql in _sql(queries) if 'AS "a" FROM "trials_lesion"' in sql]

@@ -20,17 +20,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from trials import services
-from trials.choices import AuditAction
-from trials.exports import (
-    EXPORT_KINDS,
-    ExportError,
-    ExportFilters,
-    UnknownExportKindError,
-    export_filename,
-    get_dataset,
-    open_export,
-)
+from trials.actions.exports import export_trial
+from trials.exports import EXPORT_KINDS, ExportError, ExportFilters, UnknownExportKindError, get_dataset
 from trials.exports.access import trial_for_export
 
 
@@ -59,23 +50,14 @@ class TrialExportView(APIView):
         try:
             get_dataset(kind)
             filters = ExportFilters.from_query(request.query_params)
-            chunks = open_export(kind, trial, filters)
+            export = export_trial(
+                trial, kind, filters, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+            )
         except UnknownExportKindError as exc:
             raise NotFound(exc.message) from None
         except ExportError as exc:
             raise ParseError(exc.message) from None
-        filename = export_filename(trial, kind)
-        services.record_audit_event(
-            actor=request.user,
-            action=AuditAction.EXPORT,
-            trial=trial,
-            object_type="trials.trial",
-            object_id=str(trial.pk),
-            object_repr=filename,
-            after={"kind": kind, "file": filename, "filters": filters.as_dict()},
-            correlation_id=getattr(request, "correlation_id", "") or "",
-        )
-        response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response = StreamingHttpResponse(export.chunks, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{export.filename}"'
         response["Cache-Control"] = "no-store"  # clinical data: never cached by proxies or browsers
         return response

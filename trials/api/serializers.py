@@ -1,4 +1,4 @@
-"""Serializers of the REST API. Writes go through ``trials.services`` (audited); reads are plain.
+"""Serializers of the REST API. Writes call actions (``trials.actions``, audited); reads are plain.
 
 Related objects are accepted as primary keys, looked up only among the trials the requesting user can
 see, so an id from another trial is rejected as "does not exist" (400) without revealing anything.
@@ -14,7 +14,8 @@ from django.db import models
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from trials import pipeline, review, services
+from trials.actions import lesions, patients
+from trials.actions import trials as trial_actions
 from trials.choices import ObservationSource, ResponseChoices
 from trials.models import (
     Assessment,
@@ -32,6 +33,7 @@ from trials.models import (
     TrialMembership,
 )
 from trials.permissions import visible_trial_ids
+from trials.pipeline.contours import RUN_FILE_KINDS, run_file_path
 
 
 class TrialScopedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -53,7 +55,7 @@ class TrialScopedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
 
 
 def audit_kwargs(context: dict[str, Any], reason: str = "") -> dict[str, Any]:
-    """Actor, reason and correlation id of the current request, for a service call."""
+    """Actor, reason and correlation id of the current request, for an action."""
     request = context.get("request")
     user = getattr(request, "user", None)
     return {
@@ -94,10 +96,10 @@ class StrictInputMixin:
         return stored == value or str(stored) == str(value)
 
 
-class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
-    """ModelSerializer whose create/update call services instead of saving directly.
+class ActionModelSerializer(StrictInputMixin, serializers.ModelSerializer):
+    """ModelSerializer whose create/update call actions instead of saving directly.
 
-    Subclasses set ``create_service(validated_data, **audit)`` and ``update_service(instance, **audit,
+    Subclasses set ``create_action(validated_data, **audit)`` and ``update_action(instance, **audit,
     **changes)``, and list in ``Meta.create_only_fields`` what cannot change after creation.
     """
 
@@ -109,8 +111,8 @@ class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
         help_text="Why (audit trail); required for a change (PATCH).",
     )
 
-    create_service: Callable[..., Any] | None = None
-    update_service: Callable[..., Any] | None = None
+    create_action: Callable[..., Any] | None = None
+    update_action: Callable[..., Any] | None = None
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -121,7 +123,7 @@ class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
         return fields
 
     def get_validators(self) -> list[Any]:
-        # Uniqueness is decided by the services (database constraints, race-free) -> 409 with a clear
+        # Uniqueness is decided by the actions (database constraints, race-free) -> 409 with a clear
         # message; DRF's pre-checks would duplicate them with a different wording and status.
         return []
 
@@ -137,28 +139,34 @@ class ServiceModelSerializer(StrictInputMixin, serializers.ModelSerializer):
 
     def create(self, validated_data: dict[str, Any]) -> Any:
         reason = validated_data.pop("reason", "")
-        assert self.create_service is not None, f"{type(self).__name__} is read-only"
-        return type(self).create_service(validated_data, **audit_kwargs(self.context, reason))  # type: ignore[misc]
+        assert self.create_action is not None, f"{type(self).__name__} is read-only"
+        return type(self).create_action(validated_data, **audit_kwargs(self.context, reason))  # type: ignore[misc]
 
     def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
         reason = validated_data.pop("reason", "")
-        assert self.update_service is not None, f"{type(self).__name__} is read-only"
-        return type(self).update_service(instance, **audit_kwargs(self.context, reason), **validated_data)  # type: ignore[misc]
+        assert self.update_action is not None, f"{type(self).__name__} is read-only"
+        return type(self).update_action(instance, **audit_kwargs(self.context, reason), **validated_data)  # type: ignore[misc]
 
 
 # ----------------------------------------------------------------------------------------- trials
 
 
 def _create_trial(data: dict[str, Any], **audit: Any) -> Trial:
-    return services.create_trial(**data, **audit)
+    return trial_actions.create_trial(**data, **audit)
 
 
-class TrialSerializer(ServiceModelSerializer):
+class TrialSerializer(ActionModelSerializer):
     """A trial and its response-criteria settings (rano-bm.md section 9)."""
 
-    create_service = staticmethod(_create_trial)
-    # pipeline.update_trial: a change of the criteria settings queues a re-assessment of every patient.
-    update_service = staticmethod(pipeline.update_trial)
+    create_action = staticmethod(_create_trial)
+
+    def update(self, instance: Trial, validated_data: dict[str, Any]) -> Trial:
+        """``trials.update_trial``: a change of the criteria settings queues a re-assessment of every
+        patient, kept as ``reassessment_job`` for the response."""
+        reason = validated_data.pop("reason", "")
+        result = trial_actions.update_trial(instance, **audit_kwargs(self.context, reason), **validated_data)
+        self.reassessment_job = result.reassessment_job
+        return result.trial
 
     class Meta:
         model = Trial
@@ -176,15 +184,15 @@ class TrialSerializer(ServiceModelSerializer):
 
 
 def _create_site(data: dict[str, Any], **audit: Any) -> Site:
-    return services.create_site(data.pop("trial"), **data, **audit)
+    return trial_actions.create_site(data.pop("trial"), **data, **audit)
 
 
-class SiteSerializer(ServiceModelSerializer):
+class SiteSerializer(ActionModelSerializer):
     """A site of a trial."""
 
     trial = TrialScopedPrimaryKeyField(queryset=Trial.objects.all(), trial_path="pk")
-    create_service = staticmethod(_create_site)
-    update_service = staticmethod(services.update_site)
+    create_action = staticmethod(_create_site)
+    update_action = staticmethod(trial_actions.update_site)
 
     class Meta:
         model = Site
@@ -194,10 +202,10 @@ class SiteSerializer(ServiceModelSerializer):
 
 
 def _add_membership(data: dict[str, Any], **audit: Any) -> TrialMembership:
-    return services.add_membership(data.pop("trial"), **data, **audit)
+    return trial_actions.add_membership(data.pop("trial"), **data, **audit)
 
 
-class TrialMembershipSerializer(ServiceModelSerializer):
+class TrialMembershipSerializer(ActionModelSerializer):
     """A user's role in a trial."""
 
     trial = TrialScopedPrimaryKeyField(queryset=Trial.objects.all(), trial_path="pk")
@@ -206,8 +214,8 @@ class TrialMembershipSerializer(ServiceModelSerializer):
         queryset=Site.objects.all(), trial_path="trial", required=False, allow_null=True
     )
     username = serializers.CharField(source="user.username", read_only=True)
-    create_service = staticmethod(_add_membership)
-    update_service = staticmethod(services.update_membership)
+    create_action = staticmethod(_add_membership)
+    update_action = staticmethod(trial_actions.update_membership)
 
     class Meta:
         model = TrialMembership
@@ -220,16 +228,16 @@ class TrialMembershipSerializer(ServiceModelSerializer):
 
 
 def _create_patient(data: dict[str, Any], **audit: Any) -> Patient:
-    return services.create_patient(data.pop("trial"), **data, **audit)
+    return patients.create_patient(data.pop("trial"), **data, **audit)
 
 
-class PatientSerializer(ServiceModelSerializer):
+class PatientSerializer(ActionModelSerializer):
     """A trial subject (pseudonymous subject id only)."""
 
     trial = TrialScopedPrimaryKeyField(queryset=Trial.objects.all(), trial_path="pk")
     site = TrialScopedPrimaryKeyField(queryset=Site.objects.all(), trial_path="trial")
-    create_service = staticmethod(_create_patient)
-    update_service = staticmethod(services.update_patient)
+    create_action = staticmethod(_create_patient)
+    update_action = staticmethod(patients.update_patient)
 
     class Meta:
         model = Patient
@@ -248,18 +256,18 @@ class PatientSerializer(ServiceModelSerializer):
 
 
 def _create_timepoint(data: dict[str, Any], **audit: Any) -> Timepoint:
-    return services.create_timepoint(data.pop("patient"), **data, **audit)
+    return patients.create_timepoint(data.pop("patient"), **data, **audit)
 
 
-class TimepointSerializer(ServiceModelSerializer):
+class TimepointSerializer(ActionModelSerializer):
     """A visit of a patient."""
 
     patient = TrialScopedPrimaryKeyField(queryset=Patient.objects.all(), trial_path="trial")
     subject_id = serializers.CharField(source="patient.subject_id", read_only=True)
     trial = serializers.IntegerField(source="patient.trial_id", read_only=True)
-    create_service = staticmethod(_create_timepoint)
-    # review.edit_*: the service, then re-assessment when the change can alter a response.
-    update_service = staticmethod(review.edit_timepoint)
+    create_action = staticmethod(_create_timepoint)
+    # The change, then re-assessment when it can alter a response.
+    update_action = staticmethod(patients.edit_timepoint)
 
     class Meta:
         model = Timepoint
@@ -364,8 +372,6 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_files(self, run: SegmentationRun) -> dict[str, str]:
-        from trials.pipeline import RUN_FILE_KINDS, run_file_path
-
         request = self.context.get("request")
         out = {}
         for kind in RUN_FILE_KINDS:
@@ -379,10 +385,10 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
 
 
 def _create_lesion(data: dict[str, Any], **audit: Any) -> Lesion:
-    return services.create_lesion(data.pop("patient"), **data, **audit)
+    return lesions.add_lesion(data.pop("patient"), **data, **audit)
 
 
-class LesionSerializer(ServiceModelSerializer):
+class LesionSerializer(ActionModelSerializer):
     """A lesion with its stable label, role and reader flags."""
 
     patient = TrialScopedPrimaryKeyField(queryset=Patient.objects.all(), trial_path="trial")
@@ -390,8 +396,8 @@ class LesionSerializer(ServiceModelSerializer):
         queryset=Timepoint.objects.all(), trial_path="patient__trial", required=False, allow_null=True
     )
     label = serializers.CharField(max_length=16, required=False, help_text="Default: next free L<n>.")
-    create_service = staticmethod(_create_lesion)
-    update_service = staticmethod(review.edit_lesion)
+    create_action = staticmethod(_create_lesion)
+    update_action = staticmethod(lesions.edit_lesion)
 
     class Meta:
         model = Lesion
@@ -419,15 +425,15 @@ class LesionSerializer(ServiceModelSerializer):
 
 
 def _record_observation(data: dict[str, Any], **audit: Any) -> LesionObservation:
-    # review.add_observation: the service, then re-assessment of the patient.
-    return review.add_observation(data.pop("lesion"), data.pop("timepoint"), **data, **audit)
+    # The reader's observation, then re-assessment of the patient.
+    return lesions.add_observation(data.pop("lesion"), data.pop("timepoint"), **data, **audit)
 
 
 class PointsField(serializers.JSONField):
-    """Two physical points ``[[x, y, z], [x, y, z]]`` in mm (validated by the service)."""
+    """Two physical points ``[[x, y, z], [x, y, z]]`` in mm (validated by the row helper)."""
 
 
-class LesionObservationSerializer(ServiceModelSerializer):
+class LesionObservationSerializer(ActionModelSerializer):
     """A lesion at a visit with its measurements (physical mm)."""
 
     lesion = TrialScopedPrimaryKeyField(queryset=Lesion.objects.all(), trial_path="patient__trial")
@@ -440,7 +446,7 @@ class LesionObservationSerializer(ServiceModelSerializer):
     )
     lesion_label = serializers.CharField(source="lesion.label", read_only=True)
     # Only the pipeline records "ai": a reader's observation is manual, an edited AI one edited (the
-    # service sets it either way; "ai" is refused, so a reader's number is never shown as the AI's).
+    # action sets it either way; "ai" is refused, so a reader's number is never shown as the AI's).
     source = serializers.ChoiceField(
         choices=[ObservationSource.MANUAL, ObservationSource.EDITED], required=False,
         help_text="Set by the service: manual (added by a reader) or edited (an AI observation a reader changed).",
@@ -450,18 +456,18 @@ class LesionObservationSerializer(ServiceModelSerializer):
     )
     caliper_points_mm = PointsField(required=False, allow_null=True)
     perpendicular_points_mm = PointsField(required=False, allow_null=True)
-    create_service = staticmethod(_record_observation)
-    update_service = staticmethod(review.edit_observation)
+    create_action = staticmethod(_record_observation)
+    update_action = staticmethod(lesions.edit_observation)
 
     class Meta:
         model = LesionObservation
-        # The measurement fields are the service's own list, so API and service cannot drift apart.
+        # The measurement fields are the model's writable list, so API and actions cannot drift apart.
         fields = [
             "id",
             "lesion",
             "lesion_label",
             "timepoint",
-            *services.OBSERVATION_FIELDS,
+            *LesionObservation.WRITABLE_FIELDS,
             "created_at",
             "updated_at",
             "reason",

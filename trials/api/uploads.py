@@ -3,7 +3,7 @@
 The request is multipart with one file field ``file``: a zip of one DICOM series, or a NIfTI file
 (``.nii``/``.nii.gz``); optional field ``series_uid`` picks one series when a zip holds several. The body
 is streamed to a temporary file and refused past ``PIPELINE_MAX_UPLOAD_BYTES`` (413). The file is then
-validated, de-identified and stored by :func:`trials.pipeline.ingest_upload`, which also queues the
+validated, de-identified and stored by :func:`trials.actions.imaging.upload_series`, which also queues the
 pipeline job; the answer is 202 with the job and its URL (``GET /api/v1/jobs/{id}/`` shows the progress).
 
 Errors: 400 with the imaging module's message for an unusable upload (nothing is stored), 409 with a
@@ -31,8 +31,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from trials import pipeline
+from trials.actions.imaging import resegment_series, upload_series
 from trials.api import serializers as s
+from trials.exceptions import DuplicateSeriesError
 from trials.models import Timepoint
 from trials.permissions import MANAGE_PATIENTS, has_capability, visible_trial_ids
 
@@ -193,7 +194,7 @@ class SeriesUploadView(APIView):
         try:
             local = _local_copy(upload, folder)
             try:
-                result = pipeline.ingest_upload(
+                result = upload_series(
                     timepoint,
                     local,
                     original_filename=upload.name or "",
@@ -202,7 +203,7 @@ class SeriesUploadView(APIView):
                     reason="uploaded through the API",
                     correlation_id=getattr(django_request, "correlation_id", ""),
                 )
-            except pipeline.DuplicateSeriesError as exc:
+            except DuplicateSeriesError as exc:
                 existing = exc.existing
                 return Response(
                     {
@@ -265,7 +266,7 @@ class SeriesSegmentView(APIView):
                 {"detail": "Your role in this trial does not allow processing images."},
                 status=status.HTTP_403_FORBIDDEN,
             )
-        job = pipeline.resegment_series(
+        job = resegment_series(
             series,
             actor=request.user,
             correlation_id=getattr(request._request, "correlation_id", ""),

@@ -1,7 +1,7 @@
 """REST API viewsets (``/api/v1/``).
 
 Every queryset is limited to the trials the user is a member of, so other trials' objects answer 404.
-Writes need the capability of ``trials.permissions.ROLE_CAPABILITIES`` and go through services.
+Writes need the capability of ``trials.permissions.ROLE_CAPABILITIES`` and call actions.
 Verbs are ``@action``s: ``assessments/{id}/confirm/``, ``assessments/{id}/override/``; the series
 upload (``POST timepoints/{id}/series/``) and ``series/{id}/segment/`` are added by the pipeline.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Max, QuerySet
+from django.db.models import QuerySet
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
@@ -22,9 +22,10 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.settings import api_settings
 
-from trials import filtersets, review, services
+from trials.actions import assessments
+from trials.actions import trials as trial_actions
+from trials.api import filtersets
 from trials.api import serializers as s
-from trials.choices import JobKind
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -50,6 +51,7 @@ from trials.permissions import (
     has_capability,
     visible_trial_ids,
 )
+from trials.pipeline.contours import RUN_FILE_KINDS, run_file_path
 
 # No PUT: partial updates only, so a client never resets fields it did not send.
 _READ_WRITE = ["get", "post", "patch", "head", "options"]
@@ -160,25 +162,18 @@ class TrialViewSet(WritableViewSet):
             raise PermissionDenied("Only a superuser can create a trial.")
         serializer.save()
 
+    _reassessment_job: ProcessingJob | None = None
+
+    def perform_update(self, serializer: BaseSerializer) -> None:
+        serializer.save()
+        self._reassessment_job = getattr(serializer, "reassessment_job", None)
+
     @extend_schema(responses=TrialUpdateResponseSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Change a trial. A change of its response-criteria settings queues one job re-assessing every
         patient; ``reassessment_job`` names it (id, kind, state, URL of its progress), null when none."""
-        trial = self.get_object()
-        # pipeline.update_trial does not return the job: it is the trial's assess job created after
-        # this point under this request's correlation id (a reused X-Request-ID cannot match an older one).
-        last_before = ProcessingJob.objects.filter(trial=trial, kind=JobKind.ASSESS).aggregate(last=Max("pk"))
         response = super().partial_update(request, *args, **kwargs)
-        job = (
-            ProcessingJob.objects.filter(
-                trial=trial,
-                kind=JobKind.ASSESS,
-                correlation_id=getattr(request, "correlation_id", "") or "",
-                pk__gt=last_before["last"] or 0,
-            )
-            .order_by("-pk")
-            .first()
-        )
+        job = self._reassessment_job
         response.data["reassessment_job"] = None
         if job is not None:
             response.data["reassessment_job"] = {
@@ -217,7 +212,7 @@ class TrialMembershipViewSet(WritableViewSet, mixins.DestroyModelMixin):
         return validated_data["trial"]
 
     def perform_destroy(self, instance: TrialMembership) -> None:
-        services.remove_membership(
+        trial_actions.remove_membership(
             instance,
             actor=self.request.user,
             reason=self.request.query_params.get("reason", ""),
@@ -285,8 +280,6 @@ class SegmentationRunViewSet(ReadOnlyViewSet):
     @action(detail=True, methods=["get"], url_path=r"files/(?P<kind>[a-z]+)")
     def file(self, request: Request, pk: str | None = None, kind: str = "") -> FileResponse:
         """Download one output of the run: ``mask``, ``lesions``, ``rtstruct`` or ``seg``."""
-        from trials.pipeline import RUN_FILE_KINDS, run_file_path
-
         run = self.get_object()
         if kind not in RUN_FILE_KINDS:
             raise NotFound(f"Unknown file kind {kind!r}; use one of {', '.join(RUN_FILE_KINDS)}.")
@@ -352,7 +345,7 @@ class AssessmentViewSet(ReadOnlyViewSet):
         assessment = self.get_object()
         data = s.ConfirmAssessmentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        confirmed = review.confirm_with_signature(
+        confirmed = assessments.confirm_assessment(
             assessment,
             actor=request.user,
             password=data.validated_data["password"],
@@ -369,7 +362,7 @@ class AssessmentViewSet(ReadOnlyViewSet):
         data = s.OverrideAssessmentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        new = review.override_with_signature(  # derived fields follow the reader; later visits re-assessed
+        new = assessments.override_assessment(  # derived fields follow the reader; later visits re-assessed
             assessment,
             overall_response=values.pop("overall_response"),
             reason=values.pop("reason"),

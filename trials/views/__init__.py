@@ -1,4 +1,4 @@
-"""Web dashboard of MetTrack (Django templates + plotly), mounted at ``/`` by ``trials.urls_dashboard``.
+"""Web dashboard of MetTrack (Django templates + plotly), mounted at ``/`` by ``trials.urls``.
 
 Modules:
     common       access helpers: trial-scoped lookups (404 outside the user's trials), capability checks
@@ -6,7 +6,10 @@ Modules:
     home         trial list and trial home (patients with latest response, BOR, pending reviews...)
     patient      patient timeline: visits, charts, lesion tables, upload with progress
     viewer       visit page: slice viewer (server-side PNG slices, contour/caliper overlays), review forms
-    review       POST endpoints of the reader-review verbs (``trials.review``)
+    review       POST endpoints of the reader-review verbs (``trials.actions.review``, ``.assessments``)
+    upload       series upload from the patient timeline, answering the job to follow
+    quality      data-management pages: the export form and the data-quality report
+    imaging      slice rendering: cached volumes, window/level, PNG encoder, contour edges
     trial_plots  waterfall, spider and swimmer plots of a trial
     assets       plotly.js from the installed plotly package and the dashboard's own script/style
 """

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from django.core.files.storage import default_storage
 from numpy.typing import NDArray
 
-from trials.review import read_stored_image
+from trials.storage import read_image
 
 #: Volumes kept per process (the visit, its baseline and previous visit, and their masks).
 _CACHE_SIZE = 6
@@ -89,7 +89,7 @@ def load_volume(name: str, *, labels: bool = False) -> CachedVolume:
     # Sagittal or coronal acquisitions (a 3D T1 is often sagittal) are shown axially: DICOMOrient to LPS
     # only permutes and flips axes (no resampling), so masks reoriented the same way stay aligned.
     # Rows then run anterior -> posterior and columns patient right -> left (radiological view).
-    image = sitk.DICOMOrient(read_stored_image(name), "LPS")
+    image = sitk.DICOMOrient(read_image(name), "LPS")
     if labels:
         # Native pixel types are kept (int16 MR, uint8/uint16 labels): a 512 x 512 x 300 series stays
         # 150 MB in the cache instead of 300 MB as float32; slices are converted one at a time.
@@ -204,6 +204,6 @@ def display_index_to_native(name: str, index_ijk: tuple[int, int, int]) -> tuple
     volume = load_volume(name)
     affine = np.array(volume.index_to_physical())
     point = affine[:, :3] @ np.asarray(index_ijk, dtype=float) + affine[:, 3]
-    native = read_stored_image(name)
+    native = read_image(name)
     i, j, k = native.TransformPhysicalPointToIndex([float(v) for v in point])
     return (int(i), int(j), int(k))

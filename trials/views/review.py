@@ -1,5 +1,6 @@
 """POST endpoints of the reader-review verbs. Each checks the role's capability (403 otherwise, even
-though the buttons are hidden from other roles), calls one ``trials.review`` function with the
+though the buttons are hidden from other roles), calls one action (``trials.actions.review``,
+``trials.actions.assessments``) with the
 request's correlation id, and redirects back to the visit with a message (post/redirect/get)."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from trials import permissions, review
+from trials import permissions
+from trials.actions import assessments, review
 from trials.exceptions import ServiceError
 from trials.models import Assessment, Lesion, LesionObservation, Timepoint
 from trials.views.common import require, timepoint_for
@@ -129,12 +131,12 @@ def _context(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
 
 
 def _confirm(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
-    assessment = review.confirm_with_signature(_assessment(tp, r), password=r.POST.get("password", ""), **kw)
+    assessment = assessments.confirm_assessment(_assessment(tp, r), password=r.POST.get("password", ""), **kw)
     return f"Assessment confirmed and signed by {assessment.signed_by.get_username()}."
 
 
 def _override(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
-    assessment = review.override_with_signature(
+    assessment = assessments.override_assessment(
         _assessment(tp, r),
         overall_response=r.POST.get("overall_response", ""),
         password=r.POST.get("password", ""),

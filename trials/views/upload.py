@@ -4,7 +4,7 @@ The upload handlers (a size limit, then a temporary file) must be installed befo
 request body, and Django's CSRF check reads it (``request.POST``): so the view is ``csrf_exempt`` on
 the outside and applies ``csrf_protect`` itself once the handlers are in place, as the Django docs on
 upload handlers prescribe. The stored series and its pipeline job come from
-:func:`trials.pipeline.ingest_upload`, the same service as ``POST /api/v1/timepoints/{id}/series/``.
+the action :func:`trials.actions.imaging.upload_series`, the same as ``POST /api/v1/timepoints/{id}/series/``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
-from trials import permissions, pipeline
+from trials import permissions
+from trials.actions import imaging
 from trials.api.uploads import SizeLimitUploadHandler, UploadTooLargeError, _local_copy
+from trials.exceptions import DuplicateSeriesError, UploadRejectedError
 from trials.views.common import timepoint_for
 
 
@@ -47,7 +49,7 @@ def _upload(request: HttpRequest, timepoint_id: int) -> HttpResponse:
         return JsonResponse({"detail": "Choose a file: a zip of one DICOM series, or a NIfTI."}, status=400)
     folder = Path(tempfile.mkdtemp(prefix="mettrack-upload-"))
     try:
-        result = pipeline.ingest_upload(
+        result = imaging.upload_series(
             timepoint,
             _local_copy(upload, folder),
             original_filename=upload.name or "",
@@ -55,9 +57,9 @@ def _upload(request: HttpRequest, timepoint_id: int) -> HttpResponse:
             reason="uploaded from the dashboard",
             correlation_id=getattr(request, "correlation_id", ""),
         )
-    except pipeline.DuplicateSeriesError as exc:
+    except DuplicateSeriesError as exc:
         return JsonResponse({"detail": exc.message, "existing_series": exc.existing.pk}, status=409)
-    except pipeline.UploadRejectedError as exc:
+    except UploadRejectedError as exc:
         return JsonResponse({"detail": exc.message}, status=400)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

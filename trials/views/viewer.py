@@ -15,10 +15,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from trials import permissions
+from trials.actions.review import LESION_FLAGS
 from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices, RunStatus
+from trials.exceptions import MissingImageError
 from trials.models import ImagingSeries, LesionObservation, SegmentationRun
-from trials.pipeline import run_file_path
-from trials.review import LESION_FLAGS, MissingImageError, observation_mask_source
+from trials.pipeline.contours import run_file_path
+from trials.storage import observation_mask_source
 from trials.views.common import capability_flags, timepoint_for
 from trials.views.imaging import (
     CachedVolume,

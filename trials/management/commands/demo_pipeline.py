@@ -37,6 +37,8 @@ from segmentation.phantoms import (
     render_phantom,
     sample_lesion_specs,
 )
+from trials.actions.imaging import register_pipeline_model, upload_series
+from trials.actions.jobs import retry_job, run_job
 from trials.choices import Criteria, JobKind, JobState, SeriesSource
 from trials.models import Assessment, ImagingSeries, Patient, ProcessingJob, Trial
 
@@ -132,9 +134,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, trial: str, seed: int, **options: Any) -> None:
-        from trials import pipeline
-        from worker.tasks import run_pipeline_inline
-
         # Jobs run here, in this process, before the command returns (no broker, no background thread).
         settings.PIPELINE_EMBEDDED_SYNC = True
         if not Trial.objects.filter(code=trial).exists():
@@ -142,7 +141,7 @@ class Command(BaseCommand):
                 raise CommandError(f"No trial {trial!r}.")
             call_command("load_demo", stdout=self.stdout)
         try:
-            pipeline.load_pipeline_model()
+            register_pipeline_model()
         except Exception as exc:  # ModelError, or a missing directory
             message = (
                 f"The segmentation model cannot be loaded ({exc}). Train or export the demo model first "
@@ -157,13 +156,11 @@ class Command(BaseCommand):
         try:
             patients = Patient.objects.filter(trial__code=trial).order_by("subject_id")
             for index, patient in enumerate(patients):
-                self._patient(patient, seed + index, work, run_pipeline_inline)
+                self._patient(patient, seed + index, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _patient(self, patient: Patient, seed: int, work: Path, run_inline: Any) -> None:
-        from trials import pipeline
-
+    def _patient(self, patient: Patient, seed: int, work: Path) -> None:
         timepoints = list(patient.timepoints.order_by("scan_date"))
         for job in ProcessingJob.objects.filter(
             kind=JobKind.PIPELINE,
@@ -172,7 +169,7 @@ class Command(BaseCommand):
             object_id__in=ImagingSeries.objects.filter(timepoint__patient=patient).values("pk"),
         ):
             # An earlier run failed (e.g. no model yet): run it again on the stored series.
-            pipeline.retry_job(job, actor=None, reason="demo_pipeline run again")
+            retry_job(job, actor=None, reason="demo_pipeline run again")
             job.refresh_from_db()
             self.stdout.write(
                 f"  job {job.pk} run again: {job.state}" + (f" ({job.error})" if job.error else "")
@@ -197,11 +194,11 @@ class Command(BaseCommand):
                 patient_id=patient.subject_id,
             )
             started = time.perf_counter()
-            upload = pipeline.ingest_upload(
+            upload = upload_series(
                 timepoint, zip_path, source=SeriesSource.SYNTHETIC, enqueue=False, actor=None,
                 reason="synthetic demo series",
             )  # fmt: skip
-            run_inline(upload.job.pk)
+            run_job(upload.job)
             upload.job.refresh_from_db()
             current = Assessment.objects.filter(
                 timepoint=timepoint, criteria=Criteria.RANO_BM, is_current=True

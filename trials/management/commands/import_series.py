@@ -16,9 +16,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from trials.actions.imaging import upload_series
+from trials.actions.jobs import dispatch_job
 from trials.choices import JobState
 from trials.exceptions import ServiceError
-from trials.models import Patient, ProcessingJob, Timepoint
+from trials.models import Patient, Timepoint
 
 
 class Command(BaseCommand):
@@ -36,9 +38,6 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from trials import pipeline
-        from worker.tasks import embedded_mode, run_pipeline_inline
-
         patients = Patient.objects.filter(subject_id=options["patient"]).select_related("trial")
         if options["trial"]:
             patients = patients.filter(trial__code=options["trial"])
@@ -50,14 +49,13 @@ class Command(BaseCommand):
         timepoint = Timepoint.objects.filter(patient=found[0], visit_label=options["visit"]).first()
         if timepoint is None:
             raise CommandError(f"{found[0].subject_id} has no visit {options['visit']!r}.")
-        embedded = embedded_mode()
         try:
-            result = pipeline.ingest_upload(
+            result = upload_series(
                 timepoint,
                 options["path"],
                 original_filename=options["path"].name,
                 series_uid=options["series_uid"],
-                enqueue=not embedded,
+                enqueue=False,
                 actor=None,
                 reason="imported with manage.py import_series",
             )
@@ -67,18 +65,16 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Stored series {result.series.pk} ({result.series.series_instance_uid}); job {job.pk} queued."
         )
-        if embedded:
-            run_pipeline_inline(job.pk)
-        elif options["wait"]:
+        dispatch_job(job)  # without a broker it runs here, before the command returns
+        job.refresh_from_db()
+        finished = (JobState.SUCCEEDED, JobState.FAILED)
+        if job.state not in finished and options["wait"]:
             deadline = time.monotonic() + options["timeout"]
-            while time.monotonic() < deadline:
-                job.refresh_from_db()
-                if job.state in (JobState.SUCCEEDED, JobState.FAILED):
-                    break
+            while time.monotonic() < deadline and job.state not in finished:
                 time.sleep(1.0)
-        else:
+                job.refresh_from_db()
+        elif job.state not in finished:
             return
-        job = ProcessingJob.objects.get(pk=job.pk)
         if job.state == JobState.FAILED:
             raise CommandError(f"Job {job.pk} failed: {job.error}")
         if job.state != JobState.SUCCEEDED:

@@ -13,7 +13,9 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from trials import services
+from trials.actions import patients
+from trials.actions import trials as trial_actions
+from trials.audit import new_correlation_id
 from trials.choices import ClinicalStatus, CorticosteroidStatus, MembershipRole
 from trials.models import Patient, Site, Timepoint, Trial, TrialMembership
 
@@ -75,23 +77,23 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="http://127.0.0.1:8000", help="Base URL printed in the hints.")
 
     def handle(self, *args: Any, password: str, host: str, **options: Any) -> None:
-        correlation_id = services.new_correlation_id()
+        correlation_id = new_correlation_id()
         audit = {"actor": None, "reason": "demo data (manage.py load_demo)", "correlation_id": correlation_id}
         with transaction.atomic():
-            trial = Trial.objects.filter(code=DEMO_TRIAL_CODE).first() or services.create_trial(
+            trial = Trial.objects.filter(code=DEMO_TRIAL_CODE).first() or trial_actions.create_trial(
                 code=DEMO_TRIAL_CODE,
                 title="Demo: longitudinal RANO-BM response in brain metastases",
                 description="Synthetic demo trial. Not for clinical use.",
                 **audit,
             )
-            site = Site.objects.filter(trial=trial, code=DEMO_SITE_CODE).first() or services.create_site(
+            site = Site.objects.filter(trial=trial, code=DEMO_SITE_CODE).first() or trial_actions.create_site(
                 trial, code=DEMO_SITE_CODE, name="Demo University Hospital", **audit
             )
             created_patients = created_visits = 0
             for subject_id, start, visits in DEMO_PATIENTS:
                 patient = Patient.objects.filter(trial=trial, subject_id=subject_id).first()
                 if patient is None:
-                    patient = services.create_patient(
+                    patient = patients.create_patient(
                         trial,
                         site=site,
                         subject_id=subject_id,
@@ -104,7 +106,7 @@ class Command(BaseCommand):
                 for label, weeks, steroids, clinical in visits:
                     if Timepoint.objects.filter(patient=patient, visit_label=label).exists():
                         continue
-                    services.create_timepoint(
+                    patients.create_timepoint(
                         patient,
                         visit_label=label,
                         scan_date=baseline_date + dt.timedelta(weeks=weeks),
@@ -118,7 +120,7 @@ class Command(BaseCommand):
             for username, (role, is_superuser) in DEMO_USERS.items():
                 user = self._ensure_user(username, password, is_superuser)
                 if not TrialMembership.objects.filter(trial=trial, user=user, role=role).exists():
-                    services.add_membership(trial, user=user, role=role, site=site, **audit)
+                    trial_actions.add_membership(trial, user=user, role=role, site=site, **audit)
                 tokens[username] = Token.objects.get_or_create(user=user)[0].key
 
         self.stdout.write(

@@ -1,8 +1,12 @@
-"""Routes of the web dashboard, mounted at ``/`` (namespace ``dashboard``)."""
+"""Routes of the web pages, mounted at ``/`` by ``config/urls.py``.
+
+Two namespaces: ``dashboard`` (trials, patients, visits, the viewer and the review verbs, uploads) and
+``exports`` (the data managers' export form and data-quality report).
+"""
 
 from django.urls import path
 
-from trials.views import assets, home, patient, review, trial_plots, upload, viewer
+from trials.views import assets, home, patient, quality, review, trial_plots, upload, viewer
 
 app_name = "dashboard"
 
@@ -18,4 +22,10 @@ urlpatterns = [
     path("series/<int:series_id>/overlay/<int:k>.json", viewer.slice_overlay, name="overlay"),
     path("jobs/<int:job_id>/progress.json", patient.job_progress, name="job-progress"),
     path("assets/<str:name>", assets.asset, name="asset"),
+]
+
+#: Namespace ``exports``: included by ``config/urls.py`` as ``include((exports_urlpatterns, "exports"))``.
+exports_urlpatterns = [
+    path("trials/<int:trial_id>/exports/", quality.exports_page, name="trial"),
+    path("trials/<int:trial_id>/quality/", quality.quality_page, name="quality"),
 ]

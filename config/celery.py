@@ -1,4 +1,7 @@
-"""The Celery application of MetTrack.
+"""The Celery application of MetTrack (configuration; the tasks are in ``worker/tasks.py``).
+
+The pipeline sends tasks to it by name (``trials.pipeline.queue``), so nothing in ``trials`` imports the
+worker; ``celery -A worker ...`` finds this app through ``worker/__init__.py``.
 
 Queues: ``gpu`` (segmentation; run ``celery -A worker worker -Q gpu --concurrency 1`` on a GPU node) and
 ``default`` (lesion matching, assessment, periodic sweeps; ``celery -A worker worker -Q default``). Queue
@@ -16,7 +19,7 @@ garbage collector's scans.
 
 Embedded mode: with an empty ``CELERY_BROKER_URL`` nothing talks to a broker; tasks run in-process
 (``task_always_eager``) and pipeline jobs run in a background thread of the web process
-(see :func:`worker.tasks.enqueue_pipeline`), so ``make demo`` needs no Redis.
+(see :mod:`trials.pipeline.queue`), so ``make demo`` needs no Redis.
 """
 
 from __future__ import annotations
@@ -45,13 +48,13 @@ app.conf.update(
     },
     beat_schedule={
         "pipeline-sweep-unenqueued-jobs": {
-            "task": "mettrack.pipeline.sweep_unenqueued",
+            "task": "mettrack.pipeline.sweep_unenqueued",  # trials.pipeline.queue.SWEEP_UNENQUEUED_TASK
             "schedule": _sweep_interval_s,
             # A sweep that waited longer than its interval is replaced by the next one.
             "options": {"queue": _default_queue, "expires": _sweep_interval_s},
         },
         "pipeline-sweep-stuck-jobs": {
-            "task": "mettrack.pipeline.sweep_stuck",
+            "task": "mettrack.pipeline.sweep_stuck",  # trials.pipeline.queue.SWEEP_STUCK_TASK
             "schedule": _sweep_interval_s,
             "options": {"queue": _default_queue, "expires": _sweep_interval_s},
         },

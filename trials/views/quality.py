@@ -1,6 +1,6 @@
 """Data-management pages: the export page (download form) and the data-quality page of a trial.
 
-Mounted by ``config/urls.py`` under the namespace ``exports``:
+Routes in ``trials/urls.py``, namespace ``exports``:
     ``exports:trial``    ``/trials/<id>/exports/``   filters + one download button per export kind
     ``exports:quality``  ``/trials/<id>/quality/``   missing images, failed jobs, pending reviews,
                                                      unconfirmed CR/PR with due dates, overrides, kappa
@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.urls import path, reverse
+from django.urls import reverse
 
 from trials.exports import EXPORTS
 from trials.exports.access import trial_for_export
@@ -51,9 +51,3 @@ def quality_page(request: HttpRequest, trial_id: int) -> HttpResponse:
     }
     return render(request, "quality/quality.html", context)
 
-
-#: Included by config/urls.py as ``include((urlpatterns, "exports"))``.
-urlpatterns = [
-    path("trials/<int:trial_id>/exports/", exports_page, name="trial"),
-    path("trials/<int:trial_id>/quality/", quality_page, name="quality"),
-]

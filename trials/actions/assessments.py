@@ -1,0 +1,108 @@
+"""Actions on assessments: a radiologist confirms or overrides the response of a visit, and signs.
+
+Both are electronic signatures (21 CFR Part 11 style): the signer re-enters their password, and the
+row records who signed, when (UTC) and the meaning, which follows from the verb ("reviewed and
+confirmed" / "reviewed and overridden"), never from the caller. The AI's answer stays as delivered: an
+override is a new signed row (source ``radiologist``) superseding the current one, and the response it
+sets counts for the rest of the patient (confirmation, best overall response and progression date of
+that and later visits; rano-bm.md section 7), so the patient is re-assessed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from trials.audit import new_correlation_id
+from trials.choices import ResponseChoices
+from trials.exceptions import InvalidInputError, SignatureError
+from trials.models import Assessment
+from trials.pipeline.assessment import derive_override, reassess_patient
+from trials.records.assessments import record_confirmation, record_override
+
+
+def verify_signature(actor: Any, password: str) -> None:
+    """Check the password re-entered to sign (21 CFR Part 11 style re-authentication).
+
+    Raises:
+        SignatureError: no signed-in user, or the password does not match.
+    """
+    if actor is None or not getattr(actor, "is_authenticated", False):
+        raise SignatureError("Only a signed-in user can sign.")
+    if not password or not actor.check_password(password):
+        raise SignatureError(
+            "The password does not match: the signature was not applied.",
+            {"password": ["Incorrect password."]},
+        )
+
+
+@transaction.atomic
+def confirm_assessment(
+    assessment: Assessment, *, actor: Any, password: str, reason: str = "", correlation_id: str = ""
+) -> Assessment:
+    """Confirm the current AI assessment, signed by re-entering the password.
+
+    The signature is the assessment's ``signed_by``, ``signed_at`` and ``signature_meaning``
+    ("reviewed and confirmed"); the confirm AuditEvent records it.
+
+    Raises:
+        SignatureError: wrong password. InvalidStateError: superseded or already signed.
+    """
+    verify_signature(actor, password)
+    return record_confirmation(
+        assessment, actor=actor, reason=reason, correlation_id=correlation_id or new_correlation_id()
+    )
+
+
+@transaction.atomic
+def override_assessment(
+    assessment: Assessment,
+    *,
+    overall_response: str,
+    actor: Any,
+    password: str,
+    reason: str,
+    correlation_id: str = "",
+    **changes: Any,
+) -> Assessment:
+    """Override the response with the reader's, with a required reason, signed by the password.
+
+    The new row's confirmation, best overall response and progression date are derived with the
+    reader's response instead of being copied from the superseded row, and the patient is re-assessed:
+    later visits' best overall response and progression date, and an earlier CR/PR's confirmation,
+    follow the overridden response.
+
+    Args:
+        **changes: other result fields the reader sets (target_response, non_target_response, comment).
+
+    Raises:
+        SignatureError: wrong password. InvalidInputError: empty reason or unknown response.
+        InvalidStateError: the assessment is superseded, or it is the baseline's.
+    """
+    verify_signature(actor, password)
+    if not (reason or "").strip():
+        raise InvalidInputError("An override needs a reason.", {"reason": ["This field is required."]})
+    if overall_response not in ResponseChoices.values:
+        raise InvalidInputError(
+            f"Unknown response {overall_response!r}.",
+            {"overall_response": [f"One of {', '.join(ResponseChoices.values)}."]},
+        )
+    correlation_id = correlation_id or new_correlation_id()
+    derived = derive_override(assessment, overall_response)
+    new = record_override(
+        assessment,
+        overall_response=overall_response,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        **{**derived, **changes},
+    )
+    timepoint = assessment.timepoint
+    reassess_patient(
+        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=correlation_id
+    )
+    return new
+
+
+__all__ = ["confirm_assessment", "override_assessment", "verify_signature"]

@@ -1,0 +1,160 @@
+"""Actions on imaging: upload a series of a visit (which queues its pipeline job), segment it again.
+
+Data managers upload (API ``POST /api/v1/timepoints/{id}/series/``, the dashboard, ``manage.py
+import_series``); the upload is validated, de-identified and stored before anything is recorded, then
+the series and its queued job are recorded in one transaction (the job reaches the broker once it
+commits). A rejected or conflicting upload leaves nothing behind: no files, no rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+
+from trials.audit import new_correlation_id
+from trials.choices import JobKind, JobState
+from trials.exceptions import DuplicateError, DuplicateSeriesError, InvalidStateError
+from trials.models import ImagingSeries, ModelVersion, ProcessingJob, Timepoint
+from trials.pipeline.queue import create_pipeline_job
+from trials.pipeline.registry import load_pipeline_model
+from trials.pipeline.upload import StoredUpload, discard_upload, store_upload
+from trials.records.imaging import register_series
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadResult:
+    """What :func:`upload_series` stored: the series and its queued pipeline job.
+
+    ``timings_s``: seconds per step, ``read`` (unpacking, validating and decoding the series), ``store``
+    (de-identified copy), ``volume`` (the worker's NIfTI volume and its checksum), ``record`` (database
+    rows and the job, in one transaction).
+    """
+
+    series: ImagingSeries
+    job: ProcessingJob
+    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def upload_series(
+    timepoint: Timepoint,
+    upload: str | Path,
+    *,
+    original_filename: str = "",
+    series_uid: str | None = None,
+    source: str | None = None,
+    enqueue: bool = True,
+    actor: Any | None,
+    reason: str = "",
+    correlation_id: str = "",
+) -> UploadResult:
+    """Validate, de-identify and store one uploaded MR series, record it and queue its pipeline job.
+
+    Args:
+        timepoint: The visit the series belongs to.
+        upload: A zip of one DICOM series, a DICOM folder or a NIfTI file, on local disk.
+        original_filename: The client's file name (stored for reference only).
+        series_uid: Series Instance UID to pick when the upload holds several series.
+        source: ``SeriesSource`` value (default: from the format of the upload).
+        enqueue: Enqueue the job on commit (False leaves it queued, e.g. to run it in-process).
+        actor: The uploading user (None for the system). reason, correlation_id: for the audit trail.
+
+    Returns:
+        The stored series and its queued job.
+
+    Raises:
+        UploadRejectedError: The upload is not a usable MR series (the imaging module's message).
+        DuplicateSeriesError: The series (same Series Instance UID) is already stored.
+    """
+    correlation_id = correlation_id or new_correlation_id()
+    stored = store_upload(
+        timepoint,
+        upload,
+        original_filename=original_filename,
+        series_uid=series_uid,
+        source=source,
+        actor=actor,
+    )
+    try:
+        started = time.perf_counter()
+        series, job = _record_upload(
+            timepoint, stored, enqueue=enqueue, actor=actor, reason=reason, correlation_id=correlation_id
+        )
+        timings = {**stored.timings_s, "record": time.perf_counter() - started}
+    except BaseException:
+        discard_upload(stored)
+        raise
+    return UploadResult(series=series, job=job, timings_s={k: round(v, 4) for k, v in timings.items()})
+
+
+@transaction.atomic
+def _record_upload(
+    timepoint: Timepoint,
+    stored: StoredUpload,
+    *,
+    enqueue: bool,
+    actor: Any | None,
+    reason: str,
+    correlation_id: str,
+) -> tuple[ImagingSeries, ProcessingJob]:
+    uid = stored.series_instance_uid
+    try:
+        series = register_series(
+            timepoint,
+            series_instance_uid=uid,
+            actor=actor,
+            reason=reason or "series uploaded",
+            correlation_id=correlation_id,
+            **stored.fields,
+        )
+    except DuplicateError:
+        existing = (
+            ImagingSeries.objects.select_related("timepoint__patient").filter(series_instance_uid=uid).first()
+        )
+        if existing is None:  # the other upload was rolled back meanwhile: a plain conflict
+            raise
+        raise DuplicateSeriesError(
+            f"This series (Series Instance UID {uid}) is already stored as series {existing.pk} of visit "
+            f"{existing.timepoint.visit_label} of {existing.timepoint.patient.subject_id}.",
+            existing,
+        ) from None
+    job = create_pipeline_job(series, enqueue=enqueue, actor=actor, correlation_id=correlation_id)
+    return series, job
+
+
+@transaction.atomic
+def resegment_series(
+    series: ImagingSeries, *, actor: Any | None, reason: str = "", correlation_id: str = ""
+) -> ProcessingJob:
+    """Queue a new pipeline job for a stored series (e.g. after a new model was installed).
+
+    Raises:
+        InvalidStateError: A pipeline job of this series is still queued or running.
+    """
+    ImagingSeries.objects.select_for_update().filter(pk=series.pk).first()  # one request at a time
+    busy = ProcessingJob.objects.filter(
+        content_type=ContentType.objects.get_for_model(ImagingSeries),
+        object_id=series.pk,
+        kind=JobKind.PIPELINE,
+        state__in=(JobState.QUEUED, JobState.RUNNING),
+    ).first()
+    if busy is not None:
+        raise InvalidStateError(f"Series {series.pk} is already being processed (job {busy.pk}, {busy.state}).")
+    return create_pipeline_job(series, actor=actor, correlation_id=correlation_id or new_correlation_id())
+
+
+def register_pipeline_model(*, actor: Any | None = None, correlation_id: str = "") -> ModelVersion:
+    """Load the configured segmentation model (``PIPELINE_MODEL_DIR``) and register it as a
+    ``ModelVersion`` if it is new (the pipeline does the same on first use).
+
+    Raises:
+        ModelError: The directory is missing, incomplete or its checksum does not match.
+    """
+    return load_pipeline_model(actor=actor, correlation_id=correlation_id)[1]
+
+
+__all__ = ["UploadResult", "register_pipeline_model", "resegment_series", "upload_series"]

@@ -1,0 +1,133 @@
+"""A run's lesions as DICOM for a PACS or a planning system: RTSTRUCT and SEG, and the run's files.
+
+Each ROI / segment is named by the lesion's stable label (L1, L2, ...) and references the stored,
+de-identified source series, so a PACS or treatment-planning system shows the AI lesions on the images
+they came from (rt-utils writes the RTSTRUCT, highdicom the SEG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from segmentation.contours import write_rtstruct, write_seg
+from segmentation.errors import ContourExportError, ImagingError
+from segmentation.model import algorithm_version
+from segmentation.model import provenance as model_provenance
+from trials.models import SegmentationRun
+from trials.records.imaging import update_segmentation_run
+from trials.storage import (
+    LESION_MAP,
+    RUN_LABELS,
+    media_path,
+    run_file_name,
+    run_output_path,
+    series_source_dir,
+)
+
+#: Downloadable outputs of a run: kind -> (file name, media type).
+RUN_FILE_KINDS: dict[str, tuple[str, str]] = {
+    "mask": (RUN_LABELS, "application/gzip"),
+    "lesions": (LESION_MAP, "application/gzip"),
+    "rtstruct": ("rtstruct.dcm", "application/dicom"),
+    "seg": ("seg.dcm", "application/dicom"),
+}
+
+
+def run_file_path(run: SegmentationRun, kind: str) -> Path | None:
+    """The stored file of ``kind`` (see :data:`RUN_FILE_KINDS`) of a run, or None while it is not written."""
+    if kind not in RUN_FILE_KINDS:
+        return None
+    if kind == "lesions":  # written by the analysis, not recorded on the run
+        path = run_output_path(run, LESION_MAP)
+    else:
+        recorded = getattr(run, f"{kind}_file")  # mask_file, rtstruct_file, seg_file
+        if not recorded:
+            return None
+        path = media_path(recorded.name)
+    return path if path.is_file() else None
+
+
+def export_run_contours(
+    run: SegmentationRun, *, actor: Any | None = None, correlation_id: str = ""
+) -> SegmentationRun | None:
+    """Write an analysed run's lesions as DICOM RTSTRUCT and SEG next to its mask.
+
+    Each ROI / segment is named by the lesion's stable label (L1, L2, ...) and references the stored,
+    de-identified source series, so a PACS or treatment-planning system shows the AI lesions on the
+    images they came from. Done once per run: a run with both files stored is returned unchanged.
+
+    SEG and RTSTRUCT are written independently: a series one format cannot encode (RTSTRUCT needs square
+    pixels) still gets the other.
+
+    Returns:
+        The updated run, or None when there is nothing to write: the series was uploaded as NIfTI (no
+        DICOM to reference), the run has no lesion map, or it found no lesion.
+
+    Raises:
+        ContourExportError: rt-utils or highdicom could not encode these lesions on this series (whatever
+            could be written is stored first; the message names what was not).
+    """
+    if run.rtstruct_file and run.seg_file:
+        return run
+    series = run.series
+    source_dir = series_source_dir(series)
+    map_path = run_output_path(run, LESION_MAP)
+    if not map_path.exists() or not any(source_dir.glob("*.dcm")):
+        return None
+    lesion_map = sitk.ReadImage(str(map_path))
+    numbers = sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(lesion_map)) if v)
+    if not numbers:
+        return None
+    names = {n: f"L{n}" for n in numbers}
+    description = f"MetTrack lesions ({run.model_version.name})"
+    # Headers only, read once for both writers: the stored copy was validated when it was uploaded.
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(source_dir.glob("*.dcm"))]
+    version = run.model_version
+    label = str((version.config or {}).get("label", "")) if isinstance(version.config, dict) else ""
+    provenance = model_provenance(version.name, version.version, run.model_weights_sha256, label)
+    writers: dict[str, Callable[[Path], Any]] = {  # kind (see RUN_FILE_KINDS) -> writer
+        "seg": lambda out: write_seg(
+            lesion_map, headers, out, lesion_names=names, algorithm_name=version.name,
+            algorithm_version=algorithm_version(version.version, run.model_weights_sha256),
+            algorithm_parameters={"weights_sha256": run.model_weights_sha256, "label": label},
+            series_description=description,
+        ),
+        "rtstruct": lambda out: write_rtstruct(
+            lesion_map, headers, out, lesion_names=names, series_description=description,
+            provenance=provenance,
+        ),
+    }  # fmt: skip
+    stored: dict[str, str] = {}  # run field -> file name
+    written: list[str] = []
+    errors: list[str] = []
+    for kind, write in writers.items():
+        if getattr(run, f"{kind}_file"):
+            continue
+        name = run_file_name(run, RUN_FILE_KINDS[kind][0])
+        try:
+            write(media_path(name))
+        except ImagingError as exc:
+            errors.append(f"{kind.upper()}: {exc.user_message}")
+            continue
+        stored[f"{kind}_file"] = name
+        written.append(kind.upper())
+    if stored:
+        run = update_segmentation_run(
+            run,
+            **stored,
+            actor=actor,
+            reason="lesions exported as DICOM " + " and ".join(written),
+            correlation_id=correlation_id,
+        )
+    if errors:
+        raise ContourExportError(" ".join(errors))
+    return run
+
+
+__all__ = ["RUN_FILE_KINDS", "export_run_contours", "run_file_path"]

@@ -1,0 +1,68 @@
+"""A pipeline job as the stages see it: is there anything left to do, who acts, progress, failure.
+
+One uploaded series is one ``ProcessingJob`` of kind ``pipeline`` followed through every stage; a change
+of a trial's criteria settings is one job of kind ``assess``. The stages (:mod:`.segmentation`,
+:mod:`.analysis`, :mod:`.assessment`) start the job, report progress and finish it; a permanent error
+fails it once (:func:`fail_pipeline_job`), and the stuck-job sweep fails a job whose worker was lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from trials.choices import JobKind, JobState, RunStatus
+from trials.models import ProcessingJob, SegmentationRun
+from trials.pipeline.errors import user_message
+from trials.records.imaging import update_segmentation_run
+from trials.records.jobs import fail_job, update_job_progress
+
+#: ``ProcessingJob.message`` of a job failed by the stuck-job sweep (``trials.pipeline.sweeps``).
+TIMED_OUT_MESSAGE = "timed out"
+
+
+def progress(job: ProcessingJob | None, pct: int, stage: str, message: str = "") -> None:
+    """Record a running job's progress (0-100) and stage, shown at once by the dashboard and the API."""
+    if job is not None:
+        update_job_progress(job, progress_pct=pct, stage=stage, message=message)
+
+
+def is_finished(job: ProcessingJob) -> bool:
+    """Whether a delivered task has nothing left to do for this job.
+
+    A job the stuck-job sweep failed is not finished: its message, redelivered once the broker gives
+    up on the lost worker, resumes it (so a killed worker's work is never lost).
+    """
+    if job.state == JobState.SUCCEEDED:
+        return True
+    return job.state == JobState.FAILED and job.message != TIMED_OUT_MESSAGE
+
+
+def job_context(job: ProcessingJob, actor_id: int | None, correlation_id: str) -> tuple[Any | None, str]:
+    """The acting user and correlation id a task was given (default: the job's own)."""
+    actor = job.created_by
+    if actor_id is not None and (actor is None or actor.pk != actor_id):
+        actor = get_user_model().objects.filter(pk=actor_id).first()
+    return actor, correlation_id or job.correlation_id
+
+
+def fail_pipeline_job(job_id: int, exc: BaseException) -> None:
+    """Mark a job failed with the error's user message (the tasks' policy for permanent errors).
+
+    The segmentation runs of its series still running are failed with it, so that a retry starts them
+    again. A job already finished is left as it is.
+    """
+    job = ProcessingJob.objects.filter(pk=job_id).first()
+    if job is None or job.state in (JobState.SUCCEEDED, JobState.FAILED):
+        return
+    message = user_message(exc)
+    fail_job(job, error=message, message=f"failed at stage {job.stage or 'start'}")
+    if job.kind == JobKind.PIPELINE and job.params.get("series_id"):
+        for run in SegmentationRun.objects.filter(series_id=job.params["series_id"], status=RunStatus.RUNNING):
+            update_segmentation_run(
+                run, status=RunStatus.FAILED, error=message, actor=None, correlation_id=job.correlation_id
+            )
+
+
+__all__ = ["TIMED_OUT_MESSAGE", "fail_pipeline_job", "is_finished", "job_context", "progress"]

@@ -1,0 +1,170 @@
+"""Stage 2 of a series (queue ``gpu``): the UNETR segmentation of its stored volume, stored as a run.
+
+A ``SegmentationRun`` is one model (by weights sha256) over one series, unique in the database; its
+components (26-connected, under the trial's minimum lesion volume dropped) are stored as
+``masks/run_<id>/labels.nii.gz`` on the series' own grid. The run stays ``running`` until the analysis
+(:mod:`.analysis`) has stored its lesions.
+
+Idempotent: a message redelivered after a worker was killed finds the run's stored mask and does not
+run the network again (same weights, same series, same mask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import SimpleITK as sitk
+from django.conf import settings
+from django.utils import timezone
+
+from rano.measure import label_components
+from segmentation.inference import InferenceOptions, segment_image
+from trials.choices import RunStatus
+from trials.exceptions import DuplicateError, InvalidInputError
+from trials.models import ImagingSeries, ModelVersion, ProcessingJob, SegmentationRun
+from trials.pipeline.jobs import is_finished, job_context, progress
+from trials.pipeline.registry import load_pipeline_model
+from trials.records.imaging import create_segmentation_run, update_segmentation_run
+from trials.records.jobs import start_job
+from trials.storage import RUN_LABELS, read_image_field, run_file_name, write_label_image
+
+
+def get_or_create_run(
+    series: ImagingSeries, model_version: ModelVersion, *, actor: Any | None, correlation_id: str = ""
+) -> SegmentationRun:
+    """The run of ``model_version`` on ``series``: the existing row, or a new one (the constraint decides)."""
+    existing = SegmentationRun.objects.filter(
+        series=series, model_weights_sha256=model_version.weights_sha256
+    ).first()
+    if existing is not None:
+        existing.series = series  # the caller's object, with the visit, patient and trial it has loaded
+        return existing
+    try:
+        return create_segmentation_run(
+            series, model_version, actor=actor, correlation_id=correlation_id, status=RunStatus.RUNNING
+        )
+    except DuplicateError:
+        return SegmentationRun.objects.get(series=series, model_weights_sha256=model_version.weights_sha256)
+
+
+def record_segmentation(
+    series: ImagingSeries,
+    model_version: ModelVersion,
+    mask: sitk.Image,
+    *,
+    device: str = "",
+    timings_s: dict[str, float] | None = None,
+    started_at: dt.datetime | None = None,
+    actor: Any | None = None,
+    correlation_id: str = "",
+    labelled: bool = False,
+) -> SegmentationRun:
+    """Store a lesion mask of a series as the output of a segmentation run (created if needed).
+
+    The mask is split into 26-connected components (components under the trial's
+    ``min_lesion_volume_mm3`` dropped) and saved as ``masks/run_<id>/labels.nii.gz`` on the series' grid.
+    The run stays ``running`` until :func:`analyse_run` has stored its lesions. A run that already has a
+    stored mask is returned unchanged (idempotent: same weights, same series, same mask).
+
+    Args:
+        series: The segmented series.
+        model_version: The model (or ground-truth source) that produced the mask.
+        mask: Binary mask or label image on the series' native grid.
+        device: Where the network ran (``cpu``, ``cuda:0``).
+        timings_s: Seconds per stage.
+        started_at: When the segmentation started (the run keeps the earliest start it was given).
+        labelled: ``mask`` is already the run's components (labels 1..n in raster order, none under
+            the trial's ``min_lesion_volume_mm3``), as ``segment_image`` returns them with the trial's
+            settings: stored as it is instead of being labelled again.
+
+    Raises:
+        InvalidInputError: The mask is not on the series' grid.
+    """
+    size = list(mask.GetSize())
+    if series.size_voxels and size != list(series.size_voxels):
+        raise InvalidInputError(f"The mask size {size} differs from the series size {series.size_voxels}.")
+    run = get_or_create_run(series, model_version, actor=actor, correlation_id=correlation_id)
+    if run.mask_file and run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
+        # The same weights on the same series give the same mask: keep what is stored (a redelivery).
+        return run
+    patient = series.timepoint.patient
+    if labelled:
+        labels = mask
+    else:
+        binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+        labels = label_components(binary, patient.trial.response_settings().min_lesion_volume_mm3)
+    name = run_file_name(run, RUN_LABELS)
+    write_label_image(labels, name)
+    return update_segmentation_run(
+        run,
+        mask_file=name,
+        device=device or run.device,
+        timings_s={**(run.timings_s or {}), **(timings_s or {})},
+        started_at=min((t for t in (run.started_at, started_at) if t is not None), default=timezone.now()),
+        status=RunStatus.RUNNING,
+        error="",
+        actor=actor,
+        reason="segmentation stored",
+        correlation_id=correlation_id,
+    )
+
+
+def run_segmentation_stage(
+    job_id: int, *, actor_id: int | None = None, correlation_id: str = "", celery_task_id: str = ""
+) -> int | None:
+    """Stage 1 of a pipeline job: segment its series with the configured model (queue ``gpu``).
+
+    Idempotent: when the run of this model on this series already has a stored mask, the network is not
+    run again (a message redelivered after a worker was killed before it acknowledged).
+
+    Returns:
+        The SegmentationRun id, or None when the job is already finished (nothing left to do).
+
+    Raises:
+        Any of :data:`PERMANENT_ERRORS` (invalid image, unusable model), database errors.
+    """
+    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
+    if is_finished(job):
+        return None
+    job = start_job(job, celery_task_id=celery_task_id, stage="segmentation")
+    actor, cid = job_context(job, actor_id, correlation_id)
+    series = ImagingSeries.objects.select_related("timepoint__patient__trial").get(pk=job.params["series_id"])
+    progress(job, 5, "loading model")
+    # The model is registered by the system, whoever uploaded the series that first used it.
+    model, version = load_pipeline_model(actor=None, correlation_id=cid)
+    run = get_or_create_run(series, version, actor=actor, correlation_id=cid)
+    if run.mask_file and run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
+        progress(job, 60, "segmentation", "segmentation already stored; reused")
+        return run.pk
+    progress(job, 10, "segmentation", f"{model.config.name} {model.config.version}")
+    started = timezone.now()
+    image = read_image_field(series.volume_file)
+    # The model drops components under its own minimum volume, the trial under its own: segment_image
+    # applies the larger, so its labels are already the components the run stores.
+    trial_settings = series.timepoint.patient.trial.response_settings()
+    min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
+    result = segment_image(
+        image,
+        model,
+        InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto"))),
+        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
+    )
+    progress(job, 55, "storing segmentation", f"{len(result.lesions)} lesion(s) found")
+    run = record_segmentation(
+        series,
+        version,
+        result.labels,
+        device=result.device,
+        timings_s={k: round(v, 3) for k, v in result.timings_s.items()},
+        started_at=started,
+        actor=actor,
+        correlation_id=cid,
+        labelled=True,
+    )
+    progress(job, 60, "segmentation", f"{len(result.lesions)} lesion(s) found")
+    return run.pk
+
+
+__all__ = ["get_or_create_run", "record_segmentation", "run_segmentation_stage"]

@@ -1,0 +1,176 @@
+"""Row helpers of imaging: series, model versions and segmentation runs (validated, saved, audited).
+
+Written by the pipeline (``trials.pipeline``) and the upload action; no consequences beyond the row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from trials.models import ImagingSeries, ModelVersion, SegmentationRun, Timepoint
+from trials.records.base import check_fields, create_row, update_row
+
+SERIES_FIELDS = (
+    "study_instance_uid",
+    "modality",
+    "series_description",
+    "size_voxels",
+    "spacing_mm",
+    "origin_mm",
+    "direction",
+    "volume_file",
+    "checksum_sha256",
+    "source",
+    "original_filename",
+    "uploaded_by",
+)
+
+
+@transaction.atomic
+def register_series(
+    timepoint: Timepoint,
+    *,
+    series_instance_uid: str,
+    actor: Any | None,
+    reason: str = "",
+    correlation_id: str = "",
+    **fields: Any,
+) -> ImagingSeries:
+    """Record an imaging series of a visit (the caller has stored the volume).
+
+    Args:
+        timepoint: the visit.
+        series_instance_uid: DICOM (0020,000E); unique across the database.
+        **fields: any of ``SERIES_FIELDS``.
+
+    Raises:
+        DuplicateError: the Series Instance UID is already registered.
+    """
+    check_fields(ImagingSeries, fields, SERIES_FIELDS)
+    return create_row(
+        ImagingSeries,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        timepoint=timepoint,
+        series_instance_uid=series_instance_uid,
+        **fields,
+    )
+
+
+@transaction.atomic
+def update_series(
+    series: ImagingSeries, *, actor: Any | None, reason: str = "", correlation_id: str = "", **changes: Any
+) -> ImagingSeries:
+    """Change a series' stored volume, geometry or description (never its UID)."""
+    return update_row(
+        series, changes, allowed=SERIES_FIELDS, actor=actor, reason=reason, correlation_id=correlation_id
+    )
+
+
+MODEL_VERSION_FIELDS = (
+    "config",
+    "weights_path",
+    "training_provenance",
+    "validation_metrics",
+    "intended_use",
+    "is_demo",
+    "is_active",
+)
+
+
+@transaction.atomic
+def register_model_version(
+    *,
+    name: str,
+    version: str,
+    architecture: str,
+    weights_sha256: str,
+    actor: Any | None,
+    reason: str = "",
+    correlation_id: str = "",
+    **fields: Any,
+) -> ModelVersion:
+    """Register segmentation weights. Raises DuplicateError when the sha256 or name+version exist."""
+    check_fields(ModelVersion, fields, MODEL_VERSION_FIELDS)
+    return create_row(
+        ModelVersion,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        name=name,
+        version=version,
+        architecture=architecture,
+        weights_sha256=weights_sha256,
+        **fields,
+    )
+
+
+SEGMENTATION_RUN_FIELDS = (
+    "device",
+    "status",
+    "timings_s",
+    "started_at",
+    "finished_at",
+    "mask_file",
+    "rtstruct_file",
+    "seg_file",
+    "error",
+)
+
+
+@transaction.atomic
+def create_segmentation_run(
+    series: ImagingSeries,
+    model_version: ModelVersion,
+    *,
+    actor: Any | None,
+    reason: str = "",
+    correlation_id: str = "",
+    **fields: Any,
+) -> SegmentationRun:
+    """Start recording a segmentation of a series by a model.
+
+    Raises:
+        DuplicateError: this series was already segmented with the same weights (sha256).
+    """
+    check_fields(SegmentationRun, fields, SEGMENTATION_RUN_FIELDS)
+    return create_row(
+        SegmentationRun,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        series=series,
+        model_version=model_version,
+        model_weights_sha256=model_version.weights_sha256,
+        **fields,
+    )
+
+
+@transaction.atomic
+def update_segmentation_run(
+    run: SegmentationRun, *, actor: Any | None, reason: str = "", correlation_id: str = "", **changes: Any
+) -> SegmentationRun:
+    """Record a run's status, outputs, timings or error."""
+    return update_row(
+        run,
+        changes,
+        allowed=SEGMENTATION_RUN_FIELDS,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+    )
+
+
+__all__ = [
+    "MODEL_VERSION_FIELDS",
+    "SEGMENTATION_RUN_FIELDS",
+    "SERIES_FIELDS",
+    "create_segmentation_run",
+    "register_model_version",
+    "register_series",
+    "update_segmentation_run",
+    "update_series",
+]
