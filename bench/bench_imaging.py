@@ -63,8 +63,8 @@ def _lesions(reference: sitk.Image) -> tuple[sitk.Image, dict[int, str]]:
 
 def main() -> None:
     from segmentation.contours import write_rtstruct, write_seg
-    from segmentation.dicom_writer import write_dicom_series
     from segmentation.io import read_series
+    from segmentation.synthetic_mr import write_dicom_series
 
     with tempfile.TemporaryDirectory(prefix="bench-imaging-") as tmp:
         folder = Path(tmp) / "series"

@@ -115,8 +115,8 @@ def gpu_benchmarks() -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from segmentation.dicom_writer import write_dicom_series
     from segmentation.phantoms import make_phantom
+    from segmentation.synthetic_mr import write_dicom_series
 
     if not torch.cuda.is_available():
         print("GPU: skipped (no CUDA device on this machine)")

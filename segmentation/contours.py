@@ -28,7 +28,6 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from segmentation.errors import ContourExportError, ContourReadError, MissingAttributeError
 from segmentation.io import GEOMETRY_ATTRIBUTES, RTSTRUCT_ATTRIBUTES, LoadedSeries, read_series
@@ -555,7 +554,3 @@ def read_seg(path: str | Path, series: LoadedSeries | str | Path) -> ContourSet:
     image.CopyInformation(series.image)
     return ContourSet(labels=image, names=names, colors=colors)
 
-
-def new_uid() -> str:
-    """A new DICOM UID (for callers that pre-assign output UIDs)."""
-    return str(generate_uid())

@@ -28,16 +28,12 @@ from monai.inferers import sliding_window_inference
 
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
-from segmentation.model import LoadedModel
+from segmentation.model import LoadedModel, resolve_device
 from segmentation.preprocess import PreprocessError, preprocess, to_native
 
 
 class ImageTooSmallError(PreprocessError):
     """The head in the image is far smaller than the model's window: it is not a brain MRI volume."""
-
-
-class DeviceUnavailableError(ValueError):
-    """The requested compute device is not available on this machine."""
 
 
 #: An image is refused when a side of its head box is under this fraction of the window's side.
@@ -90,17 +86,6 @@ class SegmentationResult:
     device: str
     n_windows: int
     probability: sitk.Image | None = field(default=None)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA -> :class:`DeviceUnavailableError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise DeviceUnavailableError(f"unknown device {name!r}; use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError("CUDA was asked for but no CUDA device is available on this machine")
-    return torch.device(name)
 
 
 def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap: float) -> int:

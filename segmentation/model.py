@@ -69,6 +69,10 @@ _ARCH_KEYS = {
 }
 
 
+class DeviceUnavailableError(ValueError):
+    """The requested compute device is not available on this machine."""
+
+
 def algorithm_version(version: str, weights_sha256: str) -> str:
     """Model version and short weights checksum, for DICOM Algorithm Version (LO, 64 characters)."""
     return f"{version} sha256:{weights_sha256[:16]}"[:64]
@@ -275,6 +279,22 @@ class ModelConfig:
             "weights_sha256": self.weights_sha256,
             **self.extra,
         }
+
+
+def resolve_device(name: str) -> torch.device:
+    """The compute device of inference and training: ``auto`` (CUDA when present, else CPU), ``cpu`` or
+    ``cuda``.
+
+    Raises:
+        DeviceUnavailableError: ``cuda`` without CUDA on this machine, or an unknown name.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise DeviceUnavailableError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("CUDA was asked for but no CUDA device is available on this machine")
+    return torch.device(name)
 
 
 def build_network(config: ModelConfig) -> UNETR:

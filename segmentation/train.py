@@ -52,12 +52,14 @@ from segmentation import phantoms
 from segmentation.errors import ImagingError
 from segmentation.model import (
     DEMO_LABEL,
+    DeviceUnavailableError,
     ModelConfig,
     PostprocessConfig,
     build_network,
     library_versions,
     load_model,
     load_state_dict_checked,
+    resolve_device,
     save_model_dir,
 )
 from segmentation.preprocess import PreprocessConfig, mask_to_model_space, preprocess
@@ -720,21 +722,6 @@ def set_output_prior(network: torch.nn.Module, prior: float) -> None:
             bias[1] = logit
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
-
-    Raises:
-        TrainingError: When ``cuda`` is asked for on a machine without CUDA, or the name is unknown.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but CUDA is not available on this machine")
-    if name not in ("cpu", "cuda"):
-        raise TrainingError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
 def freeze_all_but_output(network: torch.nn.Module) -> int:
     """Freeze every parameter except the final 1x1x1 output block (``network.out``); returns how many
     parameters stay trainable."""
@@ -805,7 +792,10 @@ def train(
     if options.threads:
         torch.set_num_threads(options.threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(options.threads)
-    device = resolve_device(options.device)
+    try:
+        device = resolve_device(options.device)
+    except DeviceUnavailableError as exc:
+        raise TrainingError(f"--device: {exc}") from exc
     run_dir = options.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()

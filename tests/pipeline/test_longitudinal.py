@@ -414,7 +414,7 @@ def test_a_series_rtstruct_cannot_encode_still_gets_its_seg_and_its_assessment(
 ) -> None:
     """Non-square pixels (0.8 x 1.0 mm): RTSTRUCT export is refused, SEG is written, the job succeeds and
     its message says what is missing."""
-    from segmentation.dicom_writer import write_dicom_series
+    from segmentation.synthetic_mr import write_dicom_series
     from tests.pipeline.test_upload_api import small_image, zip_folder
 
     image = small_image((16, 48, 48))

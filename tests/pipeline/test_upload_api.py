@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmentation.dicom_writer import write_dicom_series
 from segmentation.errors import ImagingError
 from segmentation.io import read_series
+from segmentation.synthetic_mr import write_dicom_series
 from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient
 from trials.choices import JobState, MembershipRole

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmentation.dicom_writer import write_dicom_series
+from segmentation.synthetic_mr import write_dicom_series
 
 #: Shape of the small test volumes as (slices, rows, columns): big enough for lesions of 5-10 mm at
 #: 0.5 mm in-plane, small enough that a test writes and reads a series in well under a second.
@@ -47,7 +47,7 @@ def mr_image() -> sitk.Image:
 def write_series(tmp_path: Path) -> Callable[..., tuple[Path, list[Path]]]:
     """Factory: ``write_series(image=None, name="series", **kwargs) -> (folder, files)``.
 
-    Keyword arguments go to :func:`segmentation.dicom_writer.write_dicom_series`.
+    Keyword arguments go to :func:`segmentation.synthetic_mr.write_dicom_series`.
     """
 
     def _write(

@@ -12,9 +12,9 @@ import SimpleITK as sitk
 import torch
 
 from segmentation.cli import segment_main, train_main
-from segmentation.dicom_writer import write_dicom_series
 from segmentation.model import WEIGHTS_NAME, build_network, save_model_dir
 from segmentation.phantoms import make_phantom
+from segmentation.synthetic_mr import write_dicom_series
 from segmentation.train import demo_config
 
 

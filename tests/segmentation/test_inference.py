@@ -10,13 +10,8 @@ import SimpleITK as sitk
 import torch
 
 from rano.measure import measure_lesions
-from segmentation.inference import (
-    DeviceUnavailableError,
-    ImageTooSmallError,
-    InferenceOptions,
-    segment_image,
-)
-from segmentation.model import LoadedModel, build_network, load_model, save_model_dir
+from segmentation.inference import ImageTooSmallError, InferenceOptions, segment_image
+from segmentation.model import DeviceUnavailableError, LoadedModel, build_network, load_model, save_model_dir
 from segmentation.phantoms import HeadPose, LesionSpec, load_template, render_phantom
 from segmentation.preprocess import EmptyImageError, mask_to_model_space, preprocess
 from segmentation.train import demo_config, dice_score

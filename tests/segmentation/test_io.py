@@ -374,7 +374,7 @@ def test_inconsistent_matrix_size(write_series, make_image) -> None:
     folder, files = write_series()
     small = make_image(shape=(1, 32, 32))
     other_dir = folder.parent / "other"
-    from segmentation.dicom_writer import write_dicom_series
+    from segmentation.synthetic_mr import write_dicom_series
 
     (replacement,) = write_dicom_series(small, other_dir, patient_id="X")
     ds = pydicom.dcmread(replacement)

@@ -236,7 +236,7 @@ def test_cache_key_changes_with_the_preprocessing_and_the_source(tmp_path: Path)
 
 def test_dicom_rtstruct_cases_take_the_rois_matching_the_pattern(tmp_path: Path) -> None:
     from segmentation.contours import write_rtstruct
-    from segmentation.dicom_writer import write_dicom_series
+    from segmentation.synthetic_mr import write_dicom_series
     from segmentation.train import dicom_rtstruct_sources
 
     ph = make_phantom(5, n_lesions=2, diameter_range_mm=(12.0, 20.0), geometry="axial_2mm")

@@ -293,7 +293,8 @@ def _ai_row(current: Assessment | None) -> Assessment | None:
     return current
 
 
-_ENGINE_CRITERIA = {
+#: Stored criteria -> the engine's (the stored values are Django-style identifiers).
+ENGINE_CRITERIA = {
     Criteria.RANO_BM: engine.Criteria.RANO_BM,
     Criteria.VOLUMETRIC: engine.Criteria.VOLUMETRIC,
 }
@@ -331,13 +332,13 @@ def derive_override(assessment: Assessment, overall_response: str) -> dict[str, 
     if (
         inputs is None
         or label not in inputs.timepoints
-        or assessment.criteria not in _ENGINE_CRITERIA
+        or assessment.criteria not in ENGINE_CRITERIA
         or overall_response not in ResponseChoices.values
     ):
         return {}
     overrides = {**_overridden_responses(patient)[assessment.criteria], label: overall_response}
     index = [v.visit for v in inputs.visits].index(label)
-    criteria = _ENGINE_CRITERIA[assessment.criteria]
+    criteria = ENGINE_CRITERIA[assessment.criteria]
     try:
         full = engine.assess(inputs.visits, inputs.reader, settings_, criteria, overall_overrides=overrides)
         prefix = engine.assess(
@@ -418,7 +419,7 @@ def reassess_patient(
         # The radiologists' responses at the other visits (a visit's own AI row is the rules' answer).
         others = {label: r for label, r in overrides[criteria].items() if label != own}
         return engine.assess(
-            visits, inputs.reader, settings_, _ENGINE_CRITERIA[criteria], overall_overrides=others or None
+            visits, inputs.reader, settings_, ENGINE_CRITERIA[criteria], overall_overrides=others or None
         )
 
     # Every visit is recomputed and compared, not only those from ``from_timepoint`` on: an earlier
@@ -504,4 +505,4 @@ def run_trial_reassessment(
     return result
 
 
-__all__ = ["derive_override", "reassess_patient", "run_trial_reassessment"]
+__all__ = ["ENGINE_CRITERIA", "derive_override", "reassess_patient", "run_trial_reassessment"]

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
@@ -63,7 +64,8 @@ def _upload(request: HttpRequest, timepoint_id: int) -> HttpResponse:
         return JsonResponse({"detail": exc.message}, status=400)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return JsonResponse({"series": {"id": result.series.pk}, "job": {"id": result.job.pk}}, status=202)
+    job = {"id": result.job.pk, "progress_url": reverse("dashboard:job-progress", args=[result.job.pk])}
+    return JsonResponse({"series": {"id": result.series.pk}, "job": job}, status=202)
 
 
 @csrf_exempt

@@ -21,7 +21,7 @@ from trials.exceptions import MissingImageError
 from trials.models import ImagingSeries, LesionObservation, SegmentationRun
 from trials.pipeline.contours import run_file_path
 from trials.storage import observation_mask_source
-from trials.views.common import capability_flags, timepoint_for
+from trials.views.common import capability_flags, timepoint_for, url_template
 from trials.views.imaging import (
     CachedVolume,
     SliceOutOfRangeError,
@@ -99,6 +99,8 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
         "visit": row.timepoint.visit_label,
         "date": row.timepoint.scan_date.isoformat(),
         "series_id": series.pk,
+        "slice_url": url_template("dashboard:slice", series.pk),
+        "overlay_url": url_template("dashboard:overlay", series.pk),
         "size": list(volume.size),
         "spacing": list(volume.spacing_mm),
         "index_to_physical": volume.index_to_physical(),

@@ -28,7 +28,6 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from segmentation.dicom_writer import write_dicom_series
 from segmentation.phantoms import (
     GEOMETRIES,
     AcquisitionGeometry,
@@ -37,6 +36,7 @@ from segmentation.phantoms import (
     render_phantom,
     sample_lesion_specs,
 )
+from segmentation.synthetic_mr import write_dicom_series
 from trials.actions.imaging import register_pipeline_model, upload_series
 from trials.actions.jobs import retry_job, run_job
 from trials.choices import Criteria, JobKind, JobState, SeriesSource

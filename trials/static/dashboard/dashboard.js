@@ -32,8 +32,9 @@
   });
 
   // Job progress polling: every job still queued or running is refreshed once a second.
-  function pollJob(jobId, bar, stateEl, messageEl) {
-    fetch("/jobs/" + jobId + "/progress.json", { credentials: "same-origin" })
+  // The progress URL comes from the page (data-progress-url) or the upload's answer (job.progress_url).
+  function pollJob(progressUrl, bar, stateEl, messageEl) {
+    fetch(progressUrl, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
       .then(function (job) {
         bar.hidden = false;
@@ -42,7 +43,7 @@
         if (stateEl) stateEl.textContent = job.state;
         if (messageEl) messageEl.textContent = job.state === "failed" ? job.error : (job.stage || job.message || "");
         if (job.state === "queued" || job.state === "running") {
-          setTimeout(function () { pollJob(jobId, bar, stateEl, messageEl); }, 1000);
+          setTimeout(function () { pollJob(progressUrl, bar, stateEl, messageEl); }, 1000);
         } else if (job.state === "succeeded") {
           if (messageEl) messageEl.textContent = "Done. Reload the page to see the new results.";
         }
@@ -52,7 +53,7 @@
   document.querySelectorAll(".job[data-job-id]").forEach(function (el) {
     const state = el.getAttribute("data-job-state");
     if (state === "queued" || state === "running") {
-      pollJob(el.getAttribute("data-job-id"), el.querySelector("progress"), el.querySelector(".job-state"),
+      pollJob(el.getAttribute("data-progress-url"), el.querySelector("progress"), el.querySelector(".job-state"),
         el.querySelector(".job-message"));
     }
   });
@@ -69,7 +70,7 @@
       const data = new FormData();
       data.append("file", file);
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", "/visits/" + form.getAttribute("data-timepoint-id") + "/upload/");
+      xhr.open("POST", form.getAttribute("action"));
       xhr.setRequestHeader("X-CSRFToken", csrfToken());
       bar.hidden = false;
       xhr.upload.onprogress = function (e) {
@@ -81,7 +82,7 @@
         if (xhr.status === 202 || xhr.status === 201) {
           const job = body.job || body;
           status.textContent = "Uploaded; processing…";
-          if (job && job.id) pollJob(job.id, bar, null, status);
+          if (job && job.progress_url) pollJob(job.progress_url, bar, null, status);
         } else {
           status.textContent = "Upload refused (" + xhr.status + "): " + (body.detail || xhr.statusText);
         }

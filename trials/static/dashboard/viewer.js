@@ -64,9 +64,9 @@
     if (!panel) { img.removeAttribute("src"); canvas.width = canvas.width; status.textContent = ""; return; }
     k = clamp(k, 0, panel.size[2] - 1);
     const wl = "?window=" + encodeURIComponent(state.window) + "&level=" + encodeURIComponent(state.level);
-    img.src = "/series/" + panel.series_id + "/slices/" + k + ".png" + wl;
+    img.src = panel.slice_url.replace("{k}", k) + wl;
     img.alt = "Axial slice " + (k + 1) + " of " + panel.size[2] + ", " + panel.visit;
-    fetch("/series/" + panel.series_id + "/overlay/" + k + ".json", { credentials: "same-origin" })
+    fetch(panel.overlay_url.replace("{k}", k), { credentials: "same-origin" })
       .then(function (r) { return r.json(); })
       .then(function (overlay) {
         drawOverlay(canvas, panel, k, overlay);

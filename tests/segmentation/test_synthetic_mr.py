@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from segmentation.dicom_writer import write_dicom_series
 from segmentation.errors import ImageWriteError
+from segmentation.synthetic_mr import write_dicom_series
 
 SAGITTAL = (0, 0, -1, 1, 0, 0, 0, -1, 0)  # rows along anterior->posterior, columns head->foot, slices L->R
 

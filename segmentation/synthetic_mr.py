@@ -180,7 +180,7 @@ def write_dicom_series(
         ds.PositionReferenceIndicator = ""
         # General Equipment
         ds.Manufacturer = "MetTrack synthetic"
-        ds.ManufacturerModelName = "dicom_writer"
+        ds.ManufacturerModelName = "synthetic_mr"
         ds.SoftwareVersions = "1"
         ds.DeviceSerialNumber = "0"
         # General Image / General Acquisition
