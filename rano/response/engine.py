@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from rano.errors import ResponseInputError
 from rano.measure import measurability
+from rano.response import reasons as words
 from rano.response.types import (
     Assessment,
     ClinicalStatus,
@@ -42,11 +43,11 @@ def _eligibility(obs: LesionObservation, flags: LesionFlags | None, settings: Re
     if flags is not None:
         for name in ("dural", "bony", "leptomeningeal", "cystic"):
             if getattr(flags, name):
-                return f"{obs.lesion_id} is marked {name}: non-measurable"
+                return words.flagged_non_measurable(obs.lesion_id, name)
         if flags.previously_irradiated and not flags.progressing_since_treatment:
-            return f"{obs.lesion_id} was treated with radiosurgery and is not marked progressing"
+            return words.irradiated_not_progressing(obs.lesion_id)
     if obs.too_small_to_measure:
-        return f"{obs.lesion_id} is marked too small to measure"
+        return words.marked_too_small(obs.lesion_id)
     ok, reason = measurability(
         obs.longest_diameter_mm,
         obs.perpendicular_diameter_mm,
@@ -54,7 +55,7 @@ def _eligibility(obs: LesionObservation, flags: LesionFlags | None, settings: Re
         obs.slice_spacing_mm,
         settings,
     )
-    return None if ok else f"{obs.lesion_id} not measurable: {reason}"
+    return None if ok else words.not_measurable(obs.lesion_id, str(reason))
 
 
 def select_targets(
@@ -93,27 +94,23 @@ def select_targets(
         eligible_ids = {o.lesion_id for o in eligible}
         for lesion_id in chosen:
             if lesion_id not in eligible_ids:
-                reasons.append(f"reader selected {lesion_id} as target although it is not eligible")
-        reasons.append(f"targets selected by the reader: {', '.join(chosen) or 'none'}")
+                reasons.append(words.reader_selected_ineligible(lesion_id))
+        reasons.append(words.reader_targets(chosen))
         targets = chosen
     else:
         ranked = sorted(eligible, key=lambda o: (-o.longest_diameter_mm, -o.volume_mm3, o.lesion_id))
         targets = tuple(o.lesion_id for o in ranked[: settings.max_targets])
         if targets:
             reasons.append(
-                "targets: "
-                + ", ".join(
-                    f"{o.lesion_id} (LD {o.longest_diameter_mm:.1f} mm)"
-                    for o in ranked[: settings.max_targets]
+                words.automatic_targets(
+                    [(o.lesion_id, o.longest_diameter_mm) for o in ranked[: settings.max_targets]],
+                    settings.max_targets,
                 )
-                + f"; the largest measurable lesions, at most {settings.max_targets}"
             )
         else:
-            reasons.append("no measurable disease at baseline")
+            reasons.append(words.NO_MEASURABLE_DISEASE)
         if len(ranked) > settings.max_targets:
-            reasons.append(
-                f"{len(ranked) - settings.max_targets} further measurable lesion(s) followed as non-targets"
-            )
+            reasons.append(words.further_measurable_lesions(len(ranked) - settings.max_targets))
     non_targets = tuple(sorted((i for i in present if i not in targets), key=_id_key))
     return TargetSelection(targets, non_targets, reader.target_ids is not None, tuple(reasons))
 
@@ -140,33 +137,6 @@ def _target_volume(obs: LesionObservation | None) -> float:
 
 def _pct(value: float, reference: float) -> float | None:
     return None if reference <= 0 else (value - reference) / reference * 100.0
-
-
-def _pct_decimals(pct: float, threshold_pct: float, *, met: bool) -> int:
-    """The fewest decimals (whole percents when they do) that print ``pct`` on the side of a threshold
-    the rule found it on: -29.97%, not -30%, for a sum that missed the -30% PR threshold (rano-bm.md
-    section 6: reasons a reader can check).
-
-    Args:
-        pct: The change, in percent.
-        threshold_pct: The rule's threshold in percent: met at or above it when positive (PD), at or
-            below it when negative (PR).
-        met: Whether the rule found the threshold met.
-    """
-    decimals = 0
-    while decimals < 6:
-        shown = float(f"{pct:.{decimals}f}")
-        on_side = shown >= threshold_pct if threshold_pct > 0 else shown <= threshold_pct
-        if on_side == met:
-            break
-        decimals += 1
-    return decimals
-
-
-def _pct_words(pct: float, threshold_pct: float, *, met: bool, signed: bool = True) -> str:
-    """``pct`` as a reason prints it (see :func:`_pct_decimals`): signed (+20%) or as a magnitude (20%)."""
-    decimals = _pct_decimals(pct, threshold_pct, met=met)
-    return f"{pct:+.{decimals}f}%" if signed else f"{abs(pct):.{decimals}f}%"
 
 
 def _validate_visits(visits: Sequence[VisitInput]) -> None:
@@ -222,8 +192,7 @@ def assess(
     selection = select_targets(visits[0], reader, settings)
     volumetric = criteria is Criteria.VOLUMETRIC
     targets, non_targets = selection.target_ids, selection.non_target_ids
-    unit = "mm3" if volumetric else "mm"
-    label = "target volume sum" if volumetric else "SLD"
+    sum_name = words.sum_words(volumetric=volumetric)
 
     obs_by_visit = [{o.lesion_id: o for o in v.observations} for v in visits]
     first_seen: dict[str, str] = {}
@@ -276,7 +245,7 @@ def assess(
                     None,
                     None,
                     None,
-                    (*selection.reasons, f"baseline {label} {current:.1f} {unit}"),
+                    (*selection.reasons, words.baseline_sum(sum_name, current)),
                 )  # fmt: skip
             )
             continue
@@ -307,11 +276,7 @@ def assess(
                     None,
                     None,
                     None,
-                    (
-                        ("imaging missing or unreadable; clinical status worse -> overall PD",)
-                        if clinical_pd
-                        else ("imaging missing or unreadable -> NE",)
-                    ),
+                    ((words.IMAGING_MISSING_CLINICAL_PD,) if clinical_pd else (words.IMAGING_MISSING,)),
                 )  # fmt: skip
             )
             continue
@@ -337,70 +302,66 @@ def assess(
                 for i in targets
                 if per_target[i] - nadir_targets[i] >= settings.pd_min_lesion_increase_mm - _EPS
             ]
-            sum_words = f"{label} {current:.1f} {unit}"
             sum_above_nadir = current >= nadir_sum * pd_factor - _EPS
             if len(absent) == len(targets):
                 target_response = Response.CR
-                reasons.append(f"all targets absent ({', '.join(targets)}) -> target CR")
+                reasons.append(words.targets_absent(targets))
             elif sum_above_nadir and (
                 (not volumetric and grown) or (volumetric and current > nadir_sum + _EPS)
             ):
                 target_response = Response.PD
-                # After a CR the nadir is 0: any sum is above it, by no percentage.
-                change = (
-                    ">"
-                    if pct_nadir is None
-                    else f"is {_pct_words(pct_nadir, pd_threshold, met=True, signed=False)} above"
+                reasons.append(
+                    words.target_pd(
+                        sum_name,
+                        current=current,
+                        nadir=nadir_sum,
+                        nadir_visit=nadir_label,
+                        pct_from_nadir=pct_nadir,
+                        pd_threshold=pd_threshold,
+                        grown=None if volumetric else grown,
+                    )
                 )
-                words = f"{sum_words} {change} nadir {nadir_sum:.1f} {unit} ({nadir_label})"
-                if not volumetric:
-                    words += "; " + ", ".join(f"{i} grew {g:.1f} mm" for i, g in grown)
-                reasons.append(f"{words} -> target PD")
             elif current <= baseline_sum * pr_factor + _EPS:
                 target_response = Response.PR
-                change = (
-                    f"<= {100 + pr_threshold:g}% of"
-                    if pct_base is None
-                    else f"is {_pct_words(pct_base, pr_threshold, met=True, signed=False)} below"
+                reasons.append(
+                    words.target_pr(
+                        sum_name,
+                        current=current,
+                        baseline=baseline_sum,
+                        pct_from_baseline=pct_base,
+                        pr_threshold=pr_threshold,
+                    )
                 )
-                reasons.append(f"{sum_words} {change} baseline {baseline_sum:.1f} {unit} -> target PR")
             else:
                 target_response = Response.SD
-                base_text = None if pct_base is None else _pct_words(pct_base, pr_threshold, met=False)
-                nadir_text = (
-                    None if pct_nadir is None else _pct_words(pct_nadir, pd_threshold, met=sum_above_nadir)
-                )
-                if pct_base is not None and pct_base == pct_nadir:
-                    # Nadir at baseline: one change, printed alike for both thresholds.
-                    decimals = max(
-                        _pct_decimals(pct_base, pr_threshold, met=False),
-                        _pct_decimals(pct_base, pd_threshold, met=sum_above_nadir),
+                reasons.append(
+                    words.target_sd(
+                        sum_name,
+                        current=current,
+                        baseline=baseline_sum,
+                        nadir=nadir_sum,
+                        nadir_visit=nadir_label,
+                        pct_from_baseline=pct_base,
+                        pct_from_nadir=pct_nadir,
+                        pr_threshold=pr_threshold,
+                        pd_threshold=pd_threshold,
+                        above_nadir=sum_above_nadir,
                     )
-                    base_text = nadir_text = f"{pct_base:+.{decimals}f}%"
-                base_words = (
-                    f"baseline {baseline_sum:.1f} {unit}"
-                    if base_text is None
-                    else f"{base_text} from baseline"
                 )
-                nadir_words = (
-                    f"nadir {nadir_sum:.1f} {unit} ({nadir_label})"
-                    if nadir_text is None
-                    else f"{nadir_text} from nadir ({nadir_label})"
-                )
-                reasons.append(f"{sum_words} ({base_words}, {nadir_words}) -> target SD")
                 if not volumetric and sum_above_nadir and not grown:
                     reasons.append(
-                        f"sum is >= {settings.pd_threshold:g}% above nadir but no target grew "
-                        f"{settings.pd_min_lesion_increase_mm:g} mm -> not PD"
+                        words.sum_above_nadir_without_growth(
+                            settings.pd_threshold, settings.pd_min_lesion_increase_mm
+                        )
                     )
             for i in targets:
                 o = obs.get(i)
                 if o is not None and o.too_small_to_measure and o.counts_as_present:
-                    reasons.append(f"{i} marked too small to measure: counts {settings.too_small_mm:g} mm")
+                    reasons.append(words.target_too_small(i, settings.too_small_mm))
                 if o is not None and o.merged_into is not None:
-                    reasons.append(f"{i} merged into {o.merged_into}: counts 0")
+                    reasons.append(words.target_merged(i, o.merged_into))
                 if o is not None and o.fragment_count > 1 and o.counts_as_present:
-                    reasons.append(f"{i} split into {o.fragment_count} fragments: their LDs are summed")
+                    reasons.append(words.target_split(i, o.fragment_count))
 
         # --- non-target response (section 4) ---
         non_target_response: Response | None = None
@@ -411,10 +372,7 @@ def assess(
             nadir_ld = min(nt_history[i]) if nt_history[i] else 0.0
             if ld_now - nadir_ld >= 5.0 - _EPS and ld_now >= 1.2 * nadir_ld - _EPS and ld_now > 0:
                 growth_flags.append(i)
-                reasons.append(
-                    f"non-target {i} grew {ld_now - nadir_ld:.1f} mm from its nadir {nadir_ld:.1f} mm: "
-                    "possible progression, for the reader to judge"
-                )
+                reasons.append(words.non_target_growth(i, ld_now, nadir_ld))
         if visit.unequivocal_non_target_progression and not non_targets:
             raise ResponseInputError(
                 f"visit {visit.visit}: non-target progression set but there are no non-targets"
@@ -422,21 +380,19 @@ def assess(
         if non_targets:
             if visit.unequivocal_non_target_progression:
                 non_target_response = Response.PD
-                reasons.append("reader: unequivocal progression of non-target lesions -> non-target PD")
+                reasons.append(words.NON_TARGET_PD_BY_READER)
             elif all(obs.get(i) is None or not obs[i].seen for i in non_targets):
                 non_target_response = Response.CR
-                reasons.append("all non-target lesions absent -> non-target CR")
+                reasons.append(words.NON_TARGETS_ABSENT)
             else:
                 # A non-target merged into another lesion is still there, inside the merged mass.
                 non_target_response = Response.NON_CR_NON_PD
                 still = [
-                    i if obs[i].counts_as_present else f"{i} (merged into {obs[i].merged_into})"
+                    (i, None if obs[i].counts_as_present else obs[i].merged_into)
                     for i in non_targets
                     if obs.get(i) is not None and obs[i].seen
                 ]
-                reasons.append(
-                    f"non-target lesion(s) present ({', '.join(still)}) -> non-target NON-CR/NON-PD"
-                )
+                reasons.append(words.non_targets_present(still))
 
         # --- new lesions (section 5) ---
         new_ids = sorted((i for i in present_ids if i not in first_seen), key=_id_key)
@@ -452,15 +408,10 @@ def assess(
                 and not o.too_small_to_measure
             ):
                 unequivocal_new.append(i)
-                reasons.append(
-                    f"new lesion {i}: LD {o.longest_diameter_mm:.1f} mm on {o.slice_count} slices -> unequivocal"
-                )
+                reasons.append(words.new_lesion_unequivocal(i, o.longest_diameter_mm, o.slice_count))
             else:
                 equivocal_new.append(i)
-                reasons.append(
-                    f"possible new lesion {i}: LD {o.longest_diameter_mm:.1f} mm on {o.slice_count} slice(s) "
-                    "-> equivocal, PD only if a later scan confirms it"
-                )
+                reasons.append(words.new_lesion_equivocal(i, o.longest_diameter_mm, o.slice_count))
         backdate: dt.date | None = None
         confirmed_new: list[str] = []
         for i, first_index in sorted(pending_equivocal.items()):
@@ -468,12 +419,9 @@ def assess(
                 confirmed_new.append(i)
                 first_date = visits[first_index].date
                 backdate = first_date if backdate is None else min(backdate, first_date)
-                reasons.append(
-                    f"equivocal new lesion {i} first seen at {visits[first_index].visit} is still present -> "
-                    f"confirmed; progression dated {first_date.isoformat()}"
-                )
+                reasons.append(words.equivocal_new_lesion_confirmed(i, visits[first_index].visit, first_date))
             else:
-                reasons.append(f"equivocal new lesion {i} is no longer seen: not progression")
+                reasons.append(words.equivocal_new_lesion_gone(i))
             del pending_equivocal[i]
         for i in equivocal_new:
             pending_equivocal[i] = index
@@ -487,58 +435,49 @@ def assess(
         # --- overall response (section 6) ---
         pd_causes: list[str] = []
         if target_response is Response.PD:
-            pd_causes.append("target PD")
+            pd_causes.append(words.PD_BY_TARGETS)
         if non_target_response is Response.PD:
-            pd_causes.append("non-target PD")
+            pd_causes.append(words.PD_BY_NON_TARGETS)
         if new_status is NewLesions.UNEQUIVOCAL:
             if settings.immunotherapy:
-                reasons.append("immunotherapy setting: new lesions alone do not define progression")
+                reasons.append(words.IMMUNOTHERAPY_NEW_LESIONS)
             else:
-                pd_causes.append("unequivocal new lesion")
+                pd_causes.append(words.PD_BY_NEW_LESION)
         if visit.clinical_status == ClinicalStatus.WORSE:
-            pd_causes.append("clinical status worse")
+            pd_causes.append(words.PD_BY_CLINICAL_STATUS)
         steroids = Steroids(visit.steroids)
         if pd_causes:
             overall = Response.PD
-            reasons.append(f"{' + '.join(pd_causes)} -> overall PD")
+            reasons.append(words.overall_pd(pd_causes))
         elif targets:
             if target_response in (Response.CR, Response.PR) and steroids is Steroids.INCREASED:
                 overall = Response.SD
-                reasons.append(f"target {target_response} but corticosteroids increased -> overall SD")
+                reasons.append(words.steroids_increased(target_response))
             elif target_response is Response.CR:
                 if non_target_response is Response.NON_CR_NON_PD:
                     overall = Response.PR
-                    reasons.append("targets CR but non-target lesions still present -> overall PR")
+                    reasons.append(words.TARGETS_CR_NON_TARGETS_PRESENT)
                 elif steroids in (Steroids.STABLE, Steroids.DECREASED):
                     overall = Response.PR
-                    reasons.append(f"targets CR but corticosteroids in use ({steroids}) -> overall PR")
+                    reasons.append(words.targets_cr_steroids_in_use(steroids))
                 else:
                     overall = Response.CR
-                    reasons.append(
-                        "targets CR, no non-target disease, no new lesion, no corticosteroids -> overall CR"
-                    )
+                    reasons.append(words.OVERALL_CR)
             elif target_response is Response.PR:
                 overall = Response.PR
-                reasons.append("target PR, no progression elsewhere -> overall PR")
+                reasons.append(words.OVERALL_PR)
             else:
                 overall = Response.SD
-                reasons.append("target SD -> overall SD")
+                reasons.append(words.OVERALL_SD)
         else:
             if non_targets and non_target_response is Response.CR and steroids is Steroids.NONE:
                 overall = Response.CR
-                reasons.append(
-                    "no measurable disease; all non-targets absent, no corticosteroids -> overall CR"
-                )
+                reasons.append(words.NO_MEASURABLE_DISEASE_CR)
             else:
                 overall = Response.NON_CR_NON_PD
-                what = (
-                    "non-target disease present or corticosteroids in use"
-                    if non_targets
-                    else "no disease at baseline"
-                )
-                reasons.append(f"no measurable disease at baseline; {what} -> overall NON-CR/NON-PD")
+                reasons.append(words.no_measurable_disease_non_cr_non_pd(has_non_targets=bool(non_targets)))
         if new_status is NewLesions.EQUIVOCAL:
-            reasons.append("flag: possible new lesion")
+            reasons.append(words.POSSIBLE_NEW_LESION_FLAG)
 
         results.append(
             VisitAssessment(
@@ -614,7 +553,7 @@ def _overridden(v: VisitAssessment, response: Response | str | None) -> VisitAss
         backdated_progression_date=v.backdated_progression_date if reader is Response.PD else None,
         reasons=(
             *v.reasons,
-            f"overall response set by the radiologist: {reader} (rules: {v.overall_response})",
+            words.overridden(reader, v.overall_response),
         ),
     )
 
@@ -636,9 +575,9 @@ def _confirm(results: list[VisitAssessment], settings: ResponseSettings) -> list
                 by = later
                 break
         reason = (
-            f"{v.overall_response} confirmed by {by.visit} ({(by.date - v.date).days} days later)"
+            words.confirmed(v.overall_response, by.visit, (by.date - v.date).days)
             if by is not None
-            else f"{v.overall_response} not (yet) confirmed"
+            else words.not_confirmed(v.overall_response)
         )
         out.append(
             replace(
@@ -686,10 +625,11 @@ def compare_criteria(diameter: Assessment, volumetric: Assessment) -> tuple[str,
     out = []
     for d, v in zip(diameter.visits, volumetric.visits, strict=True):
         if not d.is_baseline and d.overall_response != v.overall_response:
-            out.append(f"{d.visit}: RANO-BM {d.overall_response}, volumetric {v.overall_response}")
+            out.append(words.visit_disagreement(d.visit, d.overall_response, v.overall_response))
     if diameter.best_overall_response != volumetric.best_overall_response:
         out.append(
-            f"best overall response: RANO-BM {diameter.best_overall_response}, "
-            f"volumetric {volumetric.best_overall_response}"
+            words.best_overall_response_disagreement(
+                diameter.best_overall_response, volumetric.best_overall_response
+            )
         )
     return tuple(out)
