@@ -9,6 +9,7 @@ from dataclasses import replace
 from rano.errors import ResponseInputError
 from rano.measure import measurability
 from rano.response import reasons as words
+from rano.response.confirmation import confirm, course_outcome
 from rano.response.types import (
     Assessment,
     ClinicalStatus,
@@ -515,21 +516,15 @@ def assess(
     if overall_overrides:
         results = [_overridden(v, overall_overrides.get(v.visit)) for v in results]
     # Each visit's result carries the protocol settings it was assessed under.
-    visits_out = [replace(v, settings=settings.to_dict()) for v in _confirm(results, settings)]
-    bor = _best_overall_response(visits_out, settings, has_targets=bool(targets))
-    progression_visit, progression_date = None, None
-    for v in visits_out:
-        if v.overall_response is Response.PD:
-            progression_visit = v.visit
-            progression_date = v.backdated_progression_date or v.date
-            break
+    visits_out = [replace(v, settings=settings.to_dict()) for v in confirm(results, settings)]
+    outcome = course_outcome(visits_out, settings, has_targets=bool(targets))
     return Assessment(
         criteria=criteria,
         selection=selection,
         visits=tuple(visits_out),
-        best_overall_response=bor,
-        progression_date=progression_date,
-        progression_visit=progression_visit,
+        best_overall_response=outcome.best_overall_response,
+        progression_date=outcome.progression_date,
+        progression_visit=outcome.progression_visit,
         roles=dict(sorted(roles.items(), key=lambda kv: _id_key(kv[0]))),
         first_seen=first_seen,
         settings=settings.to_dict(),
@@ -556,68 +551,6 @@ def _overridden(v: VisitAssessment, response: Response | str | None) -> VisitAss
             words.overridden(reader, v.overall_response),
         ),
     )
-
-
-def _confirm(results: list[VisitAssessment], settings: ResponseSettings) -> list[VisitAssessment]:
-    """Confirmation of CR/PR (rano-bm.md section 7): a later visit >= ``confirmation_days`` after it with
-    the same or a better response and no PD in between."""
-    out: list[VisitAssessment] = []
-    for k, v in enumerate(results):
-        if v.overall_response not in (Response.CR, Response.PR):
-            out.append(v)
-            continue
-        accept = {Response.CR} if v.overall_response is Response.CR else {Response.CR, Response.PR}
-        by: VisitAssessment | None = None
-        for later in results[k + 1 :]:
-            if later.overall_response is Response.PD:
-                break
-            if (later.date - v.date).days >= settings.confirmation_days and later.overall_response in accept:
-                by = later
-                break
-        reason = (
-            words.confirmed(v.overall_response, by.visit, (by.date - v.date).days)
-            if by is not None
-            else words.not_confirmed(v.overall_response)
-        )
-        out.append(
-            replace(
-                v,
-                confirmed=by is not None,
-                confirmed_by=by.visit if by else None,
-                reasons=(*v.reasons, reason),
-            )
-        )
-    return out
-
-
-def _best_overall_response(
-    visits: Sequence[VisitAssessment], settings: ResponseSettings, *, has_targets: bool
-) -> Response | None:
-    """BOR over visits up to and including the first PD (rano-bm.md section 7)."""
-    follow_ups = [v for v in visits if not v.is_baseline]
-    if not follow_ups:
-        return None
-    baseline_date = visits[0].date
-    best, best_rank = Response.NE, 1
-    for v in follow_ups:
-        r = v.overall_response
-        if r in (Response.CR, Response.PR) and v.confirmed:
-            rank, category = (5, Response.CR) if r is Response.CR else (4, Response.PR)
-        elif r in (Response.CR, Response.PR, Response.SD, Response.NON_CR_NON_PD):
-            if (v.date - baseline_date).days >= settings.min_sd_days:
-                rank = 3
-                category = Response.SD if has_targets else Response.NON_CR_NON_PD
-            else:
-                rank, category = 1, Response.NE
-        elif r is Response.PD:
-            rank, category = 2, Response.PD
-        else:
-            rank, category = 1, Response.NE
-        if rank > best_rank:
-            best, best_rank = category, rank
-        if r is Response.PD:
-            break
-    return best
 
 
 def compare_criteria(diameter: Assessment, volumetric: Assessment) -> tuple[str, ...]:
