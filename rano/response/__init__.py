@@ -12,7 +12,8 @@ The package re-exports its public names, so ``from rano.response import assess, 
 
 from __future__ import annotations
 
-from rano.response.engine import assess, compare_criteria, select_targets
+from rano.response.engine import assess, compare_criteria
+from rano.response.targets import select_targets
 from rano.response.types import (
     Assessment,
     ClinicalStatus,

@@ -7,137 +7,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from rano.errors import ResponseInputError
-from rano.measure import measurability
 from rano.response import reasons as words
 from rano.response.confirmation import confirm, course_outcome
+from rano.response.targets import (
+    SumRecord,
+    flags_by_id,
+    nadir,
+    select_targets,
+    target_response,
+    target_sums,
+)
 from rano.response.types import (
+    TOLERANCE,
     Assessment,
     ClinicalStatus,
     Criteria,
-    LesionFlags,
-    LesionObservation,
     NewLesions,
     ReaderInputs,
     Response,
     Role,
     Steroids,
-    TargetSelection,
     VisitAssessment,
     VisitInput,
+    lesion_order,
 )
 from rano.settings import ResponseSettings
-
-_EPS = 1e-9
-
-
-def _flags_by_id(reader: ReaderInputs) -> dict[str, LesionFlags]:
-    flags: dict[str, LesionFlags] = {}
-    for f in reader.lesion_flags:
-        if f.lesion_id in flags:
-            raise ResponseInputError(f"lesion {f.lesion_id} has flags given twice")
-        flags[f.lesion_id] = f
-    return flags
-
-
-def _eligibility(obs: LesionObservation, flags: LesionFlags | None, settings: ResponseSettings) -> str | None:
-    """Why a baseline lesion cannot be a target (None when it can)."""
-    if flags is not None:
-        for name in ("dural", "bony", "leptomeningeal", "cystic"):
-            if getattr(flags, name):
-                return words.flagged_non_measurable(obs.lesion_id, name)
-        if flags.previously_irradiated and not flags.progressing_since_treatment:
-            return words.irradiated_not_progressing(obs.lesion_id)
-    if obs.too_small_to_measure:
-        return words.marked_too_small(obs.lesion_id)
-    ok, reason = measurability(
-        obs.longest_diameter_mm,
-        obs.perpendicular_diameter_mm,
-        obs.slice_count,
-        obs.slice_spacing_mm,
-        settings,
-    )
-    return None if ok else words.not_measurable(obs.lesion_id, str(reason))
-
-
-def select_targets(
-    baseline: VisitInput,
-    reader: ReaderInputs = ReaderInputs(),  # noqa: B008 - frozen
-    settings: ResponseSettings = ResponseSettings(),  # noqa: B008 - frozen
-) -> TargetSelection:
-    """Targets at baseline (rano-bm.md section 2): up to ``max_targets`` measurable lesions, largest LD
-    first (ties: larger volume, then lesion id); every other baseline lesion is a non-target.
-
-    Raises:
-        ResponseInputError: When the reader selects an unknown/absent lesion, the same lesion twice,
-            or more than ``max_targets``.
-    """
-    flags = _flags_by_id(reader)
-    present = {o.lesion_id: o for o in baseline.observations if o.counts_as_present}
-    reasons: list[str] = []
-    eligible: list[LesionObservation] = []
-    for obs in present.values():
-        why_not = _eligibility(obs, flags.get(obs.lesion_id), settings)
-        if why_not is None:
-            eligible.append(obs)
-        else:
-            reasons.append(why_not)
-    if reader.target_ids is not None:
-        chosen = tuple(reader.target_ids)
-        if len(set(chosen)) != len(chosen):
-            raise ResponseInputError("the reader's target selection names a lesion twice")
-        if len(chosen) > settings.max_targets:
-            raise ResponseInputError(
-                f"the reader selected {len(chosen)} targets; at most {settings.max_targets}"
-            )
-        for lesion_id in chosen:
-            if lesion_id not in present:
-                raise ResponseInputError(f"reader-selected target {lesion_id} is not present at baseline")
-        eligible_ids = {o.lesion_id for o in eligible}
-        for lesion_id in chosen:
-            if lesion_id not in eligible_ids:
-                reasons.append(words.reader_selected_ineligible(lesion_id))
-        reasons.append(words.reader_targets(chosen))
-        targets = chosen
-    else:
-        ranked = sorted(eligible, key=lambda o: (-o.longest_diameter_mm, -o.volume_mm3, o.lesion_id))
-        targets = tuple(o.lesion_id for o in ranked[: settings.max_targets])
-        if targets:
-            reasons.append(
-                words.automatic_targets(
-                    [(o.lesion_id, o.longest_diameter_mm) for o in ranked[: settings.max_targets]],
-                    settings.max_targets,
-                )
-            )
-        else:
-            reasons.append(words.NO_MEASURABLE_DISEASE)
-        if len(ranked) > settings.max_targets:
-            reasons.append(words.further_measurable_lesions(len(ranked) - settings.max_targets))
-    non_targets = tuple(sorted((i for i in present if i not in targets), key=_id_key))
-    return TargetSelection(targets, non_targets, reader.target_ids is not None, tuple(reasons))
-
-
-def _id_key(lesion_id: str) -> tuple[int, str]:
-    digits = "".join(ch for ch in lesion_id if ch.isdigit())
-    return (int(digits) if digits else 0, lesion_id)
-
-
-def _target_ld(obs: LesionObservation | None, settings: ResponseSettings) -> float:
-    """LD a target contributes to the SLD (rano-bm.md section 3)."""
-    if obs is None or not obs.counts_as_present:
-        return 0.0
-    if obs.too_small_to_measure:
-        return settings.too_small_mm
-    return obs.longest_diameter_mm
-
-
-def _target_volume(obs: LesionObservation | None) -> float:
-    if obs is None or not obs.counts_as_present:
-        return 0.0
-    return obs.volume_mm3
-
-
-def _pct(value: float, reference: float) -> float | None:
-    return None if reference <= 0 else (value - reference) / reference * 100.0
 
 
 def _validate_visits(visits: Sequence[VisitInput]) -> None:
@@ -185,7 +79,7 @@ def assess(
     except ValueError:
         raise ResponseInputError(f"unknown criteria {criteria!r}; use rano-bm or volumetric") from None
     _validate_visits(visits)
-    flags = _flags_by_id(reader)
+    flags = flags_by_id(reader)
     seen_ids = {o.lesion_id for v in visits for o in v.observations}
     unknown = sorted(set(flags) - seen_ids)
     if unknown:
@@ -201,7 +95,7 @@ def assess(
     roles.update({i: Role.NON_TARGET for i in non_targets})
 
     results: list[VisitAssessment] = []
-    history: list[tuple[int, float, dict[str, float]]] = []  # assessable visits: (index, sum, per-target)
+    history: list[SumRecord] = []  # assessable visits
     nt_history: dict[str, list[float]] = {i: [] for i in non_targets}
     pending_equivocal: dict[str, int] = {}  # new lesion id -> visit index first showing it
     baseline_sum = 0.0
@@ -209,18 +103,15 @@ def assess(
     for index, visit in enumerate(visits):
         obs = obs_by_visit[index]
         present_ids = [i for i, o in obs.items() if o.counts_as_present]
-        sum_ld = sum(_target_ld(obs.get(i), settings) for i in targets)
-        sum_vol = sum(_target_volume(obs.get(i)) for i in targets)
-        per_target = {
-            i: (_target_volume(obs.get(i)) if volumetric else _target_ld(obs.get(i), settings))
-            for i in targets
-        }
-        current = sum_vol if volumetric else sum_ld
+        sums = target_sums(obs, targets, criteria, settings)
+        sum_ld, sum_vol, current = sums.sum_ld_mm, sums.sum_volume_mm3, sums.current
         if index == 0:
             for i in present_ids:
                 first_seen[i] = visit.visit
             baseline_sum = current
-            history.append((0, current, per_target))
+            history.append(
+                SumRecord(visit_index=0, visit=visit.visit, total=current, per_target=sums.per_target)
+            )
             for i in non_targets:
                 nt_history[i].append(obs[i].longest_diameter_mm)
             results.append(
@@ -283,86 +174,11 @@ def assess(
             continue
 
         reasons: list[str] = []
-        # --- nadir: smallest sum on study before this visit, baseline included (section 3) ---
-        nadir_index, nadir_sum, nadir_targets = min(history, key=lambda h: (h[1], -h[0]))
-        nadir_label = visits[nadir_index].visit
-
-        # --- target response (section 3 / section 8) ---
-        target_response: Response | None = None
-        pct_base = _pct(current, baseline_sum) if targets else None
-        pct_nadir = _pct(current, nadir_sum) if targets else None
-        if targets:
-            # A target merged into another lesion counts 0 mm but is inside the mass: not absent.
-            absent = [i for i in targets if obs.get(i) is None or not obs[i].seen]
-            pd_threshold = settings.vol_pd_threshold if volumetric else settings.pd_threshold
-            pr_threshold = settings.vol_pr_threshold if volumetric else settings.pr_threshold
-            pd_factor = 1 + pd_threshold / 100
-            pr_factor = 1 + pr_threshold / 100
-            grown = [
-                (i, per_target[i] - nadir_targets[i])
-                for i in targets
-                if per_target[i] - nadir_targets[i] >= settings.pd_min_lesion_increase_mm - _EPS
-            ]
-            sum_above_nadir = current >= nadir_sum * pd_factor - _EPS
-            if len(absent) == len(targets):
-                target_response = Response.CR
-                reasons.append(words.targets_absent(targets))
-            elif sum_above_nadir and (
-                (not volumetric and grown) or (volumetric and current > nadir_sum + _EPS)
-            ):
-                target_response = Response.PD
-                reasons.append(
-                    words.target_pd(
-                        sum_name,
-                        current=current,
-                        nadir=nadir_sum,
-                        nadir_visit=nadir_label,
-                        pct_from_nadir=pct_nadir,
-                        pd_threshold=pd_threshold,
-                        grown=None if volumetric else grown,
-                    )
-                )
-            elif current <= baseline_sum * pr_factor + _EPS:
-                target_response = Response.PR
-                reasons.append(
-                    words.target_pr(
-                        sum_name,
-                        current=current,
-                        baseline=baseline_sum,
-                        pct_from_baseline=pct_base,
-                        pr_threshold=pr_threshold,
-                    )
-                )
-            else:
-                target_response = Response.SD
-                reasons.append(
-                    words.target_sd(
-                        sum_name,
-                        current=current,
-                        baseline=baseline_sum,
-                        nadir=nadir_sum,
-                        nadir_visit=nadir_label,
-                        pct_from_baseline=pct_base,
-                        pct_from_nadir=pct_nadir,
-                        pr_threshold=pr_threshold,
-                        pd_threshold=pd_threshold,
-                        above_nadir=sum_above_nadir,
-                    )
-                )
-                if not volumetric and sum_above_nadir and not grown:
-                    reasons.append(
-                        words.sum_above_nadir_without_growth(
-                            settings.pd_threshold, settings.pd_min_lesion_increase_mm
-                        )
-                    )
-            for i in targets:
-                o = obs.get(i)
-                if o is not None and o.too_small_to_measure and o.counts_as_present:
-                    reasons.append(words.target_too_small(i, settings.too_small_mm))
-                if o is not None and o.merged_into is not None:
-                    reasons.append(words.target_merged(i, o.merged_into))
-                if o is not None and o.fragment_count > 1 and o.counts_as_present:
-                    reasons.append(words.target_split(i, o.fragment_count))
+        nadir_sums = nadir(history)
+        nadir_sum, nadir_label = nadir_sums.total, nadir_sums.visit
+        target = target_response(obs, targets, sums, baseline_sum, nadir_sums, criteria, settings)
+        reasons.extend(target.reasons)
+        pct_base, pct_nadir = target.pct_change_from_baseline, target.pct_change_from_nadir
 
         # --- non-target response (section 4) ---
         non_target_response: Response | None = None
@@ -371,7 +187,7 @@ def assess(
             o = obs.get(i)
             ld_now = o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0
             nadir_ld = min(nt_history[i]) if nt_history[i] else 0.0
-            if ld_now - nadir_ld >= 5.0 - _EPS and ld_now >= 1.2 * nadir_ld - _EPS and ld_now > 0:
+            if ld_now - nadir_ld >= 5.0 - TOLERANCE and ld_now >= 1.2 * nadir_ld - TOLERANCE and ld_now > 0:
                 growth_flags.append(i)
                 reasons.append(words.non_target_growth(i, ld_now, nadir_ld))
         if visit.unequivocal_non_target_progression and not non_targets:
@@ -396,7 +212,7 @@ def assess(
                 reasons.append(words.non_targets_present(still))
 
         # --- new lesions (section 5) ---
-        new_ids = sorted((i for i in present_ids if i not in first_seen), key=_id_key)
+        new_ids = sorted((i for i in present_ids if i not in first_seen), key=lesion_order)
         unequivocal_new: list[str] = []
         equivocal_new: list[str] = []
         for i in new_ids:
@@ -404,7 +220,7 @@ def assess(
             roles[i] = Role.NEW
             o = obs[i]
             if (
-                o.longest_diameter_mm >= settings.new_lesion_min_ld_mm - _EPS
+                o.longest_diameter_mm >= settings.new_lesion_min_ld_mm - TOLERANCE
                 and o.slice_count >= 2
                 and not o.too_small_to_measure
             ):
@@ -435,7 +251,7 @@ def assess(
 
         # --- overall response (section 6) ---
         pd_causes: list[str] = []
-        if target_response is Response.PD:
+        if target.response is Response.PD:
             pd_causes.append(words.PD_BY_TARGETS)
         if non_target_response is Response.PD:
             pd_causes.append(words.PD_BY_NON_TARGETS)
@@ -451,10 +267,10 @@ def assess(
             overall = Response.PD
             reasons.append(words.overall_pd(pd_causes))
         elif targets:
-            if target_response in (Response.CR, Response.PR) and steroids is Steroids.INCREASED:
+            if target.response in (Response.CR, Response.PR) and steroids is Steroids.INCREASED:
                 overall = Response.SD
-                reasons.append(words.steroids_increased(target_response))
-            elif target_response is Response.CR:
+                reasons.append(words.steroids_increased(str(target.response)))
+            elif target.response is Response.CR:
                 if non_target_response is Response.NON_CR_NON_PD:
                     overall = Response.PR
                     reasons.append(words.TARGETS_CR_NON_TARGETS_PRESENT)
@@ -464,7 +280,7 @@ def assess(
                 else:
                     overall = Response.CR
                     reasons.append(words.OVERALL_CR)
-            elif target_response is Response.PR:
+            elif target.response is Response.PR:
                 overall = Response.PR
                 reasons.append(words.OVERALL_PR)
             else:
@@ -493,7 +309,7 @@ def assess(
                 nadir_visit=nadir_label if targets else None,
                 pct_change_from_baseline=pct_base,
                 pct_change_from_nadir=pct_nadir,
-                target_response=target_response,
+                target_response=target.response,
                 non_target_response=non_target_response,
                 new_lesions=new_status,
                 new_lesion_ids=tuple(new_ids),
@@ -506,7 +322,9 @@ def assess(
                 reasons=tuple(reasons),
             )
         )
-        history.append((index, current, per_target))
+        history.append(
+            SumRecord(visit_index=index, visit=visit.visit, total=current, per_target=sums.per_target)
+        )
         for i in non_targets:
             o = obs.get(i)
             if o is not None and o.merged_into is not None:
@@ -525,7 +343,7 @@ def assess(
         best_overall_response=outcome.best_overall_response,
         progression_date=outcome.progression_date,
         progression_visit=outcome.progression_visit,
-        roles=dict(sorted(roles.items(), key=lambda kv: _id_key(kv[0]))),
+        roles=dict(sorted(roles.items(), key=lambda kv: lesion_order(kv[0]))),
         first_seen=first_seen,
         settings=settings.to_dict(),
     )

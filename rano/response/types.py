@@ -17,6 +17,10 @@ from typing import Any
 from rano import ENGINE_VERSION
 from rano.errors import ResponseInputError
 
+#: The rules compare sums and diameters with their thresholds within this tolerance, so that a value
+#: equal to a threshold on paper (SLD 24.5 mm of 35 mm is exactly -30%) is not missed to float rounding.
+TOLERANCE = 1e-9
+
 
 class Response(StrEnum):
     """Response categories (CDISC-style codes used across MetTrack)."""
@@ -251,3 +255,9 @@ class Assessment:
     first_seen: Mapping[str, str]
     settings: dict[str, Any] = field(default_factory=dict)
     engine_version: str = ENGINE_VERSION
+
+
+def lesion_order(lesion_id: str) -> tuple[int, str]:
+    """Sort key of lesion ids: by the number they hold (L2 before L10), then by the id itself."""
+    digits = "".join(ch for ch in lesion_id if ch.isdigit())
+    return (int(digits) if digits else 0, lesion_id)
