@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from rano.errors import ResponseInputError
 from rano.response import reasons as words
 from rano.response.confirmation import confirm, course_outcome
+from rano.response.new_lesions import new_lesions
+from rano.response.non_targets import non_target_response
 from rano.response.targets import (
     SumRecord,
     flags_by_id,
@@ -18,7 +19,6 @@ from rano.response.targets import (
     target_sums,
 )
 from rano.response.types import (
-    TOLERANCE,
     Assessment,
     ClinicalStatus,
     Criteria,
@@ -97,7 +97,7 @@ def assess(
     results: list[VisitAssessment] = []
     history: list[SumRecord] = []  # assessable visits
     nt_history: dict[str, list[float]] = {i: [] for i in non_targets}
-    pending_equivocal: dict[str, int] = {}  # new lesion id -> visit index first showing it
+    pending_equivocal: dict[str, VisitInput] = {}  # equivocal new lesion id -> visit first showing it
     baseline_sum = 0.0
 
     for index, visit in enumerate(visits):
@@ -180,80 +180,25 @@ def assess(
         reasons.extend(target.reasons)
         pct_base, pct_nadir = target.pct_change_from_baseline, target.pct_change_from_nadir
 
-        # --- non-target response (section 4) ---
-        non_target_response: Response | None = None
-        growth_flags: list[str] = []
-        for i in non_targets:
-            o = obs.get(i)
-            ld_now = o.longest_diameter_mm if o is not None and o.counts_as_present else 0.0
-            nadir_ld = min(nt_history[i]) if nt_history[i] else 0.0
-            if ld_now - nadir_ld >= 5.0 - TOLERANCE and ld_now >= 1.2 * nadir_ld - TOLERANCE and ld_now > 0:
-                growth_flags.append(i)
-                reasons.append(words.non_target_growth(i, ld_now, nadir_ld))
-        if visit.unequivocal_non_target_progression and not non_targets:
-            raise ResponseInputError(
-                f"visit {visit.visit}: non-target progression set but there are no non-targets"
-            )
-        if non_targets:
-            if visit.unequivocal_non_target_progression:
-                non_target_response = Response.PD
-                reasons.append(words.NON_TARGET_PD_BY_READER)
-            elif all(obs.get(i) is None or not obs[i].seen for i in non_targets):
-                non_target_response = Response.CR
-                reasons.append(words.NON_TARGETS_ABSENT)
-            else:
-                # A non-target merged into another lesion is still there, inside the merged mass.
-                non_target_response = Response.NON_CR_NON_PD
-                still = [
-                    (i, None if obs[i].counts_as_present else obs[i].merged_into)
-                    for i in non_targets
-                    if obs.get(i) is not None and obs[i].seen
-                ]
-                reasons.append(words.non_targets_present(still))
+        non_target = non_target_response(visit, obs, non_targets, nt_history)
+        reasons.extend(non_target.reasons)
+        non_target_response_ = non_target.response
+        growth_flags = non_target.growth_flags
 
-        # --- new lesions (section 5) ---
-        new_ids = sorted((i for i in present_ids if i not in first_seen), key=lesion_order)
-        unequivocal_new: list[str] = []
-        equivocal_new: list[str] = []
-        for i in new_ids:
+        new = new_lesions(visit, obs, first_seen, pending_equivocal, settings)
+        reasons.extend(new.reasons)
+        for i in new.new_ids:
             first_seen[i] = visit.visit
             roles[i] = Role.NEW
-            o = obs[i]
-            if (
-                o.longest_diameter_mm >= settings.new_lesion_min_ld_mm - TOLERANCE
-                and o.slice_count >= 2
-                and not o.too_small_to_measure
-            ):
-                unequivocal_new.append(i)
-                reasons.append(words.new_lesion_unequivocal(i, o.longest_diameter_mm, o.slice_count))
-            else:
-                equivocal_new.append(i)
-                reasons.append(words.new_lesion_equivocal(i, o.longest_diameter_mm, o.slice_count))
-        backdate: dt.date | None = None
-        confirmed_new: list[str] = []
-        for i, first_index in sorted(pending_equivocal.items()):
-            if i in present_ids:
-                confirmed_new.append(i)
-                first_date = visits[first_index].date
-                backdate = first_date if backdate is None else min(backdate, first_date)
-                reasons.append(words.equivocal_new_lesion_confirmed(i, visits[first_index].visit, first_date))
-            else:
-                reasons.append(words.equivocal_new_lesion_gone(i))
-            del pending_equivocal[i]
-        for i in equivocal_new:
-            pending_equivocal[i] = index
-        if unequivocal_new or confirmed_new:
-            new_status = NewLesions.UNEQUIVOCAL
-        elif equivocal_new:
-            new_status = NewLesions.EQUIVOCAL
-        else:
-            new_status = NewLesions.NONE
+        pending_equivocal = dict(new.pending)
+        new_status, new_ids, equivocal_new = new.status, new.new_ids, new.equivocal_ids
+        backdate = new.backdated_progression_date
 
         # --- overall response (section 6) ---
         pd_causes: list[str] = []
         if target.response is Response.PD:
             pd_causes.append(words.PD_BY_TARGETS)
-        if non_target_response is Response.PD:
+        if non_target_response_ is Response.PD:
             pd_causes.append(words.PD_BY_NON_TARGETS)
         if new_status is NewLesions.UNEQUIVOCAL:
             if settings.immunotherapy:
@@ -271,7 +216,7 @@ def assess(
                 overall = Response.SD
                 reasons.append(words.steroids_increased(str(target.response)))
             elif target.response is Response.CR:
-                if non_target_response is Response.NON_CR_NON_PD:
+                if non_target_response_ is Response.NON_CR_NON_PD:
                     overall = Response.PR
                     reasons.append(words.TARGETS_CR_NON_TARGETS_PRESENT)
                 elif steroids in (Steroids.STABLE, Steroids.DECREASED):
@@ -287,7 +232,7 @@ def assess(
                 overall = Response.SD
                 reasons.append(words.OVERALL_SD)
         else:
-            if non_targets and non_target_response is Response.CR and steroids is Steroids.NONE:
+            if non_targets and non_target_response_ is Response.CR and steroids is Steroids.NONE:
                 overall = Response.CR
                 reasons.append(words.NO_MEASURABLE_DISEASE_CR)
             else:
@@ -310,7 +255,7 @@ def assess(
                 pct_change_from_baseline=pct_base,
                 pct_change_from_nadir=pct_nadir,
                 target_response=target.response,
-                non_target_response=non_target_response,
+                non_target_response=non_target_response_,
                 new_lesions=new_status,
                 new_lesion_ids=tuple(new_ids),
                 possible_new_lesion_ids=tuple(equivocal_new),
