@@ -298,8 +298,16 @@ def _measured_response(
     pct_base = percent_change(current, baseline_sum)
     pct_nadir = percent_change(current, nadir_sum)
     above_nadir = current >= nadir_sum * percent_factor(pd_threshold) - TOLERANCE
-    grown = None if volumetric else _grown_targets(sums, nadir_sums, settings)
-    if above_nadir and (current > nadir_sum + TOLERANCE if grown is None else bool(grown)):
+    grown: list[tuple[str, float]] | None
+    if volumetric:
+        # No per-lesion rule on volumes; the sum must also exceed the nadir, so that 0 mm3 after a
+        # 0 mm3 nadir (a CR) is not PD.
+        grown = None
+        progressed = above_nadir and current > nadir_sum + TOLERANCE
+    else:
+        grown = _grown_targets(sums, nadir_sums, settings)
+        progressed = above_nadir and bool(grown)
+    if progressed:
         text = words.target_pd(
             sum_name,
             current=current,

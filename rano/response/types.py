@@ -3,7 +3,8 @@
 Inputs (:class:`VisitInput`, :class:`LesionObservation`, :class:`ReaderInputs`, :class:`LesionFlags`)
 validate themselves on construction, so the rules never see an inconsistent visit. Outputs
 (:class:`TargetSelection`, :class:`VisitAssessment`, :class:`Assessment`) carry their reasons, the
-settings and the engine version.
+settings and the engine version. Two helpers every part shares live here too: the float tolerance of
+the rules' threshold comparisons and the order of lesion ids.
 """
 
 from __future__ import annotations
