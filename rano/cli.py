@@ -13,6 +13,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -88,17 +89,20 @@ def _r(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def assess_files(
-    visits_json: Path, criteria: str = "both", settings: ResponseSettings | None = None
-) -> dict[str, Any]:
-    """Run the whole pipeline (components, registration, matching, measurement, response) on a VISITS.json.
+@dataclass(frozen=True)
+class _LoadedVisit:
+    """One entry of VISITS.json, checked, with its mask and image read (None when not given)."""
 
-    Raises:
-        InputError, RanoError: On any bad input, with a one-line message.
-    """
-    settings = settings or ResponseSettings()
-    if criteria not in ("rano-bm", "volumetric", "both"):
-        raise InputError(f"--criteria must be rano-bm, volumetric or both, got {criteria!r}")
+    label: str
+    date: dt.date
+    steroids: Steroids
+    clinical_status: ClinicalStatus
+    mask: sitk.Image | None
+    image: sitk.Image | None
+
+
+def _read_visits_file(visits_json: Path) -> tuple[str, list[Any]]:
+    """The subject id and the visit entries of a VISITS.json, its top level checked."""
     try:
         data = json.loads(Path(visits_json).read_text())
     except FileNotFoundError:
@@ -116,63 +120,106 @@ def assess_files(
         raise InputError("subject_id must be a non-empty string")
     if not isinstance(visits_in, list) or not visits_in:
         raise InputError("visits must be a non-empty list")
+    return subject_id, visits_in
+
+
+def _visit_label(entry: Any, number: int) -> str:
+    if not isinstance(entry, dict):
+        raise InputError(f"visit #{number + 1} must be a JSON object")
+    label = entry.get("visit")
+    if not isinstance(label, str) or not label:
+        raise InputError(f"visit #{number + 1}: 'visit' must be a non-empty string")
+    return label
+
+
+def _visit_mask(entry: dict[str, Any], label: str, base_dir: Path, *, baseline: bool) -> sitk.Image | None:
+    """The visit's mask; None when imaging is missing (``"mask": null``, not allowed at baseline)."""
+    if "mask" not in entry:
+        raise InputError(f"visit {label}: 'mask' (a file path, or null when imaging is missing) is required")
+    if entry["mask"] is None:
+        # Imaging missing for this visit: it is assessed NE (rano-bm.md section 6).
+        if baseline:
+            raise InputError(f"baseline visit {label} needs a mask")
+        if entry.get("image") is not None:
+            raise InputError(f"visit {label}: an image without a mask")
+        return None
+    if not isinstance(entry["mask"], str):
+        raise InputError(f"visit {label}: 'mask' must be a file path or null")
+    return _read_image(base_dir / entry["mask"], f"visit {label}: mask")
+
+
+def _visit_image(entry: dict[str, Any], label: str, base_dir: Path, mask: sitk.Image) -> sitk.Image | None:
+    """The visit's image, which must lie on its mask's grid; None when not given."""
+    if entry.get("image") is None:
+        return None
+    if not isinstance(entry["image"], str):
+        raise InputError(f"visit {label}: 'image' must be a file path")
+    image = _read_image(base_dir / entry["image"], f"visit {label}: image")
+    same_grid = (
+        image.GetSize() == mask.GetSize()
+        and np.allclose(image.GetSpacing(), mask.GetSpacing(), atol=1e-4)
+        and np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-3)
+        and np.allclose(image.GetDirection(), mask.GetDirection(), atol=1e-4)
+    )
+    if not same_grid:
+        raise InputError(f"visit {label}: image and mask lie on different grids")
+    return image
+
+
+def _load_visit(entry: Any, number: int, loaded: Sequence[_LoadedVisit], base_dir: Path) -> _LoadedVisit:
+    """Entry ``number`` of the visits list, checked in the order its errors are reported."""
+    label = _visit_label(entry, number)
+    unknown = sorted(set(entry) - _VISIT_KEYS)
+    if unknown:
+        raise InputError(f"visit {label}: unknown field(s) {', '.join(unknown)}")
+    if any(label == row.label for row in loaded):
+        raise InputError(f"visit {label} appears twice")
+    date = _date(entry.get("date"), label)
+    if loaded and date <= loaded[-1].date:
+        raise InputError(f"visit {label}: dates out of order ({date} is not after {loaded[-1].date})")
+    steroids = _choice(entry.get("steroids", "none"), Steroids, "steroids", label)
+    clinical = _choice(entry.get("clinical_status", "stable"), ClinicalStatus, "clinical_status", label)
+    mask = _visit_mask(entry, label, base_dir, baseline=not loaded)
+    return _LoadedVisit(
+        label=label,
+        date=date,
+        steroids=steroids,
+        clinical_status=clinical,
+        mask=mask,
+        image=None if mask is None else _visit_image(entry, label, base_dir, mask),
+    )
+
+
+def assess_files(
+    visits_json: Path, criteria: str = "both", settings: ResponseSettings | None = None
+) -> dict[str, Any]:
+    """Run the whole pipeline (components, registration, matching, measurement, response) on a VISITS.json.
+
+    Raises:
+        InputError, RanoError: On any bad input, with a one-line message.
+    """
+    settings = settings or ResponseSettings()
+    if criteria not in ("rano-bm", "volumetric", "both"):
+        raise InputError(f"--criteria must be rano-bm, volumetric or both, got {criteria!r}")
+    subject_id, visits_in = _read_visits_file(visits_json)
     base_dir = Path(visits_json).resolve().parent
-
-    loaded: list[tuple[str, dt.date, Steroids, ClinicalStatus, sitk.Image | None, sitk.Image | None]] = []
-    previous_date: dt.date | None = None
+    loaded: list[_LoadedVisit] = []
     for number, entry in enumerate(visits_in):
-        if not isinstance(entry, dict):
-            raise InputError(f"visit #{number + 1} must be a JSON object")
-        label = entry.get("visit")
-        if not isinstance(label, str) or not label:
-            raise InputError(f"visit #{number + 1}: 'visit' must be a non-empty string")
-        unknown = sorted(set(entry) - _VISIT_KEYS)
-        if unknown:
-            raise InputError(f"visit {label}: unknown field(s) {', '.join(unknown)}")
-        if any(label == row[0] for row in loaded):
-            raise InputError(f"visit {label} appears twice")
-        date = _date(entry.get("date"), label)
-        if previous_date is not None and date <= previous_date:
-            raise InputError(f"visit {label}: dates out of order ({date} is not after {previous_date})")
-        previous_date = date
-        steroids = _choice(entry.get("steroids", "none"), Steroids, "steroids", label)
-        clinical = _choice(entry.get("clinical_status", "stable"), ClinicalStatus, "clinical_status", label)
-        if "mask" not in entry:
-            raise InputError(
-                f"visit {label}: 'mask' (a file path, or null when imaging is missing) is required"
-            )
-        mask: sitk.Image | None = None
-        image: sitk.Image | None = None
-        if entry["mask"] is None:
-            # Imaging missing for this visit: it is assessed NE (rano-bm.md section 6).
-            if not loaded:
-                raise InputError(f"baseline visit {label} needs a mask")
-            if entry.get("image") is not None:
-                raise InputError(f"visit {label}: an image without a mask")
-        elif not isinstance(entry["mask"], str):
-            raise InputError(f"visit {label}: 'mask' must be a file path or null")
-        else:
-            mask = _read_image(base_dir / entry["mask"], f"visit {label}: mask")
-        if mask is not None and entry.get("image") is not None:
-            if not isinstance(entry["image"], str):
-                raise InputError(f"visit {label}: 'image' must be a file path")
-            image = _read_image(base_dir / entry["image"], f"visit {label}: image")
-            same_grid = (
-                image.GetSize() == mask.GetSize()
-                and np.allclose(image.GetSpacing(), mask.GetSpacing(), atol=1e-4)
-                and np.allclose(image.GetOrigin(), mask.GetOrigin(), atol=1e-3)
-                and np.allclose(image.GetDirection(), mask.GetDirection(), atol=1e-4)
-            )
-            if not same_grid:
-                raise InputError(f"visit {label}: image and mask lie on different grids")
-        loaded.append((label, date, steroids, clinical, mask, image))
+        loaded.append(_load_visit(entry, number, loaded, base_dir))
 
-    observed = observe_visits([row[4] for row in loaded], [row[5] for row in loaded], settings)
+    observed = observe_visits([row.mask for row in loaded], [row.image for row in loaded], settings)
     visit_inputs = [
-        VisitInput(label, date, obs.observations, steroids, clinical, imaging_available=mask is not None)
-        for (label, date, steroids, clinical, mask, _), obs in zip(loaded, observed, strict=True)
+        VisitInput(
+            visit=row.label,
+            date=row.date,
+            observations=obs.observations,
+            steroids=row.steroids,
+            clinical_status=row.clinical_status,
+            imaging_available=row.mask is not None,
+        )
+        for row, obs in zip(loaded, observed, strict=True)
     ]
-    measured = {row[0]: obs.measurements for row, obs in zip(loaded, observed, strict=True)}
+    measured = {row.label: obs.measurements for row, obs in zip(loaded, observed, strict=True)}
     diameter = assess(visit_inputs, settings=settings, criteria=Criteria.RANO_BM)
     volumetric = assess(visit_inputs, settings=settings, criteria=Criteria.VOLUMETRIC)
     primary = volumetric if criteria == "volumetric" else diameter

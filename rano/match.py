@@ -139,6 +139,113 @@ def lesion_number(lesion_id: str) -> int:
     return int(digits) if digits else 0
 
 
+@dataclass(frozen=True)
+class _Pairs:
+    """Every (current component, earlier lesion) pair, by index into ``labels`` and ``ids``.
+
+    Attributes:
+        labels: Current component labels, sorted.
+        ids: Earlier lesion ids, in lesion-number order.
+        overlap: Shared voxels, components x lesions.
+        dist: Centroid distances (mm), components x lesions.
+    """
+
+    labels: list[int]
+    ids: list[str]
+    overlap: NDArray[np.int64]
+    dist: NDArray[np.float64]
+
+
+def _pairs(current: Mapping[int, Footprint], prior: Mapping[str, Footprint]) -> _Pairs:
+    labels = sorted(current)
+    ids = sorted(prior, key=lambda i: (lesion_number(i), i))
+    overlap = np.zeros((len(labels), len(ids)), dtype=np.int64)
+    dist = np.full((len(labels), len(ids)), np.inf)
+    for a, lab in enumerate(labels):
+        c = current[lab]
+        for b, lid in enumerate(ids):
+            p = prior[lid]
+            dist[a, b] = math.dist(c.centroid_mm, p.centroid_mm)
+            overlap[a, b] = c.overlap(p)  # returns at once when the bounding boxes are disjoint
+    return _Pairs(labels=labels, ids=ids, overlap=overlap, dist=dist)
+
+
+def _primary_matches(
+    pairs: _Pairs, current: Mapping[int, Footprint], prior: Mapping[str, Footprint], max_distance_mm: float
+) -> dict[int, int]:
+    """The one-to-one part: component index -> earlier lesion index (linear_sum_assignment)."""
+    overlap, dist = pairs.overlap, pairs.dist
+    if not (pairs.labels and pairs.ids):
+        return {}
+    sizes_c = np.array([current[lab].voxels for lab in pairs.labels], dtype=np.float64)
+    sizes_p = np.array([prior[i].voxels for i in pairs.ids], dtype=np.float64)
+    eligible = (overlap > 0) | (dist <= max_distance_mm)
+    # Overlap (as a fraction of the smaller footprint) dominates; proximity breaks ties and
+    # matches lesions that moved off their old footprint.
+    frac = overlap / np.maximum(1.0, np.minimum(sizes_c[:, None], sizes_p[None, :]))
+    closeness = np.clip(1.0 - dist / max(max_distance_mm, 1e-9), 0.0, 1.0)
+    score = np.where(eligible, 2.0 * frac + closeness + 1e-3, 0.0)
+    rows, cols = linear_sum_assignment(-score)
+    return {int(r): int(c) for r, c in zip(rows, cols, strict=True) if eligible[r, c]}
+
+
+def _merges(
+    pairs: _Pairs, primary: Mapping[int, int], targets: frozenset[str]
+) -> tuple[dict[int, int], dict[str, str]]:
+    """Merges: an earlier lesion left without a component of its own but overlapping a matched
+    component was absorbed by it. The merged mass belongs to the target it overlaps most, or to the
+    lesion it overlaps most when it absorbed no target (rano-bm.md section 3).
+
+    Returns:
+        Component index -> index of the lesion that owns it, and merged lesion id -> owner id.
+    """
+    overlap, ids = pairs.overlap, pairs.ids
+    matched_prior = set(primary.values())
+    absorbed: dict[int, list[int]] = {}
+    for b in range(len(ids)):
+        if b in matched_prior:
+            continue
+        hits = [a for a in primary if overlap[a, b] > 0]
+        if hits:
+            absorbed.setdefault(max(hits, key=lambda k: (overlap[k, b], -k)), []).append(b)
+    owner_of_component: dict[int, int] = dict(primary)
+    merged_into: dict[str, str] = {}
+    for a, extra in absorbed.items():
+        group = [primary[a], *extra]
+        owner = max(group, key=lambda bb: (ids[bb] in targets, overlap[a, bb], -bb))
+        owner_of_component[a] = owner
+        for bb in group:
+            if bb != owner:
+                merged_into[ids[bb]] = ids[owner]
+    return owner_of_component, merged_into
+
+
+def _earlier_lesion(
+    a: int,
+    pairs: _Pairs,
+    owner_of_component: Mapping[int, int],
+    merged_into: Mapping[str, str],
+    absent_last_visit: frozenset[str],
+) -> ComponentAssignment | None:
+    """Component ``a`` as matched, merged or reappeared, or as a fragment of a split lesion; None
+    when it belongs to no earlier lesion (new)."""
+    overlap, dist, ids, lab = pairs.overlap, pairs.dist, pairs.ids, pairs.labels[a]
+    if a in owner_of_component:
+        b = owner_of_component[a]
+        kind = (
+            MatchKind.MERGED
+            if any(v == ids[b] for v in merged_into.values())
+            else (MatchKind.REAPPEARED if ids[b] in absent_last_visit else MatchKind.MATCHED)
+        )
+        return ComponentAssignment(lab, ids[b], kind, int(overlap[a, b]), float(dist[a, b]))
+    touching = [b for b in range(len(ids)) if overlap[a, b] > 0]
+    if touching:
+        b = max(touching, key=lambda k: (overlap[a, k], -k))
+        target = merged_into.get(ids[b], ids[b])
+        return ComponentAssignment(lab, target, MatchKind.SPLIT, int(overlap[a, b]), float(dist[a, b]))
+    return None
+
+
 def match_components(
     current: Mapping[int, Footprint],
     prior: Mapping[str, Footprint],
@@ -163,83 +270,27 @@ def match_components(
     """
     if max_distance_mm < 0 or not math.isfinite(max_distance_mm):
         raise MatchError(f"max_distance_mm must be a finite distance >= 0, got {max_distance_mm}")
-    labels = sorted(current)
-    ids = sorted(prior, key=lambda i: (lesion_number(i), i))
+    pairs = _pairs(current, prior)
     if next_number is None:
-        next_number = max((lesion_number(i) for i in ids), default=0) + 1
-    n, m = len(labels), len(ids)
-    overlap = np.zeros((n, m), dtype=np.int64)
-    dist = np.full((n, m), np.inf)
-    for a, lab in enumerate(labels):
-        c = current[lab]
-        for b, lid in enumerate(ids):
-            p = prior[lid]
-            dist[a, b] = math.dist(c.centroid_mm, p.centroid_mm)
-            overlap[a, b] = c.overlap(p)  # returns at once when the bounding boxes are disjoint
-    sizes_c = np.array([current[lab].voxels for lab in labels], dtype=np.float64)
-    sizes_p = np.array([prior[i].voxels for i in ids], dtype=np.float64)
-    eligible = (overlap > 0) | (dist <= max_distance_mm)
-
-    primary: dict[int, int] = {}  # component index -> prior index
-    if n and m:
-        # Overlap (as a fraction of the smaller footprint) dominates; proximity breaks ties and
-        # matches lesions that moved off their old footprint.
-        frac = overlap / np.maximum(1.0, np.minimum(sizes_c[:, None], sizes_p[None, :]))
-        closeness = np.clip(1.0 - dist / max(max_distance_mm, 1e-9), 0.0, 1.0)
-        score = np.where(eligible, 2.0 * frac + closeness + 1e-3, 0.0)
-        rows, cols = linear_sum_assignment(-score)
-        primary = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if eligible[r, c]}
-
-    matched_prior = set(primary.values())
-    # Merges: an earlier lesion left without a component of its own but overlapping a matched
-    # component was absorbed by it. The merged mass belongs to the target it overlaps most, or to the
-    # lesion it overlaps most when it absorbed no target (rano-bm.md section 3).
-    absorbed: dict[int, list[int]] = {}
-    for b in range(m):
-        if b in matched_prior:
-            continue
-        hits = [a for a in primary if overlap[a, b] > 0]
-        if hits:
-            absorbed.setdefault(max(hits, key=lambda k: (overlap[k, b], -k)), []).append(b)
-    owner_of_component: dict[int, int] = dict(primary)
-    merged_into: dict[str, str] = {}
-    for a, extra in absorbed.items():
-        group = [primary[a], *extra]
-        owner = max(group, key=lambda bb: (ids[bb] in targets, overlap[a, bb], -bb))
-        owner_of_component[a] = owner
-        for bb in group:
-            if bb != owner:
-                merged_into[ids[bb]] = ids[owner]
+        next_number = max((lesion_number(i) for i in pairs.ids), default=0) + 1
+    primary = _primary_matches(pairs, current, prior, max_distance_mm)
+    owner_of_component, merged_into = _merges(pairs, primary, targets)
 
     assignments: list[ComponentAssignment] = []
     new_ids: list[str] = []
     assigned_ids: set[str] = set()
-    for a, lab in enumerate(labels):
-        if a in owner_of_component:
-            b = owner_of_component[a]
-            kind = (
-                MatchKind.MERGED
-                if any(v == ids[b] for v in merged_into.values())
-                else (MatchKind.REAPPEARED if ids[b] in absent_last_visit else MatchKind.MATCHED)
-            )
-            assignments.append(ComponentAssignment(lab, ids[b], kind, int(overlap[a, b]), float(dist[a, b])))
-            assigned_ids.add(ids[b])
-            continue
-        touching = [b for b in range(m) if overlap[a, b] > 0]
-        if touching:
-            b = max(touching, key=lambda k: (overlap[a, k], -k))
-            target = merged_into.get(ids[b], ids[b])
-            assignments.append(
-                ComponentAssignment(lab, target, MatchKind.SPLIT, int(overlap[a, b]), float(dist[a, b]))
-            )
-            assigned_ids.add(target)
-            continue
-        lesion_id = f"L{next_number}"
-        next_number += 1
-        new_ids.append(lesion_id)
-        assignments.append(ComponentAssignment(lab, lesion_id, MatchKind.NEW, 0, None))
+    for a, lab in enumerate(pairs.labels):
+        found = _earlier_lesion(a, pairs, owner_of_component, merged_into, absent_last_visit)
+        if found is None:
+            lesion_id = f"L{next_number}"
+            next_number += 1
+            new_ids.append(lesion_id)
+            found = ComponentAssignment(lab, lesion_id, MatchKind.NEW, 0, None)
+        else:
+            assigned_ids.add(found.lesion_id)
+        assignments.append(found)
     # A lesion matched only through its fragments (its primary component went elsewhere) is present.
-    absent = tuple(i for i in ids if i not in assigned_ids and i not in merged_into)
+    absent = tuple(i for i in pairs.ids if i not in assigned_ids and i not in merged_into)
     return VisitMatch(tuple(assignments), absent, merged_into, tuple(new_ids), next_number)
 
 

@@ -15,6 +15,11 @@ from typing import Any
 
 from rano.errors import SettingsError
 
+#: Above this slice spacing the minimum measurable LD depends on the spacing (rano-bm.md section 2), mm.
+THICK_SLICE_SPACING_MM = 5.0
+#: ... and is this many slice spacings (section 2: "the minimum LD becomes 2 x slice spacing").
+THICK_SLICE_LD_FACTOR = 2.0
+
 
 @dataclass(frozen=True)
 class ResponseSettings:
@@ -55,17 +60,15 @@ class ResponseSettings:
     def __post_init__(self) -> None:
         # Validate on construction so an invalid protocol can never reach the rules.
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("bool", bool):
-                if not isinstance(value, bool):
-                    raise SettingsError(f"setting {f.name!r} must be true or false, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise SettingsError(f"setting {f.name!r} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise SettingsError(f"setting {f.name!r} must be finite, got {value!r}")
-            if f.type in ("int", int) and not float(value).is_integer():
-                raise SettingsError(f"setting {f.name!r} must be a whole number, got {value!r}")
+            _check_type(f, getattr(self, f.name))
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Every setting within its range (types already checked).
+
+        Raises:
+            SettingsError: Naming the first setting out of range.
+        """
         if self.max_targets < 1:
             raise SettingsError(f"setting 'max_targets' must be at least 1, got {self.max_targets}")
         for name in (
@@ -136,6 +139,24 @@ class ResponseSettings:
         Args:
             slice_spacing_mm: Distance between axial slices; ``None`` when unknown.
         """
-        if slice_spacing_mm is not None and slice_spacing_mm > 5.0:
-            return max(self.measurable_min_ld_mm, 2.0 * slice_spacing_mm)
+        if slice_spacing_mm is not None and slice_spacing_mm > THICK_SLICE_SPACING_MM:
+            return max(self.measurable_min_ld_mm, THICK_SLICE_LD_FACTOR * slice_spacing_mm)
         return self.measurable_min_ld_mm
+
+
+def _check_type(f: dataclasses.Field[Any], value: Any) -> None:
+    """One setting of the right type: true/false for a flag, a finite number (whole for an int).
+
+    Raises:
+        SettingsError: Naming the setting and the value it got.
+    """
+    if f.type in ("bool", bool):
+        if not isinstance(value, bool):
+            raise SettingsError(f"setting {f.name!r} must be true or false, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingsError(f"setting {f.name!r} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise SettingsError(f"setting {f.name!r} must be finite, got {value!r}")
+    if f.type in ("int", int) and not float(value).is_integer():
+        raise SettingsError(f"setting {f.name!r} must be a whole number, got {value!r}")

@@ -26,11 +26,11 @@ from __future__ import annotations
 import struct
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmwrite
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
@@ -100,12 +100,15 @@ def encode_part10(ds: Dataset, *, encoded: MutableMapping[Any, bytes] | None = N
     Raises:
         Whatever pydicom raises for a dataset it cannot write (e.g. invalid file meta).
     """
-    file_meta = getattr(ds, "file_meta", None)
+    file_meta: FileMetaDataset | None = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    implicit = {ExplicitVRLittleEndian: False, ImplicitVRLittleEndian: True}.get(syntax)
+    implicit = (
+        None if syntax is None else {ExplicitVRLittleEndian: False, ImplicitVRLittleEndian: True}.get(syntax)
+    )
     preamble = getattr(ds, "preamble", None) or b"\x00" * 128
     if (
-        implicit is None
+        file_meta is None  # (then implicit is None too; said again for the type checker)
+        or implicit is None
         or len(preamble) != 128
         or any(tag.group in (0, 2) for tag in ds.keys())  # noqa: SIM118 - dcmwrite refuses these (iterating a Dataset would decode every element)
         or ds.original_encoding != (implicit, True)
@@ -134,7 +137,7 @@ def encode_part10(ds: Dataset, *, encoded: MutableMapping[Any, bytes] | None = N
 
 
 def _write_file_meta(
-    fp: DicomBytesIO, file_meta: Dataset, encoded: MutableMapping[Any, bytes] | None
+    fp: DicomBytesIO, file_meta: FileMetaDataset, encoded: MutableMapping[Any, bytes] | None
 ) -> None:
     """pydicom's ``write_file_meta_info(fp, file_meta, enforce_standard=True)``, elements through the cache."""
     validate_file_meta(file_meta, enforce_standard=True)  # raises as dcmwrite does; adds what it may
@@ -167,7 +170,8 @@ def _write_elements(
             continue
         elem = ds.get_item(tag)  # reads a deferred value (the pixel data) from the source file
         value = elem.value if elem.is_raw else None
-        if value is not None and elem.length != _UNDEFINED_LENGTH:
+        # A raw element is a RawDataElement, which pydicom's get_item overload types as a DataElement.
+        if value is not None and cast(RawDataElement, elem).length != _UNDEFINED_LENGTH:
             size = len(value)
             if implicit:
                 write(_IMPLICIT.pack(tag.group, tag.element, size))
@@ -183,7 +187,7 @@ def _write_elements(
                 write(value)
                 continue
         key = None if encoded is None or elem.is_raw else _element_key(elem)
-        if key is None:
+        if key is None or encoded is None:  # (encoded None makes key None; said for the type checker)
             write_data_element(fp, elem, charset)  # the unusual raw ones, and values not compared
             continue
         key = (context, key)
