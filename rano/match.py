@@ -14,8 +14,9 @@ the lesions seen at any earlier visit by overlap and centroid distance, with sci
 - **new**: components matched to no earlier lesion get the next free label.
 
 Lesion labels (L1, L2, ...) never change once given. :func:`match_components` is pure numpy on
-footprints in the reference grid (callable from stored masks); :class:`LesionTracker` wraps
-resampling and keeps each lesion's latest footprint.
+footprints in the reference grid (callable from stored masks); :func:`rano.tracking.track_visit` adds
+one visit (measure, register, match, lesion maps) and :class:`rano.tracking.LesionTracker` keeps each
+lesion's latest footprint across visits.
 """
 
 from __future__ import annotations
@@ -396,72 +397,6 @@ def to_reference(
     )
 
 
-class LesionTracker:
-    """Matches successive visits of one patient, keeping each lesion's latest footprint.
-
-    Args:
-        reference: Baseline image or mask; its grid is the common space.
-        max_distance_mm: See :func:`match_components`.
-    """
-
-    def __init__(self, reference: sitk.Image, *, max_distance_mm: float = DEFAULT_MAX_DISTANCE_MM) -> None:
-        if reference.GetDimension() != 3:
-            raise MatchError("the reference image must be 3D")
-        self._reference = reference
-        self._geometry = Geometry.of(reference)
-        self._max_distance_mm = max_distance_mm
-        self._prior: dict[str, Footprint] = {}
-        self._absent_last: frozenset[str] = frozenset()
-        self._next_number = 1
-        self.visits: list[VisitMatch] = []
-
-    @property
-    def lesion_ids(self) -> tuple[str, ...]:
-        """Every lesion id given so far."""
-        return tuple(sorted(self._prior, key=lambda i: (lesion_number(i), i)))
-
-    def add_visit(
-        self,
-        labels: sitk.Image,
-        transform: sitk.Transform | None = None,
-        *,
-        targets: frozenset[str] = frozenset(),
-    ) -> VisitMatch:
-        """Match a visit's component label image (its own grid) against every earlier visit.
-
-        Args:
-            labels: Component labels of this visit (e.g. from :func:`rano.measure.label_components`).
-            transform: Reference-to-this-visit transform from :func:`register_rigid`; None = identity.
-            targets: Target lesion ids (see :func:`match_components`).
-        """
-        if transform is None and self.visits:
-            check_same_space(self._reference, labels)
-        # Keep the resampled image alive while its array view is used.
-        resampled = to_reference(labels, self._reference, transform)
-        ref_labels = sitk.GetArrayViewFromImage(resampled)
-        current = footprints(ref_labels, self._geometry)
-        # Components that fall outside the reference grid after resampling still need an id.
-        native = ndimage.find_objects(sitk.GetArrayViewFromImage(labels))
-        for index, bbox in enumerate(native):
-            if bbox is not None and index + 1 not in current:
-                raise MatchError(f"lesion component {index + 1} lies outside the baseline field of view")
-        result = match_components(
-            current,
-            self._prior,
-            next_number=self._next_number,
-            absent_last_visit=self._absent_last,
-            max_distance_mm=self._max_distance_mm,
-            targets=targets,
-        )
-        for lesion_id, labs in result.components_of().items():
-            parts = [current[lab] for lab in labs]
-            self._prior[lesion_id] = parts[0] if len(parts) == 1 else _union(parts, self._geometry)
-        self._absent_last = frozenset(result.absent_ids) | frozenset(result.merged_into)
-        self._next_number = result.next_number
-        self.visits.append(result)
-        return result
-
-
 @dataclass(frozen=True)
 class PriorVisit:
     """An earlier visit as stored: its component labels, which lesion each label is, and its transform.
@@ -489,7 +424,7 @@ def match_visit(
 ) -> VisitMatch:
     """Match a new visit's components against every earlier visit's lesions, from stored masks.
 
-    The stateless counterpart of :class:`LesionTracker` for callers that keep each visit's labels and
+    The stateless counterpart of :class:`rano.tracking.LesionTracker` for callers that keep each visit's labels and
     lesion ids (e.g. in a database): each lesion's footprint is taken from the latest earlier visit
     that shows it.
 
@@ -522,7 +457,7 @@ def match_visit(
         for lesion_id, fps in this_visit.items():
             latest[lesion_id] = fps
             seen_at[lesion_id] = k
-    prior = {i: fps[0] if len(fps) == 1 else _union(fps, geometry) for i, fps in latest.items()}
+    prior = {i: union_footprint(fps, geometry) for i, fps in latest.items()}
     last = len(prior_visits) - 1
     absent_last = frozenset(i for i, k in seen_at.items() if k != last)
     if transform is None and prior_visits:
@@ -538,7 +473,10 @@ def match_visit(
     )
 
 
-def _union(parts: Sequence[Footprint], geometry: Geometry) -> Footprint:
+def union_footprint(parts: Sequence[Footprint], geometry: Geometry) -> Footprint:
+    """One footprint of several (the fragments of a split lesion); a single part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
     lo = np.min([p.start_zyx for p in parts], axis=0)
     hi = np.max([np.add(p.start_zyx, p.mask.shape) for p in parts], axis=0)
     mask = np.zeros(tuple(hi - lo), dtype=bool)
@@ -553,17 +491,22 @@ def _union(parts: Sequence[Footprint], geometry: Geometry) -> Footprint:
 
 
 def observations_from_match(
-    measurements: Sequence[LesionMeasurement], match: VisitMatch, known_ids: Sequence[str] = ()
+    measurements: Sequence[LesionMeasurement],
+    match: VisitMatch,
+    known_ids: Sequence[str] = (),
+    components: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[LesionObservation, ...]:
     """Per-lesion observations of one visit from its component measurements and its match.
 
+    ``components`` (lesion id -> component labels) defaults to the match's own; a caller that gave
+    lesions to components outside the match (:attr:`rano.tracking.TrackedVisit.components`) passes them.
     Fragments of a split lesion sum their LDs and volumes (rano-bm.md section 3); the perpendicular
     and slice spacing come from the largest fragment; the slice count is the largest of them.
     Earlier lesions that are absent or merged get an absent observation (merged ones name the owner).
     """
     by_label = {m.label: m for m in measurements}
     out: list[LesionObservation] = []
-    for lesion_id, labs in match.components_of().items():
+    for lesion_id, labs in (components if components is not None else match.components_of()).items():
         try:
             parts = [by_label[lab] for lab in labs]
         except KeyError as exc:

@@ -1,8 +1,8 @@
 """From per-visit lesion masks (and optional images) to response-engine observations.
 
-The chain is: connected components -> registration to baseline (when both images exist) ->
-matching against every earlier visit -> measurement on each visit's native grid -> per-lesion
-observations (split fragments summed, merges recorded). ``rano-assess`` and the property tests use
+The chain is: connected components -> registration to baseline (when both images exist) -> one
+visit measured and matched against every earlier visit (:func:`rano.tracking.track_visit`, as the
+service's analysis stage does) -> per-lesion observations (split fragments summed, merges recorded). ``rano-assess`` and the property tests use
 it; the service layer can use it for a patient whose masks are on disk.
 """
 
@@ -17,16 +17,16 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from rano.errors import GeometryError
-from rano.match import LesionTracker, VisitMatch, observations_from_match, register_rigid
+from rano.match import VisitMatch, observations_from_match, register_rigid
 from rano.measure import (
     Geometry,
     LesionMeasurement,
     label_components,
     label_components_array,
-    measure_lesions,
 )
 from rano.response import LesionObservation, VisitInput, select_targets
 from rano.settings import ResponseSettings
+from rano.tracking import LesionTracker
 
 
 @dataclass(frozen=True)
@@ -112,17 +112,15 @@ def observe_visits(
         elif image is not None and images[0] is not None:
             transform = register_rigid(images[0], image)
         known = tracker.lesion_ids
-        match = tracker.add_visit(components, transform, targets=target_ids)
-        measurements = measure_lesions(components, image, settings=settings, relabel=False)
-        by_label = {m.label: m for m in measurements}
+        tracked = tracker.track(components, image, transform, settings=settings, targets=target_ids)
         largest = {
-            lesion_id: max((by_label[lab] for lab in labs), key=lambda m: m.longest_diameter_mm)
-            for lesion_id, labs in match.components_of().items()
+            lesion_id: max(tracked.measurements_of(lesion_id), key=lambda m: m.longest_diameter_mm)
+            for lesion_id in tracked.components
         }
-        observations = observations_from_match(measurements, match, known)
+        observations = observations_from_match(tracked.measurements, tracked.match, known, tracked.components)
         if not out and targets is None:
             # select_targets reads only the observations; the date is a placeholder.
             baseline = VisitInput("baseline", dt.date(2000, 1, 1), tuple(observations))
             target_ids = frozenset(select_targets(baseline, settings=settings).target_ids)
-        out.append(ObservedVisit(observations, largest, match))
+        out.append(ObservedVisit(observations, largest, tracked.match))
     return out

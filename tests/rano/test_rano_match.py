@@ -9,7 +9,6 @@ from rano_cases import sphere_mask, synthetic_t1c
 
 from rano.errors import MatchError
 from rano.match import (
-    LesionTracker,
     MatchKind,
     PriorVisit,
     check_same_space,
@@ -20,6 +19,7 @@ from rano.match import (
     register_rigid,
 )
 from rano.measure import Geometry, label_components, measure_lesions
+from rano.tracking import LesionTracker
 
 A, B, C = ((16, 16, 16), 6.0), ((44, 40, 20), 5.0), ((20, 46, 30), 4.0)
 

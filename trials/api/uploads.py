@@ -33,8 +33,9 @@ from rest_framework.views import APIView
 
 from trials.actions.imaging import resegment_series, upload_series
 from trials.api import serializers as s
+from trials.api.views import TimepointViewSet
 from trials.exceptions import DuplicateSeriesError
-from trials.models import Timepoint
+from trials.models import ImagingSeries, Timepoint
 from trials.permissions import MANAGE_PATIENTS, has_capability, visible_trial_ids
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -130,8 +131,6 @@ class SeriesUploadView(APIView):
     @extend_schema(responses=s.ImagingSeriesSerializer(many=True))
     def get(self, request: Request, pk: int) -> Any:
         """Series of this visit (the visit viewset's list)."""
-        from trials.api.views import TimepointViewSet
-
         return TimepointViewSet.as_view({"get": "series"})(request._request, pk=pk)
 
     @extend_schema(
@@ -252,8 +251,6 @@ class SeriesSegmentView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         """Queue the segmentation, lesion matching and assessment of this series again."""
-        from trials.models import ImagingSeries
-
         series = (
             ImagingSeries.objects.select_related("timepoint__patient__trial")
             .filter(pk=pk, timepoint__patient__trial__in=visible_trial_ids(request.user))

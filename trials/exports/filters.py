@@ -5,14 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db.models import Exists, OuterRef, Q
 
 from trials.choices import AssessmentStatus, Criteria
-
-if TYPE_CHECKING:
-    from trials.models import Trial
+from trials.models import Assessment, Trial
 
 
 class ExportError(Exception):
@@ -134,8 +132,6 @@ class ExportFilters:
             q &= Q(**{f"{prefix}scan_date__lte": self.date_to})
         if self.only_confirmed:
             # EXISTS rather than a join: the caller's queryset may already join assessments.
-            from trials.models import Assessment
-
             signed_rows = Assessment.objects.filter(
                 criteria=Criteria.RANO_BM,
                 is_current=True,

@@ -19,7 +19,6 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 from django.db import transaction
 from django.utils import timezone
@@ -33,7 +32,8 @@ from rano.match import (
     register_rigid,
     to_reference,
 )
-from rano.measure import Geometry, LesionMeasurement, measure_lesions
+from rano.measure import Geometry, LesionMeasurement
+from rano.tracking import track_visit
 from segmentation.errors import ImagingError
 from trials.choices import JobState, LesionRole, ObservationSource, RunStatus
 from trials.exceptions import InvalidStateError
@@ -226,10 +226,12 @@ def analyse_run(
     time, and in one transaction, so a crash stores nothing. A run already analysed (status succeeded)
     is left as it is.
 
-    The common space is the grid of the patient's first analysed series; this visit's image is rigidly
-    registered to it (rano.match.register_rigid) and its component labels resampled onto it. The
-    resulting lesion map (voxel value = lesion number) is saved as ``masks/run_<id>/lesions_ref.nii.gz``
-    for the matching of later visits.
+    The image half (measure, register to the common space, match, lesion maps) is
+    :func:`rano.tracking.track_visit`; this function gives it what the database knows (the common
+    space: the grid of the patient's first analysed series; each known lesion's footprint there; the
+    next free label; the target roles) and stores what it returns: lesions, observations, and the lesion
+    maps (``masks/run_<id>/lesions_ref.nii.gz`` in the common space, for the matching of later visits;
+    ``lesions.nii.gz`` on the series' grid, for its RTSTRUCT and SEG).
 
     Returns:
         A summary: ``{"lesions": {label: kind}, "new": [...], "absent": [...], "timings_s": {...}}``.
@@ -238,7 +240,6 @@ def analyse_run(
         InvalidStateError: The run has no stored mask.
         RanoError: Matching failed (e.g. registration).
     """
-
     run = (
         SegmentationRun.objects.select_for_update()
         .select_related("series__timepoint__patient__trial")
@@ -251,55 +252,40 @@ def analyse_run(
         return {"already_analysed": True}
     if not run.mask_file:
         raise InvalidStateError(f"Segmentation run {run.pk} has no stored mask to analyse.")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
     settings_ = patient.trial.response_settings()
     labels = sitk.Cast(read_image_field(run.mask_file), sitk.sitkUInt32)
     image = read_image_field(series.volume_file)
-    measurements = measure_lesions(labels, image, settings=settings_, relabel=False)
-    timings["measure_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     runs = analysed_runs(patient)
     reference_run = runs[0] if runs else run
-    if reference_run.pk == run.pk:
-        reference, transform = image, None
-    else:
-        reference = read_image_field(reference_run.series.volume_file)
-        transform = register_rigid(reference, image)
-    timings["register_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    geometry = Geometry.of(reference)
-    resampled = to_reference(labels, reference, transform)
-    ref_labels = sitk.GetArrayFromImage(resampled)
-    current = footprints(ref_labels, geometry)
+    # The common space is the grid of the patient's first analysed series; the lesions known so far
+    # (their footprints there), the next free label and the stored target roles come from the database.
+    reference = None if reference_run.pk == run.pk else read_image_field(reference_run.series.volume_file)
+    geometry = Geometry.of(reference if reference is not None else image)
     prior, absent_last = _prior_footprints(patient, timepoint, runs, geometry, run)
-    next_number = lesion_number(next_lesion_label(patient))
     # A merged mass goes to the target it overlaps most (rano-bm.md section 3): roles as stored.
     targets = frozenset(
         Lesion.objects.filter(patient=patient, role=LesionRole.TARGET).values_list("label", flat=True)
     )
-    match = match_components(
-        current, prior, next_number=next_number, absent_last_visit=absent_last, targets=targets
+    tracked = track_visit(
+        labels,
+        image,
+        settings=settings_,
+        reference=reference,
+        register=True,
+        prior=prior,
+        next_number=lesion_number(next_lesion_label(patient)),
+        absent_last=absent_last,
+        targets=targets,
     )
-    components = {lesion_id: list(labs) for lesion_id, labs in match.components_of().items()}
-    new_ids = list(match.new_ids)
-    number = match.next_number
-    for m in measurements:  # a component that left the reference field of view still is a lesion
-        if m.label not in current:
-            lesion_id = f"L{number}"
-            number += 1
-            new_ids.append(lesion_id)
-            components[lesion_id] = [m.label]
-    timings["match_s"] = time.perf_counter() - t0
+    match, components = tracked.match, tracked.components
+    timings = dict(tracked.timings_s)
 
     t0 = time.perf_counter()
     lesions = {
         lesion.label: lesion
         for lesion in Lesion.objects.filter(patient=patient).select_related("first_seen_timepoint")
     }
-    for lesion_id in new_ids:
+    for lesion_id in tracked.new_ids:
         lesions[lesion_id] = create_lesion(
             patient,
             label=lesion_id,
@@ -308,11 +294,10 @@ def analyse_run(
             reason="new lesion found by the AI",
             correlation_id=correlation_id,
         )
-    by_label = {m.label: m for m in measurements}
-    for lesion_id, labs in components.items():
+    for lesion_id in components:
         lesion = lesions[lesion_id]
         _upsert_observation(
-            lesion, timepoint, _observation_values([by_label[lab] for lab in labs], run),
+            lesion, timepoint, _observation_values(tracked.measurements_of(lesion_id), run),
             actor=actor, correlation_id=correlation_id,
         )  # fmt: skip
         first = lesion.first_seen_timepoint
@@ -330,21 +315,9 @@ def analyse_run(
             lesion, timepoint, _absent_values(run, why, into), actor=actor, correlation_id=correlation_id
         )
 
-    lesion_map = np.zeros(ref_labels.shape, dtype=np.uint32)
-    for lesion_id, labs in components.items():
-        for lab in labs:
-            lesion_map[ref_labels == lab] = lesion_number(lesion_id)
-    map_image = sitk.GetImageFromArray(lesion_map)
-    map_image.CopyInformation(reference)
-    write_label_image(map_image, run_file_name(run, LESION_MAP_REFERENCE))
+    write_label_image(tracked.reference_map, run_file_name(run, LESION_MAP_REFERENCE))
     # The same lesion numbers on the series' own grid: what the RTSTRUCT and SEG of this run show.
-    native_labels = sitk.GetArrayFromImage(labels)
-    lut = np.zeros(int(native_labels.max()) + 1, dtype=np.uint32)  # component label -> lesion number
-    for lesion_id, labs in components.items():
-        lut[list(labs)] = lesion_number(lesion_id)
-    native = sitk.GetImageFromArray(lut[native_labels])
-    native.CopyInformation(labels)
-    write_label_image(native, run_file_name(run, LESION_MAP))
+    write_label_image(tracked.lesion_map, run_file_name(run, LESION_MAP))
     _complete_later_visits(patient, timepoint, runs, actor=actor, correlation_id=correlation_id)
     timings["store_s"] = time.perf_counter() - t0
 
@@ -362,7 +335,7 @@ def analyse_run(
         "run_id": run.pk,
         "reference_run_id": reference_run.pk,
         "lesions": {k: kinds.get(k, "new") for k in components},
-        "new": new_ids,
+        "new": list(tracked.new_ids),
         "absent": list(match.absent_ids),
         "merged_into": dict(match.merged_into),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
