@@ -18,8 +18,6 @@ import time
 import tracemalloc
 from typing import Any
 
-from trials.actions import trials as trial_actions
-
 PATIENTS = 1000
 VISITS = 8
 LESIONS = 6
@@ -40,6 +38,7 @@ def build_bulk_trial(code: str, patients: int, visits: int = VISITS, lesions: in
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
+    from trials.actions import trials as trial_actions
     from trials.models import (
         Assessment,
         ImagingSeries,

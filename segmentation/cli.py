@@ -23,12 +23,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from segmentation.errors import ImagingError
-from segmentation.model import DEMO_MODEL_DIR, ModelError
+from segmentation.model import DEMO_MODEL_DIR, LoadedModel, ModelError
+
+if TYPE_CHECKING:
+    from segmentation.io import LoadedSeries
 
 
 def _segment_parser() -> argparse.ArgumentParser:
@@ -36,18 +40,35 @@ def _segment_parser() -> argparse.ArgumentParser:
         prog="bm-segment", description="Segment and measure brain metastases on a post-gadolinium 3D T1 MRI."
     )
     p.add_argument("input", nargs="?", type=Path, help="NIfTI file, DICOM folder or zip of one DICOM series")
-    p.add_argument("output_dir", nargs="?", type=Path, help="folder for mask.nii.gz, lesions.json, RTSTRUCT, SEG")
-    p.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="model directory (default: the demo model)")
+    p.add_argument(
+        "output_dir", nargs="?", type=Path, help="folder for mask.nii.gz, lesions.json, RTSTRUCT, SEG"
+    )
+    p.add_argument(
+        "--model", type=Path, default=DEMO_MODEL_DIR, help="model directory (default: the demo model)"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA only)")
-    p.add_argument("--sw-batch-size", type=_positive_int, help="windows per forward pass (default: model config)")
-    p.add_argument("--overlap", type=_overlap, help="sliding-window overlap in [0, 1) (default: model config)")
-    p.add_argument("--threshold", type=_probability, help="probability threshold in (0, 1) (default: model config)")
+    p.add_argument(
+        "--sw-batch-size", type=_positive_int, help="windows per forward pass (default: model config)"
+    )
+    p.add_argument(
+        "--overlap", type=_overlap, help="sliding-window overlap in [0, 1) (default: model config)"
+    )
+    p.add_argument(
+        "--threshold", type=_probability, help="probability threshold in (0, 1) (default: model config)"
+    )
     p.add_argument("--series-uid", help="Series Instance UID when the DICOM input holds several series")
-    p.add_argument("--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours")
-    p.add_argument("--overlay-slices", help="comma-separated axial slice indices for overlay.png (default: through the lesions)")
-    p.add_argument("--self-check", action="store_true", help="run the model on a generated phantom, report Dice")
+    p.add_argument(
+        "--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours"
+    )
+    p.add_argument(
+        "--overlay-slices",
+        help="comma-separated axial slice indices for overlay.png (default: through the lesions)",
+    )
+    p.add_argument(
+        "--self-check", action="store_true", help="run the model on a generated phantom, report Dice"
+    )
     p.add_argument("--seed", type=int, default=7, help="phantom seed of --self-check")
     p.add_argument("--min-dice", type=float, default=0.5, help="--self-check fails below this Dice")
     return p
@@ -119,8 +140,36 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _segment(args: argparse.Namespace) -> int:
+def _write_dicom_outputs(
+    labels: sitk.Image, series: LoadedSeries, model: LoadedModel, out: Path, notes: list[str]
+) -> list[str]:
+    """The SEG and RTSTRUCT of the lesions of a DICOM input (file names written; ``notes`` says what not)."""
     from segmentation.contours import write_rtstruct, write_seg
+
+    values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(labels)) if v > 0]
+    if not values:
+        notes.append("no lesion found: no RTSTRUCT/SEG written")
+        return []
+    names = {v: f"L{v}" for v in values}
+    write_seg(
+        labels, series, out / "seg.dcm", lesion_names=names,
+        algorithm_name=model.config.name, algorithm_version=model.config.algorithm_version(),
+        algorithm_parameters={"weights_sha256": model.config.weights_sha256, "label": model.config.label},
+    )  # fmt: skip
+    written = ["seg.dcm"]
+    if series.info.missing_rtstruct_attributes:
+        notes.append(
+            "RTSTRUCT not written: the series lacks " + ", ".join(series.info.missing_rtstruct_attributes)
+        )
+    else:
+        write_rtstruct(
+            labels, series, out / "rtstruct.dcm", lesion_names=names, provenance=model.config.provenance()
+        )
+        written.append("rtstruct.dcm")
+    return written
+
+
+def _segment(args: argparse.Namespace) -> int:
     from segmentation.inference import InferenceOptions, segment_image
     from segmentation.io import read_series
     from segmentation.model import load_model
@@ -153,28 +202,8 @@ def _segment(args: argparse.Namespace) -> int:
     sitk.WriteImage(result.labels, str(out / "labels.nii.gz"), useCompression=True)
     written = ["mask.nii.gz", "labels.nii.gz", "lesions.json"]
     notes = []
-    values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(result.labels)) if v > 0]
-    names = {v: f"L{v}" for v in values}
     if series.info.source_format == "dicom":
-        if not values:
-            notes.append("no lesion found: no RTSTRUCT/SEG written")
-        else:
-            write_seg(
-                result.labels, series, out / "seg.dcm", lesion_names=names,
-                algorithm_name=model.config.name, algorithm_version=model.config.algorithm_version(),
-                algorithm_parameters={"weights_sha256": model.config.weights_sha256, "label": model.config.label},
-            )  # fmt: skip
-            written.append("seg.dcm")
-            if series.info.missing_rtstruct_attributes:
-                notes.append(
-                    "RTSTRUCT not written: the series lacks " + ", ".join(series.info.missing_rtstruct_attributes)
-                )
-            else:
-                write_rtstruct(
-                    result.labels, series, out / "rtstruct.dcm", lesion_names=names,
-                    provenance=model.config.provenance(),
-                )  # fmt: skip
-                written.append("rtstruct.dcm")
+        written += _write_dicom_outputs(result.labels, series, model, out, notes)
     if args.overlay_png:
         slices = [int(v) for v in args.overlay_slices.split(",")] if args.overlay_slices else None
         write_overlay_png(series.image, result.mask, out / "overlay.png", slices)
@@ -197,7 +226,9 @@ def _segment(args: argparse.Namespace) -> int:
     }
     (out / "lesions.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     label = f" ({model.config.label})" if model.config.label else ""
-    print(f"model {model.config.name} {model.config.version}{label} on {result.device}, {result.n_windows} windows")
+    print(
+        f"model {model.config.name} {model.config.version}{label} on {result.device}, {result.n_windows} windows"
+    )
     print(f"{len(result.lesions)} lesions; wrote {', '.join(written)} to {out}")
     for m in result.lesions:
         print(f"  L{m.label}: LD {m.longest_diameter_mm:.1f} mm x {m.perpendicular_diameter_mm:.1f} mm, "

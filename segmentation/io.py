@@ -567,6 +567,38 @@ def _read_dicom_files(
             "No DICOM file was found in the upload (and it is not a .nii/.nii.gz NIfTI file); please send "
             "the MR series as exported from the scanner or PACS."
         )
+    members = _choose_series(images, series_uid)
+    first = members[0][1]
+    missing_rt = _check_series(members, require_rtstruct_attributes)
+    frames = int(first.get("NumberOfFrames", 1) or 1)
+    if frames > 1 or any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in members):
+        if len(members) != 1:
+            raise UnsupportedImageError(
+                "The series is split over several multi-frame files; please send it as one file or as "
+                "single-frame slices."
+            )
+        loaded = _read_multiframe(members[0][0], first, missing_rt)
+    elif len(members) == 1:
+        raise SingleSliceError(
+            f"The series '{_describe(first)}' is a single 2D slice; MetTrack needs the whole 3D volume."
+        )
+    else:
+        loaded = _read_single_frames(members, missing_rt, backend)
+    if as_read is None:
+        return loaded
+    return replace(loaded, source_elements=tuple(as_read[id(ds)] for ds in loaded.source_datasets))
+
+
+def _choose_series(
+    images: Sequence[tuple[Path, Dataset]], series_uid: str | None
+) -> list[tuple[Path, Dataset]]:
+    """The files of the one series the upload holds, or of ``series_uid`` when it holds several.
+
+    Raises:
+        MissingAttributeError: a file without a Series Instance UID.
+        SeriesNotFoundError: ``series_uid`` is not in the upload.
+        MultipleSeriesError: several series and no ``series_uid``.
+    """
     by_series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path, ds in images:
         uid = str(ds.get("SeriesInstanceUID", "") or "")
@@ -595,7 +627,18 @@ def _read_dicom_files(
         )
     else:
         members = next(iter(by_series.values()))
+    return members
 
+
+def _check_series(
+    members: Sequence[tuple[Path, Dataset]], require_rtstruct_attributes: bool
+) -> tuple[str, ...]:
+    """Refuse a series MetTrack cannot measure: not MR, colour, or (when asked) without the attributes its
+    RTSTRUCT and SEG must copy.
+
+    Returns:
+        The RTSTRUCT attributes some file lacks (when they are not required).
+    """
     first = members[0][1]
     modality = str(first.get("Modality", "") or "")
     if modality != "MR":
@@ -614,23 +657,7 @@ def _read_dicom_files(
             "series from the scanner or PACS with the full header.",
             list(missing_rt),
         )
-    frames = int(first.get("NumberOfFrames", 1) or 1)
-    if frames > 1 or any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in members):
-        if len(members) != 1:
-            raise UnsupportedImageError(
-                "The series is split over several multi-frame files; please send it as one file or as "
-                "single-frame slices."
-            )
-        loaded = _read_multiframe(members[0][0], first, missing_rt)
-    elif len(members) == 1:
-        raise SingleSliceError(
-            f"The series '{_describe(first)}' is a single 2D slice; MetTrack needs the whole 3D volume."
-        )
-    else:
-        loaded = _read_single_frames(members, missing_rt, backend)
-    if as_read is None:
-        return loaded
-    return replace(loaded, source_elements=tuple(as_read[id(ds)] for ds in loaded.source_datasets))
+    return missing_rt
 
 
 def _require(ds: Dataset, keywords: Sequence[str], where: str) -> None:

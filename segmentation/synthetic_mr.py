@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,121 @@ def _ds_string(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.6g}"
 
 
+@dataclass(frozen=True)
+class _Series:
+    """What every slice of one written series shares."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    date: str
+    time: str
+    modality: str
+    description: str
+
+
+def _sop_common(ds: Dataset, series: _Series) -> None:
+    """SOP Common module (PS3.3 C.12.1)."""
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = series.date, series.time
+
+
+def _patient_and_study(ds: Dataset, series: _Series) -> None:
+    """Patient (C.7.1.1) and General Study (C.7.2.1) modules."""
+    ds.PatientName = series.patient_id
+    ds.PatientID = series.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = series.study_uid
+    ds.StudyDate, ds.StudyTime = series.date, series.time
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.StudyDescription = "MRI brain with contrast"
+
+
+def _series_and_equipment(ds: Dataset, series: _Series) -> None:
+    """General Series (C.7.3.1), Frame of Reference (C.7.4.1) and General Equipment (C.7.5.1) modules."""
+    ds.Modality = series.modality
+    ds.SeriesInstanceUID = series.series_uid
+    ds.SeriesNumber = 1
+    ds.SeriesDate, ds.SeriesTime = series.date, series.time
+    ds.SeriesDescription = series.description
+    ds.ProtocolName = series.description
+    ds.PatientPosition = "HFS"
+    ds.BodyPartExamined = "HEAD"
+    ds.FrameOfReferenceUID = series.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.Manufacturer = "MetTrack synthetic"
+    ds.ManufacturerModelName = "synthetic_mr"
+    ds.SoftwareVersions = "1"
+    ds.DeviceSerialNumber = "0"
+
+
+def _general_image(ds: Dataset, series: _Series, k: int) -> None:
+    """General Image (C.7.6.1) and General Acquisition (C.7.10.1) modules of slice ``k``."""
+    ds.InstanceNumber = k + 1
+    ds.AcquisitionNumber = 1
+    ds.ContentDate, ds.ContentTime = series.date, series.time
+    ds.AcquisitionDate, ds.AcquisitionTime = series.date, series.time
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+
+
+def _image_plane(
+    ds: Dataset,
+    spacing: Sequence[float],
+    row_dir: np.ndarray,
+    col_dir: np.ndarray,
+    position: np.ndarray,
+) -> None:
+    """Image Plane module (C.7.6.2) of a slice at ``position`` (mm)."""
+    ds.PixelSpacing = [_ds_string(spacing[1]), _ds_string(spacing[0])]  # row spacing, column spacing
+    ds.ImageOrientationPatient = [_ds_string(v) for v in (*row_dir, *col_dir)]
+    ds.ImagePositionPatient = [_ds_string(v) for v in position]
+    ds.SliceThickness = _ds_string(spacing[2])
+    ds.SpacingBetweenSlices = _ds_string(spacing[2])
+    ds.SliceLocation = _ds_string(float(np.dot(position, np.cross(row_dir, col_dir))))
+
+
+def _image_pixel(ds: Dataset, stored: np.ndarray, k: int, slope: float, intercept: float) -> None:
+    """Image Pixel module (C.7.6.3) of slice ``k``, with the rescale when the values need one."""
+    bits = 8 if stored.dtype == np.uint8 else 16
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+    if slope != 1.0 or intercept != 0.0:
+        ds.RescaleSlope, ds.RescaleIntercept = _ds_string(slope), _ds_string(intercept)
+        ds.RescaleType = "US"
+    ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+
+
+def _contrast_and_mr_image(ds: Dataset) -> None:
+    """Contrast/Bolus (C.7.6.4) and MR Image (C.8.3.1) modules: a post-gadolinium 3D T1, as the pipeline
+    expects."""
+    ds.ContrastBolusAgent = "GADOLINIUM"
+    ds.ContrastBolusRoute = "IV"
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = ["SP", "MP"]
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "3D"
+    ds.SequenceName = "*tfl3d1"
+    ds.RepetitionTime = "2300"
+    ds.EchoTime = "2.98"
+    ds.InversionTime = "900"
+    ds.EchoTrainLength = 1
+    ds.NumberOfAverages = "1"
+    ds.ImagingFrequency = "123.2"
+    ds.ImagedNucleus = "1H"
+    ds.MagneticFieldStrength = "3"
+    ds.FlipAngle = "9"
+
+
 def write_dicom_series(
     image: sitk.Image,
     out_dir: str | Path,
@@ -131,102 +247,37 @@ def write_dicom_series(
         raise ImageWriteError(f"Unknown compression {compress!r}; use one of {sorted(COMPRESSIONS)}.")
     row_dir, col_dir, step_mm, origin_mm = _geometry(image)
     stored, slope, intercept = _pixels(image)
-    spacing = image.GetSpacing()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_of_reference_uid = generate_uid()
     now = dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    normal = np.cross(row_dir, col_dir)
-    bits = 8 if stored.dtype == np.uint8 else 16
+    series = _Series(
+        patient_id=patient_id,
+        study_uid=study_uid or generate_uid(),
+        series_uid=series_uid or generate_uid(),
+        frame_of_reference_uid=generate_uid(),
+        date=now.strftime("%Y%m%d"),
+        time=now.strftime("%H%M%S"),
+        modality=modality,
+        description=series_description,
+    )
+    series_uid = series.series_uid
     # one display window for the whole series (computed once: per-slice volume statistics cost seconds)
-    window_center = _ds_string(float(stored.mean()) * slope + intercept)
-    window_width = _ds_string(max(float(np.ptp(stored)) * slope, 1.0))
-
+    window = (
+        _ds_string(float(stored.mean()) * slope + intercept),
+        _ds_string(max(float(np.ptp(stored)) * slope, 1.0)),
+    )
     datasets: list[Dataset] = []
     for k in range(stored.shape[0]):
-        position = origin_mm + k * step_mm
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 100"
-        # SOP Common
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-        # Patient
-        ds.PatientName = patient_id
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        # General Study
-        ds.StudyInstanceUID = study_uid
-        ds.StudyDate, ds.StudyTime = date, time
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.AccessionNumber = ""
-        ds.StudyDescription = "MRI brain with contrast"
-        # General Series
-        ds.Modality = modality
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 1
-        ds.SeriesDate, ds.SeriesTime = date, time
-        ds.SeriesDescription = series_description
-        ds.ProtocolName = series_description
-        ds.PatientPosition = "HFS"
-        ds.BodyPartExamined = "HEAD"
-        # Frame of Reference
-        ds.FrameOfReferenceUID = frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-        # General Equipment
-        ds.Manufacturer = "MetTrack synthetic"
-        ds.ManufacturerModelName = "synthetic_mr"
-        ds.SoftwareVersions = "1"
-        ds.DeviceSerialNumber = "0"
-        # General Image / General Acquisition
-        ds.InstanceNumber = k + 1
-        ds.AcquisitionNumber = 1
-        ds.ContentDate, ds.ContentTime = date, time
-        ds.AcquisitionDate, ds.AcquisitionTime = date, time
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-        # Image Plane
-        ds.PixelSpacing = [_ds_string(spacing[1]), _ds_string(spacing[0])]  # row spacing, column spacing
-        ds.ImageOrientationPatient = [_ds_string(v) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [_ds_string(v) for v in position]
-        ds.SliceThickness = _ds_string(spacing[2])
-        ds.SpacingBetweenSlices = _ds_string(spacing[2])
-        ds.SliceLocation = _ds_string(float(np.dot(position, normal)))
-        # Image Pixel
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
-        ds.BitsAllocated = bits
-        ds.BitsStored = bits
-        ds.HighBit = bits - 1
-        ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
-        if slope != 1.0 or intercept != 0.0:
-            ds.RescaleSlope, ds.RescaleIntercept = _ds_string(slope), _ds_string(intercept)
-            ds.RescaleType = "US"
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-        # Contrast/Bolus: a post-gadolinium T1, as the pipeline expects
-        ds.ContrastBolusAgent = "GADOLINIUM"
-        ds.ContrastBolusRoute = "IV"
-        # MR Image
-        ds.ScanningSequence = "GR"
-        ds.SequenceVariant = ["SP", "MP"]
-        ds.ScanOptions = ""
-        ds.MRAcquisitionType = "3D"
-        ds.SequenceName = "*tfl3d1"
-        ds.RepetitionTime = "2300"
-        ds.EchoTime = "2.98"
-        ds.InversionTime = "900"
-        ds.EchoTrainLength = 1
-        ds.NumberOfAverages = "1"
-        ds.ImagingFrequency = "123.2"
-        ds.ImagedNucleus = "1H"
-        ds.MagneticFieldStrength = "3"
-        ds.FlipAngle = "9"
-        ds.WindowCenter, ds.WindowWidth = window_center, window_width
+        _sop_common(ds, series)
+        _patient_and_study(ds, series)
+        _series_and_equipment(ds, series)
+        _general_image(ds, series, k)
+        _image_plane(ds, image.GetSpacing(), row_dir, col_dir, origin_mm + k * step_mm)
+        _image_pixel(ds, stored, k, slope, intercept)
+        _contrast_and_mr_image(ds)
+        ds.WindowCenter, ds.WindowWidth = window
         for keyword, value in tags.items():
             if value is None:
                 if keyword in ds:

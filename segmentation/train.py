@@ -232,7 +232,9 @@ def phantom_sources(n_patients: int, seed: int) -> list[CaseSource]:
             )
             return ph.image, ph.mask
 
-        out.append(CaseSource(case_id=f"phantom{seed}-{i:04d}", patient_id=f"phantom{seed}-{i:04d}", load=_load))
+        out.append(
+            CaseSource(case_id=f"phantom{seed}-{i:04d}", patient_id=f"phantom{seed}-{i:04d}", load=_load)
+        )
     return out
 
 
@@ -354,7 +356,11 @@ class PatchSampler:
     ):
         if not cases:
             raise TrainingError("no training cases")
-        if positive_fraction < 0 or hard_negative_fraction < 0 or positive_fraction + hard_negative_fraction > 1:
+        if (
+            positive_fraction < 0
+            or hard_negative_fraction < 0
+            or positive_fraction + hard_negative_fraction > 1
+        ):
             raise TrainingError("positive and hard-negative fractions must be >= 0 and sum to at most 1")
         self.cases = list(cases)
         self.patch = tuple(int(v) for v in patch_zyx)
@@ -374,30 +380,42 @@ class PatchSampler:
             pos, bright = self.lesion_voxels[k], self.bright_voxels[k]
             u = self.rng.random()
             if len(pos) and u < self.positive_fraction:
-                center = pos[self.rng.integers(len(pos))] + self.rng.integers(-self.patch[0] // 4, self.patch[0] // 4 + 1, 3)
+                center = pos[self.rng.integers(len(pos))] + self.rng.integers(
+                    -self.patch[0] // 4, self.patch[0] // 4 + 1, 3
+                )
             elif len(bright) and u < self.positive_fraction + self.hard_negative_fraction:
-                center = bright[self.rng.integers(len(bright))] + self.rng.integers(-self.patch[0] // 4, self.patch[0] // 4 + 1, 3)
+                center = bright[self.rng.integers(len(bright))] + self.rng.integers(
+                    -self.patch[0] // 4, self.patch[0] // 4 + 1, 3
+                )
             else:
                 head = self.head_voxels[k]
-                center = head[self.rng.integers(len(head))] if len(head) else np.asarray(case.image.shape) // 2
+                center = (
+                    head[self.rng.integers(len(head))] if len(head) else np.asarray(case.image.shape) // 2
+                )
             images.append(extract_patch(case.image, center, self.patch))
             masks.append(extract_patch(case.mask, center, self.patch))
         return np.stack(images)[:, None], np.stack(masks)[:, None]
 
 
-def bright_non_lesion_voxels(image: np.ndarray, mask: np.ndarray, percentile: float = 99.0, margin: int = 3) -> np.ndarray:
+def bright_non_lesion_voxels(
+    image: np.ndarray, mask: np.ndarray, percentile: float = 99.0, margin: int = 3
+) -> np.ndarray:
     """Voxels (z, y, x) brighter than ``percentile`` of the head and more than ``margin`` voxels from any
     lesion: where enhancing non-lesion tissue lies. At most 20,000, evenly subsampled."""
     head = image > 0
     if not head.any():
         return np.zeros((0, 3), dtype=np.int64)
     cut = float(np.percentile(image[head], percentile))
-    near_lesion = ndi.binary_dilation(mask > 0, iterations=margin) if mask.any() else np.zeros(mask.shape, bool)
+    near_lesion = (
+        ndi.binary_dilation(mask > 0, iterations=margin) if mask.any() else np.zeros(mask.shape, bool)
+    )
     idx = np.argwhere((image >= cut) & ~near_lesion)
     return idx[:: max(1, len(idx) // 20000)]
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, intensity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, intensity: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's augmentations, per sample: flip along the sagittal (left-right) axis, and a
     180-degree rotation in the axial plane; optionally a random intensity scale and shift.
 
@@ -517,7 +535,9 @@ def lesion_counts(
     return LesionCounts(tp, fn, fp)
 
 
-def remove_small_components(mask: np.ndarray, spacing_mm: Sequence[float], min_volume_mm3: float) -> np.ndarray:
+def remove_small_components(
+    mask: np.ndarray, spacing_mm: Sequence[float], min_volume_mm3: float
+) -> np.ndarray:
     """Drop 26-connected components smaller than ``min_volume_mm3``; uint8 output."""
     lab, n = ndi.label(mask > 0, np.ones((3, 3, 3), dtype=bool))
     if n == 0:
@@ -576,16 +596,16 @@ def _tabulate(
     if n_t:
         t_diam = np.cbrt(6.0 * np.bincount(t_lab.ravel(), minlength=n_t + 1)[1:] * voxel_mm3 / math.pi)
         both = (p_lab > 0) & (t_lab > 0)
-        pairs = np.unique(np.stack([t_lab[both], p_lab[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
+        pairs = (
+            np.unique(np.stack([t_lab[both], p_lab[both]]), axis=1) if both.any() else np.zeros((2, 0), int)
+        )
         for i in range(1, n_t + 1):
             if t_diam[i - 1] >= min_diameter_mm:
                 hits.append(pairs[1, pairs[0] == i] - 1)  # 0-based component indices
     return _Components(volume, peak, overlap, tuple(hits), voxel_mm3, int((truth > 0).sum()))
 
 
-def _score(
-    tables: Sequence[_Components], detection: float | None, min_volume_mm3: float
-) -> dict[str, Any]:
+def _score(tables: Sequence[_Components], detection: float | None, min_volume_mm3: float) -> dict[str, Any]:
     inter = total = 0
     tp = fn = fp = 0
     per_case = []
@@ -773,6 +793,145 @@ def model_card(config: ModelConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _device_for(options: TrainOptions) -> torch.device:
+    """Check the options that need no data, apply the thread count, and choose the device."""
+    if options.epochs < 1 or options.steps_per_epoch < 1 or options.batch_size < 1:
+        raise TrainingError("epochs, steps_per_epoch and batch_size must be >= 1")
+    if options.loss not in ("bce", "dicebce"):
+        raise TrainingError(f"unknown loss {options.loss!r}; use 'bce' or 'dicebce'")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(options.threads)
+    try:
+        return resolve_device(options.device)
+    except DeviceUnavailableError as exc:
+        raise TrainingError(f"--device: {exc}") from exc
+
+
+def _initial_network(
+    config: ModelConfig, options: TrainOptions, init_from: Path | None
+) -> tuple[torch.nn.Module, int]:
+    """The network to train (from ``init_from``, or fresh with the lesion prior) and its trainable count."""
+    torch.manual_seed(options.seed)
+    network = build_network(config)
+    if init_from is not None:
+        init = load_model(init_from)
+        load_state_dict_checked(network, init.network.state_dict(), str(init_from))
+        log.info("initialised from %s", init_from)
+    elif options.lesion_prior is not None:
+        set_output_prior(network, options.lesion_prior)
+    n_trainable = (
+        freeze_all_but_output(network)
+        if options.freeze_encoder
+        else sum(p.numel() for p in network.parameters())
+    )
+    return network, n_trainable
+
+
+@dataclass
+class _RunState:
+    """What a checkpoint carries between epochs (and across a ``--resume``)."""
+
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    start_epoch: int = 0
+
+
+def _resume(
+    last_path: Path,
+    config: ModelConfig,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> _RunState:
+    """Restore a run's network, optimizer, random states and history from its last checkpoint."""
+    run_dir = last_path.parent
+    ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+    saved = ckpt.get("config")
+    if saved is not None and saved != config.to_dict():
+        current = config.to_dict()
+        differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise TrainingError(
+            f"--resume: the run in {run_dir} was started with another model config (differs in: "
+            f"{', '.join(differ)}); resume with the same options or start a new --run-dir"
+        )
+    try:
+        network.load_state_dict(ckpt["network"])
+    except RuntimeError as exc:
+        raise TrainingError(
+            f"--resume: the checkpoint in {run_dir} does not fit this network; start a new --run-dir"
+        ) from exc
+    network.to(device)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rng.bit_generator.state = ckpt["rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    state = _RunState(history=ckpt["history"], best=ckpt["best"], start_epoch=ckpt["epoch"] + 1)
+    log.info(
+        "resumed from %s at epoch %d (best dice %.4f)",
+        last_path,
+        state.start_epoch,
+        state.best.get("dice", -1),
+    )
+    return state
+
+
+def _train_epoch(
+    network: torch.nn.Module,
+    sampler: PatchSampler,
+    optimizer: torch.optim.Optimizer,
+    options: TrainOptions,
+    rng: np.random.Generator,
+    device: torch.device,
+    epoch: int,
+) -> list[float]:
+    """One epoch of ``steps_per_epoch`` optimiser steps on sampled, augmented patches; the step losses."""
+    network.train()
+    losses: list[float] = []
+    bar = tqdm(range(options.steps_per_epoch), desc=f"epoch {epoch}", mininterval=30, file=sys.stderr)
+    for _ in bar:
+        img, msk = sampler.sample(options.batch_size)
+        x, y = augment(
+            torch.from_numpy(img), torch.from_numpy(msk).float(), rng, options.intensity_augmentation
+        )
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = segmentation_loss(lesion_logit(network(x)), y, options.loss)
+        loss.backward()
+        if options.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), options.grad_clip_norm)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    return losses
+
+
+def _epoch_entry(
+    epoch: int, losses: list[float], val: dict[str, Any], train_s: float, val_s: float, started: float
+) -> dict[str, Any]:
+    """The history row of one epoch (logged as it is recorded)."""
+    entry = {
+        "epoch": epoch,
+        "loss": float(np.mean(losses)),
+        "val_dice": val["dice"],
+        "val_lesion_f1": val["lesion_f1"],
+        "val_threshold": val["threshold"],
+        "val_min_lesion_volume_mm3": val["min_lesion_volume_mm3"],
+        "val_detection_threshold": val["detection_threshold"],
+        "train_s": round(train_s, 1),
+        "val_s": round(val_s, 1),
+        "elapsed_min": round((time.time() - started) / 60.0, 1),
+    }
+    log.info(
+        "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d; threshold %.2f, detection %s, "
+        "min %.0f mm3) train %.0fs val %.0fs",
+        epoch, entry["loss"], val["dice"], val["lesion_f1"], val["lesion_tp"], val["lesion_fn"],
+        val["lesion_fp"], val["threshold"], val["detection_threshold"], val["min_lesion_volume_mm3"],
+        train_s, entry["val_s"],
+    )  # fmt: skip
+    return entry
+
+
 def train(
     config: ModelConfig,
     sources: Sequence[CaseSource],
@@ -785,17 +944,7 @@ def train(
     Raises:
         TrainingError: On bad options, too few patients, or an init checkpoint that does not fit.
     """
-    if options.epochs < 1 or options.steps_per_epoch < 1 or options.batch_size < 1:
-        raise TrainingError("epochs, steps_per_epoch and batch_size must be >= 1")
-    if options.loss not in ("bce", "dicebce"):
-        raise TrainingError(f"unknown loss {options.loss!r}; use 'bce' or 'dicebce'")
-    if options.threads:
-        torch.set_num_threads(options.threads)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(options.threads)
-    try:
-        device = resolve_device(options.device)
-    except DeviceUnavailableError as exc:
-        raise TrainingError(f"--device: {exc}") from exc
+    device = _device_for(options)
     run_dir = options.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -807,93 +956,33 @@ def train(
         cases[split[src.patient_id]].append(prepare_case(src, config.preprocessing, run_dir / "cache"))
     log.info("split by patient: %s", {k: len(v) for k, v in cases.items()})
 
-    torch.manual_seed(options.seed)
-    network = build_network(config)
-    if init_from is not None:
-        init = load_model(init_from)
-        load_state_dict_checked(network, init.network.state_dict(), str(init_from))
-        log.info("initialised from %s", init_from)
-    elif options.lesion_prior is not None:
-        set_output_prior(network, options.lesion_prior)
-    n_trainable = (
-        freeze_all_but_output(network) if options.freeze_encoder else sum(p.numel() for p in network.parameters())
+    network, n_trainable = _initial_network(config, options, init_from)
+    optimizer = torch.optim.AdamW(
+        [p for p in network.parameters() if p.requires_grad], lr=options.learning_rate, weight_decay=1e-5
     )
-    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=options.learning_rate, weight_decay=1e-5)
     network.to(device)
     rng = np.random.default_rng(options.seed)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"dice": -1.0}
-    start_epoch = 0
+    state = _RunState(history=[], best={"dice": -1.0})
     last_path = run_dir / "last.pt"
     if options.resume and last_path.is_file():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
-        saved = ckpt.get("config")
-        if saved is not None and saved != config.to_dict():
-            current = config.to_dict()
-            differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise TrainingError(
-                f"--resume: the run in {run_dir} was started with another model config (differs in: "
-                f"{', '.join(differ)}); resume with the same options or start a new --run-dir"
-            )
-        try:
-            network.load_state_dict(ckpt["network"])
-        except RuntimeError as exc:
-            raise TrainingError(
-                f"--resume: the checkpoint in {run_dir} does not fit this network; start a new --run-dir"
-            ) from exc
-        network.to(device)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-        log.info("resumed from %s at epoch %d (best dice %.4f)", last_path, start_epoch, best.get("dice", -1))
+        state = _resume(last_path, config, network, optimizer, rng, device)
 
     sampler = PatchSampler(
-        cases["train"], config.inference.roi_size[::-1], options.positive_fraction, rng, options.hard_negative_fraction
+        cases["train"],
+        config.inference.roi_size[::-1],
+        options.positive_fraction,
+        rng,
+        options.hard_negative_fraction,
     )
-    for epoch in range(start_epoch, options.epochs):
-        network.train()
+    for epoch in range(state.start_epoch, options.epochs):
         t0 = time.time()
-        losses = []
-        bar = tqdm(range(options.steps_per_epoch), desc=f"epoch {epoch}", mininterval=30, file=sys.stderr)
-        for _ in bar:
-            img, msk = sampler.sample(options.batch_size)
-            x, y = augment(torch.from_numpy(img), torch.from_numpy(msk).float(), rng, options.intensity_augmentation)
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = segmentation_loss(lesion_logit(network(x)), y, options.loss)
-            loss.backward()
-            if options.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), options.grad_clip_norm)
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        losses = _train_epoch(network, sampler, optimizer, options, rng, device, epoch)
         train_s = time.time() - t0
         t1 = time.time()
         val = evaluate(network, cases["val"], config, device=device, calibrate=options.calibrate)
-        entry = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "val_dice": val["dice"],
-            "val_lesion_f1": val["lesion_f1"],
-            "val_threshold": val["threshold"],
-            "val_min_lesion_volume_mm3": val["min_lesion_volume_mm3"],
-            "val_detection_threshold": val["detection_threshold"],
-            "train_s": round(train_s, 1),
-            "val_s": round(time.time() - t1, 1),
-            "elapsed_min": round((time.time() - started) / 60.0, 1),
-        }
-        history.append(entry)
-        log.info(
-            "epoch %d loss %.4f val dice %.4f lesion F1 %.3f (tp %d fn %d fp %d; threshold %.2f, detection %s, "
-            "min %.0f mm3) train %.0fs val %.0fs",
-            epoch, entry["loss"], val["dice"], val["lesion_f1"], val["lesion_tp"], val["lesion_fn"],
-            val["lesion_fp"], val["threshold"], val["detection_threshold"], val["min_lesion_volume_mm3"],
-            train_s, entry["val_s"],
-        )  # fmt: skip
-        improved = "score" not in best or selection_score(val) > best["score"]
-        if improved:
-            best = {"epoch": epoch, "score": selection_score(val), **val}
+        state.history.append(_epoch_entry(epoch, losses, val, train_s, time.time() - t1, started))
+        if "score" not in state.best or selection_score(val) > state.best["score"]:
+            state.best = {"epoch": epoch, "score": selection_score(val), **val}
             _atomic_torch_save({k: v.cpu() for k, v in network.state_dict().items()}, run_dir / "best.pt")
             if options.export_dir is not None:
                 chosen = replace(
@@ -907,7 +996,7 @@ def train(
                 test = evaluate(network, cases["test"], chosen, device=device)
                 log.info("best so far: test dice %.4f lesion F1 %.3f", test["dice"], test["lesion_f1"])
                 export_model(
-                    network, chosen, options, best, test, history, n_trainable, len(sources), split,
+                    network, chosen, options, state.best, test, state.history, n_trainable, len(sources), split,
                     data_description, time.time() - started, init_from,
                 )  # fmt: skip
         _atomic_torch_save(
@@ -916,8 +1005,8 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "rng": _rng_state(rng),
                 "torch_rng": torch.get_rng_state(),
-                "history": history,
-                "best": best,
+                "history": state.history,
+                "best": state.best,
                 "epoch": epoch,
                 "config": config.to_dict(),
             },
@@ -926,7 +1015,7 @@ def train(
         if options.max_minutes is not None and (time.time() - started) / 60.0 >= options.max_minutes:
             log.info("time limit of %.1f min reached after epoch %d", options.max_minutes, epoch)
             break
-    summary = {"history": history, "best": best, "split": {k: len(v) for k, v in cases.items()}}
+    summary = {"history": state.history, "best": state.best, "split": {k: len(v) for k, v in cases.items()}}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -988,8 +1077,13 @@ def export_model(
         "diameter, any overlap = found) on the model-space grid of held-out patients",
     }
     extra["metrics"] = {
-        "validation": {k: best_val[k] for k in ("dice", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp", "cases")},
-        "test": {k: test[k] for k in ("dice", "mean_case_dice", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp", "cases")},
+        "validation": {
+            k: best_val[k] for k in ("dice", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp", "cases")
+        },
+        "test": {
+            k: test[k]
+            for k in ("dice", "mean_case_dice", "lesion_f1", "lesion_tp", "lesion_fn", "lesion_fp", "cases")
+        },
     }
     cfg = replace(config, extra=extra)
     return save_model_dir(network, cfg, options.export_dir, card=model_card(cfg))
@@ -1014,7 +1108,9 @@ def evaluate_native(
         inter += int((p & t).sum())
         total += int(p.sum()) + int(t.sum())
         per_case.append({"case": src.case_id, "dice": dice_score(p, t)})
-        counts = counts + lesion_counts(p, t, image.GetSpacing(), min_diameter_mm, model.config.postprocessing.min_lesion_volume_mm3)
+        counts = counts + lesion_counts(
+            p, t, image.GetSpacing(), min_diameter_mm, model.config.postprocessing.min_lesion_volume_mm3
+        )
     return {
         "dice": 1.0 if total == 0 else 2.0 * inter / total,
         "mean_case_dice": float(np.mean([c["dice"] for c in per_case])) if per_case else float("nan"),
@@ -1033,7 +1129,11 @@ def evaluate_native(
 
 
 def demo_config(
-    spacing_mm: float = 2.0, patch: int = 48, feature_size: int = 8, hidden_size: int = 144, num_heads: int = 4
+    spacing_mm: float = 2.0,
+    patch: int = 48,
+    feature_size: int = 8,
+    hidden_size: int = 144,
+    num_heads: int = 4,
 ) -> ModelConfig:
     """The demo model's config: a small UNETR on ``spacing_mm`` isotropic voxels, sigmoid output."""
     return ModelConfig.from_dict(
@@ -1075,11 +1175,17 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--phantoms", type=int, metavar="N", help="train on N synthetic patients")
     p.add_argument("--roi-pattern", default="GTV*", help="RTSTRUCT ROI names to use (fnmatch; default GTV*)")
     p.add_argument("--phantom-seed", type=int, default=1000, help="seed of the synthetic patients")
-    p.add_argument("--evaluate", type=Path, metavar="MODEL_DIR",
-                   help="only evaluate MODEL_DIR with the whole inference pipeline on the native grid of the given data")
+    p.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="only evaluate MODEL_DIR with the whole inference pipeline on the native grid of the given data",
+    )
     p.add_argument("--config", type=Path, help="model config.json to train (default: the demo architecture)")
     p.add_argument("--init-from", type=Path, help="model directory whose weights initialise the network")
-    p.add_argument("--freeze-encoder", action="store_true", help="train only the final 1x1x1 output block (the paper)")
+    p.add_argument(
+        "--freeze-encoder", action="store_true", help="train only the final 1x1x1 output block (the paper)"
+    )
     p.add_argument("--run-dir", type=Path, default=Path("runs/train"), help="checkpoints, cache and log")
     p.add_argument("--export", type=Path, help="write the best model so far here as a model directory")
     p.add_argument("--model-name", help="name of the exported model (default: the config's, demo-unetr)")
@@ -1097,20 +1203,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--loss", choices=("bce", "dicebce"), default="bce", help="bce (paper) or dicebce")
     p.add_argument("--positive-fraction", type=float, default=0.6, help="share of lesion-centred patches")
-    p.add_argument("--hard-negative-fraction", type=float, default=0.0,
-                   help="share of patches centred on bright non-lesion voxels (vessels, dura, plexus)")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="keep the config's threshold and smallest component instead of choosing them on validation")
+    p.add_argument(
+        "--hard-negative-fraction",
+        type=float,
+        default=0.0,
+        help="share of patches centred on bright non-lesion voxels (vessels, dura, plexus)",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the config's threshold and smallest component instead of choosing them on validation",
+    )
     p.add_argument("--intensity-aug", action="store_true", help="also random intensity scale/shift")
-    p.add_argument("--lesion-prior", type=float, default=0.01,
-                   help="initial lesion probability of a new network's output (0 disables)")
+    p.add_argument(
+        "--lesion-prior",
+        type=float,
+        default=0.01,
+        help="initial lesion probability of a new network's output (0 disables)",
+    )
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 disables)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall time")
     p.add_argument("--threads", type=int, help="torch and SimpleITK CPU threads")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present")
-    p.add_argument("--demo-spacing", type=float, default=2.0, help="voxel size (mm) of the default demo architecture")
-    p.add_argument("--demo-patch", type=int, default=48, help="window side (voxels, multiple of 16) of the demo architecture")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present"
+    )
+    p.add_argument(
+        "--demo-spacing", type=float, default=2.0, help="voxel size (mm) of the default demo architecture"
+    )
+    p.add_argument(
+        "--demo-patch",
+        type=int,
+        default=48,
+        help="window side (voxels, multiple of 16) of the demo architecture",
+    )
     return p
 
 

@@ -211,40 +211,11 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
     series_by_visit: dict[int, list[ImagingSeries]] = defaultdict(list)
     for s in series:
         series_by_visit[s.timepoint_id].append(s)
-    ct = ContentType.objects.get_for_models(ImagingSeries, Timepoint)
-    jobs = list(
-        ProcessingJob.objects.filter(
-            Q(content_type=ct[ImagingSeries], object_id__in=[s.pk for s in series])
-            | Q(content_type=ct[Timepoint], object_id__in=[tp.pk for tp in timepoints])
-        ).order_by("-enqueued_at")[:200]
-    )
-    series_visit = {s.pk: s.timepoint_id for s in series}
-    jobs_by_visit: dict[int, list[ProcessingJob]] = defaultdict(list)
-    for job in jobs:
-        visit = job.object_id if job.content_type_id == ct[Timepoint].pk else series_visit.get(job.object_id)
-        if visit is not None:
-            jobs_by_visit[visit].append(job)
+    jobs_by_visit = _jobs_by_visit(series, timepoints)
     labels = {tp.pk: tp.visit_label for tp in timepoints}
     rows: list[VisitRow] = []
     for tp in timepoints:
-        lesion_rows: list[LesionRow] = []
-        visit_obs = by_visit.get(tp.pk, {})
-        for lesion in sorted(lesions, key=lambda les: lesion_sort_key(les.label)):
-            obs = visit_obs.get(lesion.pk)
-            if obs is None:
-                continue
-            if lesion.is_false_positive:
-                category = "dropped"
-            elif lesion.role == LesionRole.TARGET:
-                category = "target"
-            elif not tp.is_baseline and lesion.first_seen_timepoint_id == tp.pk:
-                category = "new"
-            else:
-                category = "non-target"
-            change = None
-            if obs.longest_diameter_mm is not None and lesion.pk in first_ld and not tp.is_baseline:
-                change = (obs.longest_diameter_mm if obs.present else 0.0) - first_ld[lesion.pk]
-            lesion_rows.append(LesionRow(lesion, obs, category, change))
+        lesion_rows = _lesion_rows(tp, lesions, by_visit.get(tp.pk, {}), first_ld)
         assessment = rano.get(tp.pk)
         ai = assessment
         while ai is not None and ai.source != "ai" and ai.supersedes is not None:
@@ -261,6 +232,54 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
                 labels.get(assessment.nadir_timepoint_id, "") if assessment is not None else "",
             )
         )
+    return rows
+
+
+def _jobs_by_visit(
+    series: list[ImagingSeries], timepoints: list[Timepoint]
+) -> dict[int, list[ProcessingJob]]:
+    """Visit id -> its jobs and its series' jobs, newest first (one query)."""
+    ct = ContentType.objects.get_for_models(ImagingSeries, Timepoint)
+    jobs = list(
+        ProcessingJob.objects.filter(
+            Q(content_type=ct[ImagingSeries], object_id__in=[s.pk for s in series])
+            | Q(content_type=ct[Timepoint], object_id__in=[tp.pk for tp in timepoints])
+        ).order_by("-enqueued_at")[:200]
+    )
+    series_visit = {s.pk: s.timepoint_id for s in series}
+    jobs_by_visit: dict[int, list[ProcessingJob]] = defaultdict(list)
+    for job in jobs:
+        visit = job.object_id if job.content_type_id == ct[Timepoint].pk else series_visit.get(job.object_id)
+        if visit is not None:
+            jobs_by_visit[visit].append(job)
+    return jobs_by_visit
+
+
+def _lesion_rows(
+    tp: Timepoint,
+    lesions: list[Lesion],
+    visit_obs: dict[int, LesionObservation],
+    first_ld: dict[int, float],
+) -> list[LesionRow]:
+    """The lesion table of one visit: each observed lesion with its category and its change in LD (mm)
+    since it was first measured."""
+    rows: list[LesionRow] = []
+    for lesion in sorted(lesions, key=lambda les: lesion_sort_key(les.label)):
+        obs = visit_obs.get(lesion.pk)
+        if obs is None:
+            continue
+        if lesion.is_false_positive:
+            category = "dropped"
+        elif lesion.role == LesionRole.TARGET:
+            category = "target"
+        elif not tp.is_baseline and lesion.first_seen_timepoint_id == tp.pk:
+            category = "new"
+        else:
+            category = "non-target"
+        change = None
+        if obs.longest_diameter_mm is not None and lesion.pk in first_ld and not tp.is_baseline:
+            change = (obs.longest_diameter_mm if obs.present else 0.0) - first_ld[lesion.pk]
+        rows.append(LesionRow(lesion, obs, category, change))
     return rows
 
 
