@@ -37,9 +37,18 @@ def paper_config(spacing_mm: float = 1.0) -> dict:
         "version": "bench",
         "label": "random weights, for timing only",
         "architecture": {
-            "name": "UNETR", "in_channels": 1, "out_channels": 2, "img_size": [96, 96, 96],
-            "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12,
-            "proj_type": "conv", "norm_name": "instance", "res_block": True, "dropout_rate": 0.0,
+            "name": "UNETR",
+            "in_channels": 1,
+            "out_channels": 2,
+            "img_size": [96, 96, 96],
+            "feature_size": 16,
+            "hidden_size": 768,
+            "mlp_dim": 3072,
+            "num_heads": 12,
+            "proj_type": "conv",
+            "norm_name": "instance",
+            "res_block": True,
+            "dropout_rate": 0.0,
         },  # fmt: skip
         "preprocessing": PreprocessConfig(spacing_mm=(spacing_mm,) * 3, n4_shrink_factor=4).to_dict(),
         "inference": {"roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.25, "mode": "gaussian"},
@@ -82,9 +91,13 @@ def run_bm_segment(mri: Path, model: Path, out: Path, *extra: str) -> dict:
 
 def _print_run(title: str, run: dict, budget_s: float, budget_gb: float | None = None) -> None:
     rep = run["report"]
-    print(f"{title}: {run['wall_s']:.1f} s end to end (budget {budget_s:.0f} s, ratio {run['wall_s'] / budget_s:.2f})")
+    print(
+        f"{title}: {run['wall_s']:.1f} s end to end (budget {budget_s:.0f} s, ratio {run['wall_s'] / budget_s:.2f})"
+    )
     if budget_gb is not None:
-        print(f"  peak RSS {run['peak_rss_gb']:.2f} GB (budget {budget_gb:.0f} GB, ratio {run['peak_rss_gb'] / budget_gb:.2f})")
+        print(
+            f"  peak RSS {run['peak_rss_gb']:.2f} GB (budget {budget_gb:.0f} GB, ratio {run['peak_rss_gb'] / budget_gb:.2f})"
+        )
     print(f"  model {rep['model']['name']} ({rep['model']['parameters'] / 1e6:.1f}M parameters), "
           f"{rep['n_windows']} windows, device {rep['device']}, {len(rep['lesions'])} lesions")  # fmt: skip
     for stage, sec in rep["timings_s"].items():
@@ -127,7 +140,9 @@ def gpu_benchmarks() -> None:
         ph = make_phantom(42, geometry="axial_0p5mm")
         write_dicom_series(ph.image, tmpd / "series", patient_id="BENCH")
         paper = make_paper_model(tmpd / "paper")
-        run_bm_segment(tmpd / "series", paper, tmpd / "warm", "--device", "cuda")  # warm-up (CUDA init, cache)
+        run_bm_segment(
+            tmpd / "series", paper, tmpd / "warm", "--device", "cuda"
+        )  # warm-up (CUDA init, cache)
         run = run_bm_segment(tmpd / "series", paper, tmpd / "out", "--device", "cuda")
         _print_run("GPU paper-size UNETR, 512x512x208 DICOM, end to end", run, 3.0)
 
@@ -147,7 +162,10 @@ def gpu_benchmarks() -> None:
             with torch.inference_mode():
                 sliding_window_inference(x, (96, 96, 96), 1, net)
 
-        for name, fn in (("bf16, batch 8, gaussian", ours), ("MONAI defaults (batch 1, fp32)", monai_default)):
+        for name, fn in (
+            ("bf16, batch 8, gaussian", ours),
+            ("MONAI defaults (batch 1, fp32)", monai_default),
+        ):
             fn()
             torch.cuda.synchronize()
             t = time.perf_counter()

@@ -349,7 +349,9 @@ def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> Contou
     contours_of = {int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.ROIContourSequence}
     to_pixel = image_helper.get_patient_to_pixel_transformation_matrix(ordered)
     for value, roi in enumerate(ds.StructureSetROISequence, start=1):
-        volume = np.stack([_rasterise_slice(d, contours_of.get(int(roi.ROINumber), []), to_pixel) for d in ordered])
+        volume = np.stack(
+            [_rasterise_slice(d, contours_of.get(int(roi.ROINumber), []), to_pixel) for d in ordered]
+        )
         out[slice_of] = np.where(volume, value, out[slice_of])
         names[value] = str(roi.ROIName)
     for contour in ds.ROIContourSequence:
@@ -553,4 +555,3 @@ def read_seg(path: str | Path, series: LoadedSeries | str | Path) -> ContourSet:
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(series.image)
     return ContourSet(labels=image, names=names, colors=colors)
-

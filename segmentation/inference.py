@@ -97,7 +97,9 @@ def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap
     return n
 
 
-def _predictor(network: torch.nn.Module, device: torch.device, options: InferenceOptions) -> Callable[[torch.Tensor], torch.Tensor]:
+def _predictor(
+    network: torch.nn.Module, device: torch.device, options: InferenceOptions
+) -> Callable[[torch.Tensor], torch.Tensor]:
     use_amp = device.type == "cuda" and options.amp
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +193,11 @@ def segment_image(
     timings["network"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    post = cfg.postprocessing if options.threshold is None else replace(cfg.postprocessing, threshold=options.threshold)
+    post = (
+        cfg.postprocessing
+        if options.threshold is None
+        else replace(cfg.postprocessing, threshold=options.threshold)
+    )
     native_prob = to_native(prob_np, pre)
     mask = sitk.GetImageFromArray(post.binarise(sitk.GetArrayViewFromImage(native_prob)).astype(np.uint8))
     mask.CopyInformation(native_prob)

@@ -102,8 +102,14 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         # Checked here so a bad config.json fails at load time with its field named, not mid-inference.
-        if not isinstance(self.sw_batch_size, int) or isinstance(self.sw_batch_size, bool) or self.sw_batch_size < 1:
-            raise ModelConfigError(f"inference.sw_batch_size must be a whole number >= 1, got {self.sw_batch_size!r}")
+        if (
+            not isinstance(self.sw_batch_size, int)
+            or isinstance(self.sw_batch_size, bool)
+            or self.sw_batch_size < 1
+        ):
+            raise ModelConfigError(
+                f"inference.sw_batch_size must be a whole number >= 1, got {self.sw_batch_size!r}"
+            )
         if not isinstance(self.overlap, int | float) or not 0.0 <= float(self.overlap) < 1.0:
             raise ModelConfigError(f"inference.overlap must be a number in [0, 1), got {self.overlap!r}")
         if self.mode not in ("gaussian", "constant"):
@@ -133,10 +139,14 @@ class PostprocessConfig:
             if value is None and name == "detection_threshold":
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
-                raise ModelConfigError(f"postprocessing.{name} must be a probability in (0, 1), got {value!r}")
+                raise ModelConfigError(
+                    f"postprocessing.{name} must be a probability in (0, 1), got {value!r}"
+                )
         value = self.min_lesion_volume_mm3
         if isinstance(value, bool) or not isinstance(value, int | float) or float(value) < 0:
-            raise ModelConfigError(f"postprocessing.min_lesion_volume_mm3 must be a number >= 0, got {value!r}")
+            raise ModelConfigError(
+                f"postprocessing.min_lesion_volume_mm3 must be a number >= 0, got {value!r}"
+            )
 
     def binarise(self, probability: np.ndarray) -> np.ndarray:
         """The lesion mask (bool) of a probability array, before the smallest components are dropped.
@@ -211,7 +221,9 @@ class ModelConfig:
                 raise ModelConfigError(f"architecture lacks {key!r}")
         arch["img_size"] = [int(v) for v in arch["img_size"]]
         if len(arch["img_size"]) != 3 or any(v <= 0 or v % 16 for v in arch["img_size"]):
-            raise ModelConfigError(f"img_size must be three multiples of 16 (UNETR patch), got {arch['img_size']}")
+            raise ModelConfigError(
+                f"img_size must be three multiples of 16 (UNETR patch), got {arch['img_size']}"
+            )
         if int(arch["out_channels"]) not in (1, 2):
             raise ModelConfigError("out_channels must be 1 (sigmoid) or 2 (softmax)")
         try:
@@ -221,7 +233,9 @@ class ModelConfig:
         inf: dict[str, Any] = dict(data["inference"])
         inf["roi_size"] = tuple(int(v) for v in (inf.get("roi_size") or arch["img_size"]))
         if list(inf["roi_size"]) != arch["img_size"]:
-            raise ModelConfigError(f"inference roi_size {inf['roi_size']} differs from img_size {arch['img_size']}")
+            raise ModelConfigError(
+                f"inference roi_size {inf['roi_size']} differs from img_size {arch['img_size']}"
+            )
         try:
             inference = InferenceConfig(**inf)
             post = PostprocessConfig(**data.get("postprocessing", {}))
@@ -387,7 +401,9 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR) -> LoadedModel:
     if not weights.is_file():
         raise ModelIntegrityError(f"no {WEIGHTS_NAME} in model directory {directory}")
     if not config.weights_sha256:
-        raise ModelConfigError(f"{directory / CONFIG_NAME} records no weights_sha256; refusing unverified weights")
+        raise ModelConfigError(
+            f"{directory / CONFIG_NAME} records no weights_sha256; refusing unverified weights"
+        )
     actual = sha256_file(weights)
     if actual != config.weights_sha256:
         raise ModelIntegrityError(

@@ -397,7 +397,9 @@ def _render_lesion(
     hi = np.minimum(np.ceil(ci + reach).astype(int) + 1, np.asarray(image.shape))
     if np.any(hi <= lo):
         return
-    zz, yy, xx = np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+    zz, yy, xx = np.meshgrid(
+        *[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)], indexing="ij"
+    )
     # Offsets in physical mm: the template is 1 mm isotropic, so index offsets are mm (signs do not matter
     # for a random shape).
     d = np.stack([xx - ci[2], yy - ci[1], zz - ci[0]], axis=-1) @ rot
@@ -411,9 +413,7 @@ def _render_lesion(
     limit = brain_limit[box]
     occupancy *= limit
 
-    texture = 1.0 + 0.08 * sum(
-        np.sin(d @ k + p) for k, p in zip(tex_k, tex_phase, strict=True)
-    ) / 3.0
+    texture = 1.0 + 0.08 * sum(np.sin(d @ k + p) for k, p in zip(tex_k, tex_phase, strict=True)) / 3.0
     value = spec.enhancement * texture
     if spec.kind == "ring" and radius > spec.rim_thickness_mm + 1.0:
         core_rho = np.linalg.norm(d / (axes * core_scale), axis=-1) / (
@@ -480,7 +480,9 @@ def _add_distractors(rng: np.random.Generator, anat: TemplateAnatomy, image: np.
             p = q
             pts.append(p.copy())
         if pts:
-            _stamp_tube(image, np.asarray(pts[::1]), float(rng.uniform(0.5, 1.3)), float(rng.uniform(1.2, 1.8)))
+            _stamp_tube(
+                image, np.asarray(pts[::1]), float(rng.uniform(0.5, 1.3)), float(rng.uniform(1.2, 1.8))
+            )
     # Deep veins along the ventricles (internal cerebral veins, thalamostriate veins).
     vent = np.argwhere(anat.ventricles)
     if len(vent):
@@ -493,7 +495,9 @@ def _add_distractors(rng: np.random.Generator, anat: TemplateAnatomy, image: np.
         # Choroid plexus: small bright tufts inside the ventricles.
         for _ in range(int(rng.integers(1, 4))):
             c = vent[rng.integers(len(vent))].astype(np.float64)
-            _stamp_tube(image, c[None, :] + rng.normal(scale=1.5, size=(6, 3)), float(rng.uniform(1.0, 2.0)), 1.35)
+            _stamp_tube(
+                image, c[None, :] + rng.normal(scale=1.5, size=(6, 3)), float(rng.uniform(1.0, 2.0)), 1.35
+            )
     # Dura and falx: a thin shell just outside the brain, patchy; the midline sheet above the ventricles.
     patch_field = ndi.zoom(rng.normal(size=tuple(int(s) for s in np.ceil(shape / 16) + 1)), 16, order=1)[
         : shape[0], : shape[1], : shape[2]
@@ -504,7 +508,9 @@ def _add_distractors(rng: np.random.Generator, anat: TemplateAnatomy, image: np.
     mid_x = anat.reference.TransformPhysicalPointToContinuousIndex((0.0, 0.0, 0.0))[0]
     midline = np.abs(xi - mid_x) < 0.9
     falx = anat.csf & midline[None, None, :] & ~anat.ventricles
-    falx &= np.arange(shape[0])[:, None, None] > float(anat.reference.TransformPhysicalPointToContinuousIndex((0, 0, 5.0))[2])
+    falx &= np.arange(shape[0])[:, None, None] > float(
+        anat.reference.TransformPhysicalPointToContinuousIndex((0, 0, 5.0))[2]
+    )
     image[falx] = np.maximum(image[falx], float(rng.uniform(1.1, 1.4)))
 
 
@@ -633,7 +639,9 @@ def render_phantom(
     center = anat.head_center_mm
     ref = geo.reference_image(center)
     tx = pose.transform(center)
-    acquired = sitk.GetArrayFromImage(sitk.Resample(template_img, ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    acquired = sitk.GetArrayFromImage(
+        sitk.Resample(template_img, ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    )
     acquired_labels = sitk.Resample(label_img, ref, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
 
     # Texture (scanner/tissue inhomogeneity at the 1-3 mm scale) and bias field, then Rician noise.
@@ -673,7 +681,9 @@ def render_phantom(
     )
 
 
-def random_pose(rng: np.random.Generator, max_rotation_deg: float = 3.0, max_shift_mm: float = 4.0) -> HeadPose:
+def random_pose(
+    rng: np.random.Generator, max_rotation_deg: float = 3.0, max_shift_mm: float = 4.0
+) -> HeadPose:
     """A slight random head repositioning (uniform within the given limits)."""
     return HeadPose(
         rotation_deg=tuple(float(v) for v in rng.uniform(-max_rotation_deg, max_rotation_deg, 3)),  # type: ignore[arg-type]
@@ -777,12 +787,16 @@ def make_longitudinal_series(
         raise PhantomError(f"n_visits must be >= 1, got {n_visits}")
     rng = np.random.default_rng(seed)
     cycle: list[Trajectory] = ["grow", "shrink", "disappear", "stable"]
-    chosen = list(trajectories) if trajectories is not None else [cycle[i % 4] for i in range(n_baseline_lesions)]
+    chosen = (
+        list(trajectories) if trajectories is not None else [cycle[i % 4] for i in range(n_baseline_lesions)]
+    )
     if len(chosen) != n_baseline_lesions:
         raise PhantomError(f"{len(chosen)} trajectories for {n_baseline_lesions} baseline lesions")
     specs = sample_lesion_specs(rng, n_baseline_lesions, diameter_range_mm)
     appearing = (
-        sample_lesion_specs(rng, 1, (5.0, 12.0), first_id=n_baseline_lesions + 1, avoid=specs) if n_visits > 1 else []
+        sample_lesion_specs(rng, 1, (5.0, 12.0), first_id=n_baseline_lesions + 1, avoid=specs)
+        if n_visits > 1
+        else []
     )
     factors = {"grow": 1.25, "shrink": 0.7, "stable": 1.0, "disappear": 0.6}
     gone_from = min(n_visits - 1, 2) if n_visits > 1 else None
@@ -803,7 +817,9 @@ def make_longitudinal_series(
     all_specs = specs + appearing
     visits = []
     for v in range(n_visits):
-        visit_specs = [replace(s, diameter_mm=t.diameters_mm[v]) for s, t in zip(all_specs, tracks, strict=True)]
+        visit_specs = [
+            replace(s, diameter_mm=t.diameters_mm[v]) for s, t in zip(all_specs, tracks, strict=True)
+        ]
         visits.append(
             render_phantom(
                 visit_specs,

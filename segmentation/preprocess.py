@@ -371,7 +371,9 @@ def paste_into_reference(array_zyx: np.ndarray, pre: PreprocessedImage, fill: fl
     return out
 
 
-def to_native(array_zyx: np.ndarray, pre: PreprocessedImage, interpolator: int = sitk.sitkLinear) -> sitk.Image:
+def to_native(
+    array_zyx: np.ndarray, pre: PreprocessedImage, interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
     """Map a model-space map (e.g. lesion probability, float32) back to the native image grid.
 
     Physical positions are kept (reorientation and resampling only changed the grid), so this is one

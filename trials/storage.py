@@ -208,7 +208,9 @@ def undo_file_writes_on_error(func: Callable[P, R]) -> Callable[P, R]:
 def _journal() -> _FileJournal:
     journal = _JOURNAL.get()
     if journal is None:  # a programming error: every action that writes masks is decorated
-        raise RuntimeError("reader masks are written only inside an action run with undo_file_writes_on_error")
+        raise RuntimeError(
+            "reader masks are written only inside an action run with undo_file_writes_on_error"
+        )
     return journal
 
 
@@ -310,4 +312,3 @@ __all__ = [
     "undo_file_writes_on_error",
     "write_label_image",
 ]
-

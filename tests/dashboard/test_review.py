@@ -193,7 +193,9 @@ def test_target_selection_rules(world: World) -> None:
     with pytest.raises(InvalidInputError, match="at most 1"):
         review.set_target_selection(world.patient, list(world.lesions.values()), actor=world.radiologist)
     small = lesion_records.create_lesion(world.patient, actor=None)
-    lesion_records.record_observation(small, world.baseline, longest_diameter_mm=4.0, measurable=False, actor=None)
+    lesion_records.record_observation(
+        small, world.baseline, longest_diameter_mm=4.0, measurable=False, actor=None
+    )
     with pytest.raises(InvalidInputError, match="cannot be a target"):
         review.set_target_selection(world.patient, [small], actor=world.radiologist)
 

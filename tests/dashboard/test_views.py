@@ -163,7 +163,9 @@ def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> 
     from trials.models import AuditEvent
 
     assert AuditEvent.objects.get(action="review.restore_lesion").reason == "it is a lesion after all"
-    rad_client.post(f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk, "reason": "vessel"})
+    rad_client.post(
+        f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk, "reason": "vessel"}
+    )
     assessment = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
     assert assessment.overall_response == "SD"
     # A wrong password is refused with a message and nothing is signed.
@@ -427,5 +429,5 @@ def test_timeline_shows_nadir_and_best_response_so_far(client: Any, world: World
     fu1 = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
     assert "Nadir SLD (mm)" in body and "Change from nadir" in body and "Best response so far" in body
     assert fu1.nadir_sum_ld_mm is not None and fu1.best_overall_response
-    assert f"{fu1.nadir_sum_ld_mm:.1f} <span class=\"muted\">(BASELINE)</span>" in body
+    assert f'{fu1.nadir_sum_ld_mm:.1f} <span class="muted">(BASELINE)</span>' in body
     assert f"{fu1.pct_change_from_nadir:.1f}%" in body

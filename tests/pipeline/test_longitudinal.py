@@ -218,7 +218,9 @@ def test_a_lesion_first_seen_at_a_late_visit_is_recorded_absent_at_later_visits(
     timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
     upload_with_ground_truth(timepoints["BASELINE"], synthetic_patient, 0, media_root)
     upload_with_ground_truth(timepoints["FU2"], synthetic_patient, 2, media_root)
-    fu2_before = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
+    fu2_before = Assessment.objects.get(
+        timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True
+    )
 
     # FU1's ground truth plus a 10 mm ball in the brain, 20 mm or more from every lesion of any visit.
     upload = imaging.upload_series(timepoints["FU1"], synthetic_patient.zips[1], enqueue=False, actor=None)
@@ -247,8 +249,12 @@ def test_a_lesion_first_seen_at_a_late_visit_is_recorded_absent_at_later_visits(
         first = lesion.first_seen_timepoint.scan_date
         present_at = dict(LesionObservation.objects.filter(lesion=lesion).values_list("timepoint", "present"))
         assert {tp.pk for tp in timepoints.values() if tp.scan_date >= first} <= set(present_at), lesion.label
-        assert not any(present_at[tp.pk] for tp in timepoints.values() if tp.scan_date < first and tp.pk in present_at)
-    fu2_after = Assessment.objects.get(timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True)
+        assert not any(
+            present_at[tp.pk] for tp in timepoints.values() if tp.scan_date < first and tp.pk in present_at
+        )
+    fu2_after = Assessment.objects.get(
+        timepoint=timepoints["FU2"], criteria=Criteria.RANO_BM, is_current=True
+    )
     assert fu2_after.pk != fu2_before.pk  # re-assessed from FU1 on; the earlier version is kept
     assert Assessment.objects.filter(pk=fu2_before.pk, is_current=False).exists()
 
@@ -304,7 +310,9 @@ def test_reader_change_reassesses_from_that_visit_and_keeps_earlier_versions(
     new_lesion = next(o.lesion for o in fu2_obs if o.lesion.first_seen_timepoint_id == timepoints["FU2"].pk)
     lds = {o.lesion.label: o.longest_diameter_mm for o in fu2_obs}
     regrowing = max((label for label in lds if label != new_lesion.label), key=lambda label: lds[label])
-    lesion_records.update_lesion(new_lesion, is_false_positive=True, actor=reader, reason="vessel, not a lesion")
+    lesion_records.update_lesion(
+        new_lesion, is_false_positive=True, actor=reader, reason="vessel, not a lesion"
+    )
     lesion_records.update_lesion(
         Lesion.objects.get(patient=pipeline_patient, label=regrowing),
         role=LesionRole.NON_TARGET,
@@ -421,7 +429,9 @@ def test_a_series_rtstruct_cannot_encode_still_gets_its_seg_and_its_assessment(
     image.SetSpacing((0.8, 1.0, 2.0))
     write_dicom_series(image, tmp_path / "s", patient_id="Doe^John")
     timepoint = pipeline_patient.timepoints.get(visit_label="BASELINE")
-    upload = imaging.upload_series(timepoint, zip_folder(tmp_path / "s", tmp_path / "s.zip"), enqueue=False, actor=None)
+    upload = imaging.upload_series(
+        timepoint, zip_folder(tmp_path / "s", tmp_path / "s.zip"), enqueue=False, actor=None
+    )
     volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
     z, y, x = np.indices(sitk.GetArrayViewFromImage(volume).shape)
     ball = ((z - 8) * 2.0) ** 2 + ((y - 24) * 1.0) ** 2 + ((x - 24) * 0.8) ** 2 <= 36.0  # r 6 mm
@@ -470,7 +480,9 @@ def test_a_target_merged_into_a_non_target_keeps_the_merged_mass(
     }
     version = ground_truth_version()
     for index, label in enumerate(("BASELINE", "FU1")):
-        upload = imaging.upload_series(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
+        upload = imaging.upload_series(
+            timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None
+        )
         volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
         run = segmentation_stage.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
         analysis.run_analysis_stage(upload.job.pk, run.pk)
@@ -495,14 +507,20 @@ def test_a_later_visit_confirms_an_earlier_response_and_a_later_pd_withdraws_it(
     once FU2 becomes PD (clinical status worse)."""
 
     timepoints = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
-    masks = {"BASELINE": [((0.0, 0.0, 0.0), 10.0)], "FU1": [((0.0, 0.0, 0.0), 5.0)], "FU2": [((0.0, 0.0, 0.0), 5.0)]}
+    masks = {
+        "BASELINE": [((0.0, 0.0, 0.0), 10.0)],
+        "FU1": [((0.0, 0.0, 0.0), 5.0)],
+        "FU2": [((0.0, 0.0, 0.0), 5.0)],
+    }
     version = ground_truth_version()
 
     def fu1_row() -> Assessment:
         return Assessment.objects.get(timepoint=timepoints["FU1"], criteria=Criteria.RANO_BM, is_current=True)
 
     for index, label in enumerate(synthetic_patient.labels):
-        upload = imaging.upload_series(timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None)
+        upload = imaging.upload_series(
+            timepoints[label], synthetic_patient.zips[index], enqueue=False, actor=None
+        )
         volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
         run = segmentation_stage.record_segmentation(upload.series, version, _balls_on(volume, masks[label]))
         analysis.run_analysis_stage(upload.job.pk, run.pk)
@@ -550,7 +568,10 @@ def test_a_lesion_the_reader_adds_where_a_known_lesion_was_keeps_its_label(
     reader = make_member(pipeline_patient.trial, MembershipRole.RADIOLOGIST)
     lesions_before = Lesion.objects.filter(patient=pipeline_patient).count()
     added = review.add_lesion_from_seed(
-        timepoints["FU1"], seed_index=(int(x), int(y), int(z)), actor=reader, reason="missed by the AI",
+        timepoints["FU1"],
+        seed_index=(int(x), int(y), int(z)),
+        actor=reader,
+        reason="missed by the AI",
         multiplier=1.5,
     )
     assert added.lesion.label == label_of[2] and added.present and added.source == "manual"
@@ -562,5 +583,7 @@ def test_a_lesion_the_reader_adds_where_a_known_lesion_was_keeps_its_label(
 
 def absent_sum(patient: Any, timepoint: Timepoint) -> float:
     """The SLD of the visit's superseded AI assessment (before the reader added the lesion)."""
-    rows = Assessment.objects.filter(timepoint=timepoint, criteria=Criteria.RANO_BM).order_by("created_at", "pk")
+    rows = Assessment.objects.filter(timepoint=timepoint, criteria=Criteria.RANO_BM).order_by(
+        "created_at", "pk"
+    )
     return float(rows.first().sum_ld_mm)

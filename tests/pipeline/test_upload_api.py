@@ -353,8 +353,6 @@ def test_upload_with_browser_session_and_csrf_token_is_accepted(
         refused = client.post(f"/api/v1/timepoints/{visit.pk}/series/", {"file": fh})
     assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
     with path.open("rb") as fh:
-        accepted = client.post(
-            f"/api/v1/timepoints/{visit.pk}/series/", {"file": fh}, HTTP_X_CSRFTOKEN=token
-        )
+        accepted = client.post(f"/api/v1/timepoints/{visit.pk}/series/", {"file": fh}, HTTP_X_CSRFTOKEN=token)
     assert accepted.status_code == 202, accepted.content
     assert ImagingSeries.objects.filter(timepoint=visit).count() == 1

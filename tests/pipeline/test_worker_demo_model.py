@@ -73,7 +73,8 @@ def test_three_visits_with_the_demo_model_in_a_real_worker(
 
     # Stable labels: each ground-truth lesion found carries one label at every visit.
     runs = {
-        label: SegmentationRun.objects.get(series__timepoint=visits[label]) for label in synthetic_patient.labels
+        label: SegmentationRun.objects.get(series__timepoint=visits[label])
+        for label in synthetic_patient.labels
     }
     labels_of: dict[int, set[str]] = {}
     for index, label in enumerate(synthetic_patient.labels):

@@ -30,7 +30,9 @@ def phantom():  # type: ignore[no-untyped-def]
     return make_phantom(9, n_lesions=2, diameter_range_mm=(10.0, 20.0), geometry="axial_2mm")
 
 
-def test_nifti_input_writes_mask_and_lesion_table(tmp_path: Path, tiny_model_dir: Path, phantom, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_nifti_input_writes_mask_and_lesion_table(
+    tmp_path: Path, tiny_model_dir: Path, phantom, capsys
+) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "t1c.nii.gz"
     sitk.WriteImage(phantom.image, str(src))
     out = tmp_path / "out"
@@ -66,22 +68,34 @@ def test_dicom_input_also_writes_rtstruct_and_seg(tmp_path: Path, tiny_model_dir
     sha, version = config["weights_sha256"], config["version"]
     assert len(sha) == 64
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmName == config["name"] and algorithm.AlgorithmVersion.startswith(f"{version} sha256:")
+    assert algorithm.AlgorithmName == config["name"] and algorithm.AlgorithmVersion.startswith(
+        f"{version} sha256:"
+    )
     assert sha in algorithm.AlgorithmParameters
     assert sha in rt.StructureSetDescription and version in rt.StructureSetDescription
     if config.get("label"):
-        assert config["label"] in rt.StructureSetDescription and config["label"] in algorithm.AlgorithmParameters
+        assert (
+            config["label"] in rt.StructureSetDescription and config["label"] in algorithm.AlgorithmParameters
+        )
     assert all(r.ROIGenerationDescription.startswith(config["name"]) for r in rt.StructureSetROISequence)
 
 
 @pytest.mark.slow
 def test_self_check_reports_dice(tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert segment_main(["--self-check", "--model", str(tiny_model_dir), "--device", "cpu", "--min-dice", "0"]) == 0
+    assert (
+        segment_main(["--self-check", "--model", str(tiny_model_dir), "--device", "cpu", "--min-dice", "0"])
+        == 0
+    )
     out = capsys.readouterr().out
     dice = float(out.split("Dice ")[1].split(";")[0])
     assert 0.0 <= dice <= 1.0
     # An untrained network cannot reach Dice 0.99: the self-check must say so with exit status 1.
-    assert segment_main(["--self-check", "--model", str(tiny_model_dir), "--device", "cpu", "--min-dice", "0.99"]) == 1
+    assert (
+        segment_main(
+            ["--self-check", "--model", str(tiny_model_dir), "--device", "cpu", "--min-dice", "0.99"]
+        )
+        == 1
+    )
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -118,7 +132,10 @@ def test_bad_images_are_refused_clearly(tmp_path: Path, tiny_model_dir: Path, ca
 
 def test_missing_arguments_and_input(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert segment_main([]) == 2
-    assert segment_main([str(tmp_path / "nothing.nii.gz"), str(tmp_path / "o"), "--model", str(tiny_model_dir)]) == 2
+    assert (
+        segment_main([str(tmp_path / "nothing.nii.gz"), str(tmp_path / "o"), "--model", str(tiny_model_dir)])
+        == 2
+    )
     assert "InputNotFoundError" in capsys.readouterr().err
 
 
@@ -131,7 +148,9 @@ def test_out_of_range_options_are_refused_by_the_parser(tmp_path: Path, option: 
     assert info.value.code == 2 and option[0] in capsys.readouterr().err
 
 
-def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path, tiny_model_dir: Path, phantom, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_folder_that_cannot_be_made_is_one_line(
+    tmp_path: Path, tiny_model_dir: Path, phantom, capsys
+) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "t1c.nii.gz"
     sitk.WriteImage(phantom.image, str(src))
     blocker = tmp_path / "file"

@@ -78,7 +78,9 @@ def _all_strings() -> list[str]:
 
 
 @pytest.mark.parametrize("implicit_vr", [False, True], ids=["explicit-vr", "implicit-vr"])
-def test_no_identifier_survives_in_stored_files_or_stored_metadata(tmp_path, write_series, implicit_vr) -> None:
+def test_no_identifier_survives_in_stored_files_or_stored_metadata(
+    tmp_path, write_series, implicit_vr
+) -> None:
     folder, _ = _identifying_series(write_series, implicit_vr=implicit_vr)
     assert pydicom.dcmread(next(folder.iterdir())).file_meta.TransferSyntaxUID.is_implicit_VR is implicit_vr
     stored = ingest_series(folder, tmp_path / "store" / "s1", subject_id="BM-042")

@@ -51,7 +51,9 @@ def oblique_phantom():  # type: ignore[no-untyped-def]
     for idx in picks:
         center = anat.reference.TransformIndexToPhysicalPoint([int(idx[2]), int(idx[1]), int(idx[0])])
         if all(np.linalg.norm(np.subtract(center, s.center_mm)) > 35 for s in specs):
-            specs.append(LesionSpec(len(specs) + 1, tuple(center), 14.0, enhancement=1.7, shape_seed=len(specs)))
+            specs.append(
+                LesionSpec(len(specs) + 1, tuple(center), 14.0, enhancement=1.7, shape_seed=len(specs))
+            )
         if len(specs) == 3:
             break
     return render_phantom(
@@ -67,7 +69,9 @@ def test_pipeline_maps_predictions_back_to_the_native_grid(tiny_model: LoadedMod
     lesion_level = np.median(pre.array[truth_model_space])
     tissue_level = np.percentile(pre.array[head & ~truth_model_space], 95)
     assert lesion_level > tissue_level
-    model = LoadedModel(tiny_model.config, IntensityThreshold((lesion_level + tissue_level) / 2), Path("."), 0)
+    model = LoadedModel(
+        tiny_model.config, IntensityThreshold((lesion_level + tissue_level) / 2), Path("."), 0
+    )
     result = segment_image(oblique_phantom.image, model, InferenceOptions(device="cpu"))
     for im in (result.mask, result.labels):
         assert im.GetSize() == oblique_phantom.image.GetSize()
@@ -101,7 +105,9 @@ def test_cpu_inference_is_deterministic(tiny_model: LoadedModel, oblique_phantom
     a = segment_image(oblique_phantom.image, tiny_model, opts)
     b = segment_image(oblique_phantom.image, tiny_model, opts)
     assert a.probability is not None and b.probability is not None
-    assert np.array_equal(sitk.GetArrayViewFromImage(a.probability), sitk.GetArrayViewFromImage(b.probability))
+    assert np.array_equal(
+        sitk.GetArrayViewFromImage(a.probability), sitk.GetArrayViewFromImage(b.probability)
+    )
 
 
 def test_two_channel_softmax_models_are_supported() -> None:
@@ -113,7 +119,9 @@ def test_two_channel_softmax_models_are_supported() -> None:
     net = build_network(cfg).eval()
     img = sitk.GetImageFromArray(np.pad(np.full((30, 30, 30), 100, np.int16), 9))
     img.SetSpacing((2.0, 2.0, 2.0))
-    result = segment_image(img, LoadedModel(cfg, net, Path("."), 0), InferenceOptions(device="cpu", keep_probability=True))
+    result = segment_image(
+        img, LoadedModel(cfg, net, Path("."), 0), InferenceOptions(device="cpu", keep_probability=True)
+    )
     prob = sitk.GetArrayViewFromImage(result.probability)
     assert prob.min() >= 0.0 and prob.max() <= 1.0
 

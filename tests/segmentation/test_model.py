@@ -26,7 +26,9 @@ from segmentation.train import demo_config
 
 
 def tiny_config(feature_size: int = 4, hidden_size: int = 48) -> ModelConfig:
-    return demo_config(spacing_mm=2.0, patch=32, feature_size=feature_size, hidden_size=hidden_size, num_heads=4)
+    return demo_config(
+        spacing_mm=2.0, patch=32, feature_size=feature_size, hidden_size=hidden_size, num_heads=4
+    )
 
 
 @pytest.fixture
@@ -114,7 +116,9 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path: Path) -> None:
     data = json.loads((out / CONFIG_NAME).read_text())
     data["weights_sha256"] = hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
     (out / CONFIG_NAME).write_text(json.dumps(data))
-    with pytest.raises(ModelWeightsMismatchError, match=r"missing.*out\.conv\.conv\.weight.*unexpected.*extra\.weight"):
+    with pytest.raises(
+        ModelWeightsMismatchError, match=r"missing.*out\.conv\.conv\.weight.*unexpected.*extra\.weight"
+    ):
         load_model(out)
 
 
@@ -172,4 +176,6 @@ def test_detection_threshold_round_trips_and_is_absent_when_unset() -> None:
     assert "detection_threshold" not in plain.to_dict()["postprocessing"]  # older readers see no change
     with_hysteresis = replace(plain, postprocessing=PostprocessConfig(0.4, 30.0, 0.95))
     again = ModelConfig.from_dict(json.loads(json.dumps(with_hysteresis.to_dict())))
-    assert again.postprocessing == PostprocessConfig(threshold=0.4, min_lesion_volume_mm3=30.0, detection_threshold=0.95)
+    assert again.postprocessing == PostprocessConfig(
+        threshold=0.4, min_lesion_volume_mm3=30.0, detection_threshold=0.95
+    )

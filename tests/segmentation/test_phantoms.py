@@ -60,7 +60,9 @@ def test_phantom_grid_types_and_lesion_table(small_phantom: P.Phantom) -> None:
     labels = sitk.GetArrayViewFromImage(small_phantom.labels)
     mask = sitk.GetArrayViewFromImage(small_phantom.mask)
     assert np.array_equal(mask > 0, labels > 0)
-    assert {lesion.lesion_id for lesion in small_phantom.lesions} == set(np.unique(labels[labels > 0]).tolist())
+    assert {lesion.lesion_id for lesion in small_phantom.lesions} == set(
+        np.unique(labels[labels > 0]).tolist()
+    )
     for lesion in small_phantom.lesions:
         assert 6.0 <= lesion.diameter_mm <= 25.0
         # Independent count from the label map, in mm^3 (2 mm voxels = 8 mm^3).
@@ -100,8 +102,12 @@ def test_ring_lesion_has_dark_core_inside_the_mask(anatomy: P.TemplateAnatomy) -
 
 
 def test_distractors_add_bright_non_lesion_voxels() -> None:
-    with_d = P.make_phantom(21, n_lesions=1, geometry="axial_2mm", distractors=True, skull=False, noise_fraction=0.0)
-    without = P.make_phantom(21, n_lesions=1, geometry="axial_2mm", distractors=False, skull=False, noise_fraction=0.0)
+    with_d = P.make_phantom(
+        21, n_lesions=1, geometry="axial_2mm", distractors=True, skull=False, noise_fraction=0.0
+    )
+    without = P.make_phantom(
+        21, n_lesions=1, geometry="axial_2mm", distractors=False, skull=False, noise_fraction=0.0
+    )
 
     def bright_outside_lesions(ph: P.Phantom) -> int:
         img = sitk.GetArrayViewFromImage(ph.image).astype(float)

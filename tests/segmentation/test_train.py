@@ -89,7 +89,9 @@ def test_losses() -> None:
     assert float(segmentation_loss(logit, target, "bce")) == pytest.approx(expected_bce, rel=1e-5)
     p = torch.sigmoid(logit)
     dice = (2 * float((p * target).sum()) + 1) / (float(p.sum()) + 2 + 1)
-    assert float(segmentation_loss(logit, target, "dicebce")) == pytest.approx(expected_bce + 1 - dice, rel=1e-5)
+    assert float(segmentation_loss(logit, target, "dicebce")) == pytest.approx(
+        expected_bce + 1 - dice, rel=1e-5
+    )
     with pytest.raises(TrainingError, match="unknown loss"):
         segmentation_loss(logit, target, "focal")
 
@@ -159,7 +161,9 @@ def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path:
     assert cfg["label"] == "demo — not for clinical use"
     assert cfg["training"]["seed"] == 0 and "--data" in cfg["training"]["command"]
     assert cfg["training"]["patients_per_split"] == {"train": 1, "val": 1, "test": 1}
-    assert {"dice", "lesion_f1"} <= set(cfg["metrics"]["test"]) and {"dice", "lesion_f1"} <= set(cfg["metrics"]["validation"])
+    assert {"dice", "lesion_f1"} <= set(cfg["metrics"]["test"]) and {"dice", "lesion_f1"} <= set(
+        cfg["metrics"]["validation"]
+    )
     assert (run / "model" / "MODEL_CARD.md").read_text().count("not for clinical use") >= 1
     assert "epoch 0 loss" in (run / "train.log").read_text()
 
@@ -190,7 +194,9 @@ def test_bm_train_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize("damage", ["cropped", "shifted", "unreadable", "2d"])
-def test_bm_train_refuses_a_mask_that_does_not_fit_its_image(nifti_dataset: Path, tmp_path: Path, damage: str) -> None:
+def test_bm_train_refuses_a_mask_that_does_not_fit_its_image(
+    nifti_dataset: Path, tmp_path: Path, damage: str
+) -> None:
     """A mask off its image's grid was resampled into an empty mask and trained on silently."""
     data = tmp_path / "data"
     shutil.copytree(nifti_dataset, data)
@@ -210,11 +216,16 @@ def test_bm_train_refuses_a_mask_that_does_not_fit_its_image(nifti_dataset: Path
     assert main(_train_args(data, run, "--epochs", "1")) == 2
     log = (run / "train.log").read_text()
     assert "case P1_v1" in log and "Traceback" not in log
-    assert ("cannot read" if damage == "unreadable" else "3D" if damage == "2d" else "not on the image's grid") in log
+    assert (
+        "cannot read" if damage == "unreadable" else "3D" if damage == "2d" else "not on the image's grid"
+    ) in log
 
 
 def test_bm_train_missing_config_file_is_one_line(tmp_path: Path) -> None:
-    assert main(["--phantoms", "3", "--config", str(tmp_path / "nope.json"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(["--phantoms", "3", "--config", str(tmp_path / "nope.json"), "--run-dir", str(tmp_path / "r")])
+        == 2
+    )
     assert "no such file" in (tmp_path / "r" / "train.log").read_text()
 
 
@@ -258,7 +269,9 @@ def test_dicom_rtstruct_cases_take_the_rois_matching_the_pattern(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_evaluate_runs_the_whole_pipeline_on_the_native_grid(nifti_dataset: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_runs_the_whole_pipeline_on_the_native_grid(
+    nifti_dataset: Path, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
     from segmentation.model import save_model_dir
 
     cfg = demo_config(2.0, 32, feature_size=4, hidden_size=48)
@@ -353,7 +366,9 @@ def test_calibrated_scores_equal_the_plain_metrics_of_the_chosen_post_processing
     truth = _ball(shape, (12, 12, 12), 5) | _ball(shape, (28, 28, 28), 2.5) | _ball(shape, (30, 10, 10), 1)
     prob = np.clip(
         ndi_gaussian(truth.astype(np.float32) * 0.9 + (rng.random(shape) > 0.995) * 0.85, 1.0)
-        + rng.random(shape) * 0.1, 0, 1
+        + rng.random(shape) * 0.1,
+        0,
+        1,
     ).astype(np.float32)
     case = CachedCase("c", "p", np.ones(shape, np.float32), truth.astype(np.uint8), (2.0, 2.0, 2.0))
     config = demo_config(patch=48)
@@ -364,7 +379,9 @@ def test_calibrated_scores_equal_the_plain_metrics_of_the_chosen_post_processing
     pred = remove_small_components(post.binarise(p), case.spacing_mm, post.min_lesion_volume_mm3)
     counts = lesion_counts(pred, case.mask, case.spacing_mm, 5.0, post.min_lesion_volume_mm3)
     assert (best["lesion_tp"], best["lesion_fn"], best["lesion_fp"]) == (
-        counts.true_positive, counts.false_negative, counts.false_positive
+        counts.true_positive,
+        counts.false_negative,
+        counts.false_positive,
     )
     assert best["dice"] == pytest.approx(dice_score(pred, case.mask), abs=1e-12)
     # Every grid point agrees, not only the chosen one.
@@ -376,7 +393,9 @@ def test_calibrated_scores_equal_the_plain_metrics_of_the_chosen_post_processing
             pred = remove_small_components(post.binarise(p), case.spacing_mm, 15.0)
             c = lesion_counts(pred, case.mask, case.spacing_mm, 5.0, 15.0)
             assert (got["lesion_tp"], got["lesion_fn"], got["lesion_fp"]) == (
-                c.true_positive, c.false_negative, c.false_positive
+                c.true_positive,
+                c.false_negative,
+                c.false_positive,
             )
             assert got["dice"] == pytest.approx(dice_score(pred, case.mask), abs=1e-12)
 

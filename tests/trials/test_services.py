@@ -183,11 +183,15 @@ def test_observation_must_be_of_the_lesions_patient_and_caliper_must_be_two_poin
     tp = make_timepoint(lesion.patient)
     with pytest.raises(InvalidInputError, match="two physical points"):
         lesion_records.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0]], actor=None)
-    obs = lesion_records.record_observation(lesion, tp, caliper_points_mm=[[0, 0, 0], [12, 0.5, 3]], actor=None)
+    obs = lesion_records.record_observation(
+        lesion, tp, caliper_points_mm=[[0, 0, 0], [12, 0.5, 3]], actor=None
+    )
     assert obs.caliper_points_mm == [[0.0, 0.0, 0.0], [12.0, 0.5, 3.0]]
     foreign_run = make_run(make_series(make_timepoint(lesion.patient)))
     with pytest.raises(InvalidInputError, match="run is of another visit"):
-        lesion_records.record_observation(make_lesion(lesion.patient), tp, segmentation_run=foreign_run, actor=None)
+        lesion_records.record_observation(
+            make_lesion(lesion.patient), tp, segmentation_run=foreign_run, actor=None
+        )
     with pytest.raises(InvalidInputError, match="run is of another visit"):
         lesion_records.update_observation(obs, segmentation_run=foreign_run, actor=None)
 
@@ -208,7 +212,9 @@ def test_reader_role_change_is_marked_and_edit_of_ai_observation_becomes_edited(
     assert lesion.role == LesionRole.TARGET and lesion.role_set_by_reader
     obs = make_observation(lesion, make_timepoint(lesion.patient), longest_diameter_mm=11.0)
     assert obs.source == ObservationSource.AI
-    lesion_records.update_observation(obs, longest_diameter_mm=13.5, actor=reader, reason="caliper on true edge")
+    lesion_records.update_observation(
+        obs, longest_diameter_mm=13.5, actor=reader, reason="caliper on true edge"
+    )
     obs.refresh_from_db()
     assert (obs.source, obs.longest_diameter_mm) == (ObservationSource.EDITED, 13.5)
     assert obs.history.earliest().longest_diameter_mm == 11.0
@@ -277,7 +283,9 @@ def test_job_is_enqueued_only_after_commit(django_capture_on_commit_callbacks) -
     series = make_series()
     enqueued: list[int] = []
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        job = job_records.create_job("segment", obj=series, actor=None, enqueue=lambda j: enqueued.append(j.pk))
+        job = job_records.create_job(
+            "segment", obj=series, actor=None, enqueue=lambda j: enqueued.append(j.pk)
+        )
         assert enqueued == []  # not before commit
     assert len(callbacks) == 1
     callbacks[0]()

@@ -143,7 +143,9 @@ def resegment_series(
         state__in=(JobState.QUEUED, JobState.RUNNING),
     ).first()
     if busy is not None:
-        raise InvalidStateError(f"Series {series.pk} is already being processed (job {busy.pk}, {busy.state}).")
+        raise InvalidStateError(
+            f"Series {series.pk} is already being processed (job {busy.pk}, {busy.state})."
+        )
     return create_pipeline_job(series, actor=actor, correlation_id=correlation_id or new_correlation_id())
 
 

@@ -32,7 +32,9 @@ def retry_job(
         raise InvalidStateError(f"Job {job.pk} is {job.state}; only a failed job can be retried.")
     correlation_id = correlation_id or job.correlation_id
     if job.kind == JobKind.PIPELINE:
-        for run in SegmentationRun.objects.filter(series_id=job.params.get("series_id"), status=RunStatus.FAILED):
+        for run in SegmentationRun.objects.filter(
+            series_id=job.params.get("series_id"), status=RunStatus.FAILED
+        ):
             update_segmentation_run(
                 run, status=RunStatus.RUNNING, error="", actor=actor, correlation_id=correlation_id
             )

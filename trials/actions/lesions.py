@@ -50,7 +50,9 @@ def add_lesion(
         DuplicateError: the label exists for the patient.
         InvalidInputError: ``first_seen_timepoint`` is another patient's visit, or an invalid field.
     """
-    return create_lesion(patient, label=label, actor=actor, reason=reason, correlation_id=correlation_id, **fields)
+    return create_lesion(
+        patient, label=label, actor=actor, reason=reason, correlation_id=correlation_id, **fields
+    )
 
 
 @transaction.atomic

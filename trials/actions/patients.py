@@ -126,4 +126,10 @@ def edit_timepoint(
     return timepoint
 
 
-__all__ = ["PATIENT_EDITABLE_FIELDS", "create_patient", "create_timepoint", "edit_timepoint", "update_patient"]
+__all__ = [
+    "PATIENT_EDITABLE_FIELDS",
+    "create_patient",
+    "create_timepoint",
+    "edit_timepoint",
+    "update_patient",
+]

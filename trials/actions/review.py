@@ -187,7 +187,11 @@ def _set_false_positive(
         correlation_id=cid,
     )
     reassess_patient(
-        lesion.patient, from_timepoint=_earliest_visit(lesion, timepoint), actor=actor, reason=reason, correlation_id=cid
+        lesion.patient,
+        from_timepoint=_earliest_visit(lesion, timepoint),
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
     )
     return lesion
 
@@ -290,7 +294,9 @@ def add_lesion_from_seed(
         reason=reason,
         correlation_id=cid,
     )
-    reassess_patient(timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid)
+    reassess_patient(
+        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+    )
     return observation
 
 
@@ -386,7 +392,9 @@ def merge_lesions(
         reason=reason,
         correlation_id=cid,
     )
-    reassess_patient(timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid)
+    reassess_patient(
+        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+    )
     keep_obs.refresh_from_db()
     return keep_obs
 
@@ -474,7 +482,9 @@ def split_lesion(
         reason=reason,
         correlation_id=cid,
     )
-    reassess_patient(timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid)
+    reassess_patient(
+        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+    )
     observation.refresh_from_db()
     return observation, new_observation
 
@@ -605,7 +615,11 @@ def set_lesion_flags(
             correlation_id=cid,
         )
         reassess_patient(
-            lesion.patient, from_timepoint=_earliest_visit(lesion, timepoint), actor=actor, reason=reason, correlation_id=cid
+            lesion.patient,
+            from_timepoint=_earliest_visit(lesion, timepoint),
+            actor=actor,
+            reason=reason,
+            correlation_id=cid,
         )
     return lesion
 
@@ -645,7 +659,13 @@ def set_unequivocal_progression(
             reason=reason,
             correlation_id=cid,
         )
-        reassess_patient(lesion.patient, from_timepoint=observation.timepoint, actor=actor, reason=reason, correlation_id=cid)
+        reassess_patient(
+            lesion.patient,
+            from_timepoint=observation.timepoint,
+            actor=actor,
+            reason=reason,
+            correlation_id=cid,
+        )
     return observation
 
 
@@ -694,7 +714,9 @@ def set_clinical_context(
         reason=reason,
         correlation_id=cid,
     )
-    reassess_patient(timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid)
+    reassess_patient(
+        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+    )
     return timepoint
 
 

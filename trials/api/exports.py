@@ -51,7 +51,11 @@ class TrialExportView(APIView):
             get_dataset(kind)
             filters = ExportFilters.from_query(request.query_params)
             export = export_trial(
-                trial, kind, filters, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+                trial,
+                kind,
+                filters,
+                actor=request.user,
+                correlation_id=getattr(request, "correlation_id", ""),
             )
         except UnknownExportKindError as exc:
             raise NotFound(exc.message) from None

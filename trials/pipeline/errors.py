@@ -47,4 +47,10 @@ def transient_errors() -> Iterator[None]:
         raise TransientError(f"database unavailable: {exc}") from exc
 
 
-__all__ = ["PERMANENT_ERRORS", "TRANSIENT_DATABASE_ERRORS", "TransientError", "transient_errors", "user_message"]
+__all__ = [
+    "PERMANENT_ERRORS",
+    "TRANSIENT_DATABASE_ERRORS",
+    "TransientError",
+    "transient_errors",
+    "user_message",
+]

@@ -59,7 +59,9 @@ def fail_pipeline_job(job_id: int, exc: BaseException) -> None:
     message = user_message(exc)
     fail_job(job, error=message, message=f"failed at stage {job.stage or 'start'}")
     if job.kind == JobKind.PIPELINE and job.params.get("series_id"):
-        for run in SegmentationRun.objects.filter(series_id=job.params["series_id"], status=RunStatus.RUNNING):
+        for run in SegmentationRun.objects.filter(
+            series_id=job.params["series_id"], status=RunStatus.RUNNING
+        ):
             update_segmentation_run(
                 run, status=RunStatus.FAILED, error=message, actor=None, correlation_id=job.correlation_id
             )

@@ -36,7 +36,9 @@ def sweep_unenqueued_jobs(
     Returns:
         Ids of the jobs handed to the broker now.
     """
-    grace = float(older_than_s if older_than_s is not None else getattr(settings, "PIPELINE_ENQUEUE_GRACE_S", 30))
+    grace = float(
+        older_than_s if older_than_s is not None else getattr(settings, "PIPELINE_ENQUEUE_GRACE_S", 30)
+    )
     cutoff = timezone.now() - dt.timedelta(seconds=grace)
     enqueue = enqueue or enqueue_job
     done: list[int] = []

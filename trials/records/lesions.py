@@ -34,7 +34,6 @@ LESION_FIELDS = (
 )
 
 
-
 def next_lesion_label(patient: Patient) -> str:
     """Return the next free stable label of a patient: L1, L2, ... (never reuses a label)."""
     numbers = [

@@ -50,4 +50,3 @@ def quality_page(request: HttpRequest, trial_id: int) -> HttpResponse:
         "exports_url": reverse("exports:trial", args=(trial.pk,)),
     }
     return render(request, "quality/quality.html", context)
-
