@@ -32,9 +32,12 @@ demo: venv
 test: venv lint services browser
 	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
+## make lint: ruff (lint, complexity, format), import-linter layers, mypy with the Django and DRF stubs
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	DEBUG=1 $(VENV)/bin/mypy
 
 services:
 	scripts/ensure-services.sh

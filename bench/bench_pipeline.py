@@ -121,6 +121,7 @@ def _run_visits(
         upload = imaging.upload_series(visit, path, enqueue=False, actor=None)
         t1 = time.perf_counter()
         run_id = segmentation_stage.run_segmentation_stage(upload.job.pk)
+        assert run_id is not None  # a new job is never finished before its stages run
         t2 = time.perf_counter()
         result = analysis.run_analysis_stage(upload.job.pk, run_id) or {}
         t3 = time.perf_counter()

@@ -201,7 +201,7 @@ def _segment(args: argparse.Namespace) -> int:
     sitk.WriteImage(result.mask, str(out / "mask.nii.gz"), useCompression=True)
     sitk.WriteImage(result.labels, str(out / "labels.nii.gz"), useCompression=True)
     written = ["mask.nii.gz", "labels.nii.gz", "lesions.json"]
-    notes = []
+    notes: list[str] = []
     if series.info.source_format == "dicom":
         written += _write_dicom_outputs(result.labels, series, model, out, notes)
     if args.overlay_png:

@@ -53,7 +53,7 @@ class AuditReasonForm(forms.ModelForm):
     )
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or self.cleaned_data
         changed = [name for name in self.changed_data if name != "reason"]
         if self.instance.pk and changed and not (cleaned.get("reason") or "").strip():
             self.add_error("reason", "Say why: a change needs a reason for the audit trail.")

@@ -60,9 +60,20 @@ def new_series_folder() -> str:
     return f"series/{new_series_folder_name()}"
 
 
+def stored_name(file: FieldFile) -> str:
+    """The stored name of a file field.
+
+    Raises:
+        MissingImageError: no file is stored.
+    """
+    if not file or not file.name:
+        raise MissingImageError("No image file is stored for this object.")
+    return str(file.name)
+
+
 def series_source_dir(series: ImagingSeries) -> Path:
     """The folder holding a series' stored (de-identified) DICOM files or NIfTI."""
-    return media_path(series.volume_file.name).parent / "source"
+    return media_path(stored_name(series.volume_file)).parent / "source"
 
 
 def run_file_name(run: SegmentationRun, filename: str) -> str:
@@ -107,9 +118,7 @@ def read_image_field(file: FieldFile) -> sitk.Image:
     Raises:
         MissingImageError: no file is stored.
     """
-    if not file:
-        raise MissingImageError("No image file is stored for this object.")
-    return read_image(file.name)
+    return read_image(stored_name(file))
 
 
 def load_series_image(series: ImagingSeries) -> sitk.Image:
@@ -131,7 +140,7 @@ def observation_mask_source(observation: LesionObservation) -> tuple[str, int] |
     """
     run = observation.segmentation_run
     if run is not None and run.mask_file and observation.component_label is not None:
-        return run.mask_file.name, int(observation.component_label)
+        return stored_name(run.mask_file), int(observation.component_label)
     name = reader_mask_name(observation.lesion_id, observation.timepoint_id)
     if run is None and default_storage.exists(name):
         return name, 1
@@ -162,6 +171,29 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
         and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
         and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4)
     )
+
+
+#: Downloadable outputs of a run: kind -> (file name, media type).
+RUN_FILE_KINDS: dict[str, tuple[str, str]] = {
+    "mask": (RUN_LABELS, "application/gzip"),
+    "lesions": (LESION_MAP, "application/gzip"),
+    "rtstruct": ("rtstruct.dcm", "application/dicom"),
+    "seg": ("seg.dcm", "application/dicom"),
+}
+
+
+def run_file_path(run: SegmentationRun, kind: str) -> Path | None:
+    """The stored file of ``kind`` (see :data:`RUN_FILE_KINDS`) of a run, or None while it is not written."""
+    if kind not in RUN_FILE_KINDS:
+        return None
+    if kind == "lesions":  # written by the analysis, not recorded on the run
+        path = run_output_path(run, LESION_MAP)
+    else:
+        recorded = getattr(run, f"{kind}_file")  # mask_file, rtstruct_file, seg_file
+        if not recorded:
+            return None
+        path = media_path(recorded.name)
+    return path if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -292,6 +324,7 @@ def run_output_path(run: SegmentationRun, filename: str) -> Path:
 
 __all__ = [
     "LESION_MAP",
+    "RUN_FILE_KINDS",
     "LESION_MAP_REFERENCE",
     "READER_MASK_DIR",
     "RUN_LABELS",
@@ -305,9 +338,11 @@ __all__ = [
     "read_image_field",
     "reader_mask_name",
     "run_file_name",
+    "run_file_path",
     "run_output_path",
     "same_grid",
     "series_source_dir",
+    "stored_name",
     "store_reader_mask",
     "undo_file_writes_on_error",
     "write_label_image",

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from rano.measure import measure_lesions
 from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient, ground_truth_mask
+from trials import storage
 from trials.actions import imaging, review
 from trials.choices import AssessmentSource, Criteria, JobState, LesionRole, MembershipRole, RunStatus
 from trials.exceptions import InvalidInputError
@@ -35,7 +36,7 @@ from trials.models import (
     SegmentationRun,
     Timepoint,
 )
-from trials.pipeline import analysis, assessment, contours
+from trials.pipeline import analysis, assessment
 from trials.pipeline import segmentation as segmentation_stage
 from trials.records import imaging as imaging_records
 from trials.records import lesions as lesion_records
@@ -195,7 +196,7 @@ def assert_contours_match_the_lesion_map(run: SegmentationRun, media_root: Any, 
 
     assert run.rtstruct_file and run.seg_file
     source = (media_root / run.series.volume_file.name).parent / "source"
-    lesion_map = sitk.GetArrayFromImage(sitk.ReadImage(str(contours.run_file_path(run, "lesions"))))
+    lesion_map = sitk.GetArrayFromImage(sitk.ReadImage(str(storage.run_file_path(run, "lesions"))))
     seg = read_seg(media_root / run.seg_file.name, source)
     rt = read_rtstruct(media_root / run.rtstruct_file.name, source)
     assert set(seg.names.values()) == present and set(rt.names.values()) == present

@@ -259,10 +259,10 @@ def add_lesion_from_seed(
             correlation_id=cid,
         )
     store_reader_mask(lesion, timepoint, mask, image)
-    existing = LesionObservation.objects.filter(lesion=lesion, timepoint=timepoint).first()
-    if existing is not None:  # the AI's "absent" at this visit, corrected
+    recorded = LesionObservation.objects.filter(lesion=lesion, timepoint=timepoint).first()
+    if recorded is not None:  # the AI's "absent" at this visit, corrected
         observation = update_observation(
-            existing,
+            recorded,
             source=ObservationSource.MANUAL,
             actor=actor,
             reason=reason,

@@ -6,7 +6,7 @@ see, so an id from another trial is rejected as "does not exist" (400) without r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -33,7 +33,7 @@ from trials.models import (
     TrialMembership,
 )
 from trials.permissions import visible_trial_ids
-from trials.pipeline.contours import RUN_FILE_KINDS, run_file_path
+from trials.storage import RUN_FILE_KINDS, run_file_path
 
 
 class TrialScopedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -49,12 +49,13 @@ class TrialScopedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
 
     def get_queryset(self) -> models.QuerySet[Any]:
         queryset = super().get_queryset()
+        assert queryset is not None, "a TrialScopedPrimaryKeyField is declared with its queryset"
         request = self.context.get("request")
         user = getattr(request, "user", None)
         return queryset.filter(**{f"{self.trial_path}__in": visible_trial_ids(user)})
 
 
-def audit_kwargs(context: dict[str, Any], reason: str = "") -> dict[str, Any]:
+def audit_kwargs(context: Mapping[str, Any], reason: str = "") -> dict[str, Any]:
     """Actor, reason and correlation id of the current request, for an action."""
     request = context.get("request")
     user = getattr(request, "user", None)
@@ -162,10 +163,10 @@ class TrialSerializer(ActionModelSerializer):
 
     def update(self, instance: Trial, validated_data: dict[str, Any]) -> Trial:
         """``trials.update_trial``: a change of the criteria settings queues a re-assessment of every
-        patient, kept as ``reassessment_job`` for the response."""
+        patient, kept as ``queued_job`` for the response."""
         reason = validated_data.pop("reason", "")
         result = trial_actions.update_trial(instance, **audit_kwargs(self.context, reason), **validated_data)
-        self.reassessment_job = result.reassessment_job
+        self.queued_job = result.reassessment_job
         return result.trial
 
     class Meta:
@@ -395,7 +396,10 @@ class LesionSerializer(ActionModelSerializer):
     first_seen_timepoint = TrialScopedPrimaryKeyField(
         queryset=Timepoint.objects.all(), trial_path="patient__trial", required=False, allow_null=True
     )
-    label = serializers.CharField(max_length=16, required=False, help_text="Default: next free L<n>.")
+    # A field named like a Field attribute: the stubs see the class attribute, DRF declares a field.
+    label = serializers.CharField(  # type: ignore[assignment]
+        max_length=16, required=False, help_text="Default: next free L<n>."
+    )
     create_action = staticmethod(_create_lesion)
     update_action = staticmethod(lesions.edit_lesion)
 
@@ -447,11 +451,11 @@ class LesionObservationSerializer(ActionModelSerializer):
     lesion_label = serializers.CharField(source="lesion.label", read_only=True)
     # Only the pipeline records "ai": a reader's observation is manual, an edited AI one edited (the
     # action sets it either way; "ai" is refused, so a reader's number is never shown as the AI's).
-    source = serializers.ChoiceField(
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # a field, not Field.source (see label)
         choices=[ObservationSource.MANUAL, ObservationSource.EDITED], required=False,
         help_text="Set by the service: manual (added by a reader) or edited (an AI observation a reader changed).",
     )  # fmt: skip
-    merged_into = serializers.SlugRelatedField(
+    merged_into: serializers.SlugRelatedField[Lesion] = serializers.SlugRelatedField(
         slug_field="label", read_only=True, help_text="Label of the lesion whose mass absorbed this one here."
     )
     caliper_points_mm = PointsField(required=False, allow_null=True)
@@ -610,6 +614,7 @@ class ProcessingJobSerializer(serializers.ModelSerializer):
 
     def get_object_type(self, job: ProcessingJob) -> str | None:
         """``app_label.model`` of the object the job works on."""
-        if job.content_type_id is None:
+        content_type = job.content_type
+        if content_type is None:
             return None
-        return f"{job.content_type.app_label}.{job.content_type.model}"
+        return f"{content_type.app_label}.{content_type.model}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,8 @@ class SeriesUploadView(APIView):
             upload = request.FILES.get("file")
             if upload is None and len(request.FILES) == 1:
                 upload = next(iter(request.FILES.values()))  # one file under another field name
-            series_uid = (request.data.get("series_uid") or "").strip() or None
+            fields = request.data if isinstance(request.data, Mapping) else {}
+            series_uid = (fields.get("series_uid") or "").strip() or None
         except UploadTooLargeError:
             return _too_large()
         if upload is None:

@@ -51,7 +51,7 @@ from trials.permissions import (
     has_capability,
     visible_trial_ids,
 )
-from trials.pipeline.contours import RUN_FILE_KINDS, run_file_path
+from trials.storage import RUN_FILE_KINDS, run_file_path
 
 # No PUT: partial updates only, so a client never resets fields it did not send.
 _READ_WRITE = ["get", "post", "patch", "head", "options"]
@@ -166,7 +166,7 @@ class TrialViewSet(WritableViewSet):
 
     def perform_update(self, serializer: BaseSerializer) -> None:
         serializer.save()
-        self._reassessment_job = getattr(serializer, "reassessment_job", None)
+        self._reassessment_job = getattr(serializer, "queued_job", None)
 
     @extend_schema(responses=TrialUpdateResponseSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:

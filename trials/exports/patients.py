@@ -147,7 +147,7 @@ def patient_row(trial: Trial, patient: dict[str, Any], visits: list[dict[str, An
 
 def patient_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
     """Rows of the ``patients`` CSV, one per patient (record-id order), patients without visits included."""
-    visit_pairs = ((visit, []) for visit in queries.visits(trial, filters))
+    visit_pairs = ((visit, list[dict[str, Any]]()) for visit in queries.visits(trial, filters))
     for patient, pairs in queries.group_by_patient(queries.patients(trial, filters), visit_pairs):
         yield patient_row(trial, patient, [visit for visit, _ in pairs])
 

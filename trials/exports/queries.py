@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import (
     CharField,
@@ -162,7 +162,8 @@ def visits(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
         )
         .order_by("patient_id", "scan_date", "pk")
     )
-    return queryset.iterator(chunk_size=CHUNK_SIZE)
+    # values() rows are dicts (django-stubs types them as TypedDicts of the selected fields).
+    return cast(Iterator[dict[str, Any]], queryset.iterator(chunk_size=CHUNK_SIZE))
 
 
 def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
@@ -208,7 +209,8 @@ def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any
         )
         .order_by("timepoint__patient_id", "timepoint__scan_date", "timepoint_id", "lesion_id")
     )
-    return queryset.iterator(chunk_size=CHUNK_SIZE)
+    # values() rows are dicts (django-stubs types them as TypedDicts of the selected fields).
+    return cast(Iterator[dict[str, Any]], queryset.iterator(chunk_size=CHUNK_SIZE))
 
 
 def patients(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
@@ -225,11 +227,13 @@ def patients(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
         )
         .order_by("pk")
     )
-    return queryset.iterator(chunk_size=CHUNK_SIZE)
+    # values() rows are dicts (django-stubs types them as TypedDicts of the selected fields).
+    return cast(Iterator[dict[str, Any]], queryset.iterator(chunk_size=CHUNK_SIZE))
 
 
 def _visit_key(row: dict[str, Any]) -> tuple[int, dt.date, int]:
-    return (row["patient_id"], row["scan_date"], row.get("timepoint_id", row.get("pk")))
+    visit_id: int = row["timepoint_id"] if "timepoint_id" in row else row["pk"]
+    return (row["patient_id"], row["scan_date"], visit_id)
 
 
 def visits_with_observations(

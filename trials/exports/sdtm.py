@@ -350,10 +350,10 @@ def _stream(trial: Trial, filters: ExportFilters) -> Iterator[tuple[dict[str, An
 
 def tu_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
     """TU records: one per lesion, at the first exported visit that has an observation of it."""
-    patient_id, seq, seen = None, 0, set()
+    patient_id, seq, seen = None, 0, set[str]()
     for visit, observations in _stream(trial, filters):
         if visit["patient_id"] != patient_id:
-            patient_id, seq, seen = visit["patient_id"], 0, set()
+            patient_id, seq, seen = visit["patient_id"], 0, set[str]()
         for obs in sorted(observations, key=lambda o: label_sort_key(o["label"])):
             if obs["lesion_id"] in seen:
                 continue
@@ -462,7 +462,7 @@ def _tr_visit(
 
 def tr_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
     """TR records: per visit, each lesion's results in label order, then the visit's SUMDIAM."""
-    patient_id, seq, first_visit_baseline = None, 0, {}
+    patient_id, seq, first_visit_baseline = None, 0, dict[int, bool]()
     for visit, observations in _stream(trial, filters):
         if visit["patient_id"] != patient_id:
             patient_id, seq, first_visit_baseline = visit["patient_id"], 0, {}

@@ -220,7 +220,7 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
 def _merged_into_label(obs: LesionObservation, present: set[int]) -> str | None:
     """The label of the lesion whose mass absorbed ``obs``'s lesion, when that lesion is seen at the visit
     (a merge into a lesion since marked absent or a false positive is an absence)."""
-    if obs.present or obs.merged_into_id is None or obs.merged_into_id not in present:
+    if obs.present or obs.merged_into is None or obs.merged_into_id not in present:
         return None
     return obs.merged_into.label
 
@@ -294,7 +294,7 @@ def _ai_row(current: Assessment | None) -> Assessment | None:
 
 
 #: Stored criteria -> the engine's (the stored values are Django-style identifiers).
-ENGINE_CRITERIA = {
+ENGINE_CRITERIA: dict[str, engine.Criteria] = {
     Criteria.RANO_BM: engine.Criteria.RANO_BM,
     Criteria.VOLUMETRIC: engine.Criteria.VOLUMETRIC,
 }

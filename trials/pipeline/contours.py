@@ -23,34 +23,12 @@ from trials.models import SegmentationRun
 from trials.records.imaging import update_segmentation_run
 from trials.storage import (
     LESION_MAP,
-    RUN_LABELS,
+    RUN_FILE_KINDS,
     media_path,
     run_file_name,
     run_output_path,
     series_source_dir,
 )
-
-#: Downloadable outputs of a run: kind -> (file name, media type).
-RUN_FILE_KINDS: dict[str, tuple[str, str]] = {
-    "mask": (RUN_LABELS, "application/gzip"),
-    "lesions": (LESION_MAP, "application/gzip"),
-    "rtstruct": ("rtstruct.dcm", "application/dicom"),
-    "seg": ("seg.dcm", "application/dicom"),
-}
-
-
-def run_file_path(run: SegmentationRun, kind: str) -> Path | None:
-    """The stored file of ``kind`` (see :data:`RUN_FILE_KINDS`) of a run, or None while it is not written."""
-    if kind not in RUN_FILE_KINDS:
-        return None
-    if kind == "lesions":  # written by the analysis, not recorded on the run
-        path = run_output_path(run, LESION_MAP)
-    else:
-        recorded = getattr(run, f"{kind}_file")  # mask_file, rtstruct_file, seg_file
-        if not recorded:
-            return None
-        path = media_path(recorded.name)
-    return path if path.is_file() else None
 
 
 def export_run_contours(
@@ -130,4 +108,4 @@ def export_run_contours(
     return run
 
 
-__all__ = ["RUN_FILE_KINDS", "export_run_contours", "run_file_path"]
+__all__ = ["export_run_contours"]

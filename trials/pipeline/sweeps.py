@@ -80,6 +80,7 @@ def sweep_stuck_jobs(*, now: dt.datetime | None = None) -> list[int]:
     for job in ProcessingJob.objects.filter(
         state=JobState.RUNNING, time_limit_s__isnull=False, started_at__isnull=False
     ):
+        assert job.started_at is not None and job.time_limit_s is not None  # the query's own filters
         if job.started_at + dt.timedelta(seconds=job.time_limit_s) >= now:
             continue
         _fail_stuck(job, now)
@@ -92,7 +93,7 @@ def _fail_stuck(job: ProcessingJob, now: dt.datetime) -> None:
     job = ProcessingJob.objects.select_for_update().get(pk=job.pk)
     if job.state != JobState.RUNNING:
         return
-    minutes = job.time_limit_s / 60
+    minutes = (job.time_limit_s or 0) / 60
     fail_job(
         job,
         error=f"The job was still running after its time limit of {minutes:g} min (stage: {job.stage or 'unknown'}); "

@@ -59,7 +59,7 @@ def _loaded_relations(obj: models.Model) -> list[str]:
     """
     names = []
     for field in obj._meta.concrete_fields:
-        if field.is_relation and field.many_to_one and field.is_cached(obj):
+        if isinstance(field, models.ForeignKey) and field.many_to_one and field.is_cached(obj):
             related = field.get_cached_value(obj)
             if related is not None and related.pk is not None and not related._state.adding:
                 names.append(field.name)
@@ -71,17 +71,17 @@ def _q_fields(condition: Any) -> set[str] | None:
     if not isinstance(condition, Q):
         return None
     names: set[str] = set()
-    for child in condition.children:
+    for child in condition.children:  # each a Q or a (lookup, value) pair
         if isinstance(child, Q):
             inner = _q_fields(child)
             if inner is None:
                 return None
             names |= inner
             continue
-        lookup, value = child
+        lookup, value = child  # type: ignore[misc]  # django-stubs types a Q's children as tree Nodes
         names.add(lookup.split(LOOKUP_SEP)[0])
         if isinstance(value, F):
-            names.add(value.name.split(LOOKUP_SEP)[0])
+            names.add(str(getattr(value, "name", "")).split(LOOKUP_SEP)[0])
         elif hasattr(value, "resolve_expression"):
             return None
     return names
@@ -145,8 +145,9 @@ def full_clean(obj: models.Model, changed: Iterable[str] | None = None) -> None:
             try:
                 constraint.validate(model_class, obj, exclude=invalid, using=using)
             except DjangoValidationError as exc:
-                if getattr(exc, "code", None) == "unique" and len(getattr(constraint, "fields", ())) == 1:
-                    constraint_errors.setdefault(constraint.fields[0], []).append(exc)
+                single: tuple[str, ...] = tuple(getattr(constraint, "fields", None) or ())
+                if getattr(exc, "code", None) == "unique" and len(single) == 1:
+                    constraint_errors.setdefault(single[0], []).append(exc)
                 else:
                     constraint_errors = exc.update_error_dict(constraint_errors)
     if constraint_errors:
@@ -249,6 +250,7 @@ def update_row(
     obj.refresh_from_db(from_queryset=type(obj)._base_manager.select_for_update())
     for name, related in loaded.items():  # refresh_from_db drops them; keep those still referred to
         field = obj._meta.get_field(name)
+        assert isinstance(field, models.ForeignKey)  # _loaded_relations names foreign keys only
         if getattr(obj, field.attname) == related.pk:
             field.set_cached_value(obj, related)
     before = snapshot(obj, changes.keys())

@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from trials import permissions
+from trials.models import TrialMembership
 from trials.views.common import capability_flags, optional_url, trial_for
 from trials.views.queries import trial_patient_summaries
 
@@ -22,7 +23,9 @@ def home(request: HttpRequest) -> HttpResponse:
         .order_by("code")
     )
     roles: dict[int, list[str]] = {}
-    for trial_id, role in request.user.memberships.values_list("trial_id", "role"):
+    for trial_id, role in TrialMembership.objects.filter(user_id=request.user.pk or 0).values_list(
+        "trial_id", "role"
+    ):  # login_required: the user has a primary key
         roles.setdefault(trial_id, []).append(role.replace("_", " "))
     rows = [
         (

@@ -14,6 +14,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -93,7 +94,7 @@ def load_volume(name: str, *, labels: bool = False) -> CachedVolume:
     if labels:
         # Native pixel types are kept (int16 MR, uint8/uint16 labels): a 512 x 512 x 300 series stays
         # 150 MB in the cache instead of 300 MB as float32; slices are converted one at a time.
-        array: NDArray[np.generic] = sitk.GetArrayFromImage(image)
+        array: NDArray[Any] = sitk.GetArrayFromImage(image)
         window, level = 1.0, 0.5
     else:
         array = sitk.GetArrayFromImage(image)

@@ -8,12 +8,28 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from trials import charts, permissions
-from trials.models import ProcessingJob
+from trials.models import ProcessingJob, Trial
 from trials.views.common import capability_flags, patient_for
 from trials.views.queries import VisitRow, patient_timeline
 
 
-def timeline_figures(rows: list[VisitRow], trial: object) -> dict[str, str]:
+def _volume_point(r: VisitRow) -> charts.BurdenPoint:
+    """A visit's total target volume and volumetric response (its volumetric row, else the RANO-BM row's)."""
+    row = r.volumetric or r.assessment
+    if r.volumetric is not None:
+        response = r.volumetric.overall_response or r.volumetric.volumetric_response
+    else:
+        response = r.assessment.volumetric_response if r.assessment is not None else ""
+    return charts.BurdenPoint(
+        r.timepoint.visit_label,
+        r.timepoint.scan_date,
+        row.sum_volume_mm3 if row is not None else None,
+        r.timepoint.is_baseline,
+        response,
+    )
+
+
+def timeline_figures(rows: list[VisitRow], trial: Trial) -> dict[str, str]:
     """Plotly JSON of the patient's charts: SLD, total volume, per-lesion LD and volume."""
     figures: dict[str, str] = {}
     if sum(1 for r in rows if r.timepoint.is_baseline) != 1:
@@ -28,18 +44,7 @@ def timeline_figures(rows: list[VisitRow], trial: object) -> dict[str, str]:
         )
         for r in rows
     ]
-    volume = [
-        charts.BurdenPoint(
-            r.timepoint.visit_label,
-            r.timepoint.scan_date,
-            (r.volumetric or r.assessment).sum_volume_mm3 if (r.volumetric or r.assessment) else None,
-            r.timepoint.is_baseline,
-            (r.volumetric.overall_response or r.volumetric.volumetric_response)
-            if r.volumetric
-            else (r.assessment.volumetric_response if r.assessment else ""),
-        )
-        for r in rows
-    ]
+    volume = [_volume_point(r) for r in rows]
     if any(p.value is not None for p in sld):
         figures["sld"] = charts.burden_figure(
             sld, pr_threshold_pct=trial.pr_threshold_pct, pd_threshold_pct=trial.pd_threshold_pct

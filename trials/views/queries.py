@@ -82,7 +82,7 @@ def _failed_jobs_by_patient(trial: Trial, timepoint_patient: dict[int, int]) -> 
             "content_type_id", "object_id"
         )
     )
-    series_ids = [oid for ct_id, oid in rows if ct_id == ct[ImagingSeries].pk]
+    series_ids = [oid for ct_id, oid in rows if ct_id == ct[ImagingSeries].pk and oid is not None]
     series_patient = (
         dict(ImagingSeries.objects.filter(pk__in=series_ids).values_list("pk", "timepoint__patient_id"))
         if series_ids
@@ -91,6 +91,8 @@ def _failed_jobs_by_patient(trial: Trial, timepoint_patient: dict[int, int]) -> 
     counts: dict[int, int] = defaultdict(int)
     for ct_id, oid in rows:
         patient_id: int | None = None
+        if oid is None:
+            continue
         if ct_id == ct[Patient].pk:
             patient_id = oid
         elif ct_id == ct[Timepoint].pk:
@@ -229,7 +231,9 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
                 lesion_rows,
                 series_by_visit.get(tp.pk, []),
                 jobs_by_visit.get(tp.pk, []),
-                labels.get(assessment.nadir_timepoint_id, "") if assessment is not None else "",
+                labels.get(assessment.nadir_timepoint_id, "")
+                if assessment is not None and assessment.nadir_timepoint_id is not None
+                else "",
             )
         )
     return rows
@@ -249,6 +253,8 @@ def _jobs_by_visit(
     series_visit = {s.pk: s.timepoint_id for s in series}
     jobs_by_visit: dict[int, list[ProcessingJob]] = defaultdict(list)
     for job in jobs:
+        if job.object_id is None:
+            continue
         visit = job.object_id if job.content_type_id == ct[Timepoint].pk else series_visit.get(job.object_id)
         if visit is not None:
             jobs_by_visit[visit].append(job)

@@ -18,6 +18,7 @@ from trials import permissions
 from trials.actions import assessments, review
 from trials.exceptions import ServiceError
 from trials.models import Assessment, Lesion, LesionObservation, Timepoint
+from trials.storage import stored_name
 from trials.views.common import require, timepoint_for
 from trials.views.imaging import display_index_to_native
 
@@ -45,7 +46,7 @@ def _index(request: HttpRequest, field: str, timepoint: Timepoint) -> tuple[int,
     series = timepoint.series.exclude(volume_file="").order_by("id").first()
     if series is None:
         raise FormError("This visit has no stored images to click on.")
-    return display_index_to_native(series.volume_file.name, (i, j, k))
+    return display_index_to_native(stored_name(series.volume_file), (i, j, k))
 
 
 def _assessment(timepoint: Timepoint, request: HttpRequest) -> Assessment:
@@ -132,7 +133,8 @@ def _context(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
 
 def _confirm(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
     assessment = assessments.confirm_assessment(_assessment(tp, r), password=r.POST.get("password", ""), **kw)
-    return f"Assessment confirmed and signed by {assessment.signed_by.get_username()}."
+    signer = assessment.signed_by.get_username() if assessment.signed_by is not None else "you"
+    return f"Assessment confirmed and signed by {signer}."
 
 
 def _override(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:

@@ -19,8 +19,7 @@ from trials.actions.review import LESION_FLAGS
 from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices, RunStatus
 from trials.exceptions import MissingImageError
 from trials.models import ImagingSeries, LesionObservation, SegmentationRun
-from trials.pipeline.contours import run_file_path
-from trials.storage import observation_mask_source
+from trials.storage import observation_mask_source, run_file_path, stored_name
 from trials.views.common import capability_flags, timepoint_for, url_template
 from trials.views.imaging import (
     CachedVolume,
@@ -75,7 +74,7 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
     if series is None:
         return None
     try:
-        volume = load_volume(series.volume_file.name)
+        volume = load_volume(stored_name(series.volume_file))
     except (MissingImageError, RuntimeError, OSError):
         return None
     lesions = []
@@ -214,7 +213,7 @@ def slice_png(request: HttpRequest, series_id: int, k: int) -> HttpResponse:
     try:
         window = _float_param(request, "window")
         level = _float_param(request, "level")
-        volume = load_volume(series.volume_file.name)
+        volume = load_volume(stored_name(series.volume_file))
         pixels = window_slice(volume, k, window, level)
     except (ValueError, SliceOutOfRangeError) as exc:
         return HttpResponseBadRequest(str(exc), content_type="text/plain")
@@ -232,7 +231,7 @@ def slice_overlay(request: HttpRequest, series_id: int, k: int) -> JsonResponse:
     Coordinates are in pixel-corner units of the slice image: voxel (i, j) covers [i, i+1] x [j, j+1].
     """
     series = _series_for(request.user, series_id)
-    volume = load_volume(series.volume_file.name)
+    volume = load_volume(stored_name(series.volume_file))
     if not 0 <= k < volume.size[2]:
         return JsonResponse({"error": f"Slice {k} is outside 0-{volume.size[2] - 1}."}, status=400)
     observations = (

@@ -78,7 +78,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, password: str, host: str, **options: Any) -> None:
         correlation_id = new_correlation_id()
-        audit = {"actor": None, "reason": "demo data (manage.py load_demo)", "correlation_id": correlation_id}
+        audit: dict[str, Any] = {
+            "actor": None,
+            "reason": "demo data (manage.py load_demo)",
+            "correlation_id": correlation_id,
+        }
         with transaction.atomic():
             trial = Trial.objects.filter(code=DEMO_TRIAL_CODE).first() or trial_actions.create_trial(
                 code=DEMO_TRIAL_CODE,
