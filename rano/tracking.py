@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,8 +53,8 @@ class TrackedVisit:
         next_number: The next free lesion number after this visit.
         footprints: Lesion id -> its footprint in the common grid at this visit (fragments united), for
             matching the next visit.
-        reference_map: Lesion numbers (3 for L3) on the common grid, 0 elsewhere.
-        lesion_map: Lesion numbers on the visit's own grid.
+        reference_map, lesion_map: Lesion numbers (3 for L3) on the common grid and on the visit's own
+            grid, 0 elsewhere (computed on first use).
         transform: Common-space-to-visit transform (None: identity).
         timings_s: Seconds of ``measure_s``, ``register_s`` and ``match_s``.
     """
@@ -64,10 +65,41 @@ class TrackedVisit:
     new_ids: tuple[str, ...]
     next_number: int
     footprints: Mapping[str, Footprint]
-    reference_map: sitk.Image
-    lesion_map: sitk.Image
     transform: sitk.Transform | None = None
     timings_s: Mapping[str, float] = field(default_factory=dict)
+    # What the lesion maps are made of, numbered only when asked for (rano-assess never needs them).
+    _labels: sitk.Image | None = field(default=None, repr=False, compare=False)
+    _grid: sitk.Image | None = field(default=None, repr=False, compare=False)
+    _reference_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def _lut(self) -> np.ndarray:
+        """Component label -> lesion number."""
+        assert self._labels is not None and self._reference_labels is not None
+        largest = max(
+            int(sitk.GetArrayViewFromImage(self._labels).max(initial=0)),
+            int(self._reference_labels.max(initial=0)),
+        )
+        lut = np.zeros(largest + 1, dtype=np.uint32)
+        for lesion_id, labs in self.components.items():
+            lut[list(labs)] = lesion_number(lesion_id)
+        return lut
+
+    @cached_property
+    def reference_map(self) -> sitk.Image:
+        """Lesion numbers (3 for L3) on the common grid, 0 elsewhere."""
+        assert self._reference_labels is not None and self._grid is not None
+        image = sitk.GetImageFromArray(self._lut[self._reference_labels])
+        image.CopyInformation(self._grid)
+        return image
+
+    @cached_property
+    def lesion_map(self) -> sitk.Image:
+        """Lesion numbers on the visit's own grid."""
+        assert self._labels is not None
+        image = sitk.GetImageFromArray(self._lut[sitk.GetArrayViewFromImage(self._labels)])
+        image.CopyInformation(self._labels)
+        return image
 
     def measurements_of(self, lesion_id: str) -> list[LesionMeasurement]:
         """The measurements of a lesion's components at this visit (several for a split lesion)."""
@@ -152,18 +184,6 @@ def track_visit(
         lesion_id: union_footprint([current[label] for label in labs], geometry)
         for lesion_id, labs in match.components_of().items()
     }
-    reference_map = np.zeros(ref_labels.shape, dtype=np.uint32)
-    for lesion_id, labs in components.items():
-        for label in labs:
-            reference_map[ref_labels == label] = lesion_number(lesion_id)
-    reference_image = sitk.GetImageFromArray(reference_map)
-    reference_image.CopyInformation(grid)
-    native_labels = sitk.GetArrayViewFromImage(labels)
-    lut = np.zeros(int(native_labels.max(initial=0)) + 1, dtype=np.uint32)  # component label -> number
-    for lesion_id, labs in components.items():
-        lut[list(labs)] = lesion_number(lesion_id)
-    lesion_map = sitk.GetImageFromArray(lut[native_labels])
-    lesion_map.CopyInformation(labels)
     return TrackedVisit(
         measurements=measurements,
         match=match,
@@ -171,10 +191,11 @@ def track_visit(
         new_ids=tuple(new_ids),
         next_number=number,
         footprints=own,
-        reference_map=reference_image,
-        lesion_map=lesion_map,
         transform=transform,
         timings_s=timings,
+        _labels=labels,
+        _grid=grid,
+        _reference_labels=ref_labels,
     )
 
 
