@@ -23,18 +23,10 @@ import tempfile
 import time
 from typing import Any
 
+from bench import setup_django
+
 TARGET_MS = 300.0
 RUNS = 7
-
-
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    # Production-like settings (DEBUG off); the benchmark only talks to the in-process test client.
-    os.environ.setdefault("SECRET_KEY", os.urandom(32).hex())
-    os.environ.setdefault("ALLOWED_HOSTS", "testserver")
-    import django
-
-    django.setup()
 
 
 def _time_get(client: Any, url: str, runs: int = RUNS) -> tuple[float, int]:
@@ -198,7 +190,7 @@ def _imaged_series(visit: Any, lesion: Any, media_root: str) -> Any:
 
 def main() -> None:
     """Build the data, time the pages, print medians and ratios to the 300 ms target."""
-    _setup_django()
+    setup_django()
     from django.conf import settings
     from django.db import connection
     from django.test import Client

@@ -13,10 +13,11 @@ real data.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 import tracemalloc
 from typing import Any
+
+from bench import setup_django
 
 PATIENTS = 1000
 VISITS = 8
@@ -198,10 +199,7 @@ def _run(kind: str, trial: Any, *, measure_memory: bool) -> tuple[float, int, in
 
 def main() -> None:
     """Build the trials in a throw-away test database and print the figures per export kind."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
+    setup_django()
     from django.db import connection
     from django.test.utils import setup_test_environment
 

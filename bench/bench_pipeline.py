@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import setup_django
+
 N_VISITS = 5
 SEED = 4242
 TARGET_OVERHEAD = 0.10
@@ -40,17 +42,6 @@ COURSE_MM = [
     [13.0, 9.0, 7.0, 8.0],
     [19.0, 10.0, 8.0, 11.0],
 ]
-
-
-def _setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    # Production-like settings, as a worker runs: DEBUG off (with DEBUG on, Django also records every
-    # query it runs, which is not a cost the deployed service has).
-    os.environ.setdefault("SECRET_KEY", os.urandom(32).hex())
-    os.environ.setdefault("ALLOWED_HOSTS", "localhost")
-    import django
-
-    django.setup()
 
 
 def _broker_publish_ms(samples: int = 20) -> float | None:
@@ -199,7 +190,7 @@ def _report(
 
 def main() -> None:
     """Upload, segment, match and assess five visits; print per-stage seconds and the overhead ratio."""
-    _setup_django()
+    setup_django()
     from django.conf import settings
     from django.db import connection
 

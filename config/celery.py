@@ -71,7 +71,7 @@ def _warm_up(**_: object) -> None:
     """Import what jobs use and freeze the startup objects (config.warmup), before the pool forks."""
     from config.warmup import warm_up_process
 
-    warm_up_process()
+    warm_up_process("worker")
 
 
 __all__ = ["app"]

@@ -22,18 +22,35 @@ import time
 
 logger = logging.getLogger(__name__)
 
-#: Modules a request or a job imports on first use (the pipeline's stages bring torch, MONAI, SimpleITK).
-WARM_MODULES = (
+#: Modules a web request imports on first use: uploads (validated, de-identified and stored here), the
+#: review actions (region growing, matching), the API and the dashboard. No network code: a web process
+#: that hands its jobs to a broker never loads torch or MONAI (about 700 MB a process).
+WEB_MODULES = (
     "trials.actions.imaging",
     "trials.actions.review",
+    "trials.api.views",
+    "trials.views.viewer",
+    "rano.match",
+)
+
+#: Modules a job imports on first use (the pipeline's stages bring torch, MONAI, SimpleITK; the contour
+#: export highdicom and rt-utils).
+WORKER_MODULES = (
     "trials.pipeline.embedded",
     "segmentation.inference",
     "segmentation.contours",
-    "rano.match",
     "highdicom",
     "highdicom.seg",
     "rt_utils",
 )
+
+#: What each kind of process warms: "web" (with a broker, the jobs run elsewhere), "worker", or "all"
+#: (embedded mode: the web process runs the jobs too).
+ROLES: dict[str, tuple[str, ...]] = {
+    "web": WEB_MODULES,
+    "worker": WORKER_MODULES,
+    "all": WEB_MODULES + WORKER_MODULES,
+}
 
 
 def _load_highdicom_tables() -> None:
@@ -45,14 +62,16 @@ def _load_highdicom_tables() -> None:
         getattr(_standard_utils, name)()
 
 
-def warm_up_process() -> float:
-    """Import, load the standard tables, collect, freeze. Idempotent; returns the seconds it took."""
+def warm_up_process(role: str = "all") -> float:
+    """Import what the process of ``role`` (see :data:`ROLES`) uses, load the standard tables a worker
+    needs, collect, freeze. Idempotent; returns the seconds it took."""
     started = time.perf_counter()
-    for name in WARM_MODULES:
+    for name in ROLES[role]:
         importlib.import_module(name)
-    _load_highdicom_tables()
+    if "highdicom" in ROLES[role]:
+        _load_highdicom_tables()
     gc.collect()
     gc.freeze()
     elapsed = time.perf_counter() - started
-    logger.info("process warmed up in %.1f s; %d objects frozen", elapsed, gc.get_freeze_count())
+    logger.info("%s process warmed up in %.1f s; %d objects frozen", role, elapsed, gc.get_freeze_count())
     return elapsed

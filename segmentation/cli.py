@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
-from segmentation.errors import ImagingError
-from segmentation.model import DEMO_MODEL_DIR, LoadedModel, ModelError
+from segmentation.errors import ImagingError, ModelError
+from segmentation.model import DEMO_MODEL_DIR, LoadedModel
 
 if TYPE_CHECKING:
     from segmentation.io import LoadedSeries

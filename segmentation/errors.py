@@ -167,3 +167,22 @@ class DeidentificationError(ImagingError):
 
 class RegionError(ImagingError):
     """A reader's region edit (a seed to grow from, two seeds to split at) gives no usable lesion."""
+
+
+# --- model directories (raised by segmentation.model; here so that callers need not import torch) ----
+
+
+class ModelError(ValueError):
+    """A model directory or config cannot be used."""
+
+
+class ModelConfigError(ModelError):
+    """``config.json`` is missing, unreadable or incomplete."""
+
+
+class ModelIntegrityError(ModelError):
+    """``weights.pt`` does not match the sha256 recorded in ``config.json``."""
+
+
+class ModelWeightsMismatchError(ModelError):
+    """The weights do not fit the architecture in the config (missing/extra/wrong-size tensors)."""

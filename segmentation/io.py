@@ -23,6 +23,7 @@ are read with pydicom, since GDCM's series reader does not assemble their frames
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -976,6 +977,15 @@ def _dicom_info(
         missing_rtstruct_attributes=missing_rt,
         **_geometry_fields(image),
     )
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def new_series_folder_name() -> str:

@@ -14,7 +14,6 @@ mismatch, weights whose tensor shapes do not fit the architecture, or a config t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from collections.abc import Mapping
@@ -27,29 +26,16 @@ import torch
 from monai.networks.nets import UNETR
 from scipy import ndimage as ndi
 
+from segmentation.errors import ModelConfigError, ModelIntegrityError, ModelWeightsMismatchError
+from segmentation.io import sha256_file
 from segmentation.preprocess import PreprocessConfig
+from segmentation.provenance import algorithm_version, provenance
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
 #: The shipped demo model (inside the package, so it installs with it).
 DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo-unetr"
 DEMO_LABEL = "demo — not for clinical use"
-
-
-class ModelError(ValueError):
-    """A model directory or config cannot be used."""
-
-
-class ModelConfigError(ModelError):
-    """``config.json`` is missing, unreadable or incomplete."""
-
-
-class ModelIntegrityError(ModelError):
-    """``weights.pt`` does not match the sha256 recorded in ``config.json``."""
-
-
-class ModelWeightsMismatchError(ModelError):
-    """The weights do not fit the architecture in the config (missing/extra/wrong-size tensors)."""
 
 
 _ARCH_KEYS = {
@@ -71,17 +57,6 @@ _ARCH_KEYS = {
 
 class DeviceUnavailableError(ValueError):
     """The requested compute device is not available on this machine."""
-
-
-def algorithm_version(version: str, weights_sha256: str) -> str:
-    """Model version and short weights checksum, for DICOM Algorithm Version (LO, 64 characters)."""
-    return f"{version} sha256:{weights_sha256[:16]}"[:64]
-
-
-def provenance(name: str, version: str, weights_sha256: str, label: str = "") -> str:
-    """One line naming what produced a result: name, version, full weights checksum, label."""
-    text = f"{name} {version}, weights sha256 {weights_sha256}"
-    return f"{text}; {label}" if label else text
 
 
 @dataclass(frozen=True)
@@ -319,15 +294,6 @@ def build_network(config: ModelConfig) -> UNETR:
         return UNETR(**kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ModelConfigError(f"cannot build UNETR from the config: {exc}") from exc
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_config(model_dir: str | Path) -> ModelConfig:

@@ -30,9 +30,9 @@ print(json.dumps({"seconds": seconds, "tables": tables, "frozen": frozen, "track
 """
 
 
-def _last_line_of(code: str) -> str:
+def _last_line_of(code: str, **environ: str) -> str:
     """Run ``code`` in a fresh Python process (as a web or worker process starts); its last output line."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "1"}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "1", **environ}
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -54,5 +54,19 @@ def test_warm_up_loads_what_jobs_use_and_freezes_it() -> None:
     assert result["tracked"] < result["frozen"] / 10
 
 
-def test_wsgi_application_warms_up_its_process() -> None:
-    assert int(_last_line_of("import gc, config.wsgi; print(gc.get_freeze_count())")) > 100_000
+WSGI_PROBE = """
+import gc, json, sys, config.wsgi
+print(json.dumps({"frozen": gc.get_freeze_count(), "torch": "torch" in sys.modules, "monai": "monai" in sys.modules}))
+"""
+
+
+def test_wsgi_application_with_a_broker_warms_up_without_the_network_code() -> None:
+    """A web process hands its jobs to the workers: it never loads torch or MONAI (about 700 MB each)."""
+    result = json.loads(_last_line_of(WSGI_PROBE, CELERY_BROKER_URL="redis://127.0.0.1:6379/15"))
+    assert result["frozen"] > 100_000
+    assert not result["torch"] and not result["monai"]
+
+
+def test_wsgi_application_in_embedded_mode_warms_up_what_jobs_use_too() -> None:
+    result = json.loads(_last_line_of(WSGI_PROBE, CELERY_BROKER_URL=""))
+    assert result["frozen"] > 100_000 and result["torch"] and result["monai"]

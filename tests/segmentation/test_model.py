@@ -10,13 +10,11 @@ import pytest
 import torch
 from monai.networks.nets import UNETR
 
+from segmentation.errors import ModelConfigError, ModelIntegrityError, ModelWeightsMismatchError
 from segmentation.model import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     ModelConfig,
-    ModelConfigError,
-    ModelIntegrityError,
-    ModelWeightsMismatchError,
     build_network,
     load_model,
     read_config,

@@ -19,9 +19,8 @@ from django.db import transaction
 from trials.audit import new_correlation_id
 from trials.choices import JobKind, JobState
 from trials.exceptions import DuplicateError, DuplicateSeriesError, InvalidStateError
-from trials.models import ImagingSeries, ModelVersion, ProcessingJob, Timepoint
+from trials.models import ImagingSeries, ProcessingJob, Timepoint
 from trials.pipeline.queue import create_pipeline_job
-from trials.pipeline.registry import load_pipeline_model
 from trials.pipeline.upload import StoredUpload, discard_upload, store_upload
 from trials.records.imaging import register_series
 
@@ -149,14 +148,4 @@ def resegment_series(
     return create_pipeline_job(series, actor=actor, correlation_id=correlation_id or new_correlation_id())
 
 
-def register_pipeline_model(*, actor: Any | None = None, correlation_id: str = "") -> ModelVersion:
-    """Load the configured segmentation model (``PIPELINE_MODEL_DIR``) and register it as a
-    ``ModelVersion`` if it is new (the pipeline does the same on first use).
-
-    Raises:
-        ModelError: The directory is missing, incomplete or its checksum does not match.
-    """
-    return load_pipeline_model(actor=actor, correlation_id=correlation_id)[1]
-
-
-__all__ = ["UploadResult", "register_pipeline_model", "resegment_series", "upload_series"]
+__all__ = ["UploadResult", "resegment_series", "upload_series"]

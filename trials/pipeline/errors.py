@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from django.db import InterfaceError, OperationalError
 
 from rano.errors import RanoError
-from segmentation.errors import ImagingError
-from segmentation.model import ModelError
+from segmentation.errors import ImagingError, ModelError
 from trials.exceptions import ServiceError
 
 

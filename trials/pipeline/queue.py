@@ -26,7 +26,6 @@ from django.conf import settings
 from config.celery import app
 from trials.choices import JobKind
 from trials.models import ImagingSeries, ProcessingJob, Trial
-from trials.pipeline import embedded
 from trials.records.jobs import create_job, set_job_task_id
 
 logger = logging.getLogger(__name__)
@@ -64,6 +63,10 @@ def job_signature(job: ProcessingJob, task_id: str) -> Any:
 def _send(job: ProcessingJob) -> str:
     """Send a job to the broker, or run it in-process in embedded mode; returns its first task's id."""
     if embedded_mode():
+        # Imported here: the embedded runner brings the network (torch, MONAI), which a web process that
+        # hands its jobs to a broker never loads.
+        from trials.pipeline import embedded
+
         task_id = f"embedded-{uuid.uuid4().hex}"
         if getattr(settings, "PIPELINE_EMBEDDED_SYNC", False):
             embedded.run_job_inline(job.pk)

@@ -21,8 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from segmentation.errors import ImagingError
-from segmentation.io import ingest_series
-from segmentation.model import sha256_file
+from segmentation.io import ingest_series, sha256_file
 from trials.choices import SeriesSource
 from trials.exceptions import UploadRejectedError
 from trials.models import Timepoint

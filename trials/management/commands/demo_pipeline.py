@@ -37,8 +37,9 @@ from segmentation.phantoms import (
     sample_lesion_specs,
 )
 from segmentation.synthetic_mr import write_dicom_series
-from trials.actions.imaging import register_pipeline_model, upload_series
+from trials.actions.imaging import upload_series
 from trials.actions.jobs import retry_job, run_job
+from trials.actions.models import register_pipeline_model
 from trials.choices import Criteria, JobKind, JobState, SeriesSource
 from trials.models import Assessment, ImagingSeries, Patient, ProcessingJob, Trial
 
