@@ -79,7 +79,8 @@ def _ensure_model(work: Path) -> None:
     """Use the demo model, or (before it is exported) the demo architecture with untrained weights."""
     from django.conf import settings
 
-    from segmentation.model import DEMO_MODEL_DIR, build_network, save_model_dir
+    from segmentation.model import build_network, save_model_dir
+    from segmentation.modeldir import DEMO_MODEL_DIR
     from segmentation.train import demo_config
 
     if not getattr(settings, "PIPELINE_MODEL_DIR", "") and not (DEMO_MODEL_DIR / "config.json").exists():

@@ -105,7 +105,7 @@ def _print_run(title: str, run: dict, budget_s: float, budget_gb: float | None =
 
 
 def cpu_benchmarks(mri: Path) -> None:
-    from segmentation.model import DEMO_MODEL_DIR
+    from segmentation.modeldir import DEMO_MODEL_DIR
 
     with tempfile.TemporaryDirectory(prefix="bench-seg-") as tmp:
         tmpd = Path(tmp)

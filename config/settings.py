@@ -61,11 +61,19 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "simple_history",
+    "health_check",
+    "django_prometheus",
     "trials",
 ]
 
 MIDDLEWARE = [
+    # Outermost: every request counted and timed (issue 18, operations).
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The request's correlation id (X-Request-ID) on its audit events and its log lines.
+    "trials.middleware.CorrelationIdMiddleware",
+    # Static files (the admin's, Swagger UI's) straight from STATIC_ROOT, before sessions or the database.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -73,7 +81,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
-    "trials.middleware.CorrelationIdMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -99,6 +107,11 @@ ASGI_APPLICATION = "config.asgi.application"
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'demo.sqlite3'}"),
 }
+# Persistent connections: a web or worker thread reuses its connection for DB_CONN_MAX_AGE seconds
+# instead of opening one per request (at most one per gunicorn thread and worker process, so the
+# total is bounded by GUNICORN_WORKERS x GUNICORN_THREADS per web node); a broken one is replaced.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The demo database lives in var/, which is not in git: create it on first use.
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +134,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
-MEDIA_URL = "media/"
+# Stored images, masks and DICOM objects are served only by views that check the user's trial
+# (never from a public media URL); MEDIA_URL is not routed.
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(BASE_DIR / "var" / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # collectstatic (in the image) writes compressed copies; WhiteNoise serves them. Names are not hashed,
+    # so a page rendered before collectstatic (the test suite, a development checkout) still works.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Without a collected STATIC_ROOT (development, the tests), WhiteNoise serves from the apps' folders.
+WHITENOISE_USE_FINDERS = DEBUG or TESTING or env.bool("WHITENOISE_USE_FINDERS", default=False)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
@@ -159,6 +181,13 @@ PIPELINE_ENQUEUE_GRACE_S: int = env.int("PIPELINE_ENQUEUE_GRACE_S", default=30)
 PIPELINE_SWEEP_INTERVAL_S: float = env.float("PIPELINE_SWEEP_INTERVAL_S", default=60.0)
 PIPELINE_MAX_UPLOAD_BYTES: int = env.int("PIPELINE_MAX_UPLOAD_BYTES", default=2 * 1024**3)
 PIPELINE_EMBEDDED_SYNC: bool = env.bool("PIPELINE_EMBEDDED_SYNC", default=False)
+
+# --- operations (issue 18): readiness, metrics, storage safety
+# /metrics needs "Authorization: Bearer <METRICS_TOKEN>"; without a token only loopback clients get it.
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+# Writes of stored files are refused (507) when the volume would keep less than this free; /readyz
+# reports the node not ready under it.
+STORAGE_MIN_FREE_BYTES: int = env.int("STORAGE_MIN_FREE_BYTES", default=512 * 1024**2)
 
 REST_FRAMEWORK = {
     # Token first: an anonymous API request then gets 401 with a WWW-Authenticate header.
@@ -198,9 +227,25 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
 
+# Every line carries the correlation id of its request or job (trials/logs.py); LOG_FORMAT=json writes
+# one JSON object a line (the containers), text a readable line (development).
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"correlation_id": {"()": "trials.logs.CorrelationIdFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s [cid=%(correlation_id)s]"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(correlation_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["correlation_id"], "formatter": LOG_FORMAT}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }

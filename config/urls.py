@@ -1,19 +1,23 @@
 """URL configuration of MetTrack.
 
 ``/admin/`` Django admin, ``/accounts/`` login/logout, ``/api/v1/`` REST API, ``/api/schema/`` OpenAPI,
-``/api/docs/`` Swagger UI (served offline from drf-spectacular-sidecar). The web pages mount at ``/``
+``/api/docs/`` Swagger UI (served offline from drf-spectacular-sidecar), ``/healthz`` ``/readyz``
+``/metrics`` operations. The web pages mount at ``/``
 from ``trials.urls`` (namespaces ``dashboard`` and ``exports``).
 """
 
-from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from trials import urls as trials_urls
+from trials.views import ops
 
 urlpatterns = [
+    # Operations (trials/views/ops.py): liveness, readiness, Prometheus metrics.
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.ReadinessView.as_view(), name="readyz"),
+    path("metrics", ops.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include("trials.api.urls")),
@@ -26,5 +30,5 @@ urlpatterns += [
     path("", include(trials_urls)),
 ]
 
-if settings.DEBUG:
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
+# A lost database answers 503 JSON with Retry-After (trials/views/errors.py), whatever the page.
+handler500 = "trials.views.errors.server_error"

@@ -29,7 +29,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from segmentation.errors import ImagingError, ModelError
-from segmentation.model import DEMO_MODEL_DIR, LoadedModel
+from segmentation.model import LoadedModel
+from segmentation.modeldir import DEMO_MODEL_DIR
 
 if TYPE_CHECKING:
     from segmentation.io import LoadedSeries

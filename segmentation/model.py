@@ -28,15 +28,14 @@ from scipy import ndimage as ndi
 
 from segmentation.errors import ModelConfigError, ModelIntegrityError, ModelWeightsMismatchError
 from segmentation.io import sha256_file
+from segmentation.modeldir import (
+    CONFIG_NAME,
+    DEMO_MODEL_DIR,
+    WEIGHTS_NAME,
+    algorithm_version,
+    provenance,
+)
 from segmentation.preprocess import PreprocessConfig
-from segmentation.provenance import algorithm_version, provenance
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "weights.pt"
-#: The shipped demo model (inside the package, so it installs with it).
-DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo-unetr"
-DEMO_LABEL = "demo — not for clinical use"
-
 
 _ARCH_KEYS = {
     "in_channels",

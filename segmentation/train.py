@@ -51,7 +51,6 @@ from tqdm import tqdm
 from segmentation import phantoms
 from segmentation.errors import ImagingError
 from segmentation.model import (
-    DEMO_LABEL,
     DeviceUnavailableError,
     ModelConfig,
     PostprocessConfig,
@@ -62,6 +61,7 @@ from segmentation.model import (
     resolve_device,
     save_model_dir,
 )
+from segmentation.modeldir import DEMO_LABEL
 from segmentation.preprocess import PreprocessConfig, mask_to_model_space, preprocess
 
 log = logging.getLogger("segmentation.train")

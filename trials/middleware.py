@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from trials.logs import correlation_id_bound
+
 HEADER = "X-Request-ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -25,6 +27,7 @@ class CorrelationIdMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         supplied = request.headers.get(HEADER, "")
         request.correlation_id = supplied if _SAFE_ID.match(supplied) else uuid.uuid4().hex  # type: ignore[attr-defined]
-        response = self.get_response(request)
+        with correlation_id_bound(request.correlation_id):  # type: ignore[attr-defined]
+            response = self.get_response(request)
         response[HEADER] = request.correlation_id  # type: ignore[attr-defined]
         return response

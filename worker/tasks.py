@@ -24,6 +24,7 @@ from celery.exceptions import Ignore
 from django.conf import settings
 
 from config.celery import app
+from trials.logs import correlation_id_bound
 from trials.pipeline.analysis import run_analysis_stage
 from trials.pipeline.assessment import run_trial_reassessment
 from trials.pipeline.embedded import MAX_RETRIES
@@ -73,7 +74,7 @@ class PipelineTask(Task):
 @app.task(base=PipelineTask, bind=True, name=SEGMENT_TASK, time_limit=SEGMENT_TIME_LIMIT_S)
 def segment_series(self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "") -> int:
     """Segment the job's series (queue gpu); returns the SegmentationRun id for the analysis task."""
-    with transient_errors():
+    with correlation_id_bound(correlation_id), transient_errors():
         try:
             run_id = run_segmentation_stage(
                 job_id, actor_id=actor_id, correlation_id=correlation_id, celery_task_id=self.request.id or ""
@@ -91,7 +92,7 @@ def analyse_series(
     self: Task, run_id: int, *, job_id: int, actor_id: int | None = None, correlation_id: str = ""
 ) -> dict[str, Any] | None:
     """Match and store the run's lesions, re-assess the patient from this visit on, finish the job."""
-    with transient_errors():
+    with correlation_id_bound(correlation_id), transient_errors():
         try:
             return run_analysis_stage(
                 job_id,
@@ -110,7 +111,7 @@ def reassess_trial(
     self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = ""
 ) -> dict[str, Any] | None:
     """Re-assess every patient of a trial after its criteria settings changed (queue default)."""
-    with transient_errors():
+    with correlation_id_bound(correlation_id), transient_errors():
         try:
             return run_trial_reassessment(
                 job_id, actor_id=actor_id, correlation_id=correlation_id, celery_task_id=self.request.id or ""

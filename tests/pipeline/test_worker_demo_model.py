@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from segmentation.model import DEMO_MODEL_DIR
+from segmentation.modeldir import DEMO_MODEL_DIR
 from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient
 from tests.pipeline.test_longitudinal import ground_truth_lds, lesion_label_of_ground_truth, oracle

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 import torch
 
 from segmentation.cli import segment_main, train_main
-from segmentation.model import WEIGHTS_NAME, build_network, save_model_dir
+from segmentation.model import build_network, save_model_dir
+from segmentation.modeldir import WEIGHTS_NAME
 from segmentation.phantoms import make_phantom
 from segmentation.synthetic_mr import write_dicom_series
 from segmentation.train import demo_config

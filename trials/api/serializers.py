@@ -297,6 +297,9 @@ class ImagingSeriesSerializer(serializers.ModelSerializer):
     """An imaging series (read-only here: series arrive through upload or PACS)."""
 
     patient = serializers.IntegerField(source="timepoint.patient_id", read_only=True)
+    volume_file = serializers.SerializerMethodField(
+        help_text="Download URL of the stored volume (NIfTI; same trial access as the series), null when none."
+    )
 
     class Meta:
         model = ImagingSeries
@@ -319,6 +322,14 @@ class ImagingSeriesSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+    def get_volume_file(self, series: ImagingSeries) -> str | None:
+        """The authorised download URL of the volume (stored files are never served from a public URL)."""
+        if not series.volume_file:
+            return None
+        url = reverse("api:series-volume", kwargs={"pk": series.pk})
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request is not None else url
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

@@ -51,7 +51,7 @@ from trials.permissions import (
     has_capability,
     visible_trial_ids,
 )
-from trials.storage import RUN_FILE_KINDS, run_file_path
+from trials.storage import RUN_FILE_KINDS, media_path, run_file_path, stored_name
 
 # No PUT: partial updates only, so a client never resets fields it did not send.
 _READ_WRITE = ["get", "post", "patch", "head", "options"]
@@ -265,6 +265,21 @@ class ImagingSeriesViewSet(ReadOnlyViewSet):
     filterset_class = filtersets.ImagingSeriesFilterSet
     trial_path = "timepoint__patient__trial"
     ordering_fields = ["created_at"]
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"])
+    def volume(self, request: Request, pk: str | None = None) -> FileResponse:
+        """Download the stored volume of the series (uncompressed NIfTI, the grid the lesions are on)."""
+        series = self.get_object()
+        path = media_path(stored_name(series.volume_file)) if series.volume_file else None
+        if path is None or not path.is_file():
+            raise NotFound(f"Series {series.pk} has no stored volume.")
+        return FileResponse(
+            path.open("rb"),
+            as_attachment=True,
+            filename=f"series{series.pk}.nii",
+            content_type="application/octet-stream",
+        )
 
 
 class SegmentationRunViewSet(ReadOnlyViewSet):

@@ -17,8 +17,8 @@ import SimpleITK as sitk
 
 from segmentation.contours import write_rtstruct, write_seg
 from segmentation.errors import ContourExportError, ImagingError
-from segmentation.provenance import algorithm_version
-from segmentation.provenance import provenance as model_provenance
+from segmentation.modeldir import algorithm_version
+from segmentation.modeldir import provenance as model_provenance
 from trials.models import SegmentationRun
 from trials.records.imaging import update_segmentation_run
 from trials.storage import (

@@ -12,7 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
-from segmentation.model import DEMO_MODEL_DIR, LoadedModel, load_model
+from segmentation.model import LoadedModel, load_model
+from segmentation.modeldir import DEMO_MODEL_DIR
 from trials.exceptions import DuplicateError
 from trials.models import ModelVersion
 from trials.records.imaging import register_model_version
