@@ -45,7 +45,8 @@ COURSE_MM = [
 
 
 def _broker_publish_ms(samples: int = 20) -> float | None:
-    """Median time to publish one pipeline chain to Redis (a private queue, purged afterwards)."""
+    """Median time to publish the two messages of one pipeline job to Redis: its dispatch (segmentation)
+    and the hand-over to the analysis (a private queue, purged afterwards)."""
     url = os.environ.get("CELERY_BROKER_URL", "")
     if not url.startswith("redis://"):
         return None
@@ -57,17 +58,18 @@ def _broker_publish_ms(samples: int = 20) -> float | None:
     from kombu import Connection
 
     from config.celery import app
-    from worker.tasks import analyse_series, segment_series
+    from trials.pipeline.queue import ANALYSE_TASK, SEGMENT_TASK
 
     queue = f"bench-pipeline-{os.getpid()}"
     times = []
     with app.connection_for_write() as conn:
         for i in range(samples):
-            sig = segment_series.si(job_id=-i, correlation_id="bench").set(queue=queue) | analyse_series.s(
-                job_id=-i
-            ).set(queue=queue)
+            context = {"job_id": -i, "correlation_id": "bench", "dispatch_id": f"bench-{i}"}
+            dispatch = app.signature(SEGMENT_TASK, kwargs=context, immutable=True).set(queue=queue)
+            hand_over = app.signature(ANALYSE_TASK, args=(-i,), kwargs=context).set(queue=queue)
             started = time.perf_counter()
-            sig.apply_async(connection=conn)
+            dispatch.apply_async(connection=conn)
+            hand_over.apply_async(connection=conn)
             times.append(time.perf_counter() - started)
     with Connection(url) as conn:
         conn.default_channel.queue_purge(queue)

@@ -53,6 +53,11 @@ app.conf.update(
             # A sweep that waited longer than its interval is replaced by the next one.
             "options": {"queue": _default_queue, "expires": _sweep_interval_s},
         },
+        "pipeline-sweep-lost-jobs": {
+            "task": "mettrack.pipeline.sweep_lost",  # trials.pipeline.queue.SWEEP_LOST_TASK
+            "schedule": _sweep_interval_s,
+            "options": {"queue": _default_queue, "expires": _sweep_interval_s},
+        },
         "pipeline-sweep-stuck-jobs": {
             "task": "mettrack.pipeline.sweep_stuck",  # trials.pipeline.queue.SWEEP_STUCK_TASK
             "schedule": _sweep_interval_s,

@@ -19,6 +19,7 @@ __all__ = [
     "DuplicateError",
     "DuplicateSeriesError",
     "InvalidInputError",
+    "InsufficientStorageError",
     "InvalidStateError",
     "MissingImageError",
     "RegionGrowingError",
@@ -88,3 +89,9 @@ class RegionGrowingError(InvalidInputError):
 
 class MissingImageError(InvalidStateError):
     """The visit has no stored volume or mask to work on (the pipeline has not produced it)."""
+
+
+class InsufficientStorageError(ServiceError):
+    """The image store has no room for what must be written (HTTP 507); nothing partial is kept."""
+
+    http_status = 507

@@ -753,6 +753,10 @@ class ProcessingJob(models.Model):
 
     The job row is saved first and the Celery task is enqueued on commit, so a task never runs for a
     job that does not exist. ``content_object`` points at what the job works on (a series, a patient...).
+
+    ``celery_task_id`` is the id of the job's current dispatch (its first task): a delivery carrying
+    another id belongs to an earlier dispatch and does nothing. A running job's worker refreshes
+    ``heartbeat_at``; a job whose heartbeat is older than the lease lost its worker and is sent again.
     """
 
     kind = models.CharField(max_length=16, choices=JobKind.choices)
@@ -777,7 +781,13 @@ class ProcessingJob(models.Model):
         django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     enqueued_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the current dispatch was handed to the broker."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of the worker running the job."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -14,14 +14,24 @@ The pipeline, the review actions and the viewer all go through these functions. 
 by a review action are journalled (:func:`undo_file_writes_on_error`): files are not part of the database
 transaction, so when the action fails the previous files are put back and the stored contours always
 match the committed observations.
+
+A full disk is never silent: an image is written to a temporary name next to its place, verified (its
+size, and for a compressed file a full read back: SimpleITK's writer does not report a short write) and
+only then renamed into place; a write that would leave less than ``STORAGE_MIN_FREE_BYTES`` free is
+refused up front. Both raise :class:`~trials.exceptions.InsufficientStorageError` (HTTP 507), leaving
+what was stored before untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -34,7 +44,12 @@ from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
 
 from segmentation.io import new_series_folder_name
-from trials.exceptions import InvalidInputError, InvalidStateError, MissingImageError
+from trials.exceptions import (
+    InsufficientStorageError,
+    InvalidInputError,
+    InvalidStateError,
+    MissingImageError,
+)
 from trials.models import ImagingSeries, Lesion, LesionObservation, SegmentationRun, Timepoint
 
 P = ParamSpec("P")
@@ -199,8 +214,130 @@ def run_file_path(run: SegmentationRun, kind: str) -> Path | None:
 # ------------------------------------------------------------------------------------------ writing
 
 
+#: Errors of a file system with no room left (disk full, quota exceeded).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_space_errors() -> Iterator[None]:
+    """Turn "no space left on device" (and an exceeded quota) into :class:`InsufficientStorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise InsufficientStorageError(
+                "The image store is full: the file could not be written. Nothing was kept; free space "
+                "(or ask the site's IT) and try again."
+            ) from exc
+        raise
+
+
+def ensure_free_space(needed_bytes: int) -> None:
+    """Refuse a write of about ``needed_bytes`` that would leave less than ``STORAGE_MIN_FREE_BYTES`` free.
+
+    Raises:
+        InsufficientStorageError: not enough room (nothing was written).
+    """
+    root = Path(settings.MEDIA_ROOT)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    reserve = int(getattr(settings, "STORAGE_MIN_FREE_BYTES", 0))
+    if free - needed_bytes < reserve:
+        raise InsufficientStorageError(
+            f"The image store is nearly full ({free / 1024**2:.0f} MiB free; this needs about "
+            f"{needed_bytes / 1024**2:.0f} MiB and {reserve / 1024**2:.0f} MiB are kept in reserve). Nothing "
+            "was written; free space (or ask the site's IT) and try again."
+        )
+
+
+def _raw_size(image: sitk.Image) -> int:
+    return (
+        int(np.prod(image.GetSize()))
+        * image.GetNumberOfComponentsPerPixel()
+        * image.GetSizeOfPixelComponent()
+    )
+
+
+def write_file(
+    name: str, write: Callable[[Path], object], verify: Callable[[Path], None], *, needed_bytes: int
+) -> Path:
+    """Write a stored file safely: room checked first, written by ``write`` to a temporary name next to its
+    place, checked by ``verify`` (which raises an ``OSError`` for a short write), then renamed into place
+    (an earlier file of that name stays until then).
+
+    Returns:
+        The local path written.
+
+    Raises:
+        InsufficientStorageError: no room, or the write came out short (the disk filled meanwhile).
+    """
+    path = media_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(needed_bytes)
+    # The same suffix, so that writers choosing the format by it choose the same one.
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    try:
+        with disk_space_errors():
+            write(tmp)
+            verify(tmp)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_image(
+    image: sitk.Image, name: str, *, compress: bool = False, needed_bytes: int | None = None
+) -> Path:
+    """Write an image under ``name`` (NIfTI by its suffix) safely (see :func:`write_file`).
+
+    ``needed_bytes``: room to ask for first (default: the uncompressed size and 1 MiB).
+
+    Returns:
+        The local path written.
+
+    Raises:
+        InsufficientStorageError: no room, or the write came out short.
+    """
+    raw = _raw_size(image)
+    return write_file(
+        name,
+        lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=compress),
+        lambda tmp: _verify(image, tmp, compressed=compress, raw_bytes=raw),
+        needed_bytes=raw + 1024**2 if needed_bytes is None else needed_bytes,
+    )
+
+
+def _verify(image: sitk.Image, path: Path, *, compressed: bool, raw_bytes: int) -> None:
+    """Check a freshly written image is whole (SimpleITK's writers do not report a short write)."""
+    short = False
+    if compressed:
+        try:
+            back = sitk.ReadImage(str(path))
+        except RuntimeError:
+            short = True
+        else:
+            short = back.GetSize() != image.GetSize()
+    else:
+        short = path.stat().st_size < raw_bytes
+    if short:
+        raise OSError(errno.ENOSPC, "short write", str(path))
+
+
+def image_verifies(name: str) -> bool:
+    """Whether a stored image can be read whole (an output is reused only then)."""
+    if not name or not media_path(name).is_file():
+        return False
+    try:
+        sitk.ReadImage(str(media_path(name)))
+    except RuntimeError:
+        return False
+    return True
+
+
 def write_label_image(labels: sitk.Image, name: str) -> Path:
-    """Write a label image (gzipped NIfTI) in the smallest unsigned type that holds its largest label.
+    """Write a label image (gzipped NIfTI) in the smallest unsigned type that holds its largest label,
+    safely (see :func:`write_image`).
 
     Readers take any integer type; a 120 x 120 x 90 map compresses in 3 ms as UInt8/UInt16 against
     11 ms as UInt32.
@@ -208,15 +345,12 @@ def write_label_image(labels: sitk.Image, name: str) -> Path:
     Returns:
         The local path written.
     """
-    path = media_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     largest = int(sitk.GetArrayViewFromImage(labels).max(initial=0))
     for pixel_type, limit in ((sitk.sitkUInt8, 0xFF), (sitk.sitkUInt16, 0xFFFF)):
         if largest <= limit:
             labels = sitk.Cast(labels, pixel_type)
             break
-    sitk.WriteImage(labels, str(path), useCompression=True)
-    return path
+    return write_image(labels, name, compress=True)
 
 
 _JOURNAL: ContextVar[_FileJournal | None] = ContextVar("stored_file_journal", default=None)
@@ -275,7 +409,9 @@ def store_reader_mask(lesion: Lesion, timepoint: Timepoint, mask: sitk.Image, re
     journal.remember(name)
     if default_storage.exists(name):
         default_storage.delete(name)
-    stored = default_storage.save(name, ContentFile(data))
+    ensure_free_space(len(data))
+    with disk_space_errors():
+        stored = default_storage.save(name, ContentFile(data))
     if stored != name:  # a concurrent writer took the name: keep the naming contract explicit
         default_storage.delete(stored)
         raise InvalidStateError(f"The contour of {lesion.label} is being saved by someone else; try again.")
@@ -329,6 +465,9 @@ __all__ = [
     "READER_MASK_DIR",
     "RUN_LABELS",
     "delete_reader_mask",
+    "disk_space_errors",
+    "ensure_free_space",
+    "image_verifies",
     "load_observation_mask",
     "load_series_image",
     "media_path",
@@ -345,5 +484,7 @@ __all__ = [
     "stored_name",
     "store_reader_mask",
     "undo_file_writes_on_error",
+    "write_file",
+    "write_image",
     "write_label_image",
 ]

@@ -21,6 +21,7 @@ urlpatterns = [
     path("series/<int:series_id>/slices/<int:k>.png", viewer.slice_png, name="slice"),
     path("series/<int:series_id>/overlay/<int:k>.json", viewer.slice_overlay, name="overlay"),
     path("jobs/<int:job_id>/progress.json", patient.job_progress, name="job-progress"),
+    path("jobs/<int:job_id>/retry/", patient.retry_job, name="job-retry"),
     path("assets/<str:name>", assets.asset, name="asset"),
 ]
 

@@ -1,13 +1,15 @@
 """Celery tasks of the pipeline: thin wrappers that pass ids to the stages of :mod:`trials.pipeline`.
 
-One uploaded series is one chain: ``mettrack.pipeline.segment`` (queue ``gpu``) then
-``mettrack.pipeline.analyse`` (queue ``default``), following one ``ProcessingJob``; the pipeline sends it
-by task name (``trials.pipeline.queue``). Arguments are ids; the acting user id and the correlation id
-travel with them and land in the audit trail.
+One uploaded series is ``mettrack.pipeline.segment`` (queue ``gpu``), which hands over to
+``mettrack.pipeline.analyse`` (queue ``default``), following one ``ProcessingJob``; the pipeline sends
+them by task name (``trials.pipeline.queue``). Arguments are ids; the acting user id and the correlation
+id travel with them into the audit trail, the dispatch id makes a late delivery of an earlier dispatch
+do nothing.
 
 Error policy (every task):
     * :class:`trials.pipeline.errors.TransientError` (a lost database connection) is retried with
-      exponential backoff and jitter, at most 5 times; then the job is failed.
+      exponential backoff and jitter up to 5 minutes apart, 10 times (about 20 minutes); then the job is
+      failed, or, with the database still away, left to the lost-job sweep once it is back.
     * Invalid input (:data:`trials.pipeline.errors.PERMANENT_ERRORS`: an unusable image or model, data the
       rules cannot assess) fails the job once with its message; the chain stops there.
     * ``acks_late`` + ``reject_on_worker_lost``: a worker killed mid-task leaves the message to be
@@ -36,11 +38,13 @@ from trials.pipeline.queue import (
     GPU_QUEUE,
     REASSESS_TRIAL_TASK,
     SEGMENT_TASK,
+    SWEEP_LOST_TASK,
     SWEEP_STUCK_TASK,
     SWEEP_UNENQUEUED_TASK,
+    hand_over_to_analysis,
 )
 from trials.pipeline.segmentation import run_segmentation_stage
-from trials.pipeline.sweeps import sweep_stuck_jobs, sweep_unenqueued_jobs
+from trials.pipeline.sweeps import sweep_lost_jobs, sweep_stuck_jobs, sweep_unenqueued_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,10 @@ class PipelineTask(Task):
     autoretry_for = (TransientError,)
     max_retries = MAX_RETRIES
     retry_backoff = 2  # seconds, doubled at each retry
-    retry_backoff_max = 120
-    retry_jitter = True
+    retry_backoff_max = 300
+    # No jitter: Celery's is "full" (0 to the backoff), which can spend every retry within seconds; a few
+    # workers retrying together do not make a thundering herd.
+    retry_jitter = False
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Retries exhausted or an unexpected error: the job must not stay "running" forever."""
@@ -72,34 +78,41 @@ class PipelineTask(Task):
 
 
 @app.task(base=PipelineTask, bind=True, name=SEGMENT_TASK, time_limit=SEGMENT_TIME_LIMIT_S)
-def segment_series(self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "") -> int:
-    """Segment the job's series (queue gpu); returns the SegmentationRun id for the analysis task."""
+def segment_series(
+    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "", dispatch_id: str = ""
+) -> int:
+    """Segment the job's series (queue gpu), then hand the stored segmentation over to the analysis."""
     with correlation_id_bound(correlation_id), transient_errors():
         try:
             run_id = run_segmentation_stage(
-                job_id, actor_id=actor_id, correlation_id=correlation_id, celery_task_id=self.request.id or ""
+                job_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
             )
         except PERMANENT_ERRORS as exc:
             fail_pipeline_job(job_id, exc)
-            raise Ignore() from exc  # acknowledged, and the chain stops: there is nothing to analyse
+            raise Ignore() from exc  # acknowledged: there is nothing to analyse
     if run_id is None:
-        raise Ignore()  # the job was already finished (a duplicate delivery)
+        raise Ignore()  # the job is finished, or this delivery belongs to an earlier dispatch
+    hand_over_to_analysis(
+        job_id, run_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
+    )
     return run_id
 
 
 @app.task(base=PipelineTask, bind=True, name=ANALYSE_TASK)
 def analyse_series(
-    self: Task, run_id: int, *, job_id: int, actor_id: int | None = None, correlation_id: str = ""
+    self: Task,
+    run_id: int,
+    *,
+    job_id: int,
+    actor_id: int | None = None,
+    correlation_id: str = "",
+    dispatch_id: str = "",
 ) -> dict[str, Any] | None:
     """Match and store the run's lesions, re-assess the patient from this visit on, finish the job."""
     with correlation_id_bound(correlation_id), transient_errors():
         try:
             return run_analysis_stage(
-                job_id,
-                run_id,
-                actor_id=actor_id,
-                correlation_id=correlation_id,
-                celery_task_id=self.request.id or "",
+                job_id, run_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
             )
         except PERMANENT_ERRORS as exc:
             fail_pipeline_job(job_id, exc)
@@ -108,13 +121,13 @@ def analyse_series(
 
 @app.task(base=PipelineTask, bind=True, name=REASSESS_TRIAL_TASK)
 def reassess_trial(
-    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = ""
+    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "", dispatch_id: str = ""
 ) -> dict[str, Any] | None:
     """Re-assess every patient of a trial after its criteria settings changed (queue default)."""
     with correlation_id_bound(correlation_id), transient_errors():
         try:
             return run_trial_reassessment(
-                job_id, actor_id=actor_id, correlation_id=correlation_id, celery_task_id=self.request.id or ""
+                job_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
             )
         except PERMANENT_ERRORS as exc:
             fail_pipeline_job(job_id, exc)
@@ -135,12 +148,20 @@ def sweep_stuck() -> list[int]:
         return sweep_stuck_jobs()
 
 
+@app.task(base=PipelineTask, name=SWEEP_LOST_TASK)
+def sweep_lost() -> list[int]:
+    """Periodic: send again the running jobs whose worker stopped beating."""
+    with transient_errors():
+        return sweep_lost_jobs()
+
+
 __all__ = [
     "DEFAULT_QUEUE",
     "GPU_QUEUE",
     "analyse_series",
     "reassess_trial",
     "segment_series",
+    "sweep_lost",
     "sweep_stuck",
     "sweep_unenqueued",
 ]

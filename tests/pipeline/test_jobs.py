@@ -37,7 +37,11 @@ def test_task_policy_is_late_ack_retry_transient_only() -> None:
     for task in (segment_series, analyse_series):
         assert task.acks_late and task.reject_on_worker_lost
         assert task.autoretry_for == (errors.TransientError,)
-        assert task.max_retries == 5 and task.retry_backoff and task.retry_jitter
+        assert task.max_retries == 10 and task.retry_backoff and not task.retry_jitter
+        # A database outage of minutes (a restart, a failover) is ridden out: the backoff doubles up to
+        # 5 minutes apart, about 18 minutes in all (jitter off: with full jitter the total could be seconds).
+        waits = [min(task.retry_backoff * 2**k, task.retry_backoff_max) for k in range(task.max_retries)]
+        assert sum(waits) >= 15 * 60
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.amqp.router.route({}, "mettrack.pipeline.segment")["queue"].name == GPU_QUEUE
 

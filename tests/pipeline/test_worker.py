@@ -170,6 +170,8 @@ def worker_env(broker_url: str, media_root: Path, model_dir: Path, **extra: str)
         SECRET_KEY="pipeline-worker-test-key-not-secret-0123456789-abcdefghijkl",
         ALLOWED_HOSTS="localhost",
         OMP_NUM_THREADS="1",
+        # No free-space reserve: a nearly full CI disk must not turn every image write into a 507.
+        STORAGE_MIN_FREE_BYTES="0",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -296,7 +296,9 @@ def test_job_is_enqueued_only_after_commit(django_capture_on_commit_callbacks) -
 
 def test_job_lifecycle_counts_attempts_and_audits_outcome() -> None:
     job = job_records.create_job("assess", obj=make_patient(), actor=None)
-    job = job_records.start_job(job, celery_task_id="abc")
+    job_records.record_dispatch(job, "abc")
+    job = job_records.start_job(job)
+    assert job.celery_task_id == "abc" and job.heartbeat_at is not None
     job_records.update_job_progress(job, progress_pct=40, stage="measuring")
     job.refresh_from_db()
     assert (job.state, job.attempts, job.progress_pct, job.stage) == (JobState.RUNNING, 1, 40, "measuring")

@@ -11,8 +11,8 @@ from trials.exceptions import InvalidStateError
 from trials.models import ProcessingJob, SegmentationRun
 from trials.pipeline.embedded import run_job_inline
 from trials.pipeline.queue import embedded_mode, enqueue_job
-from trials.records.base import update_row
 from trials.records.imaging import update_segmentation_run
+from trials.records.jobs import requeue_job
 
 
 @transaction.atomic
@@ -38,21 +38,8 @@ def retry_job(
             update_segmentation_run(
                 run, status=RunStatus.RUNNING, error="", actor=actor, correlation_id=correlation_id
             )
-    job = update_row(
-        job,
-        {
-            "state": JobState.QUEUED,
-            "error": "",
-            "progress_pct": 0,
-            "stage": "",
-            "celery_task_id": "",
-            "finished_at": None,
-        },
-        allowed=("state", "error", "progress_pct", "stage", "celery_task_id", "finished_at"),
-        actor=actor,
-        reason=reason or "retry",
-        correlation_id=correlation_id,
-        action="retry",
+    job = requeue_job(
+        job, action="retry", actor=actor, reason=reason or "retry", correlation_id=correlation_id
     )
     transaction.on_commit(lambda: enqueue_job(job))
     return job

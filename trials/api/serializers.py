@@ -552,6 +552,12 @@ class ConfirmAssessmentSerializer(StrictInputMixin, serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
 
+class RetryJobSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /jobs/{id}/retry/``."""
+
+    reason = serializers.CharField(max_length=2000, help_text="Required: why the job is run again.")
+
+
 class OverrideAssessmentSerializer(StrictInputMixin, serializers.Serializer):
     """Input of ``POST /assessments/{id}/override/``; the signature means "reviewed and overridden"."""
 

@@ -38,6 +38,7 @@ from trials.api.views import TimepointViewSet
 from trials.exceptions import DuplicateSeriesError
 from trials.models import ImagingSeries, Timepoint
 from trials.permissions import MANAGE_PATIENTS, has_capability, visible_trial_ids
+from trials.storage import disk_space_errors
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -90,7 +91,7 @@ def _local_copy(upload: Any, folder: Path) -> Path:
     suffix = next((s for s in (".nii.gz", ".nii", ".zip", ".dcm") if lower.endswith(s)), "")
     stem = _SAFE_NAME.sub("_", original[: len(original) - len(suffix)]).strip("._") or "upload"
     target = folder / f"{stem}{suffix}"
-    with target.open("wb") as out:
+    with disk_space_errors(), target.open("wb") as out:  # a full temporary disk is a 507, not a 500
         for chunk in upload.chunks():
             out.write(chunk)
     return target

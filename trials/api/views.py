@@ -23,6 +23,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.settings import api_settings
 
 from trials.actions import assessments
+from trials.actions import jobs as job_actions
 from trials.actions import trials as trial_actions
 from trials.api import filtersets
 from trials.api import serializers as s
@@ -407,7 +408,7 @@ class AuditEventViewSet(ReadOnlyViewSet):
 
 
 class ProcessingJobViewSet(ReadOnlyViewSet):
-    """Background jobs of the user's trials, shown as progress (read-only)."""
+    """Background jobs of the user's trials, shown as progress; a failed one can be run again."""
 
     queryset = ProcessingJob.objects.select_related("content_type")
     serializer_class = s.ProcessingJobSerializer
@@ -418,3 +419,25 @@ class ProcessingJobViewSet(ReadOnlyViewSet):
         if self.request.user.is_superuser:
             return ProcessingJob.objects.select_related("content_type")
         return super().get_queryset()
+
+    @extend_schema(request=s.RetryJobSerializer, responses={202: s.ProcessingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Run a failed job again (data managers and trial admins); its stored outputs are reused.
+
+        409 when the job has not failed.
+        """
+        job = self.get_object()
+        if not any(has_capability(request.user, job.trial, c) for c in (MANAGE_PATIENTS, MANAGE_TRIAL)):
+            raise PermissionDenied("Your role in this trial does not allow running jobs again.")
+        data = s.RetryJobSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = job_actions.retry_job(
+            job,
+            actor=request.user,
+            reason=data.validated_data["reason"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(
+            s.ProcessingJobSerializer(job, context=self.get_serializer_context()).data, status=202
+        )

@@ -40,7 +40,7 @@ from trials.exceptions import InvalidStateError
 from trials.models import Lesion, LesionObservation, Patient, ProcessingJob, SegmentationRun, Timepoint
 from trials.pipeline.assessment import reassess_patient
 from trials.pipeline.contours import export_run_contours
-from trials.pipeline.jobs import is_finished, job_context, progress
+from trials.pipeline.jobs import claim, heartbeat, job_context, progress
 from trials.records.imaging import update_segmentation_run
 from trials.records.jobs import finish_job, start_job
 from trials.records.lesions import (
@@ -384,20 +384,29 @@ def run_analysis_stage(
     job_id: int,
     run_id: int | None,
     *,
+    dispatch_id: str = "",
     actor_id: int | None = None,
     correlation_id: str = "",
-    celery_task_id: str = "",
 ) -> dict[str, Any] | None:
     """Stage 2 of a pipeline job (queue ``default``): match and store lesions, then re-assess the patient.
 
     Returns:
-        The job's result, or None when there was nothing to do (job already finished, or no run).
+        The job's result, or None when there was nothing to do (no run, the job finished, or the delivery
+        belongs to an earlier dispatch: see :func:`.jobs.claim`).
     """
-    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
-    if is_finished(job) or run_id is None:
+    job = claim(job_id, dispatch_id) if run_id is not None else None
+    if job is None or run_id is None:
         return None
     if job.state != JobState.RUNNING:
-        job = start_job(job, celery_task_id=celery_task_id, stage="lesion matching")
+        job = start_job(job, stage="lesion matching")
+    with heartbeat(job):
+        return _analyse_and_assess(job, run_id, actor_id=actor_id, correlation_id=correlation_id)
+
+
+def _analyse_and_assess(
+    job: ProcessingJob, run_id: int, *, actor_id: int | None, correlation_id: str
+) -> dict[str, Any]:
+    """The analysis stage's work: lesions, DICOM contours, re-assessment, the job finished."""
     actor, cid = job_context(job, actor_id, correlation_id)
     run = SegmentationRun.objects.select_related("series__timepoint__patient__trial").get(pk=run_id)
     progress(job, 65, "lesion matching")

@@ -48,7 +48,7 @@ from trials.models import (
     Timepoint,
     Trial,
 )
-from trials.pipeline.jobs import is_finished, job_context, progress
+from trials.pipeline.jobs import claim, job_context, progress
 from trials.records.assessments import create_assessment
 from trials.records.jobs import finish_job, start_job
 from trials.records.lesions import update_lesion
@@ -471,7 +471,7 @@ def reassess_patient(
 
 
 def run_trial_reassessment(
-    job_id: int, *, actor_id: int | None = None, correlation_id: str = "", celery_task_id: str = ""
+    job_id: int, *, dispatch_id: str = "", actor_id: int | None = None, correlation_id: str = ""
 ) -> dict[str, Any] | None:
     """Run a re-assessment job (queue ``default``): every patient of the trial, with its settings now.
 
@@ -479,12 +479,13 @@ def run_trial_reassessment(
     nothing.
 
     Returns:
-        ``{"patients": n, "assessments_created": k}``, or None when the job was already finished.
+        ``{"patients": n, "assessments_created": k}``, or None when there is nothing to do (see
+        :func:`.jobs.claim`).
     """
-    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
-    if is_finished(job):
+    job = claim(job_id, dispatch_id)
+    if job is None:
         return None
-    job = start_job(job, celery_task_id=celery_task_id, stage="re-assessment")
+    job = start_job(job, stage="re-assessment")
     actor, cid = job_context(job, actor_id, correlation_id)
     trial = Trial.objects.get(pk=job.params["trial_id"])
     patients = list(trial.patients.order_by("pk"))

@@ -7,6 +7,7 @@ they came from (rt-utils writes the RTSTRUCT, highdicom the SEG).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,22 @@ from trials.records.imaging import update_segmentation_run
 from trials.storage import (
     LESION_MAP,
     RUN_FILE_KINDS,
-    media_path,
     run_file_name,
     run_output_path,
     series_source_dir,
+    write_file,
 )
+
+#: Room asked for before writing one DICOM object of a run (an RTSTRUCT or SEG of a brain is a few MB).
+_DICOM_ROOM_BYTES = 64 * 1024**2
+
+
+def _verify_dicom(path: Path) -> None:
+    """A written DICOM file reads back (raises OSError for a short write)."""
+    try:
+        pydicom.dcmread(path, stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, EOFError, ValueError) as exc:
+        raise OSError(errno.ENOSPC, f"short write ({type(exc).__name__})", str(path)) from exc
 
 
 def export_run_contours(
@@ -89,7 +101,8 @@ def export_run_contours(
             continue
         name = run_file_name(run, RUN_FILE_KINDS[kind][0])
         try:
-            write(media_path(name))
+            # Written whole or not at all: a DICOM file cut short by a full disk is never kept.
+            write_file(name, write, _verify_dicom, needed_bytes=_DICOM_ROOM_BYTES)
         except ImagingError as exc:
             errors.append(f"{kind.upper()}: {exc.user_message}")
             continue

@@ -26,8 +26,9 @@ from trials.pipeline.segmentation import run_segmentation_stage
 
 logger = logging.getLogger(__name__)
 
-#: Retries of a transient error, as the tasks' ``max_retries``.
-MAX_RETRIES = 5
+#: Retries of a transient error, as the tasks' ``max_retries`` (with backoff up to 5 min, about 20 min
+#: in all: a database restart or failover is ridden out, an outage longer is left to the lost-job sweep).
+MAX_RETRIES = 10
 
 
 def run_job_inline(job_id: int, *, max_retries: int = MAX_RETRIES) -> dict[str, Any] | None:
@@ -36,7 +37,8 @@ def run_job_inline(job_id: int, *, max_retries: int = MAX_RETRIES) -> dict[str, 
     Returns:
         The job's result, or None when it failed or was already finished.
     """
-    kind = ProcessingJob.objects.values_list("kind", flat=True).get(pk=job_id)
+    # The dispatch this run is: if a sweep sends the job again meanwhile, this run stops at its next stage.
+    kind, dispatch_id = ProcessingJob.objects.values_list("kind", "celery_task_id").get(pk=job_id)
     for attempt in range(max_retries + 1):
         try:
             if attempt:
@@ -44,9 +46,9 @@ def run_job_inline(job_id: int, *, max_retries: int = MAX_RETRIES) -> dict[str, 
             with transient_errors():
                 try:
                     if kind == JobKind.ASSESS:
-                        return run_trial_reassessment(job_id)
-                    run_id = run_segmentation_stage(job_id)
-                    return run_analysis_stage(job_id, run_id)
+                        return run_trial_reassessment(job_id, dispatch_id=dispatch_id)
+                    run_id = run_segmentation_stage(job_id, dispatch_id=dispatch_id)
+                    return run_analysis_stage(job_id, run_id, dispatch_id=dispatch_id)
                 except PERMANENT_ERRORS as exc:
                     fail_pipeline_job(job_id, exc)
                     return None

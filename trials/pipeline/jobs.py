@@ -2,24 +2,79 @@
 
 One uploaded series is one ``ProcessingJob`` of kind ``pipeline`` followed through every stage; a change
 of a trial's criteria settings is one job of kind ``assess``. The stages (:mod:`.segmentation`,
-:mod:`.analysis`, :mod:`.assessment`) start the job, report progress and finish it; a permanent error
-fails it once (:func:`fail_pipeline_job`), and the stuck-job sweep fails a job whose worker was lost.
+:mod:`.analysis`, :mod:`.assessment`) claim the job (:func:`claim`: not finished, and the delivery is
+of its current dispatch), start it, keep its heartbeat (:func:`heartbeat`), report progress and finish
+it; a permanent error fails it once (:func:`fail_pipeline_job`). The sweeps (:mod:`.sweeps`) send again a
+job whose worker stopped beating and fail one that ran past its time limit.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 from trials.choices import JobKind, JobState, RunStatus
 from trials.models import ProcessingJob, SegmentationRun
 from trials.pipeline.errors import user_message
 from trials.records.imaging import update_segmentation_run
-from trials.records.jobs import fail_job, update_job_progress
+from trials.records.jobs import beat, fail_job, update_job_progress
+
+logger = logging.getLogger(__name__)
 
 #: ``ProcessingJob.message`` of a job failed by the stuck-job sweep (``trials.pipeline.sweeps``).
 TIMED_OUT_MESSAGE = "timed out"
+
+
+def claim(job_id: int, dispatch_id: str = "") -> ProcessingJob | None:
+    """The job, when this delivery has work to do; None when the job is finished or the delivery belongs
+    to an earlier dispatch (the job was sent again after its worker was lost, or retried).
+
+    ``dispatch_id`` empty (an in-process call) skips the dispatch check.
+    """
+    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
+    if is_finished(job):
+        return None
+    if dispatch_id and job.celery_task_id != dispatch_id:
+        logger.info("job %s: delivery of an earlier dispatch %s ignored", job_id, dispatch_id)
+        return None
+    return job
+
+
+@contextmanager
+def heartbeat(job: ProcessingJob) -> Iterator[None]:
+    """Refresh the job's ``heartbeat_at`` every ``PIPELINE_HEARTBEAT_S`` while the block runs.
+
+    A worker killed outright stops beating; the lost-job sweep sends the job again once the beat is older
+    than ``PIPELINE_LEASE_S``. The beat runs in a thread of its own (its own database connection, closed
+    when it stops), so a long network step or a long transaction does not silence it.
+    """
+    interval = float(getattr(settings, "PIPELINE_HEARTBEAT_S", 30.0))
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            while not stop.wait(interval):
+                try:
+                    beat(job.pk)
+                except Exception:  # the database may be away for a moment; the next beat tries again
+                    logger.warning("job %s: heartbeat not recorded", job.pk, exc_info=True)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, name=f"mettrack-heartbeat-{job.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def progress(job: ProcessingJob | None, pct: int, stage: str, message: str = "") -> None:
@@ -67,4 +122,12 @@ def fail_pipeline_job(job_id: int, exc: BaseException) -> None:
             )
 
 
-__all__ = ["TIMED_OUT_MESSAGE", "fail_pipeline_job", "is_finished", "job_context", "progress"]
+__all__ = [
+    "TIMED_OUT_MESSAGE",
+    "claim",
+    "fail_pipeline_job",
+    "heartbeat",
+    "is_finished",
+    "job_context",
+    "progress",
+]

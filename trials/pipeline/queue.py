@@ -5,10 +5,12 @@ trial's criteria settings) and handed to the broker after commit (``transaction.
 never receives the id of a job that does not exist. Tasks are sent by name (the Celery app's
 ``send_task`` through a signature): the pipeline does not import the worker's task module.
 
-One uploaded series is the chain ``mettrack.pipeline.segment`` (queue ``gpu``) -> ``mettrack.pipeline.
-analyse`` (queue ``default``); a trial re-assessment is ``mettrack.assess.trial`` (queue ``default``).
-A broker that cannot be reached is not an error: the job stays ``queued`` without a task id and the
-periodic sweep (:mod:`.sweeps`) sends it later.
+One uploaded series is ``mettrack.pipeline.segment`` (queue ``gpu``), which hands over to
+``mettrack.pipeline.analyse`` (queue ``default``); a trial re-assessment is ``mettrack.assess.trial``
+(queue ``default``). Every send is a *dispatch* with an id of its own (the first task's id, recorded on
+the job before the message leaves): a delivery of an earlier dispatch does nothing. A broker that cannot
+be reached is not an error: the job stays ``queued`` and the periodic sweep (:mod:`.sweeps`) sends it
+again once its message is found missing (never sent, or lost with a broker restart).
 
 Embedded mode (no ``CELERY_BROKER_URL``, ``make demo``): the job runs in a background thread of this
 process instead (:mod:`.embedded`), or in the request itself with ``PIPELINE_EMBEDDED_SYNC``.
@@ -20,13 +22,12 @@ import logging
 import uuid
 from typing import Any
 
-from celery import chain
 from django.conf import settings
 
 from config.celery import app
 from trials.choices import JobKind
 from trials.models import ImagingSeries, ProcessingJob, Trial
-from trials.records.jobs import create_job, set_job_task_id
+from trials.records.jobs import clear_dispatch, create_job, record_dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ ANALYSE_TASK = "mettrack.pipeline.analyse"
 REASSESS_TRIAL_TASK = "mettrack.assess.trial"
 SWEEP_UNENQUEUED_TASK = "mettrack.pipeline.sweep_unenqueued"
 SWEEP_STUCK_TASK = "mettrack.pipeline.sweep_stuck"
+SWEEP_LOST_TASK = "mettrack.pipeline.sweep_lost"
 
 GPU_QUEUE: str = getattr(settings, "CELERY_GPU_QUEUE", "gpu")
 DEFAULT_QUEUE: str = getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "default")
@@ -46,59 +48,122 @@ def embedded_mode() -> bool:
     return bool(getattr(settings, "CELERY_EMBEDDED", not getattr(settings, "CELERY_BROKER_URL", "")))
 
 
-def job_signature(job: ProcessingJob, task_id: str) -> Any:
-    """The Celery signature of a job, its first task carrying ``task_id``: for a pipeline job the chain
-    segment (gpu) -> analyse (default), for a re-assessment job the one trial task (default)."""
-    context = {"job_id": job.pk, "actor_id": job.created_by_id, "correlation_id": job.correlation_id}
+def _context(job: ProcessingJob, dispatch_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job.pk,
+        "actor_id": job.created_by_id,
+        "correlation_id": job.correlation_id,
+        "dispatch_id": dispatch_id,
+    }
+
+
+def job_signature(job: ProcessingJob, dispatch_id: str) -> Any:
+    """The Celery signature of a job's first task, its task id the dispatch id: the segmentation (gpu) of
+    a pipeline job, which hands over to the analysis itself (:func:`hand_over_to_analysis`), or the one
+    trial task (default) of a re-assessment job."""
     if job.kind == JobKind.ASSESS:
-        return app.signature(REASSESS_TRIAL_TASK, kwargs=context, immutable=True).set(
-            task_id=task_id, queue=DEFAULT_QUEUE
-        )
-    return chain(
-        app.signature(SEGMENT_TASK, kwargs=context, immutable=True).set(task_id=task_id, queue=GPU_QUEUE),
-        app.signature(ANALYSE_TASK, kwargs=context).set(queue=DEFAULT_QUEUE),
+        name, queue = REASSESS_TRIAL_TASK, DEFAULT_QUEUE
+    else:
+        name, queue = SEGMENT_TASK, GPU_QUEUE
+    return app.signature(name, kwargs=_context(job, dispatch_id), immutable=True).set(
+        task_id=dispatch_id, queue=queue
     )
 
 
-def _send(job: ProcessingJob) -> str:
-    """Send a job to the broker, or run it in-process in embedded mode; returns its first task's id."""
+def _send(job: ProcessingJob, dispatch_id: str) -> None:
+    """Send a job to the broker, or run it in-process in embedded mode."""
     if embedded_mode():
         # Imported here: the embedded runner brings the network (torch, MONAI), which a web process that
         # hands its jobs to a broker never loads.
         from trials.pipeline import embedded
 
-        task_id = f"embedded-{uuid.uuid4().hex}"
         if getattr(settings, "PIPELINE_EMBEDDED_SYNC", False):
             embedded.run_job_inline(job.pk)
         else:
             embedded.submit(job.pk)
-        return task_id
-    task_id = str(uuid.uuid4())
-    job_signature(job, task_id).apply_async(
+        return
+    job_signature(job, dispatch_id).apply_async(
         retry=True,
         # Quick retries only: an upload request must not hang while Redis is down; the sweep catches up.
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
     )
-    return task_id
 
 
 def enqueue_job(job: ProcessingJob) -> bool:
-    """Hand a saved job to Celery and record its task id. A broker that cannot be reached is not an error.
+    """Give a saved job a new dispatch and hand it to Celery. A broker that cannot be reached is not an
+    error: the job stays ``queued`` and :func:`trials.pipeline.sweeps.sweep_unenqueued_jobs` sends it
+    again once its message is found missing.
 
-    The job stays ``queued`` without a task id and :func:`trials.pipeline.sweeps.sweep_unenqueued_jobs`
-    sends it later.
+    The dispatch id is recorded before the message is sent, so the worker, however fast, finds it; it is
+    cleared again when the message could not be sent.
 
     Returns:
         True when the broker accepted the job (or it ran in-process in embedded mode).
     """
+    dispatch_id = f"embedded-{uuid.uuid4().hex}" if embedded_mode() else str(uuid.uuid4())
+    record_dispatch(job, dispatch_id)
     try:
-        task_id = _send(job)
+        _send(job, dispatch_id)
     except Exception as exc:  # kombu/redis raise many types for an unreachable broker
+        # Not sent: the job shows it (no dispatch), the sweep sends it after the grace period, and were
+        # the message out after all, its delivery finds no dispatch of its own and does nothing.
+        clear_dispatch(job, dispatch_id)
         logger.warning("job %s not enqueued (broker unavailable: %s); the sweep will enqueue it", job.pk, exc)
         return False
-    if task_id:
-        set_job_task_id(job, task_id)
     return True
+
+
+def hand_over_to_analysis(
+    job_id: int, run_id: int, *, dispatch_id: str, actor_id: int | None, correlation_id: str
+) -> bool:
+    """Send the analysis of a stored segmentation (queue ``default``), as the same dispatch.
+
+    Sent by the segmentation task itself rather than as a chain's callback: when the broker is away at
+    that moment the job stays running without a heartbeat, and the lost-job sweep sends it again once the
+    broker is back (the stored mask is reused), instead of failing the job for good.
+
+    Returns:
+        True when the broker accepted the analysis.
+    """
+    context = {
+        "job_id": job_id,
+        "actor_id": actor_id,
+        "correlation_id": correlation_id,
+        "dispatch_id": dispatch_id,
+    }
+    try:
+        app.signature(ANALYSE_TASK, args=(run_id,), kwargs=context).set(queue=DEFAULT_QUEUE).apply_async(
+            retry=True,
+            retry_policy={"max_retries": 5, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 4.0},
+        )
+    except Exception as exc:  # kombu/redis raise many types for an unreachable broker
+        logger.warning(
+            "job %s: analysis not handed over (%s); the lost-job sweep will send the job again", job_id, exc
+        )
+        return False
+    return True
+
+
+def broker_has_message(dispatch_id: str) -> bool | None:
+    """Whether a dispatch's message is still in the broker: waiting in a queue, or taken by a worker and
+    not yet acknowledged. None when that cannot be told (no Redis broker, or it does not answer).
+
+    Read with one LRANGE per queue and one HVALS of kombu's ``unacked`` hash: queued jobs are few.
+    """
+    url = getattr(settings, "CELERY_BROKER_URL", "")
+    if embedded_mode() or not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    needle = dispatch_id.encode()
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        for queue in (GPU_QUEUE, DEFAULT_QUEUE):
+            if any(needle in message for message in client.lrange(queue, 0, -1)):
+                return True
+        return any(needle in message for message in client.hvals("unacked"))
+    except redis.RedisError:
+        return None
 
 
 def _time_limit_s() -> int:
@@ -144,10 +209,13 @@ __all__ = [
     "REASSESS_TRIAL_TASK",
     "SEGMENT_TASK",
     "SWEEP_STUCK_TASK",
+    "SWEEP_LOST_TASK",
     "SWEEP_UNENQUEUED_TASK",
+    "broker_has_message",
     "create_pipeline_job",
     "create_reassessment_job",
     "embedded_mode",
     "enqueue_job",
+    "hand_over_to_analysis",
     "job_signature",
 ]

@@ -23,12 +23,19 @@ from rano.measure import label_components
 from segmentation.inference import InferenceOptions, segment_image
 from trials.choices import RunStatus
 from trials.exceptions import DuplicateError, InvalidInputError
-from trials.models import ImagingSeries, ModelVersion, ProcessingJob, SegmentationRun
-from trials.pipeline.jobs import is_finished, job_context, progress
+from trials.models import ImagingSeries, ModelVersion, SegmentationRun
+from trials.pipeline.jobs import claim, heartbeat, job_context, progress
 from trials.pipeline.registry import load_pipeline_model
 from trials.records.imaging import create_segmentation_run, update_segmentation_run
 from trials.records.jobs import start_job
-from trials.storage import RUN_LABELS, read_image_field, run_file_name, write_label_image
+from trials.storage import (
+    RUN_LABELS,
+    image_verifies,
+    read_image_field,
+    run_file_name,
+    stored_name,
+    write_label_image,
+)
 
 
 def get_or_create_run(
@@ -86,7 +93,7 @@ def record_segmentation(
     if series.size_voxels and size != list(series.size_voxels):
         raise InvalidInputError(f"The mask size {size} differs from the series size {series.size_voxels}.")
     run = get_or_create_run(series, model_version, actor=actor, correlation_id=correlation_id)
-    if run.mask_file and run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
+    if _mask_reusable(run):
         # The same weights on the same series give the same mask: keep what is stored (a redelivery).
         return run
     patient = series.timepoint.patient
@@ -111,8 +118,16 @@ def record_segmentation(
     )
 
 
+def _mask_reusable(run: SegmentationRun) -> bool:
+    """Whether a run's stored mask can stand for a new segmentation: stored, of a live run, and whole
+    (a mask cut short by a full disk is computed again, never reused)."""
+    if not run.mask_file or run.status not in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
+        return False
+    return image_verifies(stored_name(run.mask_file))
+
+
 def run_segmentation_stage(
-    job_id: int, *, actor_id: int | None = None, correlation_id: str = "", celery_task_id: str = ""
+    job_id: int, *, dispatch_id: str = "", actor_id: int | None = None, correlation_id: str = ""
 ) -> int | None:
     """Stage 1 of a pipeline job: segment its series with the configured model (queue ``gpu``).
 
@@ -120,22 +135,23 @@ def run_segmentation_stage(
     run again (a message redelivered after a worker was killed before it acknowledged).
 
     Returns:
-        The SegmentationRun id, or None when the job is already finished (nothing left to do).
+        The SegmentationRun id, or None when there is nothing to do (the job is finished, or the delivery
+        belongs to an earlier dispatch: see :func:`.jobs.claim`).
 
     Raises:
         Any of :data:`PERMANENT_ERRORS` (invalid image, unusable model), database errors.
     """
-    job = ProcessingJob.objects.select_related("created_by", "trial").get(pk=job_id)
-    if is_finished(job):
+    job = claim(job_id, dispatch_id)
+    if job is None:
         return None
-    job = start_job(job, celery_task_id=celery_task_id, stage="segmentation")
+    job = start_job(job, stage="segmentation")
     actor, cid = job_context(job, actor_id, correlation_id)
     series = ImagingSeries.objects.select_related("timepoint__patient__trial").get(pk=job.params["series_id"])
     progress(job, 5, "loading model")
     # The model is registered by the system, whoever uploaded the series that first used it.
     model, version = load_pipeline_model(actor=None, correlation_id=cid)
     run = get_or_create_run(series, version, actor=actor, correlation_id=cid)
-    if run.mask_file and run.status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
+    if _mask_reusable(run):
         progress(job, 60, "segmentation", "segmentation already stored; reused")
         return run.pk
     progress(job, 10, "segmentation", f"{model.config.name} {model.config.version}")
@@ -145,12 +161,13 @@ def run_segmentation_stage(
     # applies the larger, so its labels are already the components the run stores.
     trial_settings = series.timepoint.patient.trial.response_settings()
     min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
-    result = segment_image(
-        image,
-        model,
-        InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto"))),
-        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
-    )
+    with heartbeat(job):
+        result = segment_image(
+            image,
+            model,
+            InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto"))),
+            dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
+        )
     progress(job, 55, "storing segmentation", f"{len(result.lesions)} lesion(s) found")
     run = record_segmentation(
         series,

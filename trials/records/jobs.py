@@ -81,31 +81,81 @@ def create_job(
     return job
 
 
-def set_job_task_id(job: ProcessingJob, celery_task_id: str) -> None:
-    """Remember the Celery task id of a job (plumbing, not audited)."""
-    ProcessingJob.objects.filter(pk=job.pk).update(celery_task_id=celery_task_id)
-    job.celery_task_id = celery_task_id
+def record_dispatch(job: ProcessingJob, dispatch_id: str) -> None:
+    """Make ``dispatch_id`` the job's current dispatch, before it is sent (plumbing, not audited).
+
+    Recorded first so that the worker, however fast, finds its own dispatch on the row; a delivery of an
+    earlier dispatch then finds another id and does nothing.
+    """
+    now = timezone.now()
+    ProcessingJob.objects.filter(pk=job.pk).update(celery_task_id=dispatch_id, dispatched_at=now)
+    job.celery_task_id, job.dispatched_at = dispatch_id, now
+
+
+def clear_dispatch(job: ProcessingJob, dispatch_id: str) -> None:
+    """Forget a dispatch whose message could not be sent (only if it is still the job's current one)."""
+    ProcessingJob.objects.filter(pk=job.pk, celery_task_id=dispatch_id).update(
+        celery_task_id="", dispatched_at=None
+    )
+    job.celery_task_id, job.dispatched_at = "", None
 
 
 @transaction.atomic
-def start_job(job: ProcessingJob, *, celery_task_id: str = "", stage: str = "") -> ProcessingJob:
-    """Mark a job running and count the attempt.
+def start_job(job: ProcessingJob, *, stage: str = "") -> ProcessingJob:
+    """Mark a job running, count the attempt and start its heartbeat.
 
     Progress is operational telemetry kept on the job row itself, so starting and progress are not
     audit events; the outcome (finish_job / fail_job) is.
     """
     job = ProcessingJob.objects.select_for_update().get(pk=job.pk)
+    now = timezone.now()
     job.state = JobState.RUNNING
-    job.started_at = timezone.now()
+    job.started_at = now
+    job.heartbeat_at = now
     job.finished_at = None
     job.attempts = F("attempts") + 1
     job.error = ""
     job.stage = stage
-    if celery_task_id:
-        job.celery_task_id = celery_task_id
     job.save()
     job.refresh_from_db()
     return job
+
+
+def beat(job_id: int) -> None:
+    """A running job's worker is alive (the heartbeat; plumbing, not audited)."""
+    ProcessingJob.objects.filter(pk=job_id, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+
+
+@transaction.atomic
+def requeue_job(
+    job: ProcessingJob, *, action: str, actor: Any | None, reason: str, correlation_id: str = ""
+) -> ProcessingJob:
+    """Put a job back in the queue as a new dispatch (the caller enqueues it after commit), audited.
+
+    Raises:
+        InvalidInputError: never for a job row; see ``update_row``.
+    """
+    return update_row(
+        job,
+        {
+            "state": JobState.QUEUED,
+            "error": "",
+            "progress_pct": 0,
+            "stage": "",
+            "celery_task_id": "",
+            "dispatched_at": None,
+            "heartbeat_at": None,
+            "finished_at": None,
+        },
+        allowed=(
+            "state", "error", "progress_pct", "stage", "celery_task_id", "dispatched_at", "heartbeat_at",
+            "finished_at",
+        ),
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id or job.correlation_id,
+        action=action,
+    )  # fmt: skip
 
 
 def update_job_progress(job: ProcessingJob, *, progress_pct: int, stage: str = "", message: str = "") -> None:
@@ -117,7 +167,7 @@ def update_job_progress(job: ProcessingJob, *, progress_pct: int, stage: str = "
     if not 0 <= progress_pct <= 100:
         raise InvalidInputError(f"progress_pct must be within 0-100, got {progress_pct}.")
     ProcessingJob.objects.filter(pk=job.pk).update(
-        progress_pct=progress_pct, stage=stage, message=message[:500]
+        progress_pct=progress_pct, stage=stage, message=message[:500], heartbeat_at=timezone.now()
     )
     job.progress_pct, job.stage, job.message = progress_pct, stage, message[:500]
 
@@ -174,7 +224,10 @@ __all__ = [
     "create_job",
     "fail_job",
     "finish_job",
-    "set_job_task_id",
+    "beat",
+    "clear_dispatch",
+    "record_dispatch",
+    "requeue_job",
     "start_job",
     "update_job_progress",
 ]

@@ -57,13 +57,15 @@ def require(user: Any, trial: Trial, capability: str) -> None:
 
 
 def capability_flags(user: Any, trial: Trial) -> dict[str, bool]:
-    """Template flags: ``can_review``, ``can_edit_lesions``, ``can_export``, ``can_manage_patients``."""
+    """Template flags: ``can_review``, ``can_edit_lesions``, ``can_export``, ``can_manage_patients``,
+    ``can_retry_jobs``."""
     caps = permissions.user_capabilities(user, trial)
     return {
         "can_review": permissions.REVIEW_ASSESSMENTS in caps,
         "can_edit_lesions": permissions.EDIT_LESIONS in caps,
         "can_export": permissions.EXPORT in caps,
         "can_manage_patients": permissions.MANAGE_PATIENTS in caps,
+        "can_retry_jobs": bool({permissions.MANAGE_PATIENTS, permissions.MANAGE_TRIAL} & caps),
     }
 
 

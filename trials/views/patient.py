@@ -3,11 +3,18 @@ and upload of a new visit's series with a live progress bar (the ProcessingJob).
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
 
 from trials import charts, permissions
+from trials.actions import jobs as job_actions
+from trials.exceptions import ServiceError
 from trials.models import ProcessingJob, Trial
 from trials.views.common import capability_flags, patient_for
 from trials.views.queries import VisitRow, patient_timeline
@@ -112,3 +119,37 @@ def job_progress(request: HttpRequest, job_id: int) -> JsonResponse:
     if job is None:
         raise Http404("No such job.")
     return JsonResponse(job)
+
+
+@require_POST
+@login_required
+def retry_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Run a failed job again (data managers and trial admins), then back to the patient's timeline."""
+    job = ProcessingJob.objects.filter(
+        pk=job_id, trial__in=permissions.visible_trial_ids(request.user)
+    ).first()
+    if job is None:
+        raise Http404("No such job.")
+    if not any(
+        permissions.has_capability(request.user, job.trial, c)
+        for c in (permissions.MANAGE_PATIENTS, permissions.MANAGE_TRIAL)
+    ):
+        raise PermissionDenied("Your role in this trial does not allow running jobs again.")
+    reason = request.POST.get("reason", "").strip()
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        back = reverse("dashboard:trial", args=[job.trial_id]) if job.trial_id else reverse("dashboard:home")
+    if not reason:
+        messages.error(request, "Say why the job is run again (a reason for the audit trail).")
+        return HttpResponseRedirect(back)
+    try:
+        job_actions.retry_job(
+            job, actor=request.user, reason=reason, correlation_id=getattr(request, "correlation_id", "")
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Job {job.pk} queued again.")
+    return HttpResponseRedirect(back)

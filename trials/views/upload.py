@@ -24,7 +24,7 @@ from django.views.decorators.http import require_POST
 from trials import permissions
 from trials.actions import imaging
 from trials.api.uploads import SizeLimitUploadHandler, UploadTooLargeError, _local_copy
-from trials.exceptions import DuplicateSeriesError, UploadRejectedError
+from trials.exceptions import DuplicateSeriesError, ServiceError
 from trials.views.common import timepoint_for
 
 
@@ -60,8 +60,8 @@ def _upload(request: HttpRequest, timepoint_id: int) -> HttpResponse:
         )
     except DuplicateSeriesError as exc:
         return JsonResponse({"detail": exc.message, "existing_series": exc.existing.pk}, status=409)
-    except UploadRejectedError as exc:
-        return JsonResponse({"detail": exc.message}, status=400)
+    except ServiceError as exc:  # not an MR series (400), no room to store it (507)
+        return JsonResponse({"detail": exc.message}, status=exc.http_status)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     job = {"id": result.job.pk, "progress_url": reverse("dashboard:job-progress", args=[result.job.pk])}
