@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from segmentation.phantoms import AcquisitionGeometry, Phantom
+from tests.processes import broker, private_redis  # noqa: F401  (fixtures of the worker tests)
 
 #: Small grid that still holds the skull-stripped template brain.
 TEST_GEOMETRY = AcquisitionGeometry("test_axial_2mm", "axial", (2.0, 2.0, 2.0), (80, 96, 72))

@@ -19,13 +19,11 @@ from segmentation.modeldir import DEMO_MODEL_DIR
 from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient
 from tests.pipeline.test_longitudinal import ground_truth_lds, lesion_label_of_ground_truth, oracle
-from tests.pipeline.test_worker import (
+from tests.pipeline.test_worker import jobs_done, upload
+from tests.processes import (
     SHARED_REDIS_PORT,
     Worker,
-    broker,  # noqa: F401  (fixture)
-    jobs_done,
     port_open,
-    upload,
     wait_for,
     worker_env,
 )
