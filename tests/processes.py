@@ -45,15 +45,10 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s:
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-class Worker:
-    """A ``celery -A worker worker`` subprocess in its own process group (so SIGKILL takes it all)."""
+class Process:
+    """A subprocess in its own process group (so SIGKILL takes it all), its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, beat: bool = False) -> None:
-        queues = f"{env['CELERY_GPU_QUEUE']},{env['CELERY_DEFAULT_QUEUE']}"
-        args = [str(CELERY), "-A", "worker", "worker", "-Q", queues, "--concurrency", "1", "-l", "info"]
-        args += ["-n", f"test-{os.getpid()}-{log_path.stem}@%h", "--without-gossip", "--without-mingle"]
-        if beat:
-            args += ["-B", "-s", str(log_path.with_suffix(".beat"))]
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
@@ -63,13 +58,15 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 90) -> None:
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Wait for ``predicate``; a process that exits meanwhile fails the wait with its log."""
+
         def ready() -> bool:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log()[-3000:]}")
-            return " ready." in self.log()
+                raise AssertionError(f"{self.log_path.stem} exited early:\n{self.log()[-3000:]}")
+            return predicate()
 
-        wait_for(ready, timeout_s, "the worker to start")
+        wait_for(ready, timeout_s, what)
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -88,11 +85,65 @@ class Worker:
         self._log.close()
 
 
+class Worker(Process):
+    """A ``celery -A worker worker`` process (both queues unless ``queues`` names them; beat inside with
+    ``beat``)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        beat: bool = False,
+        queues: str = "",
+        concurrency: int = 1,
+    ) -> None:
+        queues = queues or f"{env['CELERY_GPU_QUEUE']},{env['CELERY_DEFAULT_QUEUE']}"
+        args = [str(CELERY), "-A", "worker", "worker", "-Q", queues, "--concurrency", str(concurrency)]
+        args += ["-l", "info", "-n", f"test-{os.getpid()}-{log_path.stem}@%h"]
+        args += ["--without-gossip", "--without-mingle"]
+        if beat:
+            args += ["-B", "-s", str(log_path.with_suffix(".beat"))]
+        super().__init__(args, env, log_path)
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        self.wait_until(lambda: " ready." in self.log(), timeout_s, f"{self.log_path.stem} to start")
+
+
+class Beat(Process):
+    """A ``celery -A worker beat`` process of its own (as deployed: one beat for the whole cluster)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        args = [str(CELERY), "-A", "worker", "beat", "-l", "info", "-s", str(log_path.with_suffix(".db"))]
+        super().__init__(args, env, log_path)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        self.wait_until(lambda: "beat: Starting" in self.log(), timeout_s, "beat to start")
+
+
+class Gunicorn(Process):
+    """The web process as deployed: gunicorn with ``docker/gunicorn.conf.py`` and ``config.wsgi``."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        env = {"GUNICORN_BIND": f"{REDIS_HOST}:{self.port}", **env}
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        super().__init__([gunicorn, "-c", "docker/gunicorn.conf.py", "config.wsgi"], env, log_path)
+        self.url = f"http://{REDIS_HOST}:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        self.wait_until(lambda: port_open(self.port), timeout_s, "gunicorn to listen")
+
+
 def worker_env(broker_url: str, media_root: Path, model_dir: Path, **extra: str) -> dict[str, str]:
     """Environment of a worker process: the test database, this test's storage, queues and model."""
     from django.conf import settings
     from django.db import connection
 
+    if connection.vendor != "postgresql":
+        pytest.fail(
+            "process tests share the test database with other processes: set DATABASE_URL to PostgreSQL"
+        )
     db = connection.settings_dict
     env = dict(os.environ)
     env.update(
@@ -165,6 +216,9 @@ class TcpProxy:
     def cut(self) -> None:
         """Refuse new connections and break the open ones."""
         if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept() (close() alone leaves the socket listening).
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:
