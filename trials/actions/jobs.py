@@ -9,7 +9,6 @@ from django.db import transaction
 from trials.choices import JobKind, JobState, RunStatus
 from trials.exceptions import InvalidStateError
 from trials.models import ProcessingJob, SegmentationRun
-from trials.pipeline.embedded import run_job_inline
 from trials.pipeline.queue import embedded_mode, enqueue_job
 from trials.records.imaging import update_segmentation_run
 from trials.records.jobs import requeue_job
@@ -52,6 +51,10 @@ def run_job(job: ProcessingJob) -> dict[str, Any] | None:
     Returns:
         The job's result, or None when it failed or was already finished.
     """
+    # Imported here: the in-process runner brings the network (torch, MONAI), which a web process that
+    # hands its jobs to a broker never loads (this module is imported by the API for retry_job).
+    from trials.pipeline.embedded import run_job_inline
+
     return run_job_inline(job.pk)
 
 
@@ -59,7 +62,7 @@ def dispatch_job(job: ProcessingJob) -> None:
     """Hand a queued job to the workers, or, without a broker (embedded mode), run it here before
     returning (``manage.py import_series``)."""
     if embedded_mode():
-        run_job_inline(job.pk)
+        run_job(job)
     else:
         enqueue_job(job)
 
