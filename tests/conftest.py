@@ -6,6 +6,16 @@ import os
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+# Property tests must not fail because the machine is busy: no per-example deadline and no "too slow"
+# health check (a fresh-clone run on a loaded machine once failed that way). The profile is loaded here,
+# before any test module is imported, so the tests' own @settings inherit it.
+hypothesis_settings.register_profile(
+    "mettrack", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mettrack"))
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ do nothing.
 
 Error policy (every task):
     * :class:`trials.pipeline.errors.TransientError` (a lost database connection) is retried with
-      exponential backoff and jitter up to 5 minutes apart, 10 times (about 20 minutes); then the job is
-      failed, or, with the database still away, left to the lost-job sweep once it is back.
+      exponential backoff (2 s, doubled each time, at most 5 minutes apart), 10 times (about 18 minutes,
+      no jitter); then the job is failed, or, with the database still away, left to the lost-job sweep
+      once it is back.
     * Invalid input (:data:`trials.pipeline.errors.PERMANENT_ERRORS`: an unusable image or model, data the
-      rules cannot assess) fails the job once with its message; the chain stops there.
+      rules cannot assess) fails the job once with its message; nothing is handed over after it.
     * ``acks_late`` + ``reject_on_worker_lost``: a worker killed mid-task leaves the message to be
       delivered again; the stages are idempotent, so the rerun duplicates nothing.
 """
