@@ -8,7 +8,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/mettrack
 REDIS_URL ?= redis://127.0.0.1:6379/0
 DEMO_DB ?= sqlite:///$(CURDIR)/var/demo.sqlite3
 
-.PHONY: venv demo demo-data serve test lint bench services browser clean
+.PHONY: venv demo demo-data serve test cluster-test lint bench services browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: venv
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
 test: venv lint services browser
 	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+## make cluster-test: only the compose topology as processes (gunicorn, GPU and default workers, beat);
+## make test runs it too
+cluster-test: venv services
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest tests/deployment/test_cluster.py $(PYTEST_ARGS)
 
 ## make lint: ruff (lint, complexity, format), import-linter layers, mypy with the Django and DRF stubs
 lint: venv

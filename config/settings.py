@@ -1,15 +1,10 @@
 """MetTrack Django settings, read from environment variables (django-environ).
 
-Environment variables:
-    DATABASE_URL: database URL (default: SQLite file ``var/demo.sqlite3`` under the project).
-    CELERY_BROKER_URL: Celery broker URL; empty means embedded mode (tasks run in-process on commit).
-    SECRET_KEY: required when DEBUG is off.
-    ALLOWED_HOSTS: comma-separated host names; required when DEBUG is off.
-    DEBUG: ``1``/``true`` enables debug mode (default off).
-    MEDIA_ROOT: where images, masks and exports are stored (default ``var/media``).
-    STATIC_ROOT: where ``collectstatic`` writes (default ``staticfiles``).
-    TIME_ZONE: display time zone (default ``UTC``); the database always stores UTC.
-    API_PAGE_SIZE: default page size of the REST API list endpoints (default 50).
+Every setting a site changes is an environment variable, read here (django-environ) or by
+docker/gunicorn.conf.py; README "Configuration" describes each and docker/env.example lists each
+(tests/deployment/test_docker.py keeps the three in step). The main ones: ``DATABASE_URL`` (default: the
+demo's SQLite file), ``CELERY_BROKER_URL`` (empty: embedded mode, jobs run in-process), ``SECRET_KEY``
+and ``ALLOWED_HOSTS`` (required when ``DEBUG`` is off), ``MEDIA_ROOT`` (stored images, masks, exports).
 """
 
 from __future__ import annotations
@@ -236,6 +231,18 @@ SPECTACULAR_SETTINGS = {
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+
+# Behind a TLS-terminating reverse proxy (README "Deployment"): the proxy says the request came over
+# HTTPS in X-Forwarded-Proto; trust that header only when the proxy sets it and clients cannot reach
+# gunicorn directly. CSRF needs the public origin (https://mettrack.example.org) of forms posted through it.
+if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST: bool = env.bool("USE_X_FORWARDED_HOST", default=False)
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Redirect plain HTTP to HTTPS (when the proxy does not already); the probes of the orchestrator and the
+# monitoring system, which talk to the container directly, are exempt.
+SECURE_SSL_REDIRECT: bool = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # Every line carries the correlation id of its request or job (trials/logs.py); LOG_FORMAT=json writes
 # one JSON object a line (the containers), text a readable line (development).

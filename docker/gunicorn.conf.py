@@ -26,10 +26,11 @@ from typing import Any
 
 
 def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+    """An integer from the environment; unset or empty (as docker/env.example leaves it) is the default."""
+    return int(os.environ.get(name) or default)
 
 
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+bind = os.environ.get("GUNICORN_BIND") or "0.0.0.0:8000"
 workers = _int("GUNICORN_WORKERS", max(2, 2 * (os.cpu_count() or 1)))
 threads = _int("GUNICORN_THREADS", 4)
 worker_class = "gthread"
@@ -53,9 +54,10 @@ access_log_format = (
 # Prometheus multiprocess mode: the folder is set (and emptied) here, before the application is loaded
 # (``preload_app`` loads it in the master before any server hook runs): samples of an earlier master
 # would be summed in. A reload (HUP) of the same master reads this file again and keeps the folder.
-_metrics_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"mettrack-metrics-{os.getpid()}")
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+    tempfile.gettempdir(), f"mettrack-metrics-{os.getpid()}"
 )
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 if os.environ.get("METTRACK_METRICS_MASTER") != str(os.getpid()):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)

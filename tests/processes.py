@@ -110,25 +110,40 @@ class Worker(Process):
         self.wait_until(lambda: " ready." in self.log(), timeout_s, f"{self.log_path.stem} to start")
 
 
-class Beat(Process):
-    """A ``celery -A worker beat`` process of its own (as deployed: one beat for the whole cluster)."""
+def compose_command(service: str, **options: str) -> list[str]:
+    """The command of a docker/compose.yaml service, run with this environment's executables; an option
+    named in ``options`` (``n="gpu1@%h"`` for ``-n``, ``s=...`` for ``-s``) gets that value instead, so
+    that several processes of one service can run side by side on this machine."""
+    import yaml
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        args = [str(CELERY), "-A", "worker", "beat", "-l", "info", "-s", str(log_path.with_suffix(".db"))]
-        super().__init__(args, env, log_path)
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    argv = [str(part) for part in compose["services"][service]["command"]]
+    for flag, value in options.items():
+        index = argv.index(f"-{flag}")
+        argv[index + 1] = value
+    argv[0] = str(Path(sys.executable).with_name(argv[0])) if argv[0] != "python" else sys.executable
+    return argv
 
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        self.wait_until(lambda: "beat: Starting" in self.log(), timeout_s, "beat to start")
+
+class ComposeService(Process):
+    """A Celery process (worker or beat) of docker/compose.yaml, started with that service's command."""
+
+    def __init__(self, service: str, env: dict[str, str], log_path: Path, **options: str) -> None:
+        self.argv = compose_command(service, **options)
+        self.ready_marker = "beat: Starting" if "beat" in self.argv else " ready."
+        super().__init__(self.argv, env, log_path)
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        self.wait_until(lambda: self.ready_marker in self.log(), timeout_s, f"{self.log_path.stem} to start")
 
 
 class Gunicorn(Process):
-    """The web process as deployed: gunicorn with ``docker/gunicorn.conf.py`` and ``config.wsgi``."""
+    """The web process of docker/compose.yaml (gunicorn with docker/gunicorn.conf.py), on a free port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
-        env = {"GUNICORN_BIND": f"{REDIS_HOST}:{self.port}", **env}
-        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        super().__init__([gunicorn, "-c", "docker/gunicorn.conf.py", "config.wsgi"], env, log_path)
+        env = {**env, "GUNICORN_BIND": f"{REDIS_HOST}:{self.port}"}
+        super().__init__(compose_command("web"), env, log_path)
         self.url = f"http://{REDIS_HOST}:{self.port}"
 
     def wait_ready(self, timeout_s: float = 120) -> None:

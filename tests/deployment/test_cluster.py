@@ -1,6 +1,7 @@
-"""The deployed topology, as separate processes on this machine: gunicorn (docker/gunicorn.conf.py) in
-front of the application, two GPU-queue workers, one default-queue worker and one beat, on a Redis
-database and the test PostgreSQL database of their own.
+"""The deployed topology, as separate processes on this machine started with the commands of
+docker/compose.yaml: gunicorn (docker/gunicorn.conf.py) in front of the application, two GPU-queue
+workers, one default-queue worker and one beat, on a redis-server and the test PostgreSQL database of
+their own.
 
 Three patients' three visits each are uploaded concurrently over HTTP. One GPU worker is killed with
 SIGKILL in the middle of a segmentation; its message stays unacknowledged in Redis (a long visibility
@@ -16,6 +17,7 @@ rather than an HTML error page, the service answering again once the database is
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -31,12 +33,11 @@ from tests.pipeline.conftest import VISIT_LABELS, SyntheticPatient
 from tests.pipeline.test_worker import jobs_done
 from tests.processes import (
     ROOT,
-    Beat,
+    ComposeService,
     Gunicorn,
     Process,
     RedisServer,
     TcpProxy,
-    Worker,
     wait_for,
     worker_env,
 )
@@ -84,7 +85,7 @@ def _upload_visits(url: str, token: str, visits: list[Timepoint], zips: list[Pat
             out.append(response)
 
 
-def _gpu_worker_running(workers: list[Worker]) -> tuple[Worker, ProcessingJob] | None:
+def _gpu_worker_running(workers: list[ComposeService]) -> tuple[ComposeService, ProcessingJob] | None:
     """A GPU worker in the middle of a segmentation, and its job (its log names the job's dispatch)."""
     for job in ProcessingJob.objects.filter(
         state=JobState.RUNNING, stage="segmentation", progress_pct__gte=10
@@ -152,9 +153,12 @@ def test_a_cluster_survives_a_killed_gpu_worker_and_a_database_outage(
     processes: list[Process] = []
     try:
         web = Gunicorn(web_env, tmp_path / "gunicorn.log")
-        gpu = [Worker(env, tmp_path / f"gpu-{n}.log", queues="gpu") for n in (1, 2)]
-        default = Worker(env, tmp_path / "default.log", queues="default")
-        beat = Beat(env, tmp_path / "beat.log")
+        tag = f"{os.getpid()}-{tmp_path.name}"
+        gpu = [
+            ComposeService("worker-gpu", env, tmp_path / f"gpu-{n}.log", n=f"gpu{n}-{tag}@%h") for n in (1, 2)
+        ]
+        default = ComposeService("worker-default", env, tmp_path / "default.log", n=f"default-{tag}@%h")
+        beat = ComposeService("beat", env, tmp_path / "beat.log", s=str(tmp_path / "beat-schedule"))
         processes += [web, *gpu, default, beat]
         web.wait_ready()
         for worker in (*gpu, default):
@@ -179,7 +183,7 @@ def test_a_cluster_survives_a_killed_gpu_worker_and_a_database_outage(
         for thread in threads:
             thread.start()
 
-        found: list[tuple[Worker, ProcessingJob]] = []
+        found: list[tuple[ComposeService, ProcessingJob]] = []
 
         def a_gpu_worker_segments() -> bool:
             hit = _gpu_worker_running(gpu)
