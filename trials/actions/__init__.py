@@ -21,4 +21,5 @@ trail) and ``correlation_id`` (request or job id; a new one when empty). Bad inp
     assessments  confirm_assessment, override_assessment (electronic signatures), verify_signature
     jobs         retry_job
     exports      export_trial (a CSV download, audited)
+    backups      create_backup, restore_backup (database and stored files; audited)
 """
