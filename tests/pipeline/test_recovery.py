@@ -124,3 +124,39 @@ def test_a_segmentation_ending_while_redis_is_down_is_analysed_once_redis_is_bac
     assert AuditEvent.objects.filter(object_id=str(job_id), reason__contains="stopped answering").exists()
     assert list(SegmentationRun.objects.filter(series_id=job.params["series_id"])) == [run]
     assert mask.stat().st_mtime_ns == stored  # the mask was reused, not computed again
+
+
+def test_a_job_waiting_between_its_stages_is_not_lost_however_long_the_queue(
+    broker: Callable[[int], str], private_redis: RedisServer, pipeline_patient: Any
+) -> None:
+    """A stored segmentation whose analysis waits in the default queue behind a backlog has no heartbeat,
+    yet nothing is lost: the lease must not send it again. Once its message is taken by a worker that dies
+    (kombu's unacknowledged set), it is lost, and sent again."""
+    import datetime as dt
+    import json
+
+    import redis
+    from django.utils import timezone
+
+    from trials.choices import JobKind
+    from trials.pipeline import queue, sweeps
+    from trials.records import jobs as job_records
+
+    client = redis.Redis.from_url(broker(private_redis.port))
+    job = job_records.create_job(JobKind.PIPELINE, obj=pipeline_patient, time_limit_s=3600, actor=None)
+    job_records.start_job(job, stage="segmentation")
+    dispatch = "dispatch-between-stages"
+    stale = timezone.now() - dt.timedelta(hours=1)
+    ProcessingJob.objects.filter(pk=job.pk).update(celery_task_id=dispatch, heartbeat_at=stale)
+    message = json.dumps({"kwargs": {"job_id": job.pk, "dispatch_id": dispatch}}).encode()
+
+    client.lpush(queue.DEFAULT_QUEUE, message)  # the analysis, handed over, waits for a worker
+    assert sweeps.sweep_lost_jobs() == []
+    assert ProcessingJob.objects.get(pk=job.pk).attempts == 1
+
+    client.delete(queue.DEFAULT_QUEUE)
+    client.hset("unacked", "tag-1", message)  # taken by a worker that then died
+    assert sweeps.sweep_lost_jobs() == [job.pk]
+    job.refresh_from_db()
+    assert job.state == JobState.QUEUED and job.celery_task_id != dispatch
+    assert AuditEvent.objects.filter(object_id=str(job.pk), reason__contains="stopped answering").exists()

@@ -144,9 +144,10 @@ def hand_over_to_analysis(
     return True
 
 
-def broker_has_message(dispatch_id: str) -> bool | None:
-    """Whether a dispatch's message is still in the broker: waiting in a queue, or taken by a worker and
-    not yet acknowledged. None when that cannot be told (no Redis broker, or it does not answer).
+def broker_has_message(dispatch_id: str, *, waiting_only: bool = False) -> bool | None:
+    """Whether a dispatch's message is still in the broker: waiting in a queue, or (unless
+    ``waiting_only``) taken by a worker and not yet acknowledged. None when that cannot be told (no Redis
+    broker, or it does not answer).
 
     Read with one LRANGE per queue and one HVALS of kombu's ``unacked`` hash: queued jobs are few.
     """
@@ -161,6 +162,8 @@ def broker_has_message(dispatch_id: str) -> bool | None:
         for queue in (GPU_QUEUE, DEFAULT_QUEUE):
             if any(needle in message for message in client.lrange(queue, 0, -1)):
                 return True
+        if waiting_only:
+            return False
         return any(needle in message for message in client.hvals("unacked"))
     except redis.RedisError:
         return None

@@ -23,7 +23,7 @@ from rano.measure import label_components
 from segmentation.inference import InferenceOptions, segment_image
 from trials.choices import RunStatus
 from trials.exceptions import DuplicateError, InvalidInputError
-from trials.models import ImagingSeries, ModelVersion, SegmentationRun
+from trials.models import ImagingSeries, ModelVersion, ProcessingJob, SegmentationRun
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
 from trials.pipeline.registry import load_pipeline_model
 from trials.records.imaging import create_segmentation_run, update_segmentation_run
@@ -145,6 +145,13 @@ def run_segmentation_stage(
     if job is None:
         return None
     job = start_job(job, stage="segmentation")
+    # The heartbeat covers the whole stage: loading the model (torch's first import can take long on a
+    # busy node), reading the image, the network and storing the mask.
+    with heartbeat(job):
+        return _segment(job, actor_id=actor_id, correlation_id=correlation_id)
+
+
+def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -> int:
     actor, cid = job_context(job, actor_id, correlation_id)
     series = ImagingSeries.objects.select_related("timepoint__patient__trial").get(pk=job.params["series_id"])
     progress(job, 5, "loading model")
@@ -161,13 +168,12 @@ def run_segmentation_stage(
     # applies the larger, so its labels are already the components the run stores.
     trial_settings = series.timepoint.patient.trial.response_settings()
     min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
-    with heartbeat(job):
-        result = segment_image(
-            image,
-            model,
-            InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto"))),
-            dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
-        )
+    result = segment_image(
+        image,
+        model,
+        InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto"))),
+        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
+    )
     progress(job, 55, "storing segmentation", f"{len(result.lesions)} lesion(s) found")
     run = record_segmentation(
         series,

@@ -86,6 +86,12 @@ def sweep_lost_jobs(*, now: dt.datetime | None = None) -> list[int]:
     the old dispatch does nothing), audited. A job that lost its worker ``PIPELINE_MAX_ATTEMPTS`` times
     (default 3: e.g. a series that makes the worker run out of memory) fails instead, with the reason.
 
+    A job between its two stages has no worker to beat for it: its segmentation is stored and its analysis
+    waits in the ``default`` queue behind others. While that message waits in a queue the job is not lost,
+    however long the queue (a backlog would otherwise send every waiting job again and fail it after
+    ``PIPELINE_MAX_ATTEMPTS``). A message taken by a worker that then died is not "waiting": it sits in
+    the broker's unacknowledged set until the visibility timeout, and the lease sends the job again.
+
     Returns:
         Ids of the jobs sent again or failed.
     """
@@ -97,6 +103,8 @@ def sweep_lost_jobs(*, now: dt.datetime | None = None) -> list[int]:
     )
     handled: list[int] = []
     for job in stale.order_by("pk"):
+        if job.celery_task_id and broker_has_message(job.celery_task_id, waiting_only=True):
+            continue  # between stages, waiting for a worker: not lost
         if _requeue_lost(job, cutoff, lease):
             handled.append(job.pk)
     return handled
