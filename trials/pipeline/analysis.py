@@ -241,13 +241,15 @@ def analyse_run(
         RanoError: Matching failed (e.g. registration).
     """
     run = (
-        SegmentationRun.objects.select_for_update()
+        SegmentationRun.objects.select_for_update(of=("self",))
         .select_related("series__timepoint__patient__trial")
         .get(pk=run.pk)
     )
     series = run.series
     timepoint = series.timepoint
-    patient = Patient.objects.select_for_update().select_related("trial").get(pk=timepoint.patient_id)
+    patient = (
+        Patient.objects.select_for_update(of=("self",)).select_related("trial").get(pk=timepoint.patient_id)
+    )
     if run.status == RunStatus.SUCCEEDED:
         return {"already_analysed": True}
     if not run.mask_file:

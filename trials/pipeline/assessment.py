@@ -325,7 +325,9 @@ def derive_override(assessment: Assessment, overall_response: str) -> dict[str, 
         InvalidInputError: the stored data cannot be assessed (the engine's message).
     """
     timepoint = assessment.timepoint
-    patient = Patient.objects.select_for_update().select_related("trial").get(pk=timepoint.patient_id)
+    patient = (
+        Patient.objects.select_for_update(of=("self",)).select_related("trial").get(pk=timepoint.patient_id)
+    )
     settings_ = patient.trial.response_settings()
     inputs = _visit_inputs(patient, settings_)
     label = timepoint.visit_label
@@ -394,7 +396,7 @@ def reassess_patient(
             selection of more targets than the protocol allows); the engine's message.
     """
     correlation_id = correlation_id or new_correlation_id()
-    patient = Patient.objects.select_for_update().select_related("trial").get(pk=patient.pk)
+    patient = Patient.objects.select_for_update(of=("self",)).select_related("trial").get(pk=patient.pk)
     if from_timepoint is not None and from_timepoint.patient_id != patient.pk:
         raise InvalidInputError("The visit to re-assess from belongs to another patient.")
     settings_ = patient.trial.response_settings()

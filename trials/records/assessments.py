@@ -184,7 +184,7 @@ def record_override(
             f"Unknown response {overall_response!r}.",
             {"overall_response": [f"Must be one of {', '.join(ResponseChoices.values)}."]},
         )
-    old = Assessment.objects.select_for_update().select_related("timepoint").get(pk=assessment.pk)
+    old = Assessment.objects.select_for_update(of=("self",)).select_related("timepoint").get(pk=assessment.pk)
     _require_current(old, "override")
     if old.timepoint.is_baseline:
         raise InvalidStateError(
