@@ -122,6 +122,7 @@ def _gunicorn_env(database_url: str, port: int, media: str) -> dict[str, str]:
         ALLOWED_HOSTS="127.0.0.1",
         SESSION_COOKIE_SECURE="0",  # plain HTTP on the loopback
         CSRF_COOKIE_SECURE="0",
+        SECURE_SSL_REDIRECT="0",
         GUNICORN_BIND=f"127.0.0.1:{port}",
         MEDIA_ROOT=media,
         PROMETHEUS_MULTIPROC_DIR=os.path.join(media, "metrics"),

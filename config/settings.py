@@ -10,7 +10,9 @@ and ``ALLOWED_HOSTS`` (required when ``DEBUG`` is off), ``MEDIA_ROOT`` (stored i
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -232,17 +234,11 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
 
-# Behind a TLS-terminating reverse proxy (README "Deployment"): the proxy says the request came over
-# HTTPS in X-Forwarded-Proto; trust that header only when the proxy sets it and clients cannot reach
-# gunicorn directly. CSRF needs the public origin (https://mettrack.example.org) of forms posted through it.
-if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Behind the TLS-terminating reverse proxy (README "Deployment"; X-Forwarded-Proto, the redirect and HSTS
+# are in the security block below): the host name the proxy forwards, and the public origin(s) of forms
+# posted through it (https://mettrack.example.org), which CSRF checks.
 USE_X_FORWARDED_HOST: bool = env.bool("USE_X_FORWARDED_HOST", default=False)
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# Redirect plain HTTP to HTTPS (when the proxy does not already); the probes of the orchestrator and the
-# monitoring system, which talk to the container directly, are exempt.
-SECURE_SSL_REDIRECT: bool = env.bool("SECURE_SSL_REDIRECT", default=False)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # Every line carries the correlation id of its request or job (trials/logs.py); LOG_FORMAT=json writes
 # one JSON object a line (the containers), text a readable line (development).
@@ -266,3 +262,144 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# --- security (issue 19) ------------------------------------------------------------------------------
+# Kept in one block so that other changes to this file merge cleanly. README "Security" explains each.
+
+# JSON bodies nested deeper than a few levels are a 400 (a decoder crash was a 500).
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
+    "trials.api.parsers.BoundedJSONParser",
+    "rest_framework.parsers.FormParser",
+    "rest_framework.parsers.MultiPartParser",
+]
+
+# An observation's source: every value in responses, only a reader's in requests (trials/api/schema.py);
+# two enum names so the schema keeps both.
+_enum_names: dict[str, Any] = dict(SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"])  # type: ignore[call-overload]
+_enum_names["ObservationSourceEnum"] = "trials.choices.ObservationSource"
+_enum_names["ReaderObservationSourceEnum"] = ["manual", "edited"]
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = _enum_names
+
+# Apps and middleware of this block, added here rather than in the lists above.
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "rest_framework.authtoken"]
+# axes before trials: its login-failure receiver marks a lockout before trials' receiver audits it.
+INSTALLED_APPS.insert(INSTALLED_APPS.index("trials"), "axes")
+INSTALLED_APPS += ["knox", "csp"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware"
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("csp.middleware.CSPMiddleware") + 1, "trials.middleware.SecurityHeadersMiddleware"
+)
+# Lockout (django-axes): last, so that it sees every authentication of the request.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+
+# Authentication: django-axes refuses a locked-out user before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "trials.auth_backends.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Five failures of one user name from one address lock that pair for LOGIN_LOCKOUT_MINUTES (web login,
+# admin login, API token); the e-signature has its own count (trials.actions.accounts).
+AXES_FAILURE_LIMIT: int = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_SENSITIVE_PARAMETERS = ["password"]
+AXES_VERBOSE = False
+SIGNATURE_FAILURE_LIMIT: int = env.int("SIGNATURE_FAILURE_LIMIT", default=5)
+SIGNATURE_LOCKOUT_MINUTES: int = env.int("SIGNATURE_LOCKOUT_MINUTES", default=15)
+
+# API tokens (django-rest-knox): hashed (SHA-512) at rest, expiring, revocable, tied to the password.
+KNOX_TOKEN_MODEL = "trials.ApiToken"
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=env.int("API_TOKEN_TTL_HOURS", default=12)),
+    "AUTO_REFRESH": False,
+    "TOKEN_LIMIT_PER_USER": env.int("API_TOKEN_LIMIT_PER_USER", default=20),
+    "AUTH_HEADER_PREFIX": "Token",  # the contract clients use: Authorization: Token <key>
+}
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "trials.api.authentication.ApiTokenAuthentication",
+    "rest_framework.authentication.SessionAuthentication",
+]
+# Throttles (per client address for anonymous requests, per user otherwise); the token endpoint and the
+# signatures have their own, stricter scopes. Counters live in the cache (CACHE_URL: Redis shares them
+# between processes; the default local-memory cache counts per process).
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+    "rest_framework.throttling.AnonRateThrottle",
+    "rest_framework.throttling.UserRateThrottle",
+    "rest_framework.throttling.ScopedRateThrottle",
+]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    "anon": env.str("THROTTLE_ANON", default="120/min"),
+    "user": env.str("THROTTLE_USER", default="6000/hour"),
+    "auth": env.str("THROTTLE_AUTH", default="20/min"),
+    "signature": env.str("THROTTLE_SIGNATURE", default="30/min"),
+}
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://mettrack")}
+
+# Sessions: idle timeout (each request extends it), gone when the browser closes.
+SESSION_COOKIE_AGE: int = env.int("SESSION_IDLE_TIMEOUT_S", default=30 * 60)
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+
+# Separation of duties: with this on, nobody holds both the admin and the radiologist role in one trial,
+# and nobody grants a role to themselves (superusers excepted). Self-grants are audited either way.
+SEPARATE_ADMIN_AND_REVIEW_DUTIES: bool = env.bool("SEPARATE_ADMIN_AND_REVIEW_DUTIES", default=False)
+
+# The OpenAPI schema and Swagger UI: signed-in users only unless API_DOCS_PUBLIC=1.
+API_DOCS_PUBLIC: bool = env.bool("API_DOCS_PUBLIC", default=False)
+SPECTACULAR_SETTINGS["SERVE_PERMISSIONS"] = (
+    ["rest_framework.permissions.AllowAny"]
+    if API_DOCS_PUBLIC
+    else ["rest_framework.permissions.IsAuthenticated"]
+)
+SPECTACULAR_SETTINGS["SERVE_AUTHENTICATION"] = REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]
+
+# Content-Security-Policy (django-csp): scripts, styles and images from this server only; no inline script
+# or style (the templates keep theirs in trials/static/dashboard/), no framing, no plugins.
+PLOTLY_STYLE_HASHES = [
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",  # the empty <style> (SHA-256 of "")
+    "'sha256-V2sIX92Uh6ZaGSFTKMHghsB85b9toJtmazgG09AI2uk='",  # MapLibre's stylesheet in plotly.min.js
+]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        # plotly.js (6.9.0, pinned) adds two <style> elements of its own: an empty one it then fills
+        # through the CSSOM (allowed), and MapLibre's fixed stylesheet. Their hashes, no 'unsafe-inline'.
+        "style-src": ["'self'", *PLOTLY_STYLE_HASHES],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Behind TLS (a reverse proxy that terminates it): trust its X-Forwarded-Proto, redirect plain HTTP,
+# HSTS. On by default with DEBUG off; TLS_BEHIND_PROXY=0 / SECURE_SSL_REDIRECT=0 only on a closed network
+# without TLS (and then SESSION_COOKIE_SECURE=0, CSRF_COOKIE_SECURE=0 too).
+if not DEBUG:
+    if env.bool("TLS_BEHIND_PROXY", default=True):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not TESTING)
+    # The health and metrics probes come from inside the cluster over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading commits the whole domain (and its subdomains) to HTTPS in every browser: the
+        # hospital's decision, not MetTrack's. check --deploy would otherwise remind of it (W021).
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]

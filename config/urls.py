@@ -6,12 +6,29 @@
 from ``trials.urls`` (namespaces ``dashboard`` and ``exports``).
 """
 
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from trials import urls as trials_urls
 from trials.views import ops
+from trials.views.accounts import AuditedPasswordChangeView
+
+# Swagger UI with its settings in a separate script (no inline script: the CSP allows none). Behind the
+# login page unless API_DOCS_PUBLIC (the schema view itself answers 401/403 to anonymous requests).
+_swagger = SpectacularSwaggerSplitView.as_view(url_name="schema")
+swagger_ui = _swagger if settings.API_DOCS_PUBLIC else login_required(_swagger)
+
+# Only the account pages MetTrack uses: no password reset (MetTrack sends no e-mail).
+account_urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password_change/", AuditedPasswordChangeView.as_view(), name="password_change"),
+    path("password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+]
 
 urlpatterns = [
     # Operations (trials/views/ops.py): liveness, readiness, Prometheus metrics.
@@ -19,10 +36,10 @@ urlpatterns = [
     path("readyz", ops.ReadinessView.as_view(), name="readyz"),
     path("metrics", ops.metrics, name="metrics"),
     path("admin/", admin.site.urls),
-    path("accounts/", include("django.contrib.auth.urls")),
+    path("accounts/", include(account_urlpatterns)),
     path("api/v1/", include("trials.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/docs/", swagger_ui, name="swagger-ui"),
 ]
 
 urlpatterns += [

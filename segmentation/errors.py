@@ -4,7 +4,8 @@ Every class derives from :class:`ImagingError`, whose ``user_message`` is writte
 radiographer or study coordinator uploading a scan), not for a developer: it says what is wrong with
 the upload and, where possible, what to send instead. The pipeline stores that text on the failed job
 and shows it in the dashboard and the API, so it never quotes patient attributes (name, IDs, dates of
-birth); it may quote UIDs, geometry, series descriptions and the names of files inside the upload.
+birth); it may quote UIDs, geometry, cleaned series descriptions (segmentation.descriptors: MR terms only)
+and the names of files inside the upload.
 
 Invalid input is a permanent failure: none of these errors is worth retrying.
 """

@@ -46,6 +46,7 @@ from pydicom.tag import BaseTag
 
 from segmentation.archive import safe_extract_zip
 from segmentation.deid import deidentify_dataset
+from segmentation.descriptors import clean_series_description
 from segmentation.errors import (
     AbsurdDimensionsError,
     CorruptArchiveError,
@@ -545,7 +546,9 @@ def _is_image_storage(ds: Dataset) -> bool:
 
 
 def _describe(ds: Dataset) -> str:
-    return str(ds.get("SeriesDescription", "") or "(no description)")
+    # Messages reach the uploader, a job's error and logs: only the cleaned description (PS3.15 Clean
+    # Descriptors: MR terms kept, any other word replaced by "*").
+    return clean_series_description(str(ds.get("SeriesDescription", "") or "")) or "(no description)"
 
 
 def _read_dicom_files(

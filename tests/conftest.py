@@ -61,3 +61,11 @@ def other_trial(db: None) -> Any:
     trial = make_trial("TRIAL-B")
     make_site(trial, code="SITE-B")
     return trial
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counters() -> None:
+    """API throttle counters live in the cache: each test starts with none (a rate is per minute)."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -175,6 +175,7 @@ def worker_env(broker_url: str, media_root: Path, model_dir: Path, **extra: str)
         DEBUG="0",
         SECRET_KEY="pipeline-worker-test-key-not-secret-0123456789-abcdefghijkl",
         ALLOWED_HOSTS="localhost",
+        SECURE_SSL_REDIRECT="0",  # the test talks plain HTTP on the loopback (no TLS proxy in front)
         OMP_NUM_THREADS="1",
         # No free-space reserve: a nearly full CI disk must not turn every image write into a 507.
         STORAGE_MIN_FREE_BYTES="0",

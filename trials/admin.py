@@ -12,12 +12,16 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminPasswordChangeForm
 from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
-from trials.actions import patients
+from trials.actions import accounts, patients
 from trials.actions import trials as trial_actions
 from trials.models import (
+    ApiToken,
     Assessment,
     AuditEvent,
     ImagingSeries,
@@ -252,3 +256,91 @@ class ProcessingJobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+# ------------------------------------------------------------------------------------------ accounts
+
+
+class _PasswordFormSavedByAction(AdminPasswordChangeForm):
+    """The admin's password form sets the new hash; the action saves and audits it."""
+
+    def save(self, commit: bool = True) -> Any:
+        return super().save(commit=False)
+
+
+class AuditedUserAdmin(DjangoUserAdmin):
+    """Django's user admin whose every save is an audited action: superuser, staff and active flags,
+    groups, permissions and passwords (``trials.actions.accounts``)."""
+
+    change_password_form = _PasswordFormSavedByAction
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        accounts.save_user(
+            obj,
+            changed=list(form.changed_data),
+            before=accounts.account_snapshot(obj) if change else None,
+            # Groups and permissions are stored after save_model: the event records the ones submitted.
+            m2m={
+                name: sorted(str(item) for item in form.cleaned_data[name])
+                for name in ("groups", "user_permissions")
+                if name in form.changed_data
+            },
+            actor=request.user,
+            reason="changed in the admin" if change else "created in the admin",
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> Any:
+        request.mettrack_password_change = True  # type: ignore[attr-defined]
+        return super().user_change_password(request, id, form_url)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        if getattr(request, "mettrack_password_change", False):
+            accounts.change_password(
+                obj,
+                actor=request.user,
+                reason="set in the admin",
+                correlation_id=getattr(request, "correlation_id", ""),
+            )
+        return super().log_change(request, obj, message)
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), AuditedUserAdmin)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """API tokens: who holds one and until when; revoke (audited). The key itself is never stored."""
+
+    list_display = ["token_key", "user", "created", "expiry", "created_by_ip"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "token_key"]
+    actions = ["revoke"]
+    fields = ("token_key", "user", "created", "expiry", "created_by_ip")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        # Django's bulk delete would skip the audit trail; "revoke" goes through the action.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        for token in queryset.select_related("user"):
+            accounts.revoke_token(
+                token,
+                actor=request.user,
+                reason="revoked in the admin",
+                correlation_id=getattr(request, "correlation_id", ""),
+            )

@@ -9,17 +9,22 @@ or one pipeline job (the ``X-Request-ID`` of an API call becomes it).
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models
+from django.db import models, transaction
+from django.utils import timezone
 
 from trials.exceptions import InvalidInputError
 from trials.models import (
     Assessment,
+    AuditChainHead,
     AuditEvent,
     ImagingSeries,
     Lesion,
@@ -131,7 +136,7 @@ def record_audit_event(
         trial = trial if trial is not None else trial_of(obj)
     if not object_type:
         raise InvalidInputError("An audit event needs an object or an object_type.")
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         actor=actor,
         actor_name=_actor_name(actor),
         action=action,
@@ -139,11 +144,132 @@ def record_audit_event(
         object_type=object_type,
         object_id=object_id or "",
         object_repr=(object_repr or "")[:255],
-        before=before,
-        after=after,
+        before=_json_safe(before),
+        after=_json_safe(after),
         reason=reason or "",
         correlation_id=correlation_id or new_correlation_id(),
     )
+    with transaction.atomic():
+        _append_to_chain(event)
+    return event
 
 
-__all__ = ["SYSTEM_ACTOR_NAME", "new_correlation_id", "record_audit_event", "snapshot", "trial_of"]
+# ----------------------------------------------------------------------------------- the hash chain
+
+
+def _json_safe(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The value as it reads back from the JSON column (dates as strings), so the hash is stable."""
+    return None if data is None else json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+#: The fields an event's hash covers, in this order (everything but the id and the hash itself).
+HASHED_FIELDS = (
+    "seq",
+    "prev_hash",
+    "created_at",
+    "actor_id",
+    "actor_name",
+    "action",
+    "trial_id",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "before",
+    "after",
+    "reason",
+    "correlation_id",
+)
+
+
+def event_hash(event: AuditEvent) -> str:
+    """SHA-256 (hex) of an event's content and its ``prev_hash``: canonical JSON of :data:`HASHED_FIELDS`
+    (sorted keys, no spaces, times in UTC ISO 8601 to the microsecond)."""
+    content: dict[str, Any] = {}
+    for name in HASHED_FIELDS:
+        value = getattr(event, name)
+        if name == "created_at":
+            value = value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        content[name] = value
+    text = json.dumps(
+        content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, cls=DjangoJSONEncoder
+    )
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _append_to_chain(event: AuditEvent) -> None:
+    """Link ``event`` to the end of the chain and insert it.
+
+    The head row is locked first (``SELECT ... FOR UPDATE`` on PostgreSQL; the UPDATE takes SQLite's
+    write lock), and stays locked until the caller's transaction ends, so two transactions never link to
+    the same predecessor; a rolled-back transaction takes its events and its head update with it. The
+    cost is one indexed row lock per transaction that writes audit events.
+    """
+    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        AuditChainHead.objects.get_or_create(pk=1)
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
+    event.seq = head.last_seq + 1
+    event.prev_hash = head.last_hash
+    event.created_at = timezone.now()
+    event.hash = event_hash(event)
+    event.save(force_insert=True)
+    AuditChainHead.objects.filter(pk=1).update(last_seq=event.seq, last_hash=event.hash)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What :func:`verify_chain` found: ``ok``, events checked, and the first broken link (seq, why)."""
+
+    ok: bool
+    checked: int
+    broken_at: int | None = None
+    problem: str = ""
+
+
+def verify_chain(*, batch_size: int = 2000) -> ChainReport:
+    """Recompute the hash chain over every audit event in ``seq`` order; report the first broken link.
+
+    Finds an edited row (its hash no longer matches its content), a deleted or inserted one (a gap in
+    ``seq``, or a ``prev_hash`` that is not the previous row's hash), reordered rows (the same), and a
+    cut-off tail (the chain head names a later event than the last row).
+    """
+    expected_seq, prev_hash, checked = 1, "", 0
+    rows = AuditEvent.objects.order_by("seq").iterator(chunk_size=batch_size)
+    for event in rows:
+        problem = ""
+        if event.seq != expected_seq:
+            problem = (
+                f"expected event #{expected_seq} of the chain, found #{event.seq} (a row is missing or added)"
+            )
+        elif event.prev_hash != prev_hash:
+            problem = (
+                "its prev_hash is not the hash of the event before it (a row was removed, added or moved)"
+            )
+        elif event_hash(event) != event.hash:
+            problem = "its content does not match its hash (the row was changed)"
+        if problem:
+            return ChainReport(ok=False, checked=checked, broken_at=expected_seq, problem=problem)
+        expected_seq, prev_hash, checked = expected_seq + 1, event.hash, checked + 1
+    head = AuditChainHead.objects.filter(pk=1).first()
+    if head is not None and (head.last_seq, head.last_hash) != (checked, prev_hash):
+        return ChainReport(
+            ok=False,
+            checked=checked,
+            broken_at=checked + 1,
+            problem=f"the chain head names event #{head.last_seq}, but the trail ends at #{checked} "
+            "(events at the end were removed)",
+        )
+    return ChainReport(ok=True, checked=checked)
+
+
+__all__ = [
+    "HASHED_FIELDS",
+    "SYSTEM_ACTOR_NAME",
+    "ChainReport",
+    "event_hash",
+    "new_correlation_id",
+    "record_audit_event",
+    "snapshot",
+    "trial_of",
+    "verify_chain",
+]

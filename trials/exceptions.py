@@ -71,10 +71,11 @@ class DuplicateSeriesError(DuplicateError):
     """The series is already stored (HTTP 409).
 
     Attributes:
-        existing: The ImagingSeries already holding this Series Instance UID.
+        existing: The ImagingSeries already holding this Series Instance UID, or None when it belongs to
+            a trial the uploader cannot see (then nothing about it may be shown).
     """
 
-    def __init__(self, message: str, existing: ImagingSeries) -> None:
+    def __init__(self, message: str, existing: ImagingSeries | None) -> None:
         super().__init__(message, {"series_instance_uid": [message]})
         self.existing = existing
 

@@ -31,3 +31,39 @@ class CorrelationIdMiddleware:
             response = self.get_response(request)
         response[HEADER] = request.correlation_id  # type: ignore[attr-defined]
         return response
+
+
+#: Browser features no MetTrack page uses: denied to every page and frame (ASVS 14.4).
+PERMISSIONS_POLICY = ", ".join(
+    f"{feature}=()"
+    for feature in (
+        "accelerometer",
+        "autoplay",
+        "camera",
+        "display-capture",
+        "geolocation",
+        "gyroscope",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "usb",
+        "xr-spatial-tracking",
+    )
+)
+
+
+class SecurityHeadersMiddleware:
+    """Headers every response carries: a Permissions-Policy, and ``Cache-Control: no-store`` unless the
+    view chose its own caching (only the static assets do), so no clinical page, API answer or export
+    is kept by a browser or a proxy."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
+        if "Cache-Control" not in response.headers:
+            response["Cache-Control"] = "no-store"
+        return response

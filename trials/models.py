@@ -39,6 +39,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
+from knox.models import AbstractAuthToken
 from simple_history.models import HistoricalRecords
 
 from rano.errors import SettingsError
@@ -60,6 +62,13 @@ from trials.choices import (
     SeriesSource,
     SignatureMeaning,
 )
+from trials.validators import (
+    FREE_TEXT_MAX_CHARS,
+    FREE_TEXT_VALIDATORS,
+    validate_code,
+    validate_label,
+    validate_name,
+)
 
 
 class AuditImmutableError(Exception):
@@ -76,11 +85,14 @@ class Trial(models.Model):
     code = models.CharField(
         max_length=32,
         unique=True,
-        help_text="Short protocol code, e.g. DEMO-BM.",
+        validators=[validate_code],
+        help_text="Short protocol code, e.g. DEMO-BM (letters, digits, . _ -).",
         error_messages={"unique": "A trial with this code already exists."},
     )
-    title = models.CharField(max_length=255)
-    description = models.TextField(blank=True)
+    title = models.CharField(max_length=255, validators=[validate_name])
+    description = models.TextField(
+        blank=True, max_length=FREE_TEXT_MAX_CHARS, validators=FREE_TEXT_VALIDATORS
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # rano-bm.md section 9: protocol settings, never constants in code.
@@ -158,8 +170,8 @@ class Site(models.Model):
     """A participating site of a trial."""
 
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="sites")
-    code = models.CharField(max_length=32)
-    name = models.CharField(max_length=255)
+    code = models.CharField(max_length=32, validators=[validate_code])
+    name = models.CharField(max_length=255, validators=[validate_name])
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -220,7 +232,9 @@ class Patient(models.Model):
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="patients")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="patients")
     subject_id = models.CharField(
-        max_length=64, help_text="Pseudonymous subject id, unique within the trial."
+        max_length=64,
+        validators=[validate_label],
+        help_text="Pseudonymous subject id, unique within the trial (letters, digits, spaces, . _ -).",
     )
     enrolment_date = models.DateField(null=True, blank=True)
     treatment_start_date = models.DateField(null=True, blank=True)
@@ -247,7 +261,9 @@ class Timepoint(models.Model):
     """One imaging visit of a patient."""
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="timepoints")
-    visit_label = models.CharField(max_length=32, help_text="e.g. BASELINE, FU1, FU2.")
+    visit_label = models.CharField(
+        max_length=32, validators=[validate_label], help_text="e.g. BASELINE, FU1, FU2."
+    )
     scan_date = models.DateField()
     is_baseline = models.BooleanField(default=False)
     corticosteroid_status = models.CharField(
@@ -256,7 +272,7 @@ class Timepoint(models.Model):
     clinical_status = models.CharField(
         max_length=12, choices=ClinicalStatus.choices, default=ClinicalStatus.STABLE
     )
-    notes = models.TextField(blank=True)
+    notes = models.TextField(blank=True, max_length=FREE_TEXT_MAX_CHARS, validators=FREE_TEXT_VALIDATORS)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -325,6 +341,8 @@ class ImagingSeries(models.Model):
         error_messages={"unique": "A series with this Series Instance UID already exists."},
     )
     modality = models.CharField(max_length=16, default="MR")
+    # Cleaned of everything but MR terms (segmentation.descriptors, PS3.15 Clean Descriptors): scanners let
+    # technologists type names and dates there. The client's upload file name is never stored.
     series_description = models.CharField(max_length=255, blank=True)
     # Geometry: (x, y, z) order, as SimpleITK GetSize/GetSpacing/GetOrigin; direction is 9 floats row-major.
     size_voxels = models.JSONField(null=True, blank=True, help_text="[x, y, z] voxel counts.")
@@ -336,7 +354,6 @@ class ImagingSeries(models.Model):
     volume_file = models.FileField(upload_to="series/", blank=True, help_text="Stored volume (NIfTI).")
     checksum_sha256 = models.CharField(max_length=64, blank=True)
     source = models.CharField(max_length=16, choices=SeriesSource.choices, default=SeriesSource.UPLOAD_DICOM)
-    original_filename = models.CharField(max_length=255, blank=True)
     uploaded_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -431,7 +448,7 @@ class Lesion(models.Model):
     """A lesion of a patient, followed across visits under a stable label that never changes."""
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="lesions")
-    label = models.CharField(max_length=16, help_text="Stable label L1, L2, ...")
+    label = models.CharField(max_length=16, validators=[validate_label], help_text="Stable label L1, L2, ...")
     role = models.CharField(max_length=12, choices=LesionRole.choices, default=LesionRole.NON_TARGET)
     role_set_by_reader = models.BooleanField(
         default=False, help_text="The reader changed the engine's target selection (rano-bm.md 2)."
@@ -450,7 +467,7 @@ class Lesion(models.Model):
     )
     too_small_to_measure = models.BooleanField(default=False)
     is_false_positive = models.BooleanField(default=False, help_text="Dropped by a reader as not a lesion.")
-    notes = models.TextField(blank=True)
+    notes = models.TextField(blank=True, max_length=FREE_TEXT_MAX_CHARS, validators=FREE_TEXT_VALIDATORS)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -628,7 +645,7 @@ class Assessment(models.Model):
     )
     signed_at = models.DateTimeField(null=True, blank=True)
     signature_meaning = models.CharField(max_length=24, choices=SignatureMeaning.choices, blank=True)
-    comment = models.TextField(blank=True)
+    comment = models.TextField(blank=True, max_length=FREE_TEXT_MAX_CHARS, validators=FREE_TEXT_VALIDATORS)
     supersedes = models.ForeignKey(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="superseded_by"
     )
@@ -699,9 +716,18 @@ class AuditEvent(models.Model):
     as the change it records. Rows are never updated or deleted (model, queryset and database trigger).
 
     ``actor_name`` copies the user name so the entry keeps its meaning if the account is renamed.
+
+    Tamper evidence: events form a hash chain. ``seq`` numbers them without gaps (1, 2, ...), ``prev_hash``
+    is the previous event's ``hash``, and ``hash`` is the SHA-256 of this event's content and
+    ``prev_hash`` (``trials.audit.event_hash``). An edited, deleted, inserted or reordered row breaks the
+    chain at that point; ``manage.py verify_audit_chain`` finds the first broken link.
     """
 
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Set by record_audit_event before the hash is computed (the hash covers it).
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    seq = models.PositiveBigIntegerField(unique=True, null=True, help_text="Position in the hash chain.")
+    prev_hash = models.CharField(max_length=64, blank=True, help_text="hash of the event before (seq - 1).")
+    hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the content and prev_hash.")
     actor = models.ForeignKey(
         django_settings.AUTH_USER_MODEL,
         on_delete=models.PROTECT,
@@ -746,6 +772,25 @@ class AuditEvent(models.Model):
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         """Always refused."""
         raise AuditImmutableError("Audit events are append-only: they cannot be deleted.")
+
+
+class AuditChainHead(models.Model):
+    """The end of the audit hash chain: one row, locked by every append so that appends are serialised
+    (``SELECT ... FOR UPDATE``; its UPDATE holds SQLite's write lock) and read without scanning the trail.
+
+    Not evidence itself: ``verify_audit_chain`` recomputes the chain from the events and only checks that
+    this row names the last of them (a cut-off tail shows there).
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_seq = models.PositiveBigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        verbose_name = "audit chain head"
+
+    def __str__(self) -> str:
+        return f"audit chain at {self.last_seq}"
 
 
 class ProcessingJob(models.Model):
@@ -806,3 +851,23 @@ class ProcessingJob(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class ApiToken(AbstractAuthToken):
+    """An API token (django-rest-knox): only its SHA-512 digest and first characters are stored.
+
+    ``password_fingerprint`` is the user's session hash at issue time (HMAC of the password hash, as
+    Django's sessions use): once the password changes the token no longer authenticates, whichever way
+    the password was changed. Expiry is knox's ``expiry``; revoking deletes the row (audited by
+    ``trials.actions.accounts``).
+    """
+
+    password_fingerprint = models.CharField(max_length=128)
+    created_by_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.token_key}… of {self.user_id}"

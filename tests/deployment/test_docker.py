@@ -24,9 +24,15 @@ from tests.processes import ROOT
 DOCKER = ROOT / "docker"
 BIN = Path(sys.executable).parent
 #: Variables of compose.yaml itself (image names, the database password it builds DATABASE_URL from).
-COMPOSE_VARIABLES = {"POSTGRES_PASSWORD", "METTRACK_IMAGE", "METTRACK_TAG", "METTRACK_GPU_TAG"}
+COMPOSE_VARIABLES = {
+    "POSTGRES_PASSWORD",
+    "POSTGRES_APP_PASSWORD",
+    "METTRACK_IMAGE",
+    "METTRACK_TAG",
+    "METTRACK_GPU_TAG",
+}
 #: Set by compose.yaml for every container (commented in env.example, documented in the README).
-SET_BY_COMPOSE = {"DATABASE_URL", "CELERY_BROKER_URL", "MEDIA_ROOT", "LOG_FORMAT"}
+SET_BY_COMPOSE = {"DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL", "MEDIA_ROOT", "LOG_FORMAT"}
 APP_SERVICES = {"migrate", "web", "worker-gpu", "worker-default", "beat"}
 
 
@@ -108,9 +114,15 @@ def test_the_topology_is_the_documented_one() -> None:
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     for name in ("postgres", "redis", "web", "worker-gpu", "worker-default"):
         assert "healthcheck" in services[name], name
+    # Two database roles: migrate as the schema owner, then the application role gets its privileges;
+    # every other process connects as the application role, which owns nothing.
+    assert services["migrate"]["environment"]["DATABASE_URL"].startswith("postgres://mettrack:")
+    assert services["migrate"]["command"][-1].endswith("manage.py grant_app_role mettrack_app")
+    assert "./postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
     for name in APP_SERVICES:
         assert "media:/data/media" in services[name]["volumes"] or name == "beat", name
-        assert services[name]["environment"]["DATABASE_URL"].startswith("postgres://"), name
+        if name != "migrate":
+            assert services[name]["environment"]["DATABASE_URL"].startswith("postgres://mettrack_app:"), name
     for name in APP_SERVICES - {"migrate"}:
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert set(compose["volumes"]) >= {"pgdata", "redisdata", "media"}
@@ -168,3 +180,57 @@ def test_the_template_is_a_working_configuration_once_the_secrets_are_set(tmp_pa
     config = dict(re.findall(r"^(\w+)\s*=\s*(.*)$", check.stdout, re.M))
     assert config["worker_class"] == "gthread" and config["threads"] == "4" and config["timeout"] == "600"
     assert config["preload_app"] == "True" and int(config["workers"]) >= 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_postgres_init_script_and_migrate_leave_an_app_role_that_cannot_rewrite_the_audit_trail() -> None:
+    """docker/postgres-init/10-app-role.sh (run by the postgres image) and the migrate service's
+    grant_app_role, run here against the test database: the role reads and writes the clinical tables
+    and cannot delete or truncate the audit trail."""
+    import psycopg
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.fail("this test needs PostgreSQL: set DATABASE_URL")
+    db = connection.settings_dict
+    role = f"mt_app_test_{os.getpid()}"
+    host, port = db["HOST"] or "127.0.0.1", str(db["PORT"] or 5432)
+    env = {
+        **os.environ,
+        "PGHOST": host,
+        "PGPORT": port,
+        "POSTGRES_USER": db["USER"],
+        "POSTGRES_DB": db["NAME"],
+        "POSTGRES_APP_ROLE": role,
+        "POSTGRES_APP_PASSWORD": "app-role-test-password",
+    }
+    try:
+        init = subprocess.run(
+            ["sh", str(DOCKER / "postgres-init" / "10-app-role.sh")], env=env, capture_output=True, text=True
+        )
+        assert init.returncode == 0, init.stderr
+        grant = subprocess.run(
+            [sys.executable, "manage.py", "grant_app_role", role],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DEBUG": "1",
+                "DATABASE_URL": f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert grant.returncode == 0, grant.stderr[-2000:]
+        with psycopg.connect(host=host, port=port, dbname=db["NAME"], user=role, autocommit=True) as app:
+            assert app.execute("SELECT count(*) FROM trials_patient").fetchone() is not None
+            app.execute("UPDATE trials_trial SET title = title")  # clinical tables are writable
+            for statement in ("DELETE FROM trials_auditevent", "TRUNCATE trials_auditevent"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    app.execute(statement)
+    finally:
+        with psycopg.connect(
+            host=host, port=port, dbname=db["NAME"], user=db["USER"], autocommit=True
+        ) as owner:
+            owner.execute(f'DROP OWNED BY "{role}"')
+            owner.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -49,11 +49,7 @@ def _probe(**environ: str) -> dict[str, list[object]]:
 
 
 def test_behind_the_proxy_https_is_recognised_and_plain_http_redirected_except_probes() -> None:
-    results = _probe(
-        TRUST_X_FORWARDED_PROTO="1",
-        SECURE_SSL_REDIRECT="1",
-        CSRF_TRUSTED_ORIGINS="https://mettrack.example.org",
-    )
+    results = _probe(CSRF_TRUSTED_ORIGINS="https://mettrack.example.org")  # the defaults, DEBUG off
     assert results["plain"] == [301, "https://mettrack.example.org/accounts/login/"]
     assert results["forwarded_https"][0] == 200  # the proxy said HTTPS: no redirect loop
     assert results["probe"][0] == 200  # the orchestrator's probe talks HTTP to the container
@@ -61,6 +57,6 @@ def test_behind_the_proxy_https_is_recognised_and_plain_http_redirected_except_p
 
 
 def test_without_trusting_the_proxy_its_header_is_ignored() -> None:
-    """A client cannot claim HTTPS with a header unless the site says a proxy sets it."""
-    results = _probe(SECURE_SSL_REDIRECT="1")
+    """A client cannot claim HTTPS with a header when the site says no proxy sets it."""
+    results = _probe(TLS_BEHIND_PROXY="0")
     assert results["forwarded_https"][0] == 301

@@ -7,6 +7,7 @@ Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,19 @@ def live_world(transactional_db: None, settings: Any, tmp_path: Path) -> Any:
     settings.CSRF_COOKIE_SECURE = False
     clear_cache()
     return build_world(settings.MEDIA_ROOT)
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """The conftest's page, with the Content-Security-Policy bypassed for Playwright's own helpers:
+    ``wait_for_function`` evaluates strings in the page, which the policy (rightly) forbids. The policy
+    itself is tested page by page in test_csp.py."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
 
 
 def _shot(page: Any, name: str) -> None:

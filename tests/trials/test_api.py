@@ -9,7 +9,6 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from drf_spectacular.validation import validate_schema
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.factories import (
@@ -24,8 +23,9 @@ from tests.factories import (
     make_series,
     make_site,
     make_timepoint,
+    make_user,
 )
-from trials.models import AuditEvent, Patient
+from trials.models import ApiToken, AuditEvent, Patient
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,10 @@ def test_token_obtained_with_password_authenticates(api_client: APIClient, trial
     user = make_member(trial, "investigator", "ina")
     response = api_client.post("/api/v1/auth/token/", {"username": "ina", "password": DEFAULT_PASSWORD})
     assert response.status_code == 200
-    assert response.data["token"] == Token.objects.get(user=user).key
+    assert set(response.data) == {"token", "expiry"}
+    # Only a digest is stored: the key itself is nowhere in the database.
+    assert not ApiToken.objects.filter(digest=response.data["token"]).exists()
+    assert ApiToken.objects.get(user=user).token_key == response.data["token"][:15]
     api_client.credentials(HTTP_AUTHORIZATION=f"Token {response.data['token']}")
     assert api_client.get("/api/v1/trials/").data["results"][0]["code"] == "TRIAL-A"
     bad = APIClient()
@@ -308,7 +311,15 @@ def test_list_query_count_does_not_grow_with_rows(trial: Any) -> None:
             assert many_rows > few_rows, endpoint
 
 
+def test_openapi_schema_and_docs_are_for_signed_in_users_only(api_client: APIClient) -> None:
+    # Issue 19: both were public. API_DOCS_PUBLIC=1 opens them again.
+    assert api_client.get("/api/schema/", {"format": "json"}).status_code == 401
+    docs = api_client.get("/api/docs/")
+    assert docs.status_code == 302 and docs["Location"].startswith("/accounts/login/")
+
+
 def test_openapi_schema_is_valid_and_covers_every_endpoint(api_client: APIClient) -> None:
+    api_client.force_authenticate(make_user())
     response = api_client.get("/api/schema/", {"format": "json"})
     assert response.status_code == 200
     schema = response.json()
@@ -323,12 +334,14 @@ def test_openapi_schema_is_valid_and_covers_every_endpoint(api_client: APIClient
     assert set(statuses) >= {"CR", "PR", "SD", "PD", "NE", "NON-CR/NON-PD"}
 
 
-def test_swagger_ui_is_served_offline(api_client: APIClient) -> None:
+def test_swagger_ui_is_served_offline_without_inline_script(api_client: APIClient) -> None:
+    api_client.force_login(make_user())
     response = api_client.get("/api/docs/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "drf_spectacular_sidecar/swagger-ui-dist" in html
     assert "cdn." not in html and "unpkg" not in html
+    assert "<script>" not in html.replace(" ", "")  # its settings come from a script file (the CSP)
 
 
 def test_other_trial_object_is_404_for_a_member_of_trial_a(trial: Any, other_trial: Any) -> None:

@@ -167,7 +167,7 @@ def _request(client: APIClient, op: Op, tw: TrialWorld, world: World) -> tuple[i
     elif op.kind == "update":
         response = client.patch(detail, {"reason": "test change", **payload}, format="json")
     elif op.kind == "delete":
-        response = client.delete(detail)
+        response = client.delete(f"{detail}?reason=left+the+study+team")
     else:
         response = client.post(f"{detail}{op.kind.split(':', 1)[1]}/", payload, format="json")
     return response.status_code, response

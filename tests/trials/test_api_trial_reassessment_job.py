@@ -84,7 +84,8 @@ def test_a_get_of_the_trial_has_no_job_field(trial: Any) -> None:
     assert "reassessment_job" not in client.get(f"/api/v1/trials/{trial.pk}/").data
 
 
-def test_openapi_documents_the_job_of_a_trial_patch(api_client: APIClient) -> None:
+def test_openapi_documents_the_job_of_a_trial_patch(api_client: APIClient, trial: Any) -> None:
+    api_client.force_authenticate(make_member(trial, "investigator"))
     schema = api_client.get("/api/schema/", {"format": "json"}).json()
     ref = schema["paths"]["/api/v1/trials/{id}/"]["patch"]["responses"]["200"]["content"]["application/json"][
         "schema"

@@ -22,4 +22,6 @@ trail) and ``correlation_id`` (request or job id; a new one when empty). Bad inp
     jobs         retry_job
     exports      export_trial (a CSV download, audited)
     backups      create_backup, restore_backup (database and stored files; audited)
+    accounts     record_login, record_login_failure, issue_token, rotate_token, revoke_token,
+                 revoke_all_tokens, record_signature_failure, save_user, change_password, record_download
 """

@@ -12,32 +12,62 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
-from trials.audit import new_correlation_id
-from trials.choices import ResponseChoices
+from trials.actions import accounts
+from trials.audit import new_correlation_id, trial_of
+from trials.choices import MembershipRole, ResponseChoices
 from trials.exceptions import InvalidInputError, SignatureError
 from trials.models import Assessment
+from trials.permissions import user_roles
 from trials.pipeline.assessment import derive_override, reassess_patient
 from trials.records.assessments import record_confirmation, record_override
 
 
-def verify_signature(actor: Any, password: str) -> None:
+def verify_signature(actor: Any, password: str, *, signed: Any = None, correlation_id: str = "") -> None:
     """Check the password re-entered to sign (21 CFR Part 11 style re-authentication).
 
+    A wrong password is recorded (``signature_failed``, in its own transaction, so it stays when the
+    signing action fails); after ``SIGNATURE_FAILURE_LIMIT`` failures within ``SIGNATURE_LOCKOUT_MINUTES``
+    the user cannot sign, even with the right password, until the window has passed. With
+    ``SEPARATE_ADMIN_AND_REVIEW_DUTIES`` a trial admin of the signed object's trial cannot sign.
+
     Raises:
-        SignatureError: no signed-in user, or the password does not match.
+        SignatureError: no signed-in user, the password does not match, or signing is locked.
     """
     if actor is None or not getattr(actor, "is_authenticated", False):
         raise SignatureError("Only a signed-in user can sign.")
+    if signed is not None:
+        _check_separation_of_duties(actor, signed)
+    if accounts.recent_signature_failures(actor) >= settings.SIGNATURE_FAILURE_LIMIT:
+        raise SignatureError(
+            f"Signing is locked for {settings.SIGNATURE_LOCKOUT_MINUTES} minutes after "
+            f"{settings.SIGNATURE_FAILURE_LIMIT} wrong passwords: the signature was not applied.",
+            {"password": ["Too many wrong passwords; try again later."]},
+        )
     if not password or not actor.check_password(password):
+        if signed is not None:
+            accounts.record_signature_failure(
+                actor, signed=signed, reason="wrong password", correlation_id=correlation_id
+            )
         raise SignatureError(
             "The password does not match: the signature was not applied.",
             {"password": ["Incorrect password."]},
         )
 
 
-@transaction.atomic
+def _check_separation_of_duties(actor: Any, signed: Any) -> None:
+    if not settings.SEPARATE_ADMIN_AND_REVIEW_DUTIES:
+        return
+    trial = trial_of(signed)
+    if trial is not None and MembershipRole.ADMIN in user_roles(actor, trial):
+        raise SignatureError(
+            "A trial admin of this trial cannot sign its assessments (separation of duties).",
+            {"password": ["Signing is not allowed for trial admins of this trial."]},
+        )
+
+
 def confirm_assessment(
     assessment: Assessment, *, actor: Any, password: str, reason: str = "", correlation_id: str = ""
 ) -> Assessment:
@@ -49,13 +79,13 @@ def confirm_assessment(
     Raises:
         SignatureError: wrong password. InvalidStateError: superseded or already signed.
     """
-    verify_signature(actor, password)
-    return record_confirmation(
-        assessment, actor=actor, reason=reason, correlation_id=correlation_id or new_correlation_id()
-    )
+    correlation_id = correlation_id or new_correlation_id()
+    # The signature check first, outside the change's transaction: a failure is recorded and stays.
+    verify_signature(actor, password, signed=assessment, correlation_id=correlation_id)
+    with transaction.atomic():
+        return record_confirmation(assessment, actor=actor, reason=reason, correlation_id=correlation_id)
 
 
-@transaction.atomic
 def override_assessment(
     assessment: Assessment,
     *,
@@ -80,7 +110,23 @@ def override_assessment(
         SignatureError: wrong password. InvalidInputError: empty reason or unknown response.
         InvalidStateError: the assessment is superseded, or it is the baseline's.
     """
-    verify_signature(actor, password)
+    correlation_id = correlation_id or new_correlation_id()
+    verify_signature(actor, password, signed=assessment, correlation_id=correlation_id)
+    with transaction.atomic():
+        return _override(
+            assessment, overall_response, actor=actor, reason=reason, correlation_id=correlation_id, **changes
+        )
+
+
+def _override(
+    assessment: Assessment,
+    overall_response: str,
+    *,
+    actor: Any,
+    reason: str,
+    correlation_id: str,
+    **changes: Any,
+) -> Assessment:
     if not (reason or "").strip():
         raise InvalidInputError("An override needs a reason.", {"reason": ["This field is required."]})
     if overall_response not in ResponseChoices.values:
@@ -88,7 +134,6 @@ def override_assessment(
             f"Unknown response {overall_response!r}.",
             {"overall_response": [f"One of {', '.join(ResponseChoices.values)}."]},
         )
-    correlation_id = correlation_id or new_correlation_id()
     derived = derive_override(assessment, overall_response)
     new = record_override(
         assessment,

@@ -20,6 +20,7 @@ from trials.audit import new_correlation_id
 from trials.choices import JobKind, JobState
 from trials.exceptions import DuplicateError, DuplicateSeriesError, InvalidStateError
 from trials.models import ImagingSeries, ProcessingJob, Timepoint
+from trials.permissions import VIEW, user_capabilities
 from trials.pipeline.queue import create_pipeline_job
 from trials.pipeline.upload import StoredUpload, discard_upload, store_upload
 from trials.records.imaging import register_series
@@ -43,7 +44,6 @@ def upload_series(
     timepoint: Timepoint,
     upload: str | Path,
     *,
-    original_filename: str = "",
     series_uid: str | None = None,
     source: str | None = None,
     enqueue: bool = True,
@@ -56,7 +56,6 @@ def upload_series(
     Args:
         timepoint: The visit the series belongs to.
         upload: A zip of one DICOM series, a DICOM folder or a NIfTI file, on local disk.
-        original_filename: The client's file name (stored for reference only).
         series_uid: Series Instance UID to pick when the upload holds several series.
         source: ``SeriesSource`` value (default: from the format of the upload).
         enqueue: Enqueue the job on commit (False leaves it queued, e.g. to run it in-process).
@@ -67,13 +66,15 @@ def upload_series(
 
     Raises:
         UploadRejectedError: The upload is not a usable MR series (the imaging module's message).
-        DuplicateSeriesError: The series (same Series Instance UID) is already stored.
+        DuplicateSeriesError: The series (same Series Instance UID) is already stored. Where the stored
+            one is in a trial the actor cannot see, the error names nothing of it (``existing`` None).
+
+    The client's file name is never passed in or stored: names like ``DOE_JOHN_MRI.zip`` are common.
     """
     correlation_id = correlation_id or new_correlation_id()
     stored = store_upload(
         timepoint,
         upload,
-        original_filename=original_filename,
         series_uid=series_uid,
         source=source,
         actor=actor,
@@ -116,6 +117,13 @@ def _record_upload(
         )
         if existing is None:  # the other upload was rolled back meanwhile: a plain conflict
             raise
+        if not _may_see(actor, existing):
+            # Another trial's series: its subject, visit and id stay unknown to this uploader.
+            raise DuplicateSeriesError(
+                f"This series (Series Instance UID {uid}) is already stored in MetTrack and cannot be "
+                "stored twice; ask your trial administrator if it belongs to this visit.",
+                None,
+            ) from None
         raise DuplicateSeriesError(
             f"This series (Series Instance UID {uid}) is already stored as series {existing.pk} of visit "
             f"{existing.timepoint.visit_label} of {existing.timepoint.patient.subject_id}.",
@@ -123,6 +131,11 @@ def _record_upload(
         ) from None
     job = create_pipeline_job(series, enqueue=enqueue, actor=actor, correlation_id=correlation_id)
     return series, job
+
+
+def _may_see(actor: Any | None, series: ImagingSeries) -> bool:
+    """Whether the actor (None: the system) may see the trial of a stored series."""
+    return actor is None or VIEW in user_capabilities(actor, series.timepoint.patient.trial_id)
 
 
 @transaction.atomic

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from trials.audit import new_correlation_id, record_audit_event, snapshot
-from trials.choices import AuditAction
+from trials.choices import AuditAction, MembershipRole
+from trials.exceptions import InvalidInputError
 from trials.models import ProcessingJob, Site, Trial, TrialMembership
 from trials.pipeline.queue import create_reassessment_job
 from trials.records.base import check_fields, check_same_trial, create_row, update_row
@@ -132,12 +134,17 @@ def add_membership(
 ) -> TrialMembership:
     """Give a user a role in a trial.
 
+    A grant to oneself (a trial admin making themselves radiologist, say) is recorded as such: the
+    event's action is ``self_grant``. With ``SEPARATE_ADMIN_AND_REVIEW_DUTIES`` it is refused (except for
+    superusers), and so is holding both the admin and the radiologist role in one trial.
+
     Raises:
         DuplicateError: the user already has this role in the trial.
-        InvalidInputError: unknown role, or a site of another trial.
+        InvalidInputError: unknown role, a site of another trial, or a grant separation of duties forbids.
     """
     check_same_trial(trial, site)
-    return create_row(
+    _check_duties(trial, user, role, actor)
+    membership = create_row(
         TrialMembership,
         actor=actor,
         reason=reason,
@@ -147,6 +154,46 @@ def add_membership(
         role=role,
         site=site,
     )
+    if _is_self(actor, user):
+        record_audit_event(
+            actor=actor,
+            action="self_grant",
+            obj=membership,
+            after={"role": role},
+            reason=reason or "granted a role to themselves",
+            correlation_id=correlation_id,
+        )
+    return membership
+
+
+def _is_self(actor: Any | None, user: Any) -> bool:
+    return actor is not None and getattr(actor, "pk", None) == user.pk
+
+
+#: Roles one user may not hold together in a trial when duties are separated.
+_SEPARATED_ROLES = frozenset({MembershipRole.ADMIN, MembershipRole.RADIOLOGIST})
+
+
+def _check_duties(trial: Trial, user: Any, role: str, actor: Any | None) -> None:
+    """Refuse what ``SEPARATE_ADMIN_AND_REVIEW_DUTIES`` forbids (a no-op when it is off)."""
+    if not settings.SEPARATE_ADMIN_AND_REVIEW_DUTIES:
+        return
+    if _is_self(actor, user) and not getattr(actor, "is_superuser", False):
+        raise InvalidInputError(
+            "Separation of duties: nobody grants a role to themselves.",
+            {"user": ["Ask another trial admin to grant you a role."]},
+        )
+    if role in _SEPARATED_ROLES:
+        others = set(
+            TrialMembership.objects.filter(trial=trial, user=user)
+            .exclude(role=role)
+            .values_list("role", flat=True)
+        )
+        if others & _SEPARATED_ROLES:
+            raise InvalidInputError(
+                "Separation of duties: one person cannot be both trial admin and radiologist of a trial.",
+                {"role": ["This user already holds the other of admin and radiologist in this trial."]},
+            )
 
 
 @transaction.atomic
@@ -158,9 +205,11 @@ def update_membership(
     correlation_id: str = "",
     **changes: Any,
 ) -> TrialMembership:
-    """Change a membership's role or site."""
+    """Change a membership's role or site (the role under the rules of :func:`add_membership`)."""
     if "site" in changes:
         check_same_trial(membership.trial, changes["site"])
+    if "role" in changes and changes["role"] != membership.role:
+        _check_duties(membership.trial, membership.user, changes["role"], actor)
     return update_row(
         membership,
         changes,
@@ -175,7 +224,16 @@ def update_membership(
 def remove_membership(
     membership: TrialMembership, *, actor: Any | None, reason: str = "", correlation_id: str = ""
 ) -> None:
-    """Revoke a user's role in a trial."""
+    """Revoke a user's role in a trial; the reason is required (the audit trail says why).
+
+    Raises:
+        InvalidInputError: no reason given.
+    """
+    if not (reason or "").strip():
+        raise InvalidInputError(
+            "Say why: removing a membership needs a reason for the audit trail.",
+            {"reason": ["This field is required (e.g. ?reason=left the study team)."]},
+        )
     before = snapshot(membership)
     record_audit_event(
         actor=actor,

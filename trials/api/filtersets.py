@@ -9,12 +9,14 @@ looks like "every row".
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 import django_filters as filters
 from django import forms
 from django.db import models
+from django_filters.fields import IsoDateTimeField
 
 from trials.choices import (
     AssessmentStatus,
@@ -70,12 +72,64 @@ class StrictBooleanFilter(filters.BooleanFilter):
     field_class = StrictBooleanField
 
 
+#: Largest value of a PostgreSQL bigint (every primary key and object id column).
+MAX_ID = 2**63 - 1
+
+
+class IdFilter(filters.NumberFilter):
+    """An id (``?trial=``, ``?object_id=``): a whole number from 1 to the bigint maximum, else 400.
+
+    A plain NumberFilter passed ``99999999999999999999`` or ``1e400`` on to PostgreSQL, which failed
+    the query (a 500).
+    """
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_ID)
+        super().__init__(*args, **kwargs)
+
+
+class BoundedIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time whose UTC offset PostgreSQL can store (at most 15:59 either way) and
+    whose UTC value is a representable date; anything else is a 400, not a failed query."""
+
+    default_error_messages = {
+        "offset": "The UTC offset must be between -15:59 and +15:59.",
+        "range": "The date-time is out of range once converted to UTC.",
+    }
+
+    def to_python(self, value: Any) -> dt.datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        offset = parsed.utcoffset()
+        if offset is not None:
+            if abs(offset) >= dt.timedelta(hours=16):
+                raise forms.ValidationError(self.error_messages["offset"], code="offset")
+            try:
+                parsed = parsed.astimezone(dt.UTC)
+            except OverflowError:
+                raise forms.ValidationError(self.error_messages["range"], code="range") from None
+        return parsed
+
+
+class BoundedIsoDateTimeFilter(filters.IsoDateTimeFilter):
+    """``IsoDateTimeFilter`` parsed by :class:`BoundedIsoDateTimeField`."""
+
+    field_class = BoundedIsoDateTimeField
+
+
 class StrictFilterSet(filters.FilterSet):
-    """Base of the API's FilterSets: model boolean fields get :class:`StrictBooleanFilter`."""
+    """Base of the API's FilterSets: model boolean fields get :class:`StrictBooleanFilter`, integer
+    columns :class:`IdFilter` (bounded to bigint)."""
 
     FILTER_DEFAULTS = {
         **filters.FilterSet.FILTER_DEFAULTS,
         models.BooleanField: {"filter_class": StrictBooleanFilter},
+        models.PositiveBigIntegerField: {"filter_class": IdFilter},
+        models.BigIntegerField: {"filter_class": IdFilter},
     }
 
 
@@ -133,7 +187,7 @@ class PatientFilterSet(StrictFilterSet):
 class TimepointFilterSet(StrictFilterSet):
     """Filter visits by trial, patient, subject id, label, baseline, scan date range."""
 
-    trial = filters.NumberFilter(field_name="patient__trial")
+    trial = IdFilter(field_name="patient__trial")
     subject_id = subject_id_filter("patient")
     scan_date_after = filters.DateFilter(field_name="scan_date", lookup_expr="gte")
     scan_date_before = filters.DateFilter(field_name="scan_date", lookup_expr="lte")
@@ -146,8 +200,8 @@ class TimepointFilterSet(StrictFilterSet):
 class ImagingSeriesFilterSet(StrictFilterSet):
     """Filter series by trial, patient, subject id, visit, UID."""
 
-    trial = filters.NumberFilter(field_name="timepoint__patient__trial")
-    patient = filters.NumberFilter(field_name="timepoint__patient")
+    trial = IdFilter(field_name="timepoint__patient__trial")
+    patient = IdFilter(field_name="timepoint__patient")
     subject_id = subject_id_filter("timepoint__patient")
 
     class Meta:
@@ -158,10 +212,10 @@ class ImagingSeriesFilterSet(StrictFilterSet):
 class SegmentationRunFilterSet(StrictFilterSet):
     """Filter segmentation runs by trial, patient, subject id, visit, series, model and status."""
 
-    trial = filters.NumberFilter(field_name="series__timepoint__patient__trial")
-    patient = filters.NumberFilter(field_name="series__timepoint__patient")
+    trial = IdFilter(field_name="series__timepoint__patient__trial")
+    patient = IdFilter(field_name="series__timepoint__patient")
     subject_id = subject_id_filter("series__timepoint__patient")
-    timepoint = filters.NumberFilter(field_name="series__timepoint")
+    timepoint = IdFilter(field_name="series__timepoint")
 
     class Meta:
         model = SegmentationRun
@@ -179,7 +233,7 @@ class ModelVersionFilterSet(StrictFilterSet):
 class LesionFilterSet(StrictFilterSet):
     """Filter lesions by trial, patient, subject id, label, role."""
 
-    trial = filters.NumberFilter(field_name="patient__trial")
+    trial = IdFilter(field_name="patient__trial")
     subject_id = subject_id_filter("patient")
     role = filters.ChoiceFilter(choices=LesionRole.choices)
 
@@ -191,8 +245,8 @@ class LesionFilterSet(StrictFilterSet):
 class LesionObservationFilterSet(StrictFilterSet):
     """Filter observations by trial, patient, subject id, lesion, visit, source."""
 
-    trial = filters.NumberFilter(field_name="lesion__patient__trial")
-    patient = filters.NumberFilter(field_name="lesion__patient")
+    trial = IdFilter(field_name="lesion__patient__trial")
+    patient = IdFilter(field_name="lesion__patient")
     subject_id = subject_id_filter("lesion__patient")
     source = filters.ChoiceFilter(choices=ObservationSource.choices)
 
@@ -204,8 +258,8 @@ class LesionObservationFilterSet(StrictFilterSet):
 class AssessmentFilterSet(StrictFilterSet):
     """Filter assessments by trial, patient, subject id, visit, criteria, status, response, current."""
 
-    trial = filters.NumberFilter(field_name="timepoint__patient__trial")
-    patient = filters.NumberFilter(field_name="timepoint__patient")
+    trial = IdFilter(field_name="timepoint__patient__trial")
+    patient = IdFilter(field_name="timepoint__patient")
     subject_id = subject_id_filter("timepoint__patient")
     criteria = filters.ChoiceFilter(choices=Criteria.choices)
     status = filters.ChoiceFilter(choices=AssessmentStatus.choices)
@@ -228,8 +282,8 @@ class AssessmentFilterSet(StrictFilterSet):
 class AuditEventFilterSet(StrictFilterSet):
     """Filter audit events by trial, object, action, actor, correlation id, time range."""
 
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    created_after = BoundedIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = BoundedIsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
 
     class Meta:
         model = AuditEvent

@@ -16,7 +16,7 @@ from rest_framework.reverse import reverse
 
 from trials.actions import lesions, patients
 from trials.actions import trials as trial_actions
-from trials.choices import ObservationSource, ResponseChoices
+from trials.choices import ObservationSource, ResponseChoices, SignatureMeaning
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -34,6 +34,7 @@ from trials.models import (
 )
 from trials.permissions import visible_trial_ids
 from trials.storage import RUN_FILE_KINDS, run_file_path
+from trials.validators import FREE_TEXT_MAX_CHARS
 
 
 class TrialScopedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -318,7 +319,6 @@ class ImagingSeriesSerializer(serializers.ModelSerializer):
             "volume_file",
             "checksum_sha256",
             "source",
-            "original_filename",
             "created_at",
         ]
         read_only_fields = fields
@@ -444,6 +444,23 @@ def _record_observation(data: dict[str, Any], **audit: Any) -> LesionObservation
     return lesions.add_observation(data.pop("lesion"), data.pop("timepoint"), **data, **audit)
 
 
+class ReaderSourceField(serializers.ChoiceField):
+    """An observation's source: every value is shown (``ai`` included), a client may send only the
+    reader's values. The OpenAPI schema says the same per direction (``trials.api.schema``)."""
+
+    #: Values a client may send.
+    WRITABLE = (ObservationSource.MANUAL, ObservationSource.EDITED)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=ObservationSource.choices, **kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if value not in self.WRITABLE:
+            self.fail("invalid_choice", input=data)
+        return value
+
+
 class PointsField(serializers.JSONField):
     """Two physical points ``[[x, y, z], [x, y, z]]`` in mm (validated by the row helper)."""
 
@@ -462,12 +479,16 @@ class LesionObservationSerializer(ActionModelSerializer):
     lesion_label = serializers.CharField(source="lesion.label", read_only=True)
     # Only the pipeline records "ai": a reader's observation is manual, an edited AI one edited (the
     # action sets it either way; "ai" is refused, so a reader's number is never shown as the AI's).
-    source = serializers.ChoiceField(  # type: ignore[assignment]  # a field, not Field.source (see label)
-        choices=[ObservationSource.MANUAL, ObservationSource.EDITED], required=False,
-        help_text="Set by the service: manual (added by a reader) or edited (an AI observation a reader changed).",
-    )  # fmt: skip
+    source = ReaderSourceField(  # type: ignore[assignment]  # a field, not Field.source (see label)
+        required=False,
+        help_text="Set by the service: ai (the pipeline's), manual (added by a reader) or edited (an AI "
+        "observation a reader changed); a client may send manual or edited only.",
+    )
     merged_into: serializers.SlugRelatedField[Lesion] = serializers.SlugRelatedField(
-        slug_field="label", read_only=True, help_text="Label of the lesion whose mass absorbed this one here."
+        slug_field="label",
+        read_only=True,
+        allow_null=True,
+        help_text="Label of the lesion whose mass absorbed this one here (null when none).",
     )
     caliper_points_mm = PointsField(required=False, allow_null=True)
     perpendicular_points_mm = PointsField(required=False, allow_null=True)
@@ -497,7 +518,23 @@ class LesionObservationSerializer(ActionModelSerializer):
 class AssessmentSerializer(serializers.ModelSerializer):
     """An assessment (read-only; changed through the confirm and override verbs)."""
 
-    signed_by_name = serializers.CharField(source="signed_by.username", read_only=True, default=None)
+    signed_by_name = serializers.CharField(
+        source="signed_by.username", read_only=True, default=None, allow_null=True
+    )
+    # Blank ("") where there is no response: at the baseline, or before the engine has run. Declared so
+    # that the OpenAPI schema lists "" beside the response categories (read-only model fields lose it).
+    target_response = serializers.ChoiceField(ResponseChoices.choices, allow_blank=True, read_only=True)
+    non_target_response = serializers.ChoiceField(ResponseChoices.choices, allow_blank=True, read_only=True)
+    overall_response = serializers.ChoiceField(
+        ResponseChoices.choices, allow_blank=True, read_only=True, help_text="Blank at baseline."
+    )
+    volumetric_response = serializers.ChoiceField(ResponseChoices.choices, allow_blank=True, read_only=True)
+    best_overall_response = serializers.ChoiceField(
+        ResponseChoices.choices, allow_blank=True, read_only=True, help_text="BOR up to this visit."
+    )
+    signature_meaning = serializers.ChoiceField(
+        SignatureMeaning.choices, allow_blank=True, read_only=True, help_text="Blank until signed."
+    )
 
     class Meta:
         model = Assessment
@@ -568,7 +605,7 @@ class OverrideAssessmentSerializer(StrictInputMixin, serializers.Serializer):
     reason = serializers.CharField(max_length=2000, help_text="Required: why the reader disagrees.")
     target_response = serializers.ChoiceField(choices=ResponseChoices.choices, required=False)
     non_target_response = serializers.ChoiceField(choices=ResponseChoices.choices, required=False)
-    comment = serializers.CharField(required=False, allow_blank=True)
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=FREE_TEXT_MAX_CHARS)
 
 
 # ----------------------------------------------------------------------------------- audit and jobs

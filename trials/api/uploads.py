@@ -13,7 +13,6 @@ pointer to the existing series for a duplicate (same Series Instance UID), 403 w
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -34,13 +33,12 @@ from rest_framework.views import APIView
 
 from trials.actions.imaging import resegment_series, upload_series
 from trials.api import serializers as s
+from trials.api.pagination import StandardPagination
 from trials.api.views import TimepointViewSet
 from trials.exceptions import DuplicateSeriesError
 from trials.models import ImagingSeries, Timepoint
 from trials.permissions import MANAGE_PATIENTS, has_capability, visible_trial_ids
 from trials.storage import disk_space_errors
-
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class UploadTooLargeError(Exception):
@@ -82,19 +80,28 @@ def _too_large() -> Response:
 def _local_copy(upload: Any, folder: Path) -> Path:
     """Copy an uploaded file to ``folder`` under its own (sanitised) name, in chunks.
 
-    The name matters: the reader tells NIfTI from zip by the ``.nii``/``.nii.gz`` suffix, which Django's
-    temporary file names do not keep.
+    The suffix matters: the reader tells NIfTI from zip by ``.nii``/``.nii.gz``, which Django's temporary
+    file names do not keep. The rest of the client's name is dropped (``DOE_JOHN_T1.nii.gz`` becomes
+    ``upload.nii.gz``), so it can reach no message, log line or row.
     """
-    original = Path(upload.name or "upload").name
-    lower = original.lower()
-    # Keep the suffix the reader needs even when the rest of the name is not ASCII ("серия.nii.gz").
+    lower = Path(upload.name or "upload").name.lower()
     suffix = next((s for s in (".nii.gz", ".nii", ".zip", ".dcm") if lower.endswith(s)), "")
-    stem = _SAFE_NAME.sub("_", original[: len(original) - len(suffix)]).strip("._") or "upload"
-    target = folder / f"{stem}{suffix}"
+    target = folder / f"upload{suffix}"
     with disk_space_errors(), target.open("wb") as out:  # a full temporary disk is a 507, not a 500
         for chunk in upload.chunks():
             out.write(chunk)
     return target
+
+
+def _duplicate_body(request: Request, exc: DuplicateSeriesError) -> dict[str, Any]:
+    """The 409 body: a pointer to the stored series only when the uploader may see its trial."""
+    body: dict[str, Any] = {"detail": exc.message}
+    if exc.existing is not None:
+        body["existing_series"] = exc.existing.pk
+        body["existing_series_url"] = request.build_absolute_uri(
+            reverse("api:series-detail", args=[exc.existing.pk])
+        )
+    return body
 
 
 class SeriesUploadView(APIView):
@@ -102,6 +109,8 @@ class SeriesUploadView(APIView):
 
     permission_classes = [IsAuthenticated]
     parser_classes = [MultiPartParser]
+    # GET answers the visit viewset's paginated list: the schema says so.
+    pagination_class = StandardPagination
 
     def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
         # The upload handlers must be in place before anything reads the body. With session
@@ -157,7 +166,10 @@ class SeriesUploadView(APIView):
                 },
             ),
             400: OpenApiResponse(description="Not a usable MR series; the message says why."),
-            409: OpenApiResponse(description="Already stored; `existing_series` points to it."),
+            409: OpenApiResponse(
+                description="Already stored; `existing_series` points to it when it is in a trial you can "
+                "see (a series of another trial is named by nothing but its UID)."
+            ),
             413: OpenApiResponse(description="Larger than PIPELINE_MAX_UPLOAD_BYTES."),
         },
     )
@@ -199,24 +211,13 @@ class SeriesUploadView(APIView):
                 result = upload_series(
                     timepoint,
                     local,
-                    original_filename=upload.name or "",
                     series_uid=series_uid,
                     actor=request.user,
                     reason="uploaded through the API",
                     correlation_id=getattr(django_request, "correlation_id", ""),
                 )
             except DuplicateSeriesError as exc:
-                existing = exc.existing
-                return Response(
-                    {
-                        "detail": exc.message,
-                        "existing_series": existing.pk,
-                        "existing_series_url": request.build_absolute_uri(
-                            reverse("api:series-detail", args=[existing.pk])
-                        ),
-                    },
-                    status=status.HTTP_409_CONFLICT,
-                )
+                return Response(_duplicate_body(request, exc), status=status.HTTP_409_CONFLICT)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         context = {"request": request}

@@ -1,10 +1,9 @@
 """Routes of the REST API, mounted at ``/api/v1/``."""
 
 from django.urls import include, path
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from trials.api import uploads, views
+from trials.api import auth, uploads, views
 from trials.api.exports import TrialExportView
 
 app_name = "api"
@@ -25,7 +24,10 @@ router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
 router.register("jobs", views.ProcessingJobViewSet, basename="job")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="token"),
+    path("auth/token/", auth.ObtainTokenView.as_view(), name="token"),
+    path("auth/token/rotate/", auth.RotateTokenView.as_view(), name="token-rotate"),
+    path("auth/token/revoke/", auth.RevokeTokenView.as_view(), name="token-revoke"),
+    path("auth/token/revoke-all/", auth.RevokeAllTokensView.as_view(), name="token-revoke-all"),
     # Before the router: POST uploads a series; GET is the router's list of the visit's series.
     path("timepoints/<int:pk>/series/", uploads.SeriesUploadView.as_view(), name="timepoint-series-upload"),
     path("series/<int:pk>/segment/", uploads.SeriesSegmentView.as_view(), name="series-segment"),

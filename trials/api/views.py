@@ -13,7 +13,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import FileResponse
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.settings import api_settings
 
-from trials.actions import assessments
+from trials.actions import accounts, assessments
 from trials.actions import jobs as job_actions
 from trials.actions import trials as trial_actions
 from trials.api import filtersets
@@ -212,11 +212,29 @@ class TrialMembershipViewSet(WritableViewSet, mixins.DestroyModelMixin):
     def trial_for_create(self, validated_data: dict[str, Any]) -> Trial | None:
         return validated_data["trial"]
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "reason",
+                str,
+                required=True,
+                description="Why the membership ends (audit trail); or in the body.",
+            )
+        ]
+    )
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Remove a membership; ``reason`` is required (query parameter or JSON body): 400 without."""
+        return super().destroy(request, *args, **kwargs)
+
     def perform_destroy(self, instance: TrialMembership) -> None:
+        body = self.request.data if isinstance(self.request.data, dict) else {}
+        reason = self.request.query_params.get("reason") or str(body.get("reason") or "")
+        if len(reason) > 2000:
+            raise serializers.ValidationError({"reason": ["At most 2000 characters."]})
         trial_actions.remove_membership(
             instance,
             actor=self.request.user,
-            reason=self.request.query_params.get("reason", ""),
+            reason=reason,
             correlation_id=getattr(self.request, "correlation_id", ""),
         )
 
@@ -275,6 +293,9 @@ class ImagingSeriesViewSet(ReadOnlyViewSet):
         path = media_path(stored_name(series.volume_file)) if series.volume_file else None
         if path is None or not path.is_file():
             raise NotFound(f"Series {series.pk} has no stored volume.")
+        accounts.record_download(
+            series, kind="volume", actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+        )
         return FileResponse(
             path.open("rb"),
             as_attachment=True,
@@ -303,6 +324,9 @@ class SegmentationRunViewSet(ReadOnlyViewSet):
         if path is None:
             raise NotFound(f"Segmentation run {run.pk} has no {kind} file.")
         name, media_type = RUN_FILE_KINDS[kind]
+        accounts.record_download(
+            run, kind=kind, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+        )
         return FileResponse(
             path.open("rb"), as_attachment=True, filename=f"run{run.pk}_{name}", content_type=media_type
         )
@@ -353,6 +377,11 @@ class AssessmentViewSet(ReadOnlyViewSet):
     trial_path = "timepoint__patient__trial"
     action_capabilities = {"confirm": REVIEW_ASSESSMENTS, "override": REVIEW_ASSESSMENTS}
     ordering_fields = ["created_at", "timepoint"]
+
+    def get_throttles(self) -> list[Any]:
+        if self.action in ("confirm", "override"):
+            self.throttle_scope = "signature"  # signatures re-enter a password: a stricter rate
+        return super().get_throttles()
 
     @extend_schema(request=s.ConfirmAssessmentSerializer, responses=s.AssessmentSerializer)
     @action(detail=True, methods=["post"])

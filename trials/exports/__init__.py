@@ -15,6 +15,7 @@ trials.exports.dictionary``). Export kinds: ``visits``, ``lesions``, ``tu``, ``t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from trials.exports.columns import Column, Dataset, ExportDefinitionError, RowShapeError
@@ -93,6 +94,12 @@ def open_export(kind: str, trial: Trial, filters: ExportFilters | None = None) -
 
 
 def export_filename(trial: Trial, kind: str) -> str:
-    """Download file name: ``<trial code>_<kind>.csv`` (SDTM kinds upper-case, e.g. ``DEMO-BM_TU.csv``)."""
+    """Download file name: ``<trial code>_<kind>.csv`` (SDTM kinds upper-case, e.g. ``DEMO-BM_TU.csv``).
+
+    The name goes into a ``Content-Disposition`` header: anything but letters, digits and ``. _ -`` in
+    the code (a trial stored before codes were validated) becomes ``_``, so a quote or a line break can
+    never end the header or add another.
+    """
     dataset = get_dataset(kind)
-    return f"{trial.code}_{dataset.sdtm_domain or kind}.csv"
+    code = re.sub(r"[^A-Za-z0-9._-]", "_", trial.code) or "trial"
+    return f"{code}_{dataset.sdtm_domain or kind}.csv"

@@ -9,6 +9,7 @@ documented columns and the exported ones cannot drift apart (a test checks the d
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -97,8 +98,26 @@ class Column:
         return _format_text
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV Injection"): ``=``,
+#: ``+``, ``-``, ``@``, tab and carriage return.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+
+
+def neutralise_formula(text: str) -> str:
+    """Prefix a text cell that a spreadsheet would evaluate with ``'`` (OWASP's CSV-injection defence).
+
+    A cell starting with ``= + - @``, tab or CR is written as ``'`` + the text, so Excel, LibreOffice and
+    Google Sheets show it as text instead of running it (``=HYPERLINK(...)``, ``@SUM(...)``, DDE). A plain
+    signed number (``-12.5``) cannot carry a formula and is left as it is.
+    """
+    if text.startswith(FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
 def _format_text(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else neutralise_formula(str(value))
 
 
 def _format_flag(value: Any) -> str:

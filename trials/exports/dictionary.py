@@ -25,7 +25,10 @@ header row). Download: `GET /api/v1/trials/{id}/exports/{kind}.csv` (see README,
 
 Cell conventions: an empty cell means "no value"; flags are `Y`/`N`; dates are ISO 8601 `YYYY-MM-DD`;
 date-times are ISO 8601 UTC `YYYY-MM-DDTHH:MM:SSZ`; decimals have a fixed number of digits (1 unless
-stated). Rows are ordered by patient (record creation order), then scan date. Lesions a reader dropped as
+stated). Text cells a spreadsheet would evaluate as a formula (those starting with `=`, `+`, `-`, `@`, a
+tab or a carriage return, other than a plain signed number such as `-12.5`) are written with a leading
+`'` (OWASP CSV-injection defence), so `=HYPERLINK(...)` in a visit label arrives as the text
+`'=HYPERLINK(...)`; strip that one leading `'` to recover the value as entered. Rows are ordered by patient (record creation order), then scan date. Lesions a reader dropped as
 false positives are never exported. SDTM mapping choices and deviations: `docs/sdtm-mapping.md`.
 
 Filters (query parameters, all optional): `site` (site code; repeat or comma-separate), `date_from`,

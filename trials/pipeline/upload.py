@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from segmentation.descriptors import clean_series_description
 from segmentation.errors import ImagingError
 from segmentation.io import ingest_series, sha256_file
 from trials.choices import SeriesSource
@@ -63,7 +64,6 @@ def store_upload(
     timepoint: Timepoint,
     upload: str | Path,
     *,
-    original_filename: str = "",
     series_uid: str | None = None,
     source: str | None = None,
     actor: Any | None = None,
@@ -74,7 +74,6 @@ def store_upload(
         timepoint: The visit the series belongs to (its subject id replaces the patient's identity).
         upload: A zip of one DICOM series, a DICOM folder or a NIfTI file (what
             :func:`segmentation.io.read_series` accepts), on local disk.
-        original_filename: The client's file name (kept for reference only).
         series_uid: Series Instance UID to pick when the upload holds several series.
         source: ``SeriesSource`` value (default: from the format of the upload).
         actor: The uploading user (recorded as ``uploaded_by``).
@@ -113,7 +112,8 @@ def store_upload(
         fields = {
             "study_instance_uid": info.study_instance_uid or "",
             "modality": info.modality or "MR",
-            "series_description": (info.series_description or "")[:255],
+            # Free text typed at the scanner: only its MR terms are kept (PS3.15 Clean Descriptors).
+            "series_description": clean_series_description(info.series_description),
             "size_voxels": list(info.size),
             "spacing_mm": list(info.spacing_mm),
             "origin_mm": list(info.origin_mm),
@@ -121,7 +121,6 @@ def store_upload(
             "volume_file": volume_name,
             "checksum_sha256": sha256_file(media_path(volume_name)),
             "source": source or (SeriesSource.UPLOAD_NIFTI if is_nifti else SeriesSource.UPLOAD_DICOM),
-            "original_filename": (original_filename or Path(upload).name)[:255],
             "uploaded_by": actor if getattr(actor, "is_authenticated", False) else None,
         }
         timings["volume"] = time.perf_counter() - started

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db import transaction
 
+from segmentation.descriptors import clean_series_description
 from trials.models import ImagingSeries, ModelVersion, SegmentationRun, Timepoint
 from trials.records.base import check_fields, create_row, update_row
 
@@ -23,7 +24,6 @@ SERIES_FIELDS = (
     "volume_file",
     "checksum_sha256",
     "source",
-    "original_filename",
     "uploaded_by",
 )
 
@@ -43,12 +43,15 @@ def register_series(
     Args:
         timepoint: the visit.
         series_instance_uid: DICOM (0020,000E); unique across the database.
-        **fields: any of ``SERIES_FIELDS``.
+        **fields: any of ``SERIES_FIELDS``; ``series_description`` is cleaned of everything but MR terms
+            (``segmentation.descriptors``) whoever calls, so no row or audit event ever holds the raw text.
 
     Raises:
         DuplicateError: the Series Instance UID is already registered.
     """
     check_fields(ImagingSeries, fields, SERIES_FIELDS)
+    if "series_description" in fields:
+        fields["series_description"] = clean_series_description(fields["series_description"])
     return create_row(
         ImagingSeries,
         actor=actor,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -53,13 +54,15 @@ def _upload(request: HttpRequest, timepoint_id: int) -> HttpResponse:
         result = imaging.upload_series(
             timepoint,
             _local_copy(upload, folder),
-            original_filename=upload.name or "",
             actor=request.user,
             reason="uploaded from the dashboard",
             correlation_id=getattr(request, "correlation_id", ""),
         )
     except DuplicateSeriesError as exc:
-        return JsonResponse({"detail": exc.message, "existing_series": exc.existing.pk}, status=409)
+        body: dict[str, Any] = {"detail": exc.message}
+        if exc.existing is not None:  # only a series of a trial the user can see is pointed to
+            body["existing_series"] = exc.existing.pk
+        return JsonResponse(body, status=409)
     except ServiceError as exc:  # not an MR series (400), no room to store it (507)
         return JsonResponse({"detail": exc.message}, status=exc.http_status)
     finally:

@@ -53,7 +53,6 @@ class Command(BaseCommand):
             result = upload_series(
                 timepoint,
                 options["path"],
-                original_filename=options["path"].name,
                 series_uid=options["series_uid"],
                 enqueue=False,
                 actor=None,

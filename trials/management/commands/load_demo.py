@@ -8,12 +8,12 @@ import datetime as dt
 import os
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
-from trials.actions import patients
+from trials.actions import accounts, patients
 from trials.actions import trials as trial_actions
 from trials.audit import new_correlation_id
 from trials.choices import ClinicalStatus, CorticosteroidStatus, MembershipRole
@@ -75,8 +75,28 @@ class Command(BaseCommand):
             help="Password of every demo user (default: $DEMO_PASSWORD or %(default)s).",
         )
         parser.add_argument("--host", default="http://127.0.0.1:8000", help="Base URL printed in the hints.")
+        parser.add_argument(
+            "--allow-demo-users-without-debug",
+            action="store_true",
+            help="Create the demo users (a superuser among them, with a password printed here) even with "
+            "DEBUG off. Never on a server real users reach.",
+        )
 
-    def handle(self, *args: Any, password: str, host: str, **options: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        password: str,
+        host: str,
+        allow_demo_users_without_debug: bool = False,
+        **options: Any,
+    ) -> None:
+        if not settings.DEBUG and not allow_demo_users_without_debug:
+            # With DEBUG off this may be a real deployment: a superuser with a published password is a
+            # back door. make demo runs with DEBUG=1.
+            raise CommandError(
+                "load_demo creates a superuser with a known password; with DEBUG off it refuses. Use DEBUG=1 "
+                "(as make demo does), or --allow-demo-users-without-debug on a machine no one else reaches."
+            )
         correlation_id = new_correlation_id()
         audit: dict[str, Any] = {
             "actor": None,
@@ -125,7 +145,11 @@ class Command(BaseCommand):
                 user = self._ensure_user(username, password, is_superuser)
                 if not TrialMembership.objects.filter(trial=trial, user=user, role=role).exists():
                     trial_actions.add_membership(trial, user=user, role=role, site=site, **audit)
-                tokens[username] = Token.objects.get_or_create(user=user)[0].key
+                # A fresh token each run (the password was just set again, so the old ones are dead).
+                accounts.revoke_all_tokens(
+                    user, actor=None, reason="demo tokens renewed (manage.py load_demo)"
+                )
+                tokens[username] = accounts.issue_token(user, reason="demo token (manage.py load_demo)").key
 
         self.stdout.write(
             self.style.SUCCESS(
