@@ -74,9 +74,16 @@ class Criteria(models.TextChoices):
 
 
 class AssessmentSource(models.TextChoices):
-    """Who produced an assessment."""
+    """Who produced an assessment.
 
-    AI = "ai", "AI (rules engine)"
+    ``ai``: the AI's own answer, as the pipeline delivered it (the rules engine on the lesions the model
+    found, with no one's edit). ``edited``: the rules engine again, after a reader's or data manager's
+    edit of what it rests on (lesions, observations, flags, another visit's override, a visit's clinical
+    data); a separate result, so the AI's answer stays as delivered. ``radiologist``: a signed override.
+    """
+
+    AI = "ai", "AI (rules engine on the AI's lesions)"
+    EDITED = "edited", "Rules engine on edited data"
     RADIOLOGIST = "radiologist", "Radiologist"
 
 

@@ -599,6 +599,14 @@ class Assessment(models.Model):
     timepoint = models.ForeignKey(Timepoint, on_delete=models.PROTECT, related_name="assessments")
     criteria = models.CharField(max_length=12, choices=Criteria.choices, default=Criteria.RANO_BM)
     source = models.CharField(max_length=12, choices=AssessmentSource.choices, default=AssessmentSource.AI)
+    model_version = models.ForeignKey(
+        ModelVersion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The model whose segmentation of the visit the rules engine assessed (engine rows).",
+    )
 
     sum_ld_mm = models.FloatField(null=True, blank=True)
     baseline_sum_ld_mm = models.FloatField(null=True, blank=True)

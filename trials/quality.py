@@ -192,19 +192,37 @@ def _current(trial: Trial) -> Any:
     )
 
 
+def _ai_answer() -> Subquery:
+    """The AI's own answer of the outer row's visit: its latest RANO-BM row of source ``ai`` (superseded
+    or not; a result the engine computed on edited data is not the AI's)."""
+    return Subquery(
+        Assessment.objects.filter(
+            timepoint=OuterRef("timepoint"), criteria=Criteria.RANO_BM, source=AssessmentSource.AI
+        )
+        .order_by("-created_at", "-pk")
+        .values("overall_response")[:1]
+    )
+
+
 def awaiting_review(trial: Trial, *, today: dt.date, limit: int = DEFAULT_LIMIT) -> Section:
-    """Visits whose current RANO-BM assessment is a draft no reader has signed, oldest first."""
-    queryset = _current(trial).filter(status=AssessmentStatus.DRAFT).order_by("created_at", "pk")
+    """Visits whose current RANO-BM assessment is a draft no reader has signed, oldest first, with the
+    AI's own answer."""
+    queryset = (
+        _current(trial)
+        .filter(status=AssessmentStatus.DRAFT)
+        .annotate(ai=_ai_answer())
+        .order_by("created_at", "pk")
+    )
     rows = [
         PendingReview(
             visit=_visit_ref(r, "timepoint__"),
-            ai_response=r["overall_response"],
+            ai_response=r["ai"] or "",
             waiting_days=max(0, (today - timezone.localdate(r["created_at"])).days),
         )
         for r in queryset.values(
             *(f"timepoint__{name}" for name in _VISIT_FIELDS[1:]),
             "timepoint__id",
-            "overall_response",
+            "ai",
             "created_at",
         )[:limit]
     ]
@@ -267,23 +285,17 @@ def overrides_by_reader(trial: Trial) -> list[ReaderActivity]:
 def agreement(trial: Trial) -> Agreement:
     """AI-vs-reader agreement over follow-up visits a reader has signed.
 
-    AI response: the latest rules-engine (``source=ai``) RANO-BM assessment of the visit, superseded or
-    not. Reader response: the signed current assessment (a confirmation agrees by construction; an
-    override may or may not). Kappa: ``rano.metrics.cohens_kappa``.
+    AI response: the AI's own answer as delivered (:func:`_ai_answer`). Reader response: the signed
+    current assessment: a confirmation of the AI's row agrees by construction; a confirmation of a result
+    re-computed after the reader's edits, or an override, may or may not. Kappa:
+    ``rano.metrics.cohens_kappa``.
     """
-    ai = (
-        Assessment.objects.filter(
-            timepoint=OuterRef("timepoint"), criteria=Criteria.RANO_BM, source=AssessmentSource.AI
-        )
-        .order_by("-created_at", "-pk")
-        .values("overall_response")[:1]
-    )
     pairs = [
         (p["ai"], p["overall_response"])
         for p in _current(trial)
         .filter(status__in=(AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN))
         .exclude(overall_response="")
-        .annotate(ai=Subquery(ai))
+        .annotate(ai=_ai_answer())
         .values("ai", "overall_response")
         if p["ai"]
     ]

@@ -181,7 +181,7 @@ def build_world(media_root: Path, *, subject_id: str = "SUBJ-0001") -> World:
         model_version=model_version,
         seed=2,
     )
-    reassess_patient(patient, from_timepoint=None, actor=None, reason="initial assessment")
+    reassess_patient(patient, from_timepoint=None, actor=None, reason="initial assessment", edited=False)
     return World(
         trial=trial,
         patient=patient,

@@ -162,6 +162,7 @@ def test_labels_nadir_and_responses_match_the_oracle(
     for index, label in enumerate(synthetic_patient.labels):
         row = Assessment.objects.get(timepoint=timepoints[label], criteria=Criteria.RANO_BM, is_current=True)
         assert row.source == AssessmentSource.AI and row.status == "draft"
+        assert row.model_version is not None and row.model_version.name == "phantom-ground-truth"
         assert row.overall_response == responses[index], (label, row.reasons)
         assert row.sum_ld_mm == pytest.approx(sums[index], abs=SUM_TOLERANCE_MM)
         assert row.baseline_sum_ld_mm == pytest.approx(sums[0], abs=SUM_TOLERANCE_MM)
@@ -286,7 +287,7 @@ def test_rerunning_stages_creates_no_duplicate_rows(
         series, version, ground_truth_mask(synthetic_patient.phantoms[1], volume)
     )
     assert analysis.analyse_run(run) == {"already_analysed": True}
-    assert assessment.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
+    assert assessment.reassess_patient(pipeline_patient, from_timepoint=None, actor=None, edited=False) == []
     assert counts() == before
 
 
@@ -326,6 +327,7 @@ def test_reader_change_reassesses_from_that_visit_and_keeps_earlier_versions(
         actor=reader,
         reason="reader review",
         correlation_id="c1",
+        edited=True,
     )
     # The baseline changes too: its sum of target diameters no longer counts the lesion taken off the
     # targets (the change was made at FU1, but target selection is a baseline matter).
@@ -358,12 +360,12 @@ def test_reassess_refuses_a_visit_of_another_patient(pipeline_patient: Any) -> N
 
     other = make_timepoint(make_patient(pipeline_patient.trial), is_baseline=True)
     with pytest.raises(InvalidInputError, match="another patient"):
-        assessment.reassess_patient(pipeline_patient, from_timepoint=other, actor=None)
+        assessment.reassess_patient(pipeline_patient, from_timepoint=other, actor=None, edited=False)
 
 
 @pytest.mark.django_db
 def test_reassess_waits_for_an_analysed_baseline(pipeline_patient: Any) -> None:
-    assert assessment.reassess_patient(pipeline_patient, from_timepoint=None, actor=None) == []
+    assert assessment.reassess_patient(pipeline_patient, from_timepoint=None, actor=None, edited=False) == []
 
 
 @pytest.mark.django_db

@@ -59,7 +59,9 @@ def patient_with(
             if label not in lesions:
                 lesions[label] = make_lesion(patient, label=label, first_seen_timepoint=visit)
             _observe(lesions[label], visit, lds[index])
-        assessment.reassess_patient(patient, from_timepoint=visit, actor=None, reason="new visit")
+        assessment.reassess_patient(
+            patient, from_timepoint=visit, actor=None, reason="new visit", edited=False
+        )
     return patient, visits
 
 
@@ -171,7 +173,7 @@ def test_an_override_redates_progression_and_best_response(client_for) -> None:
     assert later.overall_response == "PD" and later.best_overall_response == "SD"
     assert later.progression_date == fu2.scan_date
     # The override stays in force: FU1's rules result did not change.
-    assessment.reassess_patient(patient, from_timepoint=None, actor=None)
+    assessment.reassess_patient(patient, from_timepoint=None, actor=None, edited=False)
     assert current(fu1).pk == overridden.pk
 
 
@@ -262,12 +264,16 @@ def test_a_visit_without_imaging_is_not_evaluable_or_clinical_progression() -> N
     later = make_timepoint(patient, visit_label="FU3", scan_date=D0 + dt.timedelta(days=180))
     _observe(patient.lesions.get(label="L1"), later, 19)
     awaiting = make_timepoint(patient, visit_label="FU4", scan_date=D0 + dt.timedelta(days=240))
-    assessment.reassess_patient(patient, from_timepoint=later, actor=None, reason="FU3 analysed")
+    assessment.reassess_patient(
+        patient, from_timepoint=later, actor=None, reason="FU3 analysed", edited=False
+    )
     assert current(missed).overall_response == "NE"
     assert current(later).overall_response == "SD"
     assert not Assessment.objects.filter(timepoint=awaiting).exists()
     visits.update_timepoint(awaiting, clinical_status="worse", actor=None)
-    assessment.reassess_patient(patient, from_timepoint=awaiting, actor=None, reason="clinically worse")
+    assessment.reassess_patient(
+        patient, from_timepoint=awaiting, actor=None, reason="clinically worse", edited=True
+    )
     worse = current(awaiting)
     assert worse.overall_response == "PD" and worse.progression_date == awaiting.scan_date
 
@@ -282,7 +288,7 @@ def test_a_non_target_merged_into_a_target_is_not_non_target_cr() -> None:
     l1, l2 = patient.lesions.get(label="L1"), patient.lesions.get(label="L2")
     _observe(l1, fu2, 17)
     lesion_records.record_observation(l2, fu2, actor=None, present=False, merged_into=l1)
-    assessment.reassess_patient(patient, from_timepoint=fu2, actor=None, reason="FU2 analysed")
+    assessment.reassess_patient(patient, from_timepoint=fu2, actor=None, reason="FU2 analysed", edited=False)
     merged = current(fu2)
     assert merged.non_target_response == "NON-CR/NON-PD", merged.reasons
     assert merged.sum_ld_mm == pytest.approx(17.0)

@@ -145,7 +145,12 @@ def _override(
     )
     timepoint = assessment.timepoint
     reassess_patient(
-        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=correlation_id
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        edited=True,
     )
     return new
 

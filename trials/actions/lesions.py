@@ -67,7 +67,12 @@ def edit_lesion(
     first = Timepoint.objects.filter(observations__lesion=lesion).order_by("scan_date").first()
     if _changed(lesion, before) and first is not None:
         reassess_patient(
-            lesion.patient, from_timepoint=first, actor=actor, reason=reason, correlation_id=correlation_id
+            lesion.patient,
+            from_timepoint=first,
+            actor=actor,
+            reason=reason,
+            correlation_id=correlation_id,
+            edited=True,
         )
     return lesion
 
@@ -90,7 +95,12 @@ def add_observation(
         lesion, timepoint, actor=actor, reason=reason, correlation_id=correlation_id, **fields
     )
     reassess_patient(
-        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=correlation_id
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        edited=True,
     )
     return observation
 
@@ -113,7 +123,7 @@ def edit_observation(
         timepoint = observation.timepoint
         reassess_patient(
             timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason,
-            correlation_id=correlation_id,
+            correlation_id=correlation_id, edited=True
         )  # fmt: skip
     return observation
 

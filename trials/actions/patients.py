@@ -121,7 +121,7 @@ def edit_timepoint(
     if any(name != "notes" and getattr(timepoint, name) != value for name, value in before.items()):
         reassess_patient(
             timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason,
-            correlation_id=correlation_id,
+            correlation_id=correlation_id, edited=True
         )  # fmt: skip
     return timepoint
 

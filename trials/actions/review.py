@@ -192,6 +192,7 @@ def _set_false_positive(
         actor=actor,
         reason=reason,
         correlation_id=cid,
+        edited=True,
     )
     return lesion
 
@@ -295,7 +296,12 @@ def add_lesion_from_seed(
         correlation_id=cid,
     )
     reassess_patient(
-        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        edited=True,
     )
     return observation
 
@@ -393,7 +399,12 @@ def merge_lesions(
         correlation_id=cid,
     )
     reassess_patient(
-        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        edited=True,
     )
     keep_obs.refresh_from_db()
     return keep_obs
@@ -483,7 +494,12 @@ def split_lesion(
         correlation_id=cid,
     )
     reassess_patient(
-        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        edited=True,
     )
     observation.refresh_from_db()
     return observation, new_observation
@@ -571,7 +587,9 @@ def set_target_selection(
     _review_event(
         "set_targets", baseline, actor=actor, before=before, after=after, reason=reason, correlation_id=cid
     )
-    reassess_patient(patient, from_timepoint=baseline, actor=actor, reason=reason, correlation_id=cid)
+    reassess_patient(
+        patient, from_timepoint=baseline, actor=actor, reason=reason, correlation_id=cid, edited=True
+    )
     return list(Lesion.objects.filter(patient=patient, role=LesionRole.TARGET))
 
 
@@ -620,6 +638,7 @@ def set_lesion_flags(
             actor=actor,
             reason=reason,
             correlation_id=cid,
+            edited=True,
         )
     return lesion
 
@@ -665,6 +684,7 @@ def set_unequivocal_progression(
             actor=actor,
             reason=reason,
             correlation_id=cid,
+            edited=True,
         )
     return observation
 
@@ -715,7 +735,12 @@ def set_clinical_context(
         correlation_id=cid,
     )
     reassess_patient(
-        timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=cid
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        edited=True,
     )
     return timepoint
 

@@ -543,6 +543,7 @@ class AssessmentSerializer(serializers.ModelSerializer):
             "timepoint",
             "criteria",
             "source",
+            "model_version",
             "sum_ld_mm",
             "baseline_sum_ld_mm",
             "nadir_sum_ld_mm",

@@ -112,8 +112,10 @@ VISIT_COLUMNS: tuple[Column, ...] = (
     Column(
         "ai_response",
         TEXT,
-        "Overall response of the latest rules-engine (AI) RANO-BM assessment of the visit, even when a "
-        "reader has since overridden it. Empty at baseline.",
+        "The AI's own RANO-BM overall response of the visit, as the pipeline delivered it (the rules "
+        "engine on the model's lesions), kept when a reader has since edited lesions, confirmed or "
+        "overridden: a response the engine re-computed after a reader's edit is not the AI's. Empty at "
+        "baseline.",
         allowed=RESPONSES,
     ),
     Column(

@@ -431,6 +431,7 @@ def _analyse_and_assess(
         actor=actor,
         reason=f"new imaging of {timepoint.visit_label} analysed",
         correlation_id=cid,
+        edited=False,
     )
     result = {
         **summary,

@@ -42,6 +42,7 @@ from trials.models import (
     ImagingSeries,
     Lesion,
     LesionObservation,
+    ModelVersion,
     Patient,
     ProcessingJob,
     SegmentationRun,
@@ -286,11 +287,22 @@ def _same_result(row: Assessment | None, values: dict[str, Any]) -> bool:
     return before == after and row.nadir_timepoint_id == (nadir.pk if nadir is not None else None)
 
 
-def _ai_row(current: Assessment | None) -> Assessment | None:
-    """The AI result behind the current row (the row a radiologist's override superseded)."""
-    while current is not None and current.source != AssessmentSource.AI:
+def _engine_row(current: Assessment | None) -> Assessment | None:
+    """The rules engine's latest result behind the current row (the row a radiologist's override
+    superseded): source ``ai`` or ``edited``."""
+    while current is not None and current.source == AssessmentSource.RADIOLOGIST:
         current = current.supersedes
     return current
+
+
+def _visit_models(patient: Patient) -> dict[int, ModelVersion]:
+    """Visit id -> the model whose latest succeeded segmentation of the visit the engine assesses."""
+    runs = (
+        SegmentationRun.objects.filter(series__timepoint__patient=patient, status=RunStatus.SUCCEEDED)
+        .select_related("model_version", "series")
+        .order_by("finished_at", "pk")
+    )
+    return {run.series.timepoint_id: run.model_version for run in runs}
 
 
 #: Stored criteria -> the engine's (the stored values are Django-style identifiers).
@@ -363,8 +375,9 @@ def reassess_patient(
     actor: Any | None,
     reason: str = "",
     correlation_id: str = "",
+    edited: bool,
 ) -> list[Assessment]:
-    """Recompute the AI assessments of a patient after a change at ``from_timepoint``.
+    """Recompute the engine's assessments of a patient after a change at ``from_timepoint``.
 
     The rules engine (:func:`rano.response.assess`) runs on the stored observations and the reader's
     inputs: lesion flags (cystic, dural, bony, leptomeningeal, previously irradiated / progressing), "too
@@ -387,6 +400,12 @@ def reassess_patient(
         actor: The user whose change triggered this (a reader's edit) or None for the pipeline.
         reason: Why (lands in the audit trail of every new row).
         correlation_id: Shared by the audit events of this recomputation.
+        edited: The change is a person's edit of what the engine rests on (lesions, observations,
+            flags, a visit's clinical data, an override at another visit): the new rows are of source
+            ``edited``, a separate result, and the AI's own answer (source ``ai``) stays as delivered.
+            False for the pipeline's analysis of new imaging and a change of the trial's criteria
+            settings: new rows are the AI's answer (``ai``), except at a visit whose latest engine result
+            already rests on edits (the edits still hold), which stays ``edited``.
 
     Returns:
         The Assessment rows created (empty when nothing changed or the baseline is not analysed yet).
@@ -412,6 +431,7 @@ def reassess_patient(
     reason = reason or "re-assessment"
     created: list[Assessment] = []
     overrides = _overridden_responses(patient)
+    models_by_visit = _visit_models(patient)
     current_rows = {
         (row.timepoint_id, row.criteria): row
         for row in Assessment.objects.filter(timepoint__patient=patient, is_current=True)
@@ -447,14 +467,16 @@ def reassess_patient(
             values = _assessment_values(
                 va, other, prefix, inputs.timepoints, volumetric, trial_settings, disagreements
             )
-            current = current_rows.get((timepoint.pk, criteria))
-            if _same_result(_ai_row(current), values):
+            latest = _engine_row(current_rows.get((timepoint.pk, criteria)))
+            if _same_result(latest, values):
                 continue
+            on_edits = edited or (latest is not None and latest.source == AssessmentSource.EDITED)
             created.append(
                 create_assessment(
                     timepoint,
                     criteria=criteria,
-                    source=AssessmentSource.AI,
+                    source=AssessmentSource.EDITED if on_edits else AssessmentSource.AI,
+                    model_version=models_by_visit.get(timepoint.pk),
                     actor=actor,
                     reason=reason,
                     correlation_id=correlation_id,
@@ -496,7 +518,7 @@ def run_trial_reassessment(
         created += len(
             reassess_patient(
                 patient, from_timepoint=None, actor=actor, reason="trial criteria settings changed",
-                correlation_id=cid,
+                correlation_id=cid, edited=False,
             )
         )  # fmt: skip
         progress(

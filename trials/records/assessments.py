@@ -1,10 +1,11 @@
 """Row helpers of assessments: a new draft superseding the current one, a confirmation, an override.
 
 Each response is a row: a new result supersedes the current row of its visit and criteria (kept, with
-``is_current`` false), so every earlier version stays. The AI's rows (source ``ai``) are written by the
-pipeline's re-assessment; a radiologist's confirmation signs the current row, an override is a new
-signed row of source ``radiologist``. The actions (``trials.actions.assessments``) verify the signature
-and re-assess what follows.
+``is_current`` false), so every earlier version stays. The engine's rows are written by the
+re-assessment: source ``ai`` for the AI's own answer, ``edited`` for a result on edited data. A
+radiologist's confirmation signs the current row, an override is a new signed row of source
+``radiologist``. The actions (``trials.actions.assessments``) verify the signature and re-assess what
+follows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from trials.choices import (
     SignatureMeaning,
 )
 from trials.exceptions import InvalidInputError, InvalidStateError
-from trials.models import Assessment, Timepoint
+from trials.models import Assessment, ModelVersion, Timepoint
 from trials.records.base import check_fields, create_row, save_validated, update_row
 
 
@@ -57,6 +58,7 @@ def create_assessment(
     *,
     criteria: str = Criteria.RANO_BM,
     source: str = AssessmentSource.AI,
+    model_version: ModelVersion | None = None,
     actor: Any | None,
     reason: str = "",
     correlation_id: str = "",
@@ -70,6 +72,7 @@ def create_assessment(
         timepoint: the visit.
         criteria: ``Criteria`` value.
         source: ``AssessmentSource`` value.
+        model_version: the model whose segmentation of the visit was assessed.
         **results: any of ``Assessment.RESULT_FIELDS``.
 
     Raises:
@@ -93,6 +96,7 @@ def create_assessment(
         timepoint=timepoint,
         criteria=criteria,
         source=source,
+        model_version=model_version,
         status=AssessmentStatus.DRAFT,
         supersedes=previous,
         is_current=True,
@@ -199,6 +203,7 @@ def record_override(
         timepoint=old.timepoint,
         criteria=old.criteria,
         source=AssessmentSource.RADIOLOGIST,
+        model_version=old.model_version,
         status=AssessmentStatus.OVERRIDDEN,
         signed_by=actor,
         signed_at=timezone.now(),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Q
 
-from trials.choices import AssessmentStatus, Criteria, JobState, LesionRole
+from trials.choices import AssessmentSource, AssessmentStatus, Criteria, JobState, LesionRole
 from trials.models import (
     Assessment,
     AuditEvent,
@@ -192,7 +192,7 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
     timepoints = list(patient.timepoints.order_by("scan_date", "visit_label"))
     current = list(
         Assessment.objects.filter(timepoint__patient=patient, is_current=True)
-        .select_related("signed_by", "supersedes")
+        .select_related("signed_by", "supersedes", "model_version")
         .order_by("timepoint_id")
     )
     rano = {a.timepoint_id: a for a in current if a.criteria == Criteria.RANO_BM}
@@ -219,8 +219,8 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
     for tp in timepoints:
         lesion_rows = _lesion_rows(tp, lesions, by_visit.get(tp.pk, {}), first_ld)
         assessment = rano.get(tp.pk)
-        ai = assessment
-        while ai is not None and ai.source != "ai" and ai.supersedes is not None:
+        ai = assessment  # the AI's own answer as delivered: the latest row of source "ai" in the chain
+        while ai is not None and ai.source != AssessmentSource.AI:
             ai = ai.supersedes
         rows.append(
             VisitRow(
