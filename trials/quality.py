@@ -233,8 +233,16 @@ def unconfirmed_responses(trial: Trial, *, today: dt.date, limit: int = DEFAULT_
     """Current CR/PR responses not confirmed, with the confirmation scan's due date.
 
     Due date: scan date + ``confirmation_days`` stored with the assessment (the trial's setting when the
-    assessment stored none).
+    assessment stored none). A response the patient has since progressed from is left out: no
+    confirmation scan is due after a later PD (rano-bm.md section 7).
     """
+    progressed_later = Assessment.objects.filter(
+        timepoint__patient_id=OuterRef("timepoint__patient_id"),
+        timepoint__scan_date__gt=OuterRef("timepoint__scan_date"),
+        criteria=Criteria.RANO_BM,
+        is_current=True,
+        overall_response=ResponseChoices.PD,
+    )
     last_scan = (
         Timepoint.objects.filter(patient_id=OuterRef("timepoint__patient_id"))
         .order_by()
@@ -245,6 +253,7 @@ def unconfirmed_responses(trial: Trial, *, today: dt.date, limit: int = DEFAULT_
     queryset = (
         _current(trial)
         .filter(overall_response__in=(ResponseChoices.CR, ResponseChoices.PR), confirmed=False)
+        .filter(~Exists(progressed_later))
         .annotate(last_scan=Subquery(last_scan))
         .order_by("timepoint__scan_date", "pk")
     )

@@ -58,7 +58,7 @@ def test_drop_false_positive_recomputes_and_is_audited(world: World) -> None:
     assert event.correlation_id == "c-drop"
     assert AuditEvent.objects.filter(correlation_id="c-drop", object_type="trials.assessment").exists()
     with pytest.raises(InvalidStateError, match="already dropped"):
-        review.drop_lesion(l2, timepoint=world.fu1, actor=world.radiologist)
+        review.drop_lesion(l2, timepoint=world.fu1, actor=world.radiologist, reason="vessel")
     review.restore_lesion(l2, timepoint=world.fu1, actor=world.radiologist, reason="it is a lesion")
     assert _current(world).overall_response == "PD"
 
@@ -86,7 +86,7 @@ def _brute_force_ld(mask_zyx: np.ndarray, spacing_xy: tuple[float, float] = (1.0
 
 
 def test_add_missed_lesion_from_seed(world: World) -> None:
-    review.drop_lesion(world.lesions["L2"], timepoint=world.fu1, actor=world.radiologist)
+    review.drop_lesion(world.lesions["L2"], timepoint=world.fu1, actor=world.radiologist, reason="vessel")
     assert _current(world).overall_response == "SD"
     runs = SegmentationRun.objects.count()
     obs = review.add_lesion_from_seed(
@@ -224,7 +224,7 @@ def test_flags_and_clinical_context(world: World) -> None:
     assert AuditEvent.objects.filter(action="review.set_flags", reason="cyst").count() == 1
     with pytest.raises(InvalidInputError, match="Unknown clinical status"):
         review.set_clinical_context(world.fu1, clinical_status="dying", actor=world.radiologist)
-    review.drop_lesion(world.lesions["L2"], timepoint=world.fu1, actor=world.radiologist)
+    review.drop_lesion(world.lesions["L2"], timepoint=world.fu1, actor=world.radiologist, reason="vessel")
     assert _current(world).overall_response == "SD"
     review.set_clinical_context(
         world.fu1, clinical_status="worse", actor=world.radiologist, reason="neuro decline"

@@ -133,6 +133,8 @@ def test_data_manager_sees_upload_not_review(client: Any, world: World) -> None:
     assert 'id="context-form"' in visit_page  # steroids and clinical status are visit data
     response = client.post(f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk})
     assert response.status_code == 403
+    page = response.content.decode()  # a page of the site, saying why, not a bare status line
+    assert "<h1>Not allowed</h1>" in page and "does not allow this action" in page and "<main>" in page
 
 
 def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> None:
@@ -145,6 +147,14 @@ def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> 
         'for="override-password"',
     ):
         assert present in body, present
+    # The override's choice is empty until the reader chooses; a drop says it applies to every visit.
+    assert '<option value="" selected disabled>— choose —</option>' in body
+    assert "at every visit of the patient" in body
+    refused = rad_client.post(
+        f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk}, follow=True
+    )
+    assert "Dropping L2 needs a reason" in refused.content.decode()
+    assert not Lesion.objects.get(pk=world.lesions["L2"].pk).is_false_positive
     response = rad_client.post(
         f"/visits/{world.fu1.pk}/review/drop/",
         {"lesion_id": world.lesions["L2"].pk, "reason": "vessel"},

@@ -143,8 +143,16 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     page.get_by_label(re.compile("Password \\(electronic signature: .reviewed and overridden")).fill(
         world.password
     )
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
     page.get_by_role("button", name="Override and sign").click()
     page.locator(".messages").get_by_text("overridden to SD").wait_for()
+    assert dialogs == ["Override the response PD with SD, signed by you? The AI's answer stays on record."]
     assert page.locator("#overall-response").inner_text().startswith("SD")
     status = page.locator("#review-status").inner_text()
     assert "Overridden" in status and world.radiologist.username in status

@@ -40,10 +40,9 @@ def test_unconfirmed_responses_with_confirmation_due_dates(world, today: dt.date
     rows = {
         u.visit.subject_id: u for u in quality_report(world.trial, today=today).unconfirmed_responses.rows
     }
-    assert set(rows) == {"001", "002"}  # 001 FU1 is confirmed; 001 FU2 (PR) and 002 FU1 (PR) are not
-    # Scan date + confirmation_days (28): 2024-04-05 + 28 d and 2024-04-01 + 28 d.
-    assert rows["001"].confirmation_due == dt.date(2024, 5, 3)
-    assert rows["001"].status == "scanned"  # FU3 (2024-06-01) was scanned after the due date
+    # 001 FU1 is confirmed; 001 FU2 (PR) is not, but 001 progressed at FU3 (PD): no confirmation is due
+    # for it. 002 FU1 (PR) is unconfirmed: due at scan date + confirmation_days (28), 2024-04-01 + 28 d.
+    assert set(rows) == {"002"}
     assert rows["002"].confirmation_due == dt.date(2024, 4, 29)
     assert rows["002"].status == status_002
 
@@ -119,3 +118,22 @@ def test_pages_refuse_other_roles_and_non_members(world, page: str) -> None:
     outsider = make_member(make_trial("ELSEWHERE"), "data_manager")
     assert page_client(outsider).get(url).status_code == 404
     assert Client().get(url).status_code == 302  # to the login page
+
+
+@pytest.mark.django_db
+def test_no_confirmation_is_due_for_a_response_the_patient_has_progressed_from() -> None:
+    """20 -> 12 mm is a PR at FU1 (40 % decrease); 30 mm at FU2 is PD from the nadir: FU1's PR is never
+    confirmed, and no confirmation scan is due for it (rano-bm.md section 7)."""
+    from tests.trials.test_api_edits_reassess import patient_with
+    from trials.quality import unconfirmed_responses
+
+    patient, visits = patient_with({"L1": [20.0, 12.0, 30.0]}, [0, 60, 120])
+    current = {
+        v.visit_label: v.assessments.get(criteria="rano_bm", is_current=True).overall_response for v in visits
+    }
+    assert current == {"BASELINE": "", "FU1": "PR", "FU2": "PD"}
+    assert unconfirmed_responses(patient.trial, today=dt.date(2030, 1, 1)).rows == []
+
+    still_responding, _ = patient_with({"L1": [20.0, 12.0]}, [0, 60])
+    rows = unconfirmed_responses(still_responding.trial, today=dt.date(2030, 1, 1)).rows
+    assert [(r.visit.visit_label, r.response, r.status) for r in rows] == [("FU1", "PR", "overdue")]

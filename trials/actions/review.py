@@ -140,13 +140,20 @@ def drop_lesion(
     Args:
         lesion: the lesion the reader rejects.
         timepoint: the visit under review (where the audit entry is shown).
+        reason: required: the drop changes the assessments of every visit where the lesion was seen.
 
     Raises:
+        InvalidInputError: no reason.
         InvalidStateError: the lesion is already dropped.
     """
     _check_visit(lesion, timepoint)
     if lesion.is_false_positive:
         raise InvalidStateError(f"{lesion.label} is already dropped as a false positive.")
+    if not (reason or "").strip():
+        raise InvalidInputError(
+            f"Dropping {lesion.label} needs a reason: it is taken out at every visit of the patient.",
+            {"reason": ["This field is required."]},
+        )
     return _set_false_positive(lesion, True, "drop_lesion", timepoint, actor, reason, correlation_id)
 
 

@@ -22,6 +22,7 @@ ASSETS: dict[str, tuple[Path, str]] = {
     ),
     "dashboard.js": (_OWN / "dashboard.js", "text/javascript"),
     "viewer.js": (_OWN / "viewer.js", "text/javascript"),
+    "review.js": (_OWN / "review.js", "text/javascript"),
     "dashboard.css": (_OWN / "dashboard.css", "text/css"),
     "base.css": (_OWN / "base.css", "text/css"),
     "swagger.css": (_OWN / "swagger.css", "text/css"),
