@@ -192,7 +192,7 @@ def _current(trial: Trial) -> Any:
     )
 
 
-def _ai_answer() -> Subquery:
+def ai_answer() -> Subquery:
     """The AI's own answer of the outer row's visit: its latest RANO-BM row of source ``ai`` (superseded
     or not; a result the engine computed on edited data is not the AI's)."""
     return Subquery(
@@ -210,7 +210,7 @@ def awaiting_review(trial: Trial, *, today: dt.date, limit: int = DEFAULT_LIMIT)
     queryset = (
         _current(trial)
         .filter(status=AssessmentStatus.DRAFT)
-        .annotate(ai=_ai_answer())
+        .annotate(ai=ai_answer())
         .order_by("created_at", "pk")
     )
     rows = [
@@ -294,7 +294,7 @@ def overrides_by_reader(trial: Trial) -> list[ReaderActivity]:
 def agreement(trial: Trial) -> Agreement:
     """AI-vs-reader agreement over follow-up visits a reader has signed.
 
-    AI response: the AI's own answer as delivered (:func:`_ai_answer`). Reader response: the signed
+    AI response: the AI's own answer as delivered (:func:`ai_answer`). Reader response: the signed
     current assessment: a confirmation of the AI's row agrees by construction; a confirmation of a result
     re-computed after the reader's edits, or an override, may or may not. Kappa:
     ``rano.metrics.cohens_kappa``.
@@ -304,7 +304,7 @@ def agreement(trial: Trial) -> Agreement:
         for p in _current(trial)
         .filter(status__in=(AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN))
         .exclude(overall_response="")
-        .annotate(ai=_ai_answer())
+        .annotate(ai=ai_answer())
         .values("ai", "overall_response")
         if p["ai"]
     ]

@@ -12,6 +12,7 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", home.home, name="home"),
+    path("worklist/", home.review_worklist, name="worklist"),
     path("trials/<int:trial_id>/", home.trial_home, name="trial"),
     path("trials/<int:trial_id>/plots/", trial_plots.trial_plots, name="trial-plots"),
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),

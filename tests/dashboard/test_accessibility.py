@@ -61,6 +61,7 @@ def test_every_control_is_labelled(client: Any, world: World, who: str) -> None:
     client.force_login(getattr(world, who))
     for url in (
         "/",
+        "/worklist/",
         f"/trials/{world.trial.pk}/",
         f"/trials/{world.trial.pk}/plots/",
         f"/patients/{world.patient.pk}/",

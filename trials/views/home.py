@@ -7,11 +7,12 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils import timezone
 
 from trials import permissions
 from trials.models import TrialMembership
 from trials.views.common import capability_flags, optional_url, trial_for
-from trials.views.queries import trial_patient_summaries
+from trials.views.queries import trial_patient_summaries, worklist
 
 
 @login_required
@@ -58,3 +59,16 @@ def trial_home(request: HttpRequest, trial_id: int) -> HttpResponse:
         **flags,
     }
     return render(request, "dashboard/trial.html", context)
+
+
+@login_required
+def review_worklist(request: HttpRequest) -> HttpResponse:
+    """Radiologists' worklist: visits awaiting review across the trials where the user reviews, oldest
+    draft first, with the AI's answer and whether signing the visit changes the patient's response."""
+    trial_ids = [
+        trial.pk
+        for trial in permissions.visible_trials(request.user)
+        if permissions.has_capability(request.user, trial, permissions.REVIEW_ASSESSMENTS)
+    ]
+    rows = worklist(trial_ids, today=timezone.localdate())
+    return render(request, "dashboard/worklist.html", {"rows": rows, "reviews_somewhere": bool(trial_ids)})

@@ -26,6 +26,7 @@ from trials.models import (
     Timepoint,
     Trial,
 )
+from trials.quality import ai_answer
 
 #: Next visit expected this many days after the last one when a patient has only one visit
 #: (brain-metastasis trials image every 6-8 weeks; 8 weeks is the common protocol interval).
@@ -321,3 +322,61 @@ def visit_audit_events(timepoint: Timepoint, limit: int = 200) -> list[AuditEven
             direct | Q(correlation_id__in=review_ids, object_type="trials.lesion")
         ).order_by("-created_at", "-id")[:limit]
     )
+
+
+# ---------------------------------------------------------------------------------------- worklist
+
+
+@dataclass
+class WorklistRow:
+    """A visit awaiting a radiologist's review, with what its response means for the patient."""
+
+    assessment: Assessment
+    waiting_days: int
+    ai_response: str  # the AI's own answer ("" at baseline)
+    previous_response: str  # the patient's current response at the visit before ("" if none)
+
+    @property
+    def changes_response(self) -> bool:
+        """Whether signing this visit changes the patient's response (baseline: never)."""
+        response = self.assessment.overall_response
+        return bool(response) and response != self.previous_response
+
+
+def worklist(trial_ids: list[int], *, today: dt.date, limit: int = 500) -> list[WorklistRow]:
+    """Visits whose current RANO-BM assessment is an unsigned draft, in the given trials, oldest draft
+    first (three queries)."""
+    drafts = list(
+        Assessment.objects.filter(
+            timepoint__patient__trial_id__in=trial_ids,
+            criteria=Criteria.RANO_BM,
+            is_current=True,
+            status=AssessmentStatus.DRAFT,
+        )
+        .select_related("timepoint__patient__trial")
+        .annotate(ai=ai_answer())
+        .order_by("created_at", "pk")[:limit]
+    )
+    patients = {a.timepoint.patient_id for a in drafts}
+    history: dict[int, list[tuple[dt.date, int, str]]] = defaultdict(list)
+    for patient_id, scan_date, pk, response in (
+        Assessment.objects.filter(
+            timepoint__patient_id__in=patients, criteria=Criteria.RANO_BM, is_current=True
+        )
+        .order_by("timepoint__scan_date", "timepoint_id")
+        .values_list("timepoint__patient_id", "timepoint__scan_date", "timepoint_id", "overall_response")
+    ):
+        history[patient_id].append((scan_date, pk, response))
+    rows = []
+    for draft in drafts:
+        visit = draft.timepoint
+        before = [r for d, pk, r in history[visit.patient_id] if (d, pk) < (visit.scan_date, visit.pk)]
+        rows.append(
+            WorklistRow(
+                assessment=draft,
+                waiting_days=max(0, (today - draft.created_at.date()).days),
+                ai_response=getattr(draft, "ai", "") or "",
+                previous_response=before[-1] if before else "",
+            )
+        )
+    return rows
