@@ -16,6 +16,7 @@ urlpatterns = [
     path("trials/<int:trial_id>/", home.trial_home, name="trial"),
     path("trials/<int:trial_id>/plots/", trial_plots.trial_plots, name="trial-plots"),
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
+    path("patients/<int:patient_id>/visits/", patient.add_visit, name="add-visit"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),
     path("visits/<int:timepoint_id>/review/<slug:action>/", review.review_action, name="review"),
     path("visits/<int:timepoint_id>/upload/", upload.upload_series, name="upload"),

@@ -441,3 +441,25 @@ def test_timeline_shows_nadir_and_best_response_so_far(client: Any, world: World
     assert fu1.nadir_sum_ld_mm is not None and fu1.best_overall_response
     assert f'{fu1.nadir_sum_ld_mm:.1f} <span class="muted">(BASELINE)</span>' in body
     assert f"{fu1.pct_change_from_nadir:.1f}%" in body
+
+
+def test_a_data_manager_adds_a_visit_from_the_patient_page(client: Any, world: World) -> None:
+    from trials.models import AuditEvent, Timepoint
+
+    client.force_login(world.data_manager)
+    page = client.get(f"/patients/{world.patient.pk}/").content.decode()
+    assert 'id="add-visit-form"' in page and "Upload another series" in page  # the visits have series
+    url = f"/patients/{world.patient.pk}/visits/"
+    response = client.post(url, {"visit_label": "FU9", "scan_date": "2031-02-03"}, follow=True)
+    visit = Timepoint.objects.get(patient=world.patient, visit_label="FU9")
+    assert visit.scan_date.isoformat() == "2031-02-03" and not visit.is_baseline
+    assert "Visit FU9 (2031-02-03) added" in response.content.decode()
+    assert AuditEvent.objects.filter(object_type="trials.timepoint", object_id=str(visit.pk)).exists()
+    again = client.post(url, {"visit_label": "FU9", "scan_date": "2031-03-03"}, follow=True)
+    assert Timepoint.objects.filter(patient=world.patient, visit_label="FU9").count() == 1
+    assert "FU9" in again.content.decode() and 'class="error"' in again.content.decode()
+
+    client.force_login(world.investigator)
+    assert 'id="add-visit-form"' not in client.get(f"/patients/{world.patient.pk}/").content.decode()
+    assert client.post(url, {"visit_label": "FU10", "scan_date": "2031-04-03"}).status_code == 403
+    assert not Timepoint.objects.filter(visit_label="FU10").exists()

@@ -14,9 +14,10 @@ from django.views.decorators.http import require_POST
 
 from trials import charts, permissions
 from trials.actions import jobs as job_actions
+from trials.actions import patients as patient_actions
 from trials.exceptions import ServiceError
 from trials.models import ProcessingJob, Trial
-from trials.views.common import capability_flags, patient_for
+from trials.views.common import capability_flags, patient_for, require
 from trials.views.queries import VisitRow, patient_timeline
 
 
@@ -153,3 +154,34 @@ def retry_job(request: HttpRequest, job_id: int) -> HttpResponse:
     else:
         messages.success(request, f"Job {job.pk} queued again.")
     return HttpResponseRedirect(back)
+
+
+@require_POST
+@login_required
+def add_visit(request: HttpRequest, patient_id: int) -> HttpResponse:
+    """Add a visit to the patient (data managers), then back to the timeline with what happened."""
+    patient = patient_for(request.user, patient_id)
+    require(request.user, patient.trial, permissions.MANAGE_PATIENTS)
+    back = reverse("dashboard:patient", args=[patient.pk])
+    label = request.POST.get("visit_label", "").strip()
+    scan_date = request.POST.get("scan_date", "").strip()
+    if not label or not scan_date:
+        messages.error(request, "A visit needs its label and its scan date.")
+        return HttpResponseRedirect(back)
+    try:
+        visit = patient_actions.create_timepoint(
+            patient,
+            visit_label=label,
+            scan_date=scan_date,
+            is_baseline=request.POST.get("is_baseline") == "on",
+            actor=request.user,
+            reason="visit added on the dashboard",
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return HttpResponseRedirect(back)
+    messages.success(
+        request, f"Visit {visit.visit_label} ({visit.scan_date:%Y-%m-%d}) added: upload its series."
+    )
+    return HttpResponseRedirect(f"{back}#visit-{visit.pk}")

@@ -181,7 +181,7 @@ class VisitRow:
     timepoint: Timepoint
     assessment: Assessment | None
     volumetric: Assessment | None
-    ai_assessment: Assessment | None  # the AI assessment an override replaced, else the current one
+    ai_assessment: Assessment | None  # the AI's own answer: the latest row of source "ai" (None: none)
     lesions: list[LesionRow]
     series: list[ImagingSeries]
     jobs: list[ProcessingJob]
