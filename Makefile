@@ -47,7 +47,13 @@ lint: venv
 services:
 	scripts/ensure-services.sh
 
-browser:
+## browser: Debian's Chromium (Playwright drives it) and the npm tools of the browser tests (axe-core)
+NODE_STAMP := node_modules/.installed-stamp
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+browser: $(NODE_STAMP)
 	scripts/ensure-chromium.sh
 
 ## make bench: every benchmark (bench/bench_*.py); database ones use PostgreSQL like the tests
@@ -55,4 +61,4 @@ bench: venv services
 	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m bench $(BENCH)
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache node_modules

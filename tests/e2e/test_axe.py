@@ -1,0 +1,80 @@
+"""Every dashboard page checked by axe-core (Deque's accessibility engine, installed from npm by
+``make test``) in Debian's Chromium: no serious or critical WCAG 2.1 A/AA violation.
+
+axe runs in the page as a screen-reader user would meet it: after the charts, the viewer and the tables
+have rendered. The context bypasses the Content-Security-Policy only to inject axe itself (its test
+``test_csp.py`` checks the policy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_csp import _log_in, live_world  # noqa: F401  (fixture)
+from tests.factories import make_superuser
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
+#: What fails the test: axe's two highest impacts, over WCAG 2.0/2.1 levels A and AA.
+FAILING_IMPACTS = ("serious", "critical")
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+
+def _axe(page: Any) -> list[dict[str, Any]]:
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate(
+        "tags => axe.run(document, {runOnly: {type: 'tag', values: tags}, resultTypes: ['violations']})",
+        WCAG_TAGS,
+    )
+    return [v for v in result["violations"] if v["impact"] in FAILING_IMPACTS]
+
+
+def test_no_dashboard_page_has_a_serious_accessibility_violation(
+    live_server: Any,
+    live_world: Any,  # noqa: F811
+    browser: Any,
+) -> None:
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: make test installs it (npm ci)")
+    world = live_world
+    root = make_superuser("axe-root")
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    base = live_server.url
+    _log_in(page, base, root.username, world.password)
+    pages = {
+        "trials": "/",
+        "worklist": "/worklist/",
+        "trial home": f"/trials/{world.trial.pk}/",
+        "trial plots": f"/trials/{world.trial.pk}/plots/",
+        "patient": f"/patients/{world.patient.pk}/",
+        "baseline visit": f"/visits/{world.baseline.pk}/",
+        "follow-up visit": f"/visits/{world.fu1.pk}/",
+        "exports": f"/trials/{world.trial.pk}/exports/",
+        "quality": f"/trials/{world.trial.pk}/quality/",
+        "password change": "/accounts/password_change/",
+    }
+    found: dict[str, list[str]] = {}
+    try:
+        for name, path in pages.items():
+            response = page.goto(f"{base}{path}")
+            assert response is not None and response.status == 200, name
+            page.wait_for_load_state("networkidle")
+            if name in ("patient", "trial plots"):
+                page.locator(".chart .main-svg").first.wait_for()
+            if name.endswith("visit"):
+                page.locator("#main-canvas[data-k]").wait_for(state="attached")
+            for violation in _axe(page):
+                targets = [json.dumps(node["target"]) for node in violation["nodes"][:5]]
+                found.setdefault(name, []).append(
+                    f"{violation['impact']} {violation['id']}: {violation['help']} at {', '.join(targets)}"
+                )
+    finally:
+        context.close()
+    assert found == {}, "\n".join(f"{name}: {line}" for name, lines in found.items() for line in lines)
