@@ -1,9 +1,11 @@
 """Static assets of the dashboard, served by Django itself so the demo needs no collectstatic and no
 CDN: plotly.js straight from the installed plotly package, and the dashboard's own script and style
-from ``trials/static/dashboard/``. Responses carry an ETag and a long cache lifetime."""
+from ``trials/static/dashboard/``. Responses carry an ETag and a long cache lifetime, and are gzip-compressed
+for clients that accept it (plotly.js: 4.6 MB, 1.4 MB compressed), compressed once per file version."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from functools import lru_cache
 from pathlib import Path
@@ -30,9 +32,15 @@ ASSETS: dict[str, tuple[Path, str]] = {
 
 
 @lru_cache(maxsize=len(ASSETS))
-def _load(path: Path, mtime_ns: int) -> tuple[bytes, str]:
+def _load(path: Path, mtime_ns: int) -> tuple[bytes, bytes, str]:
+    """The file, its gzip form (mtime 0: the same bytes every time) and a digest for the ETag."""
     data = path.read_bytes()
-    return data, hashlib.sha256(data).hexdigest()[:20]
+    return data, gzip.compress(data, compresslevel=9, mtime=0), hashlib.sha256(data).hexdigest()[:20]
+
+
+def _accepts_gzip(request: HttpRequest) -> bool:
+    codings = [c.split(";")[0].strip() for c in request.headers.get("Accept-Encoding", "").split(",")]
+    return "gzip" in codings
 
 
 @require_GET
@@ -42,13 +50,18 @@ def asset(request: HttpRequest, name: str) -> HttpResponse:
         raise Http404("No such asset.")
     path, content_type = ASSETS[name]
     try:
-        data, digest = _load(path, path.stat().st_mtime_ns)
+        data, compressed, digest = _load(path, path.stat().st_mtime_ns)
     except FileNotFoundError as exc:
         raise Http404("Asset missing from this installation.") from exc
-    etag = f'"{digest}"'
+    zipped = _accepts_gzip(request)
+    etag = f'"{digest}-gz"' if zipped else f'"{digest}"'
     if request.headers.get("If-None-Match") == etag:
-        return HttpResponseNotModified()
-    response = HttpResponse(data, content_type=f"{content_type}; charset=utf-8")
+        response: HttpResponse = HttpResponseNotModified()
+    else:
+        response = HttpResponse(compressed if zipped else data, content_type=f"{content_type}; charset=utf-8")
+        if zipped:
+            response["Content-Encoding"] = "gzip"
     response["ETag"] = etag
+    response["Vary"] = "Accept-Encoding"
     response["Cache-Control"] = "public, max-age=86400"
     return response
