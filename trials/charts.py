@@ -110,15 +110,18 @@ class SwimmerRow:
 
     Attributes:
         subject_id: pseudonymous subject id.
-        segments: ``(start_day, end_day, response)`` spans from the baseline (day 0), in order.
+        segments: ``(start_day, end_day, response)`` spans from the baseline (day 0), in order: the
+            response known from a visit (start) to the next visit (end).
         pd_day: day of the first PD (progression date), None if none.
         ongoing: the patient is still on study (drawn with an arrow).
+        last: ``(day, response)`` of the last assessed visit, drawn as a mark (its span has no end yet).
     """
 
     subject_id: str
     segments: Sequence[tuple[int, int, str]] = field(default_factory=tuple)
     pd_day: int | None = None
     ongoing: bool = True
+    last: tuple[int, str] | None = None
 
 
 def _running_nadirs(points: Sequence[BurdenPoint]) -> list[float | None]:
@@ -366,12 +369,14 @@ def spider_figure(points: Sequence[SpiderPoint], *, pr_threshold_pct: float = -3
     """Spider plot: % change of SLD from baseline over time, one line per patient (day 0 = 0%).
 
     Patients are grouped into one trace per latest response (lines separated by gaps), so the legend
-    reads by category and hundreds of patients stay one trace each category.
+    reads by category and hundreds of patients stay one trace each category; each line is labelled by
+    its subject id at its last point.
     """
     by_subject: dict[str, list[SpiderPoint]] = {}
     for point in points:
         by_subject.setdefault(point.subject_id, []).append(point)
     groups: dict[str, tuple[list[int | None], list[float | None], list[str]]] = {}
+    labels: dict[str, list[str]] = {}  # the subject id at each line's last point, else ""
     for subject in sorted(by_subject):
         rows = sorted(by_subject[subject], key=lambda p: p.days_from_baseline)
         latest = next((p.response for p in reversed(rows) if p.response), "")
@@ -380,21 +385,25 @@ def spider_figure(points: Sequence[SpiderPoint], *, pr_threshold_pct: float = -3
             xs.append(None)  # a gap: the next patient's line starts afresh
             ys.append(None)
             texts.append("")
+            labels[latest].append("")
         xs.extend(p.days_from_baseline for p in rows)
         ys.extend(p.pct_change for p in rows)
         texts.extend(f"{subject} {p.response}".strip() for p in rows)
+        labels.setdefault(latest, []).extend([""] * (len(rows) - 1) + [subject])
     fig = go.Figure()
     for latest, (xs, ys, texts) in groups.items():
         fig.add_trace(
             go.Scatter(
                 x=xs,
                 y=ys,
-                mode="lines+markers",
+                mode="lines+markers+text",
                 name=f"latest {latest}" if latest else "no response yet",
                 line={"color": RESPONSE_COLOURS.get(latest, "#BBBBBB")},
-                text=texts,
+                text=labels[latest],
+                textposition="middle right",
+                customdata=texts,
                 connectgaps=False,
-                hovertemplate="%{text}: day %{x}, %{y:.1f}%<extra></extra>",
+                hovertemplate="%{customdata}: day %{x}, %{y:.1f}%<extra></extra>",
             )
         )
     fig.update_layout(
@@ -408,13 +417,17 @@ def spider_figure(points: Sequence[SpiderPoint], *, pr_threshold_pct: float = -3
     return _styled(fig)
 
 
+def _lane_end(row: SwimmerRow) -> int:
+    return max([s[1] for s in row.segments] + ([row.last[0]] if row.last else []), default=0)
+
+
 def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
     """Swimmer plot: one horizontal lane per patient with its response segments and PD marks.
 
     Raises:
         ChartInputError: a segment ends before it starts.
     """
-    ordered = sorted(rows, key=lambda r: (max((s[1] for s in r.segments), default=0), r.subject_id))
+    ordered = sorted(rows, key=lambda r: (_lane_end(r), r.subject_id))
     segments: dict[str, tuple[list[str], list[int], list[int]]] = {}
     for row in ordered:
         for start, end, response in row.segments:
@@ -441,6 +454,24 @@ def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
                 hovertemplate="%{y} from day %{base}: %{text}<extra></extra>",
             )
         )
+    lasts: dict[str, tuple[list[str], list[int]]] = {}
+    for row in ordered:
+        if row.last is not None:
+            ys, xs = lasts.setdefault(row.last[1], ([], []))
+            ys.append(row.subject_id)
+            xs.append(row.last[0])
+    for response, (ys, xs) in lasts.items():
+        fig.add_trace(
+            go.Scatter(
+                y=ys,
+                x=xs,
+                mode="markers",
+                name=f"{response} at the last visit",
+                marker={"symbol": "diamond", "size": 12, "color": RESPONSE_COLOURS.get(response, "#BBBBBB"),
+                        "line": {"width": 1, "color": "#000000"}},
+                hovertemplate="%{y} day %{x}: " + response + " (last visit)<extra></extra>",
+            )
+        )  # fmt: skip
     pd_rows = [r for r in ordered if r.pd_day is not None]
     if pd_rows:
         fig.add_trace(
@@ -452,12 +483,12 @@ def swimmer_figure(rows: Sequence[SwimmerRow]) -> go.Figure:
                 marker={"symbol": "x", "size": 11, "color": "#000000"},
             )
         )
-    ongoing = [r for r in ordered if r.ongoing and r.segments]
+    ongoing = [r for r in ordered if r.ongoing and (r.segments or r.last)]
     if ongoing:
         fig.add_trace(
             go.Scatter(
                 y=[r.subject_id for r in ongoing],
-                x=[max(s[1] for s in r.segments) for r in ongoing],
+                x=[_lane_end(r) for r in ongoing],
                 mode="markers",
                 name="Ongoing",
                 marker={"symbol": "arrow-right", "size": 11, "color": "#1d3557"},

@@ -141,3 +141,39 @@ def test_spider_and_swimmer() -> None:
 def test_swimmer_rejects_backwards_segment() -> None:
     with pytest.raises(charts.ChartInputError, match="before it starts"):
         charts.swimmer_figure([charts.SwimmerRow("S1", [(50, 10, "SD")])])
+
+
+def test_spider_lines_are_labelled_by_subject_at_their_last_point() -> None:
+    spider = charts.spider_figure(
+        [
+            charts.SpiderPoint("S1", 0, 0.0),
+            charts.SpiderPoint("S1", 60, -40.0, "PR"),
+            charts.SpiderPoint("S2", 0, 0.0),
+            charts.SpiderPoint("S2", 50, -35.0, "PR"),
+        ]
+    )
+    (trace,) = spider.data
+    assert list(trace.text) == ["", "S1", "", "", "S2"]  # "" at the gap between the two lines
+    assert list(trace.customdata) == ["S1", "S1 PR", "", "S2", "S2 PR"]  # the hover text
+
+
+def test_swimmer_draws_each_response_forward_from_its_visit() -> None:
+    """SD at day 60, PD at day 120: day 0-60 is "on study" (nothing known yet), 60-120 is SD (known from
+    the day-60 scan), and the PD is a mark at day 120 (its span has not ended)."""
+    import datetime as dt
+
+    from trials.views.queries import PatientSummary
+    from trials.views.trial_plots import plot_rows
+
+    start = dt.date(2024, 1, 1)
+    summary = PatientSummary(
+        1, "S1", "01", baseline_date=start, progression_date=start + dt.timedelta(days=120),
+        visits=[(start + dt.timedelta(days=60), "FU1", "SD", -10.0),
+                (start + dt.timedelta(days=120), "FU2", "PD", 30.0)],
+    )  # fmt: skip
+    _, _, (row,) = plot_rows([summary])
+    assert list(row.segments) == [(0, 60, ""), (60, 120, "SD")]
+    assert row.last == (120, "PD") and row.pd_day == 120 and not row.ongoing
+    figure = charts.swimmer_figure([row])
+    last = _trace(figure, "PD at the last visit")
+    assert list(last.x) == [120] and list(last.y) == ["S1"]

@@ -454,7 +454,8 @@ def test_timeline_shows_nadir_and_best_response_so_far(client: Any, world: World
     client.force_login(world.investigator)
     body = client.get(f"/patients/{world.patient.pk}/").content.decode()
     fu1 = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", is_current=True)
-    assert "Nadir SLD (mm)" in body and "Change from nadir" in body and "Best response so far" in body
+    assert "Nadir SLD (mm)" in body and "Change from nadir" in body
+    assert 'Best response <span class="muted">as of this visit</span>' in body
     assert fu1.nadir_sum_ld_mm is not None and fu1.best_overall_response
     assert f'{fu1.nadir_sum_ld_mm:.1f} <span class="muted">(BASELINE)</span>' in body
     assert f"{fu1.pct_change_from_nadir:.1f}%" in body
@@ -480,3 +481,23 @@ def test_a_data_manager_adds_a_visit_from_the_patient_page(client: Any, world: W
     assert 'id="add-visit-form"' not in client.get(f"/patients/{world.patient.pk}/").content.decode()
     assert client.post(url, {"visit_label": "FU10", "scan_date": "2031-04-03"}).status_code == 403
     assert not Timepoint.objects.filter(visit_label="FU10").exists()
+
+
+def test_timeline_labels_what_was_known_at_each_visit_and_marks_visits_after_progression(
+    client: Any, db: None
+) -> None:
+    """20 -> 30 mm is PD at FU1; FU2 (12 mm) comes after the progression: its row says so."""
+    from tests.factories import make_member
+    from tests.trials.test_api_edits_reassess import patient_with
+    from trials.choices import MembershipRole
+
+    patient, visits = patient_with({"L1": [20.0, 30.0, 12.0]}, [0, 60, 120])
+    client.force_login(make_member(patient.trial, MembershipRole.INVESTIGATOR))
+    body = client.get(f"/patients/{patient.pk}/").content.decode()
+    assert 'AI response <span class="muted">at this visit</span>' in body
+    assert 'Final response <span class="muted">(reader)</span>' in body
+    assert body.count("after progression</span>") == 1
+    fu2_row = body[body.index(f'id="visit-{visits[2].pk}"') :].split("</tr>")[0]
+    assert 'class="after-pd"' in fu2_row and "after progression" in fu2_row
+    fu1_row = body[body.index(f'id="visit-{visits[1].pk}"') :].split("</tr>")[0]
+    assert "after progression" not in fu1_row

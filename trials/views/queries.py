@@ -186,6 +186,7 @@ class VisitRow:
     series: list[ImagingSeries]
     jobs: list[ProcessingJob]
     nadir_visit_label: str = ""  # the visit of the nadir the assessment compares with
+    after_progression: bool = False  # scanned after the patient's first progression (current responses)
 
 
 def patient_timeline(patient: Patient) -> list[VisitRow]:
@@ -237,6 +238,16 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
                 else "",
             )
         )
+    progressed = next(
+        (
+            r.timepoint.scan_date
+            for r in rows
+            if r.assessment is not None and r.assessment.overall_response == "PD"
+        ),
+        None,
+    )
+    for r in rows:
+        r.after_progression = progressed is not None and r.timepoint.scan_date > progressed
     return rows
 
 

@@ -25,20 +25,31 @@ def plot_rows(
         if changes:
             waterfall.append(charts.WaterfallRow(summary.subject_id, min(changes), summary.bor))
         spider.append(charts.SpiderPoint(summary.subject_id, 0, 0.0, ""))
+        # Each response is drawn forward, from its visit to the next one: what was known during that
+        # time. The baseline's span is "on study"; the last visit's response is a mark at its day.
         segments: list[tuple[int, int, str]] = []
-        previous_day = 0
+        previous_day, previous_response = 0, ""
         pd_day = None
         for scan_date, _label, response, pct in summary.visits:
             day = (scan_date - summary.baseline_date).days
             if pct is not None:
                 spider.append(charts.SpiderPoint(summary.subject_id, day, pct, response))
-            segments.append((previous_day, day, response))
-            previous_day = day
+            if day > previous_day:
+                segments.append((previous_day, day, previous_response))
+            previous_day, previous_response = day, response
             if response == "PD" and pd_day is None:
                 pd_day = day
         if summary.progression_date is not None:
             pd_day = (summary.progression_date - summary.baseline_date).days
-        swimmer.append(charts.SwimmerRow(summary.subject_id, segments, pd_day, ongoing=pd_day is None))
+        swimmer.append(
+            charts.SwimmerRow(
+                summary.subject_id,
+                segments,
+                pd_day,
+                ongoing=pd_day is None,
+                last=(previous_day, previous_response) if previous_response else None,
+            )
+        )
     return waterfall, spider, swimmer
 
 
