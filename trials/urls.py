@@ -6,7 +6,7 @@ Two namespaces: ``dashboard`` (trials, patients, visits, the viewer and the revi
 
 from django.urls import path
 
-from trials.views import assets, home, patient, quality, review, trial_plots, upload, viewer
+from trials.views import assets, home, patient, quality, report, review, trial_plots, upload, viewer
 
 app_name = "dashboard"
 
@@ -19,6 +19,8 @@ urlpatterns = [
     path("patients/<int:patient_id>/visits/", patient.add_visit, name="add-visit"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),
     path("visits/<int:timepoint_id>/review/<slug:action>/", review.review_action, name="review"),
+    path("visits/<int:timepoint_id>/report/", report.visit_report, name="visit-report"),
+    path("visits/<int:timepoint_id>/report.pdf", report.visit_report_pdf, name="visit-report-pdf"),
     path("visits/<int:timepoint_id>/upload/", upload.upload_series, name="upload"),
     path("series/<int:series_id>/slices/<int:k>.png", viewer.slice_png, name="slice"),
     path("series/<int:series_id>/overlay/<int:k>.json", viewer.slice_overlay, name="overlay"),

@@ -56,6 +56,7 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
         "patient": f"/patients/{world.patient.pk}/",
         "baseline visit": f"/visits/{world.baseline.pk}/",
         "follow-up visit": f"/visits/{world.fu1.pk}/",
+        "visit report": f"/visits/{world.fu1.pk}/report/",
         "exports": f"/trials/{world.trial.pk}/exports/",
         "quality": f"/trials/{world.trial.pk}/quality/",
         "password change": "/accounts/password_change/",

@@ -67,6 +67,7 @@ def test_no_page_breaks_the_content_security_policy(live_server: Any, live_world
         "trial plots": f"/trials/{world.trial.pk}/plots/",
         "patient": f"/patients/{world.patient.pk}/",
         "visit": f"/visits/{world.fu1.pk}/",
+        "visit report": f"/visits/{world.fu1.pk}/report/",
         "exports": f"/trials/{world.trial.pk}/exports/",
         "quality": f"/trials/{world.trial.pk}/quality/",
         "password change": "/accounts/password_change/",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -53,6 +53,7 @@ from trials.permissions import (
     visible_trial_ids,
 )
 from trials.storage import RUN_FILE_KINDS, media_path, run_file_path, stored_name
+from trials.views.report import report_pdf_response
 
 # No PUT: partial updates only, so a client never resets fields it did not send.
 _READ_WRITE = ["get", "post", "patch", "head", "options"]
@@ -274,6 +275,12 @@ class TimepointViewSet(WritableViewSet):
         page = self.paginate_queryset(queryset)
         serializer = s.ImagingSeriesSerializer(page, many=True, context=self.get_serializer_context())
         return self.get_paginated_response(serializer.data)
+
+    @extend_schema(responses={(200, "application/pdf"): bytes})
+    @action(detail=True, methods=["get"], url_path="report")
+    def report(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """The visit's RANO-BM report as PDF (the dashboard's report page, printable); audited."""
+        return report_pdf_response(self.get_object(), request.user, getattr(request, "correlation_id", ""))
 
 
 class ImagingSeriesViewSet(ReadOnlyViewSet):
