@@ -32,5 +32,7 @@ urlpatterns = [
 #: Namespace ``exports``: included by ``config/urls.py`` as ``include((exports_urlpatterns, "exports"))``.
 exports_urlpatterns = [
     path("trials/<int:trial_id>/exports/", quality.exports_page, name="trial"),
+    path("trials/<int:trial_id>/exports/dictionary.md", quality.data_dictionary, name="dictionary"),
+    path("trials/<int:trial_id>/exports/<slug:kind>.csv", quality.export_download, name="download"),
     path("trials/<int:trial_id>/quality/", quality.quality_page, name="quality"),
 ]

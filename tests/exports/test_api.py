@@ -61,7 +61,10 @@ def test_trial_admin_may_export_with_filters_recorded(world) -> None:
         "date_to": None,
         "only_confirmed": True,
     }
-    assert event.object_repr == "GOLD-BM_visits.csv"
+    assert (
+        event.object_repr == "GOLD-BM_visits_site-S01_from-2024-03-01_signed.csv"
+    )  # named after its filters
+    assert response["Content-Disposition"] == f'attachment; filename="{event.object_repr}"'
 
 
 @pytest.mark.parametrize("role_user", ["reader", "investigator"])

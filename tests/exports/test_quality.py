@@ -105,7 +105,31 @@ def test_exports_page_lists_every_download(world) -> None:
     assert response.status_code == 200
     html = response.content.decode()
     for kind in ("visits", "lesions", "tu", "tr", "rs", "patients"):
-        assert f'formaction="/api/v1/trials/{world.trial.pk}/exports/{kind}.csv"' in html
+        assert f'formaction="/trials/{world.trial.pk}/exports/{kind}.csv"' in html
+    assert f'href="/trials/{world.trial.pk}/exports/dictionary.md"' in html
+
+
+def test_the_export_page_downloads_and_shows_errors_on_the_page(world) -> None:
+    client = page_client(world.data_manager)
+    response = client.get(
+        f"/trials/{world.trial.pk}/exports/visits.csv", {"site": "S01", "only_confirmed": "on"}
+    )
+    assert response.status_code == 200 and response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"] == 'attachment; filename="GOLD-BM_visits_site-S01_signed.csv"'
+    bad = client.get(
+        f"/trials/{world.trial.pk}/exports/visits.csv",
+        {"site": "S01", "date_from": "2024-05-01", "date_to": "2024-01-01"},
+    )
+    html = bad.content.decode()
+    assert bad.status_code == 400 and 'id="export-error"' in html and "is after date_to" in html
+    assert 'value="2024-05-01"' in html and '<option value="S01" selected>' in html  # the filters kept
+    unknown_site = client.get(f"/trials/{world.trial.pk}/exports/visits.csv", {"site": "NOPE"})
+    assert unknown_site.status_code == 400 and "NOPE" in unknown_site.content.decode()
+    dictionary = client.get(f"/trials/{world.trial.pk}/exports/dictionary.md")
+    assert dictionary.status_code == 200 and "`ai_response`" in dictionary.content.decode()
+    assert (
+        page_client(world.investigator).get(f"/trials/{world.trial.pk}/exports/visits.csv").status_code == 403
+    )
 
 
 @pytest.mark.parametrize("page", ["quality", "exports"])

@@ -36,7 +36,7 @@ def export_trial(
         ExportError: a filter the trial cannot answer (e.g. a site code it does not have).
     """
     chunks = open_export(kind, trial, filters)
-    filename = export_filename(trial, kind)
+    filename = export_filename(trial, kind, filters)
     record_audit_event(
         actor=actor,
         action=AuditAction.EXPORT,

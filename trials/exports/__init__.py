@@ -93,8 +93,10 @@ def open_export(kind: str, trial: Trial, filters: ExportFilters | None = None) -
     return iter_csv(dataset, dataset.rows(trial, filters))
 
 
-def export_filename(trial: Trial, kind: str) -> str:
-    """Download file name: ``<trial code>_<kind>.csv`` (SDTM kinds upper-case, e.g. ``DEMO-BM_TU.csv``).
+def export_filename(trial: Trial, kind: str, filters: ExportFilters | None = None) -> str:
+    """Download file name: ``<trial code>_<kind><filters>.csv`` (SDTM kinds upper-case, e.g.
+    ``DEMO-BM_TU.csv``; a filtered file is named after its filters, e.g.
+    ``DEMO-BM_visits_site-S01_signed.csv``: see :meth:`ExportFilters.name_suffix`).
 
     The name goes into a ``Content-Disposition`` header: anything but letters, digits and ``. _ -`` in
     the code (a trial stored before codes were validated) becomes ``_``, so a quote or a line break can
@@ -102,4 +104,5 @@ def export_filename(trial: Trial, kind: str) -> str:
     """
     dataset = get_dataset(kind)
     code = re.sub(r"[^A-Za-z0-9._-]", "_", trial.code) or "trial"
-    return f"{code}_{dataset.sdtm_domain or kind}.csv"
+    suffix = filters.name_suffix() if filters is not None else ""
+    return f"{code}_{dataset.sdtm_domain or kind}{suffix}.csv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,20 @@ class ExportFilters:
             "date_to": self.date_to.isoformat() if self.date_to else None,
             "only_confirmed": self.only_confirmed,
         }
+
+    def name_suffix(self) -> str:
+        """The filters in a file name: ``""`` without filters, else e.g.
+        ``_site-S01+S02_from-2024-01-01_to-2024-06-30_signed`` (only ``[A-Za-z0-9.+_-]``)."""
+        parts = []
+        if self.site_codes:
+            parts.append("site-" + "+".join(re.sub(r"[^A-Za-z0-9.-]", "-", c) for c in self.site_codes))
+        if self.date_from:
+            parts.append(f"from-{self.date_from.isoformat()}")
+        if self.date_to:
+            parts.append(f"to-{self.date_to.isoformat()}")
+        if self.only_confirmed:
+            parts.append("signed")
+        return "".join(f"_{part}" for part in parts)
 
     def patient_q(self, prefix: str = "") -> Q:
         """Condition on patients (``prefix`` is the lookup path to the patient, e.g. ``"timepoint__patient__"``)."""

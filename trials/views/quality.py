@@ -2,6 +2,8 @@
 
 Routes in ``trials/urls.py``, namespace ``exports``:
     ``exports:trial``    ``/trials/<id>/exports/``   filters + one download button per export kind
+    ``exports:download`` ``/trials/<id>/exports/<kind>.csv``   the download; an error comes back on the page
+    ``exports:dictionary`` ``/trials/<id>/exports/dictionary.md``   the data dictionary of every column
     ``exports:quality``  ``/trials/<id>/quality/``   missing images, failed jobs, pending reviews,
                                                      unconfirmed CR/PR with due dates, overrides, kappa
 
@@ -11,11 +13,12 @@ Same access rule as the export API: data managers and trial admins; 404 for non-
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from trials.exports import EXPORTS
+from trials.actions.exports import export_trial
+from trials.exports import EXPORTS, ExportError, ExportFilters, UnknownExportKindError, dictionary
 from trials.exports.access import trial_for_export
 from trials.models import Trial
 from trials.quality import quality_report
@@ -25,15 +28,55 @@ def _trial(request: HttpRequest, trial_id: int) -> Trial:
     return trial_for_export(request.user, trial_id)
 
 
+def _exports_page(request: HttpRequest, trial: Trial, *, error: str = "", status: int = 200) -> HttpResponse:
+    downloads = [
+        (dataset, reverse("exports:download", args=(trial.pk, kind))) for kind, dataset in EXPORTS.items()
+    ]
+    context = {
+        "trial": trial,
+        "downloads": downloads,
+        "sites": trial.sites.order_by("code"),
+        "error": error,
+        "chosen": request.GET,  # the filters stay as the user set them
+    }
+    return render(request, "quality/exports.html", context, status=status)
+
+
 @login_required
 def exports_page(request: HttpRequest, trial_id: int) -> HttpResponse:
-    """Export form: filters and one button per export kind (the download itself is the API endpoint)."""
+    """Export form: filters and one download button per export kind."""
+    return _exports_page(request, _trial(request, trial_id))
+
+
+@login_required
+def export_download(request: HttpRequest, trial_id: int, kind: str) -> HttpResponseBase:
+    """One export as CSV, through the same action as the API (audited); a filter the trial cannot
+    answer comes back on the export page with its message, the filters kept."""
     trial = _trial(request, trial_id)
-    downloads = [
-        (dataset, reverse("api:trial-export", args=(trial.pk, kind))) for kind, dataset in EXPORTS.items()
-    ]
-    context = {"trial": trial, "downloads": downloads, "sites": trial.sites.order_by("code")}
-    return render(request, "quality/exports.html", context)
+    try:
+        export = export_trial(
+            trial,
+            kind,
+            ExportFilters.from_query(request.GET),
+            actor=request.user,
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+    except UnknownExportKindError as exc:
+        return _exports_page(request, trial, error=exc.message, status=404)
+    except ExportError as exc:
+        return _exports_page(request, trial, error=exc.message, status=400)
+    response = StreamingHttpResponse(export.chunks, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{export.filename}"'
+    return response
+
+
+@login_required
+def data_dictionary(request: HttpRequest, trial_id: int) -> HttpResponse:
+    """The data dictionary (every column of every export, generated from their definitions)."""
+    _trial(request, trial_id)
+    response = HttpResponse(dictionary.render(), content_type="text/markdown; charset=utf-8")
+    response["Content-Disposition"] = 'inline; filename="data-dictionary.md"'
+    return response
 
 
 @login_required
