@@ -33,6 +33,8 @@ urlpatterns = [
 exports_urlpatterns = [
     path("trials/<int:trial_id>/exports/", quality.exports_page, name="trial"),
     path("trials/<int:trial_id>/exports/dictionary.md", quality.data_dictionary, name="dictionary"),
+    path("trials/<int:trial_id>/exports/define.xml", quality.define_download, name="define-xml"),
+    path("trials/<int:trial_id>/exports/<slug:name>.xpt", quality.submission_download, name="submission"),
     path("trials/<int:trial_id>/exports/<slug:kind>.csv", quality.export_download, name="download"),
     path("trials/<int:trial_id>/quality/", quality.quality_page, name="quality"),
 ]

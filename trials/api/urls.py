@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
 from trials.api import auth, uploads, views
-from trials.api.exports import TrialExportView
+from trials.api.exports import TrialDefineXmlView, TrialExportView, TrialSubmissionFileView
 
 app_name = "api"
 
@@ -32,5 +32,11 @@ urlpatterns = [
     path("timepoints/<int:pk>/series/", uploads.SeriesUploadView.as_view(), name="timepoint-series-upload"),
     path("series/<int:pk>/segment/", uploads.SeriesSegmentView.as_view(), name="series-segment"),
     path("trials/<int:pk>/exports/<str:kind>.csv", TrialExportView.as_view(), name="trial-export"),
+    path("trials/<int:pk>/exports/define.xml", TrialDefineXmlView.as_view(), name="trial-define-xml"),
+    path(
+        "trials/<int:pk>/exports/<str:name>.xpt",
+        TrialSubmissionFileView.as_view(),
+        name="trial-submission-file",
+    ),
     path("", include(router.urls)),
 ]

@@ -17,9 +17,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.shortcuts import render
 from django.urls import reverse
 
-from trials.actions.exports import export_trial
+from trials.actions.exports import export_submission_file, export_trial
 from trials.exports import EXPORTS, ExportError, ExportFilters, UnknownExportKindError, dictionary
 from trials.exports.access import trial_for_export
+from trials.exports.submission import SUBMISSION_DATASETS
 from trials.models import Trial
 from trials.quality import quality_report
 
@@ -32,9 +33,13 @@ def _exports_page(request: HttpRequest, trial: Trial, *, error: str = "", status
     downloads = [
         (dataset, reverse("exports:download", args=(trial.pk, kind))) for kind, dataset in EXPORTS.items()
     ]
+    submission = [
+        (f"{name}.xpt", reverse("exports:submission", args=(trial.pk, name))) for name in SUBMISSION_DATASETS
+    ] + [("define.xml", reverse("exports:define-xml", args=(trial.pk,)))]
     context = {
         "trial": trial,
         "downloads": downloads,
+        "submission": submission,
         "sites": trial.sites.order_by("code"),
         "error": error,
         "chosen": request.GET,  # the filters stay as the user set them
@@ -67,6 +72,36 @@ def export_download(request: HttpRequest, trial_id: int, kind: str) -> HttpRespo
         return _exports_page(request, trial, error=exc.message, status=400)
     response = StreamingHttpResponse(export.chunks, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{export.filename}"'
+    return response
+
+
+@login_required
+def submission_download(request: HttpRequest, trial_id: int, name: str) -> HttpResponse:
+    """An SDTM dataset as SAS XPORT v5 (``tu``, ``tr``, ``rs``), audited; an error comes back on the page."""
+    trial = _trial(request, trial_id)
+    if name not in SUBMISSION_DATASETS:
+        return _exports_page(
+            request, trial, error=f"No transport file {name}.xpt: choose tu, tr or rs.", status=404
+        )
+    return _submission(request, trial, name)
+
+
+@login_required
+def define_download(request: HttpRequest, trial_id: int) -> HttpResponse:
+    """The Define-XML 2.0 of the trial's SDTM transport files, audited."""
+    return _submission(request, _trial(request, trial_id), "define")
+
+
+def _submission(request: HttpRequest, trial: Trial, name: str) -> HttpResponse:
+    try:
+        filters = ExportFilters.from_query(request.GET) if name != "define" else ExportFilters()
+        file = export_submission_file(
+            trial, name, filters, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+        )
+    except ExportError as exc:
+        return _exports_page(request, trial, error=exc.message, status=exc.http_status)
+    response = HttpResponse(file.content, content_type=file.media_type)
+    response["Content-Disposition"] = f'attachment; filename="{file.filename}"'
     return response
 
 
