@@ -61,6 +61,17 @@ def test_upload_shows_live_job_progress(
     form.get_by_label("Upload series (zip of DICOM or NIfTI)").set_input_files(
         str(_nifti(tmp_path / "fu2.nii.gz"))
     )
+    # Every value the bar takes, recorded in the page: it must only move forward (the upload's share,
+    # then the job's), not fall back to 0 when the job starts.
+    page.evaluate(
+        """timepoint => {
+          window.barValues = [];
+          const bar = document.querySelector(`form.upload[data-timepoint-id="${timepoint}"] progress`);
+          new MutationObserver(() => window.barValues.push(Number(bar.value)))
+            .observe(bar, {attributes: true, childList: true, characterData: true, subtree: true});
+        }""",
+        world.fu2.pk,
+    )
     form.get_by_role("button", name="Upload", exact=True).click()
     status = form.locator(".upload-status")
     # The bar follows the job until it ends (succeeded: "Done", failed: the job's error message).
@@ -74,7 +85,14 @@ def test_upload_shows_live_job_progress(
         kind="pipeline", correlation_id__isnull=False, object_id=world.fu2.series.get().pk
     )
     bar_value = int(form.locator("progress.upload-progress").get_attribute("value") or 0)
+    values = page.evaluate("window.barValues")
+    assert values and values == sorted(values), values
     if job.state == "succeeded":
+        # The visit's row is replaced in place with its new results (no reload): it lists the series.
+        row = page.locator(f"#visit-{world.fu2.pk}")
+        row.locator(".upload-status", has_text="new results are shown").wait_for(timeout=30_000)
+        assert row.locator('a[href$="#viewer"]').count() >= 1
+        bar_value = int(form.locator("progress.upload-progress").get_attribute("value") or 0)
         assert "Done" in status.inner_text() and bar_value == 100
     else:  # the page must say why, in the job's words
         assert job.state == "failed" and job.error[:40] in status.inner_text()
