@@ -501,3 +501,21 @@ def test_timeline_labels_what_was_known_at_each_visit_and_marks_visits_after_pro
     assert 'class="after-pd"' in fu2_row and "after progression" in fu2_row
     fu1_row = body[body.index(f'id="visit-{visits[1].pk}"') :].split("</tr>")[0]
     assert "after progression" not in fu1_row
+
+
+def test_the_visit_page_guides_the_review_images_and_lesions_before_signing(
+    rad_client: Any, world: World
+) -> None:
+    """The response with its reasons at the top, then the images, the lesion table, and signing last."""
+    body = rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    order = [
+        body.index('id="overall-response"'),
+        body.index("Why (rule outcomes)"),
+        body.index('id="viewer-h"'),
+        body.index('id="lesions-h"'),
+        body.index('id="sign-h"'),
+        body.index('id="confirm-form"'),
+        body.index('id="override-form"'),
+    ]
+    assert order == sorted(order)
+    assert 'href="#sign">Review the images and lesions, then sign</a>' in body
