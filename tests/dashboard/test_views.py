@@ -519,3 +519,17 @@ def test_the_visit_page_guides_the_review_images_and_lesions_before_signing(
     ]
     assert order == sorted(order)
     assert 'href="#sign">Review the images and lesions, then sign</a>' in body
+
+
+def test_a_review_action_returns_to_the_view_the_reader_left(rad_client: Any, world: World) -> None:
+    url = f"/visits/{world.fu1.pk}/review/drop/"
+    lesion = world.lesions["L2"].pk
+    kept = rad_client.post(
+        url, {"lesion_id": lesion, "reason": "vessel", "view": "viewer-k5-w300-l-12.5-cprevious"}
+    )
+    assert kept["Location"] == f"/visits/{world.fu1.pk}/#viewer-k5-w300-l-12.5-cprevious"
+    for junk in ("javascript:alert(1)", "viewer-k5\r\nSet-Cookie: x=1", "viewer-k5-w300", ""):
+        answer = rad_client.post(
+            f"/visits/{world.fu1.pk}/review/restore/", {"lesion_id": lesion, "view": junk}
+        )
+        assert answer["Location"] == f"/visits/{world.fu1.pk}/#review", junk

@@ -107,12 +107,25 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     assert page.locator("#compare-img").get_attribute("src"), "the comparison panel shows the previous visit"
     _shot(page, "03-viewer")
 
+    # The reader's own window/level; the review action below must bring the same view back.
+    page.locator("#window-input").fill("300")
+    page.locator("#window-input").dispatch_event("change")
+    page.locator("#level-input").fill("120")
+    page.locator("#level-input").dispatch_event("change")
+    viewed_k = page.locator("#main-canvas").get_attribute("data-k")
+
     # Drop L2 as a false positive: the assessment is recomputed (PD -> SD).
     page.get_by_label("Reason").and_(page.locator(f"#drop-reason-{world.lesions['L2'].pk}")).fill(
         "vessel, not a metastasis"
     )
     page.get_by_role("button", name="Drop L2 as a false positive").click()
     page.locator(".messages").get_by_text("L2 dropped").wait_for()
+    page.locator("#main-canvas[data-k]").wait_for(state="attached")
+    assert page.locator("#main-canvas").get_attribute("data-k") == viewed_k  # the same slice
+    assert (page.locator("#window-input").input_value(), page.locator("#level-input").input_value()) == (
+        "300",
+        "120",
+    )
     assert page.locator("#overall-response").inner_text().startswith("SD")
     assert "dropped" in page.locator("#lesion-L2").inner_text()
     _shot(page, "04-after-drop")

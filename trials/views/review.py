@@ -5,6 +5,7 @@ request's correlation id, and redirects back to the visit with a message (post/r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -184,6 +185,19 @@ def review_action(request: HttpRequest, timepoint_id: int, action: str) -> HttpR
         )
     except ServiceError as exc:
         messages.error(request, exc.message)
-        return HttpResponseRedirect(reverse("dashboard:visit", args=[timepoint.pk]) + "#review")
+        return HttpResponseRedirect(_back(request, timepoint))
     messages.success(request, text)
-    return HttpResponseRedirect(reverse("dashboard:visit", args=[timepoint.pk]) + "#review")
+    return HttpResponseRedirect(_back(request, timepoint))
+
+
+#: The viewer's state as viewer.js writes it into each review form (slice, window/level, comparison).
+_VIEW = re.compile(
+    r"viewer-k[0-9]{1,5}(?:-w[0-9]{1,7}(?:\.[0-9]{1,4})?-l-?[0-9]{1,7}(?:\.[0-9]{1,4})?)?(?:-c[a-z]{1,16})?"
+)
+
+
+def _back(request: HttpRequest, timepoint: Timepoint) -> str:
+    """The visit page, at the viewer as the reader left it (else at the review tools)."""
+    view = request.POST.get("view", "")
+    anchor = view if _VIEW.fullmatch(view) else "review"
+    return reverse("dashboard:visit", args=[timepoint.pk]) + "#" + anchor

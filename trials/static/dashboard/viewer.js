@@ -95,9 +95,13 @@
     const panel = compares[state.compareKey];
     $("compare-title").textContent = panel ? "Comparison: " + panel.visit + " " + panel.date : "Comparison";
     render("compare", panel, panel ? matchedSlice(panel) : 0);
-    if (window.history && window.history.replaceState) {
-      window.history.replaceState(null, "", "#viewer-k" + state.k);
-    }
+    // The view (slice, window/level, comparison) lives in the address and in every review form, so a
+    // review action's answer brings the reader back to the same view.
+    const round = function (x) { return Math.round(x * 100) / 100; };
+    const view = "viewer-k" + state.k + "-w" + round(state.window) + "-l" + round(state.level) +
+      (state.compareKey ? "-c" + state.compareKey : "");
+    if (window.history && window.history.replaceState) window.history.replaceState(null, "", "#" + view);
+    document.querySelectorAll("input[name=view]").forEach(function (input) { input.value = view; });
   }
 
   function setSlice(k) { state.k = clamp(k, 0, main.size[2] - 1); update(); }
@@ -166,8 +170,22 @@
     if (input) { input.value = value; input.focus(); }
   });
 
-  // #viewer-k<slice> restores a slice; #lesion-L<n> (links from the lesion tables) opens that lesion.
-  const hash = window.location.hash.match(/^#viewer-k(\d+)$/);
+  document.querySelectorAll("form[action*='/review/']").forEach(function (form) {
+    const input = document.createElement("input");
+    input.type = "hidden"; input.name = "view";
+    form.appendChild(input);
+  });
+
+  // #viewer-k<slice>[-w<window>-l<level>][-c<comparison>] restores a view; #lesion-L<n> (links from the
+  // lesion tables) opens that lesion.
+  const hash = window.location.hash.match(/^#viewer-k(\d+)(?:-w([0-9.]+)-l(-?[0-9.]+))?(?:-c([a-z]+))?$/);
+  if (hash && hash[2] && hash[3]) {
+    const w = parseFloat(hash[2]), l = parseFloat(hash[3]);
+    if (isFinite(w) && w > 0 && isFinite(l)) {
+      state.window = w; state.level = l; windowInput.value = String(w); levelInput.value = String(l);
+    }
+  }
+  if (hash && hash[4] && compares[hash[4]]) { state.compareKey = hash[4]; compareSelect.value = hash[4]; }
   const lesionHash = window.location.hash.match(/^#lesion-(.+)$/);
   const lesionIndex = lesionHash ? main.lesions.findIndex(function (l) { return l.label === lesionHash[1]; }) : -1;
   if (lesionIndex >= 0) {
@@ -177,5 +195,6 @@
     state.k = hash ? clamp(parseInt(hash[1], 10), 0, main.size[2] - 1)
       : (main.lesions.length ? main.lesions[0].k : Math.floor(main.size[2] / 2));
     update();
+    if (hash) $("viewer-root").scrollIntoView();
   }
 })();
