@@ -5,10 +5,11 @@ The label image is an integer image in the native geometry of the series (what
 ``lesion_names`` maps each value to the lesion's stable label (``{1: "L1", 2: "L2"}``).
 
 - RTSTRUCT: one ROI per lesion, named by its label and coloured, referencing every image of the series
-  (treatment-planning systems such as RayStation read it). Contours are polygons through pixel centres
-  on each slice, so reading back rasterises them again: the mask comes back within contour
-  tolerance, not voxel-identical. rt-utils applies Pixel Spacing assuming square pixels, so series with
-  non-square pixels are refused rather than contoured wrongly.
+  (treatment-planning systems such as RayStation read it). Contours run along the voxel edges (the
+  outline of the voxels, not through their centres), one per 4-connected region of a slice, holes
+  joined by keyhole bridges (:mod:`segmentation.outlines` says why), so a reader that fills the voxels
+  whose centres lie inside (plastimatch, planning systems, :func:`read_rtstruct`) gets back every voxel
+  of the lesion. The dataset's header comes from rt-utils; the ROI sequences are written here.
 - DICOM SEG: a BINARY segmentation with one segment per lesion (label as Segment Label and Tracking
   ID), referencing the source images; it reads back voxel-identical.
 
@@ -31,6 +32,7 @@ from pydicom.dataset import Dataset
 
 from segmentation.errors import ContourExportError, ContourReadError, MissingAttributeError
 from segmentation.io import GEOMETRY_ATTRIBUTES, RTSTRUCT_ATTRIBUTES, LoadedSeries, read_series
+from segmentation.outlines import fill_even_odd, keyhole_outlines
 
 #: Distinct colours (RGB) cycled through for lesions without an explicit colour.
 DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -229,11 +231,11 @@ def write_rtstruct(
         The written path.
 
     Raises:
-        ContourExportError: Bad label image, unnamed or empty lesions, multi-frame or non-square-pixel
-            series, or a label image not in the series geometry.
+        ContourExportError: Bad label image, unnamed or empty lesions, a multi-frame series, or a label
+            image not in the series geometry.
         MissingAttributeError: The series lacks an attribute the RTSTRUCT copies (StudyTime, StudyID...).
     """
-    from rt_utils import RTStruct, ds_helper  # heavy (OpenCV), only needed here
+    from rt_utils import ds_helper  # heavy (OpenCV), only needed here
 
     arr = _label_array(labels)
     lesions = _checked_lesions(arr, lesion_names)
@@ -244,15 +246,9 @@ def write_rtstruct(
         )
     _require_headers(datasets, (*RTSTRUCT_ATTRIBUTES, *GEOMETRY_ATTRIBUTES))
     spacing = [float(v) for v in datasets[0].PixelSpacing]
-    if abs(spacing[0] - spacing[1]) > _GEOMETRY_TOL:
-        raise ContourExportError(
-            f"The series has non-square pixels ({spacing[0]} x {spacing[1]} mm); RTSTRUCT export supports "
-            "square pixels only. Use the DICOM SEG output instead."
-        )
     orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
     _check_plane_geometry(labels, datasets[0], orientation, spacing)
     normal = np.cross(orientation[:3], orientation[3:])
-    # rt-utils orders slices by position along the normal; follow the same order
     ordered = sorted(
         datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
     )
@@ -265,14 +261,26 @@ def write_rtstruct(
     with warnings.catch_warnings():
         # rt-utils sets the dataset's encoding through attributes pydicom 3 deprecates
         warnings.simplefilter("ignore", DeprecationWarning)
-        rtstruct_ds = ds_helper.create_rtstruct_dataset(ordered)
-    rtstruct = RTStruct(ordered, rtstruct_ds)
-    for number, value in enumerate(lesions):
-        mask = (arr[slice_of] == value).transpose(1, 2, 0)  # rt-utils wants [row, column, slice]
+        ds = ds_helper.create_rtstruct_dataset(ordered)
+    frame_uid = str(ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)
+    image_of_slice = {k: image for k, image in zip(slice_of, ordered, strict=True)}
+    for number, value in enumerate(lesions, start=1):
         color = colors.get(value) if colors else None
-        rgb = [int(c) for c in (color or DEFAULT_COLORS[number % len(DEFAULT_COLORS)])]
-        rtstruct.add_roi(mask=mask, color=rgb, name=lesion_names[value], roi_generation_algorithm="AUTOMATIC")
-    ds = rtstruct.ds
+        rgb = [int(c) for c in (color or DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)])]
+        ds.StructureSetROISequence.append(
+            _structure_set_roi(number, lesion_names[value], frame_uid, provenance)
+        )
+        roi_contour = Dataset()
+        roi_contour.ROIDisplayColor = rgb
+        roi_contour.ContourSequence = _contour_sequence(labels, arr == value, image_of_slice)
+        roi_contour.ReferencedROINumber = number
+        ds.ROIContourSequence.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.RTROIInterpretedType = ""
+        observation.ROIInterpreter = ""
+        ds.RTROIObservationsSequence.append(observation)
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "MetTrack lesion contours"
     if "InstitutionName" in ds:
@@ -282,49 +290,107 @@ def write_rtstruct(
     if provenance:
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the label's dash is not in Latin-1
         ds.StructureSetDescription = provenance[:1024]  # ST
-        for item in ds.StructureSetROISequence:
-            item.ROIGenerationDescription = provenance[:64]  # LO
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(target, enforce_file_format=True)
     return target
 
 
-def _rasterise_slice(image_ds: Dataset, contour_sequence: Any, to_pixel: np.ndarray) -> np.ndarray:
-    """Fill an ROI's contours on one slice as a (Rows, Columns) mask.
+def _structure_set_roi(number: int, name: str, frame_uid: str, provenance: str) -> Dataset:
+    """One Structure Set ROI Sequence item (PS3.3 C.8.8.5)."""
+    item = Dataset()
+    item.ROINumber = number
+    item.ReferencedFrameOfReferenceUID = frame_uid
+    item.ROIName = name
+    item.ROIGenerationAlgorithm = "AUTOMATIC"
+    if provenance:
+        item.ROIGenerationDescription = provenance[:64]  # LO
+    return item
 
-    Written here rather than taken from rt-utils' ``get_roi_mask_by_name``, which allocates its masks as
-    (Columns, Rows) and so fails or transposes on non-square matrices (a 256 x 240 sagittal series);
-    the contour lookup and the patient-to-pixel transform are rt-utils' own.
+
+def _index_to_mm(labels: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, origin) mapping continuous (column, row, slice) indices to patient mm (LPS)."""
+    direction = np.asarray(labels.GetDirection(), dtype=float).reshape(3, 3)
+    return direction * np.asarray(labels.GetSpacing(), dtype=float), np.asarray(
+        labels.GetOrigin(), dtype=float
+    )
+
+
+def _contour_sequence(labels: sitk.Image, mask: np.ndarray, image_of_slice: Mapping[int, Dataset]) -> Any:
+    """Contour Sequence (PS3.3 C.8.8.6) of one lesion: its voxel-edge outlines on every slice.
+
+    Each 4-connected region of a slice is one CLOSED_PLANAR contour along its voxel edges, referencing
+    the image of the slice, with its holes joined by keyhole bridges
+    (:func:`segmentation.outlines.keyhole_outlines`: readers that OR the contours of a slice and readers
+    that XOR them fill it alike).
     """
-    import cv2
-    from rt_utils import image_helper
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.valuerep import format_number_as_ds
 
-    mask = np.zeros((int(image_ds.Rows), int(image_ds.Columns)), dtype=np.uint8)
-    polygons = []
-    for points in image_helper.get_slice_contour_data(image_ds, contour_sequence):
-        xyz = np.reshape(np.asarray(points, dtype=float), (-1, 3))
-        pixel = image_helper.apply_transformation_to_3d_points(xyz, to_pixel)
-        polygons.append(np.around(pixel[:, :2]).astype(np.int32))  # (column, row) = OpenCV's (x, y)
-    if polygons:
-        cv2.fillPoly(mask, pts=polygons, color=1)
-    return mask.astype(bool)
+    to_mm, origin = _index_to_mm(labels)
+    contours = DicomSequence()
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        image = image_of_slice[int(k)]
+        for outline in keyhole_outlines(mask[k]):
+            # pixel corners -> continuous (column, row, slice) index: corner (i, j) is (j - 0.5, i - 0.5)
+            index = np.column_stack([outline[:, 1] - 0.5, outline[:, 0] - 0.5, np.full(len(outline), k)])
+            points = index @ to_mm.T + origin
+            referenced = Dataset()
+            referenced.ReferencedSOPClassUID = image.SOPClassUID
+            referenced.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            contour = Dataset()
+            contour.ContourImageSequence = DicomSequence([referenced])
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourNumber = len(contours) + 1
+            contour.ContourData = [format_number_as_ds(float(v)) for v in points.ravel()]
+            contours.append(contour)
+    return contours
+
+
+def _rasterise_roi(labels: sitk.Image, contour_sequence: Any) -> np.ndarray:
+    """Fill an ROI's contours as a (slices, rows, columns) mask, the way plastimatch does.
+
+    Each contour goes to the slice its points lie on (contours off the slice grid are skipped); on each
+    slice, voxel centres inside an odd number of its contours are in the ROI (even-odd rule: a contour
+    inside another is a hole). Contours of fewer than 3 points enclose nothing.
+    """
+    to_mm, origin = _index_to_mm(labels)
+    to_index = np.linalg.inv(to_mm)
+    columns, rows, slices = labels.GetSize()
+    by_slice: dict[int, list[np.ndarray]] = {}
+    for contour in contour_sequence:
+        points = np.reshape(np.asarray(contour.get("ContourData", []), dtype=float), (-1, 3))
+        if len(points) < 3:
+            continue
+        index = (points - origin) @ to_index.T  # (column, row, slice)
+        k = int(round(float(index[:, 2].mean())))
+        if not 0 <= k < slices or np.abs(index[:, 2] - k).max() > 1e-2:
+            continue
+        by_slice.setdefault(k, []).append(index[:, [1, 0]])  # (row, column)
+    mask = np.zeros((slices, rows, columns), dtype=bool)
+    for k, polygons in by_slice.items():
+        mask[k] = fill_even_odd(polygons, (rows, columns))
+    return mask
 
 
 def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> ContourSet:
-    """Rasterise every ROI of an RTSTRUCT onto its series (rt-utils).
+    """Rasterise every ROI of an RTSTRUCT onto its series, as plastimatch and planning systems do.
+
+    Every voxel whose centre lies inside the ROI's contours on its slice by the even-odd rule belongs
+    to the ROI (see :func:`_rasterise_roi`); the RTSTRUCT's structure is checked with rt-utils.
 
     Args:
         path: The RTSTRUCT file.
         series: The series it references, loaded by :func:`segmentation.io.read_series` or its folder.
 
     Returns:
-        The ROIs as a label image in the series geometry.
+        The ROIs as a label image in the series geometry (a later ROI wins where ROIs overlap).
 
     Raises:
         ContourReadError: Not an RTSTRUCT, or it references images outside the series.
     """
-    from rt_utils import RTStructBuilder, image_helper
+    from rt_utils import RTStructBuilder
 
     try:
         ds = pydicom.dcmread(path)
@@ -332,33 +398,22 @@ def read_rtstruct(path: str | Path, series: LoadedSeries | str | Path) -> Contou
     except Exception as exc:  # rt-utils raises bare Exception
         raise ContourReadError(f"{Path(path).name} is not a valid RTSTRUCT ({exc}).") from exc
     series = _as_loaded(series)
-    datasets = list(series.source_datasets)
-    orientation = [float(v) for v in datasets[0].ImageOrientationPatient]
-    normal = np.cross(orientation[:3], orientation[3:])
-    ordered = sorted(
-        datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient]))
-    )
     try:
-        RTStructBuilder.validate_rtstruct_series_references(ds, ordered)
+        RTStructBuilder.validate_rtstruct_series_references(ds, list(series.source_datasets))
     except Exception as exc:  # rt-utils raises bare Exception
         raise ContourReadError(f"The RTSTRUCT does not belong to this series ({exc}).") from exc
-    slice_of = [_slice_index(series.image, d.ImagePositionPatient) for d in ordered]
     out = np.zeros(sitk.GetArrayViewFromImage(series.image).shape, dtype=np.uint16)
     names: dict[int, str] = {}
     colors: dict[int, tuple[int, int, int]] = {}
-    contours_of = {int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.ROIContourSequence}
-    to_pixel = image_helper.get_patient_to_pixel_transformation_matrix(ordered)
+    roi_contours = {int(c.ReferencedROINumber): c for c in ds.ROIContourSequence}
     for value, roi in enumerate(ds.StructureSetROISequence, start=1):
-        volume = np.stack(
-            [_rasterise_slice(d, contours_of.get(int(roi.ROINumber), []), to_pixel) for d in ordered]
-        )
-        out[slice_of] = np.where(volume, value, out[slice_of])
         names[value] = str(roi.ROIName)
-    for contour in ds.ROIContourSequence:
-        number = int(contour.ReferencedROINumber)
-        for value, roi in enumerate(ds.StructureSetROISequence, start=1):
-            if int(roi.ROINumber) == number and "ROIDisplayColor" in contour:
-                colors[value] = tuple(int(c) for c in contour.ROIDisplayColor)  # type: ignore[assignment]
+        roi_contour = roi_contours.get(int(roi.ROINumber))
+        if roi_contour is None:
+            continue
+        out[_rasterise_roi(series.image, roi_contour.get("ContourSequence", []))] = value
+        if "ROIDisplayColor" in roi_contour:
+            colors[value] = tuple(int(c) for c in roi_contour.ROIDisplayColor)  # type: ignore[assignment]
     image = sitk.GetImageFromArray(out)
     image.CopyInformation(series.image)
     return ContourSet(labels=image, names=names, colors=colors)

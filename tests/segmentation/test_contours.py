@@ -1,8 +1,8 @@
 """RTSTRUCT, DICOM SEG and NIfTI label output, read back by pydicom, rt-utils and highdicom.
 
-Oracles: the label image the test drew (SEG must return it voxel for voxel; RTSTRUCT within contour
-rasterisation, Dice >= 0.95 for lesions of 5 mm or more), rt-utils' own builder reading the RTSTRUCT
-from the series folder, and highdicom's own reader for the SEG.
+Oracles: the label image the test drew (SEG and RTSTRUCT must return it voxel for voxel: the RTSTRUCT's
+contours run on voxel edges), rt-utils' own builder reading the RTSTRUCT from the series folder, and
+highdicom's own reader for the SEG. Plastimatch reads the RTSTRUCT in test_rtstruct_plastimatch.py.
 """
 
 from __future__ import annotations
@@ -154,8 +154,12 @@ def test_rtstruct_round_trip_within_contour_tolerance(tmp_path, series, mr_serie
     assert rt.get_roi_names() == ["L1", "L2", "L3"]
     for value, name, _, radius in LESIONS:
         assert 2 * radius >= 5
-        assert dice(back.mask(name), expected == value) >= 0.95
-        assert dice(rt.get_roi_mask_by_name(name).transpose(2, 0, 1), expected == value) >= 0.95
+        # contours on voxel edges, filled at voxel centres: every voxel comes back
+        np.testing.assert_array_equal(back.mask(name), expected == value)
+        # rt-utils rounds the corners to pixel centres and fills the polygon with its border, so it
+        # reads the lesion up to half a voxel larger all round (plastimatch is the reader sites use:
+        # tests/segmentation/test_rtstruct_plastimatch.py)
+        assert dice(rt.get_roi_mask_by_name(name).transpose(2, 0, 1), expected == value) >= 0.85
     assert back.colors == {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255)}
 
 
@@ -169,7 +173,7 @@ def test_rtstruct_on_oblique_series(tmp_path, write_series, make_image) -> None:
     back = read_rtstruct(path, series)
     expected = sitk.GetArrayFromImage(labels)
     for value, name, _, _ in LESIONS:
-        assert dice(back.mask(name), expected == value) >= 0.95
+        np.testing.assert_array_equal(back.mask(name), expected == value)
 
 
 def test_rtstruct_for_a_series_lacking_study_time_says_so(tmp_path, write_series) -> None:
@@ -181,15 +185,19 @@ def test_rtstruct_for_a_series_lacking_study_time_says_so(tmp_path, write_series
     assert not (tmp_path / "rt.dcm").exists()
 
 
-def test_rtstruct_refuses_multiframe_and_non_square_pixels(tmp_path, write_series, make_image) -> None:
+def test_rtstruct_refuses_multiframe_and_contours_non_square_pixels(
+    tmp_path, write_series, make_image
+) -> None:
     _, files = write_series(multiframe=True, name="mf")
     multiframe = read_series(files[0])
     with pytest.raises(ContourExportError, match="single-frame"):
         write_rtstruct(draw_lesions(multiframe), multiframe, tmp_path / "a.dcm", lesion_names=names())
     folder, _ = write_series(make_image(spacing_mm=(0.5, 0.7, 1.0)), name="ns")
     non_square = read_series(folder)
-    with pytest.raises(ContourExportError, match="non-square"):
-        write_rtstruct(draw_lesions(non_square), non_square, tmp_path / "b.dcm", lesion_names=names())
+    labels = draw_lesions(non_square)
+    path = write_rtstruct(labels, non_square, tmp_path / "b.dcm", lesion_names=names())
+    back = read_rtstruct(path, non_square)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back.labels) > 0, sitk.GetArrayFromImage(labels) > 0)
 
 
 def test_reading_a_non_rtstruct_file(tmp_path, series, mr_series) -> None:
