@@ -9,7 +9,8 @@ Rule for uploads with several series: MetTrack never guesses. Without ``series_u
 more than one image series is refused with :class:`~segmentation.errors.MultipleSeriesError`, whose
 message and ``series`` attribute list every series (UID, description, modality, file count) so the user
 can pick one and upload again with that series UID. Non-image DICOM objects (RTSTRUCT, SEG, SR,
-presentation states, DICOMDIR) and non-DICOM files (e.g. ``README.txt``) in an upload are ignored.
+presentation states, DICOMDIR, recognised by its SOP class whatever its file name) and non-DICOM files
+(e.g. ``README.txt``) in an upload are ignored; a DICOMDIR sent alone is refused as holding no image.
 
 Geometry is built from the DICOM headers, which are validated first (one orientation, one pixel
 spacing and matrix, slices stacked along the slice normal at a regular step): origin = Image Position
@@ -97,6 +98,8 @@ RTSTRUCT_ATTRIBUTES = (
 )
 #: Modalities of DICOM objects that are not images and are ignored in an upload.
 _NON_IMAGE_MODALITIES = {"RTSTRUCT", "SEG", "SR", "PR", "KO", "REG", "RTPLAN", "RTDOSE", "RTRECORD", "DOC"}
+#: Media Storage Directory Storage (PS3.10 7.2, PS3.3 F.3): the SOP class of a DICOMDIR.
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 #: Relative tolerances of the geometry checks.
 _ORIENTATION_TOL = 1e-4
@@ -507,6 +510,8 @@ def _read_headers(
         if as_read is not None:
             as_read[id(ds)] = dict(ds.items())  # raw elements: reading a value below decodes it
         dicom_count += 1
+        if _is_dicomdir(ds):
+            continue  # an index of the files, whatever its file name (DICOMDIR.dcm): not an image
         modality = str(ds.get("Modality", "")).upper()
         if modality in _NON_IMAGE_MODALITIES:
             continue
@@ -537,6 +542,13 @@ def _has_dicom_preamble(path: Path) -> bool:
         return False
 
 
+def _is_dicomdir(ds: Dataset) -> bool:
+    """Whether a dataset is a DICOMDIR (a File-set's directory, PS3.3 F.3), by SOP class or content."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str((meta.get("MediaStorageSOPClassUID", "") if meta is not None else "") or "")
+    return sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
+
+
 def _is_image_storage(ds: Dataset) -> bool:
     """Whether the dataset's SOP class is an image storage class (MR, enhanced MR, CT, ...)."""
     sop_class = str(ds.get("SOPClassUID", "") or "")
@@ -562,6 +574,15 @@ def _read_dicom_files(
     as_read: dict[int, dict[BaseTag, DataElement | RawDataElement]] | None = {} if keep_pixel_data else None
     images, dicom_count = _read_headers(files, keep_pixel_data=keep_pixel_data, as_read=as_read)
     if not images:
+        if (
+            len(files) == 1
+            and dicom_count == 1
+            and _is_dicomdir(pydicom.dcmread(files[0], stop_before_pixels=True))
+        ):
+            raise NotDicomError(
+                f"{files[0].name} is a DICOMDIR, the index of a DICOM export, without any image; please send "
+                "the whole exported folder (or a zip of it), not the DICOMDIR alone."
+            )
         if dicom_count:
             raise NotDicomError(
                 f"The upload contains {dicom_count} DICOM file(s) but no image (only e.g. structure sets "

@@ -252,6 +252,37 @@ def test_missing_path(tmp_path) -> None:
         read_series(tmp_path / "nope")
 
 
+def _write_dicomdir(folder: Path, out: Path) -> Path:
+    """A valid DICOMDIR (pydicom's File-set writer) indexing the series in ``folder``, written to ``out``."""
+    from pydicom.fileset import FileSet
+
+    file_set = FileSet()
+    for path in sorted(folder.glob("*.dcm")):
+        file_set.add(pydicom.dcmread(path))
+    file_set.write(out)
+    return out / "DICOMDIR"
+
+
+@pytest.mark.parametrize("name", ["DICOMDIR", "DICOMDIR.dcm", "index"])
+def test_a_dicomdir_under_any_name_is_ignored_in_a_folder_upload(tmp_path, mr_series, mr_image, name) -> None:
+    dicomdir = _write_dicomdir(mr_series[0], tmp_path / "export")
+    if name != "DICOMDIR":
+        dicomdir = dicomdir.rename(dicomdir.with_name(name))
+    assert_same_geometry_and_voxels(read_series(tmp_path / "export").image, mr_image)
+    # and next to the plain files of the series
+    shutil.copy(dicomdir, mr_series[0] / name)
+    assert_same_geometry_and_voxels(read_series(mr_series[0]).image, mr_image)
+
+
+@pytest.mark.parametrize("name", ["DICOMDIR", "DICOMDIR.dcm"])
+def test_a_single_dicomdir_file_is_not_called_damaged(tmp_path, mr_series, name) -> None:
+    dicomdir = _write_dicomdir(mr_series[0], tmp_path / "export")
+    upload = shutil.copy(dicomdir, tmp_path / name)
+    with pytest.raises(NotDicomError, match="DICOMDIR") as info:
+        read_series(upload)
+    assert "damaged" not in str(info.value)
+
+
 def test_not_dicom_folder(tmp_path) -> None:
     upload = tmp_path / "upload"
     upload.mkdir()
