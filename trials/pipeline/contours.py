@@ -52,8 +52,8 @@ def export_run_contours(
     de-identified source series, so a PACS or treatment-planning system shows the AI lesions on the
     images they came from. Done once per run: a run with both files stored is returned unchanged.
 
-    SEG and RTSTRUCT are written independently: a series one format cannot encode (RTSTRUCT needs square
-    pixels) still gets the other.
+    SEG and RTSTRUCT are written independently: a series one format cannot encode (RTSTRUCT needs a
+    single-frame series) still gets the other.
 
     Returns:
         The updated run, or None when there is nothing to write: the series was uploaded as NIfTI (no
