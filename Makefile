@@ -8,7 +8,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/mettrack
 REDIS_URL ?= redis://127.0.0.1:6379/0
 DEMO_DB ?= sqlite:///$(CURDIR)/var/demo.sqlite3
 
-.PHONY: venv demo demo-data serve test cluster-test lint bench services browser clean
+.PHONY: venv demo demo-data serve test cluster-test lint bench services browser pacs-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ demo: venv
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
 
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
-test: venv lint services browser
+test: venv lint services browser pacs-tools
 	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 ## make cluster-test: only the compose topology as processes (gunicorn, GPU and default workers, beat);
@@ -49,6 +49,9 @@ services:
 
 browser:
 	scripts/ensure-chromium.sh
+
+pacs-tools:
+	scripts/ensure-pacs-tools.sh
 
 ## make bench: every benchmark (bench/bench_*.py); database ones use PostgreSQL like the tests
 bench: venv services
