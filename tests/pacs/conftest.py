@@ -101,9 +101,15 @@ def start_listener(
     media_root: Path,  # noqa: F811
     tiny_model_dir: Path,  # noqa: F811
     tmp_path: Path,
+    settings: Any,
 ) -> Iterator[Callable[..., DicomListenerProcess]]:
-    """Start ``manage.py dicom_listener`` processes (embedded pipeline, tiny model); killed at the end."""
+    """Start ``manage.py dicom_listener`` processes (embedded pipeline, tiny model); killed at the end.
+
+    They share one spool and inbox under ``tmp_path`` (a restarted listener finds what the killed one
+    left); this process reads the same inbox.
+    """
     started: list[DicomListenerProcess] = []
+    settings.DICOM_INBOX_DIR = tmp_path / "inbox"
 
     def start(**options: Any) -> DicomListenerProcess:
         env = worker_env("", media_root, tiny_model_dir, DICOM_ID_KEY=ID_KEY, CELERY_BROKER_URL="")

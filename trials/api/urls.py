@@ -4,7 +4,7 @@ from django.urls import include, path
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from trials.api import uploads, views
+from trials.api import pacs, uploads, views
 from trials.api.exports import TrialExportView
 
 app_name = "api"
@@ -23,6 +23,7 @@ router.register("observations", views.LesionObservationViewSet, basename="observ
 router.register("assessments", views.AssessmentViewSet, basename="assessment")
 router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
 router.register("jobs", views.ProcessingJobViewSet, basename="job")
+router.register("inbox", pacs.ReceivedStudyViewSet, basename="receivedstudy")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="token"),
