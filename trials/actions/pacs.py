@@ -22,17 +22,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import io
 import logging
 import shutil
 import uuid
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from segmentation.listener import STORAGE_CLASSES
 from segmentation.routing import (
     ReceivedStudy as StudyHeaders,
 )
@@ -45,6 +49,7 @@ from segmentation.routing import (
     choose_visit,
     study_from_folder,
 )
+from segmentation.spool import Spool
 from trials.actions.imaging import upload_series
 from trials.actions.patients import create_timepoint
 from trials.audit import new_correlation_id, record_audit_event
@@ -138,12 +143,21 @@ def route_patient(study: StudyHeaders) -> tuple[Patient | None, str]:
     return None, "unknown patient: no Clinical Trial attributes and the Patient ID is not mapped to a subject"
 
 
-def route_study(study: StudyHeaders) -> Routing:
-    """Decide patient, series and visit of a study (nothing is written)."""
+def route_study(study: StudyHeaders, *, only_trials: Collection[int] | None = None) -> Routing:
+    """Decide patient, series and visit of a study (nothing is written).
+
+    Args:
+        study: The received study's headers.
+        only_trials: Ids of the trials the sender may store into (None: any); a study of another trial
+            goes to the inbox.
+    """
     patient, patient_reason = route_patient(study)
     reasons: dict[str, Any] = {"patient": patient_reason}
     if patient is None:
         return Routing(None, None, None, None, reasons, patient_reason)
+    if only_trials is not None and patient.trial_id not in only_trials:
+        why = f"the sender may not store studies of trial {patient.trial.code}"
+        return Routing(patient, None, None, None, reasons, why)
     choice = choose_series(study.series, series_rules(patient.trial))
     reasons["series"] = choice.as_dict()
     timepoints = {tp.pk: tp for tp in patient.timepoints.all()}
@@ -203,12 +217,20 @@ def receive_study(
     channel: str,
     sender_ae_title: str = "",
     sender_host: str = "",
+    only_trials: Collection[int] | None = None,
+    actor: Any | None = None,
     correlation_id: str = "",
 ) -> ReceivedStudy:
     """Route a received study (a folder ``<series>/<instances>``), store it or put it in the inbox.
 
     The folder is consumed: deleted once the series is stored (or found a duplicate, or rejected), moved
     under ``DICOM_INBOX_DIR`` when the study goes to the inbox.
+
+    Args:
+        folder: The study's folder.
+        channel: ``ReceiveChannel`` value. sender_ae_title, sender_host: Who sent it.
+        only_trials: Trials the sender may store into (see :func:`route_study`).
+        actor: The sending user (STOW-RS), None for a DICOM node.
 
     Returns:
         The recorded ``ReceivedStudy``.
@@ -219,7 +241,7 @@ def receive_study(
     folder = Path(folder)
     correlation_id = correlation_id or new_correlation_id()
     study = study_from_folder(folder, patient_key=patient_key)
-    routing = route_study(study)
+    routing = route_study(study, only_trials=only_trials)
     received = ReceivedStudy(
         channel=channel,
         sender_ae_title=sender_ae_title[:16],
@@ -249,12 +271,12 @@ def receive_study(
             received,
             routing.timepoint,
             folder / routing.series.selected.folder,
-            actor=None,
+            actor=actor,
             reason=f"received by {channel}: {routing.series.reason}",
         )
         received.state = state or ReceivedStudyState.ROUTED
         received.reason = why
-    _record(received, action="receive", actor=None, correlation_id=correlation_id)
+    _record(received, action="receive", actor=actor, correlation_id=correlation_id)
     if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)
     logger.info("received study %s: %s (%d series)", received.pk, received.state, len(study.series))
@@ -454,7 +476,81 @@ def map_subject(
     return _map(patient, key, actor=actor, correlation_id=correlation_id or new_correlation_id())
 
 
+@dataclass(frozen=True)
+class InstancesResult:
+    """What :func:`receive_instances` did with each instance and study.
+
+    Attributes:
+        studies: The received studies recorded (one per study among the instances).
+        accepted: (SOP Class UID, SOP Instance UID) of the instances spooled and routed.
+        failed: (SOP Class UID, SOP Instance UID, failure reason code of PS3.18 / PS3.4 B.2.3) of the
+            instances refused: 0xC000 unreadable, 0x0122 SOP class not supported.
+    """
+
+    studies: list[ReceivedStudy]
+    accepted: list[tuple[str, str]]
+    failed: list[tuple[str, str, int]]
+
+
+def receive_instances(
+    instances: Iterable[bytes],
+    *,
+    channel: str,
+    sender_ae_title: str = "",
+    sender_host: str = "",
+    only_trials: Collection[int] | None = None,
+    actor: Any | None = None,
+) -> InstancesResult:
+    """Receive DICOM instances (Part 10 bytes, e.g. the parts of a STOW-RS request) as complete studies.
+
+    The instances are spooled (as the listener does), grouped by study and series, and each study goes
+    through :func:`receive_study`. Instances of another SOP class than MR images are refused.
+    """
+    from segmentation.spool import Sender
+
+    spool = Spool(Path(settings.DICOM_SPOOL_DIR) / f"{channel}-{uuid.uuid4().hex}")
+    sender = Sender(sender_ae_title, sender_host)
+    accepted: list[tuple[str, str]] = []
+    failed: list[tuple[str, str, int]] = []
+    try:
+        for data in instances:
+            try:
+                header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                sop_class = str(header.get("SOPClassUID", ""))
+                sop_uid = str(header.get("SOPInstanceUID", ""))
+                study_uid = str(header.get("StudyInstanceUID", ""))
+                series_uid = str(header.get("SeriesInstanceUID", ""))
+            except Exception:
+                failed.append(("", "", 0xC000))
+                continue
+            if sop_class not in STORAGE_CLASSES:
+                failed.append((sop_class, sop_uid, 0x0122))
+                continue
+            if not (sop_uid and study_uid and series_uid):
+                failed.append((sop_class, sop_uid, 0xC000))
+                continue
+            spool.store(data, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, sender=sender)
+            accepted.append((sop_class, sop_uid))
+        folders = spool.complete(p.name for p in spool.incoming.iterdir())
+        studies = [
+            receive_study(
+                folder,
+                channel=channel,
+                sender_ae_title=sender_ae_title,
+                sender_host=sender_host,
+                only_trials=only_trials,
+                actor=actor,
+            )
+            for folder in folders
+        ]
+    finally:
+        shutil.rmtree(spool.root, ignore_errors=True)
+    return InstancesResult(studies, accepted, failed)
+
+
 __all__ = [
+    "InstancesResult",
+    "receive_instances",
     "Routing",
     "assign_received_study",
     "discard_received_study",
