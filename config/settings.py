@@ -201,6 +201,11 @@ DICOM_SPOOL_DIR = Path(env.str("DICOM_SPOOL_DIR", default=str(BASE_DIR / "var" /
 DICOM_INBOX_DIR = Path(env.str("DICOM_INBOX_DIR", default=str(DICOM_SPOOL_DIR / "inbox")))
 DICOM_QUIET_PERIOD_S: float = env.float("DICOM_QUIET_PERIOD_S", default=30.0)
 DICOM_ID_KEY: str = env.str("DICOM_ID_KEY", default="")
+# Sending results to PACS destinations: a failed send is retried after PACS_SEND_BACKOFF_S, doubled each
+# time up to PACS_SEND_BACKOFF_MAX_S, PACS_SEND_MAX_RETRIES times; then the delivery is failed.
+PACS_SEND_MAX_RETRIES: int = env.int("PACS_SEND_MAX_RETRIES", default=8)
+PACS_SEND_BACKOFF_S: float = env.float("PACS_SEND_BACKOFF_S", default=2.0)
+PACS_SEND_BACKOFF_MAX_S: float = env.float("PACS_SEND_BACKOFF_MAX_S", default=300.0)
 
 # --- operations (issue 18): readiness, metrics, storage safety
 # /metrics needs "Authorization: Bearer <METRICS_TOKEN>"; without a token only loopback clients get it.

@@ -415,8 +415,15 @@ class Orthanc(Process):
         }
         config_path = folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-        super().__init__([executable, str(config_path)], env, folder / "orthanc.log")
+        self.argv = [executable, str(config_path)]
+        self.env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        self.starts = 1
+        super().__init__(self.argv, self.env, folder / "orthanc.log")
+
+    def restart(self) -> None:
+        """Start it again after :meth:`kill` (same ports, same storage): a PACS back after an outage."""
+        self.starts += 1
+        Process.__init__(self, self.argv, self.env, self.folder / f"orthanc-{self.starts}.log")
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         self.wait_until(

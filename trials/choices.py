@@ -167,3 +167,26 @@ class ReceiveChannel(models.TextChoices):
     CSTORE = "cstore", "DICOM C-STORE"
     STOW = "stow", "DICOMweb STOW-RS"
     PULL = "pull", "DICOMweb pull (QIDO/WADO)"
+
+
+class DeliveryTrigger(models.TextChoices):
+    """When a PACS destination is sent a visit's results."""
+
+    AI_DRAFT = "ai_draft", "As soon as the AI results exist"
+    SIGNED = "signed", "Only after a radiologist signed the assessment"
+
+
+class DeliveryProtocol(models.TextChoices):
+    """How results reach a destination."""
+
+    CSTORE = "cstore", "DICOM C-STORE"
+    STOW = "stow", "DICOMweb STOW-RS"
+
+
+class DeliveryState(models.TextChoices):
+    """State of one send of results to one destination."""
+
+    QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed (retries exhausted)"

@@ -26,6 +26,8 @@ What is here:
     TrialPacsSettings how a trial's incoming studies are routed (protocol id, series rules, visit window).
     SubjectMapping   a site's Patient ID (as an HMAC only) standing for a trial subject.
     ReceivedStudy    a study received from a PACS or a modality, its routing decision and outcome (inbox).
+    PacsDestination  where a trial's results go (C-STORE AE or STOW-RS URL), what and when.
+    PacsDelivery     one send of a run's SEG/RTSTRUCT to one destination: state, attempts, last error.
 
 Models hold fields, constraints and small derived properties only. Every state change goes through
 an action (``trials.actions``) or a row helper (``trials.records``) so that it is audited.
@@ -52,6 +54,9 @@ from trials.choices import (
     ClinicalStatus,
     CorticosteroidStatus,
     Criteria,
+    DeliveryProtocol,
+    DeliveryState,
+    DeliveryTrigger,
     JobKind,
     JobState,
     LesionRole,
@@ -921,3 +926,75 @@ class ReceivedStudy(models.Model):
 
     def __str__(self) -> str:
         return f"received study {self.pk} ({self.state})"
+
+
+class PacsDestination(models.Model):
+    """Where a trial's results go: a PACS, a viewer's archive, a treatment-planning system.
+
+    ``protocol`` C-STORE (``ae_title`` at ``host``:``port``, MetTrack calling as ``DICOM_AE_TITLE``) or
+    STOW-RS (``url``, the DICOMweb root); ``sends`` lists what it gets (``seg``, ``rtstruct``);
+    ``trigger`` when: as soon as the AI results exist, or only after a radiologist signed.
+    """
+
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="pacs_destinations")
+    name = models.CharField(max_length=64)
+    protocol = models.CharField(max_length=8, choices=DeliveryProtocol.choices)
+    ae_title = models.CharField(max_length=16, blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
+    url = models.CharField(max_length=500, blank=True)
+    sends = models.JSONField(default=list, help_text='What it gets: ["seg", "rtstruct"].')
+    trigger = models.CharField(
+        max_length=10, choices=DeliveryTrigger.choices, default=DeliveryTrigger.AI_DRAFT
+    )
+    is_active = models.BooleanField(default=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["trial_id", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trial", "name"],
+                name="unique_destination_name_per_trial",
+                violation_error_message="This trial already has a destination with this name.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.protocol})"
+
+
+class PacsDelivery(models.Model):
+    """One send of a run's results (SEG, RTSTRUCT) to one destination, retried until delivered.
+
+    Unique per destination and run: results are sent once, however often the pipeline or a signature
+    asks. A failed delivery never blocks the assessment; it is shown on the visit page and in the API.
+    """
+
+    destination = models.ForeignKey(PacsDestination, on_delete=models.PROTECT, related_name="deliveries")
+    segmentation_run = models.ForeignKey(SegmentationRun, on_delete=models.PROTECT, related_name="deliveries")
+    timepoint = models.ForeignKey(Timepoint, on_delete=models.PROTECT, related_name="deliveries")
+    sent_objects = models.JSONField(default=list, help_text="Kinds sent (seg, rtstruct).")
+    state = models.CharField(max_length=10, choices=DeliveryState.choices, default=DeliveryState.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["timepoint_id", "id"]
+        verbose_name_plural = "PACS deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["destination", "segmentation_run"],
+                name="unique_delivery_per_destination_run",
+                violation_error_message="These results were already sent to this destination.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} to {self.destination_id} ({self.state})"

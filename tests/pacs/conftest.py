@@ -29,11 +29,17 @@ MODALITY_AE = "MODALITY1"
 
 
 @pytest.fixture(scope="session")
-def phantom_image() -> sitk.Image:
-    """One synthetic post-contrast T1 volume (80 x 96 x 72 at 2 mm) with two lesions."""
+def phantom() -> Any:
+    """One synthetic post-contrast T1 visit (80 x 96 x 72 at 2 mm) with two lesions and their labels."""
     from trials.management.commands.demo_pipeline import render_visits
 
-    return render_visits(17, [[20.0, 14.0]], geometry=TEST_GEOMETRY, skull=False)[0].image
+    return render_visits(17, [[20.0, 14.0]], geometry=TEST_GEOMETRY, skull=False)[0]
+
+
+@pytest.fixture(scope="session")
+def phantom_image(phantom: Any) -> sitk.Image:
+    """The phantom's MRI."""
+    return phantom.image
 
 
 def write_study(

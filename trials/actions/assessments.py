@@ -15,10 +15,11 @@ from typing import Any
 from django.db import transaction
 
 from trials.audit import new_correlation_id
-from trials.choices import ResponseChoices
+from trials.choices import DeliveryTrigger, ResponseChoices, RunStatus
 from trials.exceptions import InvalidInputError, SignatureError
-from trials.models import Assessment
+from trials.models import Assessment, SegmentationRun, Timepoint
 from trials.pipeline.assessment import derive_override, reassess_patient
+from trials.pipeline.delivery import queue_deliveries
 from trials.records.assessments import record_confirmation, record_override
 
 
@@ -50,9 +51,11 @@ def confirm_assessment(
         SignatureError: wrong password. InvalidStateError: superseded or already signed.
     """
     verify_signature(actor, password)
-    return record_confirmation(
+    confirmed = record_confirmation(
         assessment, actor=actor, reason=reason, correlation_id=correlation_id or new_correlation_id()
     )
+    _send_signed_results(assessment.timepoint)
+    return confirmed
 
 
 @transaction.atomic
@@ -102,7 +105,20 @@ def override_assessment(
     reassess_patient(
         timepoint.patient, from_timepoint=timepoint, actor=actor, reason=reason, correlation_id=correlation_id
     )
+    _send_signed_results(timepoint)
     return new
+
+
+def _send_signed_results(timepoint: Timepoint) -> None:
+    """Queue the visit's results for the destinations that get them only once signed (after commit)."""
+    run = (
+        SegmentationRun.objects.filter(series__timepoint=timepoint, status=RunStatus.SUCCEEDED)
+        .select_related("series__timepoint__patient")
+        .order_by("-created_at")
+        .first()
+    )
+    if run is not None:
+        queue_deliveries(run, trigger=DeliveryTrigger.SIGNED)
 
 
 __all__ = ["confirm_assessment", "override_assessment", "verify_signature"]

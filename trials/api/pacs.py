@@ -22,7 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from trials.actions.pacs import assign_received_study, discard_received_study
-from trials.models import Patient, ReceivedStudy, Timepoint
+from trials.api.views import ReadOnlyViewSet
+from trials.models import PacsDelivery, Patient, ReceivedStudy, Timepoint
 from trials.permissions import MANAGE_PATIENTS, has_capability, visible_received_studies, visible_trial_ids
 
 #: Keys of a received series shown in the API (its spool folder name stays inside).
@@ -156,3 +157,37 @@ class ReceivedStudyViewSet(viewsets.ReadOnlyModelViewSet):
             raise PermissionDenied("Your role in this trial does not allow discarding studies.")
         resolved = discard_received_study(item, actor=request.user, reason=form.validated_data["reason"])
         return Response(ReceivedStudySerializer(resolved).data)
+
+
+class PacsDeliverySerializer(serializers.ModelSerializer):
+    destination_name = serializers.CharField(source="destination.name", read_only=True)
+    protocol = serializers.CharField(source="destination.protocol", read_only=True)
+
+    class Meta:
+        model = PacsDelivery
+        fields = [
+            "id",
+            "destination",
+            "destination_name",
+            "protocol",
+            "timepoint",
+            "segmentation_run",
+            "sent_objects",
+            "state",
+            "attempts",
+            "last_error",
+            "created_at",
+            "updated_at",
+            "delivered_at",
+        ]
+        read_only_fields = fields
+
+
+class PacsDeliveryViewSet(ReadOnlyViewSet):
+    """Sends of results (SEG, RTSTRUCT) to the trials' PACS destinations; ``?timepoint=`` for one visit."""
+
+    queryset = PacsDelivery.objects.select_related("destination")
+    serializer_class = PacsDeliverySerializer
+    trial_path = "timepoint__patient__trial"
+    filterset_fields = ["timepoint", "state", "destination"]
+    ordering_fields = ["created_at"]

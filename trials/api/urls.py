@@ -24,6 +24,7 @@ router.register("assessments", views.AssessmentViewSet, basename="assessment")
 router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
 router.register("jobs", views.ProcessingJobViewSet, basename="job")
 router.register("inbox", pacs.ReceivedStudyViewSet, basename="receivedstudy")
+router.register("pacs-deliveries", pacs.PacsDeliveryViewSet, basename="pacsdelivery")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="token"),
