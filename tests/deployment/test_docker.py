@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 COMPOSE_VARIABLES = {"POSTGRES_PASSWORD", "METTRACK_IMAGE", "METTRACK_TAG", "METTRACK_GPU_TAG"}
 #: Set by compose.yaml for every container (commented in env.example, documented in the README).
 SET_BY_COMPOSE = {"DATABASE_URL", "CELERY_BROKER_URL", "MEDIA_ROOT", "LOG_FORMAT"}
-APP_SERVICES = {"migrate", "web", "worker-gpu", "worker-default", "beat"}
+APP_SERVICES = {"migrate", "web", "worker-gpu", "worker-default", "beat", "dicom-listener"}
 
 
 def _tool(name: str) -> str:
@@ -106,7 +106,7 @@ def test_the_topology_is_the_documented_one() -> None:
     # Redis keeps its queues over a restart; every long-running service has a health check.
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
-    for name in ("postgres", "redis", "web", "worker-gpu", "worker-default"):
+    for name in ("postgres", "redis", "web", "worker-gpu", "worker-default", "dicom-listener"):
         assert "healthcheck" in services[name], name
     for name in APP_SERVICES:
         assert "media:/data/media" in services[name]["volumes"] or name == "beat", name

@@ -70,6 +70,7 @@ from trials.models import (
     Trial,
     TrialPacsSettings,
 )
+from trials.records.base import create_row, update_row
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +302,47 @@ def _record(received: ReceivedStudy, *, action: str, actor: Any | None, correlat
             "decision": received.decision,
         },
         reason=received.reason,
+        correlation_id=correlation_id,
+    )
+
+
+PACS_SETTINGS_FIELDS = ("protocol_id", "series_rules", "visit_window_days", "viewer_url_template")
+
+
+@transaction.atomic
+def set_pacs_settings(
+    trial: Trial, *, actor: Any | None, reason: str = "", correlation_id: str = "", **changes: Any
+) -> TrialPacsSettings:
+    """Create or change a trial's PACS settings (protocol id, series rules, visit window, viewer URL).
+
+    Raises:
+        InvalidInputError: an unknown field, or series rules ``SeriesRules`` refuses.
+    """
+    unknown = sorted(set(changes) - set(PACS_SETTINGS_FIELDS))
+    if unknown:
+        raise InvalidInputError(f"Unknown PACS setting(s): {', '.join(unknown)}.")
+    if "series_rules" in changes:
+        try:
+            SeriesRules.from_dict(changes["series_rules"])
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(str(exc), {"series_rules": [str(exc)]}) from exc
+    correlation_id = correlation_id or new_correlation_id()
+    current = TrialPacsSettings.objects.filter(trial=trial).first()
+    if current is None:
+        return create_row(
+            TrialPacsSettings,
+            actor=actor,
+            reason=reason,
+            correlation_id=correlation_id,
+            trial=trial,
+            **changes,
+        )
+    return update_row(
+        current,
+        changes,
+        allowed=PACS_SETTINGS_FIELDS,
+        actor=actor,
+        reason=reason,
         correlation_id=correlation_id,
     )
 
@@ -549,6 +591,8 @@ def receive_instances(
 
 
 __all__ = [
+    "PACS_SETTINGS_FIELDS",
+    "set_pacs_settings",
     "InstancesResult",
     "receive_instances",
     "Routing",
