@@ -203,6 +203,10 @@ DICOM_QUIET_PERIOD_S: float = env.float("DICOM_QUIET_PERIOD_S", default=30.0)
 DICOM_ID_KEY: str = env.str("DICOM_ID_KEY", default="")
 # Sending results to PACS destinations: a failed send is retried after PACS_SEND_BACKOFF_S, doubled each
 # time up to PACS_SEND_BACKOFF_MAX_S, PACS_SEND_MAX_RETRIES times; then the delivery is failed.
+# Pull mode: a DICOMweb source (QIDO-RS/WADO-RS root) that beat queries every DICOMWEB_PULL_INTERVAL_S
+# for new studies of the trials (empty: no pull).
+DICOMWEB_PULL_URL: str = env.str("DICOMWEB_PULL_URL", default="")
+DICOMWEB_PULL_INTERVAL_S: float = env.float("DICOMWEB_PULL_INTERVAL_S", default=300.0)
 PACS_SEND_MAX_RETRIES: int = env.int("PACS_SEND_MAX_RETRIES", default=8)
 PACS_SEND_BACKOFF_S: float = env.float("PACS_SEND_BACKOFF_S", default=2.0)
 PACS_SEND_BACKOFF_MAX_S: float = env.float("PACS_SEND_BACKOFF_MAX_S", default=300.0)

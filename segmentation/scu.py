@@ -1,4 +1,4 @@
-"""Sending DICOM objects to a remote node: C-STORE SCU (pynetdicom) and STOW-RS (dicomweb-client).
+"""DICOM to and from remote nodes: C-STORE SCU (pynetdicom), STOW-RS, QIDO-RS and WADO-RS (dicomweb-client).
 
 Both raise :class:`SendError` with a message naming what failed (association refused, a non-success
 status, an HTTP error, the node unreachable); the caller decides whether to try again. Nothing here
@@ -81,4 +81,45 @@ def send_stow(paths: Sequence[Path], *, url: str, headers: dict[str, str] | None
     return len(datasets)
 
 
-__all__ = ["SendError", "send_cstore", "send_stow"]
+def find_studies(url: str, filters: dict[str, str], *, headers: dict[str, str] | None = None) -> list[str]:
+    """Study Instance UIDs a DICOMweb service finds by QIDO-RS with ``filters`` (keyword -> value).
+
+    Raises:
+        SendError: the service could not be reached or refused the query.
+    """
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=url, headers=headers or {})
+    try:
+        found = client.search_for_studies(search_filters=filters, fields=["StudyInstanceUID"])
+    except (requests.RequestException, OSError) as exc:
+        raise SendError(f"QIDO-RS at {url} failed: {exc}") from exc
+    return [str(item["0020000D"]["Value"][0]) for item in found if item.get("0020000D", {}).get("Value")]
+
+
+def retrieve_study(url: str, study_uid: str, *, headers: dict[str, str] | None = None) -> list[bytes]:
+    """Every instance of a study, retrieved by WADO-RS, as DICOM Part 10 bytes.
+
+    Raises:
+        SendError: the service could not be reached or refused the retrieval.
+    """
+    import io
+
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=url, headers=headers or {})
+    try:
+        datasets = client.retrieve_study(study_uid)
+    except (requests.RequestException, OSError) as exc:
+        raise SendError(f"WADO-RS from {url} failed: {exc}") from exc
+    encoded = []
+    for ds in datasets:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+__all__ = ["SendError", "find_studies", "retrieve_study", "send_cstore", "send_stow"]

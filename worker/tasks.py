@@ -27,6 +27,8 @@ from celery.exceptions import Ignore
 from django.conf import settings
 
 from config.celery import app
+from segmentation.scu import SendError
+from trials.actions.pacs import pull_studies
 from trials.logs import correlation_id_bound
 from trials.pipeline.analysis import run_analysis_stage
 from trials.pipeline.assessment import run_trial_reassessment
@@ -181,3 +183,17 @@ def deliver_results(self: Task, *, delivery_id: int) -> str:
             if final:
                 raise Ignore() from exc
             raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+
+
+@app.task(name="mettrack.pacs.pull", acks_late=True)
+def pull_dicomweb() -> list[int]:
+    """Periodic (``DICOMWEB_PULL_URL`` set): receive the trials' new studies from the DICOMweb source.
+    A source that cannot be reached is logged and tried again at the next period."""
+    url = str(getattr(settings, "DICOMWEB_PULL_URL", ""))
+    if not url:
+        return []
+    try:
+        return [study.pk for study in pull_studies(url)]
+    except SendError as exc:
+        logger.warning("DICOMweb pull failed: %s", exc)
+        return []

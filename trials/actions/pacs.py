@@ -30,6 +30,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pydicom
 from django.conf import settings
@@ -49,11 +50,12 @@ from segmentation.routing import (
     choose_visit,
     study_from_folder,
 )
+from segmentation.scu import find_studies, retrieve_study
 from segmentation.spool import Spool
 from trials.actions.imaging import upload_series
 from trials.actions.patients import create_timepoint
 from trials.audit import new_correlation_id, record_audit_event
-from trials.choices import ReceivedStudyState, SeriesSource
+from trials.choices import ReceiveChannel, ReceivedStudyState, SeriesSource
 from trials.exceptions import (
     DuplicateError,
     DuplicateSeriesError,
@@ -590,7 +592,35 @@ def receive_instances(
     return InstancesResult(studies, accepted, failed)
 
 
+def pull_studies(source_url: str, *, headers: dict[str, str] | None = None) -> list[ReceivedStudy]:
+    """Pull mode: fetch the new studies of every trial with PACS settings from a DICOMweb source.
+
+    For each trial, QIDO-RS finds the studies whose Clinical Trial Protocol ID is the trial's
+    (``TrialPacsSettings.protocol_id``, else its code); those not received before (by Study Instance UID)
+    are retrieved by WADO-RS and received like a STOW-RS upload (routed, stored, or put in the inbox). A
+    site Patient ID cannot be searched: MetTrack keeps only its hash, so pull finds studies by the trial
+    attributes alone.
+
+    Raises:
+        SendError: the source could not be queried (nothing received for the trials not reached).
+    """
+    received: list[ReceivedStudy] = []
+    host = urlparse(source_url).netloc[:255]
+    for pacs in TrialPacsSettings.objects.select_related("trial").order_by("trial__code"):
+        protocol = pacs.protocol_id or pacs.trial.code
+        for study_uid in find_studies(source_url, {"ClinicalTrialProtocolID": protocol}, headers=headers):
+            if ReceivedStudy.objects.filter(study_instance_uid=study_uid).exists():
+                continue
+            instances = retrieve_study(source_url, study_uid, headers=headers)
+            result = receive_instances(instances, channel=ReceiveChannel.PULL, sender_host=host)
+            received.extend(result.studies)
+    if received:
+        logger.info("pulled %d new study(ies) from the DICOMweb source", len(received))
+    return received
+
+
 __all__ = [
+    "pull_studies",
     "PACS_SETTINGS_FIELDS",
     "set_pacs_settings",
     "InstancesResult",
