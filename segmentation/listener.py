@@ -41,21 +41,23 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
 
-#: Transfer syntaxes accepted: uncompressed ones, deflate, and the compressed ones ingest decodes
-#: (GDCM through SimpleITK, or pylibjpeg): JPEG baseline and lossless, JPEG-LS, JPEG 2000, RLE.
+#: Transfer syntaxes accepted, in the order of preference (pynetdicom accepts, for each proposed context,
+#: the first of these the sender proposes): lossless compressed as sent (no conversion by the sender),
+#: then uncompressed, then lossy compressed last (a sender offering its lossy data uncompressed too keeps
+#: it as acquired). Compressed pixels are decoded on ingest as uploads are (GDCM, pylibjpeg).
 TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1 (Process 14, selection value 1)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.5",  # RLE Lossless
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1 (Process 14, selection value 1)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
 )
 
 #: C-STORE response statuses (PS3.4 B.2.3).

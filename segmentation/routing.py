@@ -327,9 +327,26 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def _attribute(ds: pydicom.Dataset, keyword: str) -> Any:
+    """An attribute at the top level, else in the first item of a shared or first per-frame functional
+    group macro of a multi-frame image (PS3.3 C.7.6.16), e.g. Slice Thickness in the Pixel Measures
+    macro, MR Acquisition Type in a legacy converted image's unassigned shared attributes."""
+    value = ds.get(keyword)
+    if value not in (None, ""):
+        return value
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in (ds.get(groups) or [])[:1]:
+            for element in group:
+                if element.VR == "SQ" and element.value:
+                    nested = element.value[0].get(keyword)
+                    if nested not in (None, ""):
+                        return nested
+    return None
+
+
 def _series_from(ds: pydicom.Dataset, instances: int, folder: str) -> ReceivedSeries:
     number = ds.get("SeriesNumber")
-    contrast = ds.get("ContrastBolusAgent")
+    contrast = _attribute(ds, "ContrastBolusAgent")
     if contrast in (None, "") and "ContrastBolusUsageSequence" in ds:  # enhanced MR (C.8.13.5)
         contrast = "present"
     return ReceivedSeries(
@@ -339,8 +356,8 @@ def _series_from(ds: pydicom.Dataset, instances: int, folder: str) -> ReceivedSe
         instances=instances,
         series_number=int(number) if number not in (None, "") else None,
         contrast_bolus_agent=str(contrast) if contrast not in (None, "") else None,
-        mr_acquisition_type=str(ds.get("MRAcquisitionType", "") or "") or None,
-        slice_thickness_mm=_float(ds.get("SliceThickness")),
+        mr_acquisition_type=str(_attribute(ds, "MRAcquisitionType") or "") or None,
+        slice_thickness_mm=_float(_attribute(ds, "SliceThickness")),
         number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
         folder=folder,
     )

@@ -439,19 +439,32 @@ class Orthanc(Process):
 
 
 def storescu(
-    port: int, files: list[Path] | Path, *, calling: str = "STORESCU", called: str = "METTRACK"
+    port: int,
+    files: list[Path] | Path,
+    *,
+    calling: str = "STORESCU",
+    called: str = "METTRACK",
+    options: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """dcmtk's ``storescu`` sending ``files`` (or a folder, recursively) to 127.0.0.1:``port``."""
+    """dcmtk's ``storescu`` sending ``files`` (or a folder, recursively) to 127.0.0.1:``port``.
+
+    ``-R``: it proposes the SOP classes of the files themselves (enhanced MR too); ``options`` adds
+    storescu options, e.g. ``("-xv",)`` to propose JPEG 2000 lossless and send such files as they are.
+    storescu exits 0 even when a store failed, so an error line in its output sets ``returncode`` to 1.
+    """
     executable = shutil.which("storescu")
     if executable is None:
         pytest.fail("dcmtk's storescu is not installed: run scripts/ensure-pacs-tools.sh")
-    args = [executable, "-aet", calling, "-aec", called, "-nh"]
+    args = [executable, "-aet", calling, "-aec", called, "-nh", "-R", *options]
     if isinstance(files, Path) and files.is_dir():
         args += ["+sd", "+r", REDIS_HOST, str(port), str(files)]
     else:
         paths = [files] if isinstance(files, Path) else files
         args += [REDIS_HOST, str(port), *map(str, paths)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if result.returncode == 0 and any(line.startswith(("E:", "F:")) for line in result.stderr.splitlines()):
+        result.returncode = 1
+    return result
 
 
 def echoscu(

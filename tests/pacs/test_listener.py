@@ -308,3 +308,35 @@ def test_listener_killed_mid_series_keeps_what_it_acknowledged(
     assert study.state == ReceivedStudyState.ROUTED, (study.reason, restarted.log()[-3000:])
     assert study.series[0]["instances"] == len(files)
     assert study.imaging_series.size_voxels == [80, 96, 72]
+
+
+@pytest.mark.timeout(600)
+def test_compressed_and_enhanced_multiframe_series_are_received_and_decoded(
+    pacs_world: PacsWorld,
+    start_listener: Callable[..., DicomListenerProcess],
+    phantom_image: sitk.Image,
+    tmp_path: Path,
+) -> None:
+    from tests.factories import make_timepoint
+    from tests.pacs.conftest import BASELINE_DATE
+
+    follow_up = make_timepoint(
+        pacs_world.patient, visit_label="FU1", scan_date=BASELINE_DATE.replace(month=3)
+    )
+    listener = start_listener()
+    jpeg2000 = write_study(phantom_image, tmp_path / "j2k", patient_id="MRN-1001", compress="jpeg2000")
+    enhanced = write_study(
+        phantom_image, tmp_path / "mf", patient_id="MRN-1001", study_date=follow_up.scan_date, multiframe=True
+    )
+    for folders, options in ((jpeg2000, ("-xv",)), (enhanced, ())):
+        sent = storescu(
+            listener.port, folders["T1 MPRAGE post-contrast"], calling=MODALITY_AE, options=options
+        )
+        assert sent.returncode == 0, sent.stderr
+    listener.wait_until(lambda: received(2), 180, "both studies")
+    by_visit = {r.timepoint: r for r in ReceivedStudy.objects.all()}
+    for visit, instances in ((pacs_world.baseline, 72), (follow_up, 1)):
+        study = by_visit[visit]
+        assert study.state == ReceivedStudyState.ROUTED, (study.reason, study.decision)
+        assert study.series[0]["instances"] == instances
+        assert study.imaging_series.size_voxels == [80, 96, 72]
