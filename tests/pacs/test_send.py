@@ -149,3 +149,32 @@ def test_seg_and_rtstruct_reach_orthanc_after_an_outage(
             )
     finally:
         orthanc.kill()
+
+
+def test_signed_destinations_get_the_results_once_a_radiologist_signs(
+    pacs_world: PacsWorld, phantom: Any, tmp_path: Path, fast_retries: None, monkeypatch: Any
+) -> None:
+    from tests.factories import DEFAULT_PASSWORD, make_assessment, make_member
+    from trials.actions.assessments import confirm_assessment
+    from trials.pipeline import delivery as delivery_module
+
+    dispatched: list[int] = []
+    monkeypatch.setattr(delivery_module, "dispatch", dispatched.append)
+    create = {"protocol": "stow", "url": "http://pacs.invalid/dicom-web", "actor": None}
+    from trials.actions.pacs import create_destination
+
+    create_destination(pacs_world.trial, name="At once", sends=["seg"], trigger="ai_draft", **create)
+    signed = create_destination(
+        pacs_world.trial, name="Signed", sends=["seg", "rtstruct"], trigger="signed", **create
+    )
+    run = analysed_run(pacs_world, phantom, tmp_path)
+    queue_deliveries(run, trigger=DeliveryTrigger.AI_DRAFT)  # what the analysis stage does
+    assert list(PacsDelivery.objects.values_list("destination__name", flat=True)) == ["At once"]
+
+    assessment = make_assessment(pacs_world.baseline)
+    radiologist = make_member(pacs_world.trial, "radiologist")
+    confirm_assessment(assessment, actor=radiologist, password=DEFAULT_PASSWORD)
+
+    late = PacsDelivery.objects.get(destination=signed)
+    assert late.sent_objects == ["seg", "rtstruct"] and late.state == DeliveryState.QUEUED
+    assert sorted(dispatched) == sorted(PacsDelivery.objects.values_list("pk", flat=True))

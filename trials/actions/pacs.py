@@ -55,7 +55,7 @@ from segmentation.spool import Spool
 from trials.actions.imaging import upload_series
 from trials.actions.patients import create_timepoint
 from trials.audit import new_correlation_id, record_audit_event
-from trials.choices import ReceiveChannel, ReceivedStudyState, SeriesSource
+from trials.choices import DeliveryProtocol, ReceiveChannel, ReceivedStudyState, SeriesSource
 from trials.exceptions import (
     DuplicateError,
     DuplicateSeriesError,
@@ -65,6 +65,7 @@ from trials.exceptions import (
 )
 from trials.models import (
     ImagingSeries,
+    PacsDestination,
     Patient,
     ReceivedStudy,
     SubjectMapping,
@@ -349,6 +350,76 @@ def set_pacs_settings(
     )
 
 
+DESTINATION_FIELDS = ("name", "protocol", "ae_title", "host", "port", "url", "sends", "trigger", "is_active")
+#: What a destination may be sent (files of a segmentation run).
+SENDABLE = ("seg", "rtstruct")
+
+
+def _check_destination(values: dict[str, Any]) -> None:
+    errors: dict[str, list[str]] = {}
+    sends = values.get("sends") or []
+    if not isinstance(sends, list) or not sends or any(kind not in SENDABLE for kind in sends):
+        errors["sends"] = [f"A non-empty list of {', '.join(SENDABLE)}."]
+    if values.get("protocol") == DeliveryProtocol.CSTORE:
+        for name in ("ae_title", "host", "port"):
+            if not values.get(name):
+                errors[name] = ["Required for C-STORE."]
+    elif values.get("protocol") == DeliveryProtocol.STOW and not str(values.get("url") or "").startswith(
+        ("http://", "https://")
+    ):
+        errors["url"] = ["The DICOMweb root (http:// or https://) is required for STOW-RS."]
+    if errors:
+        raise InvalidInputError(
+            "Invalid destination: " + "; ".join(f"{k}: {v[0]}" for k, v in errors.items()), errors
+        )
+
+
+@transaction.atomic
+def create_destination(
+    trial: Trial, *, actor: Any | None, reason: str = "", correlation_id: str = "", **values: Any
+) -> PacsDestination:
+    """Add a PACS destination to a trial (audited).
+
+    Raises:
+        InvalidInputError: missing connection details for the protocol, or an invalid ``sends``.
+        DuplicateError: the trial has a destination of that name.
+    """
+    unknown = sorted(set(values) - set(DESTINATION_FIELDS))
+    if unknown:
+        raise InvalidInputError(f"Unknown destination field(s): {', '.join(unknown)}.")
+    _check_destination(values)
+    return create_row(
+        PacsDestination,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id or new_correlation_id(),
+        trial=trial,
+        **values,
+    )
+
+
+@transaction.atomic
+def update_destination(
+    destination: PacsDestination,
+    *,
+    actor: Any | None,
+    reason: str = "",
+    correlation_id: str = "",
+    **changes: Any,
+) -> PacsDestination:
+    """Change a PACS destination (audited); deliveries already made are kept as they were."""
+    merged = {name: getattr(destination, name) for name in DESTINATION_FIELDS} | changes
+    _check_destination(merged)
+    return update_row(
+        destination,
+        changes,
+        allowed=DESTINATION_FIELDS,
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id or new_correlation_id(),
+    )
+
+
 def inbox_path(received: ReceivedStudy) -> Path:
     """Folder of an inbox study's raw instances."""
     return Path(settings.DICOM_INBOX_DIR) / received.inbox_folder
@@ -620,6 +691,8 @@ def pull_studies(source_url: str, *, headers: dict[str, str] | None = None) -> l
 
 
 __all__ = [
+    "create_destination",
+    "update_destination",
     "pull_studies",
     "PACS_SETTINGS_FIELDS",
     "set_pacs_settings",
