@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from segmentation.synthetic_mr import write_dicom_series
 from tests.pipeline.conftest import TEST_GEOMETRY, media_root, tiny_model_dir  # noqa: F401  (fixtures)
-from tests.processes import DicomListenerProcess, worker_env
+from tests.processes import DicomListenerProcess, broker, worker_env  # noqa: F401  (broker: a fixture)
 
 #: Key of the Patient ID hash, the same in the test process and the listener.
 ID_KEY = "pacs-test-patient-id-key"

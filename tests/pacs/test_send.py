@@ -178,3 +178,75 @@ def test_signed_destinations_get_the_results_once_a_radiologist_signs(
     late = PacsDelivery.objects.get(destination=signed)
     assert late.sent_objects == ["seg", "rtstruct"] and late.state == DeliveryState.QUEUED
     assert sorted(dispatched) == sorted(PacsDelivery.objects.values_list("pk", flat=True))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_celery_task_retries_until_orthanc_is_back(
+    pacs_world: PacsWorld,
+    phantom: Any,
+    tmp_path: Path,
+    media_root: Path,
+    tiny_model_dir: Path,
+    broker: Any,
+    monkeypatch: Any,
+) -> None:
+    """The same outage with the deployed path: the task on a real Celery worker (Redis broker) retries
+    with backoff and delivers once Orthanc is back."""
+    from tests.processes import SHARED_REDIS_PORT, Worker, port_open, worker_env
+    from trials.pipeline import embedded
+
+    if not port_open(SHARED_REDIS_PORT):
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    monkeypatch.setattr(embedded, "submit", lambda job_id: None)
+    url = broker(SHARED_REDIS_PORT)
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"METTRACK": 11112})
+    env = worker_env(
+        url,
+        media_root,
+        tiny_model_dir,
+        DICOM_AE_TITLE="METTRACK",
+        PACS_SEND_BACKOFF_S="0.5",
+        PACS_SEND_BACKOFF_MAX_S="1",
+        PACS_SEND_MAX_RETRIES="200",
+    )
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        orthanc.wait_ready()
+        from trials.actions.pacs import create_destination
+
+        create_destination(
+            pacs_world.trial,
+            name="Orthanc",
+            protocol="cstore",
+            ae_title=orthanc.ae_title,
+            host="127.0.0.1",
+            port=orthanc.dicom_port,
+            sends=["seg", "rtstruct"],
+            actor=None,
+        )
+        with monkeypatch.context() as patched:  # the series is stored with the pipeline job left alone
+            patched.setattr("trials.pipeline.queue._send", lambda job, dispatch_id: None)
+            run = analysed_run(pacs_world, phantom, tmp_path)
+        orthanc.kill()
+        worker.wait_ready()
+        (delivery,) = queue_deliveries(run, trigger=DeliveryTrigger.AI_DRAFT)
+
+        def failed_twice() -> bool:
+            delivery.refresh_from_db()
+            return delivery.attempts >= 2
+
+        worker.wait_until(failed_twice, 120, "two failed attempts on the worker")
+        orthanc.restart()
+        orthanc.wait_ready()
+
+        def delivered() -> bool:
+            delivery.refresh_from_db()
+            return delivery.state == DeliveryState.DELIVERED
+
+        worker.wait_until(delivered, 180, "the worker to deliver once Orthanc is back")
+        assert "Retry in" in worker.log() and "mettrack.pacs.deliver" in worker.log()
+        assert len(orthanc.get("/instances")) == 2  # the SEG and the RTSTRUCT, once
+    finally:
+        worker.stop()
+        orthanc.kill()

@@ -29,7 +29,7 @@ from config.celery import app
 from segmentation.scu import SendError, send_cstore, send_stow
 from trials.choices import DeliveryProtocol, DeliveryState
 from trials.models import PacsDelivery, PacsDestination, SegmentationRun
-from trials.pipeline.queue import DEFAULT_QUEUE, embedded_mode
+from trials.pipeline import queue as job_queue
 from trials.storage import run_file_path
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ def queue_deliveries(run: SegmentationRun, *, trigger: str) -> list[PacsDelivery
 
 def dispatch(delivery_id: int) -> None:
     """Hand a delivery to the worker, or to a background thread in embedded mode."""
-    if embedded_mode():
+    if job_queue.embedded_mode():
         threading.Thread(target=_send_with_retries, args=(delivery_id,), daemon=True).start()
         return
     try:
-        app.send_task(DELIVER_TASK, kwargs={"delivery_id": delivery_id}, queue=DEFAULT_QUEUE)
+        app.send_task(DELIVER_TASK, kwargs={"delivery_id": delivery_id}, queue=job_queue.DEFAULT_QUEUE)
     except Exception:  # the broker is away: the delivery stays queued, shown as such
         logger.exception("delivery %s could not be handed to the broker", delivery_id)
 
