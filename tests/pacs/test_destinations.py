@@ -49,7 +49,7 @@ def test_destination_added_in_the_admin_is_audited(trial: Any) -> None:
     [
         ({"protocol": "cstore", "ae_title": "PACS", "host": "pacs", "sends": ["seg"]}, "port"),
         ({"protocol": "stow", "url": "pacs/dicom-web", "sends": ["seg"]}, "url"),
-        ({"protocol": "stow", "url": "http://pacs/dicom-web", "sends": ["sr"]}, "sends"),
+        ({"protocol": "stow", "url": "http://pacs/dicom-web", "sends": ["pdf"]}, "sends"),
     ],
 )
 def test_destination_needs_the_details_of_its_protocol(trial: Any, values: dict, field: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from segmentation.contours import write_rtstruct, write_seg
-from tests.factories import make_model_version, make_run
+from tests.factories import make_lesion, make_model_version, make_observation, make_run
 from tests.pacs.conftest import PacsWorld, write_study
 from tests.processes import Orthanc, wait_for
 from trials.actions.imaging import upload_series
@@ -52,6 +52,16 @@ def analysed_run(world: PacsWorld, phantom: Any, tmp_path: Path) -> Any:
     write_seg(labels, source, media_path(f"{folder}/seg.dcm"), lesion_names=names, algorithm_name="test",
               algorithm_version="1")  # fmt: skip
     write_rtstruct(labels, source, media_path(f"{folder}/rtstruct.dcm"), lesion_names=names)
+    for diameter_mm in (21.5, 13.0):  # lesions L1 and L2 as the analysis would record them
+        lesion = make_lesion(world.patient)
+        make_observation(
+            lesion,
+            world.baseline,
+            segmentation_run=run,
+            longest_diameter_mm=diameter_mm,
+            perpendicular_diameter_mm=diameter_mm / 2,
+            volume_mm3=diameter_mm**3 / 2,
+        )
     return update_segmentation_run(
         run, seg_file=f"{folder}/seg.dcm", rtstruct_file=f"{folder}/rtstruct.dcm", actor=None
     )
@@ -73,7 +83,7 @@ def test_seg_and_rtstruct_reach_orthanc_after_an_outage(
             ae_title=orthanc.ae_title,
             host="127.0.0.1",
             port=orthanc.dicom_port,
-            sends=["seg", "rtstruct"],
+            sends=["seg", "rtstruct", "sr"],
             trigger=DeliveryTrigger.AI_DRAFT,
         )
         run = analysed_run(pacs_world, phantom, tmp_path)
@@ -97,7 +107,7 @@ def test_seg_and_rtstruct_reach_orthanc_after_an_outage(
             return delivery.state == DeliveryState.DELIVERED
 
         wait_for(delivered, 180, "the delivery once Orthanc is back")
-        assert delivery.sent_objects == ["seg", "rtstruct"] and delivery.delivered_at is not None
+        assert delivery.sent_objects == ["seg", "rtstruct", "sr"] and delivery.delivered_at is not None
         assert queue_deliveries(run, trigger=DeliveryTrigger.AI_DRAFT) == []  # sent once
         assert PacsDelivery.objects.filter(destination=destination).count() == 1
 
@@ -105,7 +115,7 @@ def test_seg_and_rtstruct_reach_orthanc_after_an_outage(
         series = run.series
         qido = DICOMwebClient(url=orthanc.dicomweb_url)
         found = {}
-        for modality in ("SEG", "RTSTRUCT"):
+        for modality in ("SEG", "RTSTRUCT", "SR"):
             hits = qido.search_for_series(
                 study_instance_uid=series.study_instance_uid, search_filters={"Modality": modality}
             )
@@ -117,6 +127,14 @@ def test_seg_and_rtstruct_reach_orthanc_after_an_outage(
         frame_refs = found["RTSTRUCT"]["30060010"]["Value"][0]  # Referenced Frame of Reference Sequence
         rt_series = frame_refs["30060012"]["Value"][0]["30060014"]["Value"][0]  # study -> series
         assert rt_series["0020000E"]["Value"] == [series.series_instance_uid]
+        # The SR (TID 1500) names the SEG as its evidence and reports each lesion's longest diameter.
+        report = found["SR"]
+        evidence = report["0040A375"]["Value"][0]["00081115"]["Value"]  # Current Requested Procedure Evidence
+        assert found["SEG"]["0020000E"]["Value"][0] in [item["0020000E"]["Value"][0] for item in evidence]
+        import json
+
+        text = json.dumps(report)
+        assert '"L1"' in text and '"L2"' in text and "21.5" in text and "Long axis" in text
 
         # Shown on the visit page and in the API, with the trial's viewer link.
         from django.test import Client

@@ -352,7 +352,7 @@ def set_pacs_settings(
 
 DESTINATION_FIELDS = ("name", "protocol", "ae_title", "host", "port", "url", "sends", "trigger", "is_active")
 #: What a destination may be sent (files of a segmentation run).
-SENDABLE = ("seg", "rtstruct")
+SENDABLE = ("seg", "rtstruct", "sr")
 
 
 def _check_destination(values: dict[str, Any]) -> None:

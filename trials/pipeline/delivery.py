@@ -1,4 +1,4 @@
-"""Sending a visit's results (SEG, RTSTRUCT) to the trial's PACS destinations, with retries.
+"""Sending a visit's results (SEG, RTSTRUCT, SR of the measurements) to the trial's PACS destinations, with retries.
 
 :func:`queue_deliveries` records one ``PacsDelivery`` per active destination whose trigger matches (the
 AI results exist: ``ai_draft``, called by the analysis stage; a radiologist signed: ``signed``, called by
@@ -26,17 +26,21 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from config.celery import app
+from segmentation.errors import ImagingError
 from segmentation.scu import SendError, send_cstore, send_stow
+from segmentation.sr import LesionMeasurement, write_measurement_report
 from trials.choices import DeliveryProtocol, DeliveryState
-from trials.models import PacsDelivery, PacsDestination, SegmentationRun
+from trials.models import LesionObservation, PacsDelivery, PacsDestination, SegmentationRun
 from trials.pipeline import queue as job_queue
-from trials.storage import run_file_path
+from trials.storage import media_path, run_file_name, run_file_path, series_source_dir, write_file
 
 logger = logging.getLogger(__name__)
 
 DELIVER_TASK = "mettrack.pacs.deliver"
-#: Kinds a destination may get, as stored on a run (``SegmentationRun.<kind>_file``).
-KINDS = ("seg", "rtstruct")
+#: Kinds a destination may get: the run's SEG and RTSTRUCT, and the SR of its measurements (made from the
+#: SEG and the visit's observations when first sent, kept beside them).
+KINDS = ("seg", "rtstruct", "sr")
+SR_FILE = "measurements-sr.dcm"
 
 
 class DeliveryError(Exception):
@@ -61,7 +65,12 @@ def queue_deliveries(run: SegmentationRun, *, trigger: str) -> list[PacsDelivery
     )
     created = []
     for destination in destinations:
-        kinds = [kind for kind in KINDS if kind in destination.sends and getattr(run, f"{kind}_file")]
+        # The SR needs the SEG (its segments are what it measures).
+        kinds = [
+            kind
+            for kind in KINDS
+            if kind in destination.sends and getattr(run, f"{'seg' if kind == 'sr' else kind}_file")
+        ]
         if not kinds:
             continue
         try:
@@ -101,9 +110,44 @@ def _send_with_retries(delivery_id: int) -> None:
         connection.close()
 
 
+def measurement_report_path(run: SegmentationRun) -> Path:
+    """The run's SR (TID 1500) of its lesions' measurements at the visit, written once.
+
+    Raises:
+        SendError: the run has no SEG, or the report cannot be made.
+    """
+    name = run_file_name(run, SR_FILE)
+    path = media_path(name)
+    if path.exists():
+        return path
+    seg = run_file_path(run, "seg")
+    if seg is None:
+        raise SendError("the run has no SEG for a measurement report")
+    observations = LesionObservation.objects.filter(segmentation_run=run, present=True).select_related(
+        "lesion"
+    )
+    lesions = [
+        LesionMeasurement(o.lesion.label, o.longest_diameter_mm, o.perpendicular_diameter_mm, o.volume_mm3)
+        for o in observations.order_by("lesion__id")
+    ]
+    sources = sorted(series_source_dir(run.series).glob("*.dcm"))
+    try:
+        return write_file(
+            name,
+            lambda out: write_measurement_report(seg, sources, lesions, out),
+            lambda out: None,
+            needed_bytes=16 * 1024**2,
+        )
+    except ImagingError as exc:
+        raise SendError(exc.user_message) from exc
+
+
 def _paths(delivery: PacsDelivery) -> list[Path]:
     paths = []
     for kind in delivery.sent_objects:
+        if kind == "sr":
+            paths.append(measurement_report_path(delivery.segmentation_run))
+            continue
         path = run_file_path(delivery.segmentation_run, kind)
         if path is None:
             raise SendError(f"the run's {kind.upper()} file is missing")
