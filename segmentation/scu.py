@@ -76,7 +76,7 @@ def send_stow(paths: Sequence[Path], *, url: str, headers: dict[str, str] | None
         answer = client.store_instances(datasets)
     except (requests.RequestException, OSError) as exc:
         raise SendError(f"STOW-RS to {url} failed: {exc}") from exc
-    if "FailedSOPSequence" in answer:
+    if answer.get("FailedSOPSequence"):  # some services answer it empty when nothing failed
         raise SendError(f"STOW-RS to {url}: {len(answer.FailedSOPSequence)} instance(s) refused")
     return len(datasets)
 

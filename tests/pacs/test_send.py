@@ -268,3 +268,39 @@ def test_celery_task_retries_until_orthanc_is_back(
     finally:
         worker.stop()
         orthanc.kill()
+
+
+@pytest.mark.timeout(300)
+def test_stow_rs_destination_stores_the_results_in_orthanc(
+    pacs_world: PacsWorld, phantom: Any, tmp_path: Path, fast_retries: None
+) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    from trials.actions.pacs import create_destination
+
+    orthanc = Orthanc(tmp_path / "orthanc")
+    try:
+        orthanc.wait_ready()
+        create_destination(
+            pacs_world.trial,
+            name="Orthanc DICOMweb",
+            protocol="stow",
+            url=orthanc.dicomweb_url,
+            sends=["seg", "sr"],
+            actor=None,
+        )
+        run = analysed_run(pacs_world, phantom, tmp_path)
+        (delivery,) = queue_deliveries(run, trigger=DeliveryTrigger.AI_DRAFT)
+
+        def delivered() -> bool:
+            delivery.refresh_from_db()
+            return delivery.state == DeliveryState.DELIVERED
+
+        wait_for(delivered, 120, "the STOW-RS delivery")
+        assert delivery.attempts == 1
+        found = DICOMwebClient(url=orthanc.dicomweb_url).search_for_series(
+            study_instance_uid=run.series.study_instance_uid
+        )
+        assert sorted(item["00080060"]["Value"][0] for item in found) == ["SEG", "SR"]
+    finally:
+        orthanc.kill()
