@@ -63,3 +63,28 @@ def test_series_rules_are_checked_when_set(trial: Any) -> None:
         set_pacs_settings(trial, series_rules={"slice_mm": 1}, actor=None)
     settings = set_pacs_settings(trial, visit_window_days=21, actor=None)
     assert TrialPacsSettings.objects.get(trial=trial).visit_window_days == 21 == settings.visit_window_days
+
+
+def test_data_managers_map_a_site_patient_id_stored_as_a_hash_only(trial: Any, api_client: Any) -> None:
+    from tests.factories import make_member, make_patient
+    from trials.actions.pacs import patient_key
+    from trials.models import SubjectMapping
+
+    patient = make_patient(trial, subject_id="SUBJ-9")
+    url = f"/api/v1/patients/{patient.pk}/subject-mapping/"
+    api_client.force_authenticate(make_member(trial, "investigator"))
+    assert api_client.post(url, {"patient_id": "MRN-77"}, format="json").status_code == 403
+    api_client.force_authenticate(make_member(trial, "data_manager"))
+    answer = api_client.post(url, {"patient_id": "MRN-77"}, format="json")
+    assert answer.status_code == 201 and "MRN-77" not in answer.content.decode()
+    mapping = SubjectMapping.objects.get(patient=patient)
+    assert mapping.patient_id_hmac == patient_key("MRN-77") != "MRN-77"
+    event = AuditEvent.objects.get(action="map_patient_id")
+    assert "MRN-77" not in repr((event.before, event.after, event.reason, event.object_repr))
+    assert mapping.patient_id_hmac not in repr((event.before, event.after, event.object_repr))
+    assert api_client.post(url, {"patient_id": "MRN-77"}, format="json").status_code == 201  # idempotent
+    other = make_patient(trial, subject_id="SUBJ-10", site=patient.site)
+    clash = api_client.post(
+        f"/api/v1/patients/{other.pk}/subject-mapping/", {"patient_id": "MRN-77"}, format="json"
+    )
+    assert clash.status_code == 409

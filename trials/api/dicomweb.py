@@ -20,6 +20,8 @@ import email.policy
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -73,6 +75,11 @@ class StowView(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes: list[Any] = []
 
+    @extend_schema(
+        request={"multipart/related": OpenApiTypes.BINARY},
+        responses={(code, "application/dicom+json"): OpenApiTypes.OBJECT for code in (200, 202, 409)},
+        description="STOW-RS (PS3.18 10.5): store DICOM instances; routed like those the listener receives.",
+    )
     def post(self, request: Request) -> Response:
         user: Any = request.user
         if user.is_superuser:

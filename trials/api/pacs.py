@@ -16,12 +16,13 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from trials.actions.pacs import assign_received_study, discard_received_study
+from trials.actions.pacs import assign_received_study, discard_received_study, map_subject
 from trials.api.views import ReadOnlyViewSet
 from trials.models import PacsDelivery, Patient, ReceivedStudy, Timepoint
 from trials.permissions import MANAGE_PATIENTS, has_capability, visible_received_studies, visible_trial_ids
@@ -191,3 +192,35 @@ class PacsDeliveryViewSet(ReadOnlyViewSet):
     trial_path = "timepoint__patient__trial"
     filterset_fields = ["timepoint", "state", "destination"]
     ordering_fields = ["created_at"]
+
+
+class SubjectMappingSerializer(serializers.Serializer):
+    patient_id = serializers.CharField(
+        max_length=64, write_only=True, help_text="The site's Patient ID (stored only as a keyed hash)."
+    )
+
+
+class SubjectMappingView(APIView):
+    """``POST /api/v1/patients/{id}/subject-mapping/``: map the site's Patient ID to this subject.
+
+    Data managers of the trial (``manage_patients``); later studies carrying that Patient ID are routed to
+    the patient without the inbox. Only an HMAC of the ID is stored; the answer never repeats it.
+    """
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=SubjectMappingSerializer, responses={201: None})
+    def post(self, request: Request, pk: int) -> Response:
+        patient = (
+            Patient.objects.select_related("trial", "site")
+            .filter(pk=pk, trial__in=visible_trial_ids(request.user))
+            .first()
+        )
+        if patient is None:
+            raise NotFound("No such patient.")
+        if not has_capability(request.user, patient.trial, MANAGE_PATIENTS):
+            raise PermissionDenied("Your role in this trial does not allow mapping Patient IDs.")
+        form = SubjectMappingSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        mapping = map_subject(patient, form.validated_data["patient_id"], actor=request.user)
+        return Response({"patient": patient.pk, "site": mapping.site_id}, status=201)

@@ -30,6 +30,11 @@ urlpatterns = [
     path("auth/token/", obtain_auth_token, name="token"),
     # Before the router: POST uploads a series; GET is the router's list of the visit's series.
     path("timepoints/<int:pk>/series/", uploads.SeriesUploadView.as_view(), name="timepoint-series-upload"),
+    path(
+        "patients/<int:pk>/subject-mapping/",
+        pacs.SubjectMappingView.as_view(),
+        name="patient-subject-mapping",
+    ),
     path("series/<int:pk>/segment/", uploads.SeriesSegmentView.as_view(), name="series-segment"),
     path("trials/<int:pk>/exports/<str:kind>.csv", TrialExportView.as_view(), name="trial-export"),
     path("", include(router.urls)),
