@@ -39,9 +39,7 @@ from django.utils import timezone
 
 from segmentation.listener import STORAGE_CLASSES
 from segmentation.routing import (
-    ReceivedStudy as StudyHeaders,
-)
-from segmentation.routing import (
+    ReceivedSeries,
     SeriesChoice,
     SeriesRules,
     Visit,
@@ -49,6 +47,9 @@ from segmentation.routing import (
     choose_series,
     choose_visit,
     study_from_folder,
+)
+from segmentation.routing import (
+    ReceivedStudy as StudyHeaders,
 )
 from segmentation.scu import find_studies, retrieve_study
 from segmentation.spool import Spool
@@ -454,9 +455,8 @@ def _pick_series(received: ReceivedStudy, patient: Patient, series_uid: str) -> 
     return next(row for row in series if row["series_instance_uid"] == choice.selected.series_instance_uid)
 
 
-def _as_received_series(row: dict[str, Any]) -> Any:
-    from segmentation.routing import ReceivedSeries
-
+def _as_received_series(row: dict[str, Any]) -> ReceivedSeries:
+    """A series of the stored summary (``ReceivedStudy.series``) as routing reads it."""
     keys = ReceivedSeries.__dataclass_fields__
     return ReceivedSeries(**{k: v for k, v in row.items() if k in keys})
 
