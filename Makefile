@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 PG_URL ?= postgres://postgres@127.0.0.1:5432/mettrack
 REDIS_URL ?= redis://127.0.0.1:6379/0
 DEMO_DB ?= sqlite:///$(CURDIR)/var/demo.sqlite3
+DEMO_DICOM_PORT ?= 11112
 
-.PHONY: venv demo demo-data serve test cluster-test lint bench services browser dicom-tools clean
+.PHONY: venv demo demo-data serve test cluster-test lint bench services browser dicom-tools pacs-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,16 +21,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## make demo: embedded SQLite database, demo trial, whole pipeline, dashboard on http://127.0.0.1:8000
+## make demo: embedded SQLite database, demo trial, whole pipeline, dashboard on http://127.0.0.1:8000,
+## DICOM listener METTRACK on 127.0.0.1:11112 (send var/demo-study with storescu: README "PACS")
 demo: venv
 	mkdir -p var
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py migrate --noinput
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py load_demo
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py demo_pipeline
-	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
+	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py write_demo_study var/demo-study
+	@# The DICOM listener runs beside the dashboard (README "PACS"): stopped with it.
+	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py dicom_listener \
+	  --bind 127.0.0.1 --port $(DEMO_DICOM_PORT) --allow DEMO-MODALITY@127.0.0.1 --quiet-period 10 & \
+	  LISTENER=$$!; trap 'kill $$LISTENER' EXIT INT TERM; \
+	  DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
 
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
-test: venv lint services browser dicom-tools
+test: venv lint services browser dicom-tools pacs-tools
 	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 ## make cluster-test: only the compose topology as processes (gunicorn, GPU and default workers, beat);
@@ -59,6 +66,10 @@ browser: $(NODE_STAMP)
 ## dicom-tools: Debian's plastimatch and dicom3tools, which the RTSTRUCT tests read the contours with
 dicom-tools:
 	scripts/ensure-dicom-tools.sh
+
+## pacs-tools: Debian's orthanc, orthanc-dicomweb and dcmtk, the PACS and modality of the PACS tests
+pacs-tools:
+	scripts/ensure-pacs-tools.sh
 
 ## make bench: every benchmark (bench/bench_*.py); database ones use PostgreSQL like the tests
 bench: venv services

@@ -66,6 +66,15 @@ app.conf.update(
     },
 )
 
+_pull_url: str = getattr(settings, "DICOMWEB_PULL_URL", "")
+if _pull_url:
+    _pull_interval_s = float(getattr(settings, "DICOMWEB_PULL_INTERVAL_S", 300.0))
+    app.conf.beat_schedule["pacs-pull-dicomweb"] = {
+        "task": "mettrack.pacs.pull",  # worker.tasks.pull_dicomweb
+        "schedule": _pull_interval_s,
+        "options": {"queue": _default_queue, "expires": _pull_interval_s},
+    }
+
 if getattr(settings, "CELERY_EMBEDDED", not getattr(settings, "CELERY_BROKER_URL", "")):
     # No broker: an in-memory transport keeps Celery from trying AMQP on localhost.
     app.conf.update(broker_url="memory://", task_always_eager=True, task_eager_propagates=False)

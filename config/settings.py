@@ -188,6 +188,31 @@ PIPELINE_LEASE_S: float = env.float("PIPELINE_LEASE_S", default=300.0)
 PIPELINE_MAX_ATTEMPTS: int = env.int("PIPELINE_MAX_ATTEMPTS", default=3)
 PIPELINE_REQUEUE_AFTER_S: float = env.float("PIPELINE_REQUEUE_AFTER_S", default=300.0)
 
+# --- PACS connectivity (issue 17, README "PACS"): the DICOM listener and routing of received studies.
+# The listener (manage.py dicom_listener) answers as DICOM_AE_TITLE on DICOM_PORT to the callers of
+# DICOM_ALLOWED_CALLERS ("AE" or "AE@host", comma-separated; none: everyone is refused). Instances are
+# spooled under DICOM_SPOOL_DIR; a study is complete DICOM_QUIET_PERIOD_S after its last instance (or
+# when its association is released). Studies that cannot be routed keep their raw instances under
+# DICOM_INBOX_DIR until assigned or discarded. DICOM_ID_KEY keys the hash of site Patient IDs (default:
+# derived from SECRET_KEY; every process of a site must use the same).
+DICOM_AE_TITLE: str = env.str("DICOM_AE_TITLE", default="METTRACK")
+DICOM_PORT: int = env.int("DICOM_PORT", default=11112)
+DICOM_BIND: str = env.str("DICOM_BIND", default="0.0.0.0")
+DICOM_ALLOWED_CALLERS: list[str] = env.list("DICOM_ALLOWED_CALLERS", default=[])
+DICOM_SPOOL_DIR = Path(env.str("DICOM_SPOOL_DIR", default=str(BASE_DIR / "var" / "dicom-spool")))
+DICOM_INBOX_DIR = Path(env.str("DICOM_INBOX_DIR", default=str(DICOM_SPOOL_DIR / "inbox")))
+DICOM_QUIET_PERIOD_S: float = env.float("DICOM_QUIET_PERIOD_S", default=30.0)
+DICOM_ID_KEY: str = env.str("DICOM_ID_KEY", default="")
+# Sending results to PACS destinations: a failed send is retried after PACS_SEND_BACKOFF_S, doubled each
+# time up to PACS_SEND_BACKOFF_MAX_S, PACS_SEND_MAX_RETRIES times; then the delivery is failed.
+# Pull mode: a DICOMweb source (QIDO-RS/WADO-RS root) that beat queries every DICOMWEB_PULL_INTERVAL_S
+# for new studies of the trials (empty: no pull).
+DICOMWEB_PULL_URL: str = env.str("DICOMWEB_PULL_URL", default="")
+DICOMWEB_PULL_INTERVAL_S: float = env.float("DICOMWEB_PULL_INTERVAL_S", default=300.0)
+PACS_SEND_MAX_RETRIES: int = env.int("PACS_SEND_MAX_RETRIES", default=8)
+PACS_SEND_BACKOFF_S: float = env.float("PACS_SEND_BACKOFF_S", default=2.0)
+PACS_SEND_BACKOFF_MAX_S: float = env.float("PACS_SEND_BACKOFF_MAX_S", default=300.0)
+
 # --- operations (issue 18): readiness, metrics, storage safety
 # /metrics needs "Authorization: Bearer <METRICS_TOKEN>"; without a token only loopback clients get it.
 METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")

@@ -2,7 +2,7 @@
 
 ``/admin/`` Django admin, ``/accounts/`` login/logout, ``/api/v1/`` REST API, ``/api/schema/`` OpenAPI,
 ``/api/docs/`` Swagger UI (served offline from drf-spectacular-sidecar), ``/healthz`` ``/readyz``
-``/metrics`` operations. The web pages mount at ``/``
+``/metrics`` operations, ``/dicomweb/studies`` DICOMweb STOW-RS. The web pages mount at ``/``
 from ``trials.urls`` (namespaces ``dashboard`` and ``exports``).
 """
 
@@ -14,6 +14,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from trials import urls as trials_urls
+from trials.api.dicomweb import StowView
 from trials.views import ops
 from trials.views.accounts import AuditedPasswordChangeView
 
@@ -38,6 +39,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include(account_urlpatterns)),
     path("api/v1/", include("trials.api.urls")),
+    # DICOMweb STOW-RS (trials/api/dicomweb.py): instances over HTTP, routed like C-STORE.
+    path("dicomweb/studies", StowView.as_view(), name="stow-rs"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", swagger_ui, name="swagger-ui"),
 ]

@@ -333,3 +333,147 @@ def private_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+class DicomListenerProcess(Process):
+    """``manage.py dicom_listener`` on a free port, with its spool and inbox under ``folder``.
+
+    ``env`` is a :func:`worker_env` environment; without a broker in it the pipeline jobs of the stored
+    series run in the listener process itself (embedded mode).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        folder: Path,
+        *,
+        allow: list[str],
+        ae_title: str = "METTRACK",
+        quiet_period_s: float = 30.0,
+        port: int | None = None,
+        name: str = "listener",
+    ) -> None:
+        self.port = port or free_port()
+        self.ae_title = ae_title
+        self.spool_dir = folder / "spool"
+        env = {
+            **env,
+            "DICOM_SPOOL_DIR": str(self.spool_dir),
+            "DICOM_INBOX_DIR": str(folder / "inbox"),
+        }
+        args = [sys.executable, "manage.py", "dicom_listener", "--port", str(self.port), "--bind", REDIS_HOST]
+        args += ["--ae-title", ae_title, "--quiet-period", str(quiet_period_s)]
+        for caller in allow:
+            args += ["--allow", caller]
+        super().__init__(args, env, folder / f"{name}.log")
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        self.wait_until(lambda: port_open(self.port), timeout_s, "the DICOM listener to listen")
+
+
+class Orthanc(Process):
+    """Debian's Orthanc with the DICOMweb plugin, configured by the test: private ports, storage in a
+    temporary folder, no remote access, and only the given modalities known (``{AE: port}`` at
+    127.0.0.1); echo and store from unknown callers refused."""
+
+    def __init__(
+        self, folder: Path, *, ae_title: str = "ORTHANC", modalities: dict[str, int] | None = None
+    ) -> None:
+        import json
+
+        executable = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        if not Path(executable).exists():
+            pytest.fail("Orthanc is not installed: run scripts/ensure-pacs-tools.sh")
+        self.folder = folder
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.ae_title = ae_title
+        self.url = f"http://{REDIS_HOST}:{self.http_port}"
+        self.dicomweb_url = f"{self.url}/dicom-web"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "mettrack-test",
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": ae_title,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAeTitle": True,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomCheckModalityHost": True,
+            "DicomModalities": {
+                name.lower(): [name, REDIS_HOST, port] for name, port in (modalities or {}).items()
+            },
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+            "HttpTimeout": 60,
+            "StableAge": 1,
+            "ConcurrentJobs": 1,
+            "SaveJobs": False,
+        }
+        config_path = folder / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        self.argv = [executable, str(config_path)]
+        self.env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        self.starts = 1
+        super().__init__(self.argv, self.env, folder / "orthanc.log")
+
+    def restart(self) -> None:
+        """Start it again after :meth:`kill` (same ports, same storage): a PACS back after an outage."""
+        self.starts += 1
+        Process.__init__(self, self.argv, self.env, self.folder / f"orthanc-{self.starts}.log")
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        self.wait_until(
+            lambda: port_open(self.http_port) and port_open(self.dicom_port), timeout_s, "Orthanc"
+        )
+
+    def get(self, path: str) -> Any:
+        import requests
+
+        response = requests.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+
+def storescu(
+    port: int,
+    files: list[Path] | Path,
+    *,
+    calling: str = "STORESCU",
+    called: str = "METTRACK",
+    options: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk's ``storescu`` sending ``files`` (or a folder, recursively) to 127.0.0.1:``port``.
+
+    ``-R``: it proposes the SOP classes of the files themselves (enhanced MR too); ``options`` adds
+    storescu options, e.g. ``("-xv",)`` to propose JPEG 2000 lossless and send such files as they are.
+    storescu exits 0 even when a store failed, so an error line in its output sets ``returncode`` to 1.
+    """
+    executable = shutil.which("storescu")
+    if executable is None:
+        pytest.fail("dcmtk's storescu is not installed: run scripts/ensure-pacs-tools.sh")
+    args = [executable, "-aet", calling, "-aec", called, "-nh", "-R", *options]
+    if isinstance(files, Path) and files.is_dir():
+        args += ["+sd", "+r", REDIS_HOST, str(port), str(files)]
+    else:
+        paths = [files] if isinstance(files, Path) else files
+        args += [REDIS_HOST, str(port), *map(str, paths)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if result.returncode == 0 and any(line.startswith(("E:", "F:")) for line in result.stderr.splitlines()):
+        result.returncode = 1
+    return result
+
+
+def echoscu(
+    port: int, *, calling: str = "ECHOSCU", called: str = "METTRACK"
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk's ``echoscu`` (C-ECHO) to 127.0.0.1:``port``."""
+    executable = shutil.which("echoscu")
+    if executable is None:
+        pytest.fail("dcmtk's echoscu is not installed: run scripts/ensure-pacs-tools.sh")
+    args = [executable, "-aet", calling, "-aec", called, REDIS_HOST, str(port)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)

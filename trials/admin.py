@@ -19,6 +19,7 @@ from django.http import HttpRequest
 from simple_history.admin import SimpleHistoryAdmin
 
 from trials.actions import accounts, patients
+from trials.actions import pacs as pacs_actions
 from trials.actions import trials as trial_actions
 from trials.models import (
     ApiToken,
@@ -28,13 +29,17 @@ from trials.models import (
     Lesion,
     LesionObservation,
     ModelVersion,
+    PacsDelivery,
+    PacsDestination,
     Patient,
     ProcessingJob,
+    ReceivedStudy,
     SegmentationRun,
     Site,
     Timepoint,
     Trial,
     TrialMembership,
+    TrialPacsSettings,
 )
 
 
@@ -344,3 +349,53 @@ class ApiTokenAdmin(admin.ModelAdmin):
                 reason="revoked in the admin",
                 correlation_id=getattr(request, "correlation_id", ""),
             )
+
+
+@admin.register(TrialPacsSettings)
+class TrialPacsSettingsAdmin(ServiceAdmin):
+    """How a trial's received studies are routed (README "PACS")."""
+
+    list_display = ["trial", "protocol_id", "visit_window_days", "viewer_url_template"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["trial"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> TrialPacsSettings:
+        return pacs_actions.set_pacs_settings(data.pop("trial"), **data, **_audit(request))
+
+    def update_via_service(
+        self, request: HttpRequest, obj: TrialPacsSettings, changes: dict[str, Any]
+    ) -> Any:
+        return pacs_actions.set_pacs_settings(obj.trial, **changes, **_audit(request))
+
+
+@admin.register(PacsDestination)
+class PacsDestinationAdmin(ServiceAdmin):
+    """Where a trial's results are sent, what and when."""
+
+    list_display = ["name", "trial", "protocol", "ae_title", "host", "port", "url", "trigger", "is_active"]
+    list_filter = ["trial", "protocol", "trigger"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["trial"] if obj is not None else []
+
+    def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> PacsDestination:
+        return pacs_actions.create_destination(data.pop("trial"), **data, **_audit(request))
+
+    def update_via_service(self, request: HttpRequest, obj: PacsDestination, changes: dict[str, Any]) -> Any:
+        return pacs_actions.update_destination(obj, **changes, **_audit(request))
+
+
+@admin.register(PacsDelivery)
+class PacsDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "destination", "timepoint", "state", "attempts", "delivered_at"]
+    list_filter = ["state"]
+
+
+@admin.register(ReceivedStudy)
+class ReceivedStudyAdmin(ReadOnlyAdmin):
+    """Received studies (the inbox is resolved on the dashboard's PACS inbox page)."""
+
+    list_display = ["id", "channel", "sender_ae_title", "study_date", "state", "received_at"]
+    list_filter = ["state", "channel"]
+    exclude = ["patient_key", "inbox_folder"]

@@ -31,11 +31,14 @@ from trials.models import (
     LesionObservation,
     Patient,
     ProcessingJob,
+    ReceivedStudy,
     SegmentationRun,
     Site,
+    SubjectMapping,
     Timepoint,
     Trial,
     TrialMembership,
+    TrialPacsSettings,
 )
 
 #: ``actor_name`` written for changes made by the system (pipeline, management commands).
@@ -88,6 +91,10 @@ def trial_of(obj: models.Model | None) -> Trial | None:
         return obj.timepoint.patient.trial
     if isinstance(obj, SegmentationRun):
         return obj.series.timepoint.patient.trial
+    if isinstance(obj, ReceivedStudy | TrialPacsSettings):
+        return obj.trial
+    if isinstance(obj, SubjectMapping):
+        return obj.site.trial
     return None
 
 

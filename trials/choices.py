@@ -155,3 +155,45 @@ class AuditAction(models.TextChoices):
     FINISH = "finish", "Finish"
     FAIL = "fail", "Fail"
     EXPORT = "export", "Export"
+
+
+class ReceivedStudyState(models.TextChoices):
+    """What became of a study received from a PACS or a modality (C-STORE, STOW-RS, pull)."""
+
+    ROUTED = "routed", "Routed and stored"
+    INBOX = "inbox", "In the inbox (could not be routed)"
+    ASSIGNED = "assigned", "Assigned from the inbox and stored"
+    DISCARDED = "discarded", "Discarded from the inbox"
+    DUPLICATE = "duplicate", "Already stored (duplicate)"
+    REJECTED = "rejected", "Rejected (not a usable series)"
+
+
+class ReceiveChannel(models.TextChoices):
+    """How a study reached MetTrack."""
+
+    CSTORE = "cstore", "DICOM C-STORE"
+    STOW = "stow", "DICOMweb STOW-RS"
+    PULL = "pull", "DICOMweb pull (QIDO/WADO)"
+
+
+class DeliveryTrigger(models.TextChoices):
+    """When a PACS destination is sent a visit's results."""
+
+    AI_DRAFT = "ai_draft", "As soon as the AI results exist"
+    SIGNED = "signed", "Only after a radiologist signed the assessment"
+
+
+class DeliveryProtocol(models.TextChoices):
+    """How results reach a destination."""
+
+    CSTORE = "cstore", "DICOM C-STORE"
+    STOW = "stow", "DICOMweb STOW-RS"
+
+
+class DeliveryState(models.TextChoices):
+    """State of one send of results to one destination."""
+
+    QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed (retries exhausted)"

@@ -23,6 +23,11 @@ What is here:
     AuditEvent       append-only audit trail; updates and deletes are refused by the model, the queryset
                      and a database trigger.
     ProcessingJob    background work shown as progress (kind, generic object, Celery task id, state, %).
+    TrialPacsSettings how a trial's incoming studies are routed (protocol id, series rules, visit window).
+    SubjectMapping   a site's Patient ID (as an HMAC only) standing for a trial subject.
+    ReceivedStudy    a study received from a PACS or a modality, its routing decision and outcome (inbox).
+    PacsDestination  where a trial's results go (C-STORE AE or STOW-RS URL), what and when.
+    PacsDelivery     one send of a run's SEG/RTSTRUCT to one destination: state, attempts, last error.
 
 Models hold fields, constraints and small derived properties only. Every state change goes through
 an action (``trials.actions``) or a row helper (``trials.records``) so that it is audited.
@@ -51,12 +56,17 @@ from trials.choices import (
     ClinicalStatus,
     CorticosteroidStatus,
     Criteria,
+    DeliveryProtocol,
+    DeliveryState,
+    DeliveryTrigger,
     JobKind,
     JobState,
     LesionRole,
     MembershipRole,
     NewLesionStatus,
     ObservationSource,
+    ReceiveChannel,
+    ReceivedStudyState,
     ResponseChoices,
     RunStatus,
     SeriesSource,
@@ -879,3 +889,185 @@ class ApiToken(AbstractAuthToken):
 
     def __str__(self) -> str:
         return f"{self.token_key}… of {self.user_id}"
+
+
+class TrialPacsSettings(models.Model):
+    """How a trial recognises and routes the studies a PACS or a modality sends (README "PACS").
+
+    ``protocol_id`` is the Clinical Trial Protocol ID (0012,0020, PS3.3 C.7.1.3) sites set for this
+    trial (the trial's code when empty); ``series_rules`` are ``segmentation.routing.SeriesRules`` as a
+    JSON object (missing keys keep their defaults); ``visit_window_days`` is the largest distance between
+    a study date and a visit's scan date for the study to belong to that visit.
+    """
+
+    trial = models.OneToOneField(Trial, on_delete=models.CASCADE, related_name="pacs_settings")
+    protocol_id = models.CharField(max_length=64, blank=True)
+    series_rules = models.JSONField(default=dict, blank=True)
+    visit_window_days = models.PositiveSmallIntegerField(default=14)
+    viewer_url_template = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="PACS viewer URL with {study_instance_uid}, e.g. http://pacs/ohif/viewer?StudyInstanceUIDs="
+        "{study_instance_uid}.",
+    )
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = "trial PACS settings"
+        verbose_name_plural = "trial PACS settings"
+
+    def __str__(self) -> str:
+        return f"PACS settings of {self.trial_id}"
+
+
+class SubjectMapping(models.Model):
+    """A site's Patient ID standing for a trial subject, kept as a keyed hash (HMAC-SHA256) only.
+
+    The only link to a real identity MetTrack keeps; the Patient ID itself is never stored, shown or
+    exported (``trials.actions.pacs.patient_key`` computes the hash with ``DICOM_ID_KEY``).
+    """
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="subject_mappings")
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="subject_mappings")
+    patient_id_hmac = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["site_id", "patient_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "patient_id_hmac"],
+                name="unique_patient_id_per_site",
+                violation_error_message="This Patient ID is already mapped to a subject of this site.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"mapping of {self.patient_id} at site {self.site_id}"
+
+
+class ReceivedStudy(models.Model):
+    """A study received by C-STORE, STOW-RS or a DICOMweb pull, and what routing decided about it.
+
+    One row per received study: its sender, study date and series list (descriptions and UIDs, no
+    patient information), the routing ``decision`` with every reason, and the outcome (``state``). A
+    study that could not be routed waits in the inbox with its raw instances under ``DICOM_INBOX_DIR``
+    until a data manager assigns it to a patient and visit, or discards it.
+    """
+
+    channel = models.CharField(max_length=8, choices=ReceiveChannel.choices)
+    sender_ae_title = models.CharField(max_length=16, blank=True)
+    sender_host = models.CharField(max_length=255, blank=True)
+    study_instance_uid = models.CharField(max_length=64, db_index=True)
+    study_date = models.DateField(null=True, blank=True)
+    patient_key = models.CharField(
+        max_length=64, blank=True, help_text="HMAC of the sender's Patient ID (never the ID itself)."
+    )
+    clinical_trial = models.JSONField(
+        default=dict, blank=True, help_text="Clinical Trial attributes of the study (PS3.3 C.7.1.3)."
+    )
+    series = models.JSONField(default=list, blank=True, help_text="Received series and their attributes.")
+    state = models.CharField(max_length=10, choices=ReceivedStudyState.choices)
+    reason = models.TextField(blank=True, help_text="Why it landed in the inbox, or what became of it.")
+    decision = models.JSONField(default=dict, blank=True, help_text="Patient, visit and series decisions.")
+    trial = models.ForeignKey(
+        Trial, on_delete=models.PROTECT, null=True, blank=True, related_name="received_studies"
+    )
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="received_studies"
+    )
+    timepoint = models.ForeignKey(
+        Timepoint, on_delete=models.PROTECT, null=True, blank=True, related_name="received_studies"
+    )
+    imaging_series = models.ForeignKey(
+        ImagingSeries, on_delete=models.PROTECT, null=True, blank=True, related_name="received_studies"
+    )
+    proposed_visit_label = models.CharField(max_length=32, blank=True)
+    inbox_folder = models.CharField(max_length=255, blank=True, help_text="Raw instances while in the inbox.")
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    resolved_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        verbose_name_plural = "received studies"
+        indexes = [models.Index(fields=["state", "trial"], name="received_state_trial_idx")]
+
+    def __str__(self) -> str:
+        return f"received study {self.pk} ({self.state})"
+
+
+class PacsDestination(models.Model):
+    """Where a trial's results go: a PACS, a viewer's archive, a treatment-planning system.
+
+    ``protocol`` C-STORE (``ae_title`` at ``host``:``port``, MetTrack calling as ``DICOM_AE_TITLE``) or
+    STOW-RS (``url``, the DICOMweb root); ``sends`` lists what it gets (``seg``, ``rtstruct``);
+    ``trigger`` when: as soon as the AI results exist, or only after a radiologist signed.
+    """
+
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="pacs_destinations")
+    name = models.CharField(max_length=64)
+    protocol = models.CharField(max_length=8, choices=DeliveryProtocol.choices)
+    ae_title = models.CharField(max_length=16, blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    port = models.PositiveIntegerField(null=True, blank=True)
+    url = models.CharField(max_length=500, blank=True)
+    sends = models.JSONField(default=list, help_text='What it gets: ["seg", "rtstruct"].')
+    trigger = models.CharField(
+        max_length=10, choices=DeliveryTrigger.choices, default=DeliveryTrigger.AI_DRAFT
+    )
+    is_active = models.BooleanField(default=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["trial_id", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trial", "name"],
+                name="unique_destination_name_per_trial",
+                violation_error_message="This trial already has a destination with this name.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.protocol})"
+
+
+class PacsDelivery(models.Model):
+    """One send of a run's results (SEG, RTSTRUCT) to one destination, retried until delivered.
+
+    Unique per destination and run: results are sent once, however often the pipeline or a signature
+    asks. A failed delivery never blocks the assessment; it is shown on the visit page and in the API.
+    """
+
+    destination = models.ForeignKey(PacsDestination, on_delete=models.PROTECT, related_name="deliveries")
+    segmentation_run = models.ForeignKey(SegmentationRun, on_delete=models.PROTECT, related_name="deliveries")
+    timepoint = models.ForeignKey(Timepoint, on_delete=models.PROTECT, related_name="deliveries")
+    sent_objects = models.JSONField(default=list, help_text="Kinds sent (seg, rtstruct).")
+    state = models.CharField(max_length=10, choices=DeliveryState.choices, default=DeliveryState.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["timepoint_id", "id"]
+        verbose_name_plural = "PACS deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["destination", "segmentation_run"],
+                name="unique_delivery_per_destination_run",
+                violation_error_message="These results were already sent to this destination.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} to {self.destination_id} ({self.state})"

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from trials.audit import trial_of
 from trials.choices import MembershipRole
-from trials.models import Trial, TrialMembership
+from trials.models import ReceivedStudy, Trial, TrialMembership
 
 VIEW = "view"
 MANAGE_TRIAL = "manage_trial"
@@ -129,3 +129,21 @@ def required_capability(request: Any, view: Any) -> str | None:
     if request.method in SAFE_METHODS:
         return None
     return getattr(view, "write_capability", None)
+
+
+def visible_received_studies(user: Any) -> QuerySet[ReceivedStudy]:
+    """Received studies (the PACS inbox and its history) a user may see and resolve.
+
+    Those of the trials where the user manages patients, and those of no known trial (an unknown patient
+    may belong to any trial) for anyone who manages patients in some trial; all for a superuser.
+    """
+    items = ReceivedStudy.objects.select_related("trial", "patient", "timepoint")
+    if not getattr(user, "is_authenticated", False):
+        return items.none()
+    if user.is_superuser:
+        return items
+    roles = [role for role, caps in ROLE_CAPABILITIES.items() if MANAGE_PATIENTS in caps]
+    managed = TrialMembership.objects.filter(user=user, role__in=roles)
+    if not managed.exists():
+        return items.none()
+    return items.filter(Q(trial__in=managed.values("trial_id")) | Q(trial__isnull=True))

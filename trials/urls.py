@@ -6,7 +6,7 @@ Two namespaces: ``dashboard`` (trials, patients, visits, the viewer and the revi
 
 from django.urls import path
 
-from trials.views import assets, home, patient, quality, report, review, trial_plots, upload, viewer
+from trials.views import assets, home, pacs, patient, quality, report, review, trial_plots, upload, viewer
 
 app_name = "dashboard"
 
@@ -26,6 +26,9 @@ urlpatterns = [
     path("series/<int:series_id>/overlay/<int:k>.json", viewer.slice_overlay, name="overlay"),
     path("jobs/<int:job_id>/progress.json", patient.job_progress, name="job-progress"),
     path("jobs/<int:job_id>/retry/", patient.retry_job, name="job-retry"),
+    path("inbox/", pacs.inbox, name="inbox"),
+    path("inbox/<int:item_id>/assign/", pacs.inbox_assign, name="inbox-assign"),
+    path("inbox/<int:item_id>/discard/", pacs.inbox_discard, name="inbox-discard"),
     path("assets/<str:name>", assets.asset, name="asset"),
 ]
 

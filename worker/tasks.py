@@ -27,9 +27,12 @@ from celery.exceptions import Ignore
 from django.conf import settings
 
 from config.celery import app
+from segmentation.scu import SendError
+from trials.actions.pacs import pull_studies
 from trials.logs import correlation_id_bound
 from trials.pipeline.analysis import run_analysis_stage
 from trials.pipeline.assessment import run_trial_reassessment
+from trials.pipeline.delivery import DELIVER_TASK, DeliveryError, backoff_s, max_retries, send_delivery
 from trials.pipeline.embedded import MAX_RETRIES
 from trials.pipeline.errors import PERMANENT_ERRORS, TransientError, transient_errors
 from trials.pipeline.jobs import fail_pipeline_job
@@ -166,3 +169,31 @@ __all__ = [
     "sweep_stuck",
     "sweep_unenqueued",
 ]
+
+
+@app.task(bind=True, name=DELIVER_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def deliver_results(self: Task, *, delivery_id: int) -> str:
+    """Send a visit's results to a PACS destination; a failed attempt is retried with backoff
+    (``PACS_SEND_BACKOFF_S`` doubled, ``PACS_SEND_MAX_RETRIES`` times), the last one marks it failed."""
+    final = self.request.retries >= max_retries()
+    with transient_errors():
+        try:
+            return send_delivery(delivery_id, final=final).state
+        except DeliveryError as exc:
+            if final:
+                raise Ignore() from exc
+            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from exc
+
+
+@app.task(name="mettrack.pacs.pull", acks_late=True)
+def pull_dicomweb() -> list[int]:
+    """Periodic (``DICOMWEB_PULL_URL`` set): receive the trials' new studies from the DICOMweb source.
+    A source that cannot be reached is logged and tried again at the next period."""
+    url = str(getattr(settings, "DICOMWEB_PULL_URL", ""))
+    if not url:
+        return []
+    try:
+        return [study.pk for study in pull_studies(url)]
+    except SendError as exc:
+        logger.warning("DICOMweb pull failed: %s", exc)
+        return []

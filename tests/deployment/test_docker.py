@@ -33,7 +33,7 @@ COMPOSE_VARIABLES = {
 }
 #: Set by compose.yaml for every container (commented in env.example, documented in the README).
 SET_BY_COMPOSE = {"DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL", "MEDIA_ROOT", "LOG_FORMAT"}
-APP_SERVICES = {"migrate", "web", "worker-gpu", "worker-default", "beat"}
+APP_SERVICES = {"migrate", "web", "worker-gpu", "worker-default", "beat", "dicom-listener"}
 
 
 def _tool(name: str) -> str:
@@ -112,7 +112,7 @@ def test_the_topology_is_the_documented_one() -> None:
     # Redis keeps its queues over a restart; every long-running service has a health check.
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
-    for name in ("postgres", "redis", "web", "worker-gpu", "worker-default"):
+    for name in ("postgres", "redis", "web", "worker-gpu", "worker-default", "dicom-listener"):
         assert "healthcheck" in services[name], name
     # Two database roles: migrate as the schema owner, then the application role gets its privileges;
     # every other process connects as the application role, which owns nothing.

@@ -59,6 +59,7 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
         "visit report": f"/visits/{world.fu1.pk}/report/",
         "exports": f"/trials/{world.trial.pk}/exports/",
         "quality": f"/trials/{world.trial.pk}/quality/",
+        "PACS inbox": "/inbox/",
         "password change": "/accounts/password_change/",
     }
     found: dict[str, list[str]] = {}

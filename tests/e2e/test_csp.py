@@ -70,6 +70,7 @@ def test_no_page_breaks_the_content_security_policy(live_server: Any, live_world
         "visit report": f"/visits/{world.fu1.pk}/report/",
         "exports": f"/trials/{world.trial.pk}/exports/",
         "quality": f"/trials/{world.trial.pk}/quality/",
+        "PACS inbox": "/inbox/",
         "password change": "/accounts/password_change/",
         "API docs": "/api/docs/",
     }

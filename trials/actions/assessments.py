@@ -17,11 +17,12 @@ from django.db import transaction
 
 from trials.actions import accounts
 from trials.audit import new_correlation_id, trial_of
-from trials.choices import MembershipRole, ResponseChoices
+from trials.choices import DeliveryTrigger, MembershipRole, ResponseChoices, RunStatus
 from trials.exceptions import InvalidInputError, SignatureError
-from trials.models import Assessment
+from trials.models import Assessment, SegmentationRun, Timepoint
 from trials.permissions import user_roles
 from trials.pipeline.assessment import derive_override, reassess_patient
+from trials.pipeline.delivery import queue_deliveries
 from trials.records.assessments import record_confirmation, record_override
 
 
@@ -83,7 +84,9 @@ def confirm_assessment(
     # The signature check first, outside the change's transaction: a failure is recorded and stays.
     verify_signature(actor, password, signed=assessment, correlation_id=correlation_id)
     with transaction.atomic():
-        return record_confirmation(assessment, actor=actor, reason=reason, correlation_id=correlation_id)
+        confirmed = record_confirmation(assessment, actor=actor, reason=reason, correlation_id=correlation_id)
+    _send_signed_results(assessment.timepoint)
+    return confirmed
 
 
 def override_assessment(
@@ -152,7 +155,20 @@ def _override(
         correlation_id=correlation_id,
         edited=True,
     )
+    _send_signed_results(timepoint)
     return new
+
+
+def _send_signed_results(timepoint: Timepoint) -> None:
+    """Queue the visit's results for the destinations that get them only once signed (after commit)."""
+    run = (
+        SegmentationRun.objects.filter(series__timepoint=timepoint, status=RunStatus.SUCCEEDED)
+        .select_related("series__timepoint__patient")
+        .order_by("-created_at")
+        .first()
+    )
+    if run is not None:
+        queue_deliveries(run, trigger=DeliveryTrigger.SIGNED)
 
 
 __all__ = ["confirm_assessment", "override_assessment", "verify_signature"]

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from trials.api import auth, uploads, views
+from trials.api import auth, pacs, uploads, views
 from trials.api.exports import TrialDefineXmlView, TrialExportView, TrialSubmissionFileView
 
 app_name = "api"
@@ -22,6 +22,8 @@ router.register("observations", views.LesionObservationViewSet, basename="observ
 router.register("assessments", views.AssessmentViewSet, basename="assessment")
 router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
 router.register("jobs", views.ProcessingJobViewSet, basename="job")
+router.register("inbox", pacs.ReceivedStudyViewSet, basename="receivedstudy")
+router.register("pacs-deliveries", pacs.PacsDeliveryViewSet, basename="pacsdelivery")
 
 urlpatterns = [
     path("auth/token/", auth.ObtainTokenView.as_view(), name="token"),
@@ -30,6 +32,11 @@ urlpatterns = [
     path("auth/token/revoke-all/", auth.RevokeAllTokensView.as_view(), name="token-revoke-all"),
     # Before the router: POST uploads a series; GET is the router's list of the visit's series.
     path("timepoints/<int:pk>/series/", uploads.SeriesUploadView.as_view(), name="timepoint-series-upload"),
+    path(
+        "patients/<int:pk>/subject-mapping/",
+        pacs.SubjectMappingView.as_view(),
+        name="patient-subject-mapping",
+    ),
     path("series/<int:pk>/segment/", uploads.SeriesSegmentView.as_view(), name="series-segment"),
     path("trials/<int:pk>/exports/<str:kind>.csv", TrialExportView.as_view(), name="trial-export"),
     path("trials/<int:pk>/exports/define.xml", TrialDefineXmlView.as_view(), name="trial-define-xml"),

@@ -35,11 +35,12 @@ from rano.match import (
 from rano.measure import Geometry, LesionMeasurement
 from rano.tracking import track_visit
 from segmentation.errors import ImagingError
-from trials.choices import JobState, LesionRole, ObservationSource, RunStatus
+from trials.choices import DeliveryTrigger, JobState, LesionRole, ObservationSource, RunStatus
 from trials.exceptions import InvalidStateError
 from trials.models import Lesion, LesionObservation, Patient, ProcessingJob, SegmentationRun, Timepoint
 from trials.pipeline.assessment import reassess_patient
 from trials.pipeline.contours import export_run_contours
+from trials.pipeline.delivery import queue_deliveries
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
 from trials.records.imaging import update_segmentation_run
 from trials.records.jobs import finish_job, start_job
@@ -424,6 +425,10 @@ def _analyse_and_assess(
         logger.warning("run %s: %s", run.pk, contours_note)
     if "timings_s" in summary:
         summary["timings_s"]["dicom_export_s"] = round(time.perf_counter() - t0, 3)
+    try:  # results to the trial's PACS destinations: queued here, sent by their own task
+        queue_deliveries(SegmentationRun.objects.get(pk=run.pk), trigger=DeliveryTrigger.AI_DRAFT)
+    except Exception:  # a delivery problem never fails the analysis
+        logger.exception("run %s: PACS deliveries could not be queued", run.pk)
     progress(job, 85, "assessment")
     created = reassess_patient(
         timepoint.patient,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from django.contrib.auth.decorators import login_required
@@ -18,7 +19,14 @@ from trials import permissions
 from trials.actions.review import LESION_FLAGS
 from trials.choices import ClinicalStatus, CorticosteroidStatus, ResponseChoices, RunStatus
 from trials.exceptions import MissingImageError
-from trials.models import ImagingSeries, LesionObservation, SegmentationRun
+from trials.models import (
+    ImagingSeries,
+    LesionObservation,
+    PacsDelivery,
+    SegmentationRun,
+    Timepoint,
+    TrialPacsSettings,
+)
 from trials.storage import observation_mask_source, run_file_path, stored_name
 from trials.views.common import capability_flags, timepoint_for, url_template
 from trials.views.imaging import (
@@ -135,6 +143,29 @@ _IDENTIFYING = ("lesion",)
 _NOISY_FIELDS = {"id", "created_at", "updated_at", "settings", "engine_version", "is_current", "comment"}
 
 
+def pacs_viewer_url(timepoint: Timepoint) -> str:
+    """The trial's PACS viewer URL for the visit's study ('' without a template or a DICOM study).
+
+    The template (``TrialPacsSettings.viewer_url_template``) names ``{study_instance_uid}``, e.g. OHIF's
+    ``http://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}``.
+    """
+    template = (
+        TrialPacsSettings.objects.filter(trial_id=timepoint.patient.trial_id)
+        .values_list("viewer_url_template", flat=True)
+        .first()
+    )
+    if not template:
+        return ""
+    study = (
+        ImagingSeries.objects.filter(timepoint=timepoint)
+        .exclude(study_instance_uid="")
+        .order_by("-created_at")
+        .values_list("study_instance_uid", flat=True)
+        .first()
+    )
+    return template.replace("{study_instance_uid}", quote(study, safe="")) if study else ""
+
+
 @login_required
 def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
     """The visit page (viewer, lesions, review, assessment, audit trail)."""
@@ -169,12 +200,15 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
             if run_file_path(run, kind) is not None
         ]
         runs.append({"run": run, "files": files})
+    deliveries = list(PacsDelivery.objects.filter(timepoint=timepoint).select_related("destination"))
     return render(
         request,
         "dashboard/visit.html",
         {
             "timepoint": timepoint,
             "segmentation_runs": runs,
+            "deliveries": deliveries,
+            "pacs_viewer_url": pacs_viewer_url(timepoint),
             "patient": patient,
             "trial": patient.trial,
             "row": row,

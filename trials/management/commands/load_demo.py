@@ -15,9 +15,10 @@ from django.db import transaction
 
 from trials.actions import accounts, patients
 from trials.actions import trials as trial_actions
+from trials.actions.pacs import set_pacs_settings
 from trials.audit import new_correlation_id
 from trials.choices import ClinicalStatus, CorticosteroidStatus, MembershipRole
-from trials.models import Patient, Site, Timepoint, Trial, TrialMembership
+from trials.models import Patient, Site, Timepoint, Trial, TrialMembership, TrialPacsSettings
 
 DEMO_TRIAL_CODE = "DEMO-BM"
 DEMO_SITE_CODE = "DEMO-01"
@@ -113,6 +114,16 @@ class Command(BaseCommand):
             site = Site.objects.filter(trial=trial, code=DEMO_SITE_CODE).first() or trial_actions.create_site(
                 trial, code=DEMO_SITE_CODE, name="Demo University Hospital", **audit
             )
+            if not TrialPacsSettings.objects.filter(trial=trial).exists():
+                # The demo's synthetic series have 2 mm slices; the PACS viewer link points at a local
+                # Orthanc's viewer when one runs beside the demo.
+                set_pacs_settings(
+                    trial,
+                    protocol_id=DEMO_TRIAL_CODE,
+                    series_rules={"max_slice_thickness_mm": 2.0},
+                    viewer_url_template="http://127.0.0.1:8042/app/explorer.html#study?uuid={study_instance_uid}",
+                    **audit,
+                )
             created_patients = created_visits = 0
             for subject_id, start, visits in DEMO_PATIENTS:
                 patient = Patient.objects.filter(trial=trial, subject_id=subject_id).first()
