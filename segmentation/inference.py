@@ -3,10 +3,13 @@
 Stages (each timed in :attr:`SegmentationResult.timings_s`):
 
 1. ``preprocess.*``: the model's preprocessing (:mod:`segmentation.preprocess`);
-2. ``network``: MONAI :func:`~monai.inferers.sliding_window_inference` with batched windows, Gaussian
-   blending, sigmoid of the lesion logit. On CUDA: bf16 autocast (``amp``), ``channels_last_3d`` and
-   ``torch.compile`` options, blending on the GPU. On the CPU: float32, deterministic (same input,
-   same output, bit for bit);
+2. ``network``: sliding windows with batched windows, Gaussian blending, sigmoid of the lesion logit.
+   On CUDA: MONAI :func:`~monai.inferers.sliding_window_inference` with bf16 autocast (``amp``),
+   ``channels_last_3d`` and ``torch.compile`` options, blending on the GPU. On the CPU:
+   :func:`segmentation.sliding.sliding_window` (MONAI's windows and weights, windows without head
+   skipped), float32, deterministic (same input, same output, bit for bit), through one of two
+   backends: PyTorch (the reference) or ONNX Runtime on the model's verified export
+   (:mod:`segmentation.onnx_backend`; the default on the CPU when the model directory has one);
 3. ``to_native``: probability map pasted back into the uncropped grid and resampled (linear) onto the
    native image grid, then thresholded to a uint8 mask (with the model's optional hysteresis: a
    component is kept only when its peak reaches ``detection_threshold``);
@@ -28,8 +31,10 @@ from monai.inferers import sliding_window_inference
 
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
-from segmentation.model import LoadedModel, resolve_device
-from segmentation.preprocess import PreprocessError, preprocess, to_native
+from segmentation.errors import BackendUnavailableError, ModelConfigError
+from segmentation.model import BACKENDS, LoadedModel, resolve_device
+from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
+from segmentation.sliding import sliding_window
 
 
 class ImageTooSmallError(PreprocessError):
@@ -53,6 +58,10 @@ class InferenceOptions:
         overlap: Window overlap fraction (default: the model config's).
         threshold: Probability threshold (default: the model config's).
         keep_probability: Keep the native-grid probability map in the result (memory: 4 bytes/voxel).
+        backend: ``auto``, ``torch`` or ``onnx`` (default: the model config's ``inference.backend``);
+            see :func:`resolve_backend`.
+        threads: CPU threads of the ONNX backend (default: the cores this process may use).
+        skip_empty_windows: On the CPU, do not run windows that hold no head voxel.
     """
 
     device: str = "auto"
@@ -63,6 +72,9 @@ class InferenceOptions:
     overlap: float | None = None
     threshold: float | None = None
     keep_probability: bool = False
+    backend: str | None = None
+    threads: int | None = None
+    skip_empty_windows: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,8 @@ class SegmentationResult:
         device: Device the network ran on.
         n_windows: Number of sliding windows evaluated.
         probability: Lesion probability (float32) when ``keep_probability`` was set.
+        backend: The backend that ran the network: ``torch`` or ``onnx``.
+        n_windows_skipped: Windows not run because they held no head voxel.
     """
 
     mask: sitk.Image
@@ -86,6 +100,13 @@ class SegmentationResult:
     device: str
     n_windows: int
     probability: sitk.Image | None = field(default=None)
+    backend: str = "torch"
+    n_windows_skipped: int = 0
+
+    @property
+    def runtime(self) -> str:
+        """Where and how the network ran, for provenance: ``cpu/onnx``, ``cpu/torch``, ``cuda:0/torch``."""
+        return f"{self.device}/{self.backend}"
 
 
 def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap: float) -> int:
@@ -114,59 +135,82 @@ def _predictor(
     return run
 
 
-def segment_image(
-    image: sitk.Image,
-    model: LoadedModel,
-    options: InferenceOptions | None = None,
-    settings: ResponseSettings | None = None,
-) -> SegmentationResult:
-    """Segment and measure the metastases of one post-gadolinium T1 volume.
+def resolve_backend(requested: str, device: torch.device, model: LoadedModel) -> str:
+    """The backend that runs the network: ``torch`` or ``onnx``.
 
-    Args:
-        image: The MRI in its native geometry (any orientation, spacing, pixel type).
-        model: A verified model (:func:`segmentation.model.load_model`).
-        options: Device and speed options.
-        settings: Measurement settings; by default the RANO-BM defaults with the model's
-            ``min_lesion_volume_mm3``.
-
-    Returns:
-        Mask, labels and lesion table on the native grid, with per-stage timings.
+    ``auto`` is ONNX Runtime on the CPU when the model has a verified export, PyTorch otherwise (and
+    always on CUDA). ``onnx`` runs on the CPU only and needs the export.
 
     Raises:
-        EmptyImageError: The image is constant (e.g. all zeros).
-        ImageTooSmallError: The head is far smaller than the model's window.
-        PreprocessError: Any other image that cannot be preprocessed.
-        DeviceUnavailableError: ``cuda`` asked for without CUDA.
+        BackendUnavailableError: ``onnx`` on CUDA or without an export.
+        ModelConfigError: An unknown backend name.
     """
-    options = options or InferenceOptions()
-    cfg = model.config
-    settings = settings or ResponseSettings(min_lesion_volume_mm3=cfg.postprocessing.min_lesion_volume_mm3)
-    device = resolve_device(options.device)
-    timings: dict[str, float] = {}
-
-    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
-    window_mm = np.asarray(roi_zyx[::-1], dtype=float) * np.asarray(cfg.preprocessing.spacing_mm)
-
-    def check_extent(extent_mm: np.ndarray, what: str, window: np.ndarray = window_mm) -> None:
-        if np.any(extent_mm < MIN_WINDOW_FRACTION * window):
-            raise ImageTooSmallError(
-                f"The {what} is far too small for this model: {np.round(extent_mm, 1).tolist()} mm against a "
-                f"window of {np.round(window, 1).tolist()} mm. Send a whole-brain 3D volume."
+    if requested not in BACKENDS:
+        raise ModelConfigError(f"unknown backend {requested!r}; use {', '.join(BACKENDS)}")
+    if requested == "torch":
+        return "torch"
+    if requested == "onnx":
+        if device.type != "cpu":
+            raise BackendUnavailableError(
+                "the ONNX backend runs on the CPU: use --device cpu, or --backend torch"
             )
+        if model.onnx_path is None:
+            raise BackendUnavailableError(
+                f"the ONNX backend was asked for but {model.directory} has no verified export; "
+                f"run bm-export {model.directory} first"
+            )
+        return "onnx"
+    return "onnx" if device.type == "cpu" and model.onnx_path is not None else "torch"
 
-    if image.GetDimension() == 3:
-        # Sorted extents: the check must not depend on the orientation of the index axes.
-        native_extent = np.sort(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing()))
-        check_extent(native_extent, "image", np.sort(window_mm))
-    pre = preprocess(image, cfg.preprocessing)
-    timings.update({f"preprocess.{k}": v for k, v in pre.timings_s.items()})
-    shape = pre.array.shape
-    check_extent(np.asarray(shape[::-1]) * np.asarray(cfg.preprocessing.spacing_mm), "imaged head")
 
-    t = time.perf_counter()
+def _cpu_network(
+    pre: PreprocessedImage,
+    model: LoadedModel,
+    backend: str,
+    options: InferenceOptions,
+    overlap: float,
+    sw_batch: int,
+) -> tuple[np.ndarray, int, int]:
+    """Probability on the model grid, windows run and windows skipped, on the CPU."""
+    cfg = model.config
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
+    predictor: Callable[[np.ndarray], np.ndarray]
+    if backend == "onnx":
+        from segmentation.onnx_backend import predictor_of
+
+        predictor = predictor_of(model, options.threads)
+    else:
+        run = _predictor(model.network.eval(), torch.device("cpu"), options)
+
+        def predictor(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return run(torch.from_numpy(x)).numpy()
+
+    mask = sitk.GetArrayViewFromImage(pre.head_mask) if options.skip_empty_windows else None
+    out = sliding_window(
+        pre.array,
+        predictor,
+        roi_zyx,
+        overlap=overlap,
+        mode=cfg.inference.mode,
+        batch_size=sw_batch,
+        head_mask=mask,
+    )
+    return out.probability, out.n_windows, out.n_skipped
+
+
+def _cuda_network(
+    pre: PreprocessedImage,
+    model: LoadedModel,
+    device: torch.device,
+    options: InferenceOptions,
+    overlap: float,
+    sw_batch: int,
+) -> np.ndarray:
+    """Probability on the model grid, on CUDA: MONAI's sliding window with blending on the GPU."""
+    cfg = model.config
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
     network = model.network
-    overlap = cfg.inference.overlap if options.overlap is None else options.overlap
-    sw_batch = cfg.inference.sw_batch_size if options.sw_batch_size is None else options.sw_batch_size
     if device.type == "cuda":
         network = network.to(device)
         if options.channels_last:
@@ -190,6 +234,70 @@ def segment_image(
         prob_np = prob[0, 0].float().cpu().numpy()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    return prob_np
+
+
+def segment_image(
+    image: sitk.Image,
+    model: LoadedModel,
+    options: InferenceOptions | None = None,
+    settings: ResponseSettings | None = None,
+) -> SegmentationResult:
+    """Segment and measure the metastases of one post-gadolinium T1 volume.
+
+    Args:
+        image: The MRI in its native geometry (any orientation, spacing, pixel type).
+        model: A verified model (:func:`segmentation.model.load_model`).
+        options: Device and speed options.
+        settings: Measurement settings; by default the RANO-BM defaults with the model's
+            ``min_lesion_volume_mm3``.
+
+    Returns:
+        Mask, labels and lesion table on the native grid, with per-stage timings.
+
+    Raises:
+        EmptyImageError: The image is constant (e.g. all zeros).
+        ImageTooSmallError: The head is far smaller than the model's window.
+        PreprocessError: Any other image that cannot be preprocessed.
+        DeviceUnavailableError: ``cuda`` asked for without CUDA.
+        BackendUnavailableError: ``onnx`` asked for on CUDA or without a verified export.
+    """
+    options = options or InferenceOptions()
+    cfg = model.config
+    settings = settings or ResponseSettings(min_lesion_volume_mm3=cfg.postprocessing.min_lesion_volume_mm3)
+    requested = options.backend or cfg.inference.backend
+    # ONNX Runtime runs on the CPU: "auto" device means the CPU for it, never CUDA.
+    device = resolve_device("cpu" if requested == "onnx" and options.device == "auto" else options.device)
+    backend = resolve_backend(requested, device, model)
+    timings: dict[str, float] = {}
+
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
+    window_mm = np.asarray(roi_zyx[::-1], dtype=float) * np.asarray(cfg.preprocessing.spacing_mm)
+
+    def check_extent(extent_mm: np.ndarray, what: str, window: np.ndarray = window_mm) -> None:
+        if np.any(extent_mm < MIN_WINDOW_FRACTION * window):
+            raise ImageTooSmallError(
+                f"The {what} is far too small for this model: {np.round(extent_mm, 1).tolist()} mm against a "
+                f"window of {np.round(window, 1).tolist()} mm. Send a whole-brain 3D volume."
+            )
+
+    if image.GetDimension() == 3:
+        # Sorted extents: the check must not depend on the orientation of the index axes.
+        native_extent = np.sort(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing()))
+        check_extent(native_extent, "image", np.sort(window_mm))
+    pre = preprocess(image, cfg.preprocessing)
+    timings.update({f"preprocess.{k}": v for k, v in pre.timings_s.items()})
+    shape = pre.array.shape
+    check_extent(np.asarray(shape[::-1]) * np.asarray(cfg.preprocessing.spacing_mm), "imaged head")
+
+    t = time.perf_counter()
+    overlap = cfg.inference.overlap if options.overlap is None else options.overlap
+    sw_batch = cfg.inference.sw_batch_size if options.sw_batch_size is None else options.sw_batch_size
+    if device.type == "cpu":
+        prob_np, n_windows, n_skipped = _cpu_network(pre, model, backend, options, overlap, sw_batch)
+    else:
+        prob_np = _cuda_network(pre, model, device, options, overlap, sw_batch)
+        n_windows, n_skipped = _count_windows(shape, roi_zyx, overlap), 0
     timings["network"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -217,6 +325,8 @@ def segment_image(
         lesions=lesions,
         timings_s=timings,
         device=str(device),
-        n_windows=_count_windows(shape, roi_zyx, overlap),
+        n_windows=n_windows,
         probability=native_prob if options.keep_probability else None,
+        backend=backend,
+        n_windows_skipped=n_skipped,
     )
