@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,13 @@ def _export_file(network: torch.nn.Module, roi_zyx: tuple[int, ...], path: Path,
     MONAI's UNETR as it is; :func:`export_onnx` checks the result numerically either way.
     """
     example = torch.zeros((1, 1, *roi_zyx), dtype=torch.float32)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Known and harmless here: the exporter's deprecation notice, tracer notes on shape checks that
+        # are constant for a fixed window, and InstanceNorm exported with train=True (it always
+        # normalises with the statistics of its input, which is what the network does in eval mode).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
         torch.onnx.export(
             network,
             (example,),
