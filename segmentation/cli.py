@@ -8,6 +8,7 @@ DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 * ``labels.nii.gz``: lesion labels 1..n on the same grid;
 * ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records and the
   per-stage timings;
+* ``probability.nii`` with ``--probability``: the lesion probability (float32) on the same grid;
 * ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...).
 
 Per-stage timings are printed. ``bm-segment --self-check`` runs the model on a generated phantom and
@@ -73,6 +74,11 @@ def _segment_parser() -> argparse.ArgumentParser:
         "--threshold", type=_probability, help="probability threshold in (0, 1) (default: model config)"
     )
     p.add_argument("--series-uid", help="Series Instance UID when the DICOM input holds several series")
+    p.add_argument(
+        "--probability",
+        action="store_true",
+        help="also write probability.nii: the lesion probability (float32) on the input's grid",
+    )
     p.add_argument(
         "--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours"
     )
@@ -210,6 +216,7 @@ def _segment(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         backend=args.backend,
         threads=args.threads,
+        keep_probability=args.probability,
     )
     result = segment_image(series.image, model, options)
     timings.update(result.timings_s)
@@ -218,6 +225,10 @@ def _segment(args: argparse.Namespace) -> int:
     sitk.WriteImage(result.mask, str(out / "mask.nii.gz"), useCompression=True)
     sitk.WriteImage(result.labels, str(out / "labels.nii.gz"), useCompression=True)
     written = ["mask.nii.gz", "labels.nii.gz", "lesions.json"]
+    if result.probability is not None:
+        # Uncompressed: a float map compresses slowly and little.
+        sitk.WriteImage(result.probability, str(out / "probability.nii"), useCompression=False)
+        written.append("probability.nii")
     notes: list[str] = []
     if series.info.source_format == "dicom":
         written += _write_dicom_outputs(result.labels, series, model, out, notes)
