@@ -245,7 +245,7 @@ def overlap_curve(mri: Path) -> None:
     for overlap, mode in [(0.5, "gaussian"), *[s for s in settings if s != (0.5, "gaussian")]]:
         opts = InferenceOptions(device="cpu", backend="onnx", overlap=overlap)
         cfg = model.config
-        tuned = replace(model, config=replace(cfg, inference=replace(cfg.inference, mode=mode)))
+        tuned = model.with_config(replace(cfg, inference=replace(cfg.inference, mode=mode)))
         real = segment_image(image, tuned, opts)
         mask = sitk.GetArrayFromImage(real.mask) > 0
         if reference is None:

@@ -23,18 +23,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.inferers import sliding_window_inference
 
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import BackendUnavailableError, ModelConfigError
-from segmentation.model import BACKENDS, LoadedModel, resolve_device
+from segmentation.model import BACKENDS, LoadedModel, resolve_device, resolve_device_name
 from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
 from segmentation.sliding import sliding_window
+
+if TYPE_CHECKING:
+    # Imported where the PyTorch backend runs: the ONNX backend never loads torch or MONAI.
+    import torch
 
 
 class ImageTooSmallError(PreprocessError):
@@ -121,6 +124,8 @@ def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap
 def _predictor(
     network: torch.nn.Module, device: torch.device, options: InferenceOptions
 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torch
+
     use_amp = device.type == "cuda" and options.amp
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -135,11 +140,12 @@ def _predictor(
     return run
 
 
-def resolve_backend(requested: str, device: torch.device, model: LoadedModel) -> str:
+def resolve_backend(requested: str, device: str, model: LoadedModel) -> str:
     """The backend that runs the network: ``torch`` or ``onnx``.
 
     ``auto`` is ONNX Runtime on the CPU when the model has a verified export, PyTorch otherwise (and
-    always on CUDA). ``onnx`` runs on the CPU only and needs the export.
+    always on CUDA). ``onnx`` runs on the CPU only and needs the export. ``device`` is a device name
+    (``cpu``, ``cuda``, ``cuda:0``).
 
     Raises:
         BackendUnavailableError: ``onnx`` on CUDA or without an export.
@@ -150,7 +156,7 @@ def resolve_backend(requested: str, device: torch.device, model: LoadedModel) ->
     if requested == "torch":
         return "torch"
     if requested == "onnx":
-        if device.type != "cpu":
+        if device != "cpu":
             raise BackendUnavailableError(
                 "the ONNX backend runs on the CPU: use --device cpu, or --backend torch"
             )
@@ -160,7 +166,7 @@ def resolve_backend(requested: str, device: torch.device, model: LoadedModel) ->
                 f"run bm-export {model.directory} first"
             )
         return "onnx"
-    return "onnx" if device.type == "cpu" and model.onnx_path is not None else "torch"
+    return "onnx" if device == "cpu" and model.onnx_path is not None else "torch"
 
 
 def _cpu_network(
@@ -180,6 +186,8 @@ def _cpu_network(
 
         predictor = predictor_of(model, options.threads)
     else:
+        import torch
+
         run = _predictor(model.network.eval(), torch.device("cpu"), options)
 
         def predictor(x: np.ndarray) -> np.ndarray:
@@ -208,6 +216,9 @@ def _cuda_network(
     sw_batch: int,
 ) -> np.ndarray:
     """Probability on the model grid, on CUDA: MONAI's sliding window with blending on the GPU."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
     cfg = model.config
     roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
     network = model.network
@@ -266,8 +277,11 @@ def segment_image(
     cfg = model.config
     settings = settings or ResponseSettings(min_lesion_volume_mm3=cfg.postprocessing.min_lesion_volume_mm3)
     requested = options.backend or cfg.inference.backend
-    # ONNX Runtime runs on the CPU: "auto" device means the CPU for it, never CUDA.
-    device = resolve_device("cpu" if requested == "onnx" and options.device == "auto" else options.device)
+    # ONNX Runtime runs on the CPU: "auto" device means the CPU for it, never CUDA. On a machine
+    # without the NVIDIA driver "auto" is the CPU without asking torch (whose import takes seconds).
+    device = resolve_device_name(
+        "cpu" if requested == "onnx" and options.device == "auto" else options.device
+    )
     backend = resolve_backend(requested, device, model)
     timings: dict[str, float] = {}
 
@@ -293,10 +307,10 @@ def segment_image(
     t = time.perf_counter()
     overlap = cfg.inference.overlap if options.overlap is None else options.overlap
     sw_batch = cfg.inference.sw_batch_size if options.sw_batch_size is None else options.sw_batch_size
-    if device.type == "cpu":
+    if device == "cpu":
         prob_np, n_windows, n_skipped = _cpu_network(pre, model, backend, options, overlap, sw_batch)
     else:
-        prob_np = _cuda_network(pre, model, device, options, overlap, sw_batch)
+        prob_np = _cuda_network(pre, model, resolve_device(device), options, overlap, sw_batch)
         n_windows, n_skipped = _count_windows(shape, roi_zyx, overlap), 0
     timings["network"] = time.perf_counter() - t
 

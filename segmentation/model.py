@@ -20,15 +20,14 @@ current weights (a stale export is refused, never silently used).
 from __future__ import annotations
 
 import json
+import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from monai.networks.nets import UNETR
 from scipy import ndimage as ndi
 
 from segmentation.errors import (
@@ -47,6 +46,12 @@ from segmentation.modeldir import (
     provenance,
 )
 from segmentation.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    # torch and MONAI are imported where a network is built or run, not with this module: the ONNX
+    # backend runs a model without them (their import takes seconds, a large part of a CPU run).
+    import torch
+    from monai.networks.nets import UNETR
 
 _ARCH_KEYS = {
     "in_channels",
@@ -356,6 +361,27 @@ class ModelConfig:
         }
 
 
+def cuda_possible() -> bool:
+    """False when this machine certainly has no CUDA device (Linux without the NVIDIA driver), so that
+    ``auto`` can choose the CPU without importing torch; True when only torch can tell."""
+    if os.name != "posix" or not Path("/proc").is_dir():
+        return True
+    return (
+        Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia*")) or Path("/dev/dxg").exists()
+    )
+
+
+def resolve_device_name(name: str) -> str:
+    """:func:`resolve_device` as a name (``cpu`` or ``cuda``), importing torch only when CUDA may exist.
+
+    Raises:
+        DeviceUnavailableError: ``cuda`` without CUDA on this machine, or an unknown name.
+    """
+    if name == "cpu" or (name == "auto" and not cuda_possible()):
+        return "cpu"
+    return resolve_device(name).type
+
+
 def resolve_device(name: str) -> torch.device:
     """The compute device of inference and training: ``auto`` (CUDA when present, else CPU), ``cpu`` or
     ``cuda``.
@@ -363,6 +389,8 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         DeviceUnavailableError: ``cuda`` without CUDA on this machine, or an unknown name.
     """
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
@@ -374,6 +402,8 @@ def resolve_device(name: str) -> torch.device:
 
 def build_network(config: ModelConfig) -> UNETR:
     """Instantiate the UNETR described by ``config.architecture`` (random weights)."""
+    from monai.networks.nets import UNETR
+
     kwargs = {k: v for k, v in config.architecture.items() if k != "name"}
     kwargs["img_size"] = tuple(kwargs["img_size"])
     try:
@@ -394,24 +424,51 @@ def read_config(model_dir: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data)
 
 
-@dataclass(frozen=True)
 class LoadedModel:
     """A verified model ready for inference.
 
     Attributes:
         config: The parsed config.
-        network: The UNETR with its weights, in eval mode, on the CPU.
+        network: The UNETR with its weights, in eval mode, on the CPU. Built on first use when the model
+            was loaded for its ONNX export (the ONNX backend never needs it).
         directory: Where it was loaded from.
         n_parameters: Number of parameters.
         onnx_path: The verified ONNX export (checksum and source weights checked), when the model has
             one and the ONNX backend may run; None otherwise.
     """
 
-    config: ModelConfig
-    network: torch.nn.Module
-    directory: Path
-    n_parameters: int
-    onnx_path: Path | None = None
+    def __init__(
+        self,
+        config: ModelConfig,
+        network: torch.nn.Module | None,
+        directory: Path,
+        n_parameters: int,
+        onnx_path: Path | None = None,
+        *,
+        build: Callable[[], torch.nn.Module] | None = None,
+    ) -> None:
+        if network is None and build is None:
+            raise ValueError("a LoadedModel needs its network or a way to build it")
+        self.config = config
+        self.directory = Path(directory)
+        self.n_parameters = n_parameters
+        self.onnx_path = onnx_path
+        self._network = network
+        self._build = build
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The PyTorch network (built and filled with the verified weights on first use)."""
+        if self._network is None:
+            assert self._build is not None
+            self._network = self._build()
+        return self._network
+
+    def with_config(self, config: ModelConfig) -> LoadedModel:
+        """The same weights and export with another config (e.g. other inference settings)."""
+        return LoadedModel(
+            config, self._network, self.directory, self.n_parameters, self.onnx_path, build=self._build
+        )
 
 
 def load_state_dict_checked(network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -502,6 +559,26 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR, *, backend: str | None = 
         raise ModelIntegrityError(
             f"refusing {weights}: its sha256 is {actual} but config.json expects {config.weights_sha256}"
         )
+    onnx_path = None if backend == "torch" else verify_onnx_export(directory, config)
+    if backend == "onnx" and onnx_path is None:
+        raise BackendUnavailableError(
+            f"the ONNX backend was asked for but {directory} has no export; run bm-export {directory} first"
+        )
+    if onnx_path is not None and config.onnx_export is not None:
+        # The export was checked against these very weights when it was made: the PyTorch network is
+        # built only if something asks for it (the CUDA path, a comparison).
+        n_parameters = int(config.onnx_export.extra.get("parameters", 0))
+        return LoadedModel(
+            config, None, directory, n_parameters, onnx_path, build=lambda: _build_filled(config, weights)
+        )
+    network = _build_filled(config, weights)
+    return LoadedModel(config, network, directory, sum(p.numel() for p in network.parameters()), onnx_path)
+
+
+def _build_filled(config: ModelConfig, weights: Path) -> torch.nn.Module:
+    """The UNETR of ``config`` filled with the (already verified) ``weights``, in eval mode."""
+    import torch
+
     network = build_network(config)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -513,18 +590,7 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR, *, backend: str | None = 
         raise ModelWeightsMismatchError(f"{weights} does not hold a state_dict")
     load_state_dict_checked(network, state, str(weights))
     network.eval()
-    onnx_path = None if backend == "torch" else verify_onnx_export(directory, config)
-    if backend == "onnx" and onnx_path is None:
-        raise BackendUnavailableError(
-            f"the ONNX backend was asked for but {directory} has no export; run bm-export {directory} first"
-        )
-    return LoadedModel(
-        config=config,
-        network=network,
-        directory=directory,
-        n_parameters=sum(p.numel() for p in network.parameters()),
-        onnx_path=onnx_path,
-    )
+    return network
 
 
 def library_versions() -> dict[str, str]:
@@ -532,6 +598,7 @@ def library_versions() -> dict[str, str]:
     import monai
     import numpy
     import SimpleITK
+    import torch
 
     return {
         "python": platform.python_version(),
@@ -550,6 +617,8 @@ def save_model_dir(
     Files are written to temporary names and renamed, so a reader never sees a half-written model.
     ``card`` (Markdown) is written to ``MODEL_CARD.md`` when given.
     """
+    import torch
+
     directory = Path(model_dir)
     directory.mkdir(parents=True, exist_ok=True)
     tmp_weights = directory / (WEIGHTS_NAME + ".tmp")

@@ -23,15 +23,17 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from segmentation.errors import BackendUnavailableError, ModelError
 from segmentation.io import sha256_file
 from segmentation.model import LoadedModel, OnnxExport, load_model
 from segmentation.modeldir import CONFIG_NAME, ONNX_NAME
+
+if TYPE_CHECKING:
+    import torch
 
 #: The exported graph's opset (supported by ONNX Runtime 1.31 and torch's TorchScript exporter).
 OPSET = 17
@@ -90,6 +92,8 @@ def _export_file(network: torch.nn.Module, roi_zyx: tuple[int, ...], path: Path,
     The TorchScript exporter needs no extra package (the dynamo exporter needs onnxscript) and handles
     MONAI's UNETR as it is; :func:`export_onnx` checks the result numerically either way.
     """
+    import torch
+
     example = torch.zeros((1, 1, *roi_zyx), dtype=torch.float32)
     with torch.no_grad(), warnings.catch_warnings():
         # Known and harmless here: the exporter's deprecation notice, tracer notes on shape checks that
@@ -125,6 +129,7 @@ def export_onnx(model_dir: str | Path, *, opset: int = OPSET, seed: int = 0) -> 
             PyTorch beyond the tolerance (nothing is recorded then).
     """
     import onnxruntime
+    import torch
 
     directory = Path(model_dir)
     model = load_model(directory, backend="torch")
@@ -150,6 +155,7 @@ def export_onnx(model_dir: str | Path, *, opset: int = OPSET, seed: int = 0) -> 
             opset=opset,
             max_abs_diff=max_abs_diff,
             extra={
+                "parameters": model.n_parameters,
                 "exported_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
                 "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
             },

@@ -38,12 +38,26 @@ def scan_starts(size: int, roi: int, overlap: float) -> list[int]:
     return [i * interval - max(i * interval + roi - size, 0) for i in range(count)]
 
 
-def importance_map(roi_zyx: Sequence[int], mode: str) -> np.ndarray:
-    """MONAI's window weight map (float32): Gaussian with sigma 0.125 x window, or constant."""
-    from monai.data.utils import compute_importance_map
+def importance_map(roi_zyx: Sequence[int], mode: str, sigma_scale: float = 0.125) -> np.ndarray:
+    """MONAI's window weight map (``monai.data.utils.compute_importance_map``) in numpy, float32.
 
-    weights = compute_importance_map(tuple(int(v) for v in roi_zyx), mode=mode, sigma_scale=0.125)
-    return np.asarray(weights.float().cpu().numpy(), dtype=np.float32)
+    ``gaussian``: the outer product of one 1D Gaussian per axis, sigma ``sigma_scale`` x the window
+    side, centred on the window; ``constant``: ones. Weights are clamped to at least their minimum
+    (and 1e-3), as MONAI does, so that no voxel of a window weighs 0. Written out here so that the
+    ONNX backend does not import MONAI and torch (seconds of start-up).
+    """
+    roi = tuple(int(v) for v in roi_zyx)
+    if mode == "constant":
+        weights = np.ones(roi, dtype=np.float32)
+    elif mode == "gaussian":
+        weights = np.ones((), dtype=np.float32)
+        for n in roi:
+            x = np.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=np.float32)
+            g = np.exp(x**2 / np.float32(-2 * (n * sigma_scale) ** 2)).astype(np.float32)
+            weights = weights[..., None] * g
+    else:
+        raise ValueError(f"blending mode must be 'gaussian' or 'constant', got {mode!r}")
+    return np.maximum(weights, max(float(weights.min()), 1e-3)).astype(np.float32)
 
 
 @dataclass(frozen=True)

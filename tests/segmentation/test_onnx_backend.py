@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,26 @@ def test_demo_model_ships_a_verified_export() -> None:
     export = model.config.onnx_export
     assert export is not None and export.weights_sha256 == model.config.weights_sha256
     assert export.sha256 == sha256_file(DEMO_MODEL_DIR / ONNX_NAME)
+    # The PyTorch network is built on first use only, and it is the verified weights.
+    assert model.n_parameters == sum(p.numel() for p in model.network.parameters())
+
+
+def test_the_onnx_path_imports_neither_torch_nor_monai(tmp_path: Path) -> None:
+    """Their import takes seconds: a CPU run with the export must not pay for it."""
+    phantom = make_phantom(9, n_lesions=1, diameter_range_mm=(10.0, 12.0), geometry="axial_2mm")
+    src = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(phantom.image, str(src))
+    code = (
+        "import sys\n"
+        "from segmentation.cli import segment_main\n"
+        f"assert segment_main([{str(src)!r}, {str(tmp_path / 'out')!r}, '--device', 'cpu']) == 0\n"
+        "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "out" / "lesions.json").read_text())["backend"] == "onnx"
 
 
 def test_onnx_matches_torch_on_a_held_out_phantom(held_out_runs: dict[str, SegmentationResult]) -> None:
@@ -96,7 +118,7 @@ def test_onnx_matches_torch_on_a_held_out_phantom(held_out_runs: dict[str, Segme
 
 
 def test_auto_picks_onnx_on_the_cpu_only_with_an_export(exported_dir: Path, tmp_path: Path) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpu, cuda = "cpu", "cuda"
     with_export = load_model(exported_dir)
     assert resolve_backend("auto", cpu, with_export) == "onnx"
     assert resolve_backend("auto", cuda, with_export) == "torch"
