@@ -57,7 +57,7 @@ class InferenceOptions:
         amp: bf16 autocast on CUDA (ignored on the CPU, which stays float32 and deterministic).
         channels_last: ``channels_last_3d`` memory format on CUDA.
         compile: ``torch.compile`` the network on CUDA.
-        sw_batch_size: Windows per forward pass (default: the model config's).
+        sw_batch_size: Windows per forward pass (default: the model config's; 1 on the ONNX backend).
         overlap: Window overlap fraction (default: the model config's).
         threshold: Probability threshold (default: the model config's).
         keep_probability: Keep the native-grid probability map in the result (memory: 4 bytes/voxel).
@@ -185,6 +185,9 @@ def _cpu_network(
         from segmentation.onnx_backend import predictor_of
 
         predictor = predictor_of(model, options.threads)
+        # One window per call unless asked: ONNX Runtime's threads already fill the cores, and batches
+        # of 2 or 4 windows cost the same CPU time per window with 2-3x the memory (bench segmentation).
+        sw_batch = options.sw_batch_size or 1
     else:
         import torch
 

@@ -76,6 +76,12 @@ class OnnxPredictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads or cpu_threads()
         options.inter_op_num_threads = 1
+        # Measured on the paper-size UNETR (2 cores, machine shared): without the memory arena the peak
+        # memory of a 96^3 window falls from 1.30 to 0.86 GB (batch 4: 3.30 to 1.97 GB) at the same CPU
+        # time; threads that sleep instead of spinning between operators cost less CPU per window
+        # (2.3 against 2.6 s) and leave the cores to other work on a shared node.
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = options.intra_op_num_threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
