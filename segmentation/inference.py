@@ -108,7 +108,7 @@ class SegmentationResult:
 
     @property
     def runtime(self) -> str:
-        """Where and how the network ran, for provenance: ``cpu/onnx``, ``cpu/torch``, ``cuda:0/torch``."""
+        """Where and how the network ran, for provenance: ``cpu/onnx``, ``cpu/torch``, ``cuda/torch``."""
         return f"{self.device}/{self.backend}"
 
 
