@@ -33,11 +33,18 @@ WEB_MODULES = (
     "rano.match",
 )
 
-#: Modules a job imports on first use (the pipeline's stages bring torch, MONAI, SimpleITK; the contour
-#: export highdicom and rt-utils).
+#: Modules a job imports on first use (the pipeline's stages bring SimpleITK and a network backend; the
+#: contour export highdicom and rt-utils). segmentation.inference no longer imports torch and MONAI
+#: itself (the ONNX backend runs without them), but a worker may run either backend (GPU nodes and
+#: models without an export run PyTorch), so both are warmed here, once per process, not per job.
 WORKER_MODULES = (
     "trials.pipeline.embedded",
     "segmentation.inference",
+    "segmentation.onnx_backend",
+    "onnxruntime",
+    "torch",
+    "monai.networks.nets",
+    "monai.inferers",
     "segmentation.contours",
     "highdicom",
     "highdicom.seg",

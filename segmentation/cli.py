@@ -1,16 +1,21 @@
-"""Console entry points: ``bm-segment`` and ``bm-train``.
+"""Console entry points: ``bm-segment``, ``bm-export`` and ``bm-train``.
 
-``bm-segment INPUT OUTPUT_DIR [--model DIR] [--device auto|cpu|cuda]`` segments one MRI (a NIfTI file, a
+``bm-segment INPUT OUTPUT_DIR [--model DIR] [--device auto|cpu|cuda] [--backend auto|torch|onnx]``
+segments one MRI (a NIfTI file, a
 DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 
 * ``mask.nii.gz``: binary lesion mask (uint8) on the input's grid;
 * ``labels.nii.gz``: lesion labels 1..n on the same grid;
-* ``lesions.json``: the model (name, label, sha256), the per-lesion :mod:`rano.measure` records and the
+* ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records and the
   per-stage timings;
+* ``probability.nii`` with ``--probability``: the lesion probability (float32) on the same grid;
 * ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...).
 
 Per-stage timings are printed. ``bm-segment --self-check`` runs the model on a generated phantom and
 reports its Dice against the phantom's ground truth.
+
+``bm-export MODEL_DIR`` exports a model directory's UNETR to ``model.onnx`` for the CPU backend and
+records it (checksum, source weights) in its ``config.json`` (:func:`segmentation.onnx_backend.export_onnx`).
 
 Exit status: 0 success, 1 self-check below ``--min-dice``, 2 bad input or unusable model.
 """
@@ -48,6 +53,15 @@ def _segment_parser() -> argparse.ArgumentParser:
         "--model", type=Path, default=DEMO_MODEL_DIR, help="model directory (default: the demo model)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        help="network backend: onnx = ONNX Runtime on the model's export (CPU), torch = PyTorch; "
+        "default: the model config's (auto: onnx on the CPU when the model has its export)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, help="CPU threads of the onnx backend (default: all cores)"
+    )
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA only)")
     p.add_argument(
@@ -60,6 +74,11 @@ def _segment_parser() -> argparse.ArgumentParser:
         "--threshold", type=_probability, help="probability threshold in (0, 1) (default: model config)"
     )
     p.add_argument("--series-uid", help="Series Instance UID when the DICOM input holds several series")
+    p.add_argument(
+        "--probability",
+        action="store_true",
+        help="also write probability.nii: the lesion probability (float32) on the input's grid",
+    )
     p.add_argument(
         "--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours"
     )
@@ -108,14 +127,15 @@ def _self_check(args: argparse.Namespace) -> int:
     from segmentation.phantoms import make_phantom
     from segmentation.train import dice_score, lesion_counts
 
-    model = load_model(args.model)
+    model = load_model(args.model, backend=args.backend)
     phantom = make_phantom(args.seed, n_lesions=4, diameter_range_mm=(6.0, 30.0), geometry="axial_1mm")
-    result = segment_image(phantom.image, model, InferenceOptions(device=args.device))
+    options = InferenceOptions(device=args.device, backend=args.backend, threads=args.threads)
+    result = segment_image(phantom.image, model, options)
     pred = sitk.GetArrayFromImage(result.mask)
     truth = sitk.GetArrayFromImage(phantom.mask)
     dice = dice_score(pred, truth)
     counts = lesion_counts(pred, truth, phantom.image.GetSpacing())
-    print(f"model {model.config.name} {model.config.version} ({model.config.label}) on {result.device}")
+    print(f"model {model.config.name} {model.config.version} ({model.config.label}) on {result.runtime}")
     print(f"phantom seed {args.seed}: {len(phantom.lesions)} lesions, geometry {phantom.geometry.name}")
     print(f"Dice {dice:.3f}; lesion F1 {counts.f1:.3f} (found {counts.true_positive}, missed {counts.false_negative}, "
           f"false positives {counts.false_positive}); predicted {len(result.lesions)} lesions")  # fmt: skip
@@ -182,7 +202,7 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model(args.model, backend=args.backend)
     timings["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
     series = read_series(args.input, series_uid=args.series_uid, require_rtstruct_attributes=False)
@@ -194,6 +214,9 @@ def _segment(args: argparse.Namespace) -> int:
         sw_batch_size=args.sw_batch_size,
         overlap=args.overlap,
         threshold=args.threshold,
+        backend=args.backend,
+        threads=args.threads,
+        keep_probability=args.probability,
     )
     result = segment_image(series.image, model, options)
     timings.update(result.timings_s)
@@ -202,6 +225,10 @@ def _segment(args: argparse.Namespace) -> int:
     sitk.WriteImage(result.mask, str(out / "mask.nii.gz"), useCompression=True)
     sitk.WriteImage(result.labels, str(out / "labels.nii.gz"), useCompression=True)
     written = ["mask.nii.gz", "labels.nii.gz", "lesions.json"]
+    if result.probability is not None:
+        # Uncompressed: a float map compresses slowly and little.
+        sitk.WriteImage(result.probability, str(out / "probability.nii"), useCompression=False)
+        written.append("probability.nii")
     notes: list[str] = []
     if series.info.source_format == "dicom":
         written += _write_dicom_outputs(result.labels, series, model, out, notes)
@@ -220,7 +247,9 @@ def _segment(args: argparse.Namespace) -> int:
             "parameters": model.n_parameters,
         },
         "device": result.device,
+        "backend": result.backend,
         "n_windows": result.n_windows,
+        "n_windows_skipped": result.n_windows_skipped,
         "lesions": [m.to_dict() for m in result.lesions],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "notes": notes,
@@ -228,7 +257,7 @@ def _segment(args: argparse.Namespace) -> int:
     (out / "lesions.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     label = f" ({model.config.label})" if model.config.label else ""
     print(
-        f"model {model.config.name} {model.config.version}{label} on {result.device}, {result.n_windows} windows"
+        f"model {model.config.name} {model.config.version}{label} on {result.runtime}, {result.n_windows} windows"
     )
     print(f"{len(result.lesions)} lesions; wrote {', '.join(written)} to {out}")
     for m in result.lesions:
@@ -270,6 +299,36 @@ def write_overlay_png(
         tiles.append(rgb)
     Image.fromarray((np.concatenate(tiles, axis=1) * 255).astype(np.uint8)).save(path)
     return path
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bm-export",
+        description="Export a model directory's UNETR to model.onnx for the CPU backend (ONNX Runtime) and "
+        "record its sha256 and source weights in config.json. Run it again whenever weights.pt changes.",
+    )
+    p.add_argument("model_dir", type=Path, help="model directory (config.json + weights.pt)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    return p
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``bm-export MODEL_DIR``: see :func:`segmentation.onnx_backend.export_onnx`. Returns the exit status."""
+    args = _export_parser().parse_args(argv)
+    from segmentation.onnx_backend import EXPORT_TOLERANCE, export_onnx
+
+    try:
+        t = time.perf_counter()
+        record = export_onnx(args.model_dir, opset=args.opset)
+    except (ModelError, OSError) as exc:
+        print(f"bm-export: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.model_dir / record.file} (sha256 {record.sha256}) in {time.perf_counter() - t:.1f} s")
+    print(f"  from weights sha256 {record.weights_sha256}, opset {record.opset}")
+    print(
+        f"  max |probability difference| vs PyTorch {record.max_abs_diff:.2e} (tolerance {EXPORT_TOLERANCE:g})"
+    )
+    return 0
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

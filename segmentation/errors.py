@@ -187,3 +187,11 @@ class ModelIntegrityError(ModelError):
 
 class ModelWeightsMismatchError(ModelError):
     """The weights do not fit the architecture in the config (missing/extra/wrong-size tensors)."""
+
+
+class StaleExportError(ModelIntegrityError):
+    """The ONNX export was made from other weights than the model directory's ``weights.pt`` now holds."""
+
+
+class BackendUnavailableError(ModelError):
+    """The inference backend asked for cannot run this model here (no export, no runtime)."""

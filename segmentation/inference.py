@@ -3,10 +3,13 @@
 Stages (each timed in :attr:`SegmentationResult.timings_s`):
 
 1. ``preprocess.*``: the model's preprocessing (:mod:`segmentation.preprocess`);
-2. ``network``: MONAI :func:`~monai.inferers.sliding_window_inference` with batched windows, Gaussian
-   blending, sigmoid of the lesion logit. On CUDA: bf16 autocast (``amp``), ``channels_last_3d`` and
-   ``torch.compile`` options, blending on the GPU. On the CPU: float32, deterministic (same input,
-   same output, bit for bit);
+2. ``network``: sliding windows with batched windows, Gaussian blending, sigmoid of the lesion logit.
+   On CUDA: MONAI :func:`~monai.inferers.sliding_window_inference` with bf16 autocast (``amp``),
+   ``channels_last_3d`` and ``torch.compile`` options, blending on the GPU. On the CPU:
+   :func:`segmentation.sliding.sliding_window` (MONAI's windows and weights, windows without head
+   skipped), float32, deterministic (same input, same output, bit for bit), through one of two
+   backends: PyTorch (the reference) or ONNX Runtime on the model's verified export
+   (:mod:`segmentation.onnx_backend`; the default on the CPU when the model directory has one);
 3. ``to_native``: probability map pasted back into the uncropped grid and resampled (linear) onto the
    native image grid, then thresholded to a uint8 mask (with the model's optional hysteresis: a
    component is kept only when its peak reaches ``detection_threshold``);
@@ -20,16 +23,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.inferers import sliding_window_inference
 
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
-from segmentation.model import LoadedModel, resolve_device
-from segmentation.preprocess import PreprocessError, preprocess, to_native
+from segmentation.errors import BackendUnavailableError, ModelConfigError
+from segmentation.model import BACKENDS, LoadedModel, resolve_device, resolve_device_name
+from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
+from segmentation.sliding import sliding_window
+
+if TYPE_CHECKING:
+    # Imported where the PyTorch backend runs: the ONNX backend never loads torch or MONAI.
+    import torch
 
 
 class ImageTooSmallError(PreprocessError):
@@ -49,10 +57,14 @@ class InferenceOptions:
         amp: bf16 autocast on CUDA (ignored on the CPU, which stays float32 and deterministic).
         channels_last: ``channels_last_3d`` memory format on CUDA.
         compile: ``torch.compile`` the network on CUDA.
-        sw_batch_size: Windows per forward pass (default: the model config's).
+        sw_batch_size: Windows per forward pass (default: the model config's; 1 on the ONNX backend).
         overlap: Window overlap fraction (default: the model config's).
         threshold: Probability threshold (default: the model config's).
         keep_probability: Keep the native-grid probability map in the result (memory: 4 bytes/voxel).
+        backend: ``auto``, ``torch`` or ``onnx`` (default: the model config's ``inference.backend``);
+            see :func:`resolve_backend`.
+        threads: CPU threads of the ONNX backend (default: the cores this process may use).
+        skip_empty_windows: On the CPU, do not run windows that hold no head voxel.
     """
 
     device: str = "auto"
@@ -63,6 +75,9 @@ class InferenceOptions:
     overlap: float | None = None
     threshold: float | None = None
     keep_probability: bool = False
+    backend: str | None = None
+    threads: int | None = None
+    skip_empty_windows: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ class SegmentationResult:
         device: Device the network ran on.
         n_windows: Number of sliding windows evaluated.
         probability: Lesion probability (float32) when ``keep_probability`` was set.
+        backend: The backend that ran the network: ``torch`` or ``onnx``.
+        n_windows_skipped: Windows not run because they held no head voxel.
     """
 
     mask: sitk.Image
@@ -86,6 +103,13 @@ class SegmentationResult:
     device: str
     n_windows: int
     probability: sitk.Image | None = field(default=None)
+    backend: str = "torch"
+    n_windows_skipped: int = 0
+
+    @property
+    def runtime(self) -> str:
+        """Where and how the network ran, for provenance: ``cpu/onnx``, ``cpu/torch``, ``cuda/torch``."""
+        return f"{self.device}/{self.backend}"
 
 
 def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap: float) -> int:
@@ -100,6 +124,8 @@ def _count_windows(shape_zyx: tuple[int, ...], roi_zyx: tuple[int, ...], overlap
 def _predictor(
     network: torch.nn.Module, device: torch.device, options: InferenceOptions
 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torch
+
     use_amp = device.type == "cuda" and options.amp
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +138,117 @@ def _predictor(
         return torch.sigmoid(logit.float())
 
     return run
+
+
+def resolve_backend(requested: str, device: str, model: LoadedModel) -> str:
+    """The backend that runs the network: ``torch`` or ``onnx``.
+
+    ``auto`` is ONNX Runtime on the CPU when the model has a verified export, PyTorch otherwise (and
+    always on CUDA). ``onnx`` runs on the CPU only and needs the export. ``device`` is a device name
+    (``cpu``, ``cuda``, ``cuda:0``).
+
+    Raises:
+        BackendUnavailableError: ``onnx`` on CUDA or without an export.
+        ModelConfigError: An unknown backend name.
+    """
+    if requested not in BACKENDS:
+        raise ModelConfigError(f"unknown backend {requested!r}; use {', '.join(BACKENDS)}")
+    if requested == "torch":
+        return "torch"
+    if requested == "onnx":
+        if device != "cpu":
+            raise BackendUnavailableError(
+                "the ONNX backend runs on the CPU: use --device cpu, or --backend torch"
+            )
+        if model.onnx_path is None:
+            raise BackendUnavailableError(
+                f"the ONNX backend was asked for but {model.directory} has no verified export; "
+                f"run bm-export {model.directory} first"
+            )
+        return "onnx"
+    return "onnx" if device == "cpu" and model.onnx_path is not None else "torch"
+
+
+def _cpu_network(
+    pre: PreprocessedImage,
+    model: LoadedModel,
+    backend: str,
+    options: InferenceOptions,
+    overlap: float,
+    sw_batch: int,
+) -> tuple[np.ndarray, int, int]:
+    """Probability on the model grid, windows run and windows skipped, on the CPU."""
+    cfg = model.config
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
+    predictor: Callable[[np.ndarray], np.ndarray]
+    if backend == "onnx":
+        from segmentation.onnx_backend import predictor_of
+
+        predictor = predictor_of(model, options.threads)
+        # One window per call unless asked: ONNX Runtime's threads already fill the cores, and batches
+        # of 2 or 4 windows cost the same CPU time per window with 2-3x the memory (bench segmentation).
+        sw_batch = options.sw_batch_size or 1
+    else:
+        import torch
+
+        run = _predictor(model.network.eval(), torch.device("cpu"), options)
+
+        def predictor(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return run(torch.from_numpy(x)).numpy()
+
+    mask = sitk.GetArrayViewFromImage(pre.head_mask) if options.skip_empty_windows else None
+    out = sliding_window(
+        pre.array,
+        predictor,
+        roi_zyx,
+        overlap=overlap,
+        mode=cfg.inference.mode,
+        batch_size=sw_batch,
+        head_mask=mask,
+    )
+    return out.probability, out.n_windows, out.n_skipped
+
+
+def _cuda_network(
+    pre: PreprocessedImage,
+    model: LoadedModel,
+    device: torch.device,
+    options: InferenceOptions,
+    overlap: float,
+    sw_batch: int,
+) -> np.ndarray:
+    """Probability on the model grid, on CUDA: MONAI's sliding window with blending on the GPU."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    cfg = model.config
+    roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
+    network = model.network
+    if device.type == "cuda":
+        network = network.to(device)
+        if options.channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        if options.compile:
+            network = torch.compile(network)  # type: ignore[assignment]
+    network.eval()
+    x = torch.from_numpy(np.ascontiguousarray(pre.array, dtype=np.float32))[None, None].to(device)
+    with torch.inference_mode():
+        prob = sliding_window_inference(
+            x,
+            roi_size=roi_zyx,
+            sw_batch_size=sw_batch,
+            predictor=_predictor(network, device, options),
+            overlap=overlap,
+            mode=cfg.inference.mode,
+            sw_device=device,
+            device=device,
+        )
+        assert isinstance(prob, torch.Tensor)  # a tensor predictor gives a tensor back
+        prob_np = prob[0, 0].float().cpu().numpy()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return prob_np
 
 
 def segment_image(
@@ -137,11 +274,18 @@ def segment_image(
         ImageTooSmallError: The head is far smaller than the model's window.
         PreprocessError: Any other image that cannot be preprocessed.
         DeviceUnavailableError: ``cuda`` asked for without CUDA.
+        BackendUnavailableError: ``onnx`` asked for on CUDA or without a verified export.
     """
     options = options or InferenceOptions()
     cfg = model.config
     settings = settings or ResponseSettings(min_lesion_volume_mm3=cfg.postprocessing.min_lesion_volume_mm3)
-    device = resolve_device(options.device)
+    requested = options.backend or cfg.inference.backend
+    # ONNX Runtime runs on the CPU: "auto" device means the CPU for it, never CUDA. On a machine
+    # without the NVIDIA driver "auto" is the CPU without asking torch (whose import takes seconds).
+    device = resolve_device_name(
+        "cpu" if requested == "onnx" and options.device == "auto" else options.device
+    )
+    backend = resolve_backend(requested, device, model)
     timings: dict[str, float] = {}
 
     roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
@@ -164,32 +308,13 @@ def segment_image(
     check_extent(np.asarray(shape[::-1]) * np.asarray(cfg.preprocessing.spacing_mm), "imaged head")
 
     t = time.perf_counter()
-    network = model.network
     overlap = cfg.inference.overlap if options.overlap is None else options.overlap
     sw_batch = cfg.inference.sw_batch_size if options.sw_batch_size is None else options.sw_batch_size
-    if device.type == "cuda":
-        network = network.to(device)
-        if options.channels_last:
-            network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-        if options.compile:
-            network = torch.compile(network)  # type: ignore[assignment]
-    network.eval()
-    x = torch.from_numpy(np.ascontiguousarray(pre.array, dtype=np.float32))[None, None].to(device)
-    with torch.inference_mode():
-        prob = sliding_window_inference(
-            x,
-            roi_size=roi_zyx,
-            sw_batch_size=sw_batch,
-            predictor=_predictor(network, device, options),
-            overlap=overlap,
-            mode=cfg.inference.mode,
-            sw_device=device,
-            device=device,
-        )
-        assert isinstance(prob, torch.Tensor)  # a tensor predictor gives a tensor back
-        prob_np = prob[0, 0].float().cpu().numpy()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if device == "cpu":
+        prob_np, n_windows, n_skipped = _cpu_network(pre, model, backend, options, overlap, sw_batch)
+    else:
+        prob_np = _cuda_network(pre, model, resolve_device(device), options, overlap, sw_batch)
+        n_windows, n_skipped = _count_windows(shape, roi_zyx, overlap), 0
     timings["network"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -217,6 +342,8 @@ def segment_image(
         lesions=lesions,
         timings_s=timings,
         device=str(device),
-        n_windows=_count_windows(shape, roi_zyx, overlap),
+        n_windows=n_windows,
         probability=native_prob if options.keep_probability else None,
+        backend=backend,
+        n_windows_skipped=n_skipped,
     )

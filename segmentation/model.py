@@ -6,27 +6,37 @@ A model directory holds exactly what is needed to run and audit a model:
   :class:`segmentation.preprocess.PreprocessConfig`), ``inference`` (window, overlap, batch),
   ``postprocessing`` (threshold, smallest lesion), ``intended_use``, ``label``, ``versions``,
   ``training`` (provenance), ``metrics`` and ``weights_sha256``;
-* ``weights.pt``: the ``state_dict`` (``torch.save``), whose sha256 must equal ``weights_sha256``.
+* ``weights.pt``: the ``state_dict`` (``torch.save``), whose sha256 must equal ``weights_sha256``;
+* optionally ``model.onnx``: the network exported for the CPU backend (``bm-export``), recorded in
+  ``config.json`` -> ``onnx_export`` with its own sha256 and the sha256 of the weights it was made from
+  (see :class:`OnnxExport` and :mod:`segmentation.onnx_backend`).
 
 :func:`load_model` verifies the checksum before unpickling anything and refuses, clearly, a checksum
-mismatch, weights whose tensor shapes do not fit the architecture, or a config that is incomplete.
+mismatch, weights whose tensor shapes do not fit the architecture, or a config that is incomplete. When
+the ONNX backend may run, it also verifies the export: its checksum, and that it was made from the
+current weights (a stale export is refused, never silently used).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from monai.networks.nets import UNETR
 from scipy import ndimage as ndi
 
-from segmentation.errors import ModelConfigError, ModelIntegrityError, ModelWeightsMismatchError
+from segmentation.errors import (
+    BackendUnavailableError,
+    ModelConfigError,
+    ModelIntegrityError,
+    ModelWeightsMismatchError,
+    StaleExportError,
+)
 from segmentation.io import sha256_file
 from segmentation.modeldir import (
     CONFIG_NAME,
@@ -36,6 +46,12 @@ from segmentation.modeldir import (
     provenance,
 )
 from segmentation.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    # torch and MONAI are imported where a network is built or run, not with this module: the ONNX
+    # backend runs a model without them (their import takes seconds, a large part of a CPU run).
+    import torch
+    from monai.networks.nets import UNETR
 
 _ARCH_KEYS = {
     "in_channels",
@@ -67,12 +83,15 @@ class InferenceConfig:
         sw_batch_size: Windows per forward pass.
         overlap: Fraction of overlap between neighbouring windows.
         mode: Blending, ``gaussian`` or ``constant``.
+        backend: ``auto`` (ONNX Runtime on the CPU when the directory holds a verified export, PyTorch
+            otherwise and on CUDA), ``torch`` or ``onnx``.
     """
 
     roi_size: tuple[int, int, int]
     sw_batch_size: int = 4
     overlap: float = 0.25
     mode: str = "gaussian"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         # Checked here so a bad config.json fails at load time with its field named, not mid-inference.
@@ -88,6 +107,70 @@ class InferenceConfig:
             raise ModelConfigError(f"inference.overlap must be a number in [0, 1), got {self.overlap!r}")
         if self.mode not in ("gaussian", "constant"):
             raise ModelConfigError(f"inference.mode must be 'gaussian' or 'constant', got {self.mode!r}")
+        if self.backend not in BACKENDS:
+            raise ModelConfigError(
+                f"inference.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+
+
+#: Inference backends: ``auto`` picks ONNX Runtime on the CPU when the model has its export.
+BACKENDS = ("auto", "torch", "onnx")
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """The record of a model's ONNX export (``config.json`` -> ``onnx_export``), written by ``bm-export``.
+
+    Attributes:
+        file: File name inside the model directory (``model.onnx``).
+        sha256: Checksum of that file.
+        weights_sha256: Checksum of the ``weights.pt`` it was exported from; differs from the config's
+            ``weights_sha256`` when the weights changed after the export (stale: refused).
+        opset: ONNX opset version.
+        max_abs_diff: Largest absolute difference of the lesion probability between the export and
+            PyTorch, measured by ``bm-export`` on a random window.
+        extra: Everything else (library versions, date), kept verbatim.
+    """
+
+    file: str
+    sha256: str
+    weights_sha256: str
+    opset: int
+    max_abs_diff: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OnnxExport:
+        """Parse the ``onnx_export`` section."""
+        missing = [k for k in ("file", "sha256", "weights_sha256", "opset") if k not in data]
+        if missing:
+            raise ModelConfigError(f"onnx_export lacks {', '.join(missing)}")
+        if Path(str(data["file"])).name != str(data["file"]):
+            raise ModelConfigError(
+                f"onnx_export.file must be a file name in the model directory, got {data['file']!r}"
+            )
+        known = {"file", "sha256", "weights_sha256", "opset", "max_abs_diff"}
+        diff = data.get("max_abs_diff")
+        return cls(
+            file=str(data["file"]),
+            sha256=str(data["sha256"]),
+            weights_sha256=str(data["weights_sha256"]),
+            opset=int(data["opset"]),
+            max_abs_diff=None if diff is None else float(diff),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, the inverse of :meth:`from_dict`."""
+        out: dict[str, Any] = {
+            "file": self.file,
+            "sha256": self.sha256,
+            "weights_sha256": self.weights_sha256,
+            "opset": self.opset,
+        }
+        if self.max_abs_diff is not None:
+            out["max_abs_diff"] = self.max_abs_diff
+        return {**out, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -127,7 +210,9 @@ class PostprocessConfig:
 
         Hysteresis thresholding written with scipy.ndimage (scikit-image's ``apply_hysteresis_threshold``
         does the same, but it is not a dependency): label the components above ``threshold`` once, keep
-        those whose maximum reaches ``detection_threshold``.
+        those that hold a voxel reaching ``detection_threshold`` (their maximum reaches it). Marking the
+        labels under those seed voxels is one pass; ``ndimage.maximum`` per label took seconds on a
+        whole-brain grid.
         """
         mask = probability >= self.threshold
         if self.detection_threshold is None or self.detection_threshold <= self.threshold:
@@ -135,8 +220,9 @@ class PostprocessConfig:
         labels, n = ndi.label(mask, np.ones((3, 3, 3), dtype=bool))
         if n == 0:
             return mask
-        peaks = np.asarray(ndi.maximum(probability, labels, index=np.arange(1, n + 1)))
-        keep = np.concatenate([[False], peaks >= self.detection_threshold])
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[labels[probability >= self.detection_threshold]] = True
+        keep[0] = False
         return keep[labels]
 
 
@@ -154,6 +240,7 @@ class ModelConfig:
         postprocessing: Threshold and smallest lesion.
         intended_use: Free text.
         weights_sha256: Checksum of ``weights.pt``.
+        onnx_export: The record of ``model.onnx`` when the model has been exported (``bm-export``).
         extra: Everything else (versions, training provenance, metrics), kept verbatim.
     """
 
@@ -166,6 +253,7 @@ class ModelConfig:
     postprocessing: PostprocessConfig
     intended_use: str = ""
     weights_sha256: str = ""
+    onnx_export: OnnxExport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -217,8 +305,9 @@ class ModelConfig:
             raise ModelConfigError(f"inference/postprocessing section: {exc}") from exc
         known = {
             "name", "version", "label", "architecture", "preprocessing", "inference",
-            "postprocessing", "intended_use", "weights_sha256",
+            "postprocessing", "intended_use", "weights_sha256", "onnx_export",
         }  # fmt: skip
+        export = data.get("onnx_export")
         return cls(
             name=str(data["name"]),
             version=str(data.get("version", "0")),
@@ -229,6 +318,7 @@ class ModelConfig:
             postprocessing=post,
             intended_use=str(data.get("intended_use", "")),
             weights_sha256=str(data.get("weights_sha256", "")),
+            onnx_export=OnnxExport.from_dict(export) if export else None,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -254,6 +344,7 @@ class ModelConfig:
                 "sw_batch_size": self.inference.sw_batch_size,
                 "overlap": self.inference.overlap,
                 "mode": self.inference.mode,
+                **({"backend": self.inference.backend} if self.inference.backend != "auto" else {}),
             },
             "postprocessing": {
                 "threshold": self.postprocessing.threshold,
@@ -265,8 +356,30 @@ class ModelConfig:
                 ),
             },
             "weights_sha256": self.weights_sha256,
+            **({"onnx_export": self.onnx_export.to_dict()} if self.onnx_export is not None else {}),
             **self.extra,
         }
+
+
+def cuda_possible() -> bool:
+    """False when this machine certainly has no CUDA device (Linux without the NVIDIA driver), so that
+    ``auto`` can choose the CPU without importing torch; True when only torch can tell."""
+    if os.name != "posix" or not Path("/proc").is_dir():
+        return True
+    return (
+        Path("/proc/driver/nvidia").exists() or any(Path("/dev").glob("nvidia*")) or Path("/dev/dxg").exists()
+    )
+
+
+def resolve_device_name(name: str) -> str:
+    """:func:`resolve_device` as a name (``cpu`` or ``cuda``), importing torch only when CUDA may exist.
+
+    Raises:
+        DeviceUnavailableError: ``cuda`` without CUDA on this machine, or an unknown name.
+    """
+    if name == "cpu" or (name == "auto" and not cuda_possible()):
+        return "cpu"
+    return resolve_device(name).type
 
 
 def resolve_device(name: str) -> torch.device:
@@ -276,6 +389,8 @@ def resolve_device(name: str) -> torch.device:
     Raises:
         DeviceUnavailableError: ``cuda`` without CUDA on this machine, or an unknown name.
     """
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
@@ -287,6 +402,8 @@ def resolve_device(name: str) -> torch.device:
 
 def build_network(config: ModelConfig) -> UNETR:
     """Instantiate the UNETR described by ``config.architecture`` (random weights)."""
+    from monai.networks.nets import UNETR
+
     kwargs = {k: v for k, v in config.architecture.items() if k != "name"}
     kwargs["img_size"] = tuple(kwargs["img_size"])
     try:
@@ -307,21 +424,51 @@ def read_config(model_dir: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data)
 
 
-@dataclass(frozen=True)
 class LoadedModel:
     """A verified model ready for inference.
 
     Attributes:
         config: The parsed config.
-        network: The UNETR with its weights, in eval mode, on the CPU.
+        network: The UNETR with its weights, in eval mode, on the CPU. Built on first use when the model
+            was loaded for its ONNX export (the ONNX backend never needs it).
         directory: Where it was loaded from.
         n_parameters: Number of parameters.
+        onnx_path: The verified ONNX export (checksum and source weights checked), when the model has
+            one and the ONNX backend may run; None otherwise.
     """
 
-    config: ModelConfig
-    network: torch.nn.Module
-    directory: Path
-    n_parameters: int
+    def __init__(
+        self,
+        config: ModelConfig,
+        network: torch.nn.Module | None,
+        directory: Path,
+        n_parameters: int,
+        onnx_path: Path | None = None,
+        *,
+        build: Callable[[], torch.nn.Module] | None = None,
+    ) -> None:
+        if network is None and build is None:
+            raise ValueError("a LoadedModel needs its network or a way to build it")
+        self.config = config
+        self.directory = Path(directory)
+        self.n_parameters = n_parameters
+        self.onnx_path = onnx_path
+        self._network = network
+        self._build = build
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The PyTorch network (built and filled with the verified weights on first use)."""
+        if self._network is None:
+            assert self._build is not None
+            self._network = self._build()
+        return self._network
+
+    def with_config(self, config: ModelConfig) -> LoadedModel:
+        """The same weights and export with another config (e.g. other inference settings)."""
+        return LoadedModel(
+            config, self._network, self.directory, self.n_parameters, self.onnx_path, build=self._build
+        )
 
 
 def load_state_dict_checked(network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -352,16 +499,54 @@ def load_state_dict_checked(network: torch.nn.Module, state: Mapping[str, torch.
     network.load_state_dict(state, strict=True)
 
 
-def load_model(model_dir: str | Path = DEMO_MODEL_DIR) -> LoadedModel:
+def verify_onnx_export(directory: Path, config: ModelConfig) -> Path | None:
+    """The model's ONNX export, verified; None when the config records none.
+
+    Raises:
+        StaleExportError: The export was made from other weights than ``config.weights_sha256``.
+        ModelIntegrityError: The export file is missing or its sha256 differs from the record.
+    """
+    export = config.onnx_export
+    if export is None:
+        return None
+    if export.weights_sha256 != config.weights_sha256:
+        raise StaleExportError(
+            f"refusing the stale ONNX export {directory / export.file}: it was made from weights sha256 "
+            f"{export.weights_sha256} but the model's weights are {config.weights_sha256}; run bm-export again"
+        )
+    path = directory / export.file
+    if not path.is_file():
+        raise ModelIntegrityError(
+            f"config.json records an ONNX export but {path} is missing; run bm-export again or use --backend torch"
+        )
+    actual = sha256_file(path)
+    if actual != export.sha256:
+        raise ModelIntegrityError(
+            f"refusing {path}: its sha256 is {actual} but config.json expects {export.sha256}"
+        )
+    return path
+
+
+def load_model(model_dir: str | Path = DEMO_MODEL_DIR, *, backend: str | None = None) -> LoadedModel:
     """Load a model directory: read the config, verify the weights' sha256, build and fill the UNETR.
+
+    Args:
+        model_dir: The model directory.
+        backend: The inference backend that will run it (default: the config's ``inference.backend``).
+            Unless it is ``torch``, a recorded ONNX export is verified too (:func:`verify_onnx_export`).
 
     Raises:
         ModelConfigError: Missing/invalid config, or missing ``weights_sha256``.
-        ModelIntegrityError: The weights file is missing or its sha256 differs from the config's.
+        ModelIntegrityError: The weights file or the ONNX export is missing or its sha256 differs from
+            the config's, or the export is stale (:class:`~segmentation.errors.StaleExportError`).
         ModelWeightsMismatchError: The weights do not fit the configured architecture.
+        BackendUnavailableError: ``onnx`` asked for but the model has no export.
     """
     directory = Path(model_dir)
     config = read_config(directory)
+    backend = backend or config.inference.backend
+    if backend not in BACKENDS:
+        raise ModelConfigError(f"unknown backend {backend!r}; use {', '.join(BACKENDS)}")
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ModelIntegrityError(f"no {WEIGHTS_NAME} in model directory {directory}")
@@ -374,6 +559,26 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR) -> LoadedModel:
         raise ModelIntegrityError(
             f"refusing {weights}: its sha256 is {actual} but config.json expects {config.weights_sha256}"
         )
+    onnx_path = None if backend == "torch" else verify_onnx_export(directory, config)
+    if backend == "onnx" and onnx_path is None:
+        raise BackendUnavailableError(
+            f"the ONNX backend was asked for but {directory} has no export; run bm-export {directory} first"
+        )
+    if onnx_path is not None and config.onnx_export is not None:
+        # The export was checked against these very weights when it was made: the PyTorch network is
+        # built only if something asks for it (the CUDA path, a comparison).
+        n_parameters = int(config.onnx_export.extra.get("parameters", 0))
+        return LoadedModel(
+            config, None, directory, n_parameters, onnx_path, build=lambda: _build_filled(config, weights)
+        )
+    network = _build_filled(config, weights)
+    return LoadedModel(config, network, directory, sum(p.numel() for p in network.parameters()), onnx_path)
+
+
+def _build_filled(config: ModelConfig, weights: Path) -> torch.nn.Module:
+    """The UNETR of ``config`` filled with the (already verified) ``weights``, in eval mode."""
+    import torch
+
     network = build_network(config)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -385,12 +590,7 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR) -> LoadedModel:
         raise ModelWeightsMismatchError(f"{weights} does not hold a state_dict")
     load_state_dict_checked(network, state, str(weights))
     network.eval()
-    return LoadedModel(
-        config=config,
-        network=network,
-        directory=directory,
-        n_parameters=sum(p.numel() for p in network.parameters()),
-    )
+    return network
 
 
 def library_versions() -> dict[str, str]:
@@ -398,6 +598,7 @@ def library_versions() -> dict[str, str]:
     import monai
     import numpy
     import SimpleITK
+    import torch
 
     return {
         "python": platform.python_version(),
@@ -416,6 +617,8 @@ def save_model_dir(
     Files are written to temporary names and renamed, so a reader never sees a half-written model.
     ``card`` (Markdown) is written to ``MODEL_CARD.md`` when given.
     """
+    import torch
+
     directory = Path(model_dir)
     directory.mkdir(parents=True, exist_ok=True)
     tmp_weights = directory / (WEIGHTS_NAME + ".tmp")
@@ -423,6 +626,8 @@ def save_model_dir(
     digest = sha256_file(tmp_weights)
     data = config.to_dict()
     data["weights_sha256"] = digest
+    # New weights have no export yet (bm-export makes one); an old record would only be refused as stale.
+    data.pop("onnx_export", None)
     data.setdefault("versions", library_versions())
     tmp_config = directory / (CONFIG_NAME + ".tmp")
     tmp_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,6 +1,6 @@
 """A model directory as files, and how a model names itself in what it produces.
 
-The names of its files (``config.json``, ``weights.pt``), where the shipped demo model lives, and the
+The names of its files (``config.json``, ``weights.pt``, ``model.onnx``), where the shipped demo model lives, and the
 strings that identify a model in its results (DICOM Algorithm Version, RTSTRUCT descriptions, reports).
 Kept apart from :mod:`segmentation.model` so that the web processes (writing results, checking a model
 directory for readiness) never import the network code (torch, MONAI).
@@ -12,6 +12,8 @@ from pathlib import Path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
+#: The ONNX export of the weights, for the CPU backend (:mod:`segmentation.onnx_backend`).
+ONNX_NAME = "model.onnx"
 #: The shipped demo model (inside the package, so it installs with it).
 DEMO_MODEL_DIR = Path(__file__).parent / "models" / "demo-unetr"
 DEMO_LABEL = "demo — not for clinical use"
@@ -28,4 +30,12 @@ def provenance(name: str, version: str, weights_sha256: str, label: str = "") ->
     return f"{text}; {label}" if label else text
 
 
-__all__ = ["CONFIG_NAME", "DEMO_LABEL", "DEMO_MODEL_DIR", "WEIGHTS_NAME", "algorithm_version", "provenance"]
+__all__ = [
+    "CONFIG_NAME",
+    "DEMO_LABEL",
+    "DEMO_MODEL_DIR",
+    "ONNX_NAME",
+    "WEIGHTS_NAME",
+    "algorithm_version",
+    "provenance",
+]

@@ -232,6 +232,34 @@ def test_ld_equals_brute_force_and_sitk_oracles(seed: int) -> None:
         assert m.bbox_index + m.bbox_size == tuple(bbox)
 
 
+def brute_force_3d_diameter(mask_zyx: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Independent 3D diameter oracle: all pairs of the 8 corners of every voxel, no hull, no pruning."""
+    zyx = np.argwhere(mask_zyx).astype(float)
+    offsets = np.array([[dz, dy, dx] for dz in (-0.5, 0.5) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
+    corners = np.unique((zyx[:, None, :] + offsets[None]).reshape(-1, 3), axis=0) * np.array(spacing[::-1])
+    from scipy.spatial.distance import pdist
+
+    return float(np.sqrt(pdist(corners, "sqeuclidean").max()))
+
+
+@pytest.mark.parametrize("all_pairs_max_points", [0, 1500])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_max_3d_diameter_equals_all_corner_pairs(seed: int, all_pairs_max_points: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Both ways of taking the 3D diameter (all candidate pairs, or hull vertices first) are exact."""
+    import rano.measure
+
+    monkeypatch.setattr(rano.measure, "_ALL_PAIRS_MAX_POINTS", all_pairs_max_points)
+    mask = _random_blobs(seed)
+    spacing = (0.8, 0.6, 1.5)
+    img = sitk.GetImageFromArray(mask)
+    img.SetSpacing(spacing)
+    labels = label_components(img, min_volume_mm3=0.0)
+    arr = sitk.GetArrayFromImage(labels)
+    for m in measure_lesions(labels):
+        expected = brute_force_3d_diameter(arr == m.label, spacing)
+        assert m.max_3d_diameter_mm == pytest.approx(expected, abs=1e-9)
+
+
 def test_perpendicular_is_longest_perpendicular_chord() -> None:
     """Brute force: sample chords perpendicular to the LD across the hull of the LD slice."""
     mask = np.zeros((3, 30, 30), np.uint8)

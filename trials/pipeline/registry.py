@@ -19,7 +19,7 @@ from trials.models import ModelVersion
 from trials.records.imaging import register_model_version
 
 #: Loaded models of this process, keyed by directory and config modification time (one at a time).
-_MODEL_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_MODEL_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
 
 
 def _model_dir() -> Path:
@@ -38,10 +38,16 @@ def load_pipeline_model(
     """
     directory = _model_dir()
     config_path = directory / "config.json"
-    key = (str(directory.resolve()), str(config_path.stat().st_mtime_ns) if config_path.exists() else "")
+    backend = str(getattr(settings, "PIPELINE_BACKEND", "")) or None
+    key = (
+        str(directory.resolve()),
+        str(config_path.stat().st_mtime_ns) if config_path.exists() else "",
+        backend or "",
+    )
     model = _MODEL_CACHE.get(key)
     if model is None:
-        model = load_model(directory)
+        # Verifies the weights and, unless the backend is torch, the ONNX export (checksum, not stale).
+        model = load_model(directory, backend=backend)
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = model
     cfg = model.config

@@ -79,7 +79,7 @@ def record_segmentation(
         series: The segmented series.
         model_version: The model (or ground-truth source) that produced the mask.
         mask: Binary mask or label image on the series' native grid.
-        device: Where the network ran (``cpu``, ``cuda:0``).
+        device: Where and how the network ran (``cpu/onnx``, ``cpu/torch``, ``cuda/torch``).
         timings_s: Seconds per stage.
         started_at: When the segmentation started (the run keeps the earliest start it was given).
         labelled: ``mask`` is already the run's components (labels 1..n in raster order, none under
@@ -171,7 +171,10 @@ def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -
     result = segment_image(
         image,
         model,
-        InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto"))),
+        InferenceOptions(
+            device=str(getattr(settings, "PIPELINE_DEVICE", "auto")),
+            backend=str(getattr(settings, "PIPELINE_BACKEND", "")) or None,
+        ),
         dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
     )
     progress(job, 55, "storing segmentation", f"{len(result.lesions)} lesion(s) found")
@@ -179,7 +182,8 @@ def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -
         series,
         version,
         result.labels,
-        device=result.device,
+        # "cpu/onnx", "cpu/torch", "cuda/torch": the run records which backend produced its mask.
+        device=result.runtime,
         timings_s={k: round(v, 3) for k, v in result.timings_s.items()},
         started_at=started,
         actor=actor,
