@@ -39,6 +39,14 @@ def export_trial(
     """
     chunks = open_export(kind, trial, filters)
     filename = export_filename(trial, kind, filters)
+    _audit_export(trial, kind, filename, filters, actor=actor, correlation_id=correlation_id)
+    return TrialExport(filename=filename, chunks=chunks)
+
+
+def _audit_export(
+    trial: Trial, kind: str, filename: str, filters: ExportFilters, *, actor: Any, correlation_id: str
+) -> None:
+    """The export's audit event: who, which file, which filters (before the first byte is sent)."""
     record_audit_event(
         actor=actor,
         action=AuditAction.EXPORT,
@@ -49,7 +57,6 @@ def export_trial(
         after={"kind": kind, "file": filename, "filters": filters.as_dict()},
         correlation_id=correlation_id,
     )
-    return TrialExport(filename=filename, chunks=chunks)
 
 
 @dataclass(frozen=True)
@@ -78,16 +85,7 @@ def export_submission_file(
         filename = xpt_filename(SUBMISSION_DATASETS[name])
         media_type = "application/x-sas-xport"
     with transaction.atomic():
-        record_audit_event(
-            actor=actor,
-            action=AuditAction.EXPORT,
-            trial=trial,
-            object_type="trials.trial",
-            object_id=str(trial.pk),
-            object_repr=filename,
-            after={"kind": name, "file": filename, "filters": filters.as_dict()},
-            correlation_id=correlation_id,
-        )
+        _audit_export(trial, name, filename, filters, actor=actor, correlation_id=correlation_id)
     return SubmissionFile(filename, media_type, content)
 
 
