@@ -192,12 +192,13 @@ def _current(trial: Trial) -> Any:
     )
 
 
-def ai_answer() -> Subquery:
-    """The AI's own answer of the outer row's visit: its latest RANO-BM row of source ``ai`` (superseded
-    or not; a result the engine computed on edited data is not the AI's)."""
+def ai_answer(visit: str = "timepoint") -> Subquery:
+    """The AI's own answer of the outer row's visit (``visit``: the outer field naming the visit,
+    ``"pk"`` on a Timepoint queryset): its latest RANO-BM row of source ``ai`` (superseded or not; a
+    result the engine computed on edited data is not the AI's)."""
     return Subquery(
         Assessment.objects.filter(
-            timepoint=OuterRef("timepoint"), criteria=Criteria.RANO_BM, source=AssessmentSource.AI
+            timepoint=OuterRef(visit), criteria=Criteria.RANO_BM, source=AssessmentSource.AI
         )
         .order_by("-created_at", "-pk")
         .values("overall_response")[:1]

@@ -28,16 +28,16 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, Concat
 
-from trials.choices import AssessmentSource, Criteria, RunStatus
+from trials.choices import Criteria, RunStatus
 from trials.exports.filters import ExportFilters
 from trials.models import (
-    Assessment,
     LesionObservation,
     Patient,
     SegmentationRun,
     Timepoint,
     Trial,
 )
+from trials.quality import ai_answer
 
 #: Rows fetched per round trip of a server-side cursor.
 CHUNK_SIZE = 2000
@@ -100,13 +100,6 @@ def visits(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
     ``vol_<field>`` for the current RANO-BM and volumetric assessments (None when there is none) and
     ``rano_signed_by`` (user name of the signer).
     """
-    ai_response = (
-        Assessment.objects.filter(
-            timepoint=OuterRef("pk"), criteria=Criteria.RANO_BM, source=AssessmentSource.AI
-        )
-        .order_by("-created_at", "-pk")
-        .values("overall_response")[:1]
-    )
     model_version = (
         SegmentationRun.objects.filter(series__timepoint=OuterRef("pk"), status=RunStatus.SUCCEEDED)
         .order_by("-finished_at", "-pk")
@@ -137,7 +130,7 @@ def visits(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
         )
         .annotate(
             rano_present=Coalesce(F("rano__pk"), Value(0)),
-            ai_response=Subquery(ai_response),
+            ai_response=ai_answer("pk"),
             model_version=Subquery(model_version),
             visit_number=visit_number_subquery(),
         )

@@ -38,6 +38,7 @@ from trials.views.imaging import (
     window_slice,
 )
 from trials.views.queries import LesionRow, VisitRow, patient_timeline
+from trials.views.viewer import lesion_slice
 
 #: Key images at most (targets first, then new and non-target lesions).
 MAX_KEY_IMAGES = 8
@@ -78,18 +79,13 @@ class VisitReport:
         return [r for r in self.row.lesions if r.category in categories]
 
 
-def _lesion_slice(volume: CachedVolume, points: list[list[float]]) -> int:
-    a, b = (physical_to_index(volume, p) for p in points)
-    return int(round((a[2] + b[2]) / 2))
-
-
 def _key_image(volume: CachedVolume, lesion_row: LesionRow) -> KeyImage | None:
     """The lesion's LD slice with its contour and calipers, or None without a caliper."""
     obs = lesion_row.observation
     if obs is None or not obs.present or not obs.caliper_points_mm:
         return None
-    k = _lesion_slice(volume, obs.caliper_points_mm)
-    if not 0 <= k < volume.array.shape[0]:
+    k = lesion_slice(volume, obs)
+    if k is None or not 0 <= k < volume.array.shape[0]:
         return None
     grey = window_slice(volume, k, None, None)
     image = Image.fromarray(np.repeat(np.repeat(grey, ZOOM, axis=0), ZOOM, axis=1)).convert("RGB")

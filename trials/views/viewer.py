@@ -62,7 +62,7 @@ def _series_for(user: Any, series_id: int) -> ImagingSeries:
     return series
 
 
-def _lesion_slice(volume: CachedVolume, obs: LesionObservation) -> int | None:
+def lesion_slice(volume: CachedVolume, obs: LesionObservation) -> int | None:
     """Axial slice index (z) on which the lesion's LD caliper lies, or of its centroid."""
     if obs.caliper_points_mm:
         a, b = (physical_to_index(volume, p) for p in obs.caliper_points_mm)
@@ -90,7 +90,7 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
         obs = lesion_row.observation
         if obs is None or not obs.present:
             continue
-        k = _lesion_slice(volume, obs)
+        k = lesion_slice(volume, obs)
         if k is None:
             continue
         lesions.append(
