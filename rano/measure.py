@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import cc3d
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
@@ -231,12 +232,35 @@ def _integer_labels(array: NDArray[np.generic]) -> NDArray[np.integer]:
 def _raw_components(mask: NDArray[np.integer]) -> NDArray[np.integer]:
     """26-connected components in raster order (z, then y, then x of each component's first voxel).
 
-    SimpleITK's filter is several times faster than scipy.ndimage.label on large masks and numbers
-    components in the same scan order.
+    cc3d (connected-components-3d) numbers components in the same scan order as SimpleITK's filter and
+    scipy.ndimage.label (tests compare them) and is about twice as fast as SimpleITK on one core.
     """
-    binary = sitk.GetImageFromArray((mask != 0).view(np.uint8))
-    # A copy: a view would outlive the temporary SimpleITK image that owns the buffer.
-    return sitk.GetArrayFromImage(sitk.ConnectedComponent(binary, True))
+    return cc3d.connected_components(mask != 0, connectivity=26)  # type: ignore[no-any-return]
+
+
+def _label_boxes(labels: NDArray[np.integer]) -> list[tuple[slice, ...] | None]:
+    """Bounding boxes of labels 1..max, as ``scipy.ndimage.find_objects`` returns them.
+
+    Written here because ``find_objects`` visits every voxel with a branch per voxel: on a
+    512 x 512 x 208 mask it took as long as labelling. Here one vectorised pass lists the lesion
+    voxels, and only those are sorted by label and reduced per label.
+    """
+    flat = np.flatnonzero(labels != 0)
+    if flat.size == 0:
+        return []
+    values = labels.ravel()[flat]
+    order = np.argsort(values, kind="stable")
+    values, flat = values[order], flat[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    coords = np.unravel_index(flat, labels.shape)
+    lows = [np.minimum.reduceat(c, starts) for c in coords]
+    highs = [np.maximum.reduceat(c, starts) for c in coords]
+    boxes: list[tuple[slice, ...] | None] = [None] * int(values[-1])
+    for k, value in enumerate(values[starts]):
+        boxes[int(value) - 1] = tuple(
+            slice(int(lo[k]), int(hi[k]) + 1) for lo, hi in zip(lows, highs, strict=True)
+        )
+    return boxes
 
 
 def label_components_array(
@@ -633,10 +657,8 @@ def measure_lesions(
     if relabel and integer_pixels:
         if label_array.size and np.issubdtype(label_array.dtype, np.signedinteger) and label_array.min() < 0:
             raise GeometryError("label values must be >= 0 (0 = background)")
-        # Straight from the SimpleITK image: no copy of the full volume on the way in or out.
-        components = sitk.ConnectedComponent(labels, True)
         return _measure(
-            sitk.GetArrayViewFromImage(components),
+            _raw_components(label_array),
             geometry,
             image_array,
             settings,
@@ -663,7 +685,7 @@ def _measure(
     """Measure each label of ``arr``; with ``min_volume_mm3``, drop small ones and renumber 1..n."""
     if arr.size == 0:
         return []
-    objects = ndimage.find_objects(arr)
+    objects = _label_boxes(arr)
     if not objects:
         return []
     axis, reformatted = geometry.axial_slicing()

@@ -8,11 +8,16 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rano_shapes import ellipsoid_image, rotation
+from scipy import ndimage
 
 from rano.errors import GeometryError
 from rano.measure import (
     Geometry,
+    _label_boxes,
+    _raw_components,
     label_components,
     label_components_array,
     measurability,
@@ -320,6 +325,29 @@ def test_label_components_26_connectivity_min_volume_and_order() -> None:
     assert labelled.max() == 3 and labelled[0, 8, 0] == 1  # raster order: the z=0 voxel comes first
     # Deterministic: the same mask always gets the same labels.
     assert np.array_equal(labelled, sitk.GetArrayFromImage(label_components(img, 5.0)))
+
+
+@settings(max_examples=40)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.tuples(st.integers(1, 12), st.integers(1, 14), st.integers(1, 16)),
+    density=st.floats(0.05, 0.6),
+)
+def test_components_and_boxes_equal_simpleitk_and_scipy(
+    seed: int, shape: tuple[int, int, int], density: float
+) -> None:
+    """Oracles: SimpleITK's and SciPy's 26-connected labelling (same raster numbering), find_objects."""
+    mask = np.random.default_rng(seed).random(shape) < density
+    ours = _raw_components(mask.view(np.uint8))
+    simpleitk = sitk.GetArrayFromImage(
+        sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)
+    )
+    scipy_labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    assert np.array_equal(ours, simpleitk) and np.array_equal(ours, scipy_labels)
+    assert _label_boxes(ours) == ndimage.find_objects(ours)
+    # Labels as given, with gaps (label 2 absent): None where find_objects has None.
+    gapped = np.where(ours > 1, ours + 1, ours)
+    assert _label_boxes(gapped) == ndimage.find_objects(gapped)
 
 
 def test_binary_masks_are_split_labelled_masks_kept() -> None:
