@@ -58,7 +58,7 @@ def test_other_trials_answer_404(client: Any, world: World) -> None:
         f"/trials/{world.trial.pk}/plots/",
         f"/patients/{world.patient.pk}/",
         f"/visits/{world.fu1.pk}/",
-        f"/series/{series.pk}/volume.nii.gz",
+        f"/series/{series.pk}/volume.nii",
         f"/series/{series.pk}/lesions.nii.gz",
         f"/series/{series.pk}/calipers.nii.gz",
     ):
@@ -226,7 +226,7 @@ def test_viewer_files_are_the_series_its_lesions_and_calipers_as_nifti(
     import numpy as np
 
     series = world.fu1.series.first()
-    volume = _nifti(rad_client, f"/series/{series.pk}/volume.nii.gz", tmp_path)
+    volume = _nifti(rad_client, f"/series/{series.pk}/volume.nii", tmp_path)
     assert volume.shape == (64, 64, 32)
     assert volume.header.get_zooms() == pytest.approx((1.0, 1.0, 2.0))
     data = np.asarray(volume.dataobj)
@@ -259,7 +259,7 @@ def test_viewer_config_has_every_earlier_visit_and_each_its_own_window(rad_clien
     assert [panel["visit"] for panel in data["compare"]] == ["BASELINE"]
     low, high = data["main"]["robust"]
     assert 80 < low < 100 and 290 < high < 320  # 0.5-99.5 percentiles: tissue 100, lesions 300
-    assert data["compare"][0]["volume_url"] == f"/series/{world.baseline.series.first().pk}/volume.nii.gz"
+    assert data["compare"][0]["volume_url"] == f"/series/{world.baseline.series.first().pk}/volume.nii"
 
 
 def test_review_verbs_answer_json_to_the_viewer(rad_client: Any, world: World) -> None:

@@ -258,8 +258,8 @@ def _served_volume(request: HttpRequest, series_id: int) -> tuple[ImagingSeries,
 
 
 def _nifti_response(data: bytes, name: str) -> HttpResponse:
-    # application/octet-stream: the bytes are gzip-compressed NIfTI, read by Niivue itself (the browser
-    # must not gunzip them). private: clinical images stay out of shared caches.
+    # application/octet-stream: NIfTI (gzipped for label maps), read by Niivue itself (the browser must not
+    # gunzip it). private: clinical images stay out of shared caches.
     response = HttpResponse(data, content_type="application/octet-stream")
     response["Content-Disposition"] = f'inline; filename="{name}"'
     response["Cache-Control"] = "private, no-store"
@@ -271,7 +271,7 @@ def _nifti_response(data: bytes, name: str) -> HttpResponse:
 def series_volume(request: HttpRequest, series_id: int) -> HttpResponse:
     """The de-identified series as NIfTI, reoriented to LPS like every grid of the viewer."""
     series, volume = _served_volume(request, series_id)
-    return _nifti_response(nifti_bytes(volume.array, volume), f"series-{series.pk}.nii.gz")
+    return _nifti_response(nifti_bytes(volume.array, volume, compress=False), f"series-{series.pk}.nii")
 
 
 @require_GET
@@ -291,7 +291,7 @@ def series_lesions(request: HttpRequest, series_id: int) -> HttpResponse:
             continue
         if mask.array.shape == volume.array.shape:
             labels[mask.array == source[1]] = value
-    return _nifti_response(nifti_bytes(labels, volume), f"series-{series.pk}-lesions.nii.gz")
+    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-lesions.nii.gz")
 
 
 #: Values of the calipers label map: the LD (drawn red) and its perpendicular (drawn orange).
@@ -316,4 +316,4 @@ def series_calipers(request: HttpRequest, series_id: int) -> HttpResponse:
             z, y, x = segment_voxels(*(physical_to_index(volume, p) for p in points))
             inside = (z >= 0) & (y >= 0) & (x >= 0) & (z < shape[0]) & (y < shape[1]) & (x < shape[2])
             labels[z[inside], y[inside], x[inside]] = value
-    return _nifti_response(nifti_bytes(labels, volume), f"series-{series.pk}-calipers.nii.gz")
+    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-calipers.nii.gz")

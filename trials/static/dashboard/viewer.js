@@ -67,7 +67,7 @@
   async function loadPanel(panel, range) {
     const nv = panel.nv, data = panel.data;
     await nv.loadVolumes([
-      { url: data.volume_url, name: "volume.nii.gz", cal_min: range[0], cal_max: range[1] },
+      { url: data.volume_url, name: "volume.nii", cal_min: range[0], cal_max: range[1] },
       { url: data.lesions_url, name: "lesions.nii.gz", opacity: state.overlay ? state.opacity : 0 },
       { url: data.calipers_url, name: "calipers.nii.gz", opacity: 1 }
     ]);
