@@ -18,6 +18,7 @@ urlpatterns = [
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
     path("patients/<int:patient_id>/visits/", patient.add_visit, name="add-visit"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),
+    path("visits/<int:timepoint_id>/edit/", patient.edit_visit, name="edit-visit"),
     path("visits/<int:timepoint_id>/review/<slug:action>/", review.review_action, name="review"),
     path("visits/<int:timepoint_id>/report/", report.visit_report, name="visit-report"),
     path("visits/<int:timepoint_id>/report.pdf", report.visit_report_pdf, name="visit-report-pdf"),

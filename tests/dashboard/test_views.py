@@ -531,6 +531,35 @@ def test_a_data_manager_adds_a_visit_from_the_patient_page(client: Any, world: W
     assert not Timepoint.objects.filter(visit_label="FU10").exists()
 
 
+def test_a_data_manager_edits_a_visit_label_and_date_audited(client: Any, world: World) -> None:
+    from trials.models import AuditEvent
+
+    url = f"/visits/{world.fu1.pk}/edit/"
+    client.force_login(world.investigator)
+    assert 'id="edit-visit-form"' not in client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert client.post(url, {"visit_label": "X", "scan_date": "2024-03-11", "reason": "r"}).status_code == 403
+
+    client.force_login(world.data_manager)
+    assert 'id="edit-visit-form"' in client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    no_reason = client.post(url, {"visit_label": "FU1b", "scan_date": "2024-03-11"}, follow=True)
+    assert "reason" in no_reason.content.decode()
+    before_baseline = client.post(
+        url, {"visit_label": "FU1", "scan_date": "2023-01-01", "reason": "typo"}, follow=True
+    )
+    assert 'class="error"' in before_baseline.content.decode()  # a follow-up before the baseline
+    response = client.post(
+        url, {"visit_label": "FU1b", "scan_date": "2024-03-11", "reason": "date from the scan"}, follow=True
+    )
+    assert "Visit saved: FU1b, 2024-03-11." in response.content.decode()
+    world.fu1.refresh_from_db()
+    assert (world.fu1.visit_label, world.fu1.scan_date.isoformat()) == ("FU1b", "2024-03-11")
+    event = AuditEvent.objects.filter(object_type="trials.timepoint", object_id=str(world.fu1.pk)).latest(
+        "pk"
+    )
+    assert event.reason == "date from the scan" and event.actor_id == world.data_manager.pk
+    assert event.after["visit_label"] == "FU1b" and event.before["visit_label"] == "FU1"
+
+
 def test_timeline_labels_what_was_known_at_each_visit_and_marks_visits_after_progression(
     client: Any, db: None
 ) -> None:
