@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard.world import CENTRE_MISSED, build_world
+from tests.dashboard.world import CENTRE_L1, CENTRE_MISSED, build_world
 from tests.e2e.conftest import ARTIFACTS
-from trials.models import Assessment, AuditEvent
+from trials.models import Assessment, AuditEvent, Lesion
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -196,6 +196,18 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     assert "new" in page.locator("#lesion-L3").inner_text()
     assert page.locator("#main-canvas").get_attribute("data-k") == str(CENTRE_MISSED[2])
     assert page.evaluate("window.__sameDocument === true")
+    # Split and merge take their lesions and points from clicks too.
+    l1 = world.lesions["L1"]
+    page.get_by_label("Click on the image to").select_option("merge-absorb")
+    point = page.evaluate("v => MetTrackViewer.canvasPoint('main', v)", list(CENTRE_L1))
+    page.locator("#main-canvas").click(position={"x": point[0], "y": point[1]})
+    assert page.locator("#merge-absorb").input_value() == str(l1.pk)
+    page.get_by_label("Click on the image to").select_option("split-keep")
+    point = page.evaluate("v => MetTrackViewer.canvasPoint('main', v)", list(CENTRE_MISSED))
+    page.locator("#main-canvas").click(position={"x": point[0], "y": point[1]})
+    l3 = Lesion.objects.get(patient=world.patient, label="L3")
+    assert page.locator("#split-lesion").input_value() == str(l3.pk)  # the lesion under the click
+    assert page.locator("#split-keep").input_value() == ",".join(map(str, CENTRE_MISSED))
 
     # Override with a reason, signed by the password.
     page.get_by_label("Reader's overall response").select_option("SD")

@@ -149,7 +149,6 @@
     if (panels.main) state.vox = voxOf(panels.main);
     showStatus(panel);
     remember();
-    if (panel.prefix === "main") clicked(panel);
   }
 
   function showStatus(panel) {
@@ -169,11 +168,11 @@
     if (high && document.activeElement !== high) high.value = String(round2(vol.cal_max));
   }
 
-  // Clicks on the main panel in an editing mode fill the review forms with the voxel (or the lesion) under it.
-  let pointerDown = false;
+  // Clicks on the main panel in an editing mode fill the review forms with the voxel (or the lesion) under
+  // it: read after Niivue handled the click (it moves the crosshair to the clicked voxel's centre).
   function clicked(panel) {
     const mode = $("click-mode") ? $("click-mode").value : "";
-    if (!pointerDown || !mode) return;
+    if (!panel || !mode) return;
     const vox = voxOf(panel), value = Math.round(panel.nv.volumes.length > 1 ? labelAt(panel, vox) : 0);
     const lesion = panel.data.lesions.find(function (l) { return l.value === value; });
     const text = vox.join(",");
@@ -416,14 +415,27 @@
       });
     });
   });
-  const stage = $("main-canvas").parentElement;
-  stage.addEventListener("pointerdown", function () { pointerDown = true; }, true);
-  stage.addEventListener("pointerup", function () { setTimeout(function () { pointerDown = false; }, 0); }, true);
+  $("main-canvas").addEventListener("pointerup", function (e) {
+    if (e.button === 0) setTimeout(function () { clicked(panels.main); }, 0);
+  });
   ["main", "compare"].forEach(function (prefix) {
     // Window drags end with a mouse-up: keep the address (and the numbers) in step with the new window.
-    $(prefix + "-canvas").addEventListener("pointerup", function () {
-      setTimeout(function () { showStatus(panels[prefix]); remember(); }, 0);
-    });
+    // Zoom and pan (drag or wheel) follow in the other panel. (Niivue's broadcastTo() would sync them too,
+    // but its sync also moved the clicked panel's crosshair back in the browser tests.)
+    const follow = function () {
+      setTimeout(function () {
+        const p = panels[prefix], other = panels[prefix === "main" ? "compare" : "main"];
+        if (!p) return;
+        if (other && other.nv.volumes.length) {
+          other.nv.scene.pan2Dxyzmm = p.nv.scene.pan2Dxyzmm.slice();
+          other.nv.drawScene();
+        }
+        showStatus(p);
+        remember();
+      }, 0);
+    };
+    $(prefix + "-canvas").addEventListener("pointerup", follow);
+    $(prefix + "-canvas").addEventListener("wheel", follow, { passive: true });
   });
 
   const help = $("viewer-help");
