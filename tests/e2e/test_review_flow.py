@@ -208,6 +208,13 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     l3 = Lesion.objects.get(patient=world.patient, label="L3")
     assert page.locator("#split-lesion").input_value() == str(l3.pk)  # the lesion under the click
     assert page.locator("#split-keep").input_value() == ",".join(map(str, CENTRE_MISSED))
+    # A reload (the address keeps the view) comes back to the same point, window and comparison.
+    viewed = page.locator("#main-canvas").get_attribute("data-vox")
+    page.reload()
+    page.locator("#viewer-root[data-ready]").wait_for(state="attached", timeout=60_000)
+    assert page.locator("#main-canvas").get_attribute("data-vox") == viewed
+    assert page.locator("#main-canvas").get_attribute("data-window") == "60,420"
+    assert page.locator("#compare-select").input_value() == str(world.baseline.pk)
 
     # Override with a reason, signed by the password.
     page.get_by_label("Reader's overall response").select_option("SD")

@@ -369,6 +369,9 @@
     });
   }
 
+  if (config && config.main && !NV && $("main-status")) {
+    $("main-status").textContent = "The viewer's library (Niivue) is missing from this installation: run make viewer.";
+  }
   if (!hasViewer) return;
 
   // For the browser tests and the console: the panels, a draw-and-read of a panel's pixels (the WebGL
