@@ -13,7 +13,7 @@
 
   const COLOURS = { target: [255, 212, 0], non_target: [0, 229, 255], new: [255, 64, 255], dropped: [158, 158, 158] };
   const PRESETS = ["robust", "full", "narrow", "bright"];
-  const state = { vox: null, sliceType: 0, compareId: null, opacity: 0.5, overlay: true, lesion: -1, preset: 0 };
+  const state = { vox: null, sliceType: 0, compareId: null, opacity: 0.5, overlay: true, lesion: -1, preset: 0, view: "" };
   const panels = { main: null, compare: null };  // {nv, data, prefix}
 
   function apply(affine, p) {
@@ -204,7 +204,7 @@
       view += "-c" + state.compareId + "-p" + round2(cmp.nv.volumes[0].cal_min) + "," + round2(cmp.nv.volumes[0].cal_max);
     }
     if (window.history && window.history.replaceState) window.history.replaceState(null, "", "#" + view);
-    document.querySelectorAll("input[name=view]").forEach(function (input) { input.value = view; });
+    state.view = view;
   }
 
   function setSliceType(type) {
@@ -330,6 +330,7 @@
     if (button) button.disabled = true;
     try {
       const body = new FormData(form);
+      if (state.view) body.set("view", state.view);  // were the answer a redirect, it comes back here
       const response = await fetch(form.action, {
         method: "POST", body: body, credentials: "same-origin", headers: { Accept: "application/json" }
       });
