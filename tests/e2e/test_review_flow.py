@@ -161,6 +161,19 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     _wait_attr(page, "#main-canvas", "data-lesions", "L1,L2")
     page.wait_for_function("document.getElementById('compare-canvas').dataset.lesions.includes('L2')")
 
+    # Window/level by dragging in a panel changes that panel's window only.
+    prior = page.locator("#compare-canvas").get_attribute("data-window")
+    before = page.locator("#main-canvas").get_attribute("data-window")
+    page.get_by_label("Left drag").select_option("windowing")
+    box = page.locator("#main-canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2 + 60, steps=6)
+    page.mouse.up()
+    page.wait_for_function("w => document.getElementById('main-canvas').dataset.window !== w", arg=before)
+    assert page.locator("#compare-canvas").get_attribute("data-window") == prior
+    page.get_by_label("Left drag").select_option("crosshair")
+
     # The reader's own window on the current visit; the edit below must keep it, and the slice.
     page.locator("#main-low").fill("60")
     page.locator("#main-low").dispatch_event("change")
