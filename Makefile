@@ -9,7 +9,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 DEMO_DB ?= sqlite:///$(CURDIR)/var/demo.sqlite3
 DEMO_DICOM_PORT ?= 11112
 
-.PHONY: venv demo demo-data serve test cluster-test lint bench services browser dicom-tools pacs-tools clean
+.PHONY: venv demo demo-data serve test cluster-test lint bench services browser viewer dicom-tools pacs-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ venv: $(STAMP)
 
 ## make demo: embedded SQLite database, demo trial, whole pipeline, dashboard on http://127.0.0.1:8000,
 ## DICOM listener METTRACK on 127.0.0.1:11112 (send var/demo-study with storescu: README "PACS")
-demo: venv
+demo: venv viewer
 	mkdir -p var
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py migrate --noinput
 	DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py load_demo
@@ -36,7 +36,7 @@ demo: venv
 	  DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
 
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
-test: venv lint services browser dicom-tools pacs-tools
+test: venv lint services browser viewer dicom-tools pacs-tools
 	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 ## make cluster-test: only the compose topology as processes (gunicorn, GPU and default workers, beat);
@@ -54,7 +54,7 @@ lint: venv
 services:
 	scripts/ensure-services.sh
 
-## browser: Debian's Chromium (Playwright drives it) and the npm tools of the browser tests (axe-core)
+## browser: Debian's Chromium (Playwright drives it) and the npm packages (axe-core for the tests, Niivue)
 NODE_STAMP := node_modules/.installed-stamp
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -62,6 +62,15 @@ $(NODE_STAMP): package.json package-lock.json
 
 browser: $(NODE_STAMP)
 	scripts/ensure-chromium.sh
+
+## viewer: the visit page's WebGL viewer (Niivue, pinned in package.json) copied from node_modules into the
+## dashboard's static files (git-ignored: 2.3 MB that the lockfile reproduces), served by Django, no CDN
+VIEWER_BUNDLE := trials/static/dashboard/vendor/niivue.umd.js
+$(VIEWER_BUNDLE): $(NODE_STAMP)
+	mkdir -p $(dir $@)
+	cp node_modules/@niivue/niivue/dist/niivue.umd.js $@
+
+viewer: $(VIEWER_BUNDLE)
 
 ## dicom-tools: Debian's plastimatch and dicom3tools, which the RTSTRUCT tests read the contours with
 dicom-tools:

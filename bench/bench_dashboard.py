@@ -167,12 +167,12 @@ def _imaged_series(visit: Any, lesion: Any, media_root: str) -> Any:
     sphere = (x - 128) ** 2 + (y - 100) ** 2 + (z - 80) ** 2 <= 15**2
     volume[sphere] = 300
     os.makedirs(os.path.join(media_root, "bench"), exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(volume), os.path.join(media_root, "bench/volume.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(volume), os.path.join(media_root, "bench/volume.nii"))
     sitk.WriteImage(
         sitk.GetImageFromArray(sphere.astype(np.uint16)), os.path.join(media_root, "bench/labels.nii.gz")
     )
     series = ImagingSeries.objects.create(
-        timepoint=visit, series_instance_uid="1.2.3.4.5.6.7.8.9", volume_file="bench/volume.nii.gz"
+        timepoint=visit, series_instance_uid="1.2.3.4.5.6.7.8.9", volume_file="bench/volume.nii"
     )
     model = ModelVersion.objects.create(
         name="bench", version="1", architecture="UNETR", weights_sha256="0" * 64
@@ -213,8 +213,9 @@ def main() -> None:
             ("patient timeline, 10 visits x 10 lesions", f"/patients/{world['patient'].pk}/"),
             ("trial home, 500 patients", f"/trials/{world['big'].pk}/"),
             ("trial plots, 500 patients", f"/trials/{world['big'].pk}/plots/"),
-            ("viewer: one 256 x 256 slice as PNG", f"/series/{series.pk}/slices/80.png?window=300&level=150"),
-            ("viewer: contours and caliper of that slice", f"/series/{series.pk}/overlay/80.json"),
+            ("viewer: the series as NIfTI (Niivue)", f"/series/{series.pk}/volume.nii"),
+            ("viewer: its lesion label map as NIfTI", f"/series/{series.pk}/lesions.nii.gz"),
+            ("viewer: its calipers as NIfTI", f"/series/{series.pk}/calipers.nii.gz"),
             ("visit page with viewer (10 lesions)", f"/visits/{world['visits'][-1].pk}/"),
         ]
         print(f"{'page':44s} {'median ms':>10s} {'queries':>8s} {'target ratio':>13s}")

@@ -83,5 +83,9 @@ def test_viewer_is_keyboard_reachable_and_explained(client: Any, world: World) -
     client.force_login(world.investigator)
     body = client.get(f"/visits/{world.fu1.pk}/").content.decode()
     assert 'id="viewer-root" tabindex="0"' in body
-    assert "use up and down arrows to change slice, j and k to jump between lesions" in body
+    assert (
+        "up and down arrows change slice, j and k jump between lesions, question mark lists the keys" in body
+    )
+    assert '<dialog id="viewer-help" aria-labelledby="viewer-help-h">' in body  # the keys, listed
+    assert 'aria-haspopup="dialog">Keyboard shortcuts' in body
     assert 'class="skip-link" href="#content"' in body

@@ -1,5 +1,5 @@
 """Dashboard pages through the Django test client: role-aware UI (buttons absent and refused by the
-server), 404 outside the user's trials, slices and overlays, assets, and query counts that do not grow
+server), 404 outside the user's trials, the viewer's NIfTI files, assets, and query counts that do not grow
 with visits, lesions or patients (no N+1)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tests.dashboard.world import CENTRE_L1, CENTRE_MISSED, World
+from tests.dashboard.world import CENTRE_L1, CENTRE_L2, CENTRE_MISSED, World
 from tests.factories import (
     make_assessment,
     make_job,
@@ -58,8 +58,9 @@ def test_other_trials_answer_404(client: Any, world: World) -> None:
         f"/trials/{world.trial.pk}/plots/",
         f"/patients/{world.patient.pk}/",
         f"/visits/{world.fu1.pk}/",
-        f"/series/{series.pk}/slices/0.png",
-        f"/series/{series.pk}/overlay/0.json",
+        f"/series/{series.pk}/volume.nii",
+        f"/series/{series.pk}/lesions.nii.gz",
+        f"/series/{series.pk}/calipers.nii.gz",
     ):
         assert client.get(url).status_code == 404, url
     response = client.post(f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk})
@@ -206,38 +207,77 @@ def test_add_lesion_form_rejects_malformed_seed(rad_client: Any, world: World) -
     assert rad_client.post(f"/visits/{world.fu1.pk}/review/nonsense/", {}).status_code == 404
 
 
-def test_slice_png_and_overlay(rad_client: Any, world: World, tmp_path: Path) -> None:
+def _nifti(client: Any, url: str, tmp_path: Path) -> Any:
+    """GET a viewer file and read it back with nibabel (an independent NIfTI reader; SimpleITK wrote it)."""
+    import nibabel
+
+    response = client.get(url)
+    assert response.status_code == 200, url
+    assert response["Content-Type"] == "application/octet-stream"
+    assert "no-store" in response["Cache-Control"]  # clinical images stay out of every cache
+    path = tmp_path / url.strip("/").replace("/", "-")
+    path.write_bytes(response.content)
+    return nibabel.load(path)
+
+
+def test_viewer_files_are_the_series_its_lesions_and_calipers_as_nifti(
+    rad_client: Any, world: World, tmp_path: Path
+) -> None:
+    import numpy as np
+
     series = world.fu1.series.first()
-    k = CENTRE_L1[2]
-    response = rad_client.get(f"/series/{series.pk}/slices/{k}.png?window=100&level=150")
-    assert response.status_code == 200 and response["Content-Type"] == "image/png"
-    file = tmp_path / "slice.png"
-    file.write_bytes(response.content)
-    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))  # an independent PNG decoder
-    assert pixels.shape == (64, 64)
-    i, j, _ = CENTRE_L1
-    # Window [100, 200]: the lesion (300) is above the top, tissue (100 +- noise) near the bottom.
-    assert pixels[j, i] == 255 and pixels[2, 2] < 60
-    overlay = json.loads(rad_client.get(f"/series/{series.pk}/overlay/{k}.json").content)
-    by_label = {entry["label"]: entry for entry in overlay["lesions"]}
-    assert set(by_label) == {"L1", "L2"}
-    xs = [x for seg in by_label["L1"]["segments"] for x in (seg[0], seg[2])]
-    assert min(xs) <= i - 7 and max(xs) >= i + 7  # the contour surrounds the 8 mm-radius disc
-    caliper = by_label["L1"]["caliper"]
-    assert caliper is not None
-    length = ((caliper[0][0] - caliper[1][0]) ** 2 + (caliper[0][1] - caliper[1][1]) ** 2) ** 0.5
+    volume = _nifti(rad_client, f"/series/{series.pk}/volume.nii", tmp_path)
+    assert volume.shape == (64, 64, 32)
+    assert volume.header.get_zooms() == pytest.approx((1.0, 1.0, 2.0))
+    data = np.asarray(volume.dataobj)
+    i, j, k = CENTRE_L1
+    assert data[i, j, k] > 250 and abs(float(data[2, 2, 2]) - 100) < 30  # the lesion bright, tissue 100
+    # NIfTI world space is RAS: voxel (i, j, k) of the LPS grid lies at (-x, -y, z) of its LPS position.
+    assert volume.affine @ [i, j, k, 1] == pytest.approx([-(-32.0 + i), -(-32.0 + j), -32.0 + 2 * k, 1])
+
+    config = rad_client.get(f"/visits/{world.fu1.pk}/").context["viewer_data"]["main"]
+    values = {entry["label"]: entry["value"] for entry in config["lesions"]}
+    labels = np.asarray(_nifti(rad_client, f"/series/{series.pk}/lesions.nii.gz", tmp_path).dataobj)
+    assert labels[i, j, k] == values["L1"] and labels[CENTRE_L2] == values["L2"]
+    assert labels[CENTRE_MISSED] == 0  # the lesion the AI missed is not in the map
+
+    calipers = np.asarray(_nifti(rad_client, f"/series/{series.pk}/calipers.nii.gz", tmp_path).dataobj)
     ld = world.lesions["L1"].observations.get(timepoint=world.fu1).longest_diameter_mm
-    assert length == pytest.approx(ld, abs=1e-6)  # 1 mm pixels: the drawn caliper is the LD
-    assert rad_client.get(f"/series/{series.pk}/slices/99.png").status_code == 400
-    assert rad_client.get(f"/series/{series.pk}/slices/1.png?window=abc").status_code == 400
-    assert rad_client.get(f"/series/{series.pk}/overlay/99.json").status_code == 400
+    slice_k = calipers[:, :, k]
+    red = np.argwhere((slice_k == 1) & (np.hypot(*np.indices(slice_k.shape) - np.array([[[i]], [[j]]])) < 12))
+    extent = max(np.hypot(*(a - b)) for a in red for b in red)
+    assert extent == pytest.approx(ld, abs=1.5)  # 1 mm voxels: the drawn LD spans the measured LD
+    assert (calipers == 2).any()  # the perpendicular
+    assert set(np.unique(calipers)) <= {0, 1, 2}
 
 
-def test_viewer_config_has_comparison_and_lesion_slices(rad_client: Any, world: World) -> None:
+def test_viewer_config_has_every_earlier_visit_and_each_its_own_window(rad_client: Any, world: World) -> None:
     data = rad_client.get(f"/visits/{world.fu1.pk}/").context["viewer_data"]
     assert data["main"]["size"] == [64, 64, 32]
     assert {entry["label"]: entry["k"] for entry in data["main"]["lesions"]} == {"L1": 16, "L2": 16}
-    assert data["compare"]["baseline"]["visit"] == "BASELINE"
+    assert data["main"]["lesions"][0]["vox"] == pytest.approx([20, 20, 16], abs=1)  # the LD's middle
+    assert [panel["visit"] for panel in data["compare"]] == ["BASELINE"]
+    low, high = data["main"]["robust"]
+    assert 80 < low < 100 and 290 < high < 320  # 0.5-99.5 percentiles: tissue 100, lesions 300
+    assert data["compare"][0]["volume_url"] == f"/series/{world.baseline.series.first().pk}/volume.nii"
+
+
+def test_review_verbs_answer_json_to_the_viewer(rad_client: Any, world: World) -> None:
+    url = f"/visits/{world.fu1.pk}/review/drop/"
+    answer = rad_client.post(
+        url, {"lesion_id": world.lesions["L2"].pk, "reason": "vessel"}, HTTP_ACCEPT="application/json"
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "ok": True,
+        "message": "L2 dropped as a false positive; the assessments were recomputed.",
+    }
+    refused = rad_client.post(
+        f"/visits/{world.fu1.pk}/review/add/", {"seed": "1,2"}, HTTP_ACCEPT="application/json"
+    )
+    assert refused.status_code == 400 and "voxel index" in refused.json()["message"]
+    # Nothing left behind for the next page: the viewer showed the message itself.
+    assert "L2 dropped" not in rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
 
 
 def test_assets_served_locally_with_etag(client: Any, db: None) -> None:
@@ -248,6 +288,10 @@ def test_assets_served_locally_with_etag(client: Any, db: None) -> None:
     again = client.get("/assets/plotly.min.js", HTTP_IF_NONE_MATCH=response["ETag"])
     assert again.status_code == 304
     assert client.get("/assets/viewer.js").status_code == 200
+    # Niivue, copied from npm by `make viewer` (make test and make demo run it).
+    niivue = client.get("/assets/niivue.umd.js")
+    assert niivue.status_code == 200, "run `make viewer`"
+    assert b"niivue" in niivue.content[:1000]
     assert client.get("/assets/..%2Fsettings.py").status_code == 404
     assert client.get("/assets/other.js").status_code == 404
 
@@ -341,18 +385,22 @@ def test_trial_plots_rows(client: Any, world: World) -> None:
     assert "chart-waterfall" in response.content.decode()
 
 
-def test_overlay_draws_reader_added_lesion(rad_client: Any, world: World) -> None:
+def test_lesion_map_has_the_reader_added_lesion(rad_client: Any, world: World, tmp_path: Path) -> None:
+    import numpy as np
+
     response = rad_client.post(
         f"/visits/{world.fu1.pk}/review/add/",
         {"seed": ",".join(map(str, CENTRE_MISSED)), "reason": "missed"},
         follow=True,
     )
     assert "L3 added" in response.content.decode()
+    config = rad_client.get(f"/visits/{world.fu1.pk}/").context["viewer_data"]["main"]
+    l3 = next(entry for entry in config["lesions"] if entry["label"] == "L3")
+    assert l3["category"] == "new"
     series = world.fu1.series.first()
-    overlay = json.loads(rad_client.get(f"/series/{series.pk}/overlay/{CENTRE_MISSED[2]}.json").content)
-    l3 = next(entry for entry in overlay["lesions"] if entry["label"] == "L3")
-    xs = [x for seg in l3["segments"] for x in (seg[0], seg[2])]
-    assert min(xs) <= CENTRE_MISSED[0] - 4 and max(xs) >= CENTRE_MISSED[0] + 4  # the 5 mm-radius disc
+    labels = np.asarray(_nifti(rad_client, f"/series/{series.pk}/lesions.nii.gz", tmp_path).dataobj)
+    row = np.nonzero(labels[:, CENTRE_MISSED[1], CENTRE_MISSED[2]] == l3["value"])[0]
+    assert row.min() <= CENTRE_MISSED[0] - 4 and row.max() >= CENTRE_MISSED[0] + 4  # the 5 mm-radius disc
 
 
 def test_timeline_shows_running_job_progress_and_evidence_links(client: Any, world: World) -> None:
@@ -483,6 +531,35 @@ def test_a_data_manager_adds_a_visit_from_the_patient_page(client: Any, world: W
     assert not Timepoint.objects.filter(visit_label="FU10").exists()
 
 
+def test_a_data_manager_edits_a_visit_label_and_date_audited(client: Any, world: World) -> None:
+    from trials.models import AuditEvent
+
+    url = f"/visits/{world.fu1.pk}/edit/"
+    client.force_login(world.investigator)
+    assert 'id="edit-visit-form"' not in client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert client.post(url, {"visit_label": "X", "scan_date": "2024-03-11", "reason": "r"}).status_code == 403
+
+    client.force_login(world.data_manager)
+    assert 'id="edit-visit-form"' in client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    no_reason = client.post(url, {"visit_label": "FU1b", "scan_date": "2024-03-11"}, follow=True)
+    assert "reason" in no_reason.content.decode()
+    before_baseline = client.post(
+        url, {"visit_label": "FU1", "scan_date": "2023-01-01", "reason": "typo"}, follow=True
+    )
+    assert 'class="error"' in before_baseline.content.decode()  # a follow-up before the baseline
+    response = client.post(
+        url, {"visit_label": "FU1b", "scan_date": "2024-03-11", "reason": "date from the scan"}, follow=True
+    )
+    assert "Visit saved: FU1b, 2024-03-11." in response.content.decode()
+    world.fu1.refresh_from_db()
+    assert (world.fu1.visit_label, world.fu1.scan_date.isoformat()) == ("FU1b", "2024-03-11")
+    event = AuditEvent.objects.filter(object_type="trials.timepoint", object_id=str(world.fu1.pk)).latest(
+        "pk"
+    )
+    assert event.reason == "date from the scan" and event.actor_id == world.data_manager.pk
+    assert event.after["visit_label"] == "FU1b" and event.before["visit_label"] == "FU1"
+
+
 def test_timeline_labels_what_was_known_at_each_visit_and_marks_visits_after_progression(
     client: Any, db: None
 ) -> None:
@@ -524,11 +601,10 @@ def test_the_visit_page_guides_the_review_images_and_lesions_before_signing(
 def test_a_review_action_returns_to_the_view_the_reader_left(rad_client: Any, world: World) -> None:
     url = f"/visits/{world.fu1.pk}/review/drop/"
     lesion = world.lesions["L2"].pk
-    kept = rad_client.post(
-        url, {"lesion_id": lesion, "reason": "vessel", "view": "viewer-k5-w300-l-12.5-cprevious"}
-    )
-    assert kept["Location"] == f"/visits/{world.fu1.pk}/#viewer-k5-w300-l-12.5-cprevious"
-    for junk in ("javascript:alert(1)", "viewer-k5\r\nSet-Cookie: x=1", "viewer-k5-w300", ""):
+    view = f"viewer-v20,21,16-t0-m-12.5,300-c{world.baseline.pk}-p800,2400.5"
+    kept = rad_client.post(url, {"lesion_id": lesion, "reason": "vessel", "view": view})
+    assert kept["Location"] == f"/visits/{world.fu1.pk}/#{view}"
+    for junk in ("javascript:alert(1)", "viewer-v5,5,5\r\nSet-Cookie: x=1", "viewer-v5,5", ""):
         answer = rad_client.post(
             f"/visits/{world.fu1.pk}/review/restore/", {"lesion_id": lesion, "view": junk}
         )

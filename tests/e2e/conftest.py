@@ -18,6 +18,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # WebGL2 for the viewer (Niivue) without a GPU: Chromium's software renderer, SwiftShader, which
+    # Chromium no longer falls back to silently.
+    "--enable-unsafe-swiftshader",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

@@ -83,7 +83,9 @@ def test_no_page_breaks_the_content_security_policy(live_server: Any, live_world
         if name in ("patient", "trial plots"):
             page.locator(".chart .main-svg").first.wait_for()  # plotly drew under the policy
         if name == "visit":
-            page.locator("#main-canvas[data-k]").wait_for(state="attached")  # the viewer ran
+            page.locator("#viewer-root[data-ready]").wait_for(
+                state="attached", timeout=60_000
+            )  # the viewer ran
         if name == "API docs":
             page.locator(".swagger-ui .info").first.wait_for()  # Swagger UI rendered without inline script
     assert problems == [], "\n".join(problems)

@@ -1,6 +1,6 @@
 """Static assets of the dashboard, served by Django itself so the demo needs no collectstatic and no
-CDN: plotly.js straight from the installed plotly package, and the dashboard's own script and style
-from ``trials/static/dashboard/``. Responses carry an ETag and a long cache lifetime, and are gzip-compressed
+CDN: plotly.js straight from the installed plotly package, Niivue's bundle as ``make viewer`` copies it
+from npm, and the dashboard's own script and style from ``trials/static/dashboard/``. Responses carry an ETag and a long cache lifetime, and are gzip-compressed
 for clients that accept it (plotly.js: 4.6 MB, 1.4 MB compressed), compressed once per file version."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ ASSETS: dict[str, tuple[Path, str]] = {
         Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js",
         "text/javascript",
     ),
+    # Niivue (WebGL viewer), pinned in package.json and copied here from node_modules by `make viewer`.
+    "niivue.umd.js": (_OWN / "vendor" / "niivue.umd.js", "text/javascript"),
     "dashboard.js": (_OWN / "dashboard.js", "text/javascript"),
     "viewer.js": (_OWN / "viewer.js", "text/javascript"),
     "review.js": (_OWN / "review.js", "text/javascript"),

@@ -75,14 +75,3 @@ def optional_url(name: str, *args: Any) -> str | None:
         return reverse(name, args=args)
     except NoReverseMatch:
         return None
-
-
-#: Stands for the last argument of a URL while it is reversed, then replaced by ``{k}``.
-_PLACEHOLDER = 987654321
-
-
-def url_template(viewname: str, *args: object) -> str:
-    """A URL of ``viewname`` whose last argument is ``{k}``, for the page's script to fill in (the script
-    never builds paths itself). E.g. ``url_template("dashboard:slice", 7)`` -> ``/series/7/slices/{k}.png``.
-    """
-    return reverse(viewname, args=[*args, _PLACEHOLDER]).replace(str(_PLACEHOLDER), "{k}")

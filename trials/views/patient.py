@@ -3,6 +3,8 @@ and upload of a new visit's series with a live progress bar (the ProcessingJob).
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -17,7 +19,7 @@ from trials.actions import jobs as job_actions
 from trials.actions import patients as patient_actions
 from trials.exceptions import ServiceError
 from trials.models import ProcessingJob, Trial
-from trials.views.common import capability_flags, patient_for, require
+from trials.views.common import capability_flags, patient_for, require, timepoint_for
 from trials.views.queries import VisitRow, patient_timeline
 
 
@@ -185,3 +187,46 @@ def add_visit(request: HttpRequest, patient_id: int) -> HttpResponse:
         request, f"Visit {visit.visit_label} ({visit.scan_date:%Y-%m-%d}) added: upload its series."
     )
     return HttpResponseRedirect(f"{back}#visit-{visit.pk}")
+
+
+@require_POST
+@login_required
+def edit_visit(request: HttpRequest, timepoint_id: int) -> HttpResponse:
+    """Change a visit's label or scan date (data managers; a reason is required), then back to the visit.
+
+    Through ``edit_timepoint``: audited, and the patient is re-assessed when the date changes the order.
+    """
+    timepoint = timepoint_for(request.user, timepoint_id)
+    require(request.user, timepoint.patient.trial, permissions.MANAGE_PATIENTS)
+    back = reverse("dashboard:visit", args=[timepoint.pk])
+    reason = request.POST.get("reason", "").strip()
+    label = request.POST.get("visit_label", "").strip()
+    try:
+        scan_date = dt.date.fromisoformat(request.POST.get("scan_date", "").strip())
+    except ValueError:
+        messages.error(request, "The scan date must be a date (YYYY-MM-DD).")
+        return HttpResponseRedirect(back)
+    if not label or not reason:
+        messages.error(request, "A visit needs its label, and a change its reason (for the audit trail).")
+        return HttpResponseRedirect(back)
+    changes = {
+        name: value
+        for name, value in (("visit_label", label), ("scan_date", scan_date))
+        if getattr(timepoint, name) != value
+    }
+    if not changes:
+        messages.info(request, "Nothing changed.")
+        return HttpResponseRedirect(back)
+    try:
+        patient_actions.edit_timepoint(
+            timepoint,
+            actor=request.user,
+            reason=reason,
+            correlation_id=getattr(request, "correlation_id", ""),
+            **changes,
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return HttpResponseRedirect(back)
+    messages.success(request, f"Visit saved: {timepoint.visit_label}, {timepoint.scan_date:%Y-%m-%d}.")
+    return HttpResponseRedirect(back)

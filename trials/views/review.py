@@ -1,7 +1,8 @@
 """POST endpoints of the reader-review verbs. Each checks the role's capability (403 otherwise, even
 though the buttons are hidden from other roles), calls one action (``trials.actions.review``,
 ``trials.actions.assessments``) with the
-request's correlation id, and redirects back to the visit with a message (post/redirect/get)."""
+request's correlation id, and redirects back to the visit with a message (post/redirect/get), or, posted
+by the visit page's script with ``Accept: application/json``, answers the message as JSON."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
@@ -184,15 +185,27 @@ def review_action(request: HttpRequest, timepoint_id: int, action: str) -> HttpR
             correlation_id=getattr(request, "correlation_id", ""),
         )
     except ServiceError as exc:
+        if _wants_json(request):
+            return JsonResponse({"ok": False, "message": exc.message}, status=400)
         messages.error(request, exc.message)
         return HttpResponseRedirect(_back(request, timepoint))
+    if _wants_json(request):
+        return JsonResponse({"ok": True, "message": text})
     messages.success(request, text)
     return HttpResponseRedirect(_back(request, timepoint))
 
 
-#: The viewer's state as viewer.js writes it into each review form (slice, window/level, comparison).
+def _wants_json(request: HttpRequest) -> bool:
+    """The viewer posts the forms with fetch() and refreshes the page's parts itself (no reload)."""
+    return request.headers.get("Accept", "").split(",")[0].strip() == "application/json"
+
+
+#: The viewer's state as viewer.js writes it into each review form: crosshair voxel, slice layout, the
+#: main and comparison windows, the comparison visit (for a form posted without the script).
+_NUMBER = r"-?[0-9]{1,9}(?:\.[0-9]{1,4})?"
 _VIEW = re.compile(
-    r"viewer-k[0-9]{1,5}(?:-w[0-9]{1,7}(?:\.[0-9]{1,4})?-l-?[0-9]{1,7}(?:\.[0-9]{1,4})?)?(?:-c[a-z]{1,16})?"
+    rf"viewer-v[0-9]{{1,5}},[0-9]{{1,5}},[0-9]{{1,5}}(?:-t[0-9])?(?:-m{_NUMBER},{_NUMBER})?"
+    rf"(?:-c[0-9]{{1,10}}(?:-p{_NUMBER},{_NUMBER})?)?"
 )
 
 

@@ -1,5 +1,5 @@
-"""Visit page: the slice viewer (server-rendered PNG slices with contour and caliper overlays),
-side by side with the baseline or previous visit, the lesion table with the review tools, the
+"""Visit page: the image viewer (Niivue in the browser, fed the series, its lesion label map and its
+calipers as NIfTI by the views below), side by side with any earlier visit, the lesion table with the review tools, the
 assessment with confirm/override, and the visit's audit trail."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import numpy as np
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
@@ -28,15 +28,13 @@ from trials.models import (
     TrialPacsSettings,
 )
 from trials.storage import observation_mask_source, run_file_path, stored_name
-from trials.views.common import capability_flags, timepoint_for, url_template
+from trials.views.common import capability_flags, timepoint_for
 from trials.views.imaging import (
     CachedVolume,
-    SliceOutOfRangeError,
-    contour_segments,
-    encode_png_gray,
     load_volume,
+    nifti_bytes,
     physical_to_index,
-    window_slice,
+    segment_voxels,
 )
 from trials.views.queries import VisitRow, patient_timeline, visit_audit_events
 
@@ -74,8 +72,28 @@ def lesion_slice(volume: CachedVolume, obs: LesionObservation) -> int | None:
     return None
 
 
+def viewer_observations(timepoint_id: int) -> list[LesionObservation]:
+    """The present observations of a visit in label-map order: value ``n + 1`` is the ``n``-th one."""
+    return list(
+        LesionObservation.objects.filter(timepoint_id=timepoint_id, present=True)
+        .select_related("lesion", "segmentation_run")
+        .order_by("lesion_id")
+    )
+
+
+def _lesion_point(volume: CachedVolume, obs: LesionObservation) -> list[float] | None:
+    """Voxel index (viewer grid) of the middle of the lesion's LD caliper, or of its centroid."""
+    if obs.caliper_points_mm:
+        a, b = (physical_to_index(volume, p) for p in obs.caliper_points_mm)
+        return [round((u + v) / 2, 2) for u, v in zip(a, b, strict=True)]
+    if obs.centroid_x_mm is not None and obs.centroid_y_mm is not None and obs.centroid_z_mm is not None:
+        point = physical_to_index(volume, [obs.centroid_x_mm, obs.centroid_y_mm, obs.centroid_z_mm])
+        return [round(v, 2) for v in point]
+    return None
+
+
 def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
-    """JSON-ready description of one visit's first stored series for the viewer script."""
+    """JSON-ready description of one visit's first stored series for the viewer script (viewer.js)."""
     if row is None:
         return None
     series = next((s for s in row.series if s.volume_file), None)
@@ -85,35 +103,45 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
         volume = load_volume(stored_name(series.volume_file))
     except (MissingImageError, RuntimeError, OSError):
         return None
+    categories = {r.lesion.pk: r.category for r in row.lesions}
     lesions = []
-    for lesion_row in row.lesions:
-        obs = lesion_row.observation
-        if obs is None or not obs.present:
-            continue
-        k = lesion_slice(volume, obs)
-        if k is None:
-            continue
+    for value, obs in enumerate(viewer_observations(row.timepoint.pk), start=1):
+        point = _lesion_point(volume, obs)
+        if point is not None:
+            point = [max(0.0, min(float(n - 1), v)) for v, n in zip(point, volume.size, strict=True)]
         lesions.append(
             {
-                "label": lesion_row.lesion.label,
-                "lesion_id": lesion_row.lesion.pk,
-                "k": max(0, min(volume.size[2] - 1, k)),
-                "category": lesion_row.category,
+                "label": obs.lesion.label,
+                "lesion_id": obs.lesion_id,
+                "value": value,
+                "vox": point,
+                "k": None if point is None else int(round(point[2])),
+                "category": categories.get(obs.lesion_id, ""),
+                "role": obs.lesion.role,
+                "dropped": obs.lesion.is_false_positive,
                 "ld_mm": obs.longest_diameter_mm,
             }
         )
+    # Each panel has its own window: the 0.5-99.5 percentiles of its own signal (load_volume), so a
+    # prior scanned with another gain is not drawn white or black with the current visit's window.
+    low = volume.default_level - volume.default_window / 2
+    high = volume.default_level + volume.default_window / 2
     return {
+        "timepoint_id": row.timepoint.pk,
         "visit": row.timepoint.visit_label,
         "date": row.timepoint.scan_date.isoformat(),
         "series_id": series.pk,
-        "slice_url": url_template("dashboard:slice", series.pk),
-        "overlay_url": url_template("dashboard:overlay", series.pk),
+        "volume_url": reverse("dashboard:series-volume", args=[series.pk]),
+        "lesions_url": reverse("dashboard:series-lesions", args=[series.pk]),
+        "calipers_url": reverse("dashboard:series-calipers", args=[series.pk]),
         "size": list(volume.size),
         "spacing": list(volume.spacing_mm),
+        # Voxel index <-> LPS mm of the served grid: clicks and lesion jumps go through physical space,
+        # independent of how Niivue orders the voxels internally (RAS).
         "index_to_physical": volume.index_to_physical(),
         "physical_to_index": volume.physical_to_index(),
-        "window": round(volume.default_window, 2),
-        "level": round(volume.default_level, 2),
+        "robust": [round(low, 2), round(high, 2)],
+        "full": [round(float(volume.array.min()), 2), round(float(volume.array.max()), 2)],
         "lesions": lesions,
     }
 
@@ -174,14 +202,9 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
     rows = patient_timeline(patient)
     index = next(i for i, r in enumerate(rows) if r.timepoint.pk == timepoint.pk)
     row = rows[index]
-    baseline = next((r for r in rows if r.timepoint.is_baseline), None)
-    previous = rows[index - 1] if index > 0 else None
-    compare: dict[str, Any] = {}
-    if baseline is not None and baseline is not row:
-        compare["baseline"] = viewer_panel(baseline)
-    if previous is not None and previous is not baseline:
-        compare["previous"] = viewer_panel(previous)
-    viewer = {"main": viewer_panel(row), "compare": {k: v for k, v in compare.items() if v}}
+    # Any earlier visit can be compared (newest first); the previous one is shown first.
+    compare = [panel for panel in (viewer_panel(r) for r in reversed(rows[:index])) if panel]
+    viewer = {"main": viewer_panel(row), "compare": compare}
     flags = capability_flags(request.user, patient.trial)
     present_rows = [r for r in row.lesions if r.observation is not None and r.observation.present]
     for lesion_row in row.lesions:
@@ -226,83 +249,71 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
     )
 
 
-def _float_param(request: HttpRequest, name: str) -> float | None:
-    value = request.GET.get(name, "")
-    if value == "":
-        return None
-    try:
-        result = float(value)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {value!r}.") from exc
-    if not np.isfinite(result):
-        raise ValueError(f"{name} must be finite.")
-    return result
-
-
-@require_GET
-@login_required
-def slice_png(request: HttpRequest, series_id: int, k: int) -> HttpResponse:
-    """Axial slice ``k`` of a series as a greyscale PNG, with ``?window=&level=`` (image units)."""
+def _served_volume(request: HttpRequest, series_id: int) -> tuple[ImagingSeries, CachedVolume]:
     series = _series_for(request.user, series_id)
     try:
-        window = _float_param(request, "window")
-        level = _float_param(request, "level")
-        volume = load_volume(stored_name(series.volume_file))
-        pixels = window_slice(volume, k, window, level)
-    except (ValueError, SliceOutOfRangeError) as exc:
-        return HttpResponseBadRequest(str(exc), content_type="text/plain")
-    response = HttpResponse(encode_png_gray(pixels), content_type="image/png")
-    # Slices of a stored series never change; let the browser keep them while scrolling back and forth.
-    response["Cache-Control"] = "private, max-age=3600"
+        return series, load_volume(stored_name(series.volume_file))
+    except (MissingImageError, RuntimeError, OSError) as exc:
+        raise Http404("The stored volume cannot be read.") from exc
+
+
+def _nifti_response(data: bytes, name: str) -> HttpResponse:
+    # application/octet-stream: NIfTI (gzipped for label maps), read by Niivue itself (the browser must not
+    # gunzip it). private: clinical images stay out of shared caches.
+    response = HttpResponse(data, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'inline; filename="{name}"'
+    response["Cache-Control"] = "private, no-store"
     return response
 
 
 @require_GET
 @login_required
-def slice_overlay(request: HttpRequest, series_id: int, k: int) -> JsonResponse:
-    """Contours (pixel-edge segments), labels and LD/perpendicular calipers of the lesions on slice ``k``.
+def series_volume(request: HttpRequest, series_id: int) -> HttpResponse:
+    """The de-identified series as NIfTI, reoriented to LPS like every grid of the viewer."""
+    series, volume = _served_volume(request, series_id)
+    return _nifti_response(nifti_bytes(volume.array, volume, compress=False), f"series-{series.pk}.nii")
 
-    Coordinates are in pixel-corner units of the slice image: voxel (i, j) covers [i, i+1] x [j, j+1].
-    """
-    series = _series_for(request.user, series_id)
-    volume = load_volume(stored_name(series.volume_file))
-    if not 0 <= k < volume.size[2]:
-        return JsonResponse({"error": f"Slice {k} is outside 0-{volume.size[2] - 1}."}, status=400)
-    observations = (
-        LesionObservation.objects.filter(timepoint_id=series.timepoint_id, present=True)
-        .select_related("lesion", "segmentation_run")
-        .order_by("lesion_id")
-    )
-    lesions = []
-    for obs in observations:
-        entry: dict[str, Any] = {
-            "label": obs.lesion.label,
-            "lesion_id": obs.lesion_id,
-            "role": obs.lesion.role,
-            "dropped": obs.lesion.is_false_positive,
-            "segments": [],
-            "caliper": None,
-            "perpendicular": None,
-        }
+
+@require_GET
+@login_required
+def series_lesions(request: HttpRequest, series_id: int) -> HttpResponse:
+    """The visit's lesion label map on the series grid: value n + 1 is the n-th present observation
+    (``viewer_observations``), whatever mask (AI run or reader edit) it comes from."""
+    series, volume = _served_volume(request, series_id)
+    labels = np.zeros(volume.array.shape, dtype=np.uint16)
+    for value, obs in enumerate(viewer_observations(series.timepoint_id), start=1):
         source = observation_mask_source(obs)
-        if source is not None:
-            name, value = source
-            try:
-                labels = load_volume(name, labels=True)
-            except (MissingImageError, RuntimeError, OSError):
-                labels = None
-            if labels is not None and labels.array.shape == volume.array.shape:
-                entry["segments"] = contour_segments(labels.array[k] == value)
-        for key, points in (
-            ("caliper", obs.caliper_points_mm),
-            ("perpendicular", obs.perpendicular_points_mm),
+        if source is None:
+            continue
+        try:
+            mask = load_volume(source[0], labels=True)
+        except (MissingImageError, RuntimeError, OSError):
+            continue
+        if mask.array.shape == volume.array.shape:
+            labels[mask.array == source[1]] = value
+    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-lesions.nii.gz")
+
+
+#: Values of the calipers label map: the LD (drawn red) and its perpendicular (drawn orange).
+CALIPER_LD, CALIPER_PERPENDICULAR = 1, 2
+
+
+@require_GET
+@login_required
+def series_calipers(request: HttpRequest, series_id: int) -> HttpResponse:
+    """The stored LD and perpendicular calipers of the visit's lesions rasterised on the series grid
+    (values ``CALIPER_LD`` and ``CALIPER_PERPENDICULAR``): what was measured is what is drawn."""
+    series, volume = _served_volume(request, series_id)
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    shape = np.array(volume.array.shape)
+    for obs in viewer_observations(series.timepoint_id):
+        for value, points in (
+            (CALIPER_PERPENDICULAR, obs.perpendicular_points_mm),
+            (CALIPER_LD, obs.caliper_points_mm),  # last: the LD wins where the two cross
         ):
             if not points:
                 continue
-            a, b = (physical_to_index(volume, p) for p in points)
-            if int(round((a[2] + b[2]) / 2)) == k:
-                # +0.5: a voxel centre sits in the middle of its pixel square.
-                entry[key] = [[a[0] + 0.5, a[1] + 0.5], [b[0] + 0.5, b[1] + 0.5]]
-        if entry["segments"] or entry["caliper"]:
-            lesions.append(entry)
-    return JsonResponse({"k": k, "lesions": lesions})
+            z, y, x = segment_voxels(*(physical_to_index(volume, p) for p in points))
+            inside = (z >= 0) & (y >= 0) & (x >= 0) & (z < shape[0]) & (y < shape[1]) & (x < shape[2])
+            labels[z[inside], y[inside], x[inside]] = value
+    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-calipers.nii.gz")
