@@ -132,8 +132,10 @@ BASIC_PROFILE_ACTIONS: dict[str, str] = {
     "AcquisitionDate": "X",
     "AcquisitionTime": "X",
     "AcquisitionDateTime": "X",
-    "ContentDate": "Z",
-    "ContentTime": "Z",
+    "ContentDate": "Z/D",
+    "ContentTime": "Z/D",
+    "FrameAcquisitionDateTime": "D",
+    "FrameReferenceDateTime": "D",
     "InstanceCreationDate": "X",
     "InstanceCreationTime": "X",
     "OperatorsName": "X",
@@ -218,15 +220,23 @@ def _is_free_text_comment(keyword: str) -> bool:
 
 
 def _is_identifying_by_name(keyword: str) -> bool:
+    if keyword.startswith("Dimension"):
+        # Dimension Organization / Index (multi-frame): how frames are indexed, no organisation's name
+        return False
     return _is_free_text_comment(keyword) or any(fragment in keyword for fragment in _IDENTIFYING_FRAGMENTS)
+
+
+#: Dummy values (action D) of dates and times: a fixed, obviously unreal instant.
+DUMMY_VALUES: dict[str, str] = {"DA": "19000101", "TM": "000000", "DT": "19000101000000"}
 
 
 @functools.lru_cache(maxsize=4096)
 def _action_for_tag(tag: int) -> str | None:
-    """Action for a public tag: "X" remove, "Z" empty, "D" subject id, None keep."""
+    """Action for a public tag: "X" remove, "Z" empty, "D" dummy value, "Z/D" empty unless Type 1
+    (:func:`_clean` decides), "S" the subject id, None keep."""
     keyword = keyword_for_tag(tag)
     if keyword in ("PatientName", "PatientID"):
-        return "D"
+        return "S"
     action = BASIC_PROFILE_ACTIONS.get(keyword)
     if action is None and _is_identifying_by_name(keyword):
         action = "X"
@@ -243,12 +253,17 @@ def _vr(ds: Dataset, tag: BaseTag) -> str:
     return ds[tag].VR
 
 
-def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | None) -> None:
+def _clean(
+    ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | None, *, type1_dates: bool = False
+) -> None:
     """Apply the profile to one dataset level and recurse into its sequences.
 
     Elements are looked at by tag and VR only: values stay undecoded (pydicom writes such raw elements
     back byte for byte) unless they are changed or are sequences to recurse into. Decoding every value,
     as iterating a dataset does, was most of the cost of storing an upload.
+
+    ``type1_dates``: the dataset's Content Date and Time are Type 1 (the Multi-frame Functional Groups
+    module of an enhanced image), so the profile's Z/D writes dummy values instead of emptying them.
     """
     for tag in list(ds.keys()):
         if tag.is_private:
@@ -266,11 +281,9 @@ def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | Non
             del ds[tag]
             continue
         vr = _vr(ds, tag)
-        # A replaced value is set on a new element: the old one is never decoded.
-        if action == "Z":
-            ds[tag] = DataElement(tag, vr, None if vr != "SQ" else Sequence())
-        elif action == "D":
-            ds[tag] = DataElement(tag, vr, subject_id)
+        if action in ("Z", "D", "Z/D", "S"):
+            # A replaced value is set on a new element: the old one is never decoded.
+            ds[tag] = _replacement(tag, vr, action, subject_id, type1_dates=type1_dates)
         elif vr == "PN":
             # any other person (operators, physicians, reviewers) is identifying
             ds[tag] = DataElement(tag, vr, None)
@@ -280,6 +293,18 @@ def _clean(ds: Dataset, subject_id: str, uid_map: MutableMapping[str, str] | Non
         elif vr == "SQ":
             for item in ds[tag].value:
                 _clean(item, subject_id, uid_map)
+
+
+def _replacement(tag: BaseTag, vr: str, action: str, subject_id: str, *, type1_dates: bool) -> DataElement:
+    """The element replacing ``tag`` under ``action`` ("Z", "D", "Z/D" or "S")."""
+    if action == "Z/D":
+        action = "D" if type1_dates else "Z"
+    if action == "S":
+        return DataElement(tag, vr, subject_id)
+    if action == "D" and vr in DUMMY_VALUES:
+        return DataElement(tag, vr, DUMMY_VALUES[vr])
+    # Z, or a dummy of a VR without one: empty (an empty sequence for SQ)
+    return DataElement(tag, vr, None if vr != "SQ" else Sequence())
 
 
 def _remap_uid_value(elem: DataElement, uid_map: MutableMapping[str, str]) -> str | list[str] | None:
@@ -328,7 +353,7 @@ def deidentify_dataset(
     active_map: MutableMapping[str, str] | None = None
     if remap_uids:
         active_map = uid_map if uid_map is not None else {}
-    _clean(ds, subject_id, active_map)
+    _clean(ds, subject_id, active_map, type1_dates="PerFrameFunctionalGroupsSequence" in ds)
     if active_map is not None and getattr(ds, "file_meta", None) is not None:
         meta_uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
         if meta_uid:

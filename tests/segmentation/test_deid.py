@@ -276,3 +276,26 @@ def test_a_person_name_the_file_encodes_as_unknown_vr_is_still_emptied(tmp_path)
     assert read[0x00401010].VR == "PN"
     assert not read[0x00401010].value
     assert 0x00081030 not in read
+
+
+def test_enhanced_mr_keeps_its_dimensions_and_gets_dummy_dates_where_type_1(tmp_path, write_series) -> None:
+    """Multi-frame: the frame index survives, Type 1 dates become dummies, per-frame dates too."""
+    folder, files = write_series(multiframe=True)
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    stored = ingest_series(folder, tmp_path / "store", subject_id="BM-042")
+    ds = pydicom.dcmread(stored.series.source_paths[0], stop_before_pixels=True)
+    assert ds.DimensionOrganizationSequence == source.DimensionOrganizationSequence
+    assert ds.DimensionIndexSequence == source.DimensionIndexSequence
+    # Content Date / Time are Type 1 in the Multi-frame Functional Groups module: dummies (profile Z/D)
+    assert (ds.ContentDate, ds.ContentTime) == ("19000101", "000000")
+    assert source.ContentDate != "19000101"
+    frame_times = {
+        str(frame.FrameContentSequence[0].FrameAcquisitionDateTime)
+        for frame in ds.PerFrameFunctionalGroupsSequence
+    }
+    assert frame_times == {"19000101000000"}  # the profile's D: a dummy for every frame
+    # the dates of a single-frame image stay empty (Z): nothing requires them
+    single_folder, _ = write_series(name="single")
+    single = ingest_series(single_folder, tmp_path / "store-single", subject_id="BM-042")
+    first = pydicom.dcmread(single.series.source_paths[0], stop_before_pixels=True)
+    assert "ContentDate" in first and not first.ContentDate
