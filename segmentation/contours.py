@@ -494,6 +494,7 @@ def write_seg(
     colors: Mapping[int, Sequence[int]] | None = None,
     series_description: str = "MetTrack lesions",
     algorithm_parameters: Mapping[str, str] | None = None,
+    tracking_uids: Mapping[int, str] | None = None,
 ) -> Path:
     """Write a BINARY DICOM SEG with one segment per lesion, referencing the source images (highdicom).
 
@@ -510,6 +511,8 @@ def write_seg(
         algorithm_parameters: Written as the Algorithm Parameters of every segment's algorithm
             identification (e.g. the full weights checksum, which Algorithm Version (LO, 64
             characters) cannot hold together with the version).
+        tracking_uids: Label value -> Tracking UID of the lesion (the same at every visit, and in the
+            SR: :func:`segmentation.sr.tracking_uid`); a new UID for lesions without one.
 
     Returns:
         The written path.
@@ -560,7 +563,7 @@ def write_seg(
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
                 tracking_id=lesion_names[value],
-                tracking_uid=hd.UID(),
+                tracking_uid=(tracking_uids or {}).get(value) or hd.UID(),
                 display_color=hd.color.CIELabColor.from_rgb(*(int(c) for c in rgb)),
             )
         )

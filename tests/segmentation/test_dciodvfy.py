@@ -7,6 +7,7 @@ imaging section lists and justifies (:data:`JUSTIFIED_WARNINGS`), so a new kind 
 The objects, on one small series (8 slices of 32 x 32): the synthetic MR writer's single-frame and
 enhanced (legacy converted, multi-frame) series, the RTSTRUCT, the SEG of each, the TID 1500 SR, and the
 de-identified copies ingest stores of both series, made from sources carrying identifying attributes.
+The SR carries everything it can: tracking UIDs, RANO-BM roles, a signed response.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import SimpleITK as sitk
 
 from segmentation.contours import write_rtstruct, write_seg
 from segmentation.io import ingest_series, read_series
-from segmentation.sr import LesionMeasurement, write_measurement_report
+from segmentation.sr import LesionMeasurement, VisitResponse, tracking_uid, write_measurement_report
 from segmentation.synthetic_mr import write_dicom_series
 
 #: dciodvfy warnings the README's imaging section justifies, as patterns of the warning's text.
@@ -31,6 +32,9 @@ JUSTIFIED_WARNINGS = (
     r"Unrecognized defined term <M> for value 3 of attribute <(Image|Frame) Type>",
     # de-identified copies: the profile empties Study Date, Study Time and Study ID (Type 2, action Z)
     r"Missing attribute or value that would be needed to build DICOMDIR - Study (Date|Time|ID)",
+    # SR: MetTrack's private coding scheme of RANO-BM roles and responses (no standard code names them),
+    # declared in the Coding Scheme Identification Sequence
+    r"Unrecognized defined term <99METTRACK> for value 1 of attribute <Coding Scheme Designator>",
     # de-identified copies: the trial subject id as Patient Name is a name of one component
     r"Value dubious for this VR - \(0x0010,0x0010\) PN Patient's Name .* - Retired Person Name form",
 )
@@ -105,8 +109,13 @@ def written(tmp_path_factory) -> dict[str, Path]:
     objects["sr"] = write_measurement_report(
         objects["seg"],
         single,
-        [LesionMeasurement("L1", 6.0, 5.5, 120.0), LesionMeasurement("L2", 4.0, 4.0, 32.0)],
+        [
+            LesionMeasurement("L1", 6.0, 5.5, 120.0, tracking_uid=tracking_uid("a"), role="target"),
+            LesionMeasurement("L2", 4.0, 4.0, 32.0, tracking_uid=tracking_uid("b"), role="new"),
+        ],
         root / "sr.dcm",
+        response=VisitResponse("PD", signed=True, signer="Reader^Rita"),
+        time_point="FU1",
     )
     return objects
 
