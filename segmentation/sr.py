@@ -76,8 +76,9 @@ class LesionMeasurement:
 
 @dataclass(frozen=True)
 class VisitResponse:
-    """The visit's RANO-BM overall response (a key of :data:`RESPONSE_CODES`), whether a reader signed
-    it, and who (the person observer of the report; empty for the AI draft)."""
+    """The visit's RANO-BM overall response (a key of :data:`RESPONSE_CODES`; empty at baseline, which
+    has none), whether a reader signed it, and who (the person observer of the report; empty for the AI
+    draft)."""
 
     response: str
     signed: bool = False
@@ -160,7 +161,7 @@ def write_measurement_report(
                 qualitative_evaluations=roles or None,
             )
         )
-    if response is not None:
+    if response is not None and response.response:
         if response.response not in RESPONSE_CODES:
             raise ContourExportError(f"Unknown RANO-BM response {response.response!r}; no SR written.")
         groups.append(
