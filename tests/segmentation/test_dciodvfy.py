@@ -5,8 +5,9 @@ administrator would. It must report no error at all; its warnings must be among 
 imaging section lists and justifies (:data:`JUSTIFIED_WARNINGS`), so a new kind of warning fails too.
 
 The objects, on one small series (8 slices of 32 x 32): the synthetic MR writer's single-frame and
-enhanced (legacy converted, multi-frame) series, the RTSTRUCT, the SEG of each, the TID 1500 SR, and the
-de-identified copies ingest stores of both series, made from sources carrying identifying attributes.
+enhanced (legacy converted, multi-frame) series, the RTSTRUCT, the SEG of each, the TID 1500 SR, an
+oblique series and its RTSTRUCT, and the de-identified copies ingest stores of both axial series, made
+from sources carrying identifying attributes.
 The SR carries everything it can: tracking UIDs, RANO-BM roles, a signed response.
 """
 
@@ -60,6 +61,8 @@ OBJECTS = (
     "sr",
     "stored-mr",
     "stored-mr-enhanced",
+    "mr-oblique",
+    "rtstruct-oblique",
 )
 
 
@@ -106,6 +109,19 @@ def written(tmp_path_factory) -> dict[str, Path]:
             objects["rtstruct"] = write_rtstruct(
                 labels, series, root / "rtstruct.dcm", lesion_names=names, provenance="demo 1 – test"
             )
+    # an oblique series and its RTSTRUCT (contour points off the axial planes)
+    image.SetDirection(
+        sitk.VersorRigid3DTransform(
+            (0.2, -0.15, 0.1, float(np.sqrt(1 - 0.2**2 - 0.15**2 - 0.1**2)))
+        ).GetMatrix()
+    )
+    objects["mr-oblique"] = write_dicom_series(image, root / "mr-oblique", patient_id="MRN-1234")[0]
+    oblique = read_series(root / "mr-oblique")
+    labels = sitk.GetImageFromArray(arr)
+    labels.CopyInformation(oblique.image)
+    objects["rtstruct-oblique"] = write_rtstruct(
+        labels, oblique, root / "rtstruct-oblique.dcm", lesion_names=names
+    )
     objects["sr"] = write_measurement_report(
         objects["seg"],
         single,
