@@ -282,7 +282,8 @@ def deidentify_dataset(
         remap_uids: Replace instance UIDs (study, series, SOP instance, frame of reference, references)
             by new ones. False keeps them (Retain UIDs option) so contours still match the site's PACS.
         uid_map: Old UID -> new UID; pass the same dict for every file of an upload so references stay
-            consistent. A new dict is used when None. Ignored unless ``remap_uids``.
+            consistent. A new dict is used when None. Without ``remap_uids`` it only maps the few UIDs
+            the table replaces even under Retain UIDs (UID (0040,A124), Digital Signature UID).
 
     Returns:
         The same dataset object, de-identified.
@@ -299,7 +300,9 @@ def deidentify_dataset(
     active_map: MutableMapping[str, str] | None = None
     if remap_uids:
         active_map = uid_map if uid_map is not None else {}
-    ctx = _Context(subject_id=subject_id, uid_map=active_map, u_map={})
+    # the UIDs the table replaces even under Retain UIDs go through the shared map too, so they stay
+    # consistent across the files of one upload
+    ctx = _Context(subject_id=subject_id, uid_map=active_map, u_map=uid_map if uid_map is not None else {})
     _clean(ds, ctx, enhanced="PerFrameFunctionalGroupsSequence" in ds)
     if active_map is not None and getattr(ds, "file_meta", None) is not None:
         meta_uid = ds.file_meta.get("MediaStorageSOPInstanceUID")

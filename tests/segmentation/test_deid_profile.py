@@ -125,3 +125,17 @@ def test_table_actions_on_attributes_the_old_keyword_rules_missed() -> None:
     assert ds.VerifyingOrganization == "ANONYMIZED"
     assert "ProtocolName" not in ds
     assert "StationName" in ds and not ds.StationName
+
+
+def test_uids_the_table_replaces_under_retain_uids_stay_consistent_across_files() -> None:
+    """UID (0040,A124) is U even with Retain UIDs: replaced, the same way in every file of an upload."""
+    shared: dict[str, str] = {}
+    replaced = []
+    for _ in range(2):
+        ds = Dataset()
+        ds.StudyInstanceUID = "1.2.3.4"  # retained (K under Retain UIDs)
+        ds.add_new(0x0040A124, "UI", "1.2.3.99")  # UID: U, no K
+        deidentify_dataset(ds, subject_id="BM-001", uid_map=shared)
+        assert ds.StudyInstanceUID == "1.2.3.4"
+        replaced.append(ds[0x0040A124].value)
+    assert replaced[0] == replaced[1] != "1.2.3.99"
