@@ -9,7 +9,9 @@ DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 * ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records and the
   per-stage timings;
 * ``probability.nii`` with ``--probability``: the lesion probability (float32) on the same grid;
-* ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...).
+* ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...);
+  an enhanced (multi-frame) series gets ``seg.dcm`` only, and a note in ``lesions.json`` and on the
+  console says why (an RTSTRUCT references single-frame images).
 
 Per-stage timings are printed. ``bm-segment --self-check`` runs the model on a generated phantom and
 reports its Dice against the phantom's ground truth.
@@ -178,7 +180,12 @@ def _write_dicom_outputs(
         algorithm_parameters={"weights_sha256": model.config.weights_sha256, "label": model.config.label},
     )  # fmt: skip
     written = ["seg.dcm"]
-    if series.info.missing_rtstruct_attributes:
+    if series.info.is_multiframe:
+        notes.append(
+            "RTSTRUCT not written: an RTSTRUCT references single-frame images and this series is one "
+            "enhanced (multi-frame) image; seg.dcm holds the same lesions"
+        )
+    elif series.info.missing_rtstruct_attributes:
         notes.append(
             "RTSTRUCT not written: the series lacks " + ", ".join(series.info.missing_rtstruct_attributes)
         )

@@ -52,6 +52,12 @@ MANUFACTURER = "MetTrack"
 #: SNOMED CT codes for what a segment is (PS3.16 CID 7150 category, CID 7151 type).
 _CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
 _TYPE = ("14799000", "SCT", "Neoplasm, metastatic")
+#: RT ROI Interpreted Type of every lesion (PS3.3 C.8.8.8): the gross tumour seen on the image.
+ROI_INTERPRETED_TYPE = "GTV"
+#: Series Number offsets of the derived objects from the source series' (see :func:`series_number`).
+SEG_SERIES_OFFSET = 1000
+SR_SERIES_OFFSET = 1001
+RTSTRUCT_SERIES_OFFSET = 1002
 #: Geometry agreement needed between label image and series (mm, and direction cosines).
 _GEOMETRY_TOL = 1e-3
 
@@ -278,9 +284,10 @@ def write_rtstruct(
         observation = Dataset()
         observation.ObservationNumber = number
         observation.ReferencedROINumber = number
-        observation.RTROIInterpretedType = ""
+        observation.RTROIInterpretedType = ROI_INTERPRETED_TYPE
         observation.ROIInterpreter = ""
         ds.RTROIObservationsSequence.append(observation)
+    _complete_rtstruct_header(ds, ordered[0], frame_uid)
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "MetTrack lesion contours"
     if "InstitutionName" in ds:
@@ -294,6 +301,35 @@ def write_rtstruct(
     target.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(target, enforce_file_format=True)
     return target
+
+
+def _complete_rtstruct_header(ds: Dataset, source: Dataset, frame_uid: str) -> None:
+    """The Type 1 and 2 attributes rt-utils' header leaves out (dciodvfy reports each as an error).
+
+    General Study: Referring Physician's Name and Accession Number as the source has them (empty when it
+    has none: both are Type 2). RT Series: Operators' Name, empty (no person operates MetTrack) and a
+    Series Number of the structure set's own. Frame of Reference module: the source's Frame of Reference
+    UID and Position Reference Indicator, which the structure set shares.
+    """
+    ds.ReferringPhysicianName = source.get("ReferringPhysicianName", "")
+    ds.AccessionNumber = source.get("AccessionNumber", "")
+    ds.OperatorsName = ""
+    ds.SeriesNumber = series_number(source, RTSTRUCT_SERIES_OFFSET)
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
+
+
+def series_number(source: Dataset, offset: int) -> int:
+    """Series Number of a derived object: the source's (1 when it has none) plus the object's offset.
+
+    The offsets (:data:`SEG_SERIES_OFFSET`, :data:`SR_SERIES_OFFSET`, :data:`RTSTRUCT_SERIES_OFFSET`)
+    keep MetTrack's series apart from each other and from the site's in a PACS's series list.
+    """
+    try:
+        base = int(source.get("SeriesNumber") or 1)
+    except (TypeError, ValueError):
+        base = 1
+    return base + offset
 
 
 def _structure_set_roi(number: int, name: str, frame_uid: str, provenance: str) -> Dataset:
@@ -458,6 +494,7 @@ def write_seg(
     colors: Mapping[int, Sequence[int]] | None = None,
     series_description: str = "MetTrack lesions",
     algorithm_parameters: Mapping[str, str] | None = None,
+    tracking_uids: Mapping[int, str] | None = None,
 ) -> Path:
     """Write a BINARY DICOM SEG with one segment per lesion, referencing the source images (highdicom).
 
@@ -474,6 +511,8 @@ def write_seg(
         algorithm_parameters: Written as the Algorithm Parameters of every segment's algorithm
             identification (e.g. the full weights checksum, which Algorithm Version (LO, 64
             characters) cannot hold together with the version).
+        tracking_uids: Label value -> Tracking UID of the lesion (the same at every visit, and in the
+            SR: :func:`segmentation.sr.tracking_uid`); a new UID for lesions without one.
 
     Returns:
         The written path.
@@ -524,7 +563,7 @@ def write_seg(
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
                 tracking_id=lesion_names[value],
-                tracking_uid=hd.UID(),
+                tracking_uid=(tracking_uids or {}).get(value) or hd.UID(),
                 display_color=hd.color.CIELabColor.from_rgb(*(int(c) for c in rgb)),
             )
         )
@@ -537,7 +576,7 @@ def write_seg(
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
-            series_number=int(datasets[0].get("SeriesNumber") or 1) + 1000,
+            series_number=series_number(datasets[0], SEG_SERIES_OFFSET),
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer=MANUFACTURER,

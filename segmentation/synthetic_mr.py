@@ -184,8 +184,9 @@ def _contrast_and_mr_image(ds: Dataset) -> None:
     expects."""
     ds.ContrastBolusAgent = "GADOLINIUM"
     ds.ContrastBolusRoute = "IV"
-    ds.ScanningSequence = "GR"
-    ds.SequenceVariant = ["SP", "MP"]
+    # an MPRAGE: gradient echo after an inversion pulse, so Inversion Time (Type 2C, only with IR) belongs
+    ds.ScanningSequence = ["GR", "IR"]
+    ds.SequenceVariant = ["SK", "SP", "MP"]
     ds.ScanOptions = ""
     ds.MRAcquisitionType = "3D"
     ds.SequenceName = "*tfl3d1"
@@ -318,6 +319,10 @@ def _write_multiframe(datasets: Sequence[Dataset], out: Path, series_uid: str) -
             sop_instance_uid=generate_uid(),
             instance_number=1,
         )
+    # The single-frame datasets converted here were never stored, so the Referenced Series Sequence
+    # (Common Instance Reference) would point a PACS at instances it cannot have; dciodvfy reports it
+    # as an error too, as it counts the per-frame Conversion Source Attributes as no reference.
+    del enhanced.ReferencedSeriesSequence
     path = out / "IM_0001.dcm"
     enhanced.save_as(path)
     return path

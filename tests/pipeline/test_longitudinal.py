@@ -370,13 +370,16 @@ def test_reassess_waits_for_an_analysed_baseline(pipeline_patient: Any) -> None:
 def test_segmentation_runs_and_their_dicom_outputs_through_the_api(
     synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any, api_client: Any
 ) -> None:
-    """``/api/v1/segmentation-runs/``: the run with model provenance and file links; the RTSTRUCT and SEG
-    download as DICOM a PACS can read; other trials' runs and unknown kinds are 404."""
+    """``/api/v1/segmentation-runs/``: the run with model provenance and file links; the RTSTRUCT, SEG and
+    SR download as DICOM a PACS can read; other trials' runs and unknown kinds are 404."""
     import io
 
+    import highdicom as hd
     import pydicom
 
-    from tests.factories import make_trial
+    from tests.factories import DEFAULT_PASSWORD, make_membership, make_trial, make_user
+    from trials.actions import assessments as assessment_actions
+    from trials.pipeline.contours import lesion_tracking_uid
 
     timepoint = pipeline_patient.timepoints.get(visit_label="BASELINE")
     upload = upload_with_ground_truth(timepoint, synthetic_patient, 0, media_root)
@@ -389,7 +392,7 @@ def test_segmentation_runs_and_their_dicom_outputs_through_the_api(
     detail = api_client.get(f"/api/v1/segmentation-runs/{run.pk}/").json()
     assert detail["model_name"] == "phantom-ground-truth"
     assert detail["model_weights_sha256"] == run.model_weights_sha256
-    assert set(detail["files"]) == {"mask", "lesions", "rtstruct", "seg"}
+    assert set(detail["files"]) == {"mask", "lesions", "rtstruct", "seg", "sr"}
 
     response = api_client.get(detail["files"]["rtstruct"])
     assert response.status_code == 200 and response["Content-Type"] == "application/dicom"
@@ -397,6 +400,33 @@ def test_segmentation_runs_and_their_dicom_outputs_through_the_api(
     assert rt.Modality == "RTSTRUCT" and {r.ROIName for r in rt.StructureSetROISequence} == {"L1", "L2"}
     seg = pydicom.dcmread(io.BytesIO(b"".join(api_client.get(detail["files"]["seg"]).streaming_content)))
     assert seg.Modality == "SEG" and seg.PatientID == pipeline_patient.subject_id  # de-identified source
+    # the visit's TID 1500 SR: each lesion group shares its Tracking UID with the SEG segment it measures
+    sr = pydicom.dcmread(io.BytesIO(b"".join(api_client.get(detail["files"]["sr"]).streaming_content)))
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    lesions = {lesion.label: lesion for lesion in pipeline_patient.lesions.all()}
+    segment_uids = {str(item.TrackingID): str(item.TrackingUID) for item in seg.SegmentSequence}
+    groups = report.get_volumetric_roi_measurement_groups()
+    assert {g.tracking_identifier for g in groups} == set(segment_uids) == {"L1", "L2"}
+    for group in groups:
+        label = group.tracking_identifier
+        assert group.tracking_uid == segment_uids[label] == lesion_tracking_uid(lesions[label])
+        (role,) = group.get_qualitative_evaluations()
+        assert (
+            role.value.meaning
+            == {"target": "Target lesion", "non_target": "Non-target lesion"}[lesions[label].role]
+        )
+    assert "Person" not in str(sr.ContentSequence)  # the AI draft: no signer
+    # once a radiologist signs, the assessment's own SR names the signer; a draft has none
+    baseline = Assessment.objects.get(timepoint=timepoint, criteria=Criteria.RANO_BM, is_current=True)
+    assert api_client.get(f"/api/v1/assessments/{baseline.pk}/sr/").status_code == 404
+    signer = make_user(first_name="Rita", last_name="Reader")
+    make_membership(signer, pipeline_patient.trial, MembershipRole.RADIOLOGIST)
+    signed = assessment_actions.confirm_assessment(baseline, actor=signer, password=DEFAULT_PASSWORD)
+    answer = api_client.get(f"/api/v1/assessments/{signed.pk}/sr/")
+    assert answer.status_code == 200 and answer["Content-Type"] == "application/dicom"
+    signed_sr = pydicom.dcmread(io.BytesIO(b"".join(answer.streaming_content)))
+    assert "Reader^Rita" in str(signed_sr.ContentSequence)
+    assert signed_sr.SOPInstanceUID != sr.SOPInstanceUID
 
     assert api_client.get(f"/api/v1/segmentation-runs/{run.pk}/files/weights/").status_code == 404
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,52 @@ def test_dicom_input_also_writes_rtstruct_and_seg(tmp_path: Path, tiny_model_dir
             config["label"] in rt.StructureSetDescription and config["label"] in algorithm.AlgorithmParameters
         )
     assert all(r.ROIGenerationDescription.startswith(config["name"]) for r in rt.StructureSetROISequence)
+
+
+def test_enhanced_multiframe_input_writes_seg_and_says_why_no_rtstruct(
+    tmp_path: Path, phantom, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A single-frame series converted to one enhanced MR file (highdicom's legacy conversion), run through
+    bm-segment with the shipped demo model on a small crop around a lesion (seconds on a CPU)."""
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    from segmentation.contours import read_seg
+    from segmentation.modeldir import DEMO_MODEL_DIR
+
+    z, y, x = (int(v.mean()) for v in np.nonzero(sitk.GetArrayFromImage(phantom.labels)))
+    crop = sitk.RegionOfInterest(
+        phantom.image, (48, 48, 24), (max(x - 24, 0), max(y - 24, 0), max(z - 12, 0))
+    )
+    files = write_dicom_series(crop, tmp_path / "single", patient_id="SUBJ-1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a subject id is a one-component person name
+        enhanced = LegacyConvertedEnhancedMRImage(
+            legacy_datasets=[pydicom.dcmread(f) for f in files],
+            series_instance_uid=pydicom.uid.generate_uid(),
+            series_number=2,
+            sop_instance_uid=pydicom.uid.generate_uid(),
+            instance_number=1,
+        )
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "IM_0001.dcm")
+    out = tmp_path / "out"
+    args = [str(tmp_path / "enhanced"), str(out), "--model", str(DEMO_MODEL_DIR), "--device", "cpu"]
+    assert segment_main([*args, "--threshold", "1e-6"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.nii.gz",
+        "lesions.json",
+        "mask.nii.gz",
+        "seg.dcm",
+    ]
+    report = json.loads((out / "lesions.json").read_text())
+    assert len(report["lesions"]) >= 1
+    assert any("RTSTRUCT" in n and "single-frame" in n for n in report["notes"])
+    assert "note: RTSTRUCT not written" in capsys.readouterr().out
+    # the SEG lies on the enhanced image's frames and holds exactly the lesions of labels.nii.gz
+    seg = read_seg(out / "seg.dcm", tmp_path / "enhanced")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
+    for lesion in report["lesions"]:
+        np.testing.assert_array_equal(seg.mask(f"L{lesion['label']}"), labels == lesion["label"])
 
 
 @pytest.mark.slow

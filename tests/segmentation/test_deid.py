@@ -100,7 +100,7 @@ def test_no_identifier_survives_in_stored_files_or_stored_metadata(
     assert str(ds.PatientName) == "BM-042" and ds.PatientID == "BM-042"
     assert ds.PatientIdentityRemoved == "YES"
     codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
-    assert codes == ["113100", "113110"]  # basic profile, UIDs retained
+    assert codes == ["113100", "113110", "113105"]  # basic profile, UIDs retained, descriptors cleaned
     assert not any(elem.tag.is_private for elem in ds.iterall())
     # Type 2 attributes stay present but empty (Z), so rt-utils can still copy them
     for keyword in ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
@@ -155,7 +155,7 @@ def test_remapped_uids_are_new_and_consistent(tmp_path, write_series) -> None:
             ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID
             == uid_map[str(originals[0].SOPInstanceUID)]
         )
-        assert [item.CodeValue for item in ds.DeidentificationMethodCodeSequence] == ["113100"]
+        assert [item.CodeValue for item in ds.DeidentificationMethodCodeSequence] == ["113100", "113105"]
     # the remapped series still loads as one valid series
     assert (
         read_series(tmp_path / "out").info.series_instance_uid == uid_map[str(originals[0].SeriesInstanceUID)]
@@ -265,14 +265,37 @@ def test_a_person_name_the_file_encodes_as_unknown_vr_is_still_emptied(tmp_path)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
     ds.SOPInstanceUID = generate_uid()
-    ds.add_new(0x00401010, "UN", b"Doe^John")  # Names of Intended Recipients of Results (PN)
+    ds.add_new(0x00081070, "UN", b"Doe^John")  # Operators' Name (PN; profile X/Z/D: emptied)
     ds.add_new(0x00081030, "UN", b"Brain MRI for Doe ")  # Study Description: removed (X)
     path = tmp_path / "un.dcm"
     ds.save_as(path, enforce_file_format=True)
     read = pydicom.dcmread(path)
-    assert read.get_item(0x00401010).is_raw  # not decoded: de-identification replaces it unread
+    assert read.get_item(0x00081070).is_raw  # not decoded: de-identification replaces it unread
 
     deidentify_dataset(read, subject_id="BM-001")
-    assert read[0x00401010].VR == "PN"
-    assert not read[0x00401010].value
+    assert read[0x00081070].VR == "PN"
+    assert not read[0x00081070].value
     assert 0x00081030 not in read
+
+
+def test_enhanced_mr_keeps_its_dimensions_and_gets_dummy_dates_where_type_1(tmp_path, write_series) -> None:
+    """Multi-frame: the frame index survives, Type 1 dates become dummies, per-frame dates too."""
+    folder, files = write_series(multiframe=True)
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    stored = ingest_series(folder, tmp_path / "store", subject_id="BM-042")
+    ds = pydicom.dcmread(stored.series.source_paths[0], stop_before_pixels=True)
+    assert ds.DimensionOrganizationSequence == source.DimensionOrganizationSequence
+    assert ds.DimensionIndexSequence == source.DimensionIndexSequence
+    # Content Date / Time are Type 1 in the Multi-frame Functional Groups module: dummies (profile Z/D)
+    assert (ds.ContentDate, ds.ContentTime) == ("19000101", "000000")
+    assert source.ContentDate != "19000101"
+    frame_times = {
+        str(frame.FrameContentSequence[0].FrameAcquisitionDateTime)
+        for frame in ds.PerFrameFunctionalGroupsSequence
+    }
+    assert frame_times == {"19000101000000"}  # the profile's D: a dummy for every frame
+    # the dates of a single-frame image stay empty (Z): nothing requires them
+    single_folder, _ = write_series(name="single")
+    single = ingest_series(single_folder, tmp_path / "store-single", subject_id="BM-042")
+    first = pydicom.dcmread(single.series.source_paths[0], stop_before_pixels=True)
+    assert "ContentDate" in first and not first.ContentDate

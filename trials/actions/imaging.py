@@ -16,11 +16,13 @@ from typing import Any
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 
+from segmentation.scu import SendError
 from trials.audit import new_correlation_id
-from trials.choices import JobKind, JobState
+from trials.choices import AssessmentStatus, JobKind, JobState, RunStatus
 from trials.exceptions import DuplicateError, DuplicateSeriesError, InvalidStateError
-from trials.models import ImagingSeries, ProcessingJob, Timepoint
+from trials.models import Assessment, ImagingSeries, ProcessingJob, SegmentationRun, Timepoint
 from trials.permissions import VIEW, user_capabilities
+from trials.pipeline.delivery import measurement_report_path
 from trials.pipeline.queue import create_pipeline_job
 from trials.pipeline.upload import StoredUpload, discard_upload, store_upload
 from trials.records.imaging import register_series
@@ -161,4 +163,38 @@ def resegment_series(
     return create_pipeline_job(series, actor=actor, correlation_id=correlation_id or new_correlation_id())
 
 
-__all__ = ["UploadResult", "resegment_series", "upload_series"]
+def measurement_report_file(run: SegmentationRun) -> Path | None:
+    """The run's DICOM SR (TID 1500) of the visit's lesions and current assessment, written on the first
+    request for that assessment and kept; None when the run has no SEG or the report cannot be made."""
+    try:
+        return measurement_report_path(run)
+    except SendError:
+        return None
+
+
+def signed_assessment_report_file(assessment: Assessment) -> Path | None:
+    """The DICOM SR of a signed (confirmed or overridden) assessment: its visit's last analysed run's
+    lesions with the assessment's response and signer. None for a draft, or a visit without a SEG."""
+    if assessment.status == AssessmentStatus.DRAFT or assessment.signed_by_id is None:
+        return None
+    run = (
+        SegmentationRun.objects.filter(series__timepoint=assessment.timepoint, status=RunStatus.SUCCEEDED)
+        .exclude(seg_file="")
+        .order_by("-finished_at", "-pk")
+        .first()
+    )
+    if run is None:
+        return None
+    try:
+        return measurement_report_path(run, assessment)
+    except SendError:
+        return None
+
+
+__all__ = [
+    "UploadResult",
+    "measurement_report_file",
+    "resegment_series",
+    "signed_assessment_report_file",
+    "upload_series",
+]

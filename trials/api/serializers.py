@@ -386,10 +386,11 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
     def get_files(self, run: SegmentationRun) -> dict[str, str]:
         request = self.context.get("request")
         out = {}
-        for kind in RUN_FILE_KINDS:
-            if run_file_path(run, kind) is not None:
-                url = reverse("api:segmentationrun-file", kwargs={"pk": run.pk, "kind": kind})
-                out[kind] = request.build_absolute_uri(url) if request is not None else url
+        # the SR of the visit's measurements is made from the SEG on request
+        kinds = [kind for kind in RUN_FILE_KINDS if run_file_path(run, kind) is not None]
+        for kind in [*kinds, "sr"] if "seg" in kinds else kinds:
+            url = reverse("api:segmentationrun-file", kwargs={"pk": run.pk, "kind": kind})
+            out[kind] = request.build_absolute_uri(url) if request is not None else url
         return out
 
 

@@ -23,6 +23,7 @@ from rest_framework.serializers import BaseSerializer
 from rest_framework.settings import api_settings
 
 from trials.actions import accounts, assessments
+from trials.actions import imaging as imaging_actions
 from trials.actions import jobs as job_actions
 from trials.actions import trials as trial_actions
 from trials.api import filtersets
@@ -323,14 +324,20 @@ class SegmentationRunViewSet(ReadOnlyViewSet):
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     @action(detail=True, methods=["get"], url_path=r"files/(?P<kind>[a-z]+)")
     def file(self, request: Request, pk: str | None = None, kind: str = "") -> FileResponse:
-        """Download one output of the run: ``mask``, ``lesions``, ``rtstruct`` or ``seg``."""
+        """Download one output of the run: ``mask``, ``lesions``, ``rtstruct``, ``seg`` or ``sr`` (the
+        visit's TID 1500 measurement report, with the current assessment's response)."""
         run = self.get_object()
-        if kind not in RUN_FILE_KINDS:
-            raise NotFound(f"Unknown file kind {kind!r}; use one of {', '.join(RUN_FILE_KINDS)}.")
-        path = run_file_path(run, kind)
+        if kind == "sr":
+            path = imaging_actions.measurement_report_file(run)
+            name, media_type = "measurements-sr.dcm", "application/dicom"
+        elif kind in RUN_FILE_KINDS:
+            path = run_file_path(run, kind)
+            name, media_type = RUN_FILE_KINDS[kind]
+        else:
+            kinds = ", ".join([*RUN_FILE_KINDS, "sr"])
+            raise NotFound(f"Unknown file kind {kind!r}; use one of {kinds}.")
         if path is None:
             raise NotFound(f"Segmentation run {run.pk} has no {kind} file.")
-        name, media_type = RUN_FILE_KINDS[kind]
         accounts.record_download(
             run, kind=kind, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
         )
@@ -426,6 +433,25 @@ class AssessmentViewSet(ReadOnlyViewSet):
         return Response(
             s.AssessmentSerializer(new, context=self.get_serializer_context()).data,
             status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(responses={(200, "application/dicom"): bytes})
+    @action(detail=True, methods=["get"])
+    def sr(self, request: Request, pk: str | None = None) -> FileResponse:
+        """Download the DICOM SR (TID 1500) of a signed assessment: the visit's lesions with this
+        assessment's response and signer (404 while it is a draft or the visit has no SEG)."""
+        assessment = self.get_object()
+        path = imaging_actions.signed_assessment_report_file(assessment)
+        if path is None:
+            raise NotFound(f"Assessment {assessment.pk} has no measurement report (not signed, or no SEG).")
+        accounts.record_download(
+            assessment, kind="sr", actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+        )
+        return FileResponse(
+            path.open("rb"),
+            as_attachment=True,
+            filename=f"assessment{assessment.pk}_measurements-sr.dcm",
+            content_type="application/dicom",
         )
 
 

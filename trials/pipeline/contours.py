@@ -20,7 +20,8 @@ from segmentation.contours import write_rtstruct, write_seg
 from segmentation.errors import ContourExportError, ImagingError
 from segmentation.modeldir import algorithm_version
 from segmentation.modeldir import provenance as model_provenance
-from trials.models import SegmentationRun
+from segmentation.sr import tracking_uid
+from trials.models import Lesion, SegmentationRun
 from trials.records.imaging import update_segmentation_run
 from trials.storage import (
     LESION_MAP,
@@ -41,6 +42,19 @@ def _verify_dicom(path: Path) -> None:
         pydicom.dcmread(path, stop_before_pixels=True)
     except (pydicom.errors.InvalidDicomError, EOFError, ValueError) as exc:
         raise OSError(errno.ENOSPC, f"short write ({type(exc).__name__})", str(path)) from exc
+
+
+def lesion_tracking_uid(lesion: Lesion) -> str:
+    """The lesion's Tracking UID, the same at every visit and in its SEG segments and SR groups: derived
+    from its primary key and creation time (unique across MetTrack installations, never stored)."""
+    return tracking_uid(f"mettrack-lesion:{lesion.pk}:{lesion.created_at.isoformat()}")
+
+
+def run_tracking_uids(run: SegmentationRun, labels: dict[int, str]) -> dict[int, str]:
+    """Lesion map value -> Tracking UID of the patient's lesion with that label."""
+    lesions = Lesion.objects.filter(patient_id=run.series.timepoint.patient_id, label__in=labels.values())
+    uid_of = {lesion.label: lesion_tracking_uid(lesion) for lesion in lesions}
+    return {value: uid_of[label] for value, label in labels.items() if label in uid_of}
 
 
 def export_run_contours(
@@ -86,7 +100,7 @@ def export_run_contours(
             lesion_map, headers, out, lesion_names=names, algorithm_name=version.name,
             algorithm_version=algorithm_version(version.version, run.model_weights_sha256),
             algorithm_parameters={"weights_sha256": run.model_weights_sha256, "label": label},
-            series_description=description,
+            series_description=description, tracking_uids=run_tracking_uids(run, names),
         ),
         "rtstruct": lambda out: write_rtstruct(
             lesion_map, headers, out, lesion_names=names, series_description=description,
@@ -121,4 +135,4 @@ def export_run_contours(
     return run
 
 
-__all__ = ["export_run_contours"]
+__all__ = ["export_run_contours", "lesion_tracking_uid", "run_tracking_uids"]

@@ -28,10 +28,11 @@ from django.utils import timezone
 from config.celery import app
 from segmentation.errors import ImagingError
 from segmentation.scu import SendError, send_cstore, send_stow
-from segmentation.sr import LesionMeasurement, write_measurement_report
-from trials.choices import DeliveryProtocol, DeliveryState
-from trials.models import LesionObservation, PacsDelivery, PacsDestination, SegmentationRun
+from segmentation.sr import LesionMeasurement, VisitResponse, write_measurement_report
+from trials.choices import AssessmentStatus, Criteria, DeliveryProtocol, DeliveryState
+from trials.models import Assessment, LesionObservation, PacsDelivery, PacsDestination, SegmentationRun
 from trials.pipeline import queue as job_queue
+from trials.pipeline.contours import lesion_tracking_uid
 from trials.storage import media_path, run_file_name, run_file_path, series_source_dir, write_file
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ DELIVER_TASK = "mettrack.pacs.deliver"
 #: SEG and the visit's observations when first sent, kept beside them).
 KINDS = ("seg", "rtstruct", "sr")
 SR_FILE = "measurements-sr.dcm"
+#: The SR of a visit's assessment ``pk`` in ``status`` (a new one when a reader signs or overrides).
+SR_ASSESSMENT_FILE = "measurements-sr-a{pk}-{status}.dcm"
 
 
 class DeliveryError(Exception):
@@ -110,13 +113,43 @@ def _send_with_retries(delivery_id: int) -> None:
         connection.close()
 
 
-def measurement_report_path(run: SegmentationRun) -> Path:
-    """The run's SR (TID 1500) of its lesions' measurements at the visit, written once.
+def _visit_response(assessment: Assessment | None) -> VisitResponse | None:
+    """The visit's RANO-BM overall response and signer as the SR reports them (None before an
+    assessment; the response is empty at baseline)."""
+    if assessment is None:
+        return None
+    signed = assessment.status != AssessmentStatus.DRAFT and assessment.signed_by is not None
+    signer = ""
+    if signed and assessment.signed_by is not None:
+        user = assessment.signed_by
+        # a DICOM person name: family^given
+        signer = f"{user.last_name}^{user.first_name}" if user.last_name else user.get_username()
+    return VisitResponse(assessment.overall_response, signed=signed, signer=signer[:64])
+
+
+def measurement_report_path(run: SegmentationRun, assessment: Assessment | None = None) -> Path:
+    """The run's SR (TID 1500) of its lesions' measurements at the visit, written once per assessment.
+
+    Each lesion carries its tracking UID (as in the SEG) and RANO-BM role (``new`` when first seen after
+    baseline); ``assessment`` (by default the visit's current RANO-BM one) gives the response, with its
+    signer once signed.
 
     Raises:
         SendError: the run has no SEG, or the report cannot be made.
     """
-    name = run_file_name(run, SR_FILE)
+    timepoint = run.series.timepoint
+    if assessment is None:
+        assessment = (
+            Assessment.objects.filter(timepoint=timepoint, criteria=Criteria.RANO_BM, is_current=True)
+            .select_related("signed_by")
+            .first()
+        )
+    file_name = (
+        SR_ASSESSMENT_FILE.format(pk=assessment.pk, status=assessment.status)
+        if assessment is not None
+        else SR_FILE
+    )
+    name = run_file_name(run, file_name)
     path = media_path(name)
     if path.exists():
         return path
@@ -124,17 +157,26 @@ def measurement_report_path(run: SegmentationRun) -> Path:
     if seg is None:
         raise SendError("the run has no SEG for a measurement report")
     observations = LesionObservation.objects.filter(segmentation_run=run, present=True).select_related(
-        "lesion"
+        "lesion__first_seen_timepoint"
     )
-    lesions = [
-        LesionMeasurement(o.lesion.label, o.longest_diameter_mm, o.perpendicular_diameter_mm, o.volume_mm3)
-        for o in observations.order_by("lesion__id")
-    ]
+    lesions = []
+    for o in observations.order_by("lesion__id"):
+        first_seen = o.lesion.first_seen_timepoint
+        role = "new" if first_seen is not None and not first_seen.is_baseline else o.lesion.role
+        lesions.append(
+            LesionMeasurement(
+                o.lesion.label, o.longest_diameter_mm, o.perpendicular_diameter_mm, o.volume_mm3,
+                tracking_uid=lesion_tracking_uid(o.lesion), role=role,
+            )
+        )  # fmt: skip
     sources = sorted(series_source_dir(run.series).glob("*.dcm"))
+    response = _visit_response(assessment)
     try:
         return write_file(
             name,
-            lambda out: write_measurement_report(seg, sources, lesions, out),
+            lambda out: write_measurement_report(
+                seg, sources, lesions, out, response=response, time_point=timepoint.visit_label
+            ),
             lambda out: None,
             needed_bytes=16 * 1024**2,
         )
