@@ -35,9 +35,13 @@ demo: venv viewer
 	  LISTENER=$$!; trap 'kill $$LISTENER' EXIT INT TERM; \
 	  DATABASE_URL=$(DEMO_DB) CELERY_BROKER_URL= DEBUG=1 MEDIA_ROOT=$(CURDIR)/var/media $(PY) manage.py runserver 127.0.0.1:8000
 
+## Test processes (pytest-xdist): one per core, at most 4; whole files per process, so a module's fixtures
+## are built once. Each process has its own test database, queues, ports and a share of the cores.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
 test: venv lint services browser viewer dicom-tools pacs-tools
-	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## make cluster-test: only the compose topology as processes (gunicorn, GPU and default workers, beat);
 ## make test runs it too

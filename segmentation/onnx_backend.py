@@ -43,11 +43,14 @@ EXPORT_TOLERANCE = 1e-3
 
 
 def cpu_threads() -> int:
-    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    """Cores this process may run on (its CPU affinity, not the machine's count), at most
+    ``OMP_NUM_THREADS`` when that is set (as PyTorch's CPU path honours it)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(limit)) if limit.isdigit() and int(limit) > 0 else cores
 
 
 def _lesion_probability(logits: np.ndarray) -> np.ndarray:

@@ -18,6 +18,15 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mettrack"))
 
 
+# Under pytest-xdist each worker gets its share of the cores for PyTorch, BLAS and ONNX Runtime threads
+# (set before any test module imports torch): more threads than cores only thrash a small CI machine.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    _share = str(max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _share)
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
     """Give this run its own test database (``test_<name>_p<pid>``).

@@ -9,6 +9,7 @@ table (same lesions, longest diameters within 0.5 mm).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from segmentation.inference import InferenceOptions, SegmentationResult, resolve
 from segmentation.io import sha256_file
 from segmentation.model import build_network, load_model, save_model_dir
 from segmentation.modeldir import CONFIG_NAME, DEMO_MODEL_DIR, ONNX_NAME, WEIGHTS_NAME
-from segmentation.onnx_backend import export_onnx
+from segmentation.onnx_backend import cpu_threads, export_onnx
 from segmentation.phantoms import make_phantom
 from segmentation.preprocess import preprocess
 from segmentation.sliding import scan_starts, sliding_window
@@ -264,3 +265,15 @@ def test_skipping_windows_without_head_gives_the_same_mask() -> None:
     # Inside the head the probabilities agree to blending precision.
     inside = mask > 0
     assert float(np.abs(full.probability[inside] - skipped.probability[inside]).max()) <= 0.02
+
+
+def test_cpu_threads_follow_the_affinity_and_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))  # never more threads than cores
+    assert cpu_threads() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a number: ignored
+    assert cpu_threads() == cores
