@@ -351,18 +351,24 @@ def _hull_candidates(
     ndim = mask.ndim
     if sides is None:
         sides = [_extremes(mask, axis) for axis in range(1, ndim)]
+    # Only voxels that are first or last of their line along every offset axis carry candidates: list
+    # them once, then pick each corner's voxels from that short list (one nonzero, not one per corner).
+    eligible = mask
+    for first, last in sides:
+        eligible = eligible & (first | last)
+    idx = np.nonzero(eligible)
+    flags = [(first[idx], last[idx]) for first, last in sides]
     firsts: list[NDArray[np.intp]] = []
     coords: list[NDArray[np.float64]] = []
     for combo in range(1 << (ndim - 1)):
-        selected = mask
+        keep = np.ones(idx[0].size, dtype=bool)
         offsets = []
         for a in range(ndim - 1):
             last = (combo >> a) & 1
-            selected = selected & sides[a][last]
+            keep &= flags[a][last]
             offsets.append(0.5 if last else -0.5)
-        idx = np.nonzero(selected)
-        firsts.append(idx[0])
-        coords.append(np.column_stack([idx[a + 1] + offsets[a] for a in range(ndim - 1)]))
+        firsts.append(idx[0][keep])
+        coords.append(np.column_stack([idx[a + 1][keep] + offsets[a] for a in range(ndim - 1)]))
     return np.concatenate(firsts), np.concatenate(coords).astype(np.float64)
 
 
