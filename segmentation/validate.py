@@ -158,3 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["main", "model_identity", "run"]
+
+
+if __name__ == "__main__":  # python -m segmentation.validate (where bm-validate is not installed)
+    sys.exit(main())

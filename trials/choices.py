@@ -148,6 +148,7 @@ class JobKind(models.TextChoices):
     PIPELINE = "pipeline", "Whole pipeline"
     EXPORT = "export", "Export"
     PACS = "pacs", "PACS query/retrieve"
+    VALIDATE = "validate", "Validate a model"
     OTHER = "other", "Other"
 
 

@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 
@@ -250,6 +252,9 @@ def test_model_command_registers_approves_activates_and_retires(
     (report_dir / "report.json").write_text(json.dumps({"model": identity, "aggregate": {"dice": 0.5}}))
     call_command("model", "attach-report", ref, str(report_dir), stdout=io.StringIO())
 
+    with pytest.raises(CommandError, match="no visit signed"):
+        call_command("model", "validate", ref, "--trial", trial.code, stdout=io.StringIO())
+
     monkeypatch.setattr("sys.stdin", io.StringIO("wrong\n"))
     with pytest.raises(CommandError, match="password"):
         call_command(
@@ -288,3 +293,66 @@ def test_model_command_registers_approves_activates_and_retires(
     row.refresh_from_db()
     version.refresh_from_db()
     assert row.status == TrialModelStatus.RETIRED and version.lifecycle == ModelLifecycle.RETIRED
+
+
+@pytest.mark.django_db
+def test_validation_job_from_the_dashboard_api_runs_on_the_signed_visits(
+    synthetic_patient: SyntheticPatient,
+    pipeline_patient: Any,
+    media_root: Path,
+    model_copy: Path,
+    settings: Any,
+    api_client: Any,
+    client: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from tests.pipeline.conftest import ground_truth_mask
+    from tests.pipeline.test_longitudinal import upload_with_ground_truth
+    from trials.actions import assessments
+    from trials.choices import Criteria
+    from trials.models import Assessment, ModelVersion
+    from trials.pipeline.validation import reference_case, signed_visits
+
+    settings.CELERY_EMBEDDED = True
+    settings.PIPELINE_EMBEDDED_SYNC = True
+    trial = pipeline_patient.trial
+    admin = make_member(trial, MembershipRole.ADMIN)
+    radiologist = make_member(trial, MembershipRole.RADIOLOGIST)
+    visits = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
+    for index, label in enumerate(synthetic_patient.labels[:2]):
+        upload_with_ground_truth(visits[label], synthetic_patient, index, media_root)
+    follow_up = visits[synthetic_patient.labels[1]]
+    current = Assessment.objects.get(timepoint=follow_up, is_current=True, criteria=Criteria.RANO_BM)
+    assessments.confirm_assessment(current, actor=radiologist, password=DEFAULT_PASSWORD)
+    # Only the signed visit is a reference; its mask is the lesions the radiologist kept.
+    assert signed_visits(trial) == [follow_up]
+    image, reference = reference_case(follow_up)
+    expected = ground_truth_mask(synthetic_patient.phantoms[1], image)
+    assert np.array_equal(sitk.GetArrayFromImage(reference) != 0, sitk.GetArrayFromImage(expected) != 0)
+
+    version, _ = governance.register_model(model_copy, actor=None)
+    url = f"/api/v1/model-versions/{version.pk}/validate/"
+    api_client.force_authenticate(radiologist)
+    assert api_client.post(url, {"trial": trial.pk}, format="json").status_code == 403
+    api_client.force_authenticate(admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.post(url, {"trial": trial.pk}, format="json")
+    assert response.status_code == 202, response.content
+    job = ProcessingJob.objects.get(pk=response.json()["id"])
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.result["cases"] == 1
+    version = ModelVersion.objects.get(pk=version.pk)
+    assert version.lifecycle == ModelLifecycle.VALIDATED and version.validation_summary["data"]["cases"] == 1
+    # The tiny model finds nothing: one reference lesion set, none detected.
+    assert version.validation_summary["aggregate"]["lesion_sensitivity"] == 0.0
+    page = version.validation_report.open("rb").read().decode()
+    assert "SUBJ-001/FU1" in page and version.config_sha256 in page
+    assert AuditEvent.objects.filter(action="model_validate", object_id=str(version.pk)).exists()
+
+    # The dashboard page shows it; only trial admins see and may use the validation button.
+    client.force_login(radiologist)
+    page = client.get(f"/trials/{trial.pk}/models/").content.decode()
+    assert "validation report" in page and "Validate on signed visits" not in page
+    assert client.post(f"/trials/{trial.pk}/models/{version.pk}/validate/").status_code == 403
+    client.force_login(admin)
+    assert "Validate on signed visits" in client.get(f"/trials/{trial.pk}/models/").content.decode()

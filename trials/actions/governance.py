@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
@@ -25,10 +24,11 @@ from trials.actions.assessments import verify_signature
 from trials.audit import record_audit_event, snapshot
 from trials.choices import ModelLifecycle, SignatureMeaning, TrialModelStatus
 from trials.exceptions import DuplicateError, InvalidInputError, InvalidStateError, SignatureError
-from trials.models import ModelVersion, Trial, TrialModel
+from trials.models import ModelVersion, ProcessingJob, Trial, TrialModel
 from trials.permissions import MANAGE_TRIAL, has_capability
+from trials.pipeline.queue import create_validation_job
 from trials.records.base import save_validated, update_row
-from trials.records.imaging import model_identity, register_model_directory
+from trials.records.imaging import model_identity, register_model_directory, store_validation_report
 
 #: Audit actions of this module.
 REGISTER = "model_register"
@@ -72,7 +72,6 @@ def find_version(directory: str | Path) -> ModelVersion | None:
     ).first()
 
 
-@transaction.atomic
 def attach_validation_report(
     version: ModelVersion,
     *,
@@ -81,35 +80,36 @@ def attach_validation_report(
     actor: Any | None,
     correlation_id: str = "",
 ) -> ModelVersion:
-    """Store a validation report with the version and move it to ``validated`` (a newer report replaces
-    the older one; the audit event keeps the summary of each).
+    """Store a validation report with the version and move it to ``validated``
+    (:func:`trials.records.imaging.store_validation_report`).
 
     Raises:
         InvalidStateError: the version is retired.
     """
-    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    return store_validation_report(
+        version, report_html=report_html, summary=summary, actor=actor, correlation_id=correlation_id
+    )
+
+
+@transaction.atomic
+def start_validation(
+    version: ModelVersion,
+    trial: Trial,
+    *,
+    actor: Any | None,
+    enqueue: bool = True,
+    correlation_id: str = "",
+) -> ProcessingJob:
+    """Queue a validation job (queue ``gpu``): the version run on the trial's signed visits, its report
+    stored with the version (which becomes validated). For a trial admin of the trial.
+
+    Raises:
+        SignatureError: not a trial admin. InvalidStateError: the version is retired.
+    """
+    _require_admin(actor, trial)
     if version.lifecycle == ModelLifecycle.RETIRED:
-        raise InvalidStateError(f"{version} is retired: it cannot be validated again.")
-    before = snapshot(version, ["lifecycle", "validation_report", "validated_at"])
-    version.validation_report.save(
-        f"validation-{version.name}-{version.version}.html".replace("/", "_"),
-        ContentFile(report_html),
-        save=False,
-    )
-    version.validation_summary = summary
-    version.lifecycle = ModelLifecycle.VALIDATED
-    version.validated_at = timezone.now()
-    version.save(update_fields=["validation_report", "validation_summary", "lifecycle", "validated_at"])
-    record_audit_event(
-        actor=actor,
-        action=VALIDATE,
-        obj=version,
-        before=before,
-        after={**snapshot(version, ["lifecycle", "validation_report", "validated_at"]), "summary": summary},
-        reason="validation report attached",
-        correlation_id=correlation_id,
-    )
-    return version
+        raise InvalidStateError(f"{version} is retired: it cannot be validated.")
+    return create_validation_job(version, trial, enqueue=enqueue, actor=actor, correlation_id=correlation_id)
 
 
 def approve_model(
@@ -283,4 +283,5 @@ __all__ = [
     "register_model",
     "retire_model_version",
     "retire_trial_model",
+    "start_validation",
 ]

@@ -418,6 +418,12 @@ class ApproveModelSerializer(StrictInputMixin, serializers.Serializer):
     reason = serializers.CharField(max_length=2000, help_text="Required: why this model is approved.")
 
 
+class ValidateModelSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /model-versions/{id}/validate/``: the trial whose signed visits are the reference."""
+
+    trial = TrialScopedPrimaryKeyField(trial_path="pk", queryset=Trial.objects.all())
+
+
 class ModelChangeSerializer(StrictInputMixin, serializers.Serializer):
     """Input of ``POST /trial-models/{id}/activate/`` and ``.../retire/``."""
 

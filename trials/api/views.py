@@ -348,6 +348,25 @@ class ModelVersionViewSet(StrictListMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = s.ModelVersionSerializer
     filterset_class = filtersets.ModelVersionFilterSet
 
+    @extend_schema(request=s.ValidateModelSerializer, responses={202: s.ProcessingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def validate(self, request: Request, pk: str | None = None) -> Response:
+        """Queue the validation of this version on a trial's signed visits (trial admins of the trial);
+        the report is stored with the version, which becomes validated. Follow the job."""
+        version = self.get_object()
+        data = s.ValidateModelSerializer(data=request.data, context=self.get_serializer_context())
+        data.is_valid(raise_exception=True)
+        trial = data.validated_data["trial"]
+        if not has_capability(request.user, trial, MANAGE_TRIAL):
+            raise PermissionDenied("Only a trial admin of this trial can validate models on its visits.")
+        job = governance.start_validation(
+            version, trial, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+        )
+        return Response(
+            s.ProcessingJobSerializer(job, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
+
     @extend_schema(responses={(200, "text/html"): bytes})
     @action(detail=True, methods=["get"])
     def report(self, request: Request, pk: str | None = None) -> FileResponse:

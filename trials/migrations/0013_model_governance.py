@@ -261,5 +261,10 @@ class Migration(migrations.Migration):
             model_name='trialmodel',
             constraint=models.UniqueConstraint(condition=models.Q(('status', 'active')), fields=('trial',), name='one_active_model_per_trial', violation_error_code='duplicate', violation_error_message='This trial already has an active model.'),
         ),
+        migrations.AlterField(
+            model_name='processingjob',
+            name='kind',
+            field=models.CharField(choices=[('ingest', 'Ingest series'), ('segment', 'Segment series'), ('measure', 'Measure and match lesions'), ('assess', 'Assess response'), ('pipeline', 'Whole pipeline'), ('export', 'Export'), ('pacs', 'PACS query/retrieve'), ('validate', 'Validate a model'), ('other', 'Other')], max_length=16),
+        ),
         migrations.RunPython(forwards, migrations.RunPython.noop),
     ]

@@ -5,17 +5,22 @@ Written by the pipeline (``trials.pipeline``) and the upload action; no conseque
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
 from segmentation.descriptors import clean_series_description
 from segmentation.errors import ModelError
 from segmentation.io import sha256_file
 from segmentation.model import read_config
 from segmentation.modeldir import WEIGHTS_NAME, config_sha256
-from trials.exceptions import DuplicateError
+from trials.audit import record_audit_event, snapshot
+from trials.choices import ModelLifecycle
+from trials.exceptions import DuplicateError, InvalidStateError
 from trials.models import ImagingSeries, ModelVersion, SegmentationRun, Timepoint
 from trials.records.base import check_fields, create_row, update_row
 
@@ -195,6 +200,47 @@ def register_model_directory(
     except DuplicateError:  # registered by another process at the same moment
         return ModelVersion.objects.get(**lookup), False
     return row, True
+
+
+@transaction.atomic
+def store_validation_report(
+    version: ModelVersion,
+    *,
+    report_html: bytes,
+    summary: dict[str, Any],
+    actor: Any | None,
+    correlation_id: str = "",
+) -> ModelVersion:
+    """Store a validation report with a model version and move it to ``validated`` (a newer report
+    replaces the file; the audit event of each keeps its summary).
+
+    Raises:
+        InvalidStateError: the version is retired.
+    """
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if version.lifecycle == ModelLifecycle.RETIRED:
+        raise InvalidStateError(f"{version} is retired: it cannot be validated again.")
+    fields = ["lifecycle", "validation_report", "validated_at"]
+    before = snapshot(version, fields)
+    version.validation_report.save(
+        re.sub(r"[^A-Za-z0-9_.-]", "_", f"validation-{version.name}-{version.version}.html"),
+        ContentFile(report_html),
+        save=False,
+    )
+    version.validation_summary = summary
+    version.lifecycle = ModelLifecycle.VALIDATED
+    version.validated_at = timezone.now()
+    version.save(update_fields=["validation_report", "validation_summary", "lifecycle", "validated_at"])
+    record_audit_event(
+        actor=actor,
+        action="model_validate",
+        obj=version,
+        before=before,
+        after={**snapshot(version, fields), "summary": summary},
+        reason="validation report attached",
+        correlation_id=correlation_id,
+    )
+    return version
 
 
 SEGMENTATION_RUN_FIELDS = (

@@ -3,6 +3,7 @@
     manage.py model register MODEL_DIR [--reason TEXT]
     manage.py model list [--trial CODE]
     manage.py model attach-report VERSION REPORT_DIR        # the output folder of bm-validate
+    manage.py model validate VERSION --trial CODE           # on the trial's signed visits, here and now
     manage.py model approve VERSION --trial CODE --signer USERNAME --reason TEXT [--password-stdin]
     manage.py model activate VERSION --trial CODE --reason TEXT
     manage.py model retire VERSION [--trial CODE] --reason TEXT   # without --trial: in every trial
@@ -25,6 +26,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from segmentation.errors import ModelError
 from trials.actions import governance
+from trials.actions.jobs import run_job
+from trials.choices import JobState
 from trials.exceptions import ServiceError
 from trials.models import ModelVersion, Trial, TrialModel
 
@@ -60,6 +63,9 @@ class Command(BaseCommand):
         attach = verbs.add_parser("attach-report", help="attach a bm-validate report: validated")
         attach.add_argument("version")
         attach.add_argument("report_dir", help="bm-validate's output folder (report.html, report.json)")
+        validate = verbs.add_parser("validate", help="validate on a trial's signed visits (runs here)")
+        validate.add_argument("version")
+        validate.add_argument("--trial", required=True)
         approve = verbs.add_parser("approve", help="approve a validated version for a trial (signed)")
         approve.add_argument("version")
         approve.add_argument("--trial", required=True)
@@ -115,6 +121,16 @@ class Command(BaseCommand):
         summary = {"aggregate": report.get("aggregate", {}), "data": report.get("data", {})}
         governance.attach_validation_report(row, report_html=html, summary=summary, actor=None)
         self.stdout.write(f"Validated: {self._line(row)}")
+
+    def _validate(self, *, version: str, trial: str, **_: Any) -> None:
+        row = _version(version)
+        job = governance.start_validation(row, _trial(trial), actor=None, enqueue=False)
+        run_job(job)
+        job.refresh_from_db()
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"Validation failed: {job.error}")
+        row.refresh_from_db()
+        self.stdout.write(f"Validated on {job.result.get('cases')} signed visit(s): {self._line(row)}")
 
     def _approve(
         self, *, version: str, trial: str, signer: str, reason: str, password_stdin: bool, **_: Any
