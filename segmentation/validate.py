@@ -5,7 +5,8 @@
                 [--resamples N] [--min-lesion-volume-mm3 V]
 
 Cases are read as ``bm-train`` reads them (:func:`segmentation.train.nifti_pair_sources`,
-:func:`~segmentation.train.dicom_rtstruct_sources`, :func:`~segmentation.train.phantom_sources`), each
+:func:`~segmentation.train.phantom_sources`; DICOM: :func:`dicom_reference_sources`, an MR series with
+its RTSTRUCT or DICOM SEG, ROIs or segments chosen by name pattern), each
 image is segmented by :func:`segmentation.inference.segment_image` (the production path: preprocessing,
 sliding window, postprocessing, back on the native grid), and the masks are compared with
 :func:`rano.validation.validate`. ``--visits`` (``{"CASE_ID": {"patient": "P1", "date": "2025-01-06"}}``)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import json
 import re
 import sys
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
 from rano.errors import RanoError
@@ -45,9 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir", type=Path, help="folder for report.html, report.json and the CSV tables")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="folder of <name>_t1c.nii.gz + <name>_mask.nii.gz pairs")
-    src.add_argument("--dicom", type=Path, help="one sub-folder per case: an MR series and its RTSTRUCT")
+    src.add_argument(
+        "--dicom", type=Path, help="one sub-folder per case: an MR series and its RTSTRUCT or DICOM SEG"
+    )
     src.add_argument("--phantoms", type=int, help="N synthetic held-out phantoms (segmentation.phantoms)")
-    p.add_argument("--roi-pattern", default="GTV*", help="RTSTRUCT ROI names that are lesions (fnmatch)")
+    p.add_argument(
+        "--roi-pattern", default="GTV*", help="ROI names / segment labels that are lesions (fnmatch)"
+    )
     p.add_argument("--seed", type=int, default=20261206, help="phantom seed (keep it off the training seed)")
     p.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="model directory (default: demo)")
     p.add_argument("--visits", type=Path, help='JSON {"CASE": {"patient": "P1", "date": "YYYY-MM-DD"}}')
@@ -68,6 +75,60 @@ def _parser() -> argparse.ArgumentParser:
 def safe_name(case_id: str) -> str:
     """A case id as a file name (anything but letters, digits, ``.``, ``_`` and ``-`` replaced)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", case_id)
+
+
+def dicom_reference_sources(directory: str | Path, roi_pattern: str = "GTV*") -> list[Any]:
+    """One case per sub-folder holding an MR series and its reference contours, an RTSTRUCT or a DICOM
+    SEG; the ROIs (segments) whose name (label) matches ``roi_pattern`` (fnmatch) are merged into the
+    lesion mask. The patient id is the DICOM PatientID (pseudonymous in a de-identified export).
+
+    Raises:
+        ValueError: a folder has neither RTSTRUCT nor SEG, or no ROI or segment matches the pattern.
+    """
+    import pydicom
+
+    from segmentation.train import CaseSource
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    out = []
+    for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        references: list[tuple[str, Path]] = []
+        patient = ""
+        for f in sorted(x for x in case_dir.rglob("*") if x.is_file()):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality", "PatientID"])
+            except Exception:  # not DICOM: ignored, as a PACS export folder may hold other files
+                continue
+            modality = str(getattr(ds, "Modality", ""))
+            if modality in ("RTSTRUCT", "SEG"):
+                references.append((modality, f))
+            patient = patient or str(getattr(ds, "PatientID", "") or "")
+        if not references:
+            raise ValueError(f"no RTSTRUCT or SEG in {case_dir}")
+
+        def _load(d: Path = case_dir, ref: tuple[str, Path] = references[0]) -> tuple[sitk.Image, sitk.Image]:
+            from segmentation.contours import read_rtstruct, read_seg
+            from segmentation.io import read_series
+
+            series = read_series(d, require_rtstruct_attributes=False)
+            modality, path = ref
+            contours = read_rtstruct(path, series) if modality == "RTSTRUCT" else read_seg(path, series)
+            values = [v for v, n in contours.names.items() if fnmatch.fnmatch(n, roi_pattern)]
+            if not values:
+                raise ValueError(
+                    f"no ROI in {path.name} matches {roi_pattern!r} (ROIs: {', '.join(contours.names.values())})"
+                )
+            labels = sitk.GetArrayViewFromImage(contours.labels)
+            mask = sitk.GetImageFromArray(np.isin(labels, values).astype(np.uint8))
+            mask.CopyInformation(series.image)
+            return series.image, mask
+
+        out.append(CaseSource(case_id=case_dir.name, patient_id=patient or case_dir.name, load=_load))
+    if not out:
+        raise ValueError(f"no case folders in {root}")
+    return out
 
 
 def _visits(path: Path | None) -> dict[str, tuple[str, dt.date]]:
@@ -100,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     """Segment every case with the model, validate, write the report. Returns the written files."""
     from segmentation.inference import InferenceOptions, segment_image
     from segmentation.model import load_model
-    from segmentation.train import dicom_rtstruct_sources, nifti_pair_sources, phantom_sources
+    from segmentation.train import nifti_pair_sources, phantom_sources
     from segmentation.validation_report import write_report
 
     visits = _visits(args.visits)
@@ -112,8 +173,12 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
             {"source": "NIfTI pairs", "folder": args.data.name},
         )
     elif args.dicom is not None:
-        sources = dicom_rtstruct_sources(args.dicom, args.roi_pattern)
-        described = {"source": "DICOM + RTSTRUCT", "folder": args.dicom.name, "roi_pattern": args.roi_pattern}
+        sources = dicom_reference_sources(args.dicom, args.roi_pattern)
+        described = {
+            "source": "DICOM + RTSTRUCT or SEG",
+            "folder": args.dicom.name,
+            "roi_pattern": args.roi_pattern,
+        }
     else:
         sources = phantom_sources(args.phantoms, args.seed)
         described = {"source": "synthetic phantoms (held out)", "seed": args.seed}
@@ -157,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["main", "model_identity", "run"]
+__all__ = ["dicom_reference_sources", "main", "model_identity", "run"]
 
 
 if __name__ == "__main__":  # python -m segmentation.validate (where bm-validate is not installed)
