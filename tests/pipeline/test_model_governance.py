@@ -356,3 +356,18 @@ def test_validation_job_from_the_dashboard_api_runs_on_the_signed_visits(
     assert client.post(f"/trials/{trial.pk}/models/{version.pk}/validate/").status_code == 403
     client.force_login(admin)
     assert "Validate on signed visits" in client.get(f"/trials/{trial.pk}/models/").content.decode()
+
+
+@pytest.mark.django_db
+def test_make_demo_attaches_the_committed_report_of_the_demo_model(media_root: Path) -> None:
+    """docs/validation-demo is the report of the shipped demo model (same weights and config checksums):
+    demo_pipeline attaches it, so the demo trial shows a validated demo model with its report."""
+    from segmentation.modeldir import DEMO_MODEL_DIR
+    from trials.management.commands.demo_pipeline import Command
+
+    version, _ = governance.register_model(DEMO_MODEL_DIR, actor=None)
+    Command(stdout=io.StringIO(), stderr=io.StringIO())._attach_demo_report(version)
+    version.refresh_from_db()
+    assert version.lifecycle == ModelLifecycle.VALIDATED and version.is_demo
+    assert version.validation_summary["data"]["cases"] == 20
+    assert b"not for clinical use" in version.validation_report.open("rb").read()
