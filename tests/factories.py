@@ -63,9 +63,17 @@ def make_superuser(username: str | None = None, *, password: str = DEFAULT_PASSW
     )
 
 
-def make_trial(code: str | None = None, *, title: str = "Test trial", **criteria_settings: Any) -> Trial:
-    """Create a trial (criteria settings default to rano-bm.md section 9)."""
-    return trial_actions.create_trial(code=code or f"T{_n()}", title=title, actor=None, **criteria_settings)
+def make_trial(
+    code: str | None = None, *, title: str = "Test trial", is_demo: bool = True, **criteria_settings: Any
+) -> Trial:
+    """Create a trial (criteria settings default to rano-bm.md section 9).
+
+    A demo trial unless ``is_demo=False``: the pipeline tests run small demo-labelled models, which a demo
+    trial runs without approval (README "Model governance"); the governance tests use non-demo trials.
+    """
+    return trial_actions.create_trial(
+        code=code or f"T{_n()}", title=title, is_demo=is_demo, actor=None, **criteria_settings
+    )
 
 
 def make_site(trial: Trial | None = None, *, code: str | None = None, name: str = "Test site") -> Site:

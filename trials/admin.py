@@ -39,6 +39,7 @@ from trials.models import (
     Timepoint,
     Trial,
     TrialMembership,
+    TrialModel,
     TrialPacsSettings,
 )
 
@@ -117,11 +118,19 @@ class ReadOnlyAdmin(SimpleHistoryAdmin):
 
 @admin.register(Trial)
 class TrialAdmin(ServiceAdmin):
-    list_display = ["code", "title", "max_targets", "measurable_min_ld_mm", "immunotherapy", "created_at"]
+    list_display = [
+        "code",
+        "title",
+        "is_demo",
+        "max_targets",
+        "measurable_min_ld_mm",
+        "immunotherapy",
+        "created_at",
+    ]
     search_fields = ["code", "title"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["code"] if obj is not None else []
+        return ["code", "is_demo"] if obj is not None else []
 
     def create_via_service(self, request: HttpRequest, data: dict[str, Any]) -> Trial:
         return trial_actions.create_trial(**data, **_audit(request))
@@ -203,7 +212,32 @@ class ImagingSeriesAdmin(ReadOnlyAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ReadOnlyAdmin):
-    list_display = ["name", "version", "architecture", "is_demo", "is_active"]
+    """Model versions and their lifecycle; registering and validating are ``bm-validate`` and the
+    ``model`` command's (README "Model governance")."""
+
+    list_display = ["name", "version", "lifecycle", "not_for_clinical_use", "weights_short", "config_short"]
+    list_filter = ["lifecycle", "is_demo"]
+
+    @admin.display(boolean=True, description="demo — not for clinical use")
+    def not_for_clinical_use(self, obj: ModelVersion) -> bool:
+        return obj.is_demo
+
+    @admin.display(description="weights sha256")
+    def weights_short(self, obj: ModelVersion) -> str:
+        return obj.weights_sha256[:12]
+
+    @admin.display(description="config sha256")
+    def config_short(self, obj: ModelVersion) -> str:
+        return obj.config_sha256[:12]
+
+
+@admin.register(TrialModel)
+class TrialModelAdmin(ReadOnlyAdmin):
+    """Which model each trial may use (approved, signed), uses (active) or no longer uses (retired).
+    Approving needs the signer's password: the dashboard's API, or ``manage.py model approve``."""
+
+    list_display = ["trial", "model_version", "status", "approved_by_name", "approved_at", "activated_at"]
+    list_filter = ["status", "trial"]
 
 
 @admin.register(SegmentationRun)

@@ -38,6 +38,7 @@ from trials.models import (
     Timepoint,
     Trial,
     TrialMembership,
+    TrialModel,
     TrialPacsSettings,
 )
 
@@ -91,7 +92,7 @@ def trial_of(obj: models.Model | None) -> Trial | None:
         return obj.timepoint.patient.trial
     if isinstance(obj, SegmentationRun):
         return obj.series.timepoint.patient.trial
-    if isinstance(obj, ReceivedStudy | TrialPacsSettings):
+    if isinstance(obj, ReceivedStudy | TrialPacsSettings | TrialModel):
         return obj.trial
     if isinstance(obj, SubjectMapping):
         return obj.site.trial

@@ -73,6 +73,22 @@ class Criteria(models.TextChoices):
     VOLUMETRIC = "volumetric", "Volumetric RANO-BM"
 
 
+class ModelLifecycle(models.TextChoices):
+    """Where a model version stands, whatever the trial (README "Model governance")."""
+
+    REGISTERED = "registered", "Registered"
+    VALIDATED = "validated", "Validated (report attached)"
+    RETIRED = "retired", "Retired"
+
+
+class TrialModelStatus(models.TextChoices):
+    """Where a model version stands in one trial: approved for it, its active model, or retired there."""
+
+    APPROVED = "approved", "Approved for use"
+    ACTIVE = "active", "Active"
+    RETIRED = "retired", "Retired"
+
+
 class AssessmentSource(models.TextChoices):
     """Who produced an assessment.
 
@@ -119,6 +135,7 @@ class SignatureMeaning(models.TextChoices):
 
     REVIEWED_AND_CONFIRMED = "reviewed_confirmed", "Reviewed and confirmed the response"
     REVIEWED_AND_OVERRIDDEN = "reviewed_overridden", "Reviewed and overrode the response"
+    APPROVED_FOR_USE = "approved_for_use", "Approved for use"
 
 
 class JobKind(models.TextChoices):
@@ -131,6 +148,7 @@ class JobKind(models.TextChoices):
     PIPELINE = "pipeline", "Whole pipeline"
     EXPORT = "export", "Export"
     PACS = "pacs", "PACS query/retrieve"
+    VALIDATE = "validate", "Validate a model"
     OTHER = "other", "Other"
 
 

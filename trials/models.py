@@ -12,8 +12,12 @@ What is here:
                      per patient), corticosteroid and clinical status.
     ImagingSeries    one MR series of a visit: Study/Series Instance UID (unique), geometry, stored volume,
                      sha256 checksum, source.
-    ModelVersion     segmentation model: architecture, config, weights sha256 (unique), provenance, metrics.
-    SegmentationRun  one model over one series (unique per series + model weights sha256), outputs, timings.
+    ModelVersion     segmentation model: architecture, config, weights and config sha256 (unique together:
+                     its identity), provenance, metrics, lifecycle registered | validated | retired and
+                     the validation report.
+    TrialModel       a model version in one trial: approved for use (signed by a trial admin), active
+                     (at most one per trial: the model the pipeline runs there) or retired.
+    SegmentationRun  one model over one series (unique per series + model version), outputs, timings.
     Lesion           stable per-patient label (L1, L2, ...), role target | non_target, reader flags.
     LesionObservation one lesion at one visit: every measurement of rano-bm.md section 1 in physical mm.
     Assessment       response at one visit for one criteria (rano_bm | volumetric): sums, % changes, nadir,
@@ -63,6 +67,7 @@ from trials.choices import (
     JobState,
     LesionRole,
     MembershipRole,
+    ModelLifecycle,
     NewLesionStatus,
     ObservationSource,
     ReceiveChannel,
@@ -71,6 +76,7 @@ from trials.choices import (
     RunStatus,
     SeriesSource,
     SignatureMeaning,
+    TrialModelStatus,
 )
 from trials.validators import (
     FREE_TEXT_MAX_CHARS,
@@ -120,6 +126,11 @@ class Trial(models.Model):
     vol_pd_threshold_pct = models.FloatField(default=73.0, validators=[MinValueValidator(0.0)])
     immunotherapy = models.BooleanField(
         default=False, help_text="When on, new lesions alone do not define progression (rano-bm.md 5)."
+    )
+    is_demo = models.BooleanField(
+        default=False,
+        help_text="Demo trial on synthetic data: the demo model may run here without approval. "
+        "Not for clinical use.",
     )
 
     history = HistoricalRecords()
@@ -380,16 +391,23 @@ class ImagingSeries(models.Model):
 
 
 class ModelVersion(models.Model):
-    """A registered segmentation model (a MONAI bundle-like model card in database form)."""
+    """A registered segmentation model (a MONAI bundle-like model card in database form).
+
+    Its identity is its weights *and* its configuration: ``weights_sha256`` and ``config_sha256``
+    (:func:`segmentation.modeldir.config_sha256`) are unique together, so an edited ``config.json`` (a
+    threshold, the spacing) is a new version that must be validated and approved like any other.
+    """
 
     name = models.CharField(max_length=100)
     version = models.CharField(max_length=32)
     architecture = models.CharField(max_length=100, help_text="e.g. MONAI UNETR.")
     config = models.JSONField(default=dict, blank=True, help_text="Network and inference configuration.")
-    weights_sha256 = models.CharField(
+    weights_sha256 = models.CharField(max_length=64)
+    config_sha256 = models.CharField(
         max_length=64,
-        unique=True,
-        error_messages={"unique": "A model version with these weights (sha256) is already registered."},
+        blank=True,
+        default="",
+        help_text="sha256 of the canonical JSON of the configuration (ONNX export left out).",
     )
     weights_path = models.CharField(max_length=500, blank=True)
     training_provenance = models.JSONField(default=dict, blank=True, help_text="Command, seed, data, commit.")
@@ -397,6 +415,16 @@ class ModelVersion(models.Model):
     intended_use = models.TextField(blank=True)
     is_demo = models.BooleanField(default=False, help_text="Demo weights: not for clinical use.")
     is_active = models.BooleanField(default=True)
+    lifecycle = models.CharField(
+        max_length=12, choices=ModelLifecycle.choices, default=ModelLifecycle.REGISTERED
+    )
+    validation_report = models.FileField(
+        upload_to="model-reports/", blank=True, help_text="The validation report (HTML, bm-validate)."
+    )
+    validation_summary = models.JSONField(
+        default=dict, blank=True, help_text="Aggregate metrics and data description of the report."
+    )
+    validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -410,17 +438,73 @@ class ModelVersion(models.Model):
                 violation_error_message="A model with this name and version already exists.",
                 violation_error_code="duplicate",
             ),
+            models.UniqueConstraint(
+                fields=["weights_sha256", "config_sha256"],
+                name="unique_model_weights_config",
+                violation_error_message="A model version with these weights and this configuration "
+                "(sha256) is already registered.",
+                violation_error_code="duplicate",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
 
 
+class TrialModel(models.Model):
+    """A model version in one trial: approved for use there (an e-signature), active, or retired.
+
+    At most one row per trial is ``active``: the model the pipeline runs on the trial's new series.
+    """
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="models")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="trial_models")
+    status = models.CharField(
+        max_length=12, choices=TrialModelStatus.choices, default=TrialModelStatus.APPROVED
+    )
+    approved_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    approved_by_name = models.CharField(
+        max_length=150, blank=True, help_text="Who signed (copied; 'system' for a migration or command)."
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    signature_meaning = models.CharField(max_length=24, choices=SignatureMeaning.choices, blank=True)
+    reason = models.TextField(max_length=FREE_TEXT_MAX_CHARS, validators=FREE_TEXT_VALIDATORS)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["trial_id", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["trial", "model_version"],
+                name="unique_model_per_trial",
+                violation_error_message="This model version is already approved for this trial.",
+                violation_error_code="duplicate",
+            ),
+            models.UniqueConstraint(
+                fields=["trial"],
+                condition=Q(status="active"),
+                name="one_active_model_per_trial",
+                violation_error_message="This trial already has an active model.",
+                violation_error_code="duplicate",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_version} in {self.trial_id} ({self.status})"
+
+
 class SegmentationRun(models.Model):
     """One segmentation model applied to one series.
 
-    ``model_weights_sha256`` copies ``model_version.weights_sha256`` so that the database itself keeps a
-    re-run of the same weights on the same series from creating a second row.
+    One run per series and model version (weights and configuration), kept by the database itself so a
+    re-run of the same model on the same series never creates a second row. ``model_weights_sha256``
+    copies ``model_version.weights_sha256`` for the results' provenance.
     """
 
     series = models.ForeignKey(ImagingSeries, on_delete=models.PROTECT, related_name="segmentation_runs")
@@ -443,9 +527,9 @@ class SegmentationRun(models.Model):
         ordering = ["series_id", "id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["series", "model_weights_sha256"],
-                name="unique_run_per_series_and_weights",
-                violation_error_message="This series has already been segmented with these model weights.",
+                fields=["series", "model_version"],
+                name="unique_run_per_series_and_model",
+                violation_error_message="This series has already been segmented with this model version.",
                 violation_error_code="duplicate",
             ),
         ]

@@ -6,7 +6,19 @@ Two namespaces: ``dashboard`` (trials, patients, visits, the viewer and the revi
 
 from django.urls import path
 
-from trials.views import assets, home, pacs, patient, quality, report, review, trial_plots, upload, viewer
+from trials.views import (
+    assets,
+    home,
+    models,
+    pacs,
+    patient,
+    quality,
+    report,
+    review,
+    trial_plots,
+    upload,
+    viewer,
+)
 
 app_name = "dashboard"
 
@@ -15,6 +27,12 @@ urlpatterns = [
     path("worklist/", home.review_worklist, name="worklist"),
     path("trials/<int:trial_id>/", home.trial_home, name="trial"),
     path("trials/<int:trial_id>/plots/", trial_plots.trial_plots, name="trial-plots"),
+    path("trials/<int:trial_id>/models/", models.trial_models, name="trial-models"),
+    path(
+        "trials/<int:trial_id>/models/<int:version_id>/validate/",
+        models.validate_model,
+        name="trial-models-validate",
+    ),
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
     path("patients/<int:patient_id>/visits/", patient.add_visit, name="add-visit"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),

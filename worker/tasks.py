@@ -45,10 +45,12 @@ from trials.pipeline.queue import (
     SWEEP_LOST_TASK,
     SWEEP_STUCK_TASK,
     SWEEP_UNENQUEUED_TASK,
+    VALIDATE_MODEL_TASK,
     hand_over_to_analysis,
 )
 from trials.pipeline.segmentation import run_segmentation_stage
 from trials.pipeline.sweeps import sweep_lost_jobs, sweep_stuck_jobs, sweep_unenqueued_jobs
+from trials.pipeline.validation import run_validation
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,21 @@ def reassess_trial(
     with correlation_id_bound(correlation_id), transient_errors():
         try:
             return run_trial_reassessment(
+                job_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
+            )
+        except PERMANENT_ERRORS as exc:
+            fail_pipeline_job(job_id, exc)
+            raise Ignore() from exc
+
+
+@app.task(base=PipelineTask, bind=True, name=VALIDATE_MODEL_TASK)
+def validate_model(
+    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "", dispatch_id: str = ""
+) -> dict[str, Any] | None:
+    """Validate a model version on a trial's signed visits and store its report (queue gpu)."""
+    with correlation_id_bound(correlation_id), transient_errors():
+        try:
+            return run_validation(
                 job_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
             )
         except PERMANENT_ERRORS as exc:

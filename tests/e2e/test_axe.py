@@ -69,6 +69,7 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
         "worklist": "/worklist/",
         "trial home": f"/trials/{world.trial.pk}/",
         "trial plots": f"/trials/{world.trial.pk}/plots/",
+        "trial models": f"/trials/{world.trial.pk}/models/",
         "patient": f"/patients/{world.patient.pk}/",
         "baseline visit": f"/visits/{world.baseline.pk}/",
         "follow-up visit": f"/visits/{world.fu1.pk}/",

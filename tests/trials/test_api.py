@@ -275,6 +275,7 @@ LIST_ENDPOINTS = [
     "timepoints",
     "series",
     "model-versions",
+    "trial-models",
     "lesions",
     "observations",
     "assessments",
@@ -307,7 +308,7 @@ def test_list_query_count_does_not_grow_with_rows(trial: Any) -> None:
         )
         # count + page; force_authenticate makes no session or token lookups.
         assert few_queries <= 3, f"{endpoint}: {few_queries} queries"
-        if endpoint not in ("trials", "sites", "model-versions"):
+        if endpoint not in ("trials", "sites", "model-versions", "trial-models"):
             assert many_rows > few_rows, endpoint
 
 

@@ -155,7 +155,8 @@ DOCUMENTED_FILTERS: dict[str, dict[str, str]] = {
         "timepoint": "{timepoint}",
     },
     "segmentation-runs": {"trial": "{trial}", "patient": "{patient}", "subject_id": "DEMO-001"},
-    "model-versions": {"is_active": "yes", "is_demo": "no"},
+    "model-versions": {"is_active": "yes", "is_demo": "no", "lifecycle": "validated"},
+    "trial-models": {"trial": "{trial}", "status": "active"},
     "lesions": {"trial": "{trial}", "patient": "{patient}", "subject_id": "DEMO-001", "role": "target"},
     "observations": {
         "trial": "{trial}",

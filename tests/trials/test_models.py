@@ -125,7 +125,7 @@ def test_lesion_label_unique_per_patient() -> None:
     _raises_integrity(lambda: Lesion.objects.create(patient=lesion.patient, label="L1"))
 
 
-def test_segmentation_run_unique_per_series_and_weights_checksum() -> None:
+def test_segmentation_run_unique_per_series_and_model_version() -> None:
     series = make_series()
     model = make_model_version()
     SegmentationRun.objects.create(
@@ -136,7 +136,7 @@ def test_segmentation_run_unique_per_series_and_weights_checksum() -> None:
             series=series, model_version=model, model_weights_sha256=model.weights_sha256
         )
     )
-    # Other weights on the same series: allowed.
+    # Another model version (other weights, or the same weights with another config) on the same series.
     other = make_model_version()
     SegmentationRun.objects.create(
         series=series, model_version=other, model_weights_sha256=other.weights_sha256

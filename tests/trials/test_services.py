@@ -145,11 +145,11 @@ def test_duplicates_raise_duplicate_error_with_clear_message(make_duplicate, mes
     assert AuditEvent.objects.count() == events_before
 
 
-def test_segmentation_run_duplicate_for_same_weights() -> None:
+def test_segmentation_run_duplicate_for_same_model_version() -> None:
     series = make_series()
     model = make_model_version()
     imaging_records.create_segmentation_run(series, model, actor=None)
-    with pytest.raises(DuplicateError, match="already been segmented with these model weights"):
+    with pytest.raises(DuplicateError, match="already been segmented with this model version"):
         imaging_records.create_segmentation_run(series, model, actor=None)
 
 

@@ -26,20 +26,28 @@ from trials.pipeline.delivery import queue_deliveries
 from trials.records.assessments import record_confirmation, record_override
 
 
-def verify_signature(actor: Any, password: str, *, signed: Any = None, correlation_id: str = "") -> None:
+def verify_signature(
+    actor: Any,
+    password: str,
+    *,
+    signed: Any = None,
+    correlation_id: str = "",
+    separate_duties: bool = True,
+) -> None:
     """Check the password re-entered to sign (21 CFR Part 11 style re-authentication).
 
     A wrong password is recorded (``signature_failed``, in its own transaction, so it stays when the
     signing action fails); after ``SIGNATURE_FAILURE_LIMIT`` failures within ``SIGNATURE_LOCKOUT_MINUTES``
     the user cannot sign, even with the right password, until the window has passed. With
-    ``SEPARATE_ADMIN_AND_REVIEW_DUTIES`` a trial admin of the signed object's trial cannot sign.
+    ``SEPARATE_ADMIN_AND_REVIEW_DUTIES`` a trial admin of the signed object's trial cannot sign (unless
+    ``separate_duties`` is off: approving a model for a trial is a trial admin's own signature).
 
     Raises:
         SignatureError: no signed-in user, the password does not match, or signing is locked.
     """
     if actor is None or not getattr(actor, "is_authenticated", False):
         raise SignatureError("Only a signed-in user can sign.")
-    if signed is not None:
+    if signed is not None and separate_duties:
         _check_separation_of_duties(actor, signed)
     if accounts.recent_signature_failures(actor) >= settings.SIGNATURE_FAILURE_LIMIT:
         raise SignatureError(

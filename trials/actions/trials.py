@@ -28,6 +28,7 @@ def create_trial(
     code: str,
     title: str,
     description: str = "",
+    is_demo: bool = False,
     actor: Any | None,
     reason: str = "",
     correlation_id: str = "",
@@ -39,6 +40,8 @@ def create_trial(
         code: unique protocol code.
         title: trial title.
         description: optional text.
+        is_demo: a demo trial on synthetic data, where the demo model runs without approval (README
+            "Model governance"); fixed at creation.
         actor: acting user or None. reason, correlation_id: see module docstring.
         **criteria_settings: any of ``Trial.CRITERIA_SETTING_FIELDS``.
 
@@ -54,6 +57,7 @@ def create_trial(
         code=code,
         title=title,
         description=description,
+        is_demo=is_demo,
         **criteria_settings,
     )
 

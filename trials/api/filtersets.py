@@ -42,6 +42,7 @@ from trials.models import (
     Timepoint,
     Trial,
     TrialMembership,
+    TrialModel,
 )
 
 _TRUE = frozenset({"true", "1", "yes"})
@@ -227,7 +228,18 @@ class ModelVersionFilterSet(StrictFilterSet):
 
     class Meta:
         model = ModelVersion
-        fields = ["name", "is_active", "is_demo", "weights_sha256"]
+        fields = ["name", "is_active", "is_demo", "weights_sha256", "config_sha256", "lifecycle"]
+
+
+class TrialModelFilterSet(StrictFilterSet):
+    """Filter a trial's models by trial, model version and status."""
+
+    trial = IdFilter(field_name="trial")
+    model_version = IdFilter(field_name="model_version")
+
+    class Meta:
+        model = TrialModel
+        fields = ["trial", "model_version", "status"]
 
 
 class LesionFilterSet(StrictFilterSet):

@@ -31,6 +31,7 @@ from trials.models import (
     Timepoint,
     Trial,
     TrialMembership,
+    TrialModel,
 )
 from trials.permissions import visible_trial_ids
 from trials.storage import RUN_FILE_KINDS, run_file_path
@@ -177,12 +178,13 @@ class TrialSerializer(ActionModelSerializer):
             "code",
             "title",
             "description",
+            "is_demo",
             "created_at",
             *Trial.CRITERIA_SETTING_FIELDS,
             "reason",
         ]
         read_only_fields = ["id", "created_at"]
-        create_only_fields = ["code"]
+        create_only_fields = ["code", "is_demo"]
 
 
 def _create_site(data: dict[str, Any], **audit: Any) -> Site:
@@ -344,14 +346,88 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "architecture",
             "config",
             "weights_sha256",
+            "config_sha256",
             "training_provenance",
             "validation_metrics",
             "intended_use",
             "is_demo",
             "is_active",
+            "lifecycle",
+            "validated_at",
+            "validation_summary",
+            "validation_report_url",
+            "not_for_clinical_use",
             "created_at",
         ]
         read_only_fields = fields
+
+    validation_report_url = serializers.SerializerMethodField(
+        help_text="Download of the validation report (HTML); null before validation."
+    )
+    not_for_clinical_use = serializers.BooleanField(
+        source="is_demo", read_only=True, help_text="Demo weights: not for clinical use."
+    )
+
+    def get_validation_report_url(self, version: ModelVersion) -> str | None:
+        if not version.validation_report:
+            return None
+        url = reverse("api:modelversion-report", kwargs={"pk": version.pk})
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request is not None else url
+
+
+class TrialModelSerializer(serializers.ModelSerializer):
+    """A model version in one trial: approved for use (signed), active (the pipeline runs it) or retired."""
+
+    model_name = serializers.CharField(source="model_version.name", read_only=True)
+    model_version_label = serializers.CharField(source="model_version.version", read_only=True)
+    not_for_clinical_use = serializers.BooleanField(source="model_version.is_demo", read_only=True)
+
+    class Meta:
+        model = TrialModel
+        fields = [
+            "id",
+            "trial",
+            "model_version",
+            "model_name",
+            "model_version_label",
+            "not_for_clinical_use",
+            "status",
+            "approved_by",
+            "approved_by_name",
+            "approved_at",
+            "signature_meaning",
+            "reason",
+            "activated_at",
+            "retired_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class ApproveModelSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /trial-models/approve/``; the signature means "approved for use"."""
+
+    trial = TrialScopedPrimaryKeyField(trial_path="pk", queryset=Trial.objects.all())
+    model_version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
+    password = serializers.CharField(
+        write_only=True,
+        trim_whitespace=False,
+        help_text="The signer's password, entered again: it applies the electronic signature.",
+    )
+    reason = serializers.CharField(max_length=2000, help_text="Required: why this model is approved.")
+
+
+class ValidateModelSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /model-versions/{id}/validate/``: the trial whose signed visits are the reference."""
+
+    trial = TrialScopedPrimaryKeyField(trial_path="pk", queryset=Trial.objects.all())
+
+
+class ModelChangeSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /trial-models/{id}/activate/`` and ``.../retire/``."""
+
+    reason = serializers.CharField(max_length=2000, help_text="Required: why (audit trail).")
 
 
 class SegmentationRunSerializer(serializers.ModelSerializer):

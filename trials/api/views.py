@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.settings import api_settings
 
-from trials.actions import accounts, assessments
+from trials.actions import accounts, assessments, governance
 from trials.actions import imaging as imaging_actions
 from trials.actions import jobs as job_actions
 from trials.actions import trials as trial_actions
@@ -42,6 +42,7 @@ from trials.models import (
     Timepoint,
     Trial,
     TrialMembership,
+    TrialModel,
 )
 from trials.permissions import (
     EDIT_LESIONS,
@@ -347,11 +348,117 @@ class SegmentationRunViewSet(ReadOnlyViewSet):
 
 
 class ModelVersionViewSet(StrictListMixin, viewsets.ReadOnlyModelViewSet):
-    """Registered segmentation models (not trial-specific; any signed-in user may read them)."""
+    """Registered segmentation models (not trial-specific; any signed-in user may read them), with their
+    lifecycle (registered, validated, retired) and validation report."""
 
     queryset = ModelVersion.objects.all()
     serializer_class = s.ModelVersionSerializer
     filterset_class = filtersets.ModelVersionFilterSet
+
+    @extend_schema(request=s.ValidateModelSerializer, responses={202: s.ProcessingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def validate(self, request: Request, pk: str | None = None) -> Response:
+        """Queue the validation of this version on a trial's signed visits (trial admins of the trial);
+        the report is stored with the version, which becomes validated. Follow the job."""
+        version = self.get_object()
+        data = s.ValidateModelSerializer(data=request.data, context=self.get_serializer_context())
+        data.is_valid(raise_exception=True)
+        trial = data.validated_data["trial"]
+        if not has_capability(request.user, trial, MANAGE_TRIAL):
+            raise PermissionDenied("Only a trial admin of this trial can validate models on its visits.")
+        job = governance.start_validation(
+            version, trial, actor=request.user, correlation_id=getattr(request, "correlation_id", "")
+        )
+        return Response(
+            s.ProcessingJobSerializer(job, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+    @extend_schema(responses={(200, "text/html"): bytes})
+    @action(detail=True, methods=["get"])
+    def report(self, request: Request, pk: str | None = None) -> FileResponse:
+        """Download the model's validation report (self-contained HTML; works offline)."""
+        version = self.get_object()
+        if not version.validation_report:
+            raise NotFound("This model version has no validation report yet.")
+        return FileResponse(
+            version.validation_report.open("rb"),
+            as_attachment=True,
+            filename=f"validation-{version.name}-{version.version}.html",
+            content_type="text/html",
+        )
+
+
+class TrialModelViewSet(ReadOnlyViewSet):
+    """The models of a trial: approved for use (a trial admin's e-signature), active, retired.
+
+    ``approve`` signs (password entered again, meaning "approved for use", reason required) and needs a
+    validated version (the demo model in a demo trial excepted); ``activate`` makes an approved model the
+    one the pipeline runs for the trial's new series; ``retire`` stops its use in the trial.
+    """
+
+    queryset = TrialModel.objects.select_related("model_version", "trial")
+    serializer_class = s.TrialModelSerializer
+    filterset_class = filtersets.TrialModelFilterSet
+    action_capabilities = {"activate": MANAGE_TRIAL, "retire": MANAGE_TRIAL}
+    ordering_fields = ["created_at"]
+
+    def get_throttles(self) -> list[Any]:
+        if self.action == "approve":
+            self.throttle_scope = "signature"  # signatures re-enter a password: a stricter rate
+        return super().get_throttles()
+
+    @extend_schema(request=s.ApproveModelSerializer, responses={201: s.TrialModelSerializer})
+    @action(detail=False, methods=["post"])
+    def approve(self, request: Request) -> Response:
+        """Approve a validated model version for a trial, signed by the trial admin's password."""
+        data = s.ApproveModelSerializer(data=request.data, context=self.get_serializer_context())
+        data.is_valid(raise_exception=True)
+        trial = data.validated_data["trial"]
+        if not has_capability(request.user, trial, MANAGE_TRIAL):
+            raise PermissionDenied("Only a trial admin of this trial can approve its models.")
+        row = governance.approve_model(
+            trial,
+            data.validated_data["model_version"],
+            actor=request.user,
+            password=data.validated_data["password"],
+            reason=data.validated_data["reason"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(
+            s.TrialModelSerializer(row, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=s.ModelChangeSerializer, responses=s.TrialModelSerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request: Request, pk: str | None = None) -> Response:
+        """Make this approved model the trial's active model (the previous one goes back to approved)."""
+        row = self.get_object()
+        data = s.ModelChangeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        row = governance.activate_model(
+            row,
+            actor=request.user,
+            reason=data.validated_data["reason"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(s.TrialModelSerializer(row, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=s.ModelChangeSerializer, responses=s.TrialModelSerializer)
+    @action(detail=True, methods=["post"])
+    def retire(self, request: Request, pk: str | None = None) -> Response:
+        """Retire this model in the trial: the pipeline refuses it there from now on."""
+        row = self.get_object()
+        data = s.ModelChangeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        row = governance.retire_trial_model(
+            row,
+            actor=request.user,
+            reason=data.validated_data["reason"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(s.TrialModelSerializer(row, context=self.get_serializer_context()).data)
 
 
 class LesionViewSet(WritableViewSet):

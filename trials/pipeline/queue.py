@@ -26,7 +26,7 @@ from django.conf import settings
 
 from config.celery import app
 from trials.choices import JobKind
-from trials.models import ImagingSeries, ProcessingJob, Trial
+from trials.models import ImagingSeries, ModelVersion, ProcessingJob, Trial
 from trials.records.jobs import clear_dispatch, create_job, record_dispatch
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 SEGMENT_TASK = "mettrack.pipeline.segment"
 ANALYSE_TASK = "mettrack.pipeline.analyse"
 REASSESS_TRIAL_TASK = "mettrack.assess.trial"
+VALIDATE_MODEL_TASK = "mettrack.models.validate"
 SWEEP_UNENQUEUED_TASK = "mettrack.pipeline.sweep_unenqueued"
 SWEEP_STUCK_TASK = "mettrack.pipeline.sweep_stuck"
 SWEEP_LOST_TASK = "mettrack.pipeline.sweep_lost"
@@ -63,6 +64,8 @@ def job_signature(job: ProcessingJob, dispatch_id: str) -> Any:
     trial task (default) of a re-assessment job."""
     if job.kind == JobKind.ASSESS:
         name, queue = REASSESS_TRIAL_TASK, DEFAULT_QUEUE
+    elif job.kind == JobKind.VALIDATE:
+        name, queue = VALIDATE_MODEL_TASK, GPU_QUEUE
     else:
         name, queue = SEGMENT_TASK, GPU_QUEUE
     return app.signature(name, kwargs=_context(job, dispatch_id), immutable=True).set(
@@ -205,6 +208,22 @@ def create_reassessment_job(
     )
 
 
+def create_validation_job(
+    version: ModelVersion, trial: Trial, *, enqueue: bool = True, actor: Any | None, correlation_id: str = ""
+) -> ProcessingJob:
+    """Save a queued job validating a model version on a trial's signed visits (queue ``gpu``)."""
+    return create_job(
+        JobKind.VALIDATE,
+        obj=trial,
+        params={"trial_id": trial.pk, "model_version_id": version.pk},
+        time_limit_s=_time_limit_s(),
+        enqueue=enqueue_job if enqueue else None,
+        actor=actor,
+        reason=f"validation of {version} on the signed visits of {trial.code}",
+        correlation_id=correlation_id,
+    )
+
+
 __all__ = [
     "ANALYSE_TASK",
     "DEFAULT_QUEUE",
@@ -214,9 +233,11 @@ __all__ = [
     "SWEEP_STUCK_TASK",
     "SWEEP_LOST_TASK",
     "SWEEP_UNENQUEUED_TASK",
+    "VALIDATE_MODEL_TASK",
     "broker_has_message",
     "create_pipeline_job",
     "create_reassessment_job",
+    "create_validation_job",
     "embedded_mode",
     "enqueue_job",
     "hand_over_to_analysis",

@@ -1,8 +1,13 @@
-"""The model registry: which segmentation model the pipeline runs, loaded once per process.
+"""The model registry: which segmentation model the pipeline runs for a trial, loaded once per process.
 
-The model directory (``PIPELINE_MODEL_DIR``, default the shipped demo model) is registered as a
-``ModelVersion`` on first use; its weights sha256 identifies it (unique in the database), so every run
-records exactly which weights produced it.
+Each trial has its own active model (:class:`~trials.models.TrialModel`, README "Model governance"); the
+pipeline runs it and nothing else. A trial without an active model may run only the demo model, and only
+when it is a demo trial: the service's configured model directory (``PIPELINE_MODEL_DIR``, default the
+shipped demo model) is then registered on first use. Any other model is refused with
+:class:`ModelNotApprovedError`, which fails the job with a message saying what to do.
+
+A version's identity is its weights and configuration checksums: the directory of an active version is
+checked against both before it runs, so a model directory edited after approval is refused.
 """
 
 from __future__ import annotations
@@ -13,30 +18,25 @@ from typing import Any
 from django.conf import settings
 
 from segmentation.model import LoadedModel, load_model
-from segmentation.modeldir import DEMO_MODEL_DIR
-from trials.exceptions import DuplicateError
-from trials.models import ModelVersion
-from trials.records.imaging import register_model_version
+from segmentation.modeldir import DEMO_MODEL_DIR, config_sha256
+from trials.choices import ModelLifecycle, TrialModelStatus
+from trials.exceptions import InvalidStateError
+from trials.models import ModelVersion, Trial, TrialModel
+from trials.records.imaging import register_model_directory
 
 #: Loaded models of this process, keyed by directory and config modification time (one at a time).
 _MODEL_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+class ModelNotApprovedError(InvalidStateError):
+    """The model the pipeline would run is not approved and active for the series' trial."""
 
 
 def _model_dir() -> Path:
     return Path(getattr(settings, "PIPELINE_MODEL_DIR", "") or DEMO_MODEL_DIR)
 
 
-def load_pipeline_model(
-    *, actor: Any | None = None, correlation_id: str = ""
-) -> tuple[LoadedModel, ModelVersion]:
-    """Load the configured model directory (cached per process) and its ``ModelVersion`` row.
-
-    The model is registered on first use; its weights sha256 identifies it (unique in the database).
-
-    Raises:
-        ModelError: The directory is missing, incomplete or its checksum does not match.
-    """
-    directory = _model_dir()
+def _load(directory: Path) -> LoadedModel:
     config_path = directory / "config.json"
     backend = str(getattr(settings, "PIPELINE_BACKEND", "")) or None
     key = (
@@ -50,30 +50,69 @@ def load_pipeline_model(
         model = load_model(directory, backend=backend)
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = model
-    cfg = model.config
-    version = ModelVersion.objects.filter(weights_sha256=cfg.weights_sha256).first()
-    if version is None:
-        try:
-            version = register_model_version(
-                name=cfg.name,
-                version=cfg.version
-                if not ModelVersion.objects.filter(name=cfg.name, version=cfg.version).exists()
-                else f"{cfg.version}+{cfg.weights_sha256[:12]}",
-                architecture="MONAI UNETR",
-                weights_sha256=cfg.weights_sha256,
-                config=cfg.to_dict(),
-                weights_path=str(directory),
-                training_provenance=dict(cfg.extra.get("training", {})),
-                validation_metrics=dict(cfg.extra.get("metrics", {})),
-                intended_use=cfg.intended_use,
-                is_demo="demo" in cfg.name.lower() or "not for clinical use" in cfg.label.lower(),
-                actor=actor,
-                reason="model registered on first use by the pipeline",
-                correlation_id=correlation_id,
-            )
-        except DuplicateError:  # another worker registered it at the same moment
-            version = ModelVersion.objects.get(weights_sha256=cfg.weights_sha256)
+    return model
+
+
+def load_pipeline_model(
+    *, actor: Any | None = None, correlation_id: str = ""
+) -> tuple[LoadedModel, ModelVersion]:
+    """Load the service's configured model directory (cached per process) and its ``ModelVersion`` row,
+    registered on first use (identity: weights and configuration checksums).
+
+    Raises:
+        ModelError: The directory is missing, incomplete or its checksum does not match.
+    """
+    directory = _model_dir()
+    model = _load(directory)
+    version, _ = register_model_directory(
+        directory,
+        actor=actor,
+        reason="model registered on first use by the pipeline",
+        correlation_id=correlation_id,
+    )
     return model, version
 
 
-__all__ = ["load_pipeline_model"]
+def load_trial_model(
+    trial: Trial, *, actor: Any | None = None, correlation_id: str = ""
+) -> tuple[LoadedModel, ModelVersion]:
+    """The model the pipeline runs for ``trial``: its active model, or the demo model in a demo trial.
+
+    Raises:
+        ModelNotApprovedError: no active model approved for the trial (and not the demo model in a demo
+            trial), the active version is retired, or its directory no longer holds the approved weights
+            and configuration.
+        ModelError: the model directory is missing or damaged.
+    """
+    active = (
+        TrialModel.objects.filter(trial=trial, status=TrialModelStatus.ACTIVE)
+        .select_related("model_version")
+        .first()
+    )
+    if active is None:
+        model, version = load_pipeline_model(actor=actor, correlation_id=correlation_id)
+        if version.is_demo and trial.is_demo:
+            return model, version
+        raise ModelNotApprovedError(
+            f"Trial {trial.code} has no active segmentation model: the configured model {version} is not "
+            "approved for it. A trial admin validates a model, approves it for the trial (signed) and "
+            'activates it (README "Model governance").'
+        )
+    version = active.model_version
+    if version.lifecycle == ModelLifecycle.RETIRED:
+        raise ModelNotApprovedError(f"The active model of trial {trial.code}, {version}, is retired.")
+    directory = Path(version.weights_path) if version.weights_path else _model_dir()
+    model = _load(directory)
+    if (
+        model.config.weights_sha256 != version.weights_sha256
+        or config_sha256(model.config.to_dict()) != version.config_sha256
+    ):
+        raise ModelNotApprovedError(
+            f"The model directory of {version} ({directory}) no longer holds the approved weights and "
+            f"configuration of trial {trial.code}'s active model: register the changed model as a new "
+            "version, validate and approve it."
+        )
+    return model, version
+
+
+__all__ = ["ModelNotApprovedError", "load_pipeline_model", "load_trial_model"]

@@ -25,7 +25,7 @@ from trials.choices import RunStatus
 from trials.exceptions import DuplicateError, InvalidInputError
 from trials.models import ImagingSeries, ModelVersion, ProcessingJob, SegmentationRun
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
-from trials.pipeline.registry import load_pipeline_model
+from trials.pipeline.registry import load_trial_model
 from trials.records.imaging import create_segmentation_run, update_segmentation_run
 from trials.records.jobs import start_job
 from trials.storage import (
@@ -42,9 +42,7 @@ def get_or_create_run(
     series: ImagingSeries, model_version: ModelVersion, *, actor: Any | None, correlation_id: str = ""
 ) -> SegmentationRun:
     """The run of ``model_version`` on ``series``: the existing row, or a new one (the constraint decides)."""
-    existing = SegmentationRun.objects.filter(
-        series=series, model_weights_sha256=model_version.weights_sha256
-    ).first()
+    existing = SegmentationRun.objects.filter(series=series, model_version=model_version).first()
     if existing is not None:
         existing.series = series  # the caller's object, with the visit, patient and trial it has loaded
         return existing
@@ -53,7 +51,7 @@ def get_or_create_run(
             series, model_version, actor=actor, correlation_id=correlation_id, status=RunStatus.RUNNING
         )
     except DuplicateError:
-        return SegmentationRun.objects.get(series=series, model_weights_sha256=model_version.weights_sha256)
+        return SegmentationRun.objects.get(series=series, model_version=model_version)
 
 
 def record_segmentation(
@@ -155,8 +153,9 @@ def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -
     actor, cid = job_context(job, actor_id, correlation_id)
     series = ImagingSeries.objects.select_related("timepoint__patient__trial").get(pk=job.params["series_id"])
     progress(job, 5, "loading model")
-    # The model is registered by the system, whoever uploaded the series that first used it.
-    model, version = load_pipeline_model(actor=None, correlation_id=cid)
+    # The trial's active model (or the demo model in a demo trial); anything else fails the job clearly.
+    # A model registered on first use is registered by the system, whoever uploaded the series.
+    model, version = load_trial_model(series.timepoint.patient.trial, actor=None, correlation_id=cid)
     run = get_or_create_run(series, version, actor=actor, correlation_id=cid)
     if _mask_reusable(run):
         progress(job, 60, "segmentation", "segmentation already stored; reused")

@@ -13,6 +13,7 @@ benchmark.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -37,11 +38,12 @@ from segmentation.phantoms import (
     sample_lesion_specs,
 )
 from segmentation.synthetic_mr import write_dicom_series
+from trials.actions import governance
 from trials.actions.imaging import upload_series
 from trials.actions.jobs import retry_job, run_job
 from trials.actions.models import register_pipeline_model
 from trials.choices import Criteria, JobKind, JobState, SeriesSource
-from trials.models import Assessment, ImagingSeries, Patient, ProcessingJob, Trial
+from trials.models import Assessment, ImagingSeries, ModelVersion, Patient, ProcessingJob, Trial
 
 #: A 2 mm axial grid that holds the whole head: fast enough for the demo on a laptop CPU.
 DEMO_GEOMETRY: AcquisitionGeometry = GEOMETRIES["axial_2mm"]
@@ -142,7 +144,7 @@ class Command(BaseCommand):
                 raise CommandError(f"No trial {trial!r}.")
             call_command("load_demo", stdout=self.stdout)
         try:
-            register_pipeline_model()
+            version = register_pipeline_model()
         except Exception as exc:  # ModelError, or a missing directory
             message = (
                 f"The segmentation model cannot be loaded ({exc}). Train or export the demo model first "
@@ -153,6 +155,7 @@ class Command(BaseCommand):
             # The dashboard is still worth starting: say why there are no AI results, and go on.
             self.stderr.write(self.style.WARNING(f"{message} No series were processed."))
             return
+        self._attach_demo_report(version)
         work = Path(tempfile.mkdtemp(prefix="mettrack-demo-"))
         try:
             patients = Patient.objects.filter(trial__code=trial).order_by("subject_id")
@@ -160,6 +163,29 @@ class Command(BaseCommand):
                 self._patient(patient, seed + index, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _attach_demo_report(self, version: ModelVersion) -> None:
+        """The committed validation report of the demo model (docs/validation-demo/, README "Validating
+        a model") attached to its version, so the demo trial shows a validated model with its report.
+        Only when the report is of these very weights and configuration."""
+        folder = Path(settings.BASE_DIR) / "docs" / "validation-demo"
+        if version.validation_report or not (folder / "report.json").is_file():
+            return
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        model = report.get("model", {})
+        if (model.get("weights_sha256"), model.get("config_sha256")) != (
+            version.weights_sha256,
+            version.config_sha256,
+        ):
+            self.stderr.write(self.style.WARNING("docs/validation-demo is of another model: not attached."))
+            return
+        governance.attach_validation_report(
+            version,
+            report_html=(folder / "report.html").read_bytes(),
+            summary={"aggregate": report.get("aggregate", {}), "data": report.get("data", {})},
+            actor=None,
+        )
+        self.stdout.write(f"{version}: validation report of docs/validation-demo attached (validated).")
 
     def _patient(self, patient: Patient, seed: int, work: Path) -> None:
         timepoints = list(patient.timepoints.order_by("scan_date"))

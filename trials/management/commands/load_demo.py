@@ -109,6 +109,7 @@ class Command(BaseCommand):
                 code=DEMO_TRIAL_CODE,
                 title="Demo: longitudinal RANO-BM response in brain metastases",
                 description="Synthetic demo trial. Not for clinical use.",
+                is_demo=True,
                 **audit,
             )
             site = Site.objects.filter(trial=trial, code=DEMO_SITE_CODE).first() or trial_actions.create_site(
