@@ -364,9 +364,9 @@ def _hull_candidates(
         keep = np.ones(idx[0].size, dtype=bool)
         offsets = []
         for a in range(ndim - 1):
-            last = (combo >> a) & 1
-            keep &= flags[a][last]
-            offsets.append(0.5 if last else -0.5)
+            end = (combo >> a) & 1  # 0: first of the line (-0.5), 1: last (+0.5)
+            keep &= flags[a][end]
+            offsets.append(0.5 if end else -0.5)
         firsts.append(idx[0][keep])
         coords.append(np.column_stack([idx[a + 1][keep] + offsets[a] for a in range(ndim - 1)]))
     return np.concatenate(firsts), np.concatenate(coords).astype(np.float64)
