@@ -235,7 +235,13 @@ def _raw_components(mask: NDArray[np.integer]) -> NDArray[np.integer]:
     cc3d (connected-components-3d) numbers components in the same scan order as SimpleITK's filter and
     scipy.ndimage.label (tests compare them) and is about twice as fast as SimpleITK on one core.
     """
-    return cc3d.connected_components(mask != 0, connectivity=26)  # type: ignore[no-any-return]
+    binary = mask != 0
+    if sum(size > 1 for size in binary.shape) <= 1:
+        # cc3d 4.1.1 under-sizes its union-find table on a line of voxels (e.g. 1 x 1 x 6 with three
+        # runs) and raises; such an array is tiny, and SciPy numbers it the same way.
+        labels, _ = ndimage.label(binary, structure=np.ones((3, 3, 3), dtype=bool))
+        return labels  # type: ignore[no-any-return]
+    return cc3d.connected_components(binary, connectivity=26)  # type: ignore[no-any-return]
 
 
 def _label_boxes(labels: NDArray[np.integer]) -> list[tuple[slice, ...] | None]:

@@ -350,6 +350,17 @@ def test_components_and_boxes_equal_simpleitk_and_scipy(
     assert _label_boxes(gapped) == ndimage.find_objects(gapped)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 6), (1, 6, 1), (6, 1, 1)])
+def test_components_of_a_line_of_voxels(shape: tuple[int, int, int]) -> None:
+    """A line with three runs: cc3d 4.1.1 raises on it (found by the property test above)."""
+    mask = np.array([0, 1, 0, 1, 0, 1], dtype=np.uint8).reshape(shape)
+    assert np.array_equal(_raw_components(mask).ravel(), [0, 1, 0, 2, 0, 3])
+    lesions = measure_lesions_array(
+        mask, (1.0, 1.0, 1.0), settings=ResponseSettings(min_lesion_volume_mm3=0.0)
+    )
+    assert [m.voxel_count for m in lesions] == [1, 1, 1]
+
+
 def test_binary_masks_are_split_labelled_masks_kept() -> None:
     mask = np.zeros((8, 20, 20), np.uint8)
     mask[2:6, 2:8, 2:8] = 1
