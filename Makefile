@@ -41,7 +41,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4;
 
 ## make test: lint, then the whole suite against the real PostgreSQL and Redis
 test: venv lint services browser viewer dicom-tools pacs-tools
-	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=$(REDIS_URL) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 ## make cluster-test: only the compose topology as processes (gunicorn, GPU and default workers, beat);
 ## make test runs it too
