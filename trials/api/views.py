@@ -8,6 +8,7 @@ upload (``POST timepoints/{id}/series/``) and ``series/{id}/segment/`` are added
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -434,25 +435,20 @@ class TrialModelViewSet(ReadOnlyViewSet):
     @action(detail=True, methods=["post"])
     def activate(self, request: Request, pk: str | None = None) -> Response:
         """Make this approved model the trial's active model (the previous one goes back to approved)."""
-        row = self.get_object()
-        data = s.ModelChangeSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        row = governance.activate_model(
-            row,
-            actor=request.user,
-            reason=data.validated_data["reason"],
-            correlation_id=getattr(request, "correlation_id", ""),
-        )
-        return Response(s.TrialModelSerializer(row, context=self.get_serializer_context()).data)
+        return self._change(request, governance.activate_model)
 
     @extend_schema(request=s.ModelChangeSerializer, responses=s.TrialModelSerializer)
     @action(detail=True, methods=["post"])
     def retire(self, request: Request, pk: str | None = None) -> Response:
         """Retire this model in the trial: the pipeline refuses it there from now on."""
+        return self._change(request, governance.retire_trial_model)
+
+    def _change(self, request: Request, change: Callable[..., Any]) -> Response:
+        """Apply a governance action with the request's reason to this trial's model row."""
         row = self.get_object()
         data = s.ModelChangeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        row = governance.retire_trial_model(
+        row = change(
             row,
             actor=request.user,
             reason=data.validated_data["reason"],
