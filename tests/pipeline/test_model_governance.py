@@ -198,6 +198,10 @@ def test_api_lists_approves_activates_and_the_schema_stays_valid(api_client: Any
     assert detail["lifecycle"] == "validated" and detail["config_sha256"] == version.config_sha256
     report = api_client.get(detail["validation_report_url"])
     assert report.status_code == 200 and b"".join(report.streaming_content) == b"<html>r</html>"
+    # Retiring needs a reason, then the row is retired in this trial.
+    assert api_client.post(f"/api/v1/trial-models/{pk}/retire/", {}, format="json").status_code == 400
+    retired = api_client.post(f"/api/v1/trial-models/{pk}/retire/", {"reason": "superseded"}, format="json")
+    assert retired.status_code == 200 and retired.json()["status"] == "retired"
 
     # Another trial's approvals are invisible (404), and the OpenAPI schema builds with the new routes.
     outsider = make_member(make_trial(), MembershipRole.ADMIN)
