@@ -662,22 +662,8 @@ def measure_lesions(
                 "the intensity image lies on another grid than the label image; resample it first"
             )
         image_array = sitk.GetArrayViewFromImage(image)
-    label_array = sitk.GetArrayViewFromImage(labels)
-    integer_pixels = np.issubdtype(label_array.dtype, np.integer)
-    if relabel is None and integer_pixels:
-        relabel = label_array.size > 0 and int(label_array.max()) <= 1
-    if relabel and integer_pixels:
-        if label_array.size and np.issubdtype(label_array.dtype, np.signedinteger) and label_array.min() < 0:
-            raise GeometryError("label values must be >= 0 (0 = background)")
-        return _measure(
-            _raw_components(label_array),
-            geometry,
-            image_array,
-            settings,
-            settings.min_lesion_volume_mm3,
-        )
     return measure_lesions_array(
-        label_array,
+        sitk.GetArrayViewFromImage(labels),
         geometry.spacing_mm,
         geometry.origin_mm,
         geometry.direction,
