@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmentation.model import build_network, load_model
-from segmentation.phantoms import make_phantom, write_phantom_nifti
+from segmentation.model import ModelConfig, build_network, load_model
+from segmentation.phantoms import AcquisitionGeometry, make_phantom, write_phantom_nifti
 from segmentation.train import (
     CALIBRATION_THRESHOLDS,
     CachedCase,
@@ -138,24 +138,46 @@ def test_nifti_pairs_group_visits_by_patient(tmp_path: Path) -> None:
         nifti_pair_sources(tmp_path)
 
 
+#: Coarse enough to render quickly, fine enough for the 4 mm model of :func:`_tiny_config`.
+COARSE = AcquisitionGeometry("axial_3mm", "axial", (3.0, 3.0, 3.0), (80, 80, 60))
+
+
 @pytest.fixture(scope="module")
 def nifti_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("data")
     for i in range(3):
-        ph = make_phantom(100 + i, n_lesions=2, diameter_range_mm=(8.0, 20.0), geometry="axial_2mm")
+        ph = make_phantom(100 + i, n_lesions=2, diameter_range_mm=(8.0, 20.0), geometry=COARSE)
         write_phantom_nifti(ph, folder, f"P{i}_v1")
     return folder
 
 
+def _tiny_config() -> Any:
+    """The demo architecture made small for the command's mechanics: 4 mm voxels, a narrow network and
+    no N4 (fitted on every case of every run, it was most of these tests' time)."""
+    cfg = demo_config(4.0, 32, feature_size=4, hidden_size=32, num_heads=2).to_dict()
+    cfg["preprocessing"]["n4_enabled"] = False
+    return ModelConfig.from_dict(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(_tiny_config().to_dict()), encoding="utf-8")
+    return path
+
+
 def _train_args(data: Path, run: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--run-dir", str(run), "--export", str(run / "model"), "--demo-patch", "32",
+    return ["--data", str(data), "--run-dir", str(run), "--export", str(run / "model"),
             "--steps-per-epoch", "2", "--batch-size", "2", "--threads", "1", "--device", "cpu", *extra]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path: Path) -> None:
+def test_bm_train_end_to_end_resume_and_fine_tune(
+    nifti_dataset: Path, tiny_config_file: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
-    assert main(_train_args(nifti_dataset, run, "--epochs", "1", "--loss", "dicebce")) == 0
+    tiny = ("--config", str(tiny_config_file))
+    assert main(_train_args(nifti_dataset, run, *tiny, "--epochs", "1", "--loss", "dicebce")) == 0
     model = load_model(run / "model")  # a complete, verified model directory
     cfg = model.config.to_dict()
     assert cfg["label"] == "demo — not for clinical use"
@@ -168,7 +190,7 @@ def test_bm_train_end_to_end_resume_and_fine_tune(nifti_dataset: Path, tmp_path:
     assert "epoch 0 loss" in (run / "train.log").read_text()
 
     # Resume continues from last.pt: one more epoch, history of two.
-    assert main(_train_args(nifti_dataset, run, "--epochs", "2", "--resume")) == 0
+    assert main(_train_args(nifti_dataset, run, *tiny, "--epochs", "2", "--resume")) == 0
     assert [h["epoch"] for h in json.loads((run / "summary.json").read_text())["history"]] == [0, 1]
     # Resuming with another architecture is refused with a sentence, not a size-mismatch traceback.
     assert main([*_train_args(nifti_dataset, run, "--epochs", "3", "--resume"), "--demo-patch", "48"]) == 2
@@ -195,7 +217,7 @@ def test_bm_train_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize("damage", ["cropped", "shifted", "unreadable", "2d"])
 def test_bm_train_refuses_a_mask_that_does_not_fit_its_image(
-    nifti_dataset: Path, tmp_path: Path, damage: str
+    nifti_dataset: Path, tiny_config_file: Path, tmp_path: Path, damage: str
 ) -> None:
     """A mask off its image's grid was resampled into an empty mask and trained on silently."""
     data = tmp_path / "data"
@@ -213,7 +235,7 @@ def test_bm_train_refuses_a_mask_that_does_not_fit_its_image(
     else:
         sitk.WriteImage(mask, str(mask_path))
     run = tmp_path / "run"
-    assert main(_train_args(data, run, "--epochs", "1")) == 2
+    assert main(_train_args(data, run, "--config", str(tiny_config_file), "--epochs", "1")) == 2
     log = (run / "train.log").read_text()
     assert "case P1_v1" in log and "Traceback" not in log
     assert (
@@ -235,7 +257,7 @@ def test_cache_key_changes_with_the_preprocessing_and_the_source(tmp_path: Path)
     from segmentation.train import CaseSource, prepare_case
 
     ph = make_phantom(7, n_lesions=1, diameter_range_mm=(10.0, 12.0), geometry="axial_2mm")
-    pre2 = demo_config(2.0, 32).preprocessing
+    pre2 = replace(demo_config(2.0, 32).preprocessing, n4_enabled=False)  # N4 is not what is checked
     pre3 = PreprocessConfig(**{**dataclasses.asdict(pre2), "spacing_mm": (3.0, 3.0, 3.0)})
     source = CaseSource("case", "P", lambda: (ph.image, ph.mask), fingerprint="a")
     first = prepare_case(source, pre2, tmp_path)
@@ -274,7 +296,7 @@ def test_evaluate_runs_the_whole_pipeline_on_the_native_grid(
 ) -> None:  # type: ignore[no-untyped-def]
     from segmentation.model import save_model_dir
 
-    cfg = demo_config(2.0, 32, feature_size=4, hidden_size=48)
+    cfg = _tiny_config()
     model_dir = save_model_dir(build_network(cfg), cfg, tmp_path / "m")
     assert main(["--data", str(nifti_dataset), "--evaluate", str(model_dir), "--run-dir", str(tmp_path / "r"),
                  "--device", "cpu"]) == 0  # fmt: skip
