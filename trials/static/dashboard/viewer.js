@@ -1,5 +1,6 @@
 // MetTrack visit viewer on Niivue (WebGL2): two panels, the visit and any earlier visit, each with its own
-// window (its own 0.5-99.5 percentile range from the server), crosshairs kept on the same physical point,
+// window (its own 0.5-99.5 percentile range from the server), crosshairs kept on the same physical point
+// (the earlier visit is served resampled onto this visit's grid when the two are registered),
 // the lesion label map (opacity, toggle) and the stored LD (red) and perpendicular (orange) calipers.
 // Review forms are posted with fetch(); the page's parts are then refreshed in place, so the slice, the
 // windows, the zoom and the comparison stay as the reader left them.
@@ -229,8 +230,9 @@
     moveTo(main, lesion.vox);
     main.nv.drawScene();
     onMoved(main);
-    // The same lesion in the comparison visit: its own LD, even if the two scans are not registered.
-    const cmp = panels.compare, match = cmp && cmp.data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
+    // The same lesion in the comparison visit: its own LD. A registered comparison shares the grid: the
+    // synced crosshair already shows the same anatomy, so it stays there.
+    const cmp = panels.compare, match = cmp && !cmp.data.registered && cmp.data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
     if (match) { moveTo(cmp, match.vox); cmp.nv.drawScene(); showStatus(cmp); }
     return true;
   }
@@ -276,9 +278,13 @@
     }
     if (panelEl) panelEl.hidden = false;
     $("compare-title").textContent = "Earlier visit: " + data.visit + " " + data.date;
+    if ($("compare-note")) {
+      $("compare-note").textContent = data.registration_note || "";
+      $("compare-note").setAttribute("data-registered", data.registered ? "1" : "0");
+    }
     const panel = await openPanel("compare", data, range);
     const lesion = state.lesion >= 0 && panels.main ? panels.main.data.lesions.filter(function (l) { return l.vox; })[state.lesion] : null;
-    const match = lesion && data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
+    const match = lesion && !data.registered && data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
     if (match) { moveTo(panel, match.vox); panel.nv.drawScene(); showStatus(panel); }
     else if (panels.main) onMoved(panels.main);
     remember();
