@@ -63,6 +63,42 @@ def test_drop_false_positive_recomputes_and_is_audited(world: World) -> None:
     assert _current(world).overall_response == "PD"
 
 
+def test_drop_at_one_visit_makes_it_absent_there_only(world: World) -> None:
+    l1, l2 = world.lesions["L1"], world.lesions["L2"]
+    obs = review.drop_lesion_at_visit(
+        l2, timepoint=world.fu1, actor=world.radiologist, reason="vessel", correlation_id="c-visit"
+    )
+    l2.refresh_from_db()
+    assert not l2.is_false_positive  # still a lesion at the other visits
+    assert (obs.present, obs.source, obs.longest_diameter_mm) == (False, "edited", None)
+    assert obs.measurable_reason == f"{review.NOT_A_LESION_AT_VISIT}: vessel"
+    assert _obs(world, "L2", world.baseline).present
+    # RANO-BM on the targets L1 and L2 (both measurable at baseline): L2 counts 0 mm at FU1.
+    baseline_sum = _obs(world, "L1", world.baseline).longest_diameter_mm + (
+        _obs(world, "L2", world.baseline).longest_diameter_mm
+    )
+    fu1_sum = _obs(world, "L1").longest_diameter_mm
+    assert (fu1_sum - baseline_sum) / baseline_sum <= -0.30  # a partial response by the sums
+    after = _current(world)
+    assert after.sum_ld_mm == pytest.approx(fu1_sum)
+    assert (after.overall_response, after.source) == ("PR", "edited")
+    # The AI's own answer stays stored as delivered.
+    ai = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", source="ai")
+    assert ai.overall_response == "PD"
+    event = AuditEvent.objects.get(action="review.drop_lesion_at_visit")
+    assert (event.actor, event.reason, event.object_id) == (world.radiologist, "vessel", str(world.fu1.pk))
+    assert event.after == {"lesion": "L2", "present": False, "scope": "this visit"}
+    assert event.correlation_id == "c-visit"
+    # Refused: no longer present here, no reason, or a lesion already dropped at every visit.
+    with pytest.raises(InvalidInputError, match="not present"):
+        review.drop_lesion_at_visit(l2, timepoint=world.fu1, actor=world.radiologist, reason="again")
+    with pytest.raises(InvalidInputError, match="needs a reason"):
+        review.drop_lesion_at_visit(l1, timepoint=world.fu1, actor=world.radiologist, reason=" ")
+    review.drop_lesion(l1, timepoint=world.fu1, actor=world.radiologist, reason="artefact")
+    with pytest.raises(InvalidStateError, match="every visit"):
+        review.drop_lesion_at_visit(l1, timepoint=world.baseline, actor=world.radiologist, reason="x")
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 

@@ -25,7 +25,7 @@ from tests.factories import (
     make_timepoint,
     make_trial,
 )
-from trials.models import Assessment, Lesion
+from trials.models import Assessment, Lesion, LesionObservation
 from trials.records import jobs as job_records
 
 pytestmark = pytest.mark.django_db
@@ -150,7 +150,7 @@ def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> 
         assert present in body, present
     # The override's choice is empty until the reader chooses; a drop says it applies to every visit.
     assert '<option value="" selected disabled>— choose —</option>' in body
-    assert "at every visit of the patient" in body
+    assert "at every visit of the patient" in body and 'value="this_visit"' in body
     refused = rad_client.post(
         f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk}, follow=True
     )
@@ -270,7 +270,7 @@ def test_review_verbs_answer_json_to_the_viewer(rad_client: Any, world: World) -
     assert answer.status_code == 200
     assert answer.json() == {
         "ok": True,
-        "message": "L2 dropped as a false positive; the assessments were recomputed.",
+        "message": "L2 dropped as a false positive at every visit; the assessments were recomputed.",
     }
     refused = rad_client.post(
         f"/visits/{world.fu1.pk}/review/add/", {"seed": "1,2"}, HTTP_ACCEPT="application/json"
@@ -278,6 +278,26 @@ def test_review_verbs_answer_json_to_the_viewer(rad_client: Any, world: World) -
     assert refused.status_code == 400 and "voxel index" in refused.json()["message"]
     # Nothing left behind for the next page: the viewer showed the message itself.
     assert "L2 dropped" not in rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+
+
+def test_drop_at_this_visit_only_through_the_page(rad_client: Any, client: Any, world: World) -> None:
+    url = f"/visits/{world.fu1.pk}/review/drop/"
+    l2 = world.lesions["L2"]
+    form = {"lesion_id": l2.pk, "reason": "vessel at FU1", "scope": "this_visit"}
+    answer = rad_client.post(url, form, HTTP_ACCEPT="application/json")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["message"].startswith("L2 dropped at FU1 only")
+    l2.refresh_from_db()
+    assert not l2.is_false_positive
+    assert not LesionObservation.objects.get(lesion=l2, timepoint=world.fu1).present
+    assert LesionObservation.objects.get(lesion=l2, timepoint=world.baseline).present
+    body = rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert "not a lesion at this visit (reader): vessel at FU1" in body
+    # An unknown scope is refused, and other roles get 403 whatever the form says.
+    bad = rad_client.post(url, {**form, "scope": "everywhere"}, HTTP_ACCEPT="application/json")
+    assert bad.status_code == 400 and "at this visit only" in bad.json()["message"]
+    client.force_login(world.investigator)
+    assert client.post(url, form, HTTP_ACCEPT="application/json").status_code == 403
 
 
 def test_assets_served_locally_with_etag(client: Any, db: None) -> None:

@@ -157,6 +157,88 @@ def drop_lesion(
     return _set_false_positive(lesion, True, "drop_lesion", timepoint, actor, reason, correlation_id)
 
 
+#: What an observation dropped at one visit says, before the reader's reason.
+NOT_A_LESION_AT_VISIT = "not a lesion at this visit (reader)"
+
+
+@transaction.atomic
+def drop_lesion_at_visit(
+    lesion: Lesion, *, timepoint: Timepoint, actor: Any, reason: str = "", correlation_id: str = ""
+) -> LesionObservation:
+    """Drop a lesion at one visit only: its observation there becomes absent, "not a lesion at this visit".
+
+    For a finding that is a lesion elsewhere but not here (a vessel the AI took for the lesion at this
+    visit, a motion artefact): the lesion keeps its label and its observations at the other visits, and
+    at this visit counts as absent (0 mm) in the response. The observation's source becomes ``edited``
+    (the AI's measurement stays in its history); the AI's own assessment stays stored, and the
+    re-computed one is an ``edited`` result. ``drop_lesion`` is the verb for a lesion that is false at
+    every visit; adding the lesion again at this visit (``add_lesion_from_seed``) undoes this.
+
+    Args:
+        lesion: the lesion the reader rejects at ``timepoint``.
+        timepoint: the visit under review.
+        reason: required: why the finding is not a lesion at this visit (kept in the observation).
+
+    Returns:
+        The observation at the visit, now absent.
+
+    Raises:
+        InvalidInputError: no reason, or the lesion is not present at the visit.
+        InvalidStateError: the lesion is already dropped at every visit.
+    """
+    _check_visit(lesion, timepoint)
+    if lesion.is_false_positive:
+        raise InvalidStateError(f"{lesion.label} is already dropped as a false positive at every visit.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInputError(
+            f"Dropping {lesion.label} at {timepoint.visit_label} needs a reason.",
+            {"reason": ["This field is required."]},
+        )
+    observation = _present_observation(lesion, timepoint)
+    cid = _cid(correlation_id)
+    before = {
+        "lesion": lesion.label,
+        "present": True,
+        "longest_diameter_mm": observation.longest_diameter_mm,
+        "source": observation.source,
+    }
+    observation = update_observation(
+        observation,
+        present=False,
+        merged_into=None,
+        measurable=False,
+        measurable_reason=f"{NOT_A_LESION_AT_VISIT}: {reason}"[:255],
+        longest_diameter_mm=None,
+        perpendicular_diameter_mm=None,
+        volume_mm3=None,
+        caliper_points_mm=None,
+        perpendicular_points_mm=None,
+        unequivocal_progression=False,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+    )
+    _review_event(
+        "drop_lesion_at_visit",
+        timepoint,
+        actor=actor,
+        before=before,
+        after={"lesion": lesion.label, "present": False, "scope": "this visit"},
+        reason=reason,
+        correlation_id=cid,
+    )
+    reassess_patient(
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        edited=True,
+    )
+    return observation
+
+
 @transaction.atomic
 def restore_lesion(
     lesion: Lesion, *, timepoint: Timepoint, actor: Any, reason: str = "", correlation_id: str = ""
@@ -754,8 +836,10 @@ def set_clinical_context(
 
 __all__ = [
     "LESION_FLAGS",
+    "NOT_A_LESION_AT_VISIT",
     "add_lesion_from_seed",
     "drop_lesion",
+    "drop_lesion_at_visit",
     "merge_lesions",
     "restore_lesion",
     "set_clinical_context",

@@ -61,9 +61,22 @@ def _assessment(timepoint: Timepoint, request: HttpRequest) -> Assessment:
     return assessment
 
 
+#: The drop form's scope choice -> the verb: every visit of the patient, or this visit only.
+DROP_SCOPES = ("every_visit", "this_visit")
+
+
 def _drop(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    scope = r.POST.get("scope", "every_visit")
+    if scope not in DROP_SCOPES:
+        raise FormError("Choose where the lesion is dropped: at every visit or at this visit only.")
+    if scope == "this_visit":
+        obs = review.drop_lesion_at_visit(_lesion(tp, r), timepoint=tp, **kw)
+        return (
+            f"{obs.lesion.label} dropped at {tp.visit_label} only (not a lesion at this visit); "
+            "the assessments were recomputed."
+        )
     lesion = review.drop_lesion(_lesion(tp, r), timepoint=tp, **kw)
-    return f"{lesion.label} dropped as a false positive; the assessments were recomputed."
+    return f"{lesion.label} dropped as a false positive at every visit; the assessments were recomputed."
 
 
 def _restore(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
