@@ -207,6 +207,50 @@ def test_add_lesion_form_rejects_malformed_seed(rad_client: Any, world: World) -
     assert rad_client.post(f"/visits/{world.fu1.pk}/review/nonsense/", {}).status_code == 404
 
 
+def _runs(mask_zyx: Any) -> str:
+    """A painted (z, y, x) mask as the viewer posts it: runs "i,j,k,n" along i."""
+    runs = []
+    for k, j in sorted({(int(k), int(j)) for k, j, _i in zip(*mask_zyx.nonzero(), strict=True)}):
+        row = mask_zyx[k, j]
+        i = 0
+        while i < row.size:
+            if row[i]:
+                start = i
+                while i < row.size and row[i]:
+                    i += 1
+                runs.append(f"{start},{j},{k},{i - start}")
+            i += 1
+    return ";".join(runs)
+
+
+def test_paint_endpoint_adds_the_painted_lesion(rad_client: Any, client: Any, world: World) -> None:
+    from tests.dashboard.world import _sphere
+    from trials import storage
+
+    url = f"/visits/{world.fu1.pk}/review/paint/"
+    sphere = _sphere(CENTRE_MISSED, 5.0)
+    form = {"size": "64,64,32", "runs": _runs(sphere), "reason": "painted in the viewer"}
+    for changes, message in (
+        ({"size": "64,64,30"}, "not this visit's"),
+        ({"runs": ""}, "Nothing was painted"),
+        ({"runs": "1,2,3"}, "i,j,k,n"),
+        ({"runs": "1,2,x,4"}, "i,j,k,n"),
+        ({"runs": "60,2,3,5"}, "inside the volume"),
+        ({"runs": "1,2,32,1"}, "inside the volume"),
+        ({"runs": "-1,2,3,1"}, "inside the volume"),
+    ):
+        refused = rad_client.post(url, {**form, **changes}, HTTP_ACCEPT="application/json")
+        assert refused.status_code == 400 and message in refused.json()["message"], (changes, refused.json())
+    assert not LesionObservation.objects.filter(lesion__label="L3").exists()
+    answer = rad_client.post(url, form, HTTP_ACCEPT="application/json")
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["message"].startswith("L3 added from the painted region")
+    obs = LesionObservation.objects.get(lesion__label="L3", timepoint=world.fu1)
+    assert (sitk.GetArrayFromImage(storage.load_observation_mask(obs)) > 0).tolist() == sphere.tolist()
+    client.force_login(world.investigator)  # the same client: investigators may not edit lesions
+    assert client.post(url, form, HTTP_ACCEPT="application/json").status_code == 403
+
+
 def _nifti(client: Any, url: str, tmp_path: Path) -> Any:
     """GET a viewer file and read it back with nibabel (an independent NIfTI reader; SimpleITK wrote it)."""
     import nibabel

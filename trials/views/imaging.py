@@ -221,6 +221,28 @@ def display_index_to_native(name: str, index_ijk: tuple[int, int, int]) -> tuple
     return (int(i), int(j), int(k))
 
 
+def display_mask_to_native(name: str, array_zyx: NDArray[np.bool_]) -> sitk.Image:
+    """A mask drawn in the viewer (a (z, y, x) array on the LPS-reoriented grid of the stored volume
+    ``name``) as a binary UInt8 image on the stored volume's own grid.
+
+    ``DICOMOrient`` only permutes and flips axes, so every voxel centre of one grid is a voxel centre of
+    the other and nearest-neighbour resampling moves voxels without changing any.
+
+    Raises:
+        MissingImageError: nothing is stored under ``name``.
+        ValueError: the array is not on the viewer's grid of ``name``.
+    """
+    volume = load_volume(name)
+    if array_zyx.shape != volume.array.shape:
+        raise ValueError(f"A mask of shape {volume.array.shape} is needed, got {array_zyx.shape}.")
+    drawn = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx, dtype=np.uint8))
+    drawn.SetSpacing(volume.spacing_mm)
+    drawn.SetOrigin(volume.origin_mm)
+    drawn.SetDirection(volume.direction)
+    native = read_image(name)
+    return sitk.Resample(drawn, native, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
 def nifti_bytes(array: NDArray[Any], like: CachedVolume, *, compress: bool) -> bytes:
     """``array`` (z, y, x, on ``like``'s grid) as NIfTI-1 bytes with ``like``'s geometry, gzipped or not.
 
