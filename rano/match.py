@@ -295,7 +295,73 @@ def match_components(
     return VisitMatch(tuple(assignments), absent, merged_into, tuple(new_ids), next_number)
 
 
+@dataclass(frozen=True)
+class RigidRegistration:
+    """The result of :func:`rigid_registration`.
+
+    Attributes:
+        transform: Maps fixed-space points (mm, LPS) to moving-space points (SimpleITK's resampling
+            convention: resample the moving image onto the fixed grid with it).
+        metric_value: Mattes mutual information at the end of the finest level (more negative is a
+            better fit); a record of how well the two scans matched, not a pass/fail.
+    """
+
+    transform: sitk.Transform
+    metric_value: float
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form: the transform's parameters (:func:`transform_parameters`) and the metric."""
+        return {**transform_parameters(self.transform), "metric_value": round(float(self.metric_value), 6)}
+
+
+def transform_parameters(transform: sitk.Transform | None) -> dict[str, object]:
+    """A rigid (or any affine) 3D transform as SimpleITK ``AffineTransform`` parameters, JSON-ready.
+
+    Whatever the transform's kind (the registration returns a composite of an Euler transform), the
+    same point mapping is written as ``{"type": "AffineTransform", "parameters": [9 matrix entries,
+    row-major, then 3 translation mm], "fixed_parameters": [0, 0, 0]}`` (centre at the origin), which
+    :func:`transform_from_parameters` reads back. None is the identity.
+    """
+    probe = transform if transform is not None else sitk.Transform()
+    offset = np.array(probe.TransformPoint((0.0, 0.0, 0.0)))
+    columns = [np.array(probe.TransformPoint(tuple(float(v) for v in axis))) - offset for axis in np.eye(3)]
+    matrix = np.column_stack(columns)
+    return {
+        "type": "AffineTransform",
+        "parameters": [float(v) for v in matrix.ravel()] + [float(v) for v in offset],
+        "fixed_parameters": [0.0, 0.0, 0.0],
+    }
+
+
+def transform_from_parameters(data: Mapping[str, object]) -> sitk.AffineTransform:
+    """The transform written by :func:`transform_parameters`.
+
+    Raises:
+        MatchError: Not such a transform, or its matrix is singular.
+    """
+    parameters = data.get("parameters")
+    if (
+        data.get("type") != "AffineTransform"
+        or not isinstance(parameters, list | tuple)
+        or len(parameters) != 12
+    ):
+        raise MatchError("a stored transform must be an AffineTransform with 12 parameters")
+    values = [float(v) for v in parameters]
+    if abs(np.linalg.det(np.array(values[:9]).reshape(3, 3))) < 1e-6:
+        raise MatchError("the stored transform's matrix is singular")
+    transform = sitk.AffineTransform(3)
+    transform.SetFixedParameters([0.0, 0.0, 0.0])
+    transform.SetParameters(values)
+    return transform
+
+
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 20240108) -> sitk.Transform:
+    """Rigid registration of ``moving`` (follow-up image) to ``fixed`` (baseline image): the transform of
+    :func:`rigid_registration`."""
+    return rigid_registration(fixed, moving, seed=seed).transform
+
+
+def rigid_registration(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 20240108) -> RigidRegistration:
     """Rigid registration of ``moving`` (follow-up image) to ``fixed`` (baseline image).
 
     Both images are first bin-shrunk to about 2 mm voxels, then registered multi-resolution
@@ -304,8 +370,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 2024010
     (overlap plus a 10 mm distance gate), so 2 mm is ample and keeps a 1 mm brain fast.
 
     Returns:
-        A transform mapping fixed-space points to moving-space points (SimpleITK's resampling
-        convention: resample the follow-up onto the baseline grid with it).
+        The transform mapping fixed-space points to moving-space points (SimpleITK's resampling
+        convention: resample the follow-up onto the baseline grid with it), and the final metric value.
 
     Raises:
         MatchError: When the images are not 3D or registration fails.
@@ -344,7 +410,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, seed: int = 2024010
         result = reg.Execute(fixed_f, moving_f)
     except RuntimeError as exc:  # ITK reports failures as RuntimeError
         raise MatchError(f"rigid registration failed: {exc}") from None
-    return result
+    return RigidRegistration(result, float(reg.GetMetricValue()))
 
 
 def _physical_box(image: sitk.Image) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -3,7 +3,7 @@
 :func:`track_visit` is the image half of adding a visit to a patient, shared by ``rano-assess``
 (:mod:`rano.pipeline`, visits on disk) and the service's analysis stage (``trials.pipeline.analysis``,
 visits in a database): it measures the visit's components on its own grid (:mod:`rano.measure`),
-registers the visit to the common space (:func:`rano.match.register_rigid`), matches its components
+registers the visit to the common space (:func:`rano.match.rigid_registration`), matches its components
 against the earlier lesions' footprints there (:func:`rano.match.match_components`) and numbers its
 voxels by lesion, on the common grid (what later visits are matched against) and on its own grid (what
 the visit's RTSTRUCT and SEG show). What the earlier lesions are, and where the result is stored, is the
@@ -27,12 +27,13 @@ from rano.errors import MatchError
 from rano.match import (
     DEFAULT_MAX_DISTANCE_MM,
     Footprint,
+    RigidRegistration,
     VisitMatch,
     check_same_space,
     footprints,
     lesion_number,
     match_components,
-    register_rigid,
+    rigid_registration,
     to_reference,
     union_footprint,
 )
@@ -56,6 +57,8 @@ class TrackedVisit:
         reference_map, lesion_map: Lesion numbers (3 for L3) on the common grid and on the visit's own
             grid, 0 elsewhere (computed on first use).
         transform: Common-space-to-visit transform (None: identity).
+        registration: The registration that gave ``transform`` (with its metric), when this call
+            registered the visit (None when it was the common space or the transform was given).
         timings_s: Seconds of ``measure_s``, ``register_s`` and ``match_s``.
     """
 
@@ -66,6 +69,7 @@ class TrackedVisit:
     next_number: int
     footprints: Mapping[str, Footprint]
     transform: sitk.Transform | None = None
+    registration: RigidRegistration | None = None
     timings_s: Mapping[str, float] = field(default_factory=dict)
     # What the lesion maps are made of, numbered only when asked for (rano-assess never needs them).
     _labels: sitk.Image | None = field(default=None, repr=False, compare=False)
@@ -150,9 +154,11 @@ def track_visit(
 
     started = time.perf_counter()
     grid = labels if reference is None else reference
+    registration = None
     if reference is not None and transform is None:
         if register and image is not None:
-            transform = register_rigid(reference, image)
+            registration = rigid_registration(reference, image)
+            transform = registration.transform
         else:
             check_same_space(reference, labels)
     timings["register_s"] = time.perf_counter() - started
@@ -192,6 +198,7 @@ def track_visit(
         next_number=number,
         footprints=own,
         transform=transform,
+        registration=registration,
         timings_s=timings,
         _labels=labels,
         _grid=grid,

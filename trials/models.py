@@ -378,6 +378,18 @@ class ImagingSeries(models.Model):
     uploaded_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # Written by the analysis stage (trials.pipeline.analysis): the rigid transform from the patient's
+    # common space (the grid of the first analysed series, "fixed") to this series ("moving"), so the
+    # viewer can show any two visits on one grid without registering again.
+    registration = models.JSONField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Rigid registration to the patient's common space: fixed_series_id, moving_series_id, "
+            "type, parameters and fixed_parameters of the SimpleITK transform (fixed -> moving points, "
+            "mm, LPS), metric_value."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()

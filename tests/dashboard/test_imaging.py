@@ -110,3 +110,26 @@ def test_clicked_index_maps_back_to_the_stored_grid(settings: Any, tmp_path: Pat
     for ijk in [(0, 0, 0), (2, 3, 4), (6, 5, 4)]:
         native = display_index_to_native("sag.nii.gz", ijk)
         assert stored[native] == displayed[ijk[2], ijk[1], ijk[0]]
+
+
+def test_mask_drawn_on_the_viewer_grid_maps_back_to_the_stored_grid(settings: Any, tmp_path: Path) -> None:
+    from trials.views.imaging import clear_cache, display_mask_to_native, load_volume
+
+    settings.MEDIA_ROOT = tmp_path
+    clear_cache()
+    axial = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)  # every voxel value unique
+    image = sitk.GetImageFromArray(axial)
+    image.SetSpacing((0.9, 1.1, 2.5))
+    stored = sitk.DICOMOrient(image, "SPL")  # a sagittal acquisition
+    sitk.WriteImage(stored, str(tmp_path / "sag.nii.gz"))
+    displayed = load_volume("sag.nii.gz").array
+    drawn = np.zeros(displayed.shape, dtype=bool)
+    drawn[1:3, 2:5, 3] = True
+    drawn[4, 0, 6] = True
+    native = display_mask_to_native("sag.nii.gz", drawn)
+    assert native.GetSize() == stored.GetSize() and native.GetDirection() == stored.GetDirection()
+    # The same voxels: the values under the native mask are those under the drawn one.
+    values = sitk.GetArrayFromImage(stored)[sitk.GetArrayFromImage(native) > 0]
+    assert sorted(values.tolist()) == sorted(displayed[drawn].tolist())
+    with pytest.raises(ValueError, match="shape"):
+        display_mask_to_native("sag.nii.gz", drawn[:2])

@@ -5,6 +5,7 @@ raises a specific exception and changes nothing."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,6 +64,42 @@ def test_drop_false_positive_recomputes_and_is_audited(world: World) -> None:
     assert _current(world).overall_response == "PD"
 
 
+def test_drop_at_one_visit_makes_it_absent_there_only(world: World) -> None:
+    l1, l2 = world.lesions["L1"], world.lesions["L2"]
+    obs = review.drop_lesion_at_visit(
+        l2, timepoint=world.fu1, actor=world.radiologist, reason="vessel", correlation_id="c-visit"
+    )
+    l2.refresh_from_db()
+    assert not l2.is_false_positive  # still a lesion at the other visits
+    assert (obs.present, obs.source, obs.longest_diameter_mm) == (False, "edited", None)
+    assert obs.measurable_reason == f"{review.NOT_A_LESION_AT_VISIT}: vessel"
+    assert _obs(world, "L2", world.baseline).present
+    # RANO-BM on the targets L1 and L2 (both measurable at baseline): L2 counts 0 mm at FU1.
+    baseline_sum = _obs(world, "L1", world.baseline).longest_diameter_mm + (
+        _obs(world, "L2", world.baseline).longest_diameter_mm
+    )
+    fu1_sum = _obs(world, "L1").longest_diameter_mm
+    assert (fu1_sum - baseline_sum) / baseline_sum <= -0.30  # a partial response by the sums
+    after = _current(world)
+    assert after.sum_ld_mm == pytest.approx(fu1_sum)
+    assert (after.overall_response, after.source) == ("PR", "edited")
+    # The AI's own answer stays stored as delivered.
+    ai = Assessment.objects.get(timepoint=world.fu1, criteria="rano_bm", source="ai")
+    assert ai.overall_response == "PD"
+    event = AuditEvent.objects.get(action="review.drop_lesion_at_visit")
+    assert (event.actor, event.reason, event.object_id) == (world.radiologist, "vessel", str(world.fu1.pk))
+    assert event.after == {"lesion": "L2", "present": False, "scope": "this visit"}
+    assert event.correlation_id == "c-visit"
+    # Refused: no longer present here, no reason, or a lesion already dropped at every visit.
+    with pytest.raises(InvalidInputError, match="not present"):
+        review.drop_lesion_at_visit(l2, timepoint=world.fu1, actor=world.radiologist, reason="again")
+    with pytest.raises(InvalidInputError, match="needs a reason"):
+        review.drop_lesion_at_visit(l1, timepoint=world.fu1, actor=world.radiologist, reason=" ")
+    review.drop_lesion(l1, timepoint=world.fu1, actor=world.radiologist, reason="artefact")
+    with pytest.raises(InvalidStateError, match="every visit"):
+        review.drop_lesion_at_visit(l1, timepoint=world.baseline, actor=world.radiologist, reason="x")
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
@@ -113,6 +150,65 @@ def test_add_missed_lesion_from_seed(world: World) -> None:
         f"masks/reader/tp{world.fu1.pk}_lesion{obs.lesion_id}.nii.gz",
         1,
     )
+
+
+def _painted(array_zyx: np.ndarray) -> sitk.Image:
+    """A painted region as the view hands it over: a binary image on the FU1 volume's grid."""
+    from tests.dashboard.world import ORIGIN_MM, SPACING_MM
+
+    image = sitk.GetImageFromArray(array_zyx.astype(np.uint8))
+    image.SetSpacing(SPACING_MM)
+    image.SetOrigin(ORIGIN_MM)
+    return image
+
+
+def test_add_missed_lesion_from_a_painted_mask(world: World) -> None:
+    sphere = _sphere(CENTRE_MISSED, 5.0)
+    obs = review.add_lesion_from_mask(
+        world.fu1, mask=_painted(sphere), actor=world.radiologist, reason="painted", correlation_id="c-paint"
+    )
+    assert (obs.lesion.label, obs.source, obs.lesion.first_seen_timepoint) == ("L3", "manual", world.fu1)
+    # Exactly the painted voxels are stored, and measured like every lesion (no region growing).
+    mask = sitk.GetArrayFromImage(storage.load_observation_mask(obs)) > 0
+    assert np.array_equal(mask, sphere)
+    assert obs.volume_mm3 == pytest.approx(sphere.sum() * 2.0)  # 1 x 1 x 2 mm voxels
+    assert obs.longest_diameter_mm == pytest.approx(_brute_force_ld(mask), abs=1e-6)
+    after = _current(world)
+    assert (after.overall_response, after.new_lesion_status, after.source) == ("PD", "unequivocal", "edited")
+    event = AuditEvent.objects.get(action="review.add_lesion", correlation_id="c-paint")
+    assert event.after["painted_voxels"] == int(sphere.sum()) and event.after["lesion"] == "L3"
+
+
+def test_painted_mask_overlapping_a_lesion_keeps_that_lesion_s_voxels(world: World) -> None:
+    l1 = _sphere(CENTRE_L1, 8.0)
+    beside = _sphere((CENTRE_L1[0] + 11, CENTRE_L1[1], CENTRE_L1[2]), 5.0)  # a blob touching L1
+    obs = review.add_lesion_from_mask(world.fu1, mask=_painted(beside | l1 & beside), actor=world.radiologist)
+    stored = sitk.GetArrayFromImage(storage.load_observation_mask(obs)) > 0
+    assert np.array_equal(stored, beside & ~l1) and (beside & l1).any()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: np.zeros((32, 64, 64), bool), "Nothing was painted"),
+        (lambda: _sphere(CENTRE_L2, 9.0), "inside L2"),
+        (lambda: _sphere((10, 50, 8), 3.0) | _sphere((50, 10, 24), 3.0), "2 separate parts"),
+        (lambda: np.ones((32, 64, 64), bool), "larger than any lesion"),
+    ],
+    ids=["empty", "inside-L2", "two-parts", "too-large"],
+)
+def test_painted_mask_is_refused_with_the_reason(world: World, build: Any, message: str) -> None:
+    count = LesionObservation.objects.count()
+    with pytest.raises(InvalidInputError, match=message):
+        review.add_lesion_from_mask(world.fu1, mask=_painted(build()), actor=world.radiologist)
+    assert LesionObservation.objects.count() == count
+
+
+def test_painted_mask_on_another_grid_is_refused(world: World) -> None:
+    other = _painted(_sphere(CENTRE_MISSED, 5.0))
+    other.SetSpacing((1.0, 1.0, 1.0))
+    with pytest.raises(InvalidInputError, match="not on the grid"):
+        review.add_lesion_from_mask(world.fu1, mask=other, actor=world.radiologist)
 
 
 @pytest.mark.parametrize(

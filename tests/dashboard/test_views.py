@@ -25,7 +25,7 @@ from tests.factories import (
     make_timepoint,
     make_trial,
 )
-from trials.models import Assessment, Lesion
+from trials.models import Assessment, Lesion, LesionObservation
 from trials.records import jobs as job_records
 
 pytestmark = pytest.mark.django_db
@@ -150,7 +150,7 @@ def test_radiologist_review_through_the_pages(rad_client: Any, world: World) -> 
         assert present in body, present
     # The override's choice is empty until the reader chooses; a drop says it applies to every visit.
     assert '<option value="" selected disabled>— choose —</option>' in body
-    assert "at every visit of the patient" in body
+    assert "at every visit of the patient" in body and 'value="this_visit"' in body
     refused = rad_client.post(
         f"/visits/{world.fu1.pk}/review/drop/", {"lesion_id": world.lesions["L2"].pk}, follow=True
     )
@@ -205,6 +205,50 @@ def test_add_lesion_form_rejects_malformed_seed(rad_client: Any, world: World) -
     assert "voxel index" in response.content.decode()
     assert Lesion.objects.count() == count
     assert rad_client.post(f"/visits/{world.fu1.pk}/review/nonsense/", {}).status_code == 404
+
+
+def _runs(mask_zyx: Any) -> str:
+    """A painted (z, y, x) mask as the viewer posts it: runs "i,j,k,n" along i."""
+    runs = []
+    for k, j in sorted({(int(k), int(j)) for k, j, _i in zip(*mask_zyx.nonzero(), strict=True)}):
+        row = mask_zyx[k, j]
+        i = 0
+        while i < row.size:
+            if row[i]:
+                start = i
+                while i < row.size and row[i]:
+                    i += 1
+                runs.append(f"{start},{j},{k},{i - start}")
+            i += 1
+    return ";".join(runs)
+
+
+def test_paint_endpoint_adds_the_painted_lesion(rad_client: Any, client: Any, world: World) -> None:
+    from tests.dashboard.world import _sphere
+    from trials import storage
+
+    url = f"/visits/{world.fu1.pk}/review/paint/"
+    sphere = _sphere(CENTRE_MISSED, 5.0)
+    form = {"size": "64,64,32", "runs": _runs(sphere), "reason": "painted in the viewer"}
+    for changes, message in (
+        ({"size": "64,64,30"}, "not this visit's"),
+        ({"runs": ""}, "Nothing was painted"),
+        ({"runs": "1,2,3"}, "i,j,k,n"),
+        ({"runs": "1,2,x,4"}, "i,j,k,n"),
+        ({"runs": "60,2,3,5"}, "inside the volume"),
+        ({"runs": "1,2,32,1"}, "inside the volume"),
+        ({"runs": "-1,2,3,1"}, "inside the volume"),
+    ):
+        refused = rad_client.post(url, {**form, **changes}, HTTP_ACCEPT="application/json")
+        assert refused.status_code == 400 and message in refused.json()["message"], (changes, refused.json())
+    assert not LesionObservation.objects.filter(lesion__label="L3").exists()
+    answer = rad_client.post(url, form, HTTP_ACCEPT="application/json")
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["message"].startswith("L3 added from the painted region")
+    obs = LesionObservation.objects.get(lesion__label="L3", timepoint=world.fu1)
+    assert (sitk.GetArrayFromImage(storage.load_observation_mask(obs)) > 0).tolist() == sphere.tolist()
+    client.force_login(world.investigator)  # the same client: investigators may not edit lesions
+    assert client.post(url, form, HTTP_ACCEPT="application/json").status_code == 403
 
 
 def _nifti(client: Any, url: str, tmp_path: Path) -> Any:
@@ -270,7 +314,7 @@ def test_review_verbs_answer_json_to_the_viewer(rad_client: Any, world: World) -
     assert answer.status_code == 200
     assert answer.json() == {
         "ok": True,
-        "message": "L2 dropped as a false positive; the assessments were recomputed.",
+        "message": "L2 dropped as a false positive at every visit; the assessments were recomputed.",
     }
     refused = rad_client.post(
         f"/visits/{world.fu1.pk}/review/add/", {"seed": "1,2"}, HTTP_ACCEPT="application/json"
@@ -278,6 +322,26 @@ def test_review_verbs_answer_json_to_the_viewer(rad_client: Any, world: World) -
     assert refused.status_code == 400 and "voxel index" in refused.json()["message"]
     # Nothing left behind for the next page: the viewer showed the message itself.
     assert "L2 dropped" not in rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+
+
+def test_drop_at_this_visit_only_through_the_page(rad_client: Any, client: Any, world: World) -> None:
+    url = f"/visits/{world.fu1.pk}/review/drop/"
+    l2 = world.lesions["L2"]
+    form = {"lesion_id": l2.pk, "reason": "vessel at FU1", "scope": "this_visit"}
+    answer = rad_client.post(url, form, HTTP_ACCEPT="application/json")
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["message"].startswith("L2 dropped at FU1 only")
+    l2.refresh_from_db()
+    assert not l2.is_false_positive
+    assert not LesionObservation.objects.get(lesion=l2, timepoint=world.fu1).present
+    assert LesionObservation.objects.get(lesion=l2, timepoint=world.baseline).present
+    body = rad_client.get(f"/visits/{world.fu1.pk}/").content.decode()
+    assert "not a lesion at this visit (reader): vessel at FU1" in body
+    # An unknown scope is refused, and other roles get 403 whatever the form says.
+    bad = rad_client.post(url, {**form, "scope": "everywhere"}, HTTP_ACCEPT="application/json")
+    assert bad.status_code == 400 and "at this visit only" in bad.json()["message"]
+    client.force_login(world.investigator)
+    assert client.post(url, form, HTTP_ACCEPT="application/json").status_code == 403
 
 
 def test_assets_served_locally_with_etag(client: Any, db: None) -> None:

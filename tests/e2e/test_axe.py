@@ -40,6 +40,14 @@ TIMELINE_LAYOUT = """() => {
 }"""
 
 
+#: Pages photographed on the way, for the README (copied to docs/screenshots/ by hand).
+SCREENSHOTS = {
+    "worklist": "08-worklist.png",
+    "visit report": "09-visit-report.png",
+    "exports": "10-exports.png",
+}
+
+
 def _axe(page: Any) -> list[dict[str, Any]]:
     page.add_script_tag(path=str(AXE))
     result = page.evaluate(
@@ -57,6 +65,7 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
     if not AXE.exists():
         pytest.fail(f"{AXE} is missing: make test installs it (npm ci)")
     world = live_world
+    ARTIFACTS.mkdir(exist_ok=True)
     root = make_superuser("axe-root")
     # 1440 px: the width the timeline must fit without wrapping a date (checked on the patient page).
     context = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)
@@ -94,6 +103,8 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
                 assert layout["overflow"] <= 0, layout  # and the page needs no sideways scrolling
             if name.endswith("visit"):  # Niivue on software WebGL: its shaders compile on the CPU
                 page.locator("#viewer-root[data-ready]").wait_for(state="attached", timeout=60_000)
+            if name in SCREENSHOTS:  # the README's screenshots (docs/screenshots/ holds copies)
+                page.screenshot(path=str(ARTIFACTS / SCREENSHOTS[name]), full_page=True)
             for violation in _axe(page):
                 targets = [json.dumps(node["target"]) for node in violation["nodes"][:5]]
                 found.setdefault(name, []).append(

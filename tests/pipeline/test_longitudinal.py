@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from rano.match import transform_from_parameters
 from rano.measure import measure_lesions
 from tests.factories import make_member
 from tests.pipeline.conftest import SyntheticPatient, ground_truth_mask
@@ -30,6 +31,7 @@ from trials.exceptions import InvalidInputError
 from trials.models import (
     Assessment,
     AuditEvent,
+    ImagingSeries,
     Lesion,
     LesionObservation,
     ModelVersion,
@@ -106,6 +108,13 @@ def upload_with_ground_truth(
     return upload
 
 
+def centroids_mm(labels: sitk.Image) -> dict[int, tuple[float, ...]]:
+    """Physical centre (mm, LPS) of every ground-truth lesion id of a visit."""
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(sitk.Cast(labels, sitk.sitkUInt32))
+    return {int(i): stats.GetCentroid(i) for i in stats.GetLabels()}
+
+
 def lesion_label_of_ground_truth(run: SegmentationRun, phantom: Any, media_root: Any) -> dict[int, str]:
     """Ground-truth lesion id -> the pipeline's lesion label, through the run's stored components."""
     components = sitk.GetArrayFromImage(sitk.ReadImage(str(media_root / run.mask_file.name)))
@@ -148,6 +157,20 @@ def test_labels_nadir_and_responses_match_the_oracle(
         Lesion.objects.get(patient=pipeline_patient, label=new_label).first_seen_timepoint
         == timepoints["FU2"]
     )
+
+    # Each series keeps its rigid registration to the common space (the baseline, analysed first), for the
+    # viewer's registered comparison: it carries a baseline lesion's centre onto the same lesion later.
+    baseline_series = uploads["BASELINE"].series
+    centres = [centroids_mm(p.labels) for p in synthetic_patient.phantoms]
+    for index, label in enumerate(synthetic_patient.labels):
+        series = ImagingSeries.objects.get(pk=uploads[label].series.pk)
+        stored = series.registration
+        assert (stored["fixed_series_id"], stored["moving_series_id"]) == (baseline_series.pk, series.pk)
+        assert (stored["metric_value"] is None) == (index == 0)
+        transform = transform_from_parameters(stored)
+        for gt_id in (1, 2):
+            moved = np.array(transform.TransformPoint(centres[0][gt_id]))
+            assert np.linalg.norm(moved - np.array(centres[index][gt_id])) < 3.0, (label, gt_id)
 
     # Each run's lesions are written as DICOM RTSTRUCT and SEG on the stored series, named by the stable
     # labels, and read back to the same voxels as the run's native lesion map.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -17,6 +19,9 @@ from rano.match import (
     match_visit,
     observations_from_match,
     register_rigid,
+    rigid_registration,
+    transform_from_parameters,
+    transform_parameters,
 )
 from rano.measure import Geometry, label_components, measure_lesions
 from rano.tracking import LesionTracker
@@ -135,9 +140,19 @@ def test_rigid_registration_recovers_a_shift_and_matches() -> None:
     # The follow-up image is the baseline image moved with the lesions.
     shift = sitk.TranslationTransform(3, (-12.0, 0.0, 0.0))
     fu_img = sitk.Resample(bl_img, bl_img, shift, sitk.sitkLinear, 0.0)
-    transform = register_rigid(bl_img, fu_img)
+    registration = rigid_registration(bl_img, fu_img)
+    transform = registration.transform
     moved = np.array(transform.TransformPoint((30.0, 30.0, 24.0)))
     assert np.allclose(moved, (42.0, 30.0, 24.0), atol=1.0)
+    assert registration.metric_value < 0  # Mattes MI: negative when the images share information
+    # Stored as JSON (the service keeps it on the series) and read back, it maps points the same way.
+    stored = json.loads(json.dumps(registration.as_dict()))
+    restored = transform_from_parameters(stored)
+    for point in ((30.0, 30.0, 24.0), (0.0, 60.0, 5.0)):
+        assert np.allclose(restored.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
+    assert transform_parameters(None)["parameters"] == [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0, 0, 0, 0]
+    with pytest.raises(MatchError, match="singular"):
+        transform_from_parameters({"type": "AffineTransform", "parameters": [0.0] * 12})
     tracker = LesionTracker(label_components(bl_mask, 0))
     tracker.add_visit(label_components(bl_mask, 0))
     fu = tracker.add_visit(label_components(fu_mask, 0), transform)

@@ -21,14 +21,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 from django.db import transaction
+from scipy import ndimage
 
 from rano.errors import RanoError
 from rano.measure import LesionMeasurement, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import RegionError
-from segmentation.regions import DEFAULT_GROW_ITERATIONS, DEFAULT_GROW_MULTIPLIER, grow_region, split_region
+from segmentation.regions import (
+    DEFAULT_GROW_ITERATIONS,
+    DEFAULT_GROW_MULTIPLIER,
+    DEFAULT_MAX_GROWN_VOLUME_MM3,
+    grow_region,
+    split_region,
+)
 from trials.audit import new_correlation_id, record_audit_event
 from trials.choices import ClinicalStatus, CorticosteroidStatus, LesionRole, ObservationSource
 from trials.exceptions import InvalidInputError, InvalidStateError, MissingImageError, RegionGrowingError
@@ -157,6 +165,88 @@ def drop_lesion(
     return _set_false_positive(lesion, True, "drop_lesion", timepoint, actor, reason, correlation_id)
 
 
+#: What an observation dropped at one visit says, before the reader's reason.
+NOT_A_LESION_AT_VISIT = "not a lesion at this visit (reader)"
+
+
+@transaction.atomic
+def drop_lesion_at_visit(
+    lesion: Lesion, *, timepoint: Timepoint, actor: Any, reason: str = "", correlation_id: str = ""
+) -> LesionObservation:
+    """Drop a lesion at one visit only: its observation there becomes absent, "not a lesion at this visit".
+
+    For a finding that is a lesion elsewhere but not here (a vessel the AI took for the lesion at this
+    visit, a motion artefact): the lesion keeps its label and its observations at the other visits, and
+    at this visit counts as absent (0 mm) in the response. The observation's source becomes ``edited``
+    (the AI's measurement stays in its history); the AI's own assessment stays stored, and the
+    re-computed one is an ``edited`` result. ``drop_lesion`` is the verb for a lesion that is false at
+    every visit; adding the lesion again at this visit (``add_lesion_from_seed``) undoes this.
+
+    Args:
+        lesion: the lesion the reader rejects at ``timepoint``.
+        timepoint: the visit under review.
+        reason: required: why the finding is not a lesion at this visit (kept in the observation).
+
+    Returns:
+        The observation at the visit, now absent.
+
+    Raises:
+        InvalidInputError: no reason, or the lesion is not present at the visit.
+        InvalidStateError: the lesion is already dropped at every visit.
+    """
+    _check_visit(lesion, timepoint)
+    if lesion.is_false_positive:
+        raise InvalidStateError(f"{lesion.label} is already dropped as a false positive at every visit.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInputError(
+            f"Dropping {lesion.label} at {timepoint.visit_label} needs a reason.",
+            {"reason": ["This field is required."]},
+        )
+    observation = _present_observation(lesion, timepoint)
+    cid = _cid(correlation_id)
+    before = {
+        "lesion": lesion.label,
+        "present": True,
+        "longest_diameter_mm": observation.longest_diameter_mm,
+        "source": observation.source,
+    }
+    observation = update_observation(
+        observation,
+        present=False,
+        merged_into=None,
+        measurable=False,
+        measurable_reason=f"{NOT_A_LESION_AT_VISIT}: {reason}"[:255],
+        longest_diameter_mm=None,
+        perpendicular_diameter_mm=None,
+        volume_mm3=None,
+        caliper_points_mm=None,
+        perpendicular_points_mm=None,
+        unequivocal_progression=False,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+    )
+    _review_event(
+        "drop_lesion_at_visit",
+        timepoint,
+        actor=actor,
+        before=before,
+        after={"lesion": lesion.label, "present": False, "scope": "this visit"},
+        reason=reason,
+        correlation_id=cid,
+    )
+    reassess_patient(
+        timepoint.patient,
+        from_timepoint=timepoint,
+        actor=actor,
+        reason=reason,
+        correlation_id=cid,
+        edited=True,
+    )
+    return observation
+
+
 @transaction.atomic
 def restore_lesion(
     lesion: Lesion, *, timepoint: Timepoint, actor: Any, reason: str = "", correlation_id: str = ""
@@ -243,6 +333,16 @@ def add_lesion_from_seed(
     except RegionError as exc:
         raise RegionGrowingError(exc.user_message) from exc
     seed = tuple(int(v) for v in seed_index)
+    for existing, existing_mask in _present_masks(timepoint, image):
+        if existing_mask[seed]:
+            raise RegionGrowingError(f"The seed lies inside {existing.lesion.label}: it is already a lesion.")
+    return _record_added_lesion(
+        timepoint, mask, image, actor=actor, reason=reason, cid=cid, how={"seed_index": list(seed)}
+    )
+
+
+def _present_masks(timepoint: Timepoint, image: sitk.Image) -> Iterable[tuple[LesionObservation, sitk.Image]]:
+    """The visit's present (not dropped) observations with their stored masks on the image's grid."""
     for existing in timepoint.observations.select_related("lesion", "segmentation_run").filter(
         present=True, lesion__is_false_positive=False
     ):
@@ -250,8 +350,101 @@ def add_lesion_from_seed(
             existing_mask = load_observation_mask(existing)
         except MissingImageError:
             continue
-        if existing_mask.GetSize() == image.GetSize() and existing_mask[seed]:
-            raise RegionGrowingError(f"The seed lies inside {existing.lesion.label}: it is already a lesion.")
+        if existing_mask.GetSize() == image.GetSize():
+            yield existing, existing_mask
+
+
+#: Painted lesions: at most this volume (as a grown region: a 50 mm sphere is about 65 cm3).
+MAX_PAINTED_VOLUME_MM3 = DEFAULT_MAX_GROWN_VOLUME_MM3
+
+
+@undo_file_writes_on_error
+@transaction.atomic
+def add_lesion_from_mask(
+    timepoint: Timepoint,
+    *,
+    mask: sitk.Image,
+    actor: Any,
+    reason: str = "",
+    correlation_id: str = "",
+) -> LesionObservation:
+    """Add a lesion the AI missed from a region the reader painted: the same measurement, matching, audit
+    and re-assessment as ``add_lesion_from_seed``, without the region growing.
+
+    Voxels that already belong to a lesion shown at this visit stay that lesion's (a voxel is one lesion's
+    only); what remains must be one connected region (26-connectivity).
+
+    Args:
+        timepoint: the visit the reader is reading.
+        mask: binary mask on the grid of the visit's stored volume (non-zero = painted).
+
+    Returns:
+        The new (or recognised) lesion's observation.
+
+    Raises:
+        MissingImageError: the visit has no stored volume.
+        InvalidInputError: the mask is on another grid, empty, larger than ``MAX_PAINTED_VOLUME_MM3``, in
+            several parts, or mostly inside a lesion already shown.
+        RegionGrowingError: the painted lesion is below the trial's minimum lesion volume.
+    """
+    cid = _cid(correlation_id)
+    series = _primary_series(timepoint)
+    image = load_series_image(series)
+    if not same_grid(mask, image):
+        raise InvalidInputError(
+            "The painted mask is not on the grid of this visit's images: reload the page and paint again.",
+            {"mask": ["Must be on the visit's image grid."]},
+        )
+    painted = sitk.GetArrayFromImage(mask) > 0
+    count = int(painted.sum())
+    if count == 0:
+        raise InvalidInputError("Nothing was painted.", {"mask": ["Paint the lesion first."]})
+    voxel_mm3 = float(np.prod(image.GetSpacing()))
+    if count * voxel_mm3 > MAX_PAINTED_VOLUME_MM3:
+        raise InvalidInputError(
+            f"The painted region ({count * voxel_mm3 / 1000:.1f} cm3) is larger than any lesion "
+            f"({MAX_PAINTED_VOLUME_MM3 / 1000:.0f} cm3 at most).",
+            {"mask": ["Too large."]},
+        )
+    for existing, existing_mask in _present_masks(timepoint, image):
+        inside = sitk.GetArrayViewFromImage(existing_mask) > 0
+        overlap = int((painted & inside).sum())
+        if overlap * 2 > count:
+            raise InvalidInputError(
+                f"The painted region lies inside {existing.lesion.label}: it is already a lesion.",
+                {"mask": ["Paint outside the lesions shown."]},
+            )
+        painted &= ~inside
+    parts = int(ndimage.label(painted, structure=np.ones((3, 3, 3)))[1])
+    if parts != 1:
+        raise InvalidInputError(
+            f"The painted region has {parts} separate parts: paint one lesion at a time.",
+            {"mask": ["Must be one connected region."]},
+        )
+    region = sitk.GetImageFromArray(painted.astype(np.uint8))
+    region.CopyInformation(image)
+    return _record_added_lesion(
+        timepoint,
+        region,
+        image,
+        actor=actor,
+        reason=reason,
+        cid=cid,
+        how={"painted_voxels": int(painted.sum())},
+    )
+
+
+def _record_added_lesion(
+    timepoint: Timepoint,
+    mask: sitk.Image,
+    image: sitk.Image,
+    *,
+    actor: Any,
+    reason: str,
+    cid: str,
+    how: dict[str, Any],
+) -> LesionObservation:
+    """The common half of adding a lesion (grown or painted): measure, match, record, audit, re-assess."""
     measurement = _measure_one(mask, image, timepoint.patient.trial.response_settings())
     # A lesion seen at another visit keeps its label (rano-bm.md sections 3 and 5): only a region that
     # matches no known lesion is a new one.
@@ -295,7 +488,7 @@ def add_lesion_from_seed(
         after={
             "lesion": lesion.label,
             "known_lesion": known,
-            "seed_index": list(seed),
+            **how,
             "longest_diameter_mm": round(measurement.longest_diameter_mm, 2),
             "volume_mm3": round(measurement.volume_mm3, 1),
         },
@@ -754,8 +947,12 @@ def set_clinical_context(
 
 __all__ = [
     "LESION_FLAGS",
+    "MAX_PAINTED_VOLUME_MM3",
+    "NOT_A_LESION_AT_VISIT",
+    "add_lesion_from_mask",
     "add_lesion_from_seed",
     "drop_lesion",
+    "drop_lesion_at_visit",
     "merge_lesions",
     "restore_lesion",
     "set_clinical_context",

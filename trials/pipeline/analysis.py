@@ -3,7 +3,8 @@ store lesions and observations, export the DICOM contours and re-assess the pati
 
 :func:`analyse_run` measures the run's components (``rano.measure``), registers the visit rigidly to the
 patient's common space (the grid of the first analysed series; ``rano.match.register_rigid``), matches
-the components against every other visit's lesions there (``rano.match``) and stores ``Lesion`` /
+the components against every other visit's lesions there (``rano.match``), keeps the registration on the
+series (``ImagingSeries.registration``, for the viewer's registered comparison) and stores ``Lesion`` /
 ``LesionObservation`` rows (source ``ai``; a reader's observation is never overwritten), all in one
 transaction under a lock on the patient row: two visits of one patient are never matched at the same
 time, and a crash stores nothing. The stage (:func:`run_analysis_stage`) then writes the RTSTRUCT and SEG
@@ -31,18 +32,27 @@ from rano.match import (
     match_components,
     register_rigid,
     to_reference,
+    transform_parameters,
 )
 from rano.measure import Geometry, LesionMeasurement
-from rano.tracking import track_visit
+from rano.tracking import TrackedVisit, track_visit
 from segmentation.errors import ImagingError
 from trials.choices import DeliveryTrigger, JobState, LesionRole, ObservationSource, RunStatus
 from trials.exceptions import InvalidStateError
-from trials.models import Lesion, LesionObservation, Patient, ProcessingJob, SegmentationRun, Timepoint
+from trials.models import (
+    ImagingSeries,
+    Lesion,
+    LesionObservation,
+    Patient,
+    ProcessingJob,
+    SegmentationRun,
+    Timepoint,
+)
 from trials.pipeline.assessment import reassess_patient
 from trials.pipeline.contours import export_run_contours
 from trials.pipeline.delivery import queue_deliveries
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
-from trials.records.imaging import update_segmentation_run
+from trials.records.imaging import update_segmentation_run, update_series
 from trials.records.jobs import finish_job, start_job
 from trials.records.lesions import (
     create_lesion,
@@ -169,6 +179,19 @@ def _prior_footprints(
             )
         )
     return prior, absent_last
+
+
+def registration_record(series: ImagingSeries, fixed: ImagingSeries, tracked: TrackedVisit) -> dict[str, Any]:
+    """What ``ImagingSeries.registration`` stores: the common-space (``fixed``) to ``series`` transform.
+
+    The viewer composes two of them to show one visit on another's grid (``trials.views.registered``);
+    the first analysed series is the common space itself (the identity, no metric).
+    """
+    if tracked.registration is not None:
+        values = tracked.registration.as_dict()
+    else:
+        values = {**transform_parameters(tracked.transform), "metric_value": None}
+    return {"fixed_series_id": fixed.pk, "moving_series_id": series.pk, **values}
 
 
 def earlier_lesion_for(timepoint: Timepoint, mask: sitk.Image, image: sitk.Image) -> Lesion | None:
@@ -318,6 +341,13 @@ def analyse_run(
             lesion, timepoint, _absent_values(run, why, into), actor=actor, correlation_id=correlation_id
         )
 
+    update_series(
+        series,
+        registration=registration_record(series, reference_run.series, tracked),
+        actor=actor,
+        reason="rigid registration to the patient's common space",
+        correlation_id=correlation_id,
+    )
     write_label_image(tracked.reference_map, run_file_name(run, LESION_MAP_REFERENCE))
     # The same lesion numbers on the series' own grid: what the RTSTRUCT and SEG of this run show.
     write_label_image(tracked.lesion_map, run_file_name(run, LESION_MAP))
@@ -451,4 +481,4 @@ def _analyse_and_assess(
     return result
 
 
-__all__ = ["analyse_run", "analysed_runs", "earlier_lesion_for", "run_analysis_stage"]
+__all__ = ["analyse_run", "analysed_runs", "earlier_lesion_for", "registration_record", "run_analysis_stage"]

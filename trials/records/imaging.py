@@ -36,6 +36,7 @@ SERIES_FIELDS = (
     "checksum_sha256",
     "source",
     "uploaded_by",
+    "registration",
 )
 
 

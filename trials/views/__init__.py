@@ -6,6 +6,7 @@ Modules:
     home         trial list and trial home (patients with latest response, BOR, pending reviews...)
     patient      patient timeline: visits, charts, lesion tables, upload with progress
     viewer       visit page: slice viewer (server-side PNG slices, contour/caliper overlays), review forms
+    registered   the comparison panel resampled onto the visit's grid (stored rigid registrations)
     review       POST endpoints of the reader-review verbs (``trials.actions.review``, ``.assessments``)
     upload       series upload from the patient timeline, answering the job to follow
     quality      data-management pages: the export form and the data-quality report

@@ -6,6 +6,10 @@ Volumes are reoriented to LPS on load, so slice ``k`` of the cached array is alw
 Volumes and label masks are read once with SimpleITK and kept in a small per-process LRU cache keyed by
 file name and modification time, so the viewer's files of a visit and the report's key images cost array
 operations, not repeated NIfTI reads.
+
+Two visits of a patient registered to one common space (``ImagingSeries.registration``, stored by the
+analysis stage) are related by :func:`pair_transform`, with which :func:`resample_onto` shows an earlier
+visit on the current visit's grid (``trials.views.registered``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import SimpleITK as sitk
 from django.core.files.storage import default_storage
 from numpy.typing import NDArray
 
+from rano.errors import MatchError
+from rano.match import transform_from_parameters
+from trials.models import ImagingSeries
 from trials.storage import read_image
 
 #: Volumes kept per process (the visit, its baseline and previous visit, and their masks).
@@ -214,6 +221,28 @@ def display_index_to_native(name: str, index_ijk: tuple[int, int, int]) -> tuple
     return (int(i), int(j), int(k))
 
 
+def display_mask_to_native(name: str, array_zyx: NDArray[np.bool_]) -> sitk.Image:
+    """A mask drawn in the viewer (a (z, y, x) array on the LPS-reoriented grid of the stored volume
+    ``name``) as a binary UInt8 image on the stored volume's own grid.
+
+    ``DICOMOrient`` only permutes and flips axes, so every voxel centre of one grid is a voxel centre of
+    the other and nearest-neighbour resampling moves voxels without changing any.
+
+    Raises:
+        MissingImageError: nothing is stored under ``name``.
+        ValueError: the array is not on the viewer's grid of ``name``.
+    """
+    volume = load_volume(name)
+    if array_zyx.shape != volume.array.shape:
+        raise ValueError(f"A mask of shape {volume.array.shape} is needed, got {array_zyx.shape}.")
+    drawn = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx, dtype=np.uint8))
+    drawn.SetSpacing(volume.spacing_mm)
+    drawn.SetOrigin(volume.origin_mm)
+    drawn.SetDirection(volume.direction)
+    native = read_image(name)
+    return sitk.Resample(drawn, native, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
 def nifti_bytes(array: NDArray[Any], like: CachedVolume, *, compress: bool) -> bytes:
     """``array`` (z, y, x, on ``like``'s grid) as NIfTI-1 bytes with ``like``'s geometry, gzipped or not.
 
@@ -246,3 +275,88 @@ def segment_voxels(
     steps = int(np.ceil(np.linalg.norm(end - start) * 4)) + 1
     points = np.rint(start + np.linspace(0.0, 1.0, steps)[:, None] * (end - start)).astype(np.intp)
     return points[:, 2], points[:, 1], points[:, 0]
+
+
+@dataclass(frozen=True)
+class PairTransform:
+    """Affine map of physical points (mm, LPS) of the current series to the earlier series: ``A p + b``."""
+
+    matrix: NDArray[np.float64]
+    offset: NDArray[np.float64]
+
+    def to_earlier(self) -> sitk.AffineTransform:
+        """The SimpleITK transform that resamples the earlier series onto the current grid."""
+        transform = sitk.AffineTransform(3)
+        transform.SetMatrix([float(v) for v in self.matrix.ravel()])
+        transform.SetTranslation([float(v) for v in self.offset])
+        return transform
+
+    def to_current(self, point_mm: list[float]) -> list[float]:
+        """A point of the earlier series (e.g. a caliper end) in the current series' space."""
+        inverse = np.linalg.inv(self.matrix)
+        return (inverse @ (np.asarray(point_mm, dtype=float) - self.offset)).tolist()
+
+
+def _affine(series: ImagingSeries) -> tuple[int, NDArray[np.float64], NDArray[np.float64]] | None:
+    """(common-space series id, matrix, offset) of the series' stored registration, or None."""
+    stored = series.registration
+    if not isinstance(stored, dict) or stored.get("moving_series_id") != series.pk:
+        return None
+    fixed = stored.get("fixed_series_id")
+    if not isinstance(fixed, int):
+        return None
+    try:
+        transform = transform_from_parameters(stored)
+    except (MatchError, TypeError, ValueError):
+        return None
+    return fixed, np.array(transform.GetMatrix()).reshape(3, 3), np.array(transform.GetTranslation())
+
+
+def pair_transform(current: ImagingSeries, earlier: ImagingSeries) -> PairTransform | None:
+    """Current-series points -> earlier-series points, or None when the two were not registered to one
+    common space (then only scanner coordinates relate them)."""
+    if current.timepoint.patient_id != earlier.timepoint.patient_id:
+        return None
+    a, b = _affine(current), _affine(earlier)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    # p_earlier = A_e q + b_e with q = A_c^-1 (p_current - b_c): the common-space point q of p_current.
+    (_, a_c, b_c), (_, a_e, b_e) = a, b
+    matrix = a_e @ np.linalg.inv(a_c)
+    return PairTransform(matrix=matrix, offset=b_e - matrix @ b_c)
+
+
+def _image_of(volume: CachedVolume, array: NDArray[Any] | None = None) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array if array is None else array))
+    image.SetSpacing(volume.spacing_mm)
+    image.SetOrigin(volume.origin_mm)
+    image.SetDirection(volume.direction)
+    return image
+
+
+def resample_onto(
+    array: NDArray[Any],
+    earlier: CachedVolume,
+    current: CachedVolume,
+    transform: PairTransform,
+    *,
+    labels: bool,
+) -> NDArray[Any]:
+    """``array`` on the earlier grid, resampled onto the current grid (z, y, x); 0 outside the earlier scan.
+
+    Args:
+        labels: a label map (nearest neighbour, integer values kept) rather than an image (linear).
+    """
+    reference = sitk.Image(list(current.size), sitk.sitkUInt8)
+    reference.SetSpacing(current.spacing_mm)
+    reference.SetOrigin(current.origin_mm)
+    reference.SetDirection(current.direction)
+    moving = _image_of(earlier, array)
+    resampled = sitk.Resample(
+        moving if labels else sitk.Cast(moving, sitk.sitkFloat32),
+        reference,
+        transform.to_earlier(),
+        sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
+        0.0,
+    )
+    return sitk.GetArrayFromImage(resampled)

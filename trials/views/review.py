@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import SimpleITK as sitk
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -22,7 +24,7 @@ from trials.exceptions import ServiceError
 from trials.models import Assessment, Lesion, LesionObservation, Timepoint
 from trials.storage import stored_name
 from trials.views.common import require, timepoint_for
-from trials.views.imaging import display_index_to_native
+from trials.views.imaging import display_index_to_native, display_mask_to_native, load_volume
 
 
 class FormError(ServiceError):
@@ -51,6 +53,49 @@ def _index(request: HttpRequest, field: str, timepoint: Timepoint) -> tuple[int,
     return display_index_to_native(stored_name(series.volume_file), (i, j, k))
 
 
+#: Bounds of a painted mask as posted: runs of voxels along i, and characters of the field.
+MAX_PAINT_RUNS = 200_000
+MAX_PAINT_CHARS = 4_000_000
+
+
+def _painted(request: HttpRequest, timepoint: Timepoint) -> sitk.Image:
+    """The mask painted in the viewer, as a binary image on the stored volume's grid.
+
+    Posted as ``size`` ("nx,ny,nz", the viewer grid painted on, which must be this visit's) and ``runs``
+    ("i,j,k,n;..."; each run is ``n`` voxels from (i, j, k) along i, indices of the viewer's LPS grid).
+    """
+    series = timepoint.series.exclude(volume_file="").order_by("id").first()
+    if series is None:
+        raise FormError("This visit has no stored images to paint on.")
+    name = stored_name(series.volume_file)
+    grid = load_volume(name).size
+    size = request.POST.get("size", "")
+    if size != ",".join(str(n) for n in grid):
+        raise FormError(
+            f"The painted grid ({size or 'none'}) is not this visit's ({','.join(map(str, grid))}): "
+            "reload the page and paint again."
+        )
+    text = request.POST.get("runs", "").strip().strip(";")
+    if not text:
+        raise FormError("Nothing was painted: choose “paint a missed lesion” and draw on the image.")
+    if len(text) > MAX_PAINT_CHARS or text.count(";") >= MAX_PAINT_RUNS:
+        raise FormError("The painted region is too large to be one lesion.")
+    try:
+        runs = np.array([[int(v) for v in run.split(",")] for run in text.split(";")], dtype=np.int64)
+    except ValueError:
+        raise FormError("runs must be i,j,k,n groups separated by semicolons.") from None
+    if runs.ndim != 2 or runs.shape[1] != 4:
+        raise FormError("runs must be i,j,k,n groups separated by semicolons.")
+    i, j, k, n = runs.T
+    nx, ny, nz = grid
+    if (runs < 0).any() or (n < 1).any() or (i + n > nx).any() or (j >= ny).any() or (k >= nz).any():
+        raise FormError(f"Painted voxels must lie inside the volume (0-{nx - 1}, 0-{ny - 1}, 0-{nz - 1}).")
+    mask = np.zeros((nz, ny, nx), dtype=bool)
+    for start, row, plane, length in runs.tolist():
+        mask[plane, row, start : start + length] = True
+    return display_mask_to_native(name, mask)
+
+
 def _assessment(timepoint: Timepoint, request: HttpRequest) -> Assessment:
     value = request.POST.get("assessment_id", "")
     assessment = (
@@ -61,9 +106,22 @@ def _assessment(timepoint: Timepoint, request: HttpRequest) -> Assessment:
     return assessment
 
 
+#: The drop form's scope choice -> the verb: every visit of the patient, or this visit only.
+DROP_SCOPES = ("every_visit", "this_visit")
+
+
 def _drop(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    scope = r.POST.get("scope", "every_visit")
+    if scope not in DROP_SCOPES:
+        raise FormError("Choose where the lesion is dropped: at every visit or at this visit only.")
+    if scope == "this_visit":
+        obs = review.drop_lesion_at_visit(_lesion(tp, r), timepoint=tp, **kw)
+        return (
+            f"{obs.lesion.label} dropped at {tp.visit_label} only (not a lesion at this visit); "
+            "the assessments were recomputed."
+        )
     lesion = review.drop_lesion(_lesion(tp, r), timepoint=tp, **kw)
-    return f"{lesion.label} dropped as a false positive; the assessments were recomputed."
+    return f"{lesion.label} dropped as a false positive at every visit; the assessments were recomputed."
 
 
 def _restore(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
@@ -74,6 +132,14 @@ def _restore(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
 def _add(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
     obs = review.add_lesion_from_seed(tp, seed_index=_index(r, "seed", tp), **kw)
     return f"{obs.lesion.label} added (LD {obs.longest_diameter_mm:.1f} mm); the assessments were recomputed."
+
+
+def _paint(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
+    obs = review.add_lesion_from_mask(tp, mask=_painted(r, tp), **kw)
+    return (
+        f"{obs.lesion.label} added from the painted region (LD {obs.longest_diameter_mm:.1f} mm); "
+        "the assessments were recomputed."
+    )
 
 
 def _merge(tp: Timepoint, r: HttpRequest, **kw: Any) -> str:
@@ -154,6 +220,7 @@ ACTIONS: dict[str, tuple[Callable[..., str], tuple[str, ...]]] = {
     "drop": (_drop, (permissions.EDIT_LESIONS,)),
     "restore": (_restore, (permissions.EDIT_LESIONS,)),
     "add": (_add, (permissions.EDIT_LESIONS,)),
+    "paint": (_paint, (permissions.EDIT_LESIONS,)),
     "merge": (_merge, (permissions.EDIT_LESIONS,)),
     "split": (_split, (permissions.EDIT_LESIONS,)),
     "targets": (_targets, (permissions.EDIT_LESIONS,)),

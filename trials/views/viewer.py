@@ -5,6 +5,7 @@ assessment with confirm/override, and the visit's audit trail."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
+from numpy.typing import NDArray
 
 from trials import permissions
 from trials.actions.review import LESION_FLAGS
@@ -33,6 +35,7 @@ from trials.views.imaging import (
     CachedVolume,
     load_volume,
     nifti_bytes,
+    pair_transform,
     physical_to_index,
     segment_voxels,
 )
@@ -81,32 +84,67 @@ def viewer_observations(timepoint_id: int) -> list[LesionObservation]:
     )
 
 
-def _lesion_point(volume: CachedVolume, obs: LesionObservation) -> list[float] | None:
-    """Voxel index (viewer grid) of the middle of the lesion's LD caliper, or of its centroid."""
+def _lesion_point(
+    volume: CachedVolume, obs: LesionObservation, carry: Callable[[list[float]], list[float]] | None = None
+) -> list[float] | None:
+    """Voxel index (viewer grid) of the middle of the lesion's LD caliper, or of its centroid.
+
+    Args:
+        carry: maps a point of the observation's visit into the space of ``volume`` (a registered
+            comparison); None when the observation is on ``volume`` itself.
+    """
+    move = carry or (lambda p: p)
     if obs.caliper_points_mm:
-        a, b = (physical_to_index(volume, p) for p in obs.caliper_points_mm)
+        a, b = (physical_to_index(volume, move(p)) for p in obs.caliper_points_mm)
         return [round((u + v) / 2, 2) for u, v in zip(a, b, strict=True)]
     if obs.centroid_x_mm is not None and obs.centroid_y_mm is not None and obs.centroid_z_mm is not None:
-        point = physical_to_index(volume, [obs.centroid_x_mm, obs.centroid_y_mm, obs.centroid_z_mm])
+        point = physical_to_index(volume, move([obs.centroid_x_mm, obs.centroid_y_mm, obs.centroid_z_mm]))
         return [round(v, 2) for v in point]
     return None
 
 
-def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
-    """JSON-ready description of one visit's first stored series for the viewer script (viewer.js)."""
+def _first_series(row: VisitRow) -> ImagingSeries | None:
+    return next((s for s in row.series if s.volume_file), None)
+
+
+def viewer_panel(row: VisitRow | None, onto: VisitRow | None = None) -> dict[str, Any] | None:
+    """JSON-ready description of one visit's first stored series for the viewer script (viewer.js).
+
+    Args:
+        onto: the visit under review, for a comparison panel: when both visits' series are registered
+            to the patient's common space, the panel is served resampled onto its grid (``registered``
+            true, ``trials.views.registered``); otherwise on its own grid, related by scanner
+            coordinates only (``registered`` false, with a note saying so).
+    """
     if row is None:
         return None
-    series = next((s for s in row.series if s.volume_file), None)
+    series = _first_series(row)
     if series is None:
         return None
     try:
-        volume = load_volume(stored_name(series.volume_file))
+        own = load_volume(stored_name(series.volume_file))
     except (MissingImageError, RuntimeError, OSError):
         return None
+    volume, urls, carry, note = own, _panel_urls(series), None, ""
+    current = _first_series(onto) if onto is not None else None
+    if onto is not None and current is not None:
+        transform = pair_transform(current, series)
+        try:
+            onto_volume = load_volume(stored_name(current.volume_file)) if transform is not None else None
+        except (MissingImageError, RuntimeError, OSError):
+            onto_volume = None
+        if transform is not None and onto_volume is not None:
+            volume, carry = onto_volume, transform.to_current
+            urls = _panel_urls(series, onto=current)
+            note = (
+                f"Registered to {onto.timepoint.visit_label} (rigid): the same anatomy under the crosshair."
+            )
+        else:
+            note = "Not registered: aligned by scanner coordinates only; the anatomy may not line up."
     categories = {r.lesion.pk: r.category for r in row.lesions}
     lesions = []
     for value, obs in enumerate(viewer_observations(row.timepoint.pk), start=1):
-        point = _lesion_point(volume, obs)
+        point = _lesion_point(volume, obs, carry)
         if point is not None:
             point = [max(0.0, min(float(n - 1), v)) for v, n in zip(point, volume.size, strict=True)]
         lesions.append(
@@ -124,16 +162,16 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
         )
     # Each panel has its own window: the 0.5-99.5 percentiles of its own signal (load_volume), so a
     # prior scanned with another gain is not drawn white or black with the current visit's window.
-    low = volume.default_level - volume.default_window / 2
-    high = volume.default_level + volume.default_window / 2
+    low = own.default_level - own.default_window / 2
+    high = own.default_level + own.default_window / 2
     return {
         "timepoint_id": row.timepoint.pk,
         "visit": row.timepoint.visit_label,
         "date": row.timepoint.scan_date.isoformat(),
         "series_id": series.pk,
-        "volume_url": reverse("dashboard:series-volume", args=[series.pk]),
-        "lesions_url": reverse("dashboard:series-lesions", args=[series.pk]),
-        "calipers_url": reverse("dashboard:series-calipers", args=[series.pk]),
+        **urls,
+        "registered": carry is not None,
+        "registration_note": note,
         "size": list(volume.size),
         "spacing": list(volume.spacing_mm),
         # Voxel index <-> LPS mm of the served grid: clicks and lesion jumps go through physical space,
@@ -141,8 +179,24 @@ def viewer_panel(row: VisitRow | None) -> dict[str, Any] | None:
         "index_to_physical": volume.index_to_physical(),
         "physical_to_index": volume.physical_to_index(),
         "robust": [round(low, 2), round(high, 2)],
-        "full": [round(float(volume.array.min()), 2), round(float(volume.array.max()), 2)],
+        "full": [round(float(own.array.min()), 2), round(float(own.array.max()), 2)],
         "lesions": lesions,
+    }
+
+
+def _panel_urls(series: ImagingSeries, *, onto: ImagingSeries | None = None) -> dict[str, str]:
+    """The panel's volume, lesion map and calipers: on the series' own grid, or resampled onto ``onto``."""
+    if onto is None:
+        return {
+            "volume_url": reverse("dashboard:series-volume", args=[series.pk]),
+            "lesions_url": reverse("dashboard:series-lesions", args=[series.pk]),
+            "calipers_url": reverse("dashboard:series-calipers", args=[series.pk]),
+        }
+    args = [series.pk, onto.pk]
+    return {
+        "volume_url": reverse("dashboard:series-volume-on", args=args),
+        "lesions_url": reverse("dashboard:series-lesions-on", args=args),
+        "calipers_url": reverse("dashboard:series-calipers-on", args=args),
     }
 
 
@@ -203,7 +257,7 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
     index = next(i for i, r in enumerate(rows) if r.timepoint.pk == timepoint.pk)
     row = rows[index]
     # Any earlier visit can be compared (newest first); the previous one is shown first.
-    compare = [panel for panel in (viewer_panel(r) for r in reversed(rows[:index])) if panel]
+    compare = [panel for panel in (viewer_panel(r, onto=row) for r in reversed(rows[:index])) if panel]
     viewer = {"main": viewer_panel(row), "compare": compare}
     flags = capability_flags(request.user, patient.trial)
     present_rows = [r for r in row.lesions if r.observation is not None and r.observation.present]
@@ -280,6 +334,13 @@ def series_lesions(request: HttpRequest, series_id: int) -> HttpResponse:
     """The visit's lesion label map on the series grid: value n + 1 is the n-th present observation
     (``viewer_observations``), whatever mask (AI run or reader edit) it comes from."""
     series, volume = _served_volume(request, series_id)
+    labels = lesion_label_array(series, volume)
+    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-lesions.nii.gz")
+
+
+def lesion_label_array(series: ImagingSeries, volume: CachedVolume) -> NDArray[np.uint16]:
+    """The visit's lesion label map (z, y, x) on the series' served grid: value n + 1 is the n-th present
+    observation (``viewer_observations``)."""
     labels = np.zeros(volume.array.shape, dtype=np.uint16)
     for value, obs in enumerate(viewer_observations(series.timepoint_id), start=1):
         source = observation_mask_source(obs)
@@ -291,7 +352,7 @@ def series_lesions(request: HttpRequest, series_id: int) -> HttpResponse:
             continue
         if mask.array.shape == volume.array.shape:
             labels[mask.array == source[1]] = value
-    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-lesions.nii.gz")
+    return labels
 
 
 #: Values of the calipers label map: the LD (drawn red) and its perpendicular (drawn orange).

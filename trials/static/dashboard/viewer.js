@@ -1,5 +1,6 @@
 // MetTrack visit viewer on Niivue (WebGL2): two panels, the visit and any earlier visit, each with its own
-// window (its own 0.5-99.5 percentile range from the server), crosshairs kept on the same physical point,
+// window (its own 0.5-99.5 percentile range from the server), crosshairs kept on the same physical point
+// (the earlier visit is served resampled onto this visit's grid when the two are registered),
 // the lesion label map (opacity, toggle) and the stored LD (red) and perpendicular (orange) calipers.
 // Review forms are posted with fetch(); the page's parts are then refreshed in place, so the slice, the
 // windows, the zoom and the comparison stay as the reader left them.
@@ -229,8 +230,9 @@
     moveTo(main, lesion.vox);
     main.nv.drawScene();
     onMoved(main);
-    // The same lesion in the comparison visit: its own LD, even if the two scans are not registered.
-    const cmp = panels.compare, match = cmp && cmp.data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
+    // The same lesion in the comparison visit: its own LD. A registered comparison shares the grid: the
+    // synced crosshair already shows the same anatomy, so it stays there.
+    const cmp = panels.compare, match = cmp && !cmp.data.registered && cmp.data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
     if (match) { moveTo(cmp, match.vox); cmp.nv.drawScene(); showStatus(cmp); }
     return true;
   }
@@ -276,9 +278,13 @@
     }
     if (panelEl) panelEl.hidden = false;
     $("compare-title").textContent = "Earlier visit: " + data.visit + " " + data.date;
+    if ($("compare-note")) {
+      $("compare-note").textContent = data.registration_note || "";
+      $("compare-note").setAttribute("data-registered", data.registered ? "1" : "0");
+    }
     const panel = await openPanel("compare", data, range);
     const lesion = state.lesion >= 0 && panels.main ? panels.main.data.lesions.filter(function (l) { return l.vox; })[state.lesion] : null;
-    const match = lesion && data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
+    const match = lesion && !data.registered && data.lesions.find(function (l) { return l.label === lesion.label && l.vox; });
     if (match) { moveTo(panel, match.vox); panel.nv.drawScene(); showStatus(panel); }
     else if (panels.main) onMoved(panels.main);
     remember();
@@ -336,6 +342,7 @@
       });
       let answer;
       try { answer = await response.json(); } catch (e) { answer = { ok: false, message: "The server refused this (" + response.status + ")." }; }
+      if (answer.ok && form.id === "paint-form" && panels.main) clearPaint();
       if (answer.ok) await refreshParts();
       say(answer.message, answer.ok);
     } catch (e) {
@@ -396,6 +403,64 @@
     }
   };
 
+  // --- painting a missed lesion: Niivue's pen on the visit's panel (an outline is filled when the pen lifts).
+  // The drawing is Niivue's bitmap on its RAS voxel grid; each painted voxel goes through physical space to
+  // the served (LPS) grid, and is posted as runs "i,j,k,n" along i with the grid's size (review verb "paint").
+  function paintedRuns(panel) {
+    const nv = panel.nv, bitmap = nv.drawBitmap, back = nv.volumes[0], size = panel.data.size;
+    if (!bitmap || !back || !back.dimsRAS) return [];
+    const nx = back.dimsRAS[1], ny = back.dimsRAS[2], voxels = [];
+    for (let v = 0; v < bitmap.length; v++) {
+      if (!bitmap[v]) continue;
+      const x = v % nx, y = Math.floor(v / nx) % ny, z = Math.floor(v / (nx * ny));
+      const mm = back.vox2mm([x, y, z], back.matRAS);
+      const index = apply(panel.data.physical_to_index, lpsToRas([mm[0], mm[1], mm[2]])).map(Math.round);
+      if (!index.some(function (c, a) { return c < 0 || c >= size[a]; })) voxels.push(index);
+    }
+    voxels.sort(function (a, b) { return a[2] - b[2] || a[1] - b[1] || a[0] - b[0]; });
+    const runs = [];
+    voxels.forEach(function (p) {
+      const last = runs[runs.length - 1], sameRow = last && last[1] === p[1] && last[2] === p[2];
+      if (sameRow && p[0] < last[0] + last[3]) return;  // the same voxel twice
+      if (sameRow && p[0] === last[0] + last[3]) { last[3] += 1; } else { runs.push([p[0], p[1], p[2], 1]); }
+    });
+    return runs;
+  }
+  function paintCount() {
+    const main = panels.main, el = $("paint-count");
+    if (!main || !el) return;
+    const bitmap = main.nv.drawBitmap;
+    let n = 0;
+    if (bitmap) { for (let v = 0; v < bitmap.length; v++) { if (bitmap[v]) n++; } }
+    el.textContent = n ? n + " voxels painted." : "Nothing painted yet.";
+  }
+  function setPaint(on) {
+    const main = panels.main;
+    if (!main) return;
+    if (on && !main.nv.drawBitmap) main.nv.createEmptyDrawing();
+    main.nv.setDrawingEnabled(on);
+    if (on) { main.nv.setPenValue(1, true); main.nv.setDrawOpacity(0.6); }
+    main.nv.onDrawingChanged = paintCount;
+    paintCount();
+  }
+  function clearPaint() {
+    panels.main.nv.createEmptyDrawing();
+    panels.main.nv.drawScene();
+    paintCount();
+  }
+  // Capture phase: the runs are filled in before the page's submit handler posts the form.
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    if (!form || form.id !== "paint-form" || !panels.main) return;
+    form.querySelector("[name=size]").value = panels.main.data.size.join(",");
+    form.querySelector("[name=runs]").value = paintedRuns(panels.main).map(function (r) { return r.join(","); }).join(";");
+  }, true);
+  document.addEventListener("click", function (event) {
+    const id = event.target && event.target.id;
+    if (!panels.main || (id !== "paint-undo" && id !== "paint-clear")) return;
+    if (id === "paint-undo") { panels.main.nv.drawUndo(); paintCount(); } else { clearPaint(); }
+  });
+
   // --- controls ------------------------------------------------------------------------------------------
   (config.compare || []).forEach(function (c) {
     const opt = document.createElement("option");
@@ -403,6 +468,7 @@
     $("compare-select").appendChild(opt);
   });
   $("compare-select").addEventListener("change", function () { showCompare($("compare-select").value); });
+  if ($("click-mode")) $("click-mode").addEventListener("change", function () { setPaint($("click-mode").value === "paint"); });
   $("view-select").addEventListener("change", function () { setSliceType(parseInt($("view-select").value, 10)); });
   $("preset-select").addEventListener("change", function () { applyPreset(PRESETS.indexOf($("preset-select").value)); });
   $("drag-select").addEventListener("change", function () {
