@@ -34,10 +34,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from trials.choices import AssessmentStatus, Criteria, RunStatus
-from trials.exceptions import InvalidInputError
+from trials.exceptions import InvalidInputError, MissingImageError
 from trials.models import Assessment, ModelVersion, SegmentationRun, Timepoint, Trial
 from trials.pipeline.references import reference_case
-from trials.storage import media_path, read_image, same_grid, write_image
+from trials.storage import media_path, read_image, same_grid, stored_name, write_image
 
 #: Format of the manifest (bump when its fields change meaning).
 MANIFEST_FORMAT = "mettrack-training-set/1"
@@ -109,12 +109,17 @@ def ai_run(visit: Timepoint, series_id: int) -> SegmentationRun | None:
 
 
 def ai_mask(run: SegmentationRun | None, image: sitk.Image) -> sitk.Image:
-    """The run's lesion components as one binary mask on the image grid (empty without a run)."""
+    """The run's lesion components as one binary mask on the image grid (empty without a run).
+
+    Raises:
+        MissingImageError: the run's mask is not on the series grid.
+    """
     mask = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
     if run is not None:
-        labels = read_image(run.mask_file.name)
-        if same_grid(labels, image):
-            mask = (sitk.GetArrayViewFromImage(labels) != 0).astype(np.uint8)
+        labels = read_image(stored_name(run.mask_file))
+        if not same_grid(labels, image):
+            raise MissingImageError(f"The mask of segmentation run {run.pk} is not on its series' grid.")
+        mask = (sitk.GetArrayViewFromImage(labels) != 0).astype(np.uint8)
     out = sitk.GetImageFromArray(mask)
     out.CopyInformation(image)
     return out
