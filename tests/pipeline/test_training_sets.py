@@ -260,6 +260,7 @@ def test_fine_tuning_job_registers_a_version_refused_until_approved(
     assert validation.result["cases"] == 1
     tuned.refresh_from_db()
     assert tuned.lifecycle == ModelLifecycle.VALIDATED
+    assert tuned.validation_summary["data"]["training_patients_left_out"] == 3
     page = tuned.validation_report.open("rb").read().decode()
     assert "P4/BASELINE" in page and "P1/BASELINE" not in page
     row = governance.approve_model(

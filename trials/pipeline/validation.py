@@ -59,6 +59,7 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
     if not visits:
         raise InvalidStateError(f"Trial {trial.code} has no visit signed by a radiologist to validate on.")
     trained_on = training_patients(version, trial)
+    left_out = {visit.patient.subject_id for visit in visits} & trained_on
     visits = [visit for visit in visits if visit.patient.subject_id not in trained_on]
     if not visits:
         raise InvalidStateError(
@@ -112,8 +113,8 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
         "cases": len(cases),
         "min_lesion_volume_mm3": min_volume,
     }
-    if trained_on:
-        data["patients_left_out_as_training_patients"] = len(trained_on)
+    if left_out:
+        data["training_patients_left_out"] = len(left_out)
     with tempfile.TemporaryDirectory() as folder:
         paths = write_report(
             outcome, folder, model=identity, data=data, created=dt.datetime.now(dt.UTC), slices=slices
