@@ -33,7 +33,6 @@ def trial_models(request: HttpRequest, trial_id: int) -> HttpResponse:
         ).order_by("-pk")[:10],
         "can_manage": permissions.has_capability(request.user, trial, permissions.MANAGE_TRIAL),
         "training_sets": TrainingSet.objects.filter(trial=trial)[:10],
-        "methods": training.METHODS,
     }
     return render(request, "dashboard/models.html", context)
 
@@ -66,7 +65,7 @@ def _admin_trial(request: HttpRequest, trial_id: int) -> Trial:
     return trial
 
 
-def _positive_int(request: HttpRequest, name: str, default: int) -> int:
+def _whole_number(request: HttpRequest, name: str, default: int) -> int:
     try:
         return int(request.POST.get(name) or default)
     except ValueError as exc:
@@ -115,8 +114,8 @@ def fine_tune(request: HttpRequest, trial_id: int, set_id: int) -> HttpResponse:
             row,
             actor=request.user,
             method=request.POST.get("method", training.PAPER),
-            epochs=_positive_int(request, "epochs", 20),
-            steps_per_epoch=_positive_int(request, "steps_per_epoch", 50),
+            epochs=_whole_number(request, "epochs", 20),
+            steps_per_epoch=_whole_number(request, "steps_per_epoch", 50),
             correlation_id=getattr(request, "correlation_id", ""),
         )
     except ServiceError as exc:
