@@ -29,6 +29,10 @@ from trials.records.imaging import register_model_directory
 from trials.records.jobs import finish_job, start_job
 from trials.storage import media_path
 
+#: Share of the job's time limit (``PIPELINE_JOB_TIME_LIMIT_S``) training may use: it stops after the
+#: epoch that passes it and keeps the best model so far, leaving time to register it.
+TIME_SHARE = 0.8
+
 
 def run_training(
     job_id: int, *, dispatch_id: str = "", actor_id: int | None = None, correlation_id: str = ""
@@ -117,6 +121,8 @@ def _train(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -> 
                 loss="bce",
                 freeze_encoder=method == "paper",
                 seed=int(params.get("seed", 0)),
+                # Stop in time: past its limit the sweep fails the job (and the broker would send it again).
+                max_minutes=TIME_SHARE * job.time_limit_s / 60.0 if job.time_limit_s else None,
                 device=str(getattr(settings, "PIPELINE_DEVICE", "auto")),
                 command=f"MetTrack fine-tuning job {job.pk}: {method} on training set {training_set.pk}",
             )
