@@ -44,6 +44,7 @@ app.conf.update(
     include=["worker.tasks"],
     task_routes={
         "mettrack.pipeline.segment": {"queue": _gpu_queue},
+        "mettrack.models.train": {"queue": _gpu_queue},
         "mettrack.*": {"queue": _default_queue},
     },
     beat_schedule={

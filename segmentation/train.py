@@ -9,7 +9,7 @@ Data sources:
 
 * ``--data DIR``: NIfTI pairs ``<name>_mask.nii.gz`` + ``<name>_t1c.nii.gz`` (or ``<name>.nii.gz`` /
   ``<name>_image.nii.gz``); the patient id is the part of ``<name>`` before the first ``_``, so
-  ``P007_v1`` and ``P007_v2`` stay in one split;
+  ``P007_v1`` and ``P007_v2`` stay in one split; ``<name>_ai_mask.nii.gz`` files are ignored;
 * ``--dicom DIR``: one sub-folder per case holding an MR series and its RTSTRUCT; ROIs whose name
   matches ``--roi-pattern`` (fnmatch, default ``GTV*``) are merged into the lesion mask; the patient id is
   the DICOM PatientID;
@@ -124,14 +124,24 @@ class CachedCase:
 _IMAGE_SUFFIXES = ("_t1c.nii.gz", "_image.nii.gz", ".nii.gz", "_t1c.nii", "_image.nii", ".nii")
 
 
+#: ``<name>_ai_mask.nii[.gz]``: the AI's original mask kept next to a reader-corrected one (MetTrack's
+#: training sets); not a training pair.
+AI_MASK_SUFFIX = re.compile(r".*_ai_mask\.nii(\.gz)?$")
+
+
 def nifti_pair_sources(directory: str | Path) -> list[CaseSource]:
-    """Find ``<name>_mask.nii[.gz]`` files and their images in ``directory``.
+    """Find ``<name>_mask.nii[.gz]`` files and their images in ``directory`` (``<name>_ai_mask.nii[.gz]``
+    files, an AI's mask kept for comparison, are not masks to train on).
 
     Raises:
         TrainingError: When the folder has no mask, or a mask has no image.
     """
     root = Path(directory)
-    masks = sorted(root.glob("*_mask.nii.gz")) + sorted(root.glob("*_mask.nii"))
+    masks = [
+        path
+        for path in sorted(root.glob("*_mask.nii.gz")) + sorted(root.glob("*_mask.nii"))
+        if not AI_MASK_SUFFIX.match(path.name)
+    ]
     if not masks:
         raise TrainingError(f"no <name>_mask.nii.gz files in {root}")
     out = []
@@ -938,8 +948,12 @@ def train(
     options: TrainOptions,
     init_from: Path | None = None,
     data_description: str = "",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or fine-tune) a UNETR; returns the run summary (history, best metrics).
+
+    ``on_epoch`` is called with each epoch's history entry (its ``epoch`` counts from 0), e.g. to show
+    the progress of a background job.
 
     Raises:
         TrainingError: On bad options, too few patients, or an init checkpoint that does not fit.
@@ -981,6 +995,8 @@ def train(
         t1 = time.time()
         val = evaluate(network, cases["val"], config, device=device, calibrate=options.calibrate)
         state.history.append(_epoch_entry(epoch, losses, val, train_s, time.time() - t1, started))
+        if on_epoch is not None:
+            on_epoch(state.history[-1])
         if "score" not in state.best or selection_score(val) > state.best["score"]:
             state.best = {"epoch": epoch, "score": selection_score(val), **val}
             _atomic_torch_save({k: v.cpu() for k, v in network.state_dict().items()}, run_dir / "best.pt")

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     from segmentation.inference import InferenceOptions, segment_image
     from segmentation.model import load_model
     from segmentation.train import nifti_pair_sources, phantom_sources
-    from segmentation.validation_report import write_report
+    from segmentation.validation_report import case_slice, write_report
 
     visits = _visits(args.visits)
     backend = None if args.backend in (None, "auto") else args.backend
@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         sources = phantom_sources(args.phantoms, args.seed)
         described = {"source": "synthetic phantoms (held out)", "seed": args.seed}
     cases = []
+    slices = {}
     started = time.perf_counter()
     masks_dir = Path(args.output_dir) / "masks"
     masks_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         patient, date = visits.get(source.case_id, (source.patient_id, None))
         kept_image = image if args.register else None
         cases.append(ValidationCase(source.case_id, reference, result.mask, patient, date, kept_image))
+        slices[source.case_id] = case_slice(image, reference, result.mask)
         # The model's mask of each case, for a reader to check any number of the report.
         sitk.WriteImage(result.mask, str(masks_dir / f"{safe_name(source.case_id)}_model.nii.gz"))
         print(f"{source.case_id}: {len(result.lesions)} lesion(s) found", file=sys.stderr)
@@ -208,7 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
         "device": args.device,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return write_report(outcome, args.output_dir, model=model_identity(Path(args.model)), data=data)
+    return write_report(
+        outcome, args.output_dir, model=model_identity(Path(args.model)), data=data, slices=slices
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,14 +9,22 @@ CSV tables (``cases.csv``, ``lesions.csv``, ``aggregate.csv``, ``detection_by_si
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import html
+import io
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
+import SimpleITK as sitk
+from PIL import Image
+from scipy import ndimage as ndi
 
 from rano.validation import SIZE_BIN_NAMES, ValidationResult
 
@@ -165,6 +173,104 @@ def figures(result: ValidationResult) -> dict[str, go.Figure]:
     return out
 
 
+#: Worst cases (lowest Dice) shown with a slice thumbnail, and the thumbnail's longest side (pixels).
+WORST_CASES = 3
+THUMBNAIL_PX = 192
+#: Outline colours (RGB): reference solid, model dotted, so the two differ without colour as well.
+REFERENCE_RGB = (0, 200, 83)
+MODEL_RGB = (255, 64, 255)
+
+
+@dataclass(frozen=True)
+class CaseSlice:
+    """One axial slice of a case, for its thumbnail: the image and both masks, (rows, columns).
+
+    Attributes:
+        image: Intensities of the slice.
+        reference: Reference lesion mask of the slice.
+        prediction: The model's lesion mask of the slice.
+        index: Slice index (z, voxels) in the case's image.
+        spacing_mm: Pixel size (row, column) in mm.
+    """
+
+    image: np.ndarray
+    reference: np.ndarray
+    prediction: np.ndarray
+    index: int
+    spacing_mm: tuple[float, float]
+
+
+def case_slice(image: sitk.Image, reference: sitk.Image, prediction: sitk.Image) -> CaseSlice:
+    """The axial slice of a case with the most reference voxels (the most model voxels when the reference
+    is empty, the middle slice when both are), kept for the report's thumbnail (a few kB per case)."""
+    ref = sitk.GetArrayViewFromImage(reference) != 0
+    pred = sitk.GetArrayViewFromImage(prediction) != 0
+    counts = ref.sum(axis=(1, 2)) if ref.any() else pred.sum(axis=(1, 2))
+    index = int(np.argmax(counts)) if counts.any() else ref.shape[0] // 2
+    spacing = image.GetSpacing()
+    return CaseSlice(
+        np.array(sitk.GetArrayViewFromImage(image)[index], dtype=np.float32),
+        np.array(ref[index]),
+        np.array(pred[index]),
+        index,
+        (float(spacing[1]), float(spacing[0])),
+    )
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndi.binary_erosion(mask, border_value=0)
+
+
+def thumbnail_png(item: CaseSlice, size_px: int = THUMBNAIL_PX) -> bytes:
+    """PNG of a slice: grey image, reference outline solid green, model outline dotted magenta.
+
+    Pixels are repeated (nearest neighbour) to square pixels and about ``size_px`` on the longest side.
+    """
+    rows, cols = item.image.shape
+    pixel_mm = min(item.spacing_mm)
+    zoom = max(1.0, size_px / max(rows * item.spacing_mm[0] / pixel_mm, cols * item.spacing_mm[1] / pixel_mm))
+    row_rep = max(1, round(item.spacing_mm[0] / pixel_mm * zoom))
+    col_rep = max(1, round(item.spacing_mm[1] / pixel_mm * zoom))
+
+    def up(array: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(array, row_rep, axis=0), col_rep, axis=1)
+
+    low, high = np.percentile(item.image, (1, 99)) if item.image.size else (0.0, 1.0)
+    grey = np.clip((item.image - low) / max(float(high - low), 1e-6), 0, 1)
+    rgb = np.repeat((up(grey) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    reference = _outline(up(item.reference))
+    model = _outline(up(item.prediction))
+    r, c = np.indices(model.shape)
+    rgb[model & ((r + c) % 4 < 2)] = MODEL_RGB  # dotted: every other pair of outline pixels
+    rgb[reference] = REFERENCE_RGB  # solid, drawn last: whole where the outlines cross
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def worst_cases_html(result: ValidationResult, slices: Mapping[str, CaseSlice], n: int = WORST_CASES) -> str:
+    """The ``n`` lowest-Dice cases with a slice each (PNG embedded as base64), with a legend."""
+    worst = [case for case in sorted(result.cases, key=lambda c: c.dice) if case.case_id in slices][:n]
+    if not worst:
+        return ""
+    figures_html = []
+    for case in worst:
+        item = slices[case.case_id]
+        data = base64.b64encode(thumbnail_png(item)).decode("ascii")
+        caption = f"{case.case_id}: Dice {_fmt(case.dice)}, axial slice {item.index}"
+        figures_html.append(
+            f'<figure class="thumb" data-case="{html.escape(case.case_id)}">'
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    legend = (
+        '<p class="legend"><span class="key" style="color:#00c853">━━ solid outline: reference</span> · '
+        '<span class="key" style="color:#ff40ff">┅┅ dotted outline: model</span> (the slice with the most reference '
+        "voxels, or model voxels when the reference is empty)</p>"
+    )
+    return f"<h2>Worst cases (lowest Dice)</h2>{legend}<div>{''.join(figures_html)}</div>"
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "—"
@@ -188,9 +294,15 @@ def report_document(
 
 
 def render_html(
-    result: ValidationResult, *, model: dict[str, Any], data: dict[str, Any], created: dt.datetime
+    result: ValidationResult,
+    *,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    created: dt.datetime,
+    slices: Mapping[str, CaseSlice] | None = None,
 ) -> str:
-    """The self-contained HTML report (plotly.js embedded once: it opens offline)."""
+    """The self-contained HTML report (plotly.js embedded once: it opens offline), with slice thumbnails of
+    the worst cases when ``slices`` (case id -> :func:`case_slice`) are given."""
     figs = figures(result)
     parts = []
     for index, fig in enumerate(figs.values()):
@@ -225,6 +337,7 @@ def render_html(
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 th {{ background: #f3f3f3; }} .warn {{ color: #a00; font-weight: bold; }} code {{ font-size: 0.9em; }}
+figure.thumb {{ display: inline-block; margin: 0 1rem 1rem 0; }} .key {{ background: #222; padding: 2px 6px; }}
 </style></head><body>
 <h1>Validation of {html.escape(str(model.get("name")))} {html.escape(str(model.get("version")))}</h1>
 {warning}
@@ -237,6 +350,7 @@ config sha256 <code>{html.escape(str(model.get("config_sha256")))}</code>.</p>
 {kappa}
 <h2>Figures</h2>
 {"".join(parts)}
+{worst_cases_html(result, slices or {})}
 <h2>Cases (lowest Dice first)</h2>
 <table><tr><th>case</th><th>patient</th><th>Dice</th><th>HD95 (mm)</th><th>lesion F1</th>
 <th>detected</th><th>false positives</th></tr>{case_rows}</table>
@@ -258,14 +372,17 @@ def write_report(
     model: dict[str, Any],
     data: dict[str, Any],
     created: dt.datetime | None = None,
+    slices: Mapping[str, CaseSlice] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.html``, ``report.json`` and the CSV tables into ``out_dir``; return their paths."""
+    """Write ``report.html``, ``report.json`` and the CSV tables into ``out_dir``; return their paths.
+
+    ``slices``: case id -> :func:`case_slice`, for the worst cases' thumbnails in the HTML."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     created = created or dt.datetime.now(dt.UTC)
     paths = {name: out / name for name in ("report.html", "report.json")}
     paths["report.html"].write_text(
-        render_html(result, model=model, data=data, created=created), encoding="utf-8"
+        render_html(result, model=model, data=data, created=created, slices=slices), encoding="utf-8"
     )
     document = report_document(result, model=model, data=data, created=created)
     paths["report.json"].write_text(json.dumps(document, indent=1, default=str), encoding="utf-8")
@@ -316,6 +433,10 @@ def write_report(
 
 __all__ = [
     "METRIC_ROWS",
+    "CaseSlice",
+    "case_slice",
+    "thumbnail_png",
+    "worst_cases_html",
     "bland_altman_figure",
     "confusion_figure",
     "detection_by_size_figure",

@@ -37,6 +37,7 @@ from trials.models import (
     SegmentationRun,
     Site,
     Timepoint,
+    TrainingSet,
     Trial,
     TrialMembership,
     TrialModel,
@@ -238,6 +239,14 @@ class TrialModelAdmin(ReadOnlyAdmin):
 
     list_display = ["trial", "model_version", "status", "approved_by_name", "approved_at", "activated_at"]
     list_filter = ["status", "trial"]
+
+
+@admin.register(TrainingSet)
+class TrainingSetAdmin(ReadOnlyAdmin):
+    """Signed reads exported as training sets (``manage.py training_set export`` or the Models page)."""
+
+    list_display = ["id", "trial", "n_cases", "created_by_name", "created_at", "manifest_sha256"]
+    list_filter = ["trial"]
 
 
 @admin.register(SegmentationRun)

@@ -36,6 +36,7 @@ from trials.models import (
     Site,
     SubjectMapping,
     Timepoint,
+    TrainingSet,
     Trial,
     TrialMembership,
     TrialModel,
@@ -92,7 +93,7 @@ def trial_of(obj: models.Model | None) -> Trial | None:
         return obj.timepoint.patient.trial
     if isinstance(obj, SegmentationRun):
         return obj.series.timepoint.patient.trial
-    if isinstance(obj, ReceivedStudy | TrialPacsSettings | TrialModel):
+    if isinstance(obj, ReceivedStudy | TrialPacsSettings | TrialModel | TrainingSet):
         return obj.trial
     if isinstance(obj, SubjectMapping):
         return obj.site.trial

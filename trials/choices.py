@@ -149,6 +149,7 @@ class JobKind(models.TextChoices):
     EXPORT = "export", "Export"
     PACS = "pacs", "PACS query/retrieve"
     VALIDATE = "validate", "Validate a model"
+    TRAIN = "train", "Fine-tune a model"
     OTHER = "other", "Other"
 
 

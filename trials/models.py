@@ -511,6 +511,35 @@ class TrialModel(models.Model):
         return f"{self.model_version} in {self.trial_id} ({self.status})"
 
 
+class TrainingSet(models.Model):
+    """The signed reads of a trial exported as a training set (README "Learning from the readers").
+
+    The files (``<case>_t1c.nii.gz``, ``<case>_mask.nii.gz``, ``<case>_ai_mask.nii.gz``, ``manifest.json``)
+    lie under MEDIA_ROOT at ``directory``, in the layout ``bm-train --data`` reads. The patients held out
+    (those of a validation set) are listed, as are the training patients: a version fine-tuned from this
+    set is never validated on them.
+    """
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="training_sets")
+    directory = models.CharField(max_length=300, help_text="Folder under MEDIA_ROOT.")
+    manifest = models.JSONField(default=dict, blank=True)
+    manifest_sha256 = models.CharField(max_length=64)
+    n_cases = models.PositiveIntegerField(default=0)
+    training_patients = models.JSONField(default=list, blank=True, help_text="Subject ids (pseudonymous).")
+    held_out_patients = models.JSONField(default=list, blank=True, help_text="Subject ids (pseudonymous).")
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_by_name = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"training set {self.pk} of {self.trial_id} ({self.n_cases} cases)"
+
+
 class SegmentationRun(models.Model):
     """One segmentation model applied to one series.
 

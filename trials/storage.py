@@ -30,11 +30,12 @@ import os
 import shutil
 import tempfile
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import IO, ParamSpec, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -451,6 +452,20 @@ class _FileJournal:
             with default_storage.open(name, "rb") as src:
                 data = src.read()
         self._previous.append((name, data))
+
+
+def zip_folder(name: str) -> IO[bytes]:
+    """The files of a stored folder as a zip (stored, not compressed again: volumes are gzipped already),
+    inside a folder of the same name, in a temporary file positioned at its start (a response streams and
+    closes it)."""
+    folder = media_path(name)
+    handle = tempfile.TemporaryFile()  # noqa: SIM115  (returned open)
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                archive.write(path, f"{folder.name}/{path.name}")
+    handle.seek(0)
+    return handle
 
 
 def run_output_path(run: SegmentationRun, filename: str) -> Path:

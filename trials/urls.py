@@ -34,6 +34,16 @@ urlpatterns = [
         models.validate_model,
         name="trial-models-validate",
     ),
+    path(
+        "trials/<int:trial_id>/models/training-sets/",
+        models.export_training_set,
+        name="trial-training-sets",
+    ),
+    path(
+        "trials/<int:trial_id>/models/training-sets/<int:set_id>/fine-tune/",
+        models.fine_tune,
+        name="trial-training-sets-fine-tune",
+    ),
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
     path("patients/<int:patient_id>/visits/", patient.add_visit, name="add-visit"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),

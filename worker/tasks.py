@@ -45,11 +45,13 @@ from trials.pipeline.queue import (
     SWEEP_LOST_TASK,
     SWEEP_STUCK_TASK,
     SWEEP_UNENQUEUED_TASK,
+    TRAIN_MODEL_TASK,
     VALIDATE_MODEL_TASK,
     hand_over_to_analysis,
 )
 from trials.pipeline.segmentation import run_segmentation_stage
 from trials.pipeline.sweeps import sweep_lost_jobs, sweep_stuck_jobs, sweep_unenqueued_jobs
+from trials.pipeline.training import run_training
 from trials.pipeline.validation import run_validation
 
 logger = logging.getLogger(__name__)
@@ -155,6 +157,21 @@ def validate_model(
             raise Ignore() from exc
 
 
+@app.task(base=PipelineTask, bind=True, name=TRAIN_MODEL_TASK)
+def train_model(
+    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "", dispatch_id: str = ""
+) -> dict[str, Any] | None:
+    """Fine-tune a model on a training set and register it as a new version (queue gpu)."""
+    with correlation_id_bound(correlation_id), transient_errors():
+        try:
+            return run_training(
+                job_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
+            )
+        except PERMANENT_ERRORS as exc:
+            fail_pipeline_job(job_id, exc)
+            raise Ignore() from exc
+
+
 @app.task(base=PipelineTask, name=SWEEP_UNENQUEUED_TASK)
 def sweep_unenqueued() -> list[int]:
     """Periodic: enqueue pipeline jobs that never reached the broker."""
@@ -185,6 +202,8 @@ __all__ = [
     "sweep_lost",
     "sweep_stuck",
     "sweep_unenqueued",
+    "train_model",
+    "validate_model",
 ]
 
 

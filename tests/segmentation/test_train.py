@@ -131,6 +131,8 @@ def test_nifti_pairs_group_visits_by_patient(tmp_path: Path) -> None:
         img = sitk.Image(4, 4, 4, sitk.sitkInt16)
         sitk.WriteImage(img, str(tmp_path / f"{name}_t1c.nii.gz"))
         sitk.WriteImage(img, str(tmp_path / f"{name}_mask.nii.gz"))
+    # An AI's mask kept next to a corrected one (MetTrack's training sets) is not a training pair.
+    sitk.WriteImage(img, str(tmp_path / "P1_v1_ai_mask.nii.gz"))
     sources = nifti_pair_sources(tmp_path)
     assert [(s.case_id, s.patient_id) for s in sources] == [("P1_v1", "P1"), ("P1_v2", "P1"), ("P2_v1", "P2")]
     (tmp_path / "P3_mask.nii.gz").write_bytes((tmp_path / "P2_v1_mask.nii.gz").read_bytes())

@@ -40,6 +40,7 @@ from trials.models import (
     SegmentationRun,
     Site,
     Timepoint,
+    TrainingSet,
     Trial,
     TrialMembership,
     TrialModel,
@@ -240,6 +241,16 @@ class TrialModelFilterSet(StrictFilterSet):
     class Meta:
         model = TrialModel
         fields = ["trial", "model_version", "status"]
+
+
+class TrainingSetFilterSet(StrictFilterSet):
+    """Filter training sets by trial."""
+
+    trial = IdFilter(field_name="trial")
+
+    class Meta:
+        model = TrainingSet
+        fields = ["trial"]
 
 
 class LesionFilterSet(StrictFilterSet):

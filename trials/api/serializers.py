@@ -29,6 +29,7 @@ from trials.models import (
     SegmentationRun,
     Site,
     Timepoint,
+    TrainingSet,
     Trial,
     TrialMembership,
     TrialModel,
@@ -428,6 +429,58 @@ class ModelChangeSerializer(StrictInputMixin, serializers.Serializer):
     """Input of ``POST /trial-models/{id}/activate/`` and ``.../retire/``."""
 
     reason = serializers.CharField(max_length=2000, help_text="Required: why (audit trail).")
+
+
+class TrainingSetSerializer(serializers.ModelSerializer):
+    """A trial's signed reads exported as a training set (files in the layout ``bm-train --data`` reads)."""
+
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingSet
+        fields = [
+            "id",
+            "trial",
+            "n_cases",
+            "manifest_sha256",
+            "training_patients",
+            "held_out_patients",
+            "manifest",
+            "created_by_name",
+            "created_at",
+            "download_url",
+        ]
+        read_only_fields = fields
+
+    def get_download_url(self, obj: TrainingSet) -> str:
+        return reverse("api:trainingset-download", args=[obj.pk], request=self.context.get("request"))
+
+
+class ExportTrainingSetSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /training-sets/``: the trial and the patients held out (those of a validation set)."""
+
+    trial = TrialScopedPrimaryKeyField(trial_path="pk", queryset=Trial.objects.all())
+    hold_out = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, default=list,
+        help_text="Subject ids held out of the training set (e.g. the patients of a validation set).",
+    )  # fmt: skip
+    hold_out_fraction = serializers.FloatField(
+        required=False, default=0.0, min_value=0.0, max_value=0.99,
+        help_text="Also hold out this share of the patients (deterministic: sha256 of trial code and subject).",
+    )  # fmt: skip
+
+
+class FineTuneSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /training-sets/{id}/fine-tune/``."""
+
+    method = serializers.ChoiceField(
+        choices=[("paper", "paper: active model's weights, encoder frozen, BCE"), ("full", "full training")],
+        default="paper",
+    )
+    epochs = serializers.IntegerField(min_value=1, max_value=1000, default=20)
+    steps_per_epoch = serializers.IntegerField(min_value=1, max_value=10000, default=50)
+    batch_size = serializers.IntegerField(min_value=1, max_value=64, default=2)
+    seed = serializers.IntegerField(min_value=0, default=0)
 
 
 class SegmentationRunSerializer(serializers.ModelSerializer):

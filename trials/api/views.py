@@ -9,6 +9,7 @@ upload (``POST timepoints/{id}/series/``) and ``series/{id}/segment/`` are added
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.db.models import QuerySet
@@ -23,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.settings import api_settings
 
-from trials.actions import accounts, assessments, governance
+from trials.actions import accounts, assessments, governance, training
 from trials.actions import imaging as imaging_actions
 from trials.actions import jobs as job_actions
 from trials.actions import trials as trial_actions
@@ -41,6 +42,7 @@ from trials.models import (
     SegmentationRun,
     Site,
     Timepoint,
+    TrainingSet,
     Trial,
     TrialMembership,
     TrialModel,
@@ -55,7 +57,7 @@ from trials.permissions import (
     has_capability,
     visible_trial_ids,
 )
-from trials.storage import RUN_FILE_KINDS, media_path, run_file_path, stored_name
+from trials.storage import RUN_FILE_KINDS, media_path, run_file_path, stored_name, zip_folder
 from trials.views.report import report_pdf_response
 
 # No PUT: partial updates only, so a client never resets fields it did not send.
@@ -455,6 +457,79 @@ class TrialModelViewSet(ReadOnlyViewSet):
             correlation_id=getattr(request, "correlation_id", ""),
         )
         return Response(s.TrialModelSerializer(row, context=self.get_serializer_context()).data)
+
+
+class TrainingSetViewSet(ReadOnlyViewSet):
+    """A trial's signed reads exported as training sets (README "Learning from the readers").
+
+    ``POST`` exports one (trial admins; ``hold_out`` the patients of a validation set, or
+    ``hold_out_fraction``); ``download`` is the zip of its files (bm-train's ``--data`` layout and
+    ``manifest.json``); ``fine-tune`` queues a fine-tuning job (queue gpu) whose model is registered as a
+    new version, to be validated and approved before use.
+    """
+
+    queryset = TrainingSet.objects.select_related("trial")
+    serializer_class = s.TrainingSetSerializer
+    filterset_class = filtersets.TrainingSetFilterSet
+    action_capabilities = {"download": MANAGE_TRIAL, "fine_tune": MANAGE_TRIAL}
+    ordering_fields = ["created_at"]
+
+    @extend_schema(request=s.ExportTrainingSetSerializer, responses={201: s.TrainingSetSerializer})
+    def create(self, request: Request) -> Response:
+        """Export the trial's signed visits as a training set, the held-out patients left out."""
+        data = s.ExportTrainingSetSerializer(data=request.data, context=self.get_serializer_context())
+        data.is_valid(raise_exception=True)
+        trial = data.validated_data["trial"]
+        if not has_capability(request.user, trial, MANAGE_TRIAL):
+            raise PermissionDenied("Only a trial admin of this trial can export its training sets.")
+        row = training.export_training_set(
+            trial,
+            actor=request.user,
+            hold_out=data.validated_data["hold_out"],
+            hold_out_fraction=data.validated_data["hold_out_fraction"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(
+            s.TrainingSetSerializer(row, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(responses={(200, "application/zip"): bytes})
+    @action(detail=True, methods=["get"])
+    def download(self, request: Request, pk: str | None = None) -> FileResponse:
+        """Download the training set as a zip (trial admins; audited)."""
+        row = self.get_object()
+        archive = zip_folder(row.directory)
+        accounts.record_download(
+            row,
+            kind="training set zip",
+            actor=request.user,
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return FileResponse(
+            archive,
+            as_attachment=True,
+            filename=f"{Path(row.directory).name}.zip",
+            content_type="application/zip",
+        )
+
+    @extend_schema(request=s.FineTuneSerializer, responses={202: s.ProcessingJobSerializer})
+    @action(detail=True, methods=["post"], url_path="fine-tune")
+    def fine_tune(self, request: Request, pk: str | None = None) -> Response:
+        """Queue a fine-tuning job on this training set from the trial's active model; follow the job."""
+        row = self.get_object()
+        data = s.FineTuneSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = training.start_fine_tuning(
+            row,
+            actor=request.user,
+            correlation_id=getattr(request, "correlation_id", ""),
+            **data.validated_data,
+        )
+        return Response(
+            s.ProcessingJobSerializer(job, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 class LesionViewSet(WritableViewSet):

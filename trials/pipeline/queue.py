@@ -7,7 +7,8 @@ never receives the id of a job that does not exist. Tasks are sent by name (the 
 
 One uploaded series is ``mettrack.pipeline.segment`` (queue ``gpu``), which hands over to
 ``mettrack.pipeline.analyse`` (queue ``default``); a trial re-assessment is ``mettrack.assess.trial``
-(queue ``default``). Every send is a *dispatch* with an id of its own (the first task's id, recorded on
+(queue ``default``); a model validation ``mettrack.models.validate`` and a fine-tuning
+``mettrack.models.train`` (queue ``gpu``). Every send is a *dispatch* with an id of its own (the first task's id, recorded on
 the job before the message leaves): a delivery of an earlier dispatch does nothing. A broker that cannot
 be reached is not an error: the job stays ``queued`` and the periodic sweep (:mod:`.sweeps`) sends it
 again once its message is found missing (never sent, or lost with a broker restart).
@@ -26,7 +27,7 @@ from django.conf import settings
 
 from config.celery import app
 from trials.choices import JobKind
-from trials.models import ImagingSeries, ModelVersion, ProcessingJob, Trial
+from trials.models import ImagingSeries, ModelVersion, ProcessingJob, TrainingSet, Trial
 from trials.records.jobs import clear_dispatch, create_job, record_dispatch
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ SEGMENT_TASK = "mettrack.pipeline.segment"
 ANALYSE_TASK = "mettrack.pipeline.analyse"
 REASSESS_TRIAL_TASK = "mettrack.assess.trial"
 VALIDATE_MODEL_TASK = "mettrack.models.validate"
+TRAIN_MODEL_TASK = "mettrack.models.train"
 SWEEP_UNENQUEUED_TASK = "mettrack.pipeline.sweep_unenqueued"
 SWEEP_STUCK_TASK = "mettrack.pipeline.sweep_stuck"
 SWEEP_LOST_TASK = "mettrack.pipeline.sweep_lost"
@@ -66,6 +68,8 @@ def job_signature(job: ProcessingJob, dispatch_id: str) -> Any:
         name, queue = REASSESS_TRIAL_TASK, DEFAULT_QUEUE
     elif job.kind == JobKind.VALIDATE:
         name, queue = VALIDATE_MODEL_TASK, GPU_QUEUE
+    elif job.kind == JobKind.TRAIN:
+        name, queue = TRAIN_MODEL_TASK, GPU_QUEUE
     else:
         name, queue = SEGMENT_TASK, GPU_QUEUE
     return app.signature(name, kwargs=_context(job, dispatch_id), immutable=True).set(
@@ -224,6 +228,28 @@ def create_validation_job(
     )
 
 
+def create_training_job(
+    training_set: TrainingSet,
+    params: dict[str, Any],
+    *,
+    enqueue: bool = True,
+    actor: Any | None,
+    correlation_id: str = "",
+) -> ProcessingJob:
+    """Save a queued job fine-tuning a model on a training set (queue ``gpu``); ``params`` are its ids
+    and counts (see :func:`trials.actions.training.start_fine_tuning`)."""
+    return create_job(
+        JobKind.TRAIN,
+        obj=training_set,
+        params=params,
+        time_limit_s=_time_limit_s(),
+        enqueue=enqueue_job if enqueue else None,
+        actor=actor,
+        reason=f"{params['method']} fine-tuning on training set {training_set.pk}",
+        correlation_id=correlation_id,
+    )
+
+
 __all__ = [
     "ANALYSE_TASK",
     "DEFAULT_QUEUE",
@@ -233,10 +259,12 @@ __all__ = [
     "SWEEP_STUCK_TASK",
     "SWEEP_LOST_TASK",
     "SWEEP_UNENQUEUED_TASK",
+    "TRAIN_MODEL_TASK",
     "VALIDATE_MODEL_TASK",
     "broker_has_message",
     "create_pipeline_job",
     "create_reassessment_job",
+    "create_training_job",
     "create_validation_job",
     "embedded_mode",
     "enqueue_job",

@@ -15,66 +15,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import SimpleITK as sitk
 from django.conf import settings
 
 from rano.validation import ValidationCase, validate
 from segmentation.inference import InferenceOptions, segment_image
 from segmentation.model import load_model
 from segmentation.modeldir import config_sha256
-from segmentation.validation_report import write_report
-from trials.choices import AssessmentStatus, Criteria
-from trials.exceptions import InvalidStateError, MissingImageError
-from trials.models import ModelVersion, Timepoint, Trial
+from segmentation.validation_report import case_slice, write_report
+from trials.exceptions import InvalidStateError
+from trials.models import ModelVersion, Trial
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
+from trials.pipeline.references import reference_case, signed_visits
+from trials.pipeline.training_sets import training_patients
 from trials.records.imaging import store_validation_report
 from trials.records.jobs import finish_job, start_job
-from trials.storage import load_observation_mask, load_series_image, same_grid
-
-SIGNED = (AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN)
-
-
-def signed_visits(trial: Trial) -> list[Timepoint]:
-    """Visits of the trial whose current RANO-BM assessment a radiologist signed, with a stored series."""
-    return list(
-        Timepoint.objects.filter(
-            patient__trial=trial,
-            assessments__is_current=True,
-            assessments__criteria=Criteria.RANO_BM,
-            assessments__status__in=SIGNED,
-            series__volume_file__gt="",
-        )
-        .distinct()
-        .select_related("patient")
-        .order_by("patient__subject_id", "scan_date", "pk")
-    )
-
-
-def reference_case(visit: Timepoint) -> tuple[sitk.Image, sitk.Image]:
-    """The visit's image and the signed lesion mask on its grid.
-
-    Raises:
-        MissingImageError: no stored volume, or a kept lesion without a stored contour.
-    """
-    series = visit.series.exclude(volume_file="").order_by("-pk").first()
-    if series is None:
-        raise MissingImageError(f"Visit {visit.visit_label} has no stored series.")
-    image = load_series_image(series)
-    mask = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=bool)
-    observations = visit.observations.filter(present=True, lesion__is_false_positive=False).select_related(
-        "lesion", "segmentation_run", "timepoint"
-    )
-    for observation in observations:
-        contour = load_observation_mask(observation)
-        if not same_grid(contour, image):
-            raise MissingImageError(
-                f"{observation.lesion.label} at {visit.visit_label} is not on the series grid."
-            )
-        mask |= sitk.GetArrayViewFromImage(contour) != 0
-    reference = sitk.GetImageFromArray(mask.astype(np.uint8))
-    reference.CopyInformation(image)
-    return image, reference
 
 
 def run_validation(
@@ -104,6 +58,15 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
     visits = signed_visits(trial)
     if not visits:
         raise InvalidStateError(f"Trial {trial.code} has no visit signed by a radiologist to validate on.")
+    trained_on = training_patients(version, trial)
+    left_out = {visit.patient.subject_id for visit in visits} & trained_on
+    visits = [visit for visit in visits if visit.patient.subject_id not in trained_on]
+    if not visits:
+        raise InvalidStateError(
+            f"Every signed visit of {trial.code} belongs to a patient {version} was trained on: a model is "
+            "never validated on its own training patients. Sign visits of other patients, or export the "
+            "training set with patients held out."
+        )
     progress(job, 5, "loading model")
     backend = str(getattr(settings, "PIPELINE_BACKEND", "")) or None
     model = load_model(Path(version.weights_path), backend=backend)
@@ -116,9 +79,13 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
         )
     options = InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto")), backend=backend)
     cases = []
+    slices = {}
     for index, visit in enumerate(visits, start=1):
         image, reference = reference_case(visit)
         segmented = segment_image(image, model, options)
+        slices[f"{visit.patient.subject_id}/{visit.visit_label}"] = case_slice(
+            image, reference, segmented.mask
+        )
         cases.append(
             ValidationCase(
                 f"{visit.patient.subject_id}/{visit.visit_label}",
@@ -146,8 +113,12 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
         "cases": len(cases),
         "min_lesion_volume_mm3": min_volume,
     }
+    if left_out:
+        data["training_patients_left_out"] = len(left_out)
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_report(outcome, folder, model=identity, data=data, created=dt.datetime.now(dt.UTC))
+        paths = write_report(
+            outcome, folder, model=identity, data=data, created=dt.datetime.now(dt.UTC), slices=slices
+        )
         html = paths["report.html"].read_bytes()
     summary = {"aggregate": outcome.aggregate, "ci95": outcome.ci95, "data": data}
     store_validation_report(version, report_html=html, summary=summary, actor=actor, correlation_id=cid)
@@ -162,4 +133,4 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
     return result
 
 
-__all__ = ["reference_case", "run_validation", "signed_visits"]
+__all__ = ["reference_case", "run_validation", "signed_visits"]  # the first and last: see .references

@@ -157,6 +157,15 @@ def find_version(directory: str | Path) -> ModelVersion | None:
     ).first()
 
 
+def training_provenance(extra: dict[str, Any]) -> dict[str, Any]:
+    """A model's training provenance from its config: bm-train's ``training`` section and, for a version
+    fine-tuned by MetTrack, its ``training_set`` (set, manifest sha256, method, base, patients)."""
+    out = dict(extra.get("training", {}))
+    if extra.get("training_set"):
+        out["training_set"] = dict(extra["training_set"])
+    return out
+
+
 def register_model_directory(
     directory: str | Path, *, actor: Any | None, reason: str = "", correlation_id: str = ""
 ) -> tuple[ModelVersion, bool]:
@@ -189,7 +198,7 @@ def register_model_directory(
                 architecture="MONAI UNETR",
                 config=ident["config_dict"],
                 weights_path=str(directory),
-                training_provenance=dict(cfg.extra.get("training", {})),
+                training_provenance=training_provenance(cfg.extra),
                 validation_metrics=dict(cfg.extra.get("metrics", {})),
                 intended_use=cfg.intended_use,
                 is_demo="demo" in cfg.name.lower() or "not for clinical use" in cfg.label.lower(),

@@ -1,5 +1,6 @@
 """A trial's segmentation models (README "Model governance"): which version the trial runs, which are
-approved, each version's lifecycle and validation report, and, for trial admins, the validation job."""
+approved, each version's lifecycle and validation report, and, for trial admins, the validation job, the
+export of the signed reads as a training set and the fine-tuning job (README "Learning from the readers")."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from trials import permissions
-from trials.actions import governance
+from trials.actions import governance, training
 from trials.choices import JobKind
-from trials.exceptions import ServiceError
-from trials.models import ModelVersion, ProcessingJob, TrialModel
+from trials.exceptions import InvalidInputError, ServiceError
+from trials.models import ModelVersion, ProcessingJob, TrainingSet, Trial, TrialModel
 from trials.views.common import trial_for
 
 
@@ -27,8 +28,11 @@ def trial_models(request: HttpRequest, trial_id: int) -> HttpResponse:
         "trial": trial,
         "approvals": TrialModel.objects.filter(trial=trial).select_related("model_version"),
         "versions": ModelVersion.objects.order_by("-created_at"),
-        "jobs": ProcessingJob.objects.filter(trial=trial, kind=JobKind.VALIDATE).order_by("-pk")[:10],
+        "jobs": ProcessingJob.objects.filter(
+            trial=trial, kind__in=(JobKind.VALIDATE, JobKind.TRAIN)
+        ).order_by("-pk")[:10],
         "can_manage": permissions.has_capability(request.user, trial, permissions.MANAGE_TRIAL),
+        "training_sets": TrainingSet.objects.filter(trial=trial)[:10],
     }
     return render(request, "dashboard/models.html", context)
 
@@ -51,4 +55,71 @@ def validate_model(request: HttpRequest, trial_id: int, version_id: int) -> Http
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Validation of {version} queued (job {job.pk}).")
+    return HttpResponseRedirect(reverse("dashboard:trial-models", args=[trial.pk]))
+
+
+def _admin_trial(request: HttpRequest, trial_id: int) -> Trial:
+    trial = trial_for(request.user, trial_id)
+    if not permissions.has_capability(request.user, trial, permissions.MANAGE_TRIAL):
+        raise PermissionDenied("Only a trial admin can export training sets and fine-tune models.")
+    return trial
+
+
+def _whole_number(request: HttpRequest, name: str, default: int) -> int:
+    try:
+        return int(request.POST.get(name) or default)
+    except ValueError as exc:
+        raise InvalidInputError(f"{name.replace('_', ' ')} must be a whole number.") from exc
+
+
+@login_required
+@require_POST
+def export_training_set(request: HttpRequest, trial_id: int) -> HttpResponse:
+    """Export the trial's signed reads as a training set (trial admins), the listed patients held out."""
+    trial = _admin_trial(request, trial_id)
+    hold_out = [s for s in request.POST.get("hold_out", "").replace(",", " ").split() if s]
+    try:
+        try:
+            fraction = float(request.POST.get("hold_out_fraction") or 0.0)
+        except ValueError as exc:
+            raise InvalidInputError("The held-out fraction must be a number.") from exc
+        row = training.export_training_set(
+            trial,
+            actor=request.user,
+            hold_out=hold_out,
+            hold_out_fraction=fraction,
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Training set {row.pk} exported: {row.n_cases} case(s), {len(row.held_out_patients)} patient(s) "
+            "held out.",
+        )
+    return HttpResponseRedirect(reverse("dashboard:trial-models", args=[trial.pk]))
+
+
+@login_required
+@require_POST
+def fine_tune(request: HttpRequest, trial_id: int, set_id: int) -> HttpResponse:
+    """Queue a fine-tuning job on one of the trial's training sets (trial admins)."""
+    trial = _admin_trial(request, trial_id)
+    row = TrainingSet.objects.filter(pk=set_id, trial=trial).first()
+    if row is None:
+        raise Http404("No such training set in this trial.")
+    try:
+        job = training.start_fine_tuning(
+            row,
+            actor=request.user,
+            method=request.POST.get("method", training.PAPER),
+            epochs=_whole_number(request, "epochs", 20),
+            steps_per_epoch=_whole_number(request, "steps_per_epoch", 50),
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Fine-tuning on training set {row.pk} queued (job {job.pk}).")
     return HttpResponseRedirect(reverse("dashboard:trial-models", args=[trial.pk]))
