@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('trials', '0013_model_governance'),
+        ('trials', '0015_training_sets'),
     ]
 
     operations = [
