@@ -253,6 +253,8 @@ SEGMENTATION_RUN_FIELDS = (
     "rtstruct_file",
     "seg_file",
     "error",
+    "is_shadow",
+    "lesion_table",
 )
 
 
