@@ -8,8 +8,9 @@ by a trial admin, who signs by re-entering their password (meaning "approved for
 then made *active* (one active model per trial: the pipeline runs it on the trial's new series), and
 *retired* there. Before approval a trial admin may put a registered or validated version *in shadow*
 for a trial (one candidate per trial; :func:`start_shadow`, :func:`stop_shadow`): it then segments the
-trial's new visits next to the active model, for comparison only (:mod:`trials.pipeline.shadow`). The demo model needs no validation or approval in a demo trial, and is flagged as not
-for clinical use wherever it appears. Each function is one transaction with its audit event.
+trial's new visits next to the active model, for comparison only (:mod:`trials.pipeline.shadow`). The
+demo model needs no validation or approval in a demo trial, and is flagged as not for clinical use
+wherever it appears. Each function is one transaction with its audit event.
 
 Only file reads (config, checksums): no torch, so the web processes can call these actions.
 """

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from rano import response as engine
+from rano.errors import RanoError
 from rano.metrics import cohens_kappa, lesion_detection
 from rano.pipeline import observe_visits
 from rano.validation import paired_agreement
@@ -337,16 +338,21 @@ def _responses(candidate: TrialModel, pairs: list[tuple[SegmentationRun, Segment
     )
     rows: list[dict[str, str]] = []
     skipped = 0
+    errors: list[str] = []
     for runs in by_patient.values():
         runs.sort(key=lambda r: (r.series.timepoint.scan_date, r.pk))
         if not runs[0].series.timepoint.is_baseline:
             skipped += 1  # the candidate did not see this patient's baseline: no response of its own
             continue
-        observed = observe_visits(
-            [read_image_field(r.mask_file) for r in runs],
-            [read_image_field(r.series.volume_file) for r in runs],
-            settings_,
-        )
+        try:
+            observed = observe_visits(
+                [read_image_field(r.mask_file) for r in runs],
+                [read_image_field(r.series.volume_file) for r in runs],
+                settings_,
+            )
+        except RanoError as exc:  # one patient's visits that cannot be matched leave the others' stand
+            errors.append(f"{runs[0].series.timepoint.patient.subject_id}: {exc}")
+            continue
         inputs = [
             engine.VisitInput(
                 r.series.timepoint.visit_label,
@@ -379,6 +385,7 @@ def _responses(candidate: TrialModel, pairs: list[tuple[SegmentationRun, Segment
     return {
         "pairs": rows,
         "patients_without_shadow_baseline": skipped,
+        "patients_not_matched": errors,
         "categories": categories,
         "confusion": [[counts.get((a, c), 0) for c in categories] for a in categories],
         "percent_identical": 100.0 * same / len(rows) if rows else None,
