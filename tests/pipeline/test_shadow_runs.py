@@ -37,7 +37,8 @@ from trials.models import (
     TrialModel,
 )
 from trials.pipeline.embedded import run_job_inline
-from trials.pipeline.shadow import shadow_agreement
+from trials.pipeline.segmentation import get_or_create_run
+from trials.pipeline.shadow import queue_shadow_run, shadow_agreement
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +268,16 @@ def test_shadow_runs_next_to_the_pipeline_and_drive_nothing(
         0 < crafted_agreement["detection"]["sensitivity"] < 1
         and 0 < crafted_agreement["detection"]["ppv"] < 1
     )
+
+    # Without a candidate in shadow, a visit queues no shadow job.
+    governance.stop_shadow(crafted, actor=admin, reason="seen enough")
+    assert queue_shadow_run(uploads[0].series, actor=None) is None
+    # A candidate that becomes the active model takes its shadow run of a series over as the visit's run.
+    promoted = get_or_create_run(uploads[0].series, crafted.model_version, actor=None)
+    assert (
+        promoted.pk == crafted_runs[0].pk and not promoted.is_shadow and promoted.status == RunStatus.RUNNING
+    )
+    SegmentationRun.objects.filter(pk=promoted.pk).update(is_shadow=True, status=RunStatus.SUCCEEDED)
 
     # Never the visit's result: the visit page and the export show the visit's own model only.
     client.force_login(admin)
