@@ -4,6 +4,7 @@ the active model against an independent computation, a shadow failure, and the M
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from django.core.management import call_command
 from scipy import ndimage
 
 from tests.factories import DEFAULT_PASSWORD, make_member, make_model_version, make_trial
@@ -119,6 +121,17 @@ def test_shadow_start_and_stop_are_audited_trial_admin_actions(api_client: Any) 
     stopped = api_client.post(f"/api/v1/trial-models/{pk}/stop-shadow/", {"reason": "done"}, format="json")
     assert stopped.status_code == 200 and stopped.json()["status"] == "shadow_stopped"
     assert AuditEvent.objects.filter(action=governance.SHADOW_START).count() == 2
+
+    # The command line: the same actions, as the system.
+    third = make_model_version(name="cli-candidate")
+    out = io.StringIO()
+    call_command("model", "shadow", str(third.pk), "--trial", trial.code, "--reason", "cli", stdout=out)
+    assert "In shadow" in out.getvalue()
+    call_command("model", "list", "--trial", trial.code, stdout=out)
+    assert "not approved: cli" in out.getvalue()
+    call_command("model", "stop-shadow", str(third.pk), "--trial", trial.code, "--reason", "cli", stdout=out)
+    assert TrialModel.objects.get(model_version=third).status == TrialModelStatus.SHADOW_STOPPED
+    assert AuditEvent.objects.filter(action=governance.SHADOW_STOP, actor=None).count() == 1
 
 
 def _ccc(x: list[float], y: list[float]) -> float:
