@@ -45,6 +45,8 @@ app.conf.update(
     task_routes={
         "mettrack.pipeline.segment": {"queue": _gpu_queue},
         "mettrack.models.train": {"queue": _gpu_queue},
+        # A trial's shadow candidate (trials.pipeline.shadow) segments on the GPU workers too.
+        "mettrack.models.shadow": {"queue": _gpu_queue},
         "mettrack.*": {"queue": _default_queue},
     },
     beat_schedule={

@@ -234,8 +234,9 @@ class ModelVersionAdmin(ReadOnlyAdmin):
 
 @admin.register(TrialModel)
 class TrialModelAdmin(ReadOnlyAdmin):
-    """Which model each trial may use (approved, signed), uses (active) or no longer uses (retired).
-    Approving needs the signer's password: the dashboard's API, or ``manage.py model approve``."""
+    """Which model each trial may use (approved, signed), uses (active), no longer uses (retired) or
+    runs in shadow for comparison (shadow, not approved). Approving needs the signer's password: the
+    dashboard's Models page or API, or ``manage.py model approve``."""
 
     list_display = ["trial", "model_version", "status", "approved_by_name", "approved_at", "activated_at"]
     list_filter = ["status", "trial"]
@@ -251,8 +252,8 @@ class TrainingSetAdmin(ReadOnlyAdmin):
 
 @admin.register(SegmentationRun)
 class SegmentationRunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "series", "model_version", "status", "device", "finished_at"]
-    list_filter = ["status"]
+    list_display = ["id", "series", "model_version", "status", "is_shadow", "device", "finished_at"]
+    list_filter = ["status", "is_shadow"]
 
 
 @admin.register(Lesion)

@@ -82,8 +82,11 @@ class ModelLifecycle(models.TextChoices):
 
 
 class TrialModelStatus(models.TextChoices):
-    """Where a model version stands in one trial: approved for it, its active model, or retired there."""
+    """Where a model version stands in one trial: a shadow candidate (not approved), approved for it, its
+    active model, or retired there."""
 
+    SHADOW = "shadow", "In shadow (candidate, not approved)"
+    SHADOW_STOPPED = "shadow_stopped", "Shadow stopped (not approved)"
     APPROVED = "approved", "Approved for use"
     ACTIVE = "active", "Active"
     RETIRED = "retired", "Retired"
@@ -150,6 +153,7 @@ class JobKind(models.TextChoices):
     PACS = "pacs", "PACS query/retrieve"
     VALIDATE = "validate", "Validate a model"
     TRAIN = "train", "Fine-tune a model"
+    SHADOW = "shadow", "Shadow segmentation (candidate model)"
     OTHER = "other", "Other"
 
 

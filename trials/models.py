@@ -464,15 +464,25 @@ class ModelVersion(models.Model):
 
 
 class TrialModel(models.Model):
-    """A model version in one trial: approved for use there (an e-signature), active, or retired.
+    """A model version in one trial: a shadow candidate, approved for use there (an e-signature), active,
+    or retired.
 
     At most one row per trial is ``active``: the model the pipeline runs on the trial's new series.
+
+    Shadow runs (README "Model governance", "Shadow runs") are a *status* of this row rather than a
+    separate table or flag: a candidate is a model version considered for one trial, which is what this
+    row is, and a status keeps the lifecycle one straight line, ``shadow`` (or ``shadow_stopped``) ->
+    ``approved`` -> ``active`` -> ``retired``, with the approval signed on the very row that collected
+    the shadow evidence. A shadow row carries no signature (``approved_at`` empty): shadow never means
+    approved, and the pipeline's registry only ever runs the ``active`` row. At most one row per trial is
+    ``shadow``. ``shadow_agreement`` holds the latest agreement of the candidate with the active model on
+    the trial's visits (computed by the shadow job, shown on the quality page).
     """
 
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="models")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="trial_models")
     status = models.CharField(
-        max_length=12, choices=TrialModelStatus.choices, default=TrialModelStatus.APPROVED
+        max_length=16, choices=TrialModelStatus.choices, default=TrialModelStatus.APPROVED
     )
     approved_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -485,6 +495,13 @@ class TrialModel(models.Model):
     reason = models.TextField(max_length=FREE_TEXT_MAX_CHARS, validators=FREE_TEXT_VALIDATORS)
     activated_at = models.DateTimeField(null=True, blank=True)
     retired_at = models.DateTimeField(null=True, blank=True)
+    shadow_started_at = models.DateTimeField(null=True, blank=True)
+    shadow_stopped_at = models.DateTimeField(null=True, blank=True)
+    shadow_agreement = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Agreement of the shadow candidate with the active model (detection, volumes, responses).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()
@@ -503,6 +520,13 @@ class TrialModel(models.Model):
                 condition=Q(status="active"),
                 name="one_active_model_per_trial",
                 violation_error_message="This trial already has an active model.",
+                violation_error_code="duplicate",
+            ),
+            models.UniqueConstraint(
+                fields=["trial"],
+                condition=Q(status="shadow"),
+                name="one_shadow_model_per_trial",
+                violation_error_message="This trial already has a model in shadow.",
                 violation_error_code="duplicate",
             ),
         ]
@@ -546,6 +570,10 @@ class SegmentationRun(models.Model):
     One run per series and model version (weights and configuration), kept by the database itself so a
     re-run of the same model on the same series never creates a second row. ``model_weights_sha256``
     copies ``model_version.weights_sha256`` for the results' provenance.
+
+    A *shadow* run (``is_shadow``) is a trial's shadow candidate on a visit's series, next to the active
+    model's run: it stores its mask and ``lesion_table`` (one ``rano.measure`` record per lesion) and
+    drives nothing (no lesion, observation or assessment; never the visit's result).
     """
 
     series = models.ForeignKey(ImagingSeries, on_delete=models.PROTECT, related_name="segmentation_runs")
@@ -560,6 +588,12 @@ class SegmentationRun(models.Model):
     rtstruct_file = models.FileField(upload_to="rtstruct/", blank=True)
     seg_file = models.FileField(upload_to="seg/", blank=True)
     error = models.TextField(blank=True)
+    is_shadow = models.BooleanField(
+        default=False, help_text="A shadow candidate's run: stored for comparison, drives nothing."
+    )
+    lesion_table = models.JSONField(
+        default=list, blank=True, help_text="Shadow runs: one rano.measure record per lesion (mm, mm3)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     history = HistoricalRecords()

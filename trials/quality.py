@@ -3,6 +3,7 @@
     report = quality_report(trial)                # one query per section, whatever the trial's size
     report.missing_images, report.failed_jobs, report.awaiting_review, report.unconfirmed_responses,
     report.overrides_by_reader, report.agreement  # AI-vs-reader Cohen's kappa (rano.metrics)
+    report.shadow                                 # the shadow candidate vs the active model, or None
 
 Sections list at most ``limit`` rows each (oldest first) with their full count, so a large trial's page
 stays small. Responses, confirmation and settings are read from the stored assessments.
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from rano.metrics import cohens_kappa
 from trials.choices import AssessmentSource, AssessmentStatus, Criteria, JobState, ResponseChoices
-from trials.models import Assessment, ImagingSeries, ProcessingJob, Timepoint, Trial
+from trials.models import Assessment, ImagingSeries, ProcessingJob, Timepoint, Trial, TrialModel
 
 #: Rows listed per section by default.
 DEFAULT_LIMIT = 200
@@ -127,6 +128,21 @@ class Section:
 
 
 @dataclass(frozen=True)
+class ShadowComparison:
+    """The trial's latest shadow candidate and its agreement with the active model, as the shadow job
+    last computed it (:func:`trials.pipeline.shadow.shadow_agreement`; empty before its first run)."""
+
+    trial_model: TrialModel
+    agreement: dict[str, Any]
+
+    @property
+    def response_rows(self) -> list[tuple[str, list[int]]]:
+        """(AI response, counts per candidate response) rows of the confusion table."""
+        responses = self.agreement.get("responses") or {}
+        return list(zip(responses.get("categories", []), responses.get("confusion", []), strict=True))
+
+
+@dataclass(frozen=True)
 class QualityReport:
     """Every data-quality check of one trial, as of ``today``."""
 
@@ -138,6 +154,7 @@ class QualityReport:
     unconfirmed_responses: Section
     overrides_by_reader: list[ReaderActivity]
     agreement: Agreement
+    shadow: ShadowComparison | None = None
 
 
 _VISIT_FIELDS = ("pk", "patient_id", "patient__subject_id", "patient__site__code", "visit_label", "scan_date")
@@ -321,6 +338,18 @@ def agreement(trial: Trial) -> Agreement:
     )
 
 
+def shadow_comparison(trial: Trial) -> ShadowComparison | None:
+    """The trial's most recently started shadow candidate (in shadow, stopped or approved since) and its
+    stored agreement with the active model; None when the trial never had one."""
+    row = (
+        TrialModel.objects.filter(trial=trial, shadow_started_at__isnull=False)
+        .select_related("model_version")
+        .order_by("-shadow_started_at", "-pk")
+        .first()
+    )
+    return None if row is None else ShadowComparison(row, row.shadow_agreement or {})
+
+
 def quality_report(
     trial: Trial, *, today: dt.date | None = None, limit: int = DEFAULT_LIMIT
 ) -> QualityReport:
@@ -346,4 +375,5 @@ def quality_report(
         unconfirmed_responses=unconfirmed_responses(trial, today=today, limit=limit),
         overrides_by_reader=overrides_by_reader(trial),
         agreement=agreement(trial),
+        shadow=shadow_comparison(trial),
     )

@@ -44,6 +44,11 @@ urlpatterns = [
         models.fine_tune,
         name="trial-training-sets-fine-tune",
     ),
+    path(
+        "trials/<int:trial_id>/models/<int:version_id>/<slug:verb>/",
+        models.model_verb,
+        name="trial-models-verb",
+    ),
     path("patients/<int:patient_id>/", patient.patient_detail, name="patient"),
     path("patients/<int:patient_id>/visits/", patient.add_visit, name="add-visit"),
     path("visits/<int:timepoint_id>/", viewer.visit_detail, name="visit"),

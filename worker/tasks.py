@@ -42,6 +42,7 @@ from trials.pipeline.queue import (
     GPU_QUEUE,
     REASSESS_TRIAL_TASK,
     SEGMENT_TASK,
+    SHADOW_TASK,
     SWEEP_LOST_TASK,
     SWEEP_STUCK_TASK,
     SWEEP_UNENQUEUED_TASK,
@@ -50,6 +51,7 @@ from trials.pipeline.queue import (
     hand_over_to_analysis,
 )
 from trials.pipeline.segmentation import run_segmentation_stage
+from trials.pipeline.shadow import run_shadow_stage
 from trials.pipeline.sweeps import sweep_lost_jobs, sweep_stuck_jobs, sweep_unenqueued_jobs
 from trials.pipeline.training import run_training
 from trials.pipeline.validation import run_validation
@@ -172,6 +174,22 @@ def train_model(
             raise Ignore() from exc
 
 
+@app.task(base=PipelineTask, bind=True, name=SHADOW_TASK, time_limit=SEGMENT_TIME_LIMIT_S)
+def shadow_segment(
+    self: Task, *, job_id: int, actor_id: int | None = None, correlation_id: str = "", dispatch_id: str = ""
+) -> dict[str, Any] | None:
+    """Segment a visit's series with the trial's shadow candidate, for comparison only (queue gpu); a
+    failure fails this job and the shadow run, never the visit's own result."""
+    with correlation_id_bound(correlation_id), transient_errors():
+        try:
+            return run_shadow_stage(
+                job_id, dispatch_id=dispatch_id, actor_id=actor_id, correlation_id=correlation_id
+            )
+        except PERMANENT_ERRORS as exc:
+            fail_pipeline_job(job_id, exc)
+            raise Ignore() from exc
+
+
 @app.task(base=PipelineTask, name=SWEEP_UNENQUEUED_TASK)
 def sweep_unenqueued() -> list[int]:
     """Periodic: enqueue pipeline jobs that never reached the broker."""
@@ -199,6 +217,7 @@ __all__ = [
     "analyse_series",
     "reassess_trial",
     "segment_series",
+    "shadow_segment",
     "sweep_lost",
     "sweep_stuck",
     "sweep_unenqueued",

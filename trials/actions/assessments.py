@@ -170,7 +170,9 @@ def _override(
 def _send_signed_results(timepoint: Timepoint) -> None:
     """Queue the visit's results for the destinations that get them only once signed (after commit)."""
     run = (
-        SegmentationRun.objects.filter(series__timepoint=timepoint, status=RunStatus.SUCCEEDED)
+        SegmentationRun.objects.filter(
+            series__timepoint=timepoint, status=RunStatus.SUCCEEDED, is_shadow=False
+        )
         .select_related("series__timepoint__patient")
         .order_by("-created_at")
         .first()

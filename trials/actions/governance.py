@@ -6,8 +6,11 @@ Lifecycle (README "Model governance"): a :class:`~trials.models.ModelVersion` is
 *retired* everywhere. In one trial (:class:`~trials.models.TrialModel`) a validated version is *approved*
 by a trial admin, who signs by re-entering their password (meaning "approved for use", with a reason),
 then made *active* (one active model per trial: the pipeline runs it on the trial's new series), and
-*retired* there. The demo model needs no validation or approval in a demo trial, and is flagged as not
-for clinical use wherever it appears. Each function is one transaction with its audit event.
+*retired* there. Before approval a trial admin may put a registered or validated version *in shadow*
+for a trial (one candidate per trial; :func:`start_shadow`, :func:`stop_shadow`): it then segments the
+trial's new visits next to the active model, for comparison only (:mod:`trials.pipeline.shadow`). The
+demo model needs no validation or approval in a demo trial, and is flagged as not for clinical use
+wherever it appears. Each function is one transaction with its audit event.
 
 Only file reads (config, checksums): no torch, so the web processes can call these actions.
 """
@@ -36,13 +39,18 @@ VALIDATE = "model_validate"
 APPROVE = "model_approve"
 ACTIVATE = "model_activate"
 RETIRE = "model_retire"
+SHADOW_START = "model_shadow_start"
+SHADOW_STOP = "model_shadow_stop"
+
+#: Statuses of a trial's row that carry no approval (a shadow candidate, running or stopped).
+UNAPPROVED = (TrialModelStatus.SHADOW, TrialModelStatus.SHADOW_STOPPED)
 
 
 def _require_admin(actor: Any | None, trial: Trial) -> None:
     """A signed-in actor must be a trial admin of ``trial`` (or a superuser); None is the system (commands)."""
     if actor is not None and not has_capability(actor, trial, MANAGE_TRIAL):
         raise SignatureError(
-            f"Only a trial admin of {trial.code} can approve, activate or retire its models.",
+            f"Only a trial admin of {trial.code} can approve, activate, retire or shadow its models.",
             {"trial": ["Trial admins only."]},
         )
 
@@ -126,6 +134,9 @@ def approve_model(
     The signature records who, when (UTC) and the meaning "approved for use", with the reason. The demo
     model needs no validation report in a demo trial (it is still flagged as not for clinical use).
 
+    A shadow candidate (running or stopped) is approved on its own row: its shadow stops, its evidence
+    (runs, agreement) stays with it.
+
     Raises:
         SignatureError: not a trial admin of the trial, wrong password, or signing locked.
         InvalidInputError: no reason. InvalidStateError: the version is not validated, or retired.
@@ -150,18 +161,31 @@ def _approve(
             f"{version} has no validation report: validate it (bm-validate, or the dashboard's validation "
             "job) before approving it for a trial."
         )
-    if TrialModel.objects.filter(trial=trial, model_version=version).exists():
+    now = timezone.now()
+    signature = {
+        "status": TrialModelStatus.APPROVED,
+        "approved_by": actor,
+        "approved_by_name": actor.get_username(),
+        "approved_at": now,
+        "signature_meaning": SignatureMeaning.APPROVED_FOR_USE,
+        "reason": reason,
+    }
+    existing = TrialModel.objects.select_for_update().filter(trial=trial, model_version=version).first()
+    if existing is not None and existing.status in UNAPPROVED:
+        if existing.status == TrialModelStatus.SHADOW:
+            signature["shadow_stopped_at"] = now
+        return update_row(
+            existing,
+            signature,
+            allowed=list(signature),
+            actor=actor,
+            reason=reason,
+            correlation_id=correlation_id,
+            action=APPROVE,
+        )
+    if existing is not None:
         raise DuplicateError(f"{version} is already approved for {trial.code}.")
-    row = TrialModel(
-        trial=trial,
-        model_version=version,
-        status=TrialModelStatus.APPROVED,
-        approved_by=actor,
-        approved_by_name=actor.get_username(),
-        approved_at=timezone.now(),
-        signature_meaning=SignatureMeaning.APPROVED_FOR_USE,
-        reason=reason,
-    )
+    row = TrialModel(trial=trial, model_version=version, **signature)
     save_validated(row)
     record_audit_event(
         actor=actor,
@@ -194,6 +218,11 @@ def activate_model(
         return target
     if target.status == TrialModelStatus.RETIRED:
         raise InvalidStateError(f"{target.model_version} is retired in {trial.code}: approve a new version.")
+    if target.status in UNAPPROVED:
+        raise InvalidStateError(
+            f"{target.model_version} is a shadow candidate of {trial.code}, not approved: approve it "
+            "(signed) before activating it."
+        )
     if target.model_version.lifecycle == ModelLifecycle.RETIRED:
         raise InvalidStateError(f"{target.model_version} is retired: it cannot be activated.")
     now = timezone.now()
@@ -242,6 +271,101 @@ def retire_trial_model(
 
 
 @transaction.atomic
+def start_shadow(
+    trial: Trial, version: ModelVersion, *, actor: Any | None, reason: str, correlation_id: str = ""
+) -> TrialModel:
+    """Put a registered or validated version *in shadow* for a trial: from now on each new visit's series
+    is also segmented by it, after the active model's run, for comparison only (README "Shadow runs").
+
+    Shadow is not approval: the row carries no signature, the pipeline never uses its runs as a visit's
+    result, and approving it later is the usual signed approval. One candidate per trial at a time.
+    Starting the shadow of the current candidate again changes nothing.
+
+    Raises:
+        SignatureError: not a trial admin. InvalidInputError: no reason.
+        InvalidStateError: the version is retired, already approved (or active, or retired) in the
+            trial, or another version is in shadow there.
+    """
+    _require_admin(actor, trial)
+    reason = _require_reason(reason)
+    version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if version.lifecycle == ModelLifecycle.RETIRED:
+        raise InvalidStateError(f"{version} is retired: it cannot run in shadow.")
+    # Lock the trial's rows so two starts serialise (the constraint allows one shadow per trial).
+    rows = list(TrialModel.objects.select_for_update().filter(trial=trial).select_related("model_version"))
+    other = next(
+        (r for r in rows if r.status == TrialModelStatus.SHADOW and r.model_version_id != version.pk), None
+    )
+    if other is not None:
+        raise InvalidStateError(
+            f"{other.model_version} is already in shadow for {trial.code}: stop its shadow first."
+        )
+    now = timezone.now()
+    existing = next((r for r in rows if r.model_version_id == version.pk), None)
+    if existing is None:
+        row = TrialModel(
+            trial=trial,
+            model_version=version,
+            status=TrialModelStatus.SHADOW,
+            reason=reason,
+            shadow_started_at=now,
+        )
+        save_validated(row)
+        record_audit_event(
+            actor=actor,
+            action=SHADOW_START,
+            obj=row,
+            after=snapshot(row),
+            reason=reason,
+            correlation_id=correlation_id,
+        )
+        return row
+    if existing.status == TrialModelStatus.SHADOW:
+        return existing
+    if existing.status != TrialModelStatus.SHADOW_STOPPED:
+        raise InvalidStateError(
+            f"{version} is {existing.get_status_display().lower()} in {trial.code}: shadow runs are for "
+            "candidates not yet approved."
+        )
+    return update_row(
+        existing,
+        {"status": TrialModelStatus.SHADOW, "shadow_started_at": now, "shadow_stopped_at": None},
+        allowed=["status", "shadow_started_at", "shadow_stopped_at"],
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        action=SHADOW_START,
+    )
+
+
+@transaction.atomic
+def stop_shadow(
+    trial_model: TrialModel, *, actor: Any | None, reason: str, correlation_id: str = ""
+) -> TrialModel:
+    """Stop a trial's shadow candidate: new visits are no longer segmented by it. Its shadow runs and
+    their agreement stay (shown on the quality page); it can be approved, or put in shadow again.
+
+    Raises:
+        SignatureError: not a trial admin. InvalidInputError: no reason.
+        InvalidStateError: the model is not in shadow in its trial.
+    """
+    _require_admin(actor, trial_model.trial)
+    reason = _require_reason(reason)
+    row = TrialModel.objects.select_for_update().select_related("model_version").get(pk=trial_model.pk)
+    if row.status != TrialModelStatus.SHADOW:
+        raise InvalidStateError(f"{row.model_version} is not in shadow in {trial_model.trial.code}.")
+    return update_row(
+        row,
+        {"status": TrialModelStatus.SHADOW_STOPPED, "shadow_stopped_at": timezone.now()},
+        allowed=["status", "shadow_stopped_at"],
+        actor=actor,
+        reason=reason,
+        correlation_id=correlation_id,
+        action=SHADOW_STOP,
+    )
+
+
+@transaction.atomic
 def retire_model_version(
     version: ModelVersion, *, actor: Any | None, reason: str, correlation_id: str = ""
 ) -> ModelVersion:
@@ -283,5 +407,7 @@ __all__ = [
     "register_model",
     "retire_model_version",
     "retire_trial_model",
+    "start_shadow",
     "start_validation",
+    "stop_shadow",
 ]

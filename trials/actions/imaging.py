@@ -178,7 +178,9 @@ def signed_assessment_report_file(assessment: Assessment) -> Path | None:
     if assessment.status == AssessmentStatus.DRAFT or assessment.signed_by_id is None:
         return None
     run = (
-        SegmentationRun.objects.filter(series__timepoint=assessment.timepoint, status=RunStatus.SUCCEEDED)
+        SegmentationRun.objects.filter(
+            series__timepoint=assessment.timepoint, status=RunStatus.SUCCEEDED, is_shadow=False
+        )
         .exclude(seg_file="")
         .order_by("-finished_at", "-pk")
         .first()

@@ -6,9 +6,10 @@ from typing import Any
 
 from django.db import transaction
 
-from trials.choices import JobKind, JobState, RunStatus
+from trials.choices import JobState, RunStatus
 from trials.exceptions import InvalidStateError
-from trials.models import ProcessingJob, SegmentationRun
+from trials.models import ProcessingJob
+from trials.pipeline.jobs import job_runs
 from trials.pipeline.queue import embedded_mode, enqueue_job
 from trials.records.imaging import update_segmentation_run
 from trials.records.jobs import requeue_job
@@ -30,13 +31,10 @@ def retry_job(
     if job.state != JobState.FAILED:
         raise InvalidStateError(f"Job {job.pk} is {job.state}; only a failed job can be retried.")
     correlation_id = correlation_id or job.correlation_id
-    if job.kind == JobKind.PIPELINE:
-        for run in SegmentationRun.objects.filter(
-            series_id=job.params.get("series_id"), status=RunStatus.FAILED
-        ):
-            update_segmentation_run(
-                run, status=RunStatus.RUNNING, error="", actor=actor, correlation_id=correlation_id
-            )
+    for run in job_runs(job, RunStatus.FAILED):
+        update_segmentation_run(
+            run, status=RunStatus.RUNNING, error="", actor=actor, correlation_id=correlation_id
+        )
     job = requeue_job(
         job, action="retry", actor=actor, reason=reason or "retry", correlation_id=correlation_id
     )

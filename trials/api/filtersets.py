@@ -212,7 +212,7 @@ class ImagingSeriesFilterSet(StrictFilterSet):
 
 
 class SegmentationRunFilterSet(StrictFilterSet):
-    """Filter segmentation runs by trial, patient, subject id, visit, series, model and status."""
+    """Filter segmentation runs by trial, patient, subject id, visit, series, model, status and shadow."""
 
     trial = IdFilter(field_name="series__timepoint__patient__trial")
     patient = IdFilter(field_name="series__timepoint__patient")
@@ -221,7 +221,16 @@ class SegmentationRunFilterSet(StrictFilterSet):
 
     class Meta:
         model = SegmentationRun
-        fields = ["trial", "patient", "subject_id", "timepoint", "series", "model_version", "status"]
+        fields = [
+            "trial",
+            "patient",
+            "subject_id",
+            "timepoint",
+            "series",
+            "model_version",
+            "status",
+            "is_shadow",
+        ]
 
 
 class ModelVersionFilterSet(StrictFilterSet):

@@ -378,7 +378,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class TrialModelSerializer(serializers.ModelSerializer):
-    """A model version in one trial: approved for use (signed), active (the pipeline runs it) or retired."""
+    """A model version in one trial: a shadow candidate (not approved), approved for use (signed), active
+    (the pipeline runs it) or retired."""
 
     model_name = serializers.CharField(source="model_version.name", read_only=True)
     model_version_label = serializers.CharField(source="model_version.version", read_only=True)
@@ -401,9 +402,19 @@ class TrialModelSerializer(serializers.ModelSerializer):
             "reason",
             "activated_at",
             "retired_at",
+            "shadow_started_at",
+            "shadow_stopped_at",
             "created_at",
         ]
         read_only_fields = fields
+
+
+class ShadowModelSerializer(StrictInputMixin, serializers.Serializer):
+    """Input of ``POST /trial-models/shadow/``: put a registered or validated version in shadow."""
+
+    trial = TrialScopedPrimaryKeyField(trial_path="pk", queryset=Trial.objects.all())
+    model_version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all())
+    reason = serializers.CharField(max_length=2000, help_text="Required: why this candidate runs in shadow.")
 
 
 class ApproveModelSerializer(StrictInputMixin, serializers.Serializer):
@@ -426,7 +437,7 @@ class ValidateModelSerializer(StrictInputMixin, serializers.Serializer):
 
 
 class ModelChangeSerializer(StrictInputMixin, serializers.Serializer):
-    """Input of ``POST /trial-models/{id}/activate/`` and ``.../retire/``."""
+    """Input of ``POST /trial-models/{id}/activate/``, ``.../retire/`` and ``.../stop-shadow/``."""
 
     reason = serializers.CharField(max_length=2000, help_text="Required: why (audit trail).")
 
@@ -486,7 +497,8 @@ class FineTuneSerializer(StrictInputMixin, serializers.Serializer):
 class SegmentationRunSerializer(serializers.ModelSerializer):
     """A segmentation run (read-only). ``files`` links the stored outputs: ``mask`` (component labels,
     NIfTI), ``lesions`` (lesion numbers on the series grid, NIfTI), ``rtstruct`` and ``seg`` (DICOM, for
-    DICOM uploads); a file not (yet) written is absent."""
+    DICOM uploads); a file not (yet) written is absent. A shadow run (``is_shadow``: a trial's shadow
+    candidate, for comparison only, never the visit's result) has a ``mask`` and its ``lesion_table``."""
 
     model_name = serializers.CharField(source="model_version.name", read_only=True)
     is_demo_model = serializers.BooleanField(source="model_version.is_demo", read_only=True)
@@ -508,6 +520,8 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
             "finished_at",
             "files",
             "error",
+            "is_shadow",
+            "lesion_table",
             "created_at",
         ]
         read_only_fields = fields

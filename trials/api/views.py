@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -393,17 +394,20 @@ class ModelVersionViewSet(StrictListMixin, viewsets.ReadOnlyModelViewSet):
 
 
 class TrialModelViewSet(ReadOnlyViewSet):
-    """The models of a trial: approved for use (a trial admin's e-signature), active, retired.
+    """The models of a trial: shadow candidates, approved for use (a trial admin's e-signature), active,
+    retired.
 
     ``approve`` signs (password entered again, meaning "approved for use", reason required) and needs a
     validated version (the demo model in a demo trial excepted); ``activate`` makes an approved model the
-    one the pipeline runs for the trial's new series; ``retire`` stops its use in the trial.
+    one the pipeline runs for the trial's new series; ``retire`` stops its use in the trial. ``shadow``
+    puts a registered or validated version in shadow (it segments new visits for comparison only; not an
+    approval), ``stop-shadow`` stops it, ``shadow-agreement`` is its agreement with the active model.
     """
 
     queryset = TrialModel.objects.select_related("model_version", "trial")
     serializer_class = s.TrialModelSerializer
     filterset_class = filtersets.TrialModelFilterSet
-    action_capabilities = {"activate": MANAGE_TRIAL, "retire": MANAGE_TRIAL}
+    action_capabilities = {"activate": MANAGE_TRIAL, "retire": MANAGE_TRIAL, "stop_shadow": MANAGE_TRIAL}
     ordering_fields = ["created_at"]
 
     def get_throttles(self) -> list[Any]:
@@ -432,6 +436,42 @@ class TrialModelViewSet(ReadOnlyViewSet):
             s.TrialModelSerializer(row, context=self.get_serializer_context()).data,
             status=status.HTTP_201_CREATED,
         )
+
+    @extend_schema(request=s.ShadowModelSerializer, responses={201: s.TrialModelSerializer})
+    @action(detail=False, methods=["post"])
+    def shadow(self, request: Request) -> Response:
+        """Put a registered or validated version in shadow for a trial (one candidate per trial): each new
+        visit is also segmented by it, for comparison only. Not an approval."""
+        data = s.ShadowModelSerializer(data=request.data, context=self.get_serializer_context())
+        data.is_valid(raise_exception=True)
+        trial = data.validated_data["trial"]
+        if not has_capability(request.user, trial, MANAGE_TRIAL):
+            raise PermissionDenied("Only a trial admin of this trial can put its models in shadow.")
+        row = governance.start_shadow(
+            trial,
+            data.validated_data["model_version"],
+            actor=request.user,
+            reason=data.validated_data["reason"],
+            correlation_id=getattr(request, "correlation_id", ""),
+        )
+        return Response(
+            s.TrialModelSerializer(row, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=s.ModelChangeSerializer, responses=s.TrialModelSerializer)
+    @action(detail=True, methods=["post"], url_path="stop-shadow")
+    def stop_shadow(self, request: Request, pk: str | None = None) -> Response:
+        """Stop this shadow candidate: new visits are no longer segmented by it (its runs stay)."""
+        return self._change(request, governance.stop_shadow)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], url_path="shadow-agreement")
+    def shadow_agreement(self, request: Request, pk: str | None = None) -> Response:
+        """The candidate's agreement with the active model on the trial's visits with both runs: lesion
+        detection, total volume (CCC, Bland-Altman) and RANO-BM responses (as the quality page shows)."""
+        row = self.get_object()
+        return Response({"trial_model": row.pk, "status": row.status, **(row.shadow_agreement or {})})
 
     @extend_schema(request=s.ModelChangeSerializer, responses=s.TrialModelSerializer)
     @action(detail=True, methods=["post"])

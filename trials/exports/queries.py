@@ -101,7 +101,9 @@ def visits(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
     ``rano_signed_by`` (user name of the signer).
     """
     model_version = (
-        SegmentationRun.objects.filter(series__timepoint=OuterRef("pk"), status=RunStatus.SUCCEEDED)
+        SegmentationRun.objects.filter(
+            series__timepoint=OuterRef("pk"), status=RunStatus.SUCCEEDED, is_shadow=False
+        )
         .order_by("-finished_at", "-pk")
         .annotate(
             label=Concat(

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('trials', '0013_model_governance'),
+        ('trials', '0014_shadow_runs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='processingjob',
             name='kind',
-            field=models.CharField(choices=[('ingest', 'Ingest series'), ('segment', 'Segment series'), ('measure', 'Measure and match lesions'), ('assess', 'Assess response'), ('pipeline', 'Whole pipeline'), ('export', 'Export'), ('pacs', 'PACS query/retrieve'), ('validate', 'Validate a model'), ('train', 'Fine-tune a model'), ('other', 'Other')], max_length=16),
+            field=models.CharField(choices=[('ingest', 'Ingest series'), ('segment', 'Segment series'), ('measure', 'Measure and match lesions'), ('assess', 'Assess response'), ('pipeline', 'Whole pipeline'), ('export', 'Export'), ('pacs', 'PACS query/retrieve'), ('validate', 'Validate a model'), ('train', 'Fine-tune a model'), ('shadow', 'Shadow segmentation (candidate model)'), ('other', 'Other')], max_length=16),
         ),
         migrations.CreateModel(
             name='TrainingSet',

@@ -52,6 +52,7 @@ from trials.pipeline.assessment import reassess_patient
 from trials.pipeline.contours import export_run_contours
 from trials.pipeline.delivery import queue_deliveries
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
+from trials.pipeline.shadow import queue_shadow_run
 from trials.records.imaging import update_segmentation_run, update_series
 from trials.records.jobs import finish_job, start_job
 from trials.records.lesions import (
@@ -77,7 +78,9 @@ logger = logging.getLogger(__name__)
 def analysed_runs(patient: Patient) -> list[SegmentationRun]:
     """The patient's analysed runs (status succeeded, with a mask), in the order they finished."""
     return list(
-        SegmentationRun.objects.filter(series__timepoint__patient=patient, status=RunStatus.SUCCEEDED)
+        SegmentationRun.objects.filter(
+            series__timepoint__patient=patient, status=RunStatus.SUCCEEDED, is_shadow=False
+        )
         .exclude(mask_file="")
         .select_related("series__timepoint")
         .order_by("finished_at", "pk")
@@ -478,6 +481,10 @@ def _analyse_and_assess(
         f"; {contours_note}" if contours_note else ""
     )
     finish_job(job, result=result, message=message[:500])
+    try:  # the trial's shadow candidate, if any, on the same series: a job of its own (queue gpu)
+        queue_shadow_run(run.series, actor=actor, correlation_id=cid)
+    except Exception:  # a shadow problem never touches the visit's result
+        logger.exception("run %s: the shadow run could not be queued", run.pk)
     return result
 
 

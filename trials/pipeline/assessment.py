@@ -88,7 +88,7 @@ def _visit_inputs(patient: Patient, settings_: ResponseSettings) -> _PatientInpu
     timepoints = list(patient.timepoints.order_by("scan_date", "pk"))
     analysed = set(
         SegmentationRun.objects.filter(
-            series__timepoint__patient=patient, status=RunStatus.SUCCEEDED
+            series__timepoint__patient=patient, status=RunStatus.SUCCEEDED, is_shadow=False
         ).values_list("series__timepoint_id", flat=True)
     )
     observed = set(
@@ -298,7 +298,9 @@ def _engine_row(current: Assessment | None) -> Assessment | None:
 def _visit_models(patient: Patient) -> dict[int, ModelVersion]:
     """Visit id -> the model whose latest succeeded segmentation of the visit the engine assesses."""
     runs = (
-        SegmentationRun.objects.filter(series__timepoint__patient=patient, status=RunStatus.SUCCEEDED)
+        SegmentationRun.objects.filter(
+            series__timepoint__patient=patient, status=RunStatus.SUCCEEDED, is_shadow=False
+        )
         .select_related("model_version", "series")
         .order_by("finished_at", "pk")
     )

@@ -23,6 +23,7 @@ from trials.pipeline.assessment import run_trial_reassessment
 from trials.pipeline.errors import PERMANENT_ERRORS, TransientError, transient_errors
 from trials.pipeline.jobs import fail_pipeline_job
 from trials.pipeline.segmentation import run_segmentation_stage
+from trials.pipeline.shadow import run_shadow_stage
 from trials.pipeline.training import run_training
 from trials.pipeline.validation import run_validation
 
@@ -53,6 +54,8 @@ def run_job_inline(job_id: int, *, max_retries: int = MAX_RETRIES) -> dict[str, 
                         return run_validation(job_id, dispatch_id=dispatch_id)
                     if kind == JobKind.TRAIN:
                         return run_training(job_id, dispatch_id=dispatch_id)
+                    if kind == JobKind.SHADOW:
+                        return run_shadow_stage(job_id, dispatch_id=dispatch_id)
                     run_id = run_segmentation_stage(job_id, dispatch_id=dispatch_id)
                     return run_analysis_stage(job_id, run_id, dispatch_id=dispatch_id)
                 except PERMANENT_ERRORS as exc:

@@ -113,13 +113,24 @@ def fail_pipeline_job(job_id: int, exc: BaseException) -> None:
         return
     message = user_message(exc)
     fail_job(job, error=message, message=f"failed at stage {job.stage or 'start'}")
-    if job.kind == JobKind.PIPELINE and job.params.get("series_id"):
-        for run in SegmentationRun.objects.filter(
-            series_id=job.params["series_id"], status=RunStatus.RUNNING
-        ):
-            update_segmentation_run(
-                run, status=RunStatus.FAILED, error=message, actor=None, correlation_id=job.correlation_id
-            )
+    for run in job_runs(job, RunStatus.RUNNING):
+        update_segmentation_run(
+            run, status=RunStatus.FAILED, error=message, actor=None, correlation_id=job.correlation_id
+        )
+
+
+def job_runs(job: ProcessingJob, status: str) -> list[SegmentationRun]:
+    """The segmentation runs a job works on, in ``status``: those of its series for a pipeline job (the
+    visit's own runs, never a shadow run), the candidate's shadow run of its series for a shadow job."""
+    series_id = job.params.get("series_id")
+    if not series_id:
+        return []
+    runs = SegmentationRun.objects.filter(series_id=series_id, status=status)
+    if job.kind == JobKind.PIPELINE:
+        return list(runs.filter(is_shadow=False))
+    if job.kind == JobKind.SHADOW:
+        return list(runs.filter(is_shadow=True, model_version_id=job.params.get("model_version_id")))
+    return []
 
 
 __all__ = [
@@ -127,6 +138,7 @@ __all__ = [
     "claim",
     "fail_pipeline_job",
     "heartbeat",
+    "job_runs",
     "is_finished",
     "job_context",
     "progress",

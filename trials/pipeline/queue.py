@@ -27,7 +27,7 @@ from django.conf import settings
 
 from config.celery import app
 from trials.choices import JobKind
-from trials.models import ImagingSeries, ModelVersion, ProcessingJob, TrainingSet, Trial
+from trials.models import ImagingSeries, ModelVersion, ProcessingJob, TrainingSet, Trial, TrialModel
 from trials.records.jobs import clear_dispatch, create_job, record_dispatch
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ ANALYSE_TASK = "mettrack.pipeline.analyse"
 REASSESS_TRIAL_TASK = "mettrack.assess.trial"
 VALIDATE_MODEL_TASK = "mettrack.models.validate"
 TRAIN_MODEL_TASK = "mettrack.models.train"
+SHADOW_TASK = "mettrack.models.shadow"
 SWEEP_UNENQUEUED_TASK = "mettrack.pipeline.sweep_unenqueued"
 SWEEP_STUCK_TASK = "mettrack.pipeline.sweep_stuck"
 SWEEP_LOST_TASK = "mettrack.pipeline.sweep_lost"
@@ -70,6 +71,8 @@ def job_signature(job: ProcessingJob, dispatch_id: str) -> Any:
         name, queue = VALIDATE_MODEL_TASK, GPU_QUEUE
     elif job.kind == JobKind.TRAIN:
         name, queue = TRAIN_MODEL_TASK, GPU_QUEUE
+    elif job.kind == JobKind.SHADOW:
+        name, queue = SHADOW_TASK, GPU_QUEUE
     else:
         name, queue = SEGMENT_TASK, GPU_QUEUE
     return app.signature(name, kwargs=_context(job, dispatch_id), immutable=True).set(
@@ -250,12 +253,39 @@ def create_training_job(
     )
 
 
+def create_shadow_job(
+    series: ImagingSeries,
+    trial_model: TrialModel,
+    *,
+    enqueue: bool = True,
+    actor: Any | None,
+    correlation_id: str = "",
+) -> ProcessingJob:
+    """Save a queued job segmenting a series with the trial's shadow candidate (queue ``gpu``): a job of
+    its own, so the visit's pipeline job never waits for it nor fails with it."""
+    return create_job(
+        JobKind.SHADOW,
+        obj=series,
+        params={
+            "series_id": series.pk,
+            "trial_model_id": trial_model.pk,
+            "model_version_id": trial_model.model_version_id,
+        },
+        time_limit_s=_time_limit_s(),
+        enqueue=enqueue_job if enqueue else None,
+        actor=actor,
+        reason=f"shadow segmentation by the candidate {trial_model.model_version}",
+        correlation_id=correlation_id,
+    )
+
+
 __all__ = [
     "ANALYSE_TASK",
     "DEFAULT_QUEUE",
     "GPU_QUEUE",
     "REASSESS_TRIAL_TASK",
     "SEGMENT_TASK",
+    "SHADOW_TASK",
     "SWEEP_STUCK_TASK",
     "SWEEP_LOST_TASK",
     "SWEEP_UNENQUEUED_TASK",
@@ -264,6 +294,7 @@ __all__ = [
     "broker_has_message",
     "create_pipeline_job",
     "create_reassessment_job",
+    "create_shadow_job",
     "create_training_job",
     "create_validation_job",
     "embedded_mode",

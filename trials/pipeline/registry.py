@@ -101,6 +101,27 @@ def load_trial_model(
     version = active.model_version
     if version.lifecycle == ModelLifecycle.RETIRED:
         raise ModelNotApprovedError(f"The active model of trial {trial.code}, {version}, is retired.")
+    model = load_version_model(
+        version,
+        what=f"the approved weights and configuration of trial {trial.code}'s active model",
+        then="validate and approve it",
+    )
+    return model, version
+
+
+def load_version_model(version: ModelVersion, *, what: str = "", then: str = "") -> LoadedModel:
+    """Load a registered version's directory (cached per process), checked against its identity.
+
+    Args:
+        version: The registered version.
+        what: How the error names what the directory should hold (default: the version's registered
+            weights and configuration).
+        then: What to do after registering the changed model (default: validate it).
+
+    Raises:
+        ModelNotApprovedError: the directory no longer holds the version's weights and configuration.
+        ModelError: the directory is missing or damaged.
+    """
     directory = Path(version.weights_path) if version.weights_path else _model_dir()
     model = _load(directory)
     if (
@@ -108,11 +129,11 @@ def load_trial_model(
         or config_sha256(model.config.to_dict()) != version.config_sha256
     ):
         raise ModelNotApprovedError(
-            f"The model directory of {version} ({directory}) no longer holds the approved weights and "
-            f"configuration of trial {trial.code}'s active model: register the changed model as a new "
-            "version, validate and approve it."
+            f"The model directory of {version} ({directory}) no longer holds "
+            f"{what or 'its registered weights and configuration'}: register the changed model as a "
+            f"new version, {then or 'validate it'}."
         )
-    return model, version
+    return model
 
 
-__all__ = ["ModelNotApprovedError", "load_pipeline_model", "load_trial_model"]
+__all__ = ["ModelNotApprovedError", "load_pipeline_model", "load_trial_model", "load_version_model"]

@@ -41,8 +41,21 @@ from trials.storage import (
 def get_or_create_run(
     series: ImagingSeries, model_version: ModelVersion, *, actor: Any | None, correlation_id: str = ""
 ) -> SegmentationRun:
-    """The run of ``model_version`` on ``series``: the existing row, or a new one (the constraint decides)."""
+    """The run of ``model_version`` on ``series``: the existing row, or a new one (the constraint decides).
+
+    A shadow run of the same model on the series (the candidate has since become the trial's active
+    model) becomes the visit's run: same weights, same series, same mask; it is analysed from here on.
+    """
     existing = SegmentationRun.objects.filter(series=series, model_version=model_version).first()
+    if existing is not None and existing.is_shadow:
+        existing = update_segmentation_run(
+            existing,
+            is_shadow=False,
+            status=RunStatus.RUNNING,
+            actor=actor,
+            reason="the shadow run of the trial's now active model becomes the visit's run",
+            correlation_id=correlation_id,
+        )
     if existing is not None:
         existing.series = series  # the caller's object, with the visit, patient and trial it has loaded
         return existing

@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from trials.audit import record_audit_event
 from trials.choices import AuditAction, JobKind, JobState, RunStatus
-from trials.models import ProcessingJob, SegmentationRun
-from trials.pipeline.jobs import TIMED_OUT_MESSAGE
+from trials.models import ProcessingJob
+from trials.pipeline.jobs import TIMED_OUT_MESSAGE, job_runs
 from trials.pipeline.queue import broker_has_message, embedded_mode, enqueue_job
 from trials.records.imaging import update_segmentation_run
 from trials.records.jobs import fail_job, requeue_job
@@ -185,15 +185,12 @@ def _fail_stuck(job: ProcessingJob, now: dt.datetime) -> None:
 
 
 def _fail_runs(job: ProcessingJob, error: str, now: dt.datetime) -> None:
-    """Fail the running segmentation runs of a failed pipeline job's series (a retry starts them again)."""
-    if job.kind == JobKind.PIPELINE and job.params.get("series_id"):
-        for run in SegmentationRun.objects.filter(
-            series_id=job.params["series_id"], status=RunStatus.RUNNING
-        ):
-            update_segmentation_run(
-                run, status=RunStatus.FAILED, error=error, finished_at=now, actor=None,
-                correlation_id=job.correlation_id,
-            )  # fmt: skip
+    """Fail the running segmentation runs of a failed job (a retry starts them again)."""
+    for run in job_runs(job, RunStatus.RUNNING):
+        update_segmentation_run(
+            run, status=RunStatus.FAILED, error=error, finished_at=now, actor=None,
+            correlation_id=job.correlation_id,
+        )  # fmt: skip
 
 
 __all__ = ["sweep_lost_jobs", "sweep_stuck_jobs", "sweep_unenqueued_jobs"]

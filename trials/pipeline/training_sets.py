@@ -102,7 +102,7 @@ def ai_run(visit: Timepoint, series_id: int) -> SegmentationRun | None:
         .order_by("-segmentation_run_id")
         .first()
     )
-    runs = SegmentationRun.objects.filter(series_id=series_id).exclude(mask_file="")
+    runs = SegmentationRun.objects.filter(series_id=series_id, is_shadow=False).exclude(mask_file="")
     if run_id is not None:
         return runs.filter(pk=run_id).first()
     return runs.filter(status=RunStatus.SUCCEEDED).order_by("-pk").first()

@@ -263,6 +263,8 @@ SEGMENTATION_RUN_FIELDS = (
     "rtstruct_file",
     "seg_file",
     "error",
+    "is_shadow",
+    "lesion_table",
 )
 
 

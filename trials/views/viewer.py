@@ -267,7 +267,9 @@ def visit_detail(request: HttpRequest, timepoint_id: int) -> HttpResponse:
         ]
     runs = []
     for run in (
-        SegmentationRun.objects.filter(series__timepoint=timepoint, status=RunStatus.SUCCEEDED)
+        SegmentationRun.objects.filter(
+            series__timepoint=timepoint, status=RunStatus.SUCCEEDED, is_shadow=False
+        )
         .select_related("model_version", "series")
         .order_by("-finished_at", "-pk")
     ):

@@ -7,6 +7,8 @@
     manage.py model approve VERSION --trial CODE --signer USERNAME --reason TEXT [--password-stdin]
     manage.py model activate VERSION --trial CODE --reason TEXT
     manage.py model retire VERSION [--trial CODE] --reason TEXT   # without --trial: in every trial
+    manage.py model shadow VERSION --trial CODE --reason TEXT      # a candidate, for comparison only
+    manage.py model stop-shadow VERSION --trial CODE --reason TEXT
 
 VERSION is a model version's id or ``NAME:VERSION``. Approving is an e-signature: the signer (a trial
 admin of the trial) enters their password at the prompt (or on standard input with ``--password-stdin``).
@@ -80,6 +82,12 @@ class Command(BaseCommand):
         retire.add_argument("version")
         retire.add_argument("--trial")
         retire.add_argument("--reason", required=True)
+        shadow = verbs.add_parser("shadow", help="run a version in shadow for a trial (not an approval)")
+        stop = verbs.add_parser("stop-shadow", help="stop a trial's shadow candidate")
+        for sub in (shadow, stop):
+            sub.add_argument("version")
+            sub.add_argument("--trial", required=True)
+            sub.add_argument("--reason", required=True)
 
     def handle(self, *args: Any, verb: str, **options: Any) -> None:
         try:
@@ -94,10 +102,12 @@ class Command(BaseCommand):
     def _list(self, *, trial: str | None, **_: Any) -> None:
         if trial:
             for row in TrialModel.objects.filter(trial=_trial(trial)).select_related("model_version"):
-                self.stdout.write(
-                    f"{row.status:9} {self._line(row.model_version)}; approved by "
-                    f"{row.approved_by_name or '-'} {row.approved_at:%Y-%m-%d %H:%M} UTC: {row.reason}"
+                signed = (
+                    f"approved by {row.approved_by_name or '-'} {row.approved_at:%Y-%m-%d %H:%M} UTC"
+                    if row.approved_at is not None
+                    else "not approved"
                 )
+                self.stdout.write(f"{row.status:9} {self._line(row.model_version)}; {signed}: {row.reason}")
             return
         for version in ModelVersion.objects.all():
             self.stdout.write(self._line(version))
@@ -164,11 +174,20 @@ class Command(BaseCommand):
             retired = governance.retire_model_version(_version(version), actor=None, reason=reason)
             self.stdout.write(f"Retired everywhere: {self._line(retired)}")
 
+    def _shadow(self, *, version: str, trial: str, reason: str, **_: Any) -> None:
+        row = governance.start_shadow(_trial(trial), _version(version), actor=None, reason=reason)
+        self.stdout.write(f"In shadow in {trial} (not approved): {self._line(row.model_version)}")
+
+    def _stop_shadow(self, *, version: str, trial: str, reason: str, **_: Any) -> None:
+        row = self._trial_model(version, trial)
+        governance.stop_shadow(row, actor=None, reason=reason)
+        self.stdout.write(f"Shadow stopped in {trial}: {self._line(row.model_version)}")
+
     @staticmethod
     def _trial_model(version: str, trial: str) -> TrialModel:
         row = TrialModel.objects.filter(trial=_trial(trial), model_version=_version(version)).first()
         if row is None:
-            raise CommandError(f"{version} is not approved for {trial}: approve it first.")
+            raise CommandError(f"{version} is not approved (nor in shadow) for {trial}: approve it first.")
         return row
 
     @staticmethod
