@@ -80,6 +80,9 @@ class ValidationCase:
         visit_date: Date of the visit, for longitudinal cases (responses need at least two visits of a
             patient, all dated); None otherwise.
         image: Optional intensity image (registration of follow-ups to baseline for the responses).
+        reference_response: The response a reader signed at this visit (e.g. a radiologist's confirmed
+            or overridden RANO-BM response). When every follow-up of a patient has one, they are the
+            reference responses; otherwise the engine's responses on the reference masks are.
     """
 
     case_id: str
@@ -88,6 +91,7 @@ class ValidationCase:
     patient_id: str = ""
     visit_date: dt.date | None = None
     image: sitk.Image | None = None
+    reference_response: str | None = None
 
     @property
     def patient(self) -> str:
@@ -393,8 +397,12 @@ class ResponseAgreement:
 def response_agreement(
     cases: Sequence[ValidationCase], settings: ResponseSettings | None = None
 ) -> ResponseAgreement:
-    """RANO-BM responses from the reference masks and from the model's, for every patient with two or
-    more dated visits (baseline excluded from the comparison: it has no response)."""
+    """RANO-BM responses from the reference and from the model's masks, for every patient with two or
+    more dated visits (baseline excluded from the comparison: it has no response).
+
+    The reference response of a follow-up is the one a reader signed (``reference_response``) when each
+    follow-up of the patient has one, else the engine's on the reference masks. The model's is always the
+    engine's on the model's masks, with ``settings`` (the trial's criteria settings where known)."""
     settings = settings or ResponseSettings()
     by_patient: dict[str, list[ValidationCase]] = {}
     for case in cases:
@@ -418,6 +426,9 @@ def response_agreement(
             answers.append(
                 [str(a.overall_response.value) if a.overall_response else "" for a in result.visits]
             )
+        signed = [v.reference_response for v in visits[1:]]
+        if all(signed):
+            answers[0][1:] = [str(r) for r in signed]
         for visit, ref, pred in zip(visits[1:], answers[0][1:], answers[1][1:], strict=True):
             pairs.append((patient, (visit.visit_date or dt.date.min).isoformat(), ref, pred))
     categories = tuple(sorted({p[2] for p in pairs} | {p[3] for p in pairs}))

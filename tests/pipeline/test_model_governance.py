@@ -325,11 +325,24 @@ def test_validation_job_from_the_dashboard_api_runs_on_the_signed_visits(
     visits = {tp.visit_label: tp for tp in pipeline_patient.timepoints.all()}
     for index, label in enumerate(synthetic_patient.labels[:2]):
         upload_with_ground_truth(visits[label], synthetic_patient, index, media_root)
-    follow_up = visits[synthetic_patient.labels[1]]
+    baseline, follow_up = visits[synthetic_patient.labels[0]], visits[synthetic_patient.labels[1]]
     current = Assessment.objects.get(timepoint=follow_up, is_current=True, criteria=Criteria.RANO_BM)
     assessments.confirm_assessment(current, actor=radiologist, password=DEFAULT_PASSWORD)
-    # Only the signed visit is a reference; its mask is the lesions the radiologist kept.
+    # Only signed visits are references; a visit's mask is the lesions the radiologist kept.
     assert signed_visits(trial) == [follow_up]
+    base = Assessment.objects.get(timepoint=baseline, is_current=True, criteria=Criteria.RANO_BM)
+    assessments.confirm_assessment(base, actor=radiologist, password=DEFAULT_PASSWORD)
+    assert signed_visits(trial) == [baseline, follow_up]
+    # The reader's signed answer at the follow-up, not the engine's on the masks, is the reference.
+    engine_answer = Assessment.objects.get(timepoint=follow_up, is_current=True, criteria=Criteria.RANO_BM)
+    signed = "SD" if engine_answer.overall_response == "PD" else "PD"
+    assessments.override_assessment(
+        engine_answer,
+        overall_response=signed,
+        actor=radiologist,
+        password=DEFAULT_PASSWORD,
+        reason="clinical deterioration",
+    )
     image, reference = reference_case(follow_up)
     expected = ground_truth_mask(synthetic_patient.phantoms[1], image)
     assert np.array_equal(sitk.GetArrayFromImage(reference) != 0, sitk.GetArrayFromImage(expected) != 0)
@@ -344,11 +357,15 @@ def test_validation_job_from_the_dashboard_api_runs_on_the_signed_visits(
     assert response.status_code == 202, response.content
     job = ProcessingJob.objects.get(pk=response.json()["id"])
     assert job.state == JobState.SUCCEEDED, job.error
-    assert job.result["cases"] == 1
+    assert job.result["cases"] == 2
     version = ModelVersion.objects.get(pk=version.pk)
-    assert version.lifecycle == ModelLifecycle.VALIDATED and version.validation_summary["data"]["cases"] == 1
-    # The tiny model finds nothing: one reference lesion set, none detected.
+    assert version.lifecycle == ModelLifecycle.VALIDATED and version.validation_summary["data"]["cases"] == 2
+    # The tiny model finds nothing: the reference lesions, none detected.
     assert version.validation_summary["aggregate"]["lesion_sensitivity"] == 0.0
+    # One follow-up compared: the row of the reader's signed response holds it.
+    responses = version.validation_summary["responses"]
+    row = responses["confusion"][responses["categories"].index(signed)]
+    assert sum(row) == 1 and sum(map(sum, responses["confusion"])) == 1
     page = version.validation_report.open("rb").read().decode()
     assert "SUBJ-001/FU1" in page and version.config_sha256 in page
     assert AuditEvent.objects.filter(action="model_validate", object_id=str(version.pk)).exists()

@@ -177,6 +177,37 @@ def test_response_agreement_equals_sklearn_kappa_and_confusion() -> None:
     ).tolist()
 
 
+def test_signed_responses_are_the_reference_where_every_follow_up_has_one() -> None:
+    """The reference masks shrink a lesion (the engine says PR), but the reader signed PD at each
+    follow-up of P1 (e.g. on clinical grounds): P1's signed answers are the reference. P2 has a signed
+    answer at one follow-up only, so its reference stays the engine's on the reference masks."""
+    spacing = (1.0, 1.0, 1.0)
+    shape = (40, 48, 48)
+    dates = [dt.date(2025, 1, 6), dt.date(2025, 3, 3), dt.date(2025, 5, 5)]
+    signed = {"P1": [None, "PD", "PD"], "P2": [None, "PD", None]}
+    cases = []
+    for patient in ("P1", "P2"):
+        for visit, (radius, date) in enumerate(zip([10.0, 6.0, 6.0], dates, strict=True)):
+            mask = _image(_balls([(20, 24, 24)], [radius], shape, spacing), spacing)
+            cases.append(
+                ValidationCase(
+                    f"{patient}-v{visit}",
+                    mask,
+                    mask,
+                    patient,
+                    date,
+                    reference_response=signed[patient][visit],
+                )
+            )
+    pairs = response_agreement(cases).pairs
+    assert [(p[0], p[2], p[3]) for p in pairs] == [
+        ("P1", "PD", "PR"),
+        ("P1", "PD", "PR"),
+        ("P2", "PR", "PR"),
+        ("P2", "PR", "PR"),
+    ]
+
+
 def test_patient_bootstrap_ci_covers_the_true_mean_in_a_simulation() -> None:
     """200 simulated studies of 20 patients (1-3 cases each, per-case values ~ N(0.7, 0.1)): the 95 %
     CI of the mean should hold 0.7 in about 95 % of them (percentile bootstrap: a little under)."""

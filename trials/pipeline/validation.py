@@ -3,7 +3,8 @@ the radiologists' final lesions, its report stored with the version (README "Val
 
 The reference of a visit is what a radiologist signed: every present observation of a lesion not dropped
 as a false positive, AI contours as kept or edited and lesions the reader added, at a visit whose current
-RANO-BM assessment is confirmed or overridden. The model runs through :func:`segment_image`, the path of
+RANO-BM assessment is confirmed or overridden; the reference response of a follow-up is the response the
+radiologist signed there (:func:`signed_response`). The model runs through :func:`segment_image`, the path of
 the segmentation stage; the metrics and the report are :func:`rano.validation.validate` and
 :mod:`segmentation.validation_report`, as ``bm-validate`` writes them.
 """
@@ -22,10 +23,11 @@ from segmentation.inference import InferenceOptions, segment_image
 from segmentation.model import load_model
 from segmentation.modeldir import config_sha256
 from segmentation.validation_report import case_slice, write_report
+from trials.choices import Criteria
 from trials.exceptions import InvalidStateError
-from trials.models import ModelVersion, Trial
+from trials.models import Assessment, ModelVersion, Timepoint, Trial
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
-from trials.pipeline.references import reference_case, signed_visits
+from trials.pipeline.references import SIGNED, reference_case, signed_visits
 from trials.pipeline.training_sets import training_patients
 from trials.records.imaging import store_validation_report
 from trials.records.jobs import finish_job, start_job
@@ -49,6 +51,18 @@ def run_validation(
     job = start_job(job, stage="validation")
     with heartbeat(job):
         return _validate(job, actor_id=actor_id, correlation_id=correlation_id)
+
+
+def signed_response(visit: Timepoint) -> str | None:
+    """The RANO-BM response a radiologist signed at the visit (confirmed or overridden), or None."""
+    response = (
+        Assessment.objects.filter(
+            timepoint=visit, criteria=Criteria.RANO_BM, is_current=True, status__in=SIGNED
+        )
+        .values_list("overall_response", flat=True)
+        .first()
+    )
+    return response or None
 
 
 def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[str, Any]:
@@ -93,11 +107,13 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
                 segmented.mask,
                 visit.patient.subject_id,
                 visit.scan_date,
+                image=image,
+                reference_response=signed_response(visit),
             )
         )
         progress(job, 5 + 85 * index // len(visits), "validation", f"{index}/{len(visits)} visits")
     min_volume = model.config.postprocessing.min_lesion_volume_mm3
-    outcome = validate(cases, min_lesion_volume_mm3=min_volume)
+    outcome = validate(cases, min_lesion_volume_mm3=min_volume, settings=trial.response_settings())
     identity = {
         "name": version.name,
         "version": version.version,
@@ -120,7 +136,14 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
             outcome, folder, model=identity, data=data, created=dt.datetime.now(dt.UTC), slices=slices
         )
         html = paths["report.html"].read_bytes()
-    summary = {"aggregate": outcome.aggregate, "ci95": outcome.ci95, "data": data}
+    summary: dict[str, Any] = {"aggregate": outcome.aggregate, "ci95": outcome.ci95, "data": data}
+    if outcome.responses is not None and outcome.responses.pairs:  # counts only: no dates, no patients
+        summary["responses"] = {
+            "reference": "the responses the radiologists signed",
+            "kappa": outcome.responses.kappa,
+            "categories": list(outcome.responses.categories),
+            "confusion": [list(row) for row in outcome.responses.confusion],
+        }
     store_validation_report(version, report_html=html, summary=summary, actor=actor, correlation_id=cid)
     result = {"cases": len(cases), "dice": outcome.aggregate.get("dice")}
     finish_job(
