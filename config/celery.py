@@ -44,6 +44,7 @@ app.conf.update(
     include=["worker.tasks"],
     task_routes={
         "mettrack.pipeline.segment": {"queue": _gpu_queue},
+        "mettrack.models.validate": {"queue": _gpu_queue},
         "mettrack.models.train": {"queue": _gpu_queue},
         # A trial's shadow candidate (trials.pipeline.shadow) segments on the GPU workers too.
         "mettrack.models.shadow": {"queue": _gpu_queue},

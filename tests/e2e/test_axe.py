@@ -57,6 +57,33 @@ def _axe(page: Any) -> list[dict[str, Any]]:
     return [v for v in result["violations"] if v["impact"] in FAILING_IMPACTS]
 
 
+def _shadow_candidate(world: Any) -> None:
+    """A candidate in shadow whose runs repeat the active model's masks, its agreement computed by the
+    shadow job's own function: the quality page then shows its comparison section too."""
+    from tests.factories import make_member, make_model_version
+    from trials.actions import governance
+    from trials.choices import MembershipRole, RunStatus
+    from trials.models import SegmentationRun, TrialModel
+    from trials.pipeline.shadow import shadow_agreement
+    from trials.records.imaging import create_segmentation_run
+
+    admin = make_member(world.trial, MembershipRole.ADMIN)
+    candidate = governance.start_shadow(
+        world.trial, make_model_version(name="candidate"), actor=admin, reason="seen on live data"
+    )
+    for active in SegmentationRun.objects.filter(series__timepoint__patient=world.patient, is_shadow=False):
+        run = create_segmentation_run(
+            active.series, candidate.model_version, actor=None, status=RunStatus.SUCCEEDED, is_shadow=True
+        )
+        run.mask_file.name = active.mask_file.name
+        run.lesion_table = [
+            {"label": o.component_label, "volume_mm3": o.volume_mm3}
+            for o in active.observations.filter(present=True)
+        ]
+        run.save()
+    TrialModel.objects.filter(pk=candidate.pk).update(shadow_agreement=shadow_agreement(candidate))
+
+
 def test_no_dashboard_page_has_a_serious_accessibility_violation(
     live_server: Any,
     live_world: Any,  # noqa: F811
@@ -66,6 +93,7 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
         pytest.fail(f"{AXE} is missing: make test installs it (npm ci)")
     world = live_world
     ARTIFACTS.mkdir(exist_ok=True)
+    _shadow_candidate(world)
     root = make_superuser("axe-root")
     # 1440 px: the width the timeline must fit without wrapping a date (checked on the patient page).
     context = browser.new_context(viewport={"width": 1440, "height": 900}, bypass_csp=True)
@@ -101,6 +129,8 @@ def test_no_dashboard_page_has_a_serious_accessibility_violation(
                 page.screenshot(path=str(ARTIFACTS / "timeline-1440.png"), full_page=True)
                 assert layout["dates"] and not layout["wrapped"], layout  # each date on one line
                 assert layout["overflow"] <= 0, layout  # and the page needs no sideways scrolling
+            if name == "quality":  # the shadow comparison is part of what axe reads there
+                assert page.locator("#shadow-summary").count() == 1
             if name.endswith("visit"):  # Niivue on software WebGL: its shaders compile on the CPU
                 page.locator("#viewer-root[data-ready]").wait_for(state="attached", timeout=60_000)
             if name in SCREENSHOTS:  # the README's screenshots (docs/screenshots/ holds copies)

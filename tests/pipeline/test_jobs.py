@@ -192,3 +192,16 @@ def test_demo_pipeline_processes_every_visit_once(embedded: None) -> None:
     assert set(ImagingSeries.objects.values_list("source", flat=True)) == {"synthetic"}
     call_command("demo_pipeline", trial="DEMO-T", stdout=io.StringIO())  # nothing left to do
     assert ImagingSeries.objects.count() == 2 and jobs.count() == 2
+
+
+def test_every_gpu_task_is_routed_to_the_gpu_queue_by_its_name() -> None:
+    """The pipeline names each task's queue when it sends it; a task sent without one (by hand, from a
+    shell or another tool) must still reach the GPU workers through the app's routes."""
+    from config.celery import app
+    from trials.pipeline import queue
+
+    gpu = {queue.SEGMENT_TASK, queue.VALIDATE_MODEL_TASK, queue.TRAIN_MODEL_TASK, queue.SHADOW_TASK}
+    for name in gpu:
+        assert app.amqp.router.route({}, name)["queue"].name == queue.GPU_QUEUE, name
+    for name in (queue.ANALYSE_TASK, queue.REASSESS_TRIAL_TASK, queue.SWEEP_LOST_TASK):
+        assert app.amqp.router.route({}, name)["queue"].name == queue.DEFAULT_QUEUE, name
