@@ -20,7 +20,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from rano.measure import label_components
-from segmentation.inference import InferenceOptions, segment_image
+from segmentation.inference import InferenceOptions, SegmentationResult, segment_image
+from segmentation.model import LoadedModel
 from trials.choices import RunStatus
 from trials.exceptions import DuplicateError, InvalidInputError
 from trials.models import ImagingSeries, ModelVersion, ProcessingJob, SegmentationRun
@@ -137,6 +138,28 @@ def _mask_reusable(run: SegmentationRun) -> bool:
     return image_verifies(stored_name(run.mask_file))
 
 
+def segment_series(series: ImagingSeries, model: LoadedModel) -> SegmentationResult:
+    """``model`` on the series' stored volume, with the service's device and backend and the trial's
+    settings: the one way the pipeline segments a series (the active model here, a shadow candidate in
+    :mod:`trials.pipeline.shadow`).
+
+    The model drops components under its own minimum volume, the trial under its own: ``segment_image``
+    applies the larger, so its labels are already the components a run stores.
+    """
+    image = read_image_field(series.volume_file)
+    trial_settings = series.timepoint.patient.trial.response_settings()
+    min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
+    return segment_image(
+        image,
+        model,
+        InferenceOptions(
+            device=str(getattr(settings, "PIPELINE_DEVICE", "auto")),
+            backend=str(getattr(settings, "PIPELINE_BACKEND", "")) or None,
+        ),
+        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
+    )
+
+
 def run_segmentation_stage(
     job_id: int, *, dispatch_id: str = "", actor_id: int | None = None, correlation_id: str = ""
 ) -> int | None:
@@ -175,20 +198,7 @@ def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -
         return run.pk
     progress(job, 10, "segmentation", f"{model.config.name} {model.config.version}")
     started = timezone.now()
-    image = read_image_field(series.volume_file)
-    # The model drops components under its own minimum volume, the trial under its own: segment_image
-    # applies the larger, so its labels are already the components the run stores.
-    trial_settings = series.timepoint.patient.trial.response_settings()
-    min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
-    result = segment_image(
-        image,
-        model,
-        InferenceOptions(
-            device=str(getattr(settings, "PIPELINE_DEVICE", "auto")),
-            backend=str(getattr(settings, "PIPELINE_BACKEND", "")) or None,
-        ),
-        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
-    )
+    result = segment_series(series, model)
     progress(job, 55, "storing segmentation", f"{len(result.lesions)} lesion(s) found")
     run = record_segmentation(
         series,

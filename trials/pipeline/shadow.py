@@ -3,9 +3,9 @@
 When a trial has a model in shadow (:func:`trials.actions.governance.start_shadow`), the analysis stage
 of each visit's pipeline job, once it has finished, queues a *shadow job* (kind ``shadow``) for the
 visit's series: a job of its own, so the visit's pipeline never waits for the candidate nor fails with it.
-The shadow job runs the candidate through :func:`segment_image`, the segmentation stage's path, with the
-trial's settings, and stores a ``SegmentationRun`` marked ``is_shadow``: its component mask
-(``masks/run_<id>/labels.nii.gz``) and its lesion table (one :class:`rano.measure.LesionMeasurement`
+The shadow job runs the candidate through :func:`~trials.pipeline.segmentation.segment_series`, the
+segmentation stage's own path with the trial's settings, and stores a ``SegmentationRun`` marked
+``is_shadow``: its component mask (``masks/run_<id>/labels.nii.gz``) and its lesion table (one :class:`rano.measure.LesionMeasurement`
 per lesion, as ``segment_image`` measures them). It creates no lesion, observation or assessment: the
 production queries leave shadow runs out, so a shadow run is never a visit's result. A failure fails the
 shadow job and run only.
@@ -22,14 +22,12 @@ identical, :func:`rano.metrics.cohens_kappa`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from django.conf import settings
 from django.utils import timezone
 
 from rano import response as engine
@@ -37,7 +35,6 @@ from rano.errors import RanoError
 from rano.metrics import cohens_kappa, lesion_detection
 from rano.pipeline import observe_visits
 from rano.validation import paired_agreement
-from segmentation.inference import InferenceOptions, segment_image
 from trials.choices import ResponseChoices, RunStatus, TrialModelStatus
 from trials.exceptions import DuplicateError
 from trials.models import ImagingSeries, ProcessingJob, SegmentationRun, Timepoint, TrialModel
@@ -45,6 +42,7 @@ from trials.pipeline.errors import PERMANENT_ERRORS, user_message
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
 from trials.pipeline.queue import create_shadow_job
 from trials.pipeline.registry import load_version_model
+from trials.pipeline.segmentation import segment_series
 from trials.quality import ai_answer
 from trials.records.base import update_row
 from trials.records.imaging import create_segmentation_run, update_segmentation_run
@@ -178,18 +176,7 @@ def _segment(
     model = load_version_model(candidate.model_version)
     progress(job, 10, "shadow segmentation", f"{model.config.name} {model.config.version}")
     started = timezone.now()
-    image = read_image_field(series.volume_file)
-    trial_settings = series.timepoint.patient.trial.response_settings()
-    min_volume = max(trial_settings.min_lesion_volume_mm3, model.config.postprocessing.min_lesion_volume_mm3)
-    result = segment_image(
-        image,
-        model,
-        InferenceOptions(
-            device=str(getattr(settings, "PIPELINE_DEVICE", "auto")),
-            backend=str(getattr(settings, "PIPELINE_BACKEND", "")) or None,
-        ),
-        dataclasses.replace(trial_settings, min_lesion_volume_mm3=min_volume),
-    )
+    result = segment_series(series, model)
     progress(job, 60, "storing shadow segmentation", f"{len(result.lesions)} lesion(s) found")
     name = run_file_name(run, RUN_LABELS)
     write_label_image(result.labels, name)
