@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from trials.choices import AssessmentStatus, Criteria
 from trials.exceptions import MissingImageError
-from trials.models import Timepoint, Trial
+from trials.models import Assessment, Timepoint, Trial
 from trials.storage import load_observation_mask, load_series_image, same_grid
 
 SIGNED = (AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN)
@@ -32,6 +32,17 @@ def signed_visits(trial: Trial) -> list[Timepoint]:
         .distinct()
         .select_related("patient")
         .order_by("patient__subject_id", "scan_date", "pk")
+    )
+
+
+def signed_assessment(visit: Timepoint) -> Assessment | None:
+    """The visit's current RANO-BM assessment when a radiologist signed it (confirmed or overridden)."""
+    return (
+        Assessment.objects.filter(
+            timepoint=visit, is_current=True, criteria=Criteria.RANO_BM, status__in=SIGNED
+        )
+        .select_related("signed_by")
+        .first()
     )
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 from django.conf import settings
 
+from segmentation.io import sha256_file
 from segmentation.model import ModelConfig, load_model
 from segmentation.modeldir import config_sha256
 from segmentation.train import TrainingError, TrainOptions, nifti_pair_sources, train
 from trials.exceptions import InvalidStateError
 from trials.models import ModelVersion, ProcessingJob, TrainingSet
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
-from trials.pipeline.training_sets import MANIFEST_NAME, sanitise, sha256_file
+from trials.pipeline.training_sets import MANIFEST_NAME, sanitise
 from trials.records.imaging import register_model_directory
 from trials.records.jobs import finish_job, start_job
 from trials.storage import media_path

@@ -27,16 +27,16 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from trials.choices import AssessmentStatus, Criteria, RunStatus
+from segmentation.io import sha256_file
+from trials.choices import RunStatus
 from trials.exceptions import InvalidInputError, MissingImageError
-from trials.models import Assessment, ModelVersion, SegmentationRun, Timepoint, Trial
-from trials.pipeline.references import reference_case
+from trials.models import ModelVersion, SegmentationRun, Timepoint, Trial
+from trials.pipeline.references import reference_case, signed_assessment
 from trials.storage import media_path, read_image, same_grid, stored_name, write_image
 
 #: Format of the manifest (bump when its fields change meaning).
@@ -85,14 +85,6 @@ def training_patients(version: ModelVersion, trial: Trial) -> set[str]:
     return set(provenance.get("training_patients") or [])
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ai_run(visit: Timepoint, series_id: int) -> SegmentationRun | None:
     """The segmentation run whose mask is the AI's answer at the visit: the run of its AI observations, or
     else the series' latest succeeded run with a mask."""
@@ -125,19 +117,6 @@ def ai_mask(run: SegmentationRun | None, image: sitk.Image) -> sitk.Image:
     return out
 
 
-def _signed_assessment(visit: Timepoint) -> Assessment | None:
-    return (
-        Assessment.objects.filter(
-            timepoint=visit,
-            is_current=True,
-            criteria=Criteria.RANO_BM,
-            status__in=(AssessmentStatus.CONFIRMED, AssessmentStatus.OVERRIDDEN),
-        )
-        .select_related("signed_by")
-        .first()
-    )
-
-
 def write_case(visit: Timepoint, folder: str, name: str) -> dict[str, Any]:
     """Write one signed visit's three files as case ``name`` under ``folder`` (a name under MEDIA_ROOT);
     its manifest row.
@@ -157,7 +136,7 @@ def write_case(visit: Timepoint, folder: str, name: str) -> dict[str, Any]:
     ):
         path = write_image(written, f"{folder}/{name}{suffix}", compress=True)
         files[kind] = {"file": path.name, "sha256": sha256_file(path)}
-    signed = _signed_assessment(visit)
+    signed = signed_assessment(visit)
     return {
         "case": name,
         "subject_id": visit.patient.subject_id,

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from rano.validation import ValidationCase, validate
 from segmentation.inference import InferenceOptions, segment_image
-from segmentation.model import load_model
-from segmentation.modeldir import config_sha256
 from segmentation.validation_report import case_slice, write_report
-from trials.choices import Criteria
 from trials.exceptions import InvalidStateError
-from trials.models import Assessment, ModelVersion, Timepoint, Trial
+from trials.models import ModelVersion, Timepoint, Trial
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
-from trials.pipeline.references import SIGNED, reference_case, signed_visits
+from trials.pipeline.references import reference_case, signed_assessment, signed_visits
+from trials.pipeline.registry import load_version_model
 from trials.pipeline.training_sets import training_patients
 from trials.records.imaging import store_validation_report
 from trials.records.jobs import finish_job, start_job
@@ -55,14 +52,8 @@ def run_validation(
 
 def signed_response(visit: Timepoint) -> str | None:
     """The RANO-BM response a radiologist signed at the visit (confirmed or overridden), or None."""
-    response = (
-        Assessment.objects.filter(
-            timepoint=visit, criteria=Criteria.RANO_BM, is_current=True, status__in=SIGNED
-        )
-        .values_list("overall_response", flat=True)
-        .first()
-    )
-    return response or None
+    signed = signed_assessment(visit)
+    return (signed.overall_response or None) if signed is not None else None
 
 
 def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[str, Any]:
@@ -82,16 +73,11 @@ def _validate(job: Any, *, actor_id: int | None, correlation_id: str) -> dict[st
             "training set with patients held out."
         )
     progress(job, 5, "loading model")
-    backend = str(getattr(settings, "PIPELINE_BACKEND", "")) or None
-    model = load_model(Path(version.weights_path), backend=backend)
-    if (model.config.weights_sha256, config_sha256(model.config.to_dict())) != (
-        version.weights_sha256,
-        version.config_sha256,
-    ):
-        raise InvalidStateError(
-            f"The model directory of {version} no longer holds its weights and configuration."
-        )
-    options = InferenceOptions(device=str(getattr(settings, "PIPELINE_DEVICE", "auto")), backend=backend)
+    model = load_version_model(version)  # the service's backend, checked against the version's identity
+    options = InferenceOptions(
+        device=str(getattr(settings, "PIPELINE_DEVICE", "auto")),
+        backend=str(getattr(settings, "PIPELINE_BACKEND", "")) or None,
+    )
     cases = []
     slices = {}
     for index, visit in enumerate(visits, start=1):
