@@ -31,17 +31,13 @@ from trials.views.imaging import (
     load_volume,
     nifti_bytes,
     pair_transform,
-    physical_to_index,
     resample_onto,
-    segment_voxels,
 )
 from trials.views.viewer import (
-    CALIPER_LD,
-    CALIPER_PERPENDICULAR,
     _nifti_response,
     _series_for,
+    caliper_labels,
     lesion_label_array,
-    viewer_observations,
 )
 
 
@@ -92,19 +88,7 @@ def registered_calipers(request: HttpRequest, series_id: int, onto_id: int) -> H
     """The series' stored calipers with their end points carried onto the grid of series ``onto_id``
     (drawn there as lines: a resampled one-voxel line would break up)."""
     earlier, _volume, onto, transform = _pair(request, series_id, onto_id)
-    labels = np.zeros(onto.array.shape, dtype=np.uint8)
-    shape = np.array(onto.array.shape)
-    for obs in viewer_observations(earlier.timepoint_id):
-        for value, points in (
-            (CALIPER_PERPENDICULAR, obs.perpendicular_points_mm),
-            (CALIPER_LD, obs.caliper_points_mm),
-        ):
-            if not points:
-                continue
-            ends = [physical_to_index(onto, transform.to_current(p)) for p in points]
-            z, y, x = segment_voxels(*ends)
-            inside = (z >= 0) & (y >= 0) & (x >= 0) & (z < shape[0]) & (y < shape[1]) & (x < shape[2])
-            labels[z[inside], y[inside], x[inside]] = value
+    labels = caliper_labels(earlier.timepoint_id, onto, transform.to_current)
     return _nifti_response(
         nifti_bytes(labels, onto, compress=True), f"series-{earlier.pk}-on-{onto_id}-calipers.nii.gz"
     )

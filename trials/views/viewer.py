@@ -367,16 +367,27 @@ def series_calipers(request: HttpRequest, series_id: int) -> HttpResponse:
     """The stored LD and perpendicular calipers of the visit's lesions rasterised on the series grid
     (values ``CALIPER_LD`` and ``CALIPER_PERPENDICULAR``): what was measured is what is drawn."""
     series, volume = _served_volume(request, series_id)
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
-    shape = np.array(volume.array.shape)
-    for obs in viewer_observations(series.timepoint_id):
+    labels = caliper_labels(series.timepoint_id, volume)
+    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-calipers.nii.gz")
+
+
+def caliper_labels(
+    timepoint_id: int, grid: CachedVolume, to_grid: Callable[[list[float]], list[float]] | None = None
+) -> NDArray[np.uint8]:
+    """The visit's stored LD and perpendicular calipers drawn as lines (values ``CALIPER_LD`` and
+    ``CALIPER_PERPENDICULAR``) on ``grid``; ``to_grid`` carries a measured point into the grid's space
+    (another visit's grid, registered) when it is not the visit's own."""
+    labels = np.zeros(grid.array.shape, dtype=np.uint8)
+    shape = np.array(grid.array.shape)
+    for obs in viewer_observations(timepoint_id):
         for value, points in (
             (CALIPER_PERPENDICULAR, obs.perpendicular_points_mm),
             (CALIPER_LD, obs.caliper_points_mm),  # last: the LD wins where the two cross
         ):
             if not points:
                 continue
-            z, y, x = segment_voxels(*(physical_to_index(volume, p) for p in points))
+            ends = [physical_to_index(grid, to_grid(p) if to_grid else p) for p in points]
+            z, y, x = segment_voxels(*ends)
             inside = (z >= 0) & (y >= 0) & (x >= 0) & (z < shape[0]) & (y < shape[1]) & (x < shape[2])
             labels[z[inside], y[inside], x[inside]] = value
-    return _nifti_response(nifti_bytes(labels, volume, compress=True), f"series-{series.pk}-calipers.nii.gz")
+    return labels
