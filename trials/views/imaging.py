@@ -235,10 +235,7 @@ def display_mask_to_native(name: str, array_zyx: NDArray[np.bool_]) -> sitk.Imag
     volume = load_volume(name)
     if array_zyx.shape != volume.array.shape:
         raise ValueError(f"A mask of shape {volume.array.shape} is needed, got {array_zyx.shape}.")
-    drawn = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx, dtype=np.uint8))
-    drawn.SetSpacing(volume.spacing_mm)
-    drawn.SetOrigin(volume.origin_mm)
-    drawn.SetDirection(volume.direction)
+    drawn = _image_of(volume, array_zyx.astype(np.uint8))
     native = read_image(name)
     return sitk.Resample(drawn, native, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
@@ -327,6 +324,7 @@ def pair_transform(current: ImagingSeries, earlier: ImagingSeries) -> PairTransf
 
 
 def _image_of(volume: CachedVolume, array: NDArray[Any] | None = None) -> sitk.Image:
+    """``array`` (default the volume's own) as an image with the volume's (LPS) geometry."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array if array is None else array))
     image.SetSpacing(volume.spacing_mm)
     image.SetOrigin(volume.origin_mm)

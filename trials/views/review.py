@@ -47,10 +47,16 @@ def _index(request: HttpRequest, field: str, timepoint: Timepoint) -> tuple[int,
     if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
         raise FormError(f"{field} must be a voxel index i,j,k (click on the image).")
     i, j, k = (int(p) for p in parts)
+    return display_index_to_native(_volume_name(timepoint, "click on"), (i, j, k))
+
+
+def _volume_name(timepoint: Timepoint, what: str) -> str:
+    """The stored volume the viewer shows for the visit (its first series with one, as the review
+    actions use)."""
     series = timepoint.series.exclude(volume_file="").order_by("id").first()
     if series is None:
-        raise FormError("This visit has no stored images to click on.")
-    return display_index_to_native(stored_name(series.volume_file), (i, j, k))
+        raise FormError(f"This visit has no stored images to {what}.")
+    return stored_name(series.volume_file)
 
 
 #: Bounds of a painted mask as posted: runs of voxels along i, and characters of the field.
@@ -64,10 +70,7 @@ def _painted(request: HttpRequest, timepoint: Timepoint) -> sitk.Image:
     Posted as ``size`` ("nx,ny,nz", the viewer grid painted on, which must be this visit's) and ``runs``
     ("i,j,k,n;..."; each run is ``n`` voxels from (i, j, k) along i, indices of the viewer's LPS grid).
     """
-    series = timepoint.series.exclude(volume_file="").order_by("id").first()
-    if series is None:
-        raise FormError("This visit has no stored images to paint on.")
-    name = stored_name(series.volume_file)
+    name = _volume_name(timepoint, "paint on")
     grid = load_volume(name).size
     size = request.POST.get("size", "")
     if size != ",".join(str(n) for n in grid):
