@@ -21,7 +21,8 @@ from health_check.checks import Database, Storage
 from health_check.exceptions import ServiceUnavailable
 
 from segmentation.io import sha256_file
-from segmentation.modeldir import CONFIG_NAME, DEMO_MODEL_DIR, WEIGHTS_NAME
+from segmentation.modeldir import CONFIG_NAME, WEIGHTS_NAME
+from trials.pipeline.registry import configured_model_dir
 
 
 @dataclasses.dataclass
@@ -86,7 +87,7 @@ class ModelWeights(HealthCheck):
     _verified: ClassVar[dict[tuple[str, int, int], bool]] = {}
 
     def run(self) -> None:
-        directory = Path(getattr(settings, "PIPELINE_MODEL_DIR", "") or DEMO_MODEL_DIR)
+        directory = configured_model_dir()
         weights = directory / WEIGHTS_NAME
         try:
             recorded = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))["weights_sha256"]

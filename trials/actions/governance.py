@@ -46,12 +46,17 @@ SHADOW_STOP = "model_shadow_stop"
 UNAPPROVED = (TrialModelStatus.SHADOW, TrialModelStatus.SHADOW_STOPPED)
 
 
-def _require_admin(actor: Any | None, trial: Trial) -> None:
-    """A signed-in actor must be a trial admin of ``trial`` (or a superuser); None is the system (commands)."""
+def require_trial_admin(
+    actor: Any | None, trial: Trial, doing: str = "approve, activate, retire or shadow its models"
+) -> None:
+    """A signed-in actor must be a trial admin of ``trial`` (or a superuser); None is the system (commands).
+
+    Raises:
+        SignatureError: "Only a trial admin of <trial> can <doing>."
+    """
     if actor is not None and not has_capability(actor, trial, MANAGE_TRIAL):
         raise SignatureError(
-            f"Only a trial admin of {trial.code} can approve, activate, retire or shadow its models.",
-            {"trial": ["Trial admins only."]},
+            f"Only a trial admin of {trial.code} can {doing}.", {"trial": ["Trial admins only."]}
         )
 
 
@@ -114,7 +119,7 @@ def start_validation(
     Raises:
         SignatureError: not a trial admin. InvalidStateError: the version is retired.
     """
-    _require_admin(actor, trial)
+    require_trial_admin(actor, trial)
     if version.lifecycle == ModelLifecycle.RETIRED:
         raise InvalidStateError(f"{version} is retired: it cannot be validated.")
     return create_validation_job(version, trial, enqueue=enqueue, actor=actor, correlation_id=correlation_id)
@@ -142,7 +147,7 @@ def approve_model(
         InvalidInputError: no reason. InvalidStateError: the version is not validated, or retired.
         DuplicateError: already approved for this trial.
     """
-    _require_admin(actor, trial)
+    require_trial_admin(actor, trial)
     reason = _require_reason(reason)
     # The signature check first, outside the change's transaction: a failure is recorded and stays.
     verify_signature(actor, password, signed=version, correlation_id=correlation_id, separate_duties=False)
@@ -209,7 +214,7 @@ def activate_model(
         InvalidStateError: the approval or the version is retired.
     """
     trial = trial_model.trial
-    _require_admin(actor, trial)
+    require_trial_admin(actor, trial)
     reason = _require_reason(reason)
     # Lock the trial's approvals so two activations serialise (the constraint allows one active).
     rows = {row.pk: row for row in TrialModel.objects.select_for_update().filter(trial=trial)}
@@ -257,7 +262,7 @@ def retire_trial_model(
     Raises:
         SignatureError: not a trial admin. InvalidInputError: no reason.
     """
-    _require_admin(actor, trial_model.trial)
+    require_trial_admin(actor, trial_model.trial)
     reason = _require_reason(reason)
     return update_row(
         trial_model,
@@ -286,7 +291,7 @@ def start_shadow(
         InvalidStateError: the version is retired, already approved (or active, or retired) in the
             trial, or another version is in shadow there.
     """
-    _require_admin(actor, trial)
+    require_trial_admin(actor, trial)
     reason = _require_reason(reason)
     version = ModelVersion.objects.select_for_update().get(pk=version.pk)
     if version.lifecycle == ModelLifecycle.RETIRED:
@@ -349,7 +354,7 @@ def stop_shadow(
         SignatureError: not a trial admin. InvalidInputError: no reason.
         InvalidStateError: the model is not in shadow in its trial.
     """
-    _require_admin(actor, trial_model.trial)
+    require_trial_admin(actor, trial_model.trial)
     reason = _require_reason(reason)
     row = TrialModel.objects.select_for_update().select_related("model_version").get(pk=trial_model.pk)
     if row.status != TrialModelStatus.SHADOW:

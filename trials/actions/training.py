@@ -13,21 +13,19 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from segmentation.modeldir import DEMO_MODEL_DIR
+from trials.actions.governance import require_trial_admin
 from trials.audit import record_audit_event
 from trials.choices import ModelLifecycle, TrialModelStatus
-from trials.exceptions import InvalidInputError, InvalidStateError, SignatureError
+from trials.exceptions import InvalidInputError, InvalidStateError
 from trials.models import ModelVersion, Patient, ProcessingJob, TrainingSet, Trial, TrialModel
-from trials.permissions import MANAGE_TRIAL, has_capability
 from trials.pipeline.queue import create_training_job
 from trials.pipeline.references import signed_visits
+from trials.pipeline.registry import configured_model_dir
 from trials.pipeline.training_sets import held_out_by_fraction, sanitise, write_training_set
 from trials.records.imaging import register_model_directory
 from trials.storage import media_path
@@ -41,12 +39,8 @@ FULL = "full"
 METHODS = (PAPER, FULL)
 
 
-def _require_admin(actor: Any | None, trial: Trial) -> None:
-    if actor is not None and not has_capability(actor, trial, MANAGE_TRIAL):
-        raise SignatureError(
-            f"Only a trial admin of {trial.code} can export training sets and fine-tune its models.",
-            {"trial": ["Trial admins only."]},
-        )
+#: What a trial admin may do here, as the refusal of anyone else says it.
+DOING = "export training sets and fine-tune its models"
 
 
 def export_training_set(
@@ -69,7 +63,7 @@ def export_training_set(
         InvalidInputError: an unknown subject id, a fraction outside [0, 1), or every patient held out.
         MissingImageError: a signed lesion without a stored contour.
     """
-    _require_admin(actor, trial)
+    require_trial_admin(actor, trial, DOING)
     requested = {str(s).strip() for s in hold_out if str(s).strip()}
     known = set(Patient.objects.filter(trial=trial).values_list("subject_id", flat=True))
     unknown = sorted(requested - known)
@@ -148,8 +142,9 @@ def base_model(trial: Trial) -> ModelVersion:
             raise InvalidStateError(f"The active model of {trial.code} is retired.")
         return active.model_version
     if trial.is_demo:
-        directory = Path(getattr(settings, "PIPELINE_MODEL_DIR", "") or DEMO_MODEL_DIR)
-        version, _ = register_model_directory(directory, actor=None, reason="base of a fine-tuning")
+        version, _ = register_model_directory(
+            configured_model_dir(), actor=None, reason="base of a fine-tuning"
+        )
         return version
     raise InvalidStateError(
         f"Trial {trial.code} has no active model to fine-tune from: approve and activate one first."
@@ -180,7 +175,7 @@ def start_fine_tuning(
         InvalidStateError: no model to start from.
     """
     trial = training_set.trial
-    _require_admin(actor, trial)
+    require_trial_admin(actor, trial, DOING)
     if method not in METHODS:
         raise InvalidInputError(f"Unknown method {method!r}.", {"method": [f"One of {', '.join(METHODS)}."]})
     for field, value in (

@@ -32,7 +32,8 @@ class ModelNotApprovedError(InvalidStateError):
     """The model the pipeline would run is not approved and active for the series' trial."""
 
 
-def _model_dir() -> Path:
+def configured_model_dir() -> Path:
+    """The service's configured model directory (``PIPELINE_MODEL_DIR``, default the shipped demo model)."""
     return Path(getattr(settings, "PIPELINE_MODEL_DIR", "") or DEMO_MODEL_DIR)
 
 
@@ -62,7 +63,7 @@ def load_pipeline_model(
     Raises:
         ModelError: The directory is missing, incomplete or its checksum does not match.
     """
-    directory = _model_dir()
+    directory = configured_model_dir()
     model = _load(directory)
     version, _ = register_model_directory(
         directory,
@@ -122,7 +123,7 @@ def load_version_model(version: ModelVersion, *, what: str = "", then: str = "")
         ModelNotApprovedError: the directory no longer holds the version's weights and configuration.
         ModelError: the directory is missing or damaged.
     """
-    directory = Path(version.weights_path) if version.weights_path else _model_dir()
+    directory = Path(version.weights_path) if version.weights_path else configured_model_dir()
     model = _load(directory)
     if (
         model.config.weights_sha256 != version.weights_sha256
@@ -136,4 +137,10 @@ def load_version_model(version: ModelVersion, *, what: str = "", then: str = "")
     return model
 
 
-__all__ = ["ModelNotApprovedError", "load_pipeline_model", "load_trial_model", "load_version_model"]
+__all__ = [
+    "ModelNotApprovedError",
+    "configured_model_dir",
+    "load_pipeline_model",
+    "load_trial_model",
+    "load_version_model",
+]
