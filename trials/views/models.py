@@ -7,7 +7,6 @@ a training set and the fine-tuning job (README "Learning from the readers")."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -48,11 +47,14 @@ def trial_models(request: HttpRequest, trial_id: int) -> HttpResponse:
     return render(request, "dashboard/models.html", context)
 
 
-def _managed_trial(request: HttpRequest, trial_id: int) -> Any:
-    """The trial, for a trial admin of it (404 for non-members, 403 for other members)."""
+def _managed_trial(
+    request: HttpRequest, trial_id: int, doing: str = "change the models of this trial"
+) -> Trial:
+    """The trial, for a trial admin of it (404 for non-members, 403 "Only a trial admin can <doing>." for
+    other members)."""
     trial = trial_for(request.user, trial_id)
     if not permissions.has_capability(request.user, trial, permissions.MANAGE_TRIAL):
-        raise PermissionDenied("Only a trial admin can change the models of this trial.")
+        raise PermissionDenied(f"Only a trial admin can {doing}.")
     return trial
 
 
@@ -112,9 +114,7 @@ def model_verb(request: HttpRequest, trial_id: int, version_id: int, verb: str) 
 @require_POST
 def validate_model(request: HttpRequest, trial_id: int, version_id: int) -> HttpResponse:
     """Queue the validation of a model version on the trial's signed visits (trial admins)."""
-    trial = trial_for(request.user, trial_id)
-    if not permissions.has_capability(request.user, trial, permissions.MANAGE_TRIAL):
-        raise PermissionDenied("Only a trial admin can validate models for this trial.")
+    trial = _managed_trial(request, trial_id, "validate models for this trial")
     version = ModelVersion.objects.filter(pk=version_id).first()
     if version is None:
         raise Http404("No such model version.")
@@ -126,14 +126,11 @@ def validate_model(request: HttpRequest, trial_id: int, version_id: int) -> Http
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Validation of {version} queued (job {job.pk}).")
-    return HttpResponseRedirect(reverse("dashboard:trial-models", args=[trial.pk]))
+    return _back(request, trial.pk)
 
 
-def _admin_trial(request: HttpRequest, trial_id: int) -> Trial:
-    trial = trial_for(request.user, trial_id)
-    if not permissions.has_capability(request.user, trial, permissions.MANAGE_TRIAL):
-        raise PermissionDenied("Only a trial admin can export training sets and fine-tune models.")
-    return trial
+#: What only a trial admin may do with training sets, as the 403 page says it.
+TRAINING = "export training sets and fine-tune models"
 
 
 def _whole_number(request: HttpRequest, name: str, default: int) -> int:
@@ -147,7 +144,7 @@ def _whole_number(request: HttpRequest, name: str, default: int) -> int:
 @require_POST
 def export_training_set(request: HttpRequest, trial_id: int) -> HttpResponse:
     """Export the trial's signed reads as a training set (trial admins), the listed patients held out."""
-    trial = _admin_trial(request, trial_id)
+    trial = _managed_trial(request, trial_id, TRAINING)
     hold_out = [s for s in request.POST.get("hold_out", "").replace(",", " ").split() if s]
     try:
         try:
@@ -169,14 +166,14 @@ def export_training_set(request: HttpRequest, trial_id: int) -> HttpResponse:
             f"Training set {row.pk} exported: {row.n_cases} case(s), {len(row.held_out_patients)} patient(s) "
             "held out.",
         )
-    return HttpResponseRedirect(reverse("dashboard:trial-models", args=[trial.pk]))
+    return _back(request, trial.pk)
 
 
 @login_required
 @require_POST
 def fine_tune(request: HttpRequest, trial_id: int, set_id: int) -> HttpResponse:
     """Queue a fine-tuning job on one of the trial's training sets (trial admins)."""
-    trial = _admin_trial(request, trial_id)
+    trial = _managed_trial(request, trial_id, TRAINING)
     row = TrainingSet.objects.filter(pk=set_id, trial=trial).first()
     if row is None:
         raise Http404("No such training set in this trial.")
@@ -193,4 +190,4 @@ def fine_tune(request: HttpRequest, trial_id: int, set_id: int) -> HttpResponse:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Fine-tuning on training set {row.pk} queued (job {job.pk}).")
-    return HttpResponseRedirect(reverse("dashboard:trial-models", args=[trial.pk]))
+    return _back(request, trial.pk)
