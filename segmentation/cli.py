@@ -8,7 +8,8 @@ DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 * ``labels.nii.gz``: lesion labels 1..n on the same grid;
 * ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records and the
   per-stage timings;
-* ``probability.nii`` with ``--probability``: the lesion probability (float32) on the same grid;
+* ``probability.nii`` with ``--probability``: the lesion probability on the same grid, stored as uint16
+  with the NIfTI scale ``scl_slope = 1/65535`` (NIfTI readers see float probabilities);
 * ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...);
   an enhanced (multi-frame) series gets ``seg.dcm`` only, and a note in ``lesions.json`` and on the
   console says why (an RTSTRUCT references single-frame images).
@@ -79,7 +80,7 @@ def _segment_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probability",
         action="store_true",
-        help="also write probability.nii: the lesion probability (float32) on the input's grid",
+        help="also write probability.nii: the lesion probability on the input's grid (uint16 scaled by 1/65535)",
     )
     p.add_argument(
         "--overlay-png", action="store_true", help="also write overlay.png: three axial slices with contours"
@@ -201,6 +202,7 @@ def _segment(args: argparse.Namespace) -> int:
     from segmentation.inference import InferenceOptions, segment_image
     from segmentation.io import read_series
     from segmentation.model import load_model
+    from segmentation.probability import write_nifti as write_probability_nifti
 
     out = Path(args.output_dir)
     try:  # before minutes of inference, not after
@@ -233,8 +235,9 @@ def _segment(args: argparse.Namespace) -> int:
     sitk.WriteImage(result.labels, str(out / "labels.nii.gz"), useCompression=True)
     written = ["mask.nii.gz", "labels.nii.gz", "lesions.json"]
     if result.probability is not None:
-        # Uncompressed: a float map compresses slowly and little.
-        sitk.WriteImage(result.probability, str(out / "probability.nii"), useCompression=False)
+        # uint16 with the NIfTI scale 1/65535 (readers see the probability); uncompressed: gzip of a
+        # whole-head map takes seconds.
+        write_probability_nifti(result.probability, out / "probability.nii")
         written.append("probability.nii")
     notes: list[str] = []
     if series.info.source_format == "dicom":

@@ -10,9 +10,10 @@ Stages (each timed in :attr:`SegmentationResult.timings_s`):
    skipped), float32, deterministic (same input, same output, bit for bit), through one of two
    backends: PyTorch (the reference) or ONNX Runtime on the model's verified export
    (:mod:`segmentation.onnx_backend`; the default on the CPU when the model directory has one);
-3. ``to_native``: probability map pasted back into the uncropped grid and resampled (linear) onto the
-   native image grid, then thresholded to a uint8 mask (with the model's optional hysteresis: a
-   component is kept only when its peak reaches ``detection_threshold``);
+3. ``to_native``: probability map turned into the compact uint16 type (:mod:`segmentation.probability`)
+   and resampled (linear) from the cropped model grid onto the native image grid in one step, then
+   thresholded to a uint8 mask (with the model's optional hysteresis: a component is kept only when its
+   peak reaches ``detection_threshold``);
 4. ``components``: 26-connected lesions, components under ``min_lesion_volume_mm3`` dropped
    (:func:`rano.measure.label_components`);
 5. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
@@ -33,6 +34,7 @@ from rano.settings import ResponseSettings
 from segmentation.errors import BackendUnavailableError, ModelConfigError
 from segmentation.model import BACKENDS, LoadedModel, resolve_device, resolve_device_name
 from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
+from segmentation.probability import quantise
 from segmentation.sliding import sliding_window
 
 if TYPE_CHECKING:
@@ -60,7 +62,8 @@ class InferenceOptions:
         sw_batch_size: Windows per forward pass (default: the model config's; 1 on the ONNX backend).
         overlap: Window overlap fraction (default: the model config's).
         threshold: Probability threshold (default: the model config's).
-        keep_probability: Keep the native-grid probability map in the result (memory: 4 bytes/voxel).
+        keep_probability: Keep the native-grid probability map in the result (uint16, probability x
+            65535: 2 bytes/voxel; :func:`segmentation.probability.to_float` reads it).
         backend: ``auto``, ``torch`` or ``onnx`` (default: the model config's ``inference.backend``);
             see :func:`resolve_backend`.
         threads: CPU threads of the ONNX backend (default: the cores this process may use).
@@ -91,7 +94,8 @@ class SegmentationResult:
         timings_s: Seconds per stage.
         device: Device the network ran on.
         n_windows: Number of sliding windows evaluated.
-        probability: Lesion probability (float32) when ``keep_probability`` was set.
+        probability: Lesion probability when ``keep_probability`` was set, in the compact type (uint16,
+            probability x 65535; :mod:`segmentation.probability`).
         backend: The backend that ran the network: ``torch`` or ``onnx``.
         n_windows_skipped: Windows not run because they held no head voxel.
     """
@@ -323,7 +327,8 @@ def segment_image(
         if options.threshold is None
         else replace(cfg.postprocessing, threshold=options.threshold)
     )
-    native_prob = to_native(prob_np, pre)
+    native_prob = to_native(quantise(prob_np), pre)
+    del prob_np
     mask = sitk.GetImageFromArray(post.binarise(sitk.GetArrayViewFromImage(native_prob)).astype(np.uint8))
     mask.CopyInformation(native_prob)
     timings["to_native"] = time.perf_counter() - t

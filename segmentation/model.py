@@ -46,6 +46,7 @@ from segmentation.modeldir import (
     provenance,
 )
 from segmentation.preprocess import PreprocessConfig
+from segmentation.probability import is_compact, level
 
 if TYPE_CHECKING:
     # torch and MONAI are imported where a network is built or run, not with this module: the ONNX
@@ -208,20 +209,28 @@ class PostprocessConfig:
     def binarise(self, probability: np.ndarray) -> np.ndarray:
         """The lesion mask (bool) of a probability array, before the smallest components are dropped.
 
+        ``probability`` is float (0..1) or the compact stored type (uint16, :mod:`segmentation.probability`),
+        whose thresholds are the stored levels ``ceil(t x 65535)``.
+
         Hysteresis thresholding written with scipy.ndimage (scikit-image's ``apply_hysteresis_threshold``
         does the same, but it is not a dependency): label the components above ``threshold`` once, keep
         those that hold a voxel reaching ``detection_threshold`` (their maximum reaches it). Marking the
         labels under those seed voxels is one pass; ``ndimage.maximum`` per label took seconds on a
         whole-brain grid.
         """
-        mask = probability >= self.threshold
-        if self.detection_threshold is None or self.detection_threshold <= self.threshold:
+        threshold: float = self.threshold
+        detection = self.detection_threshold
+        if is_compact(probability):  # stored values: compare with the thresholds' levels
+            threshold = level(threshold)
+            detection = None if detection is None else level(detection)
+        mask = probability >= threshold
+        if detection is None or detection <= threshold:
             return mask
         labels, n = ndi.label(mask, np.ones((3, 3, 3), dtype=bool))
         if n == 0:
             return mask
         keep = np.zeros(n + 1, dtype=bool)
-        keep[labels[probability >= self.detection_threshold]] = True
+        keep[labels[probability >= detection]] = True
         keep[0] = False
         return keep[labels]
 

@@ -359,29 +359,30 @@ def preprocess(image: sitk.Image, config: PreprocessConfig) -> PreprocessedImage
     )
 
 
-def paste_into_reference(array_zyx: np.ndarray, pre: PreprocessedImage, fill: float = 0.0) -> sitk.Image:
-    """Place a model-space array (cropped grid) into the uncropped resampled grid, ``fill`` elsewhere."""
-    ref = pre.resampled_reference
-    full = np.full(ref.GetSize()[::-1], fill, dtype=array_zyx.dtype)
-    x0, y0, z0 = pre.crop.start
-    sx, sy, sz = pre.crop.size
-    full[z0 : z0 + sz, y0 : y0 + sy, x0 : x0 + sx] = array_zyx
-    out = sitk.GetImageFromArray(full)
-    out.CopyInformation(ref)
-    return out
-
-
 def to_native(
     array_zyx: np.ndarray, pre: PreprocessedImage, interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
-    """Map a model-space map (e.g. lesion probability, float32) back to the native image grid.
+    """Map a model-space map (cropped grid) back onto the native image grid, 0 outside the crop.
 
     Physical positions are kept (reorientation and resampling only changed the grid), so this is one
-    resampling with the identity transform onto the native grid.
+    resampling with the identity transform, straight from the cropped array: it is given its place in
+    the uncropped grid (its origin) and a border of one zero voxel where that grid goes on past the
+    crop, which makes the linear interpolation across the crop's edge what it would be in the
+    uncropped grid, without building that grid. The output keeps the array's type (a float map comes back as float32; a stored
+    probability map, :mod:`segmentation.probability`, as uint16; ITK truncates there, see that module).
     """
-    full = paste_into_reference(array_zyx, pre)
-    pixel = sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else full.GetPixelID()
-    return sitk.Resample(full, pre.native_reference, sitk.Transform(), interpolator, 0.0, pixel)
+    ref = pre.resampled_reference
+    start = [int(v) for v in pre.crop.start]
+    # The zero border goes where the uncropped grid goes on; at the grid's own edge there is none.
+    before = [int(s > 0) for s in start]
+    after = [int(s + n < full) for s, n, full in zip(start, pre.crop.size, ref.GetSize(), strict=True)]
+    padded = np.pad(array_zyx, list(zip(before[::-1], after[::-1], strict=True)))
+    cropped = sitk.GetImageFromArray(padded)
+    cropped.SetSpacing(ref.GetSpacing())
+    cropped.SetDirection(ref.GetDirection())
+    cropped.SetOrigin(ref.TransformIndexToPhysicalPoint([s - b for s, b in zip(start, before, strict=True)]))
+    pixel = sitk.sitkFloat32 if np.issubdtype(array_zyx.dtype, np.floating) else cropped.GetPixelID()
+    return sitk.Resample(cropped, pre.native_reference, sitk.Transform(), interpolator, 0.0, pixel)
 
 
 def mask_to_model_space(mask: sitk.Image, pre: PreprocessedImage) -> np.ndarray:

@@ -38,7 +38,8 @@ def test_nifti_input_writes_mask_and_lesion_table(
     src = tmp_path / "t1c.nii.gz"
     sitk.WriteImage(phantom.image, str(src))
     out = tmp_path / "out"
-    assert segment_main([str(src), str(out), "--model", str(tiny_model_dir), "--device", "cpu"]) == 0
+    args = [str(src), str(out), "--model", str(tiny_model_dir), "--device", "cpu", "--probability"]
+    assert segment_main(args) == 0
     printed = capsys.readouterr().out
     assert "network" in printed and "total" in printed  # per-stage timings
     mask = sitk.ReadImage(str(out / "mask.nii.gz"))
@@ -49,6 +50,17 @@ def test_nifti_input_writes_mask_and_lesion_table(
     assert report["model"]["label"] == "demo — not for clinical use"
     assert {"read", "preprocess.n4", "network", "measure", "write"} <= set(report["timings_s"])
     assert not (out / "rtstruct.dcm").exists() and not (out / "seg.dcm").exists()  # NIfTI input
+    # probability.nii: uint16 on disk; nibabel (an independent reader) applies the 1/65535 scale, and
+    # the mask is the probability at the model's threshold on the same grid (before small specks go).
+    import nibabel
+
+    stored = nibabel.load(str(out / "probability.nii"))
+    assert stored.get_data_dtype() == np.uint16 and "probability.nii" in printed
+    prob = np.asarray(stored.get_fdata(dtype=np.float32)).transpose(2, 1, 0)
+    assert prob.shape == labels.shape and prob.min() >= 0.0 and prob.max() <= 1.0
+    threshold = json.loads((tiny_model_dir / "config.json").read_text())["postprocessing"]["threshold"]
+    assert np.all(prob[labels > 0] >= threshold)
+    assert np.allclose(stored.affine, nibabel.load(str(out / "mask.nii.gz")).affine, atol=1e-4)
 
 
 def test_dicom_input_also_writes_rtstruct_and_seg(tmp_path: Path, tiny_model_dir: Path, phantom) -> None:  # type: ignore[no-untyped-def]

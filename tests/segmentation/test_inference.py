@@ -14,6 +14,7 @@ from segmentation.inference import ImageTooSmallError, InferenceOptions, segment
 from segmentation.model import DeviceUnavailableError, LoadedModel, build_network, load_model, save_model_dir
 from segmentation.phantoms import HeadPose, LesionSpec, load_template, render_phantom
 from segmentation.preprocess import EmptyImageError, mask_to_model_space, preprocess
+from segmentation.probability import to_float
 from segmentation.train import demo_config, dice_score
 
 
@@ -122,8 +123,9 @@ def test_two_channel_softmax_models_are_supported() -> None:
     result = segment_image(
         img, LoadedModel(cfg, net, Path("."), 0), InferenceOptions(device="cpu", keep_probability=True)
     )
-    prob = sitk.GetArrayViewFromImage(result.probability)
-    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    assert result.probability is not None and result.probability.GetPixelID() == sitk.sitkUInt16
+    prob = to_float(sitk.GetArrayViewFromImage(result.probability))
+    assert prob.min() >= 0.0 and prob.max() <= 1.0 and prob.max() > 0.0
 
 
 def test_all_zero_image_is_refused(tiny_model: LoadedModel) -> None:

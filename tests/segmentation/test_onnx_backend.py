@@ -30,6 +30,7 @@ from segmentation.modeldir import CONFIG_NAME, DEMO_MODEL_DIR, ONNX_NAME, WEIGHT
 from segmentation.onnx_backend import cpu_threads, export_onnx
 from segmentation.phantoms import make_phantom
 from segmentation.preprocess import preprocess
+from segmentation.probability import to_float
 from segmentation.sliding import scan_starts, sliding_window
 from segmentation.train import demo_config, dice_score
 
@@ -103,8 +104,9 @@ def test_onnx_matches_torch_on_a_held_out_phantom(held_out_runs: dict[str, Segme
     assert (reference.backend, fast.backend) == ("torch", "onnx")
     assert fast.runtime == "cpu/onnx"
     assert reference.probability is not None and fast.probability is not None
-    p_ref = sitk.GetArrayFromImage(reference.probability)
-    p_fast = sitk.GetArrayFromImage(fast.probability)
+    # Compared as probabilities: the stored maps are uint16 (segmentation.probability).
+    p_ref = to_float(sitk.GetArrayFromImage(reference.probability))
+    p_fast = to_float(sitk.GetArrayFromImage(fast.probability))
     assert float(np.abs(p_fast - p_ref).max()) <= PROBABILITY_TOLERANCE
     m_ref = sitk.GetArrayFromImage(reference.mask)
     m_fast = sitk.GetArrayFromImage(fast.mask)
