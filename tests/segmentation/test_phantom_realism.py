@@ -170,8 +170,21 @@ def test_small_lesions_have_the_sphere_volume(diameter: float) -> None:
 
 @pytest.fixture(scope="module")
 def distractor_phantoms() -> dict[str, P.Phantom]:
-    rng = np.random.default_rng(4)
-    specs = R.sample_realistic_lesion_specs(rng, 6, (4.0, 25.0))
+    # One lesion sits on the falx (where the falx is densest, >= 6 mm deep), so that the two overlap.
+    anat = P.load_template()
+    falx = R._dural_sheets()[0] > 0.5
+    density = np.where(falx & (anat.depth_mm > 6), ndi.uniform_filter(falx.astype(np.float32), 11), 0.0)
+    falx_idx = np.unravel_index(np.argmax(density), density.shape)
+    on_falx = P.LesionSpec(
+        99,
+        tuple(anat.reference.TransformIndexToPhysicalPoint([int(v) for v in falx_idx[::-1]])),
+        16.0,
+        shape_seed=1,
+    )
+    specs = [
+        on_falx,
+        *R.sample_realistic_lesion_specs(np.random.default_rng(4), 6, (4.0, 25.0), avoid=[on_falx]),
+    ]
     return {
         seq: P.render_phantom(specs, seed=8, geometry="axial_2mm", realism=R.Realism(sequence=seq), **CLEAN)  # type: ignore[arg-type]
         for seq in ("gre", "se")
@@ -186,7 +199,8 @@ def test_distractors_present_never_lesion_and_bright_or_flow_voids(
         assert ph.distractors is not None
         cls = sitk.GetArrayViewFromImage(ph.distractors)
         mask = sitk.GetArrayViewFromImage(ph.mask)
-        assert not ((cls > 0) & (mask > 0)).any()  # no distractor voxel is lesion
+        assert not ((cls > 0) & (mask > 0)).any()  # no distractor voxel is lesion, even on the falx
+        assert (sitk.GetArrayViewFromImage(ph.labels) == 99).sum() > 100
         wm = 1000.0  # white matter: the scale (no bias field, no noise, 3 % texture)
         for name, value in R.DISTRACTOR_CLASSES.items():
             voxels = img[cls == value]
