@@ -17,6 +17,11 @@ table of the lesions, all in the acquisition geometry. :func:`make_longitudinal_
 visits of one patient whose lesions grow, shrink, disappear and appear, with slight head repositioning
 between visits; lesion ids are stable across visits.
 
+This is the ``basic`` style, the one the demo model was trained on and the demo trial shows.
+``make_phantom(seed, style="realistic")`` and ``render_phantom(..., realism=...)`` switch to
+:mod:`segmentation.phantom_realism` (uneven rims, anatomical distractors, scanner variety and artefacts,
+warped anatomy); without them every volume is exactly what it was before that module existed.
+
 Nothing here is for clinical use: it exists for tests, training of the demo model and the demo trial.
 """
 
