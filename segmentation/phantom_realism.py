@@ -126,8 +126,17 @@ class Realism:
             raise P.PhantomError("atrophy_mm must be within 0..4 mm and ventricle_dilation_mm within 0..8 mm")
 
 
-def sample_realism(rng: np.random.Generator) -> Realism:
-    """Draw a scanner, artefacts and an anatomy variant (what training should see across patients)."""
+#: The usual phase-encode index axis per slice plane: anterior-posterior for axial (j) and sagittal (i)
+#: slices, left-right for coronal ones (i); see :data:`segmentation.phantoms._PLANE_DIRECTIONS`.
+USUAL_PHASE_AXIS: dict[str, PhaseAxis] = {"axial": "j", "sagittal": "i", "coronal": "i"}
+
+
+def sample_realism(rng: np.random.Generator, plane: str = "axial") -> Realism:
+    """Draw a scanner, artefacts and an anatomy variant (what training should see across patients).
+
+    The phase-encode axis is the plane's usual one (:data:`USUAL_PHASE_AXIS`) 80 % of the time.
+    """
+    usual = USUAL_PHASE_AXIS.get(plane, "j")
     three_t = bool(rng.random() < 0.6)
     return Realism(
         field_strength="3T" if three_t else "1.5T",
@@ -137,7 +146,7 @@ def sample_realism(rng: np.random.Generator) -> Realism:
         enhancement_gain=float(rng.uniform(1.0, 1.25) if three_t else rng.uniform(0.8, 1.0)),
         ghost_period=int(rng.integers(2, 7)),
         ghost_shift_mm=float(rng.uniform(0.5, 4.0)) if rng.random() < 0.3 else 0.0,
-        phase_axis="j" if rng.random() < 0.8 else "i",
+        phase_axis=usual if rng.random() < 0.8 else ("i" if usual == "j" else "j"),
         wrap_margin_mm=float(rng.uniform(10.0, 40.0)) if rng.random() < 0.2 else 0.0,
         warp_max_mm=float(rng.uniform(2.0, 6.0)) if rng.random() < 0.8 else 0.0,
         warp_spacing_mm=40.0,
@@ -1041,8 +1050,8 @@ def make_realistic_phantom(
     noise for the field strength, 1-6 lesions of 2-40 mm (:func:`sample_realistic_lesion_specs`) and a pose.
     """
     rng = np.random.default_rng([seed, 21])
-    real = realism if realism is not None else sample_realism(rng)
-    geo = geometry if geometry is not None else sample_geometry(rng)
+    geo = P._resolve_geometry(geometry) if geometry is not None else sample_geometry(rng)
+    real = realism if realism is not None else sample_realism(rng, geo.plane)
     noise = noise_fraction if noise_fraction is not None else sample_noise_fraction(rng, real)
     n = int(rng.integers(1, 7)) if n_lesions is None else n_lesions
     specs = sample_realistic_lesion_specs(rng, n, diameter_range_mm or (2.0, 40.0))

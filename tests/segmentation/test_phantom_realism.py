@@ -359,6 +359,9 @@ def test_sampler_draws_variety_and_is_reproducible() -> None:
     for attr in ("ghost_shift_mm", "wrap_margin_mm", "warp_max_mm", "atrophy_mm", "ventricle_dilation_mm"):
         values = [getattr(d, attr) for d in draws]
         assert 0 < sum(v > 0 for v in values) < len(values), attr
+    assert sum(d.phase_axis == "j" for d in draws) > 40  # axial: mostly anterior-posterior
+    sagittal = [R.sample_realism(np.random.default_rng(s), "sagittal") for s in range(60)]
+    assert sum(d.phase_axis == "i" for d in sagittal) > 40  # the sagittal grid's AP axis is i
     three = [d.grey_white_contrast for d in draws if d.field_strength == "3T"]
     one_five = [d.grey_white_contrast for d in draws if d.field_strength == "1.5T"]
     assert min(three) >= max(one_five)
