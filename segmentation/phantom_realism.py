@@ -47,7 +47,7 @@ from scipy import ndimage as ndi
 from segmentation import phantoms as P
 
 FieldStrength = Literal["1.5T", "3T"]
-Sequence_ = Literal["gre", "se"]
+PulseSequence = Literal["gre", "se"]
 PhaseAxis = Literal["i", "j"]
 
 #: Class values of :attr:`Phantom.distractors` (0 = none).
@@ -67,8 +67,10 @@ DISTRACTOR_CLASSES: dict[str, int] = {
 }
 #: Distractors made of flowing blood: bright on gradient echo, dark (flow void) on spin echo.
 FLOWING_BLOOD = ("superior_sagittal_sinus", "transverse_sinus", "sigmoid_sinus", "cortical_vein")
-#: Regions a realistic lesion can be placed in.
+#: Regions a realistic lesion can be placed in (see :func:`location_regions`).
 REALISTIC_LOCATIONS: tuple[str, ...] = ("junction", "cortex", "deep", "ventricle", "cerebellum", "brainstem")
+#: How often the sampler picks each region: metastases seed mostly at the grey-white junction of the
+#: cerebral hemispheres (~80 %), then the cerebellum (~15 %) and the brainstem (a few %).
 _LOCATION_P = (0.34, 0.12, 0.16, 0.1, 0.18, 0.1)
 
 
@@ -93,7 +95,7 @@ class Realism:
     """
 
     field_strength: FieldStrength = "3T"
-    sequence: Sequence_ = "gre"
+    sequence: PulseSequence = "gre"
     grey_white_contrast: float = 1.0
     enhancement_gain: float = 1.0
     ghost_period: int = 4
