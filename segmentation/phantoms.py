@@ -17,6 +17,11 @@ table of the lesions, all in the acquisition geometry. :func:`make_longitudinal_
 visits of one patient whose lesions grow, shrink, disappear and appear, with slight head repositioning
 between visits; lesion ids are stable across visits.
 
+This is the ``basic`` style, the one the demo model was trained on and the demo trial shows.
+``make_phantom(seed, style="realistic")`` and ``render_phantom(..., realism=...)`` switch to
+:mod:`segmentation.phantom_realism` (uneven rims, anatomical distractors, scanner variety and artefacts,
+warped anatomy); without them every volume is exactly what it was before that module existed.
+
 Nothing here is for clinical use: it exists for tests, training of the demo model and the demo trial.
 """
 
@@ -27,14 +32,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+if TYPE_CHECKING:  # the realistic style imports this module; only its type is needed here
+    from segmentation.phantom_realism import Realism
+
 LesionKind = Literal["solid", "ring"]
-LesionLocation = Literal["cortex", "ventricle", "deep"]
+LesionLocation = Literal["cortex", "ventricle", "deep", "junction", "cerebellum", "brainstem"]
+#: ``basic``: what the demo model was trained on; ``realistic``: :mod:`segmentation.phantom_realism`.
+PhantomStyle = Literal["basic", "realistic"]
 
 #: Diameters the sampler draws from when not told otherwise (mm).
 DEFAULT_DIAMETER_RANGE_MM: tuple[float, float] = (3.0, 40.0)
@@ -242,10 +252,15 @@ class LesionSpec:
         center_mm: Centre in template physical space (LPS, mm).
         diameter_mm: Nominal diameter (mm); the rendered shape is lobulated and slightly ellipsoidal.
         kind: ``solid`` or ``ring`` (enhancing rim around a necrotic core).
-        location: Where it was placed: ``cortex``, ``ventricle`` or ``deep``.
+        location: Where it was placed: ``cortex``, ``ventricle`` or ``deep`` (basic sampler), also
+            ``junction``, ``cerebellum`` or ``brainstem`` (realistic sampler).
         rim_thickness_mm: Enhancing rim thickness of a ring lesion (mm).
         enhancement: Lesion intensity relative to white matter (1.0).
         shape_seed: Seed of the shape (axes, lobulation, texture), kept across visits.
+        rim_unevenness: Spread of the rim thickness over directions (log scale; realistic style only).
+        heterogeneity: Relative amplitude of blotchy enhancement (realistic style only).
+        fluid_core: A ring lesion's centre is a cyst (dark, homogeneous fluid) rather than necrosis
+            (realistic style only).
     """
 
     lesion_id: int
@@ -256,6 +271,9 @@ class LesionSpec:
     rim_thickness_mm: float = 2.5
     enhancement: float = 1.5
     shape_seed: int = 0
+    rim_unevenness: float = 0.0
+    heterogeneity: float = 0.0
+    fluid_core: bool = False
 
     def __post_init__(self) -> None:
         if self.lesion_id < 1 or self.lesion_id > 65535:
@@ -264,6 +282,8 @@ class LesionSpec:
             raise PhantomError(f"diameter_mm must be in 0..80 mm, got {self.diameter_mm}")
         if self.kind not in ("solid", "ring"):
             raise PhantomError(f"kind must be 'solid' or 'ring', got {self.kind!r}")
+        if not 0.0 <= self.rim_unevenness <= 1.5 or not 0.0 <= self.heterogeneity <= 1.0:
+            raise PhantomError("rim_unevenness must be within 0..1.5 and heterogeneity within 0..1")
 
 
 @dataclass(frozen=True)
@@ -557,6 +577,9 @@ class Phantom:
         geometry: The acquisition grid.
         pose: The head pose.
         seed: The seed it was generated from.
+        distractors: Class map of the non-lesion structures (realistic style only, see
+            :data:`segmentation.phantom_realism.DISTRACTOR_CLASSES`; ``None`` for the basic style).
+        realism: The :class:`segmentation.phantom_realism.Realism` it was rendered with (``None``: basic).
     """
 
     image: sitk.Image
@@ -566,6 +589,8 @@ class Phantom:
     geometry: AcquisitionGeometry
     pose: HeadPose
     seed: int
+    distractors: sitk.Image | None = None
+    realism: Realism | None = None
 
 
 def _resolve_geometry(geometry: AcquisitionGeometry | str) -> AcquisitionGeometry:
@@ -575,6 +600,20 @@ def _resolve_geometry(geometry: AcquisitionGeometry | str) -> AcquisitionGeometr
         return GEOMETRIES[geometry]
     except KeyError:
         raise PhantomError(f"unknown geometry {geometry!r}; use one of {sorted(GEOMETRIES)}") from None
+
+
+def _check_render_arguments(
+    lesions: Sequence[LesionSpec], noise_fraction: float, bias_field_strength: float
+) -> list[int]:
+    """Refuse out-of-range noise or bias and duplicate lesion ids; return the ids."""
+    if not 0.0 <= noise_fraction <= 0.5:
+        raise PhantomError(f"noise_fraction must be within 0..0.5, got {noise_fraction}")
+    if not 0.0 <= bias_field_strength <= 1.0:
+        raise PhantomError(f"bias_field_strength must be within 0..1, got {bias_field_strength}")
+    ids = [s.lesion_id for s in lesions]
+    if len(set(ids)) != len(ids):
+        raise PhantomError(f"duplicate lesion ids: {ids}")
+    return ids
 
 
 def render_phantom(
@@ -588,6 +627,7 @@ def render_phantom(
     bias_field_strength: float = 0.25,
     noise_fraction: float = 0.03,
     scale: float | None = None,
+    realism: Realism | None = None,
 ) -> Phantom:
     """Render given lesions into the template and acquire the result on a scanner grid.
 
@@ -601,6 +641,8 @@ def render_phantom(
         bias_field_strength: Amplitude of the log bias field (0 = none; 0.25 ~ +-25 %).
         noise_fraction: Rician noise sigma relative to white matter (0 = none).
         scale: White-matter intensity in output units (default: random 400-1000).
+        realism: Render in the realistic style (:mod:`segmentation.phantom_realism`) with these scanner,
+            artefact and anatomy settings; ``None`` (default) renders the basic style, unchanged.
 
     Returns:
         The phantom.
@@ -608,14 +650,16 @@ def render_phantom(
     Raises:
         PhantomError: On an unknown geometry, duplicate lesion ids or out-of-range noise/bias settings.
     """
+    if realism is not None:
+        from segmentation import phantom_realism
+
+        return phantom_realism.render_realistic(
+            lesions, realism=realism, seed=seed, geometry=geometry, pose=pose, skull=skull,
+            distractors=distractors, bias_field_strength=bias_field_strength,
+            noise_fraction=noise_fraction, scale=scale,
+        )  # fmt: skip
     geo = _resolve_geometry(geometry)
-    if not 0.0 <= noise_fraction <= 0.5:
-        raise PhantomError(f"noise_fraction must be within 0..0.5, got {noise_fraction}")
-    if not 0.0 <= bias_field_strength <= 1.0:
-        raise PhantomError(f"bias_field_strength must be within 0..1, got {bias_field_strength}")
-    ids = [s.lesion_id for s in lesions]
-    if len(set(ids)) != len(ids):
-        raise PhantomError(f"duplicate lesion ids: {ids}")
+    ids = _check_render_arguments(lesions, noise_fraction, bias_field_strength)
     rng = np.random.default_rng(seed)
     pose = pose or HeadPose()
     anat = load_template()
@@ -695,30 +739,51 @@ def make_phantom(
     seed: int,
     *,
     n_lesions: int | None = None,
-    diameter_range_mm: tuple[float, float] = DEFAULT_DIAMETER_RANGE_MM,
-    geometry: AcquisitionGeometry | str = "axial_1mm",
+    diameter_range_mm: tuple[float, float] | None = None,
+    geometry: AcquisitionGeometry | str | None = None,
     pose: HeadPose | None = None,
     skull: bool = True,
     distractors: bool = True,
     bias_field_strength: float = 0.25,
-    noise_fraction: float = 0.03,
+    noise_fraction: float | None = None,
+    style: PhantomStyle = "basic",
+    realism: Realism | None = None,
 ) -> Phantom:
     """One synthetic patient: random lesions (1-6 unless ``n_lesions``) rendered by :func:`render_phantom`.
 
-    The same seed always gives the same volume.
+    The same seed always gives the same volume. ``style="basic"`` (default) is the generator the demo
+    model was trained on: diameters 3-40 mm unless ``diameter_range_mm``, ``axial_1mm`` unless
+    ``geometry``, noise 0.03 unless ``noise_fraction``. ``style="realistic"`` draws from ``seed`` whatever
+    is not given: scanner, artefacts and anatomy (unless ``realism``), protocol, noise and 2-40 mm lesions
+    (see :func:`segmentation.phantom_realism.make_realistic_phantom`).
+
+    Raises:
+        PhantomError: On an unknown style, or what :func:`render_phantom` raises.
     """
+    if style == "realistic":
+        from segmentation import phantom_realism
+
+        return phantom_realism.make_realistic_phantom(
+            seed, n_lesions=n_lesions, diameter_range_mm=diameter_range_mm, geometry=geometry, pose=pose,
+            skull=skull, distractors=distractors, bias_field_strength=bias_field_strength,
+            noise_fraction=noise_fraction, realism=realism,
+        )  # fmt: skip
+    if style != "basic":
+        raise PhantomError(f"style must be 'basic' or 'realistic', got {style!r}")
+    if realism is not None:
+        raise PhantomError("realism settings need style='realistic'")
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 7)) if n_lesions is None else n_lesions
-    specs = sample_lesion_specs(rng, n, diameter_range_mm)
+    specs = sample_lesion_specs(rng, n, diameter_range_mm or DEFAULT_DIAMETER_RANGE_MM)
     return render_phantom(
         specs,
         seed=int(rng.integers(2**31 - 1)),
-        geometry=geometry,
+        geometry=geometry if geometry is not None else "axial_1mm",
         pose=pose if pose is not None else random_pose(rng),
         skull=skull,
         distractors=distractors,
         bias_field_strength=bias_field_strength,
-        noise_fraction=noise_fraction,
+        noise_fraction=0.03 if noise_fraction is None else noise_fraction,
     )
 
 

@@ -13,7 +13,9 @@ Data sources:
 * ``--dicom DIR``: one sub-folder per case holding an MR series and its RTSTRUCT; ROIs whose name
   matches ``--roi-pattern`` (fnmatch, default ``GTV*``) are merged into the lesion mask; the patient id is
   the DICOM PatientID;
-* ``--phantoms N``: N synthetic patients from :mod:`segmentation.phantoms` (the demo model).
+* ``--phantoms N``: N synthetic patients from :mod:`segmentation.phantoms` (the demo model);
+  ``--phantom-style realistic`` draws them from :mod:`segmentation.phantom_realism` instead (the style
+  is written into the model card's ``training.data``, next to the command line).
 
 Every case is preprocessed once with the model's own preprocessing and cached (``<run>/cache``).
 Training samples patches (lesion-centred with probability ``--positive-fraction``), validates after
@@ -226,13 +228,28 @@ def dicom_rtstruct_sources(directory: str | Path, roi_pattern: str = "GTV*") -> 
 TRAINING_GEOMETRIES = ("axial_1mm", "sagittal_1mm", "coronal_0p9x0p9x1p2mm", "axial_0p9x0p9x2mm", "axial_2mm")
 
 
-def phantom_sources(n_patients: int, seed: int) -> list[CaseSource]:
-    """``n_patients`` synthetic patients (one visit each), cycling through :data:`TRAINING_GEOMETRIES`."""
+def phantom_sources(n_patients: int, seed: int, style: phantoms.PhantomStyle = "basic") -> list[CaseSource]:
+    """``n_patients`` synthetic patients (one visit each).
+
+    ``basic`` (the demo model's data): cycling through :data:`TRAINING_GEOMETRIES`. ``realistic``: each
+    patient draws its scanner, protocol (0.5-1.2 mm voxels), artefacts, anatomy variant, noise and lesions
+    from :mod:`segmentation.phantom_realism`; skull and bias field vary as for ``basic``.
+    """
+    if style not in ("basic", "realistic"):
+        raise TrainingError(f"phantom style must be 'basic' or 'realistic', got {style!r}")
     out = []
     for i in range(n_patients):
 
         def _load(i: int = i) -> tuple[sitk.Image, sitk.Image]:
             rng = np.random.default_rng([seed, i])
+            if style == "realistic":
+                ph = phantoms.make_phantom(
+                    int(rng.integers(2**31 - 1)),
+                    style="realistic",
+                    skull=bool(rng.random() < 0.5),
+                    bias_field_strength=float(rng.uniform(0.0, 0.35)),
+                )
+                return ph.image, ph.mask
             ph = phantoms.make_phantom(
                 int(rng.integers(2**31 - 1)),
                 geometry=TRAINING_GEOMETRIES[i % len(TRAINING_GEOMETRIES)],
@@ -1192,6 +1209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi-pattern", default="GTV*", help="RTSTRUCT ROI names to use (fnmatch; default GTV*)")
     p.add_argument("--phantom-seed", type=int, default=1000, help="seed of the synthetic patients")
     p.add_argument(
+        "--phantom-style",
+        choices=("basic", "realistic"),
+        default="basic",
+        help="basic (the demo model's phantoms) or realistic (segmentation.phantom_realism: rims, "
+        "distractors, scanner variety, artefacts, warped anatomy)",
+    )
+    p.add_argument(
         "--evaluate",
         type=Path,
         metavar="MODEL_DIR",
@@ -1286,8 +1310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.phantoms is not None:
             if args.phantoms < 3:
                 raise TrainingError("--phantoms needs at least 3 patients")
-            sources = phantom_sources(args.phantoms, args.phantom_seed)
+            sources = phantom_sources(args.phantoms, args.phantom_seed, args.phantom_style)
             desc = f"{args.phantoms} synthetic patients (segmentation.phantoms, seed {args.phantom_seed})"
+            if args.phantom_style != "basic":
+                desc = desc[:-1] + f", style {args.phantom_style})"
         elif args.data:
             sources = nifti_pair_sources(args.data)
             desc = f"NIfTI pairs from {args.data.name}"

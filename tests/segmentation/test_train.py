@@ -25,6 +25,7 @@ from segmentation.train import (
     TrainingError,
     augment,
     bright_non_lesion_voxels,
+    build_parser,
     demo_config,
     dice_score,
     evaluate,
@@ -446,3 +447,37 @@ def test_hysteresis_keeps_components_that_peak_high_at_their_full_extent() -> No
     mask = PostprocessConfig(threshold=0.5, detection_threshold=0.9).binarise(prob)
     assert mask[2:8, 2:8, 2:8].all() and not mask[12:18, 12:18, 12:18].any()
     assert PostprocessConfig(threshold=0.5).binarise(prob).sum() == 2 * 6**3  # no hysteresis
+
+
+def test_phantom_style_reaches_the_generator_and_the_provenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segmentation.train as T
+
+    seen: dict[str, Any] = {}
+    calls: list[dict[str, Any]] = []
+
+    def fake_train(config: Any, sources: Any, options: Any, **kw: Any) -> dict[str, Any]:
+        seen.update(sources=sources, options=options, **kw)
+        return {"best": {}}
+
+    def fake_make_phantom(seed: int, **kw: Any) -> Any:
+        calls.append(kw)
+        return type("Ph", (), {"image": None, "mask": None})()
+
+    monkeypatch.setattr(T, "train", fake_train)
+    monkeypatch.setattr(T.phantoms, "make_phantom", fake_make_phantom)
+    args = ["--phantoms", "3", "--run-dir", str(tmp_path), "--threads", "1"]
+    assert main([*args, "--phantom-style", "realistic"]) == 0
+    assert (
+        seen["data_description"] == "3 synthetic patients (segmentation.phantoms, seed 1000, style realistic)"
+    )
+    assert "--phantom-style realistic" in seen["options"].command  # both go into the model card
+    seen["sources"][0].load()
+    assert calls[-1]["style"] == "realistic" and "geometry" not in calls[-1]  # the sampler picks the protocol
+    assert main(args) == 0  # the default stays the demo model's basic phantoms, described as before
+    assert seen["data_description"] == "3 synthetic patients (segmentation.phantoms, seed 1000)"
+    seen["sources"][1].load()
+    assert "style" not in calls[-1] and calls[-1]["geometry"] == T.TRAINING_GEOMETRIES[1]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*args, "--phantom-style", "fancy"])
