@@ -1,0 +1,203 @@
+"""False-positive reduction, lesion-wise: ``python -m bench fp_reduction``.
+
+1. The shipped demo model on held-out phantoms WITH distractors (sinus, falx, dura, cortical and deep
+   veins, choroid plexus; :func:`segmentation.phantoms.make_phantom`, 2 mm grid): every predicted
+   component gets its features once (:func:`segmentation.fp_reduction.component_features`).
+2. Thresholds chosen on the tuning phantoms (seeds 6000..), from a grid over every rule: the setting
+   with the highest lesion-wise precision at the sensitivity of the model without the stage (no lesion
+   the model found may be lost), fewest active rules on ties.
+3. Reported on the test phantoms (seeds 5000..), never used for the choice: precision, sensitivity and
+   false positives per study without and with the stage; the precision at fixed sensitivity is the
+   precision of the chosen setting, whose test sensitivity is printed next to the baseline's.
+4. The real MRI (../shared/data BraTS-MET-00110-000 t1c, never used for tuning): components without and
+   with the chosen stage, what it rejected and why, and whether the largest lesion is kept.
+
+Lesion-wise counting as :func:`segmentation.train.lesion_counts`: a reference lesion (equivalent
+diameter >= 5 mm) is found when a kept component overlaps it; a kept component overlapping no reference
+lesion is a false positive. ``METTRACK_FP_PHANTOMS`` sets the phantoms per set (default 20).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MRI = ROOT.parent / "shared" / "data" / "BraTS-MET-00110-000-t1c.nii.gz"
+TUNE_SEED, TEST_SEED = 6000, 5000
+#: Grid of every rule (None: rule off); midline width and sigmas stay at their defaults.
+GRID: dict[str, list[float | None]] = {
+    "max_tubularity": [None, 0.3, 0.4, 0.5, 0.6],
+    "max_elongation": [None, 2.5, 3.0, 4.0, 5.0, 6.0],
+    "midline_distance_mm": [None, 3.0, 5.0, 8.0],
+    "min_depth_mm": [None, 2.0, 4.0, 6.0, 8.0],
+    "min_shell_contrast": [None, 1.1, 1.2, 1.3],
+    "keep_volume_mm3": [None, 1000.0, 4000.0],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One phantom's predicted components: features, and which reference lesions each overlaps."""
+
+    seed: int
+    features: tuple  # of ComponentFeatures
+    overlaps: tuple[frozenset[int], ...]  # per component, reference lesion ids (>= 5 mm) it touches
+    touches_any: tuple[bool, ...]  # per component, overlaps any reference lesion (of any size)
+    reference: frozenset[int]  # reference lesions >= 5 mm equivalent diameter
+
+
+def _case(seed: int, model, fp_config) -> Case:
+    from segmentation.fp_reduction import reduce_false_positives
+    from segmentation.inference import InferenceOptions, segment_image
+    from segmentation.phantoms import make_phantom
+    from segmentation.preprocess import preprocess
+
+    phantom = make_phantom(seed, geometry="axial_2mm")
+    result = segment_image(phantom.image, model, InferenceOptions(device="cpu"))
+    pre = preprocess(phantom.image, model.config.preprocessing)
+    # The stage itself with no rule on: every component's features, as the pipeline computes them.
+    features = reduce_false_positives(phantom.image, result.labels, pre, fp_config).features
+    truth, n_t = ndi.label(sitk.GetArrayFromImage(phantom.mask) > 0, np.ones((3, 3, 3), bool))
+    voxel_mm3 = float(np.prod(phantom.image.GetSpacing()))
+    diam = np.cbrt(6.0 * np.bincount(truth.ravel(), minlength=n_t + 1) * voxel_mm3 / math.pi)
+    reference = frozenset(i for i in range(1, n_t + 1) if diam[i] >= 5.0)
+    lab = sitk.GetArrayViewFromImage(result.labels)
+    overlaps, touches = [], []
+    for f in features:
+        hit = set(np.unique(truth[(lab == f.label) & (truth > 0)]).tolist())
+        overlaps.append(frozenset(hit & reference))
+        touches.append(bool(hit))
+    return Case(seed, features, tuple(overlaps), tuple(touches), reference)
+
+
+def _counts(cases: list[Case], config) -> tuple[int, int, int]:
+    """(found, missed, false positives) over the cases with the rules of ``config`` (None: no stage)."""
+    from segmentation.fp_reduction import rules_that_reject
+
+    tp = fn = fp = 0
+    for case in cases:
+        found: set[int] = set()
+        for f, hit, touch in zip(case.features, case.overlaps, case.touches_any, strict=True):
+            if config is not None and rules_that_reject(f, config):
+                continue
+            found |= hit
+            fp += int(not touch)
+        tp += len(found)
+        fn += len(case.reference - found)
+    return tp, fn, fp
+
+
+def _figures(counts: tuple[int, int, int], n_cases: int) -> str:
+    tp, fn, fp = counts
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
+    return (
+        f"precision {precision:.3f}, sensitivity {sensitivity:.3f} ({tp}/{tp + fn}), "
+        f"false positives {fp} ({fp / n_cases:.2f} per study)"
+    )
+
+
+def _choose(cases: list[Case]):
+    """The grid setting with the best precision at the baseline's sensitivity (fewest rules on ties)."""
+    from segmentation.model import FpReductionConfig
+
+    base_tp, _, _ = _counts(cases, None)
+    best, best_key = None, None
+    names = list(GRID)
+    for values in itertools.product(*(GRID[n] for n in names)):
+        kwargs: dict[str, Any] = dict(zip(names, values, strict=True))
+        if all(v is None for k, v in kwargs.items() if k != "keep_volume_mm3") and kwargs["keep_volume_mm3"]:
+            continue
+        config = FpReductionConfig(**kwargs)
+        tp, _, fp = _counts(cases, config)
+        if tp < base_tp:
+            continue
+        n_rules = sum(v is not None for v in values)
+        key = (-fp, -n_rules)
+        if best_key is None or key > best_key:
+            best, best_key = config, key
+    return best
+
+
+def _real_mri(model, config) -> None:
+    from segmentation.inference import InferenceOptions, segment_image
+
+    path = Path(os.environ.get("METTRACK_MRI", DEFAULT_MRI))
+    if not path.is_file():
+        print(f"real MRI: {path} not found, skipped")
+        return
+    image = sitk.ReadImage(str(path))
+    base = segment_image(image, model, InferenceOptions(device="cpu"))
+    post = replace(model.config.postprocessing, fp_reduction=config)
+    staged_model = model.with_config(replace(model.config, postprocessing=post))
+    staged = segment_image(image, staged_model, InferenceOptions(device="cpu"))
+    largest = max(base.lesions, key=lambda m: m.volume_mm3)
+    kept = any(abs(m.volume_mm3 - largest.volume_mm3) < 1e-6 for m in staged.lesions)
+    print(f"real MRI {path.name}: without the stage {len(base.lesions)} components "
+          f"(largest {largest.volume_mm3:.0f} mm3, LD {largest.longest_diameter_mm:.1f} mm, so "
+          f"{len(base.lesions) - 1} others); with it {len(staged.lesions)} "
+          f"({len(staged.lesions) - int(kept)} others); largest lesion kept: {kept}; "
+          f"stage {staged.timings_s.get('fp_reduction', 0.0):.2f} s")  # fmt: skip
+    for r in staged.rejected:
+        f = r.features
+        print(f"  rejected by {r.reason} (rules {', '.join(r.rules)}): {f.volume_mm3:.0f} mm3, "
+              f"elongation {f.elongation:.1f}, tubularity {f.tubularity:.2f}, midline {f.midline_distance_mm:.1f} mm, "
+              f"depth {f.depth_mm:.1f} mm, shell contrast {f.contrast_to_shell:.2f}")  # fmt: skip
+    for m in staged.lesions:
+        print(f"  kept: {m.volume_mm3:.0f} mm3, LD {m.longest_diameter_mm:.1f} mm, "
+              f"centroid {tuple(round(c, 1) for c in m.centroid_mm)}")  # fmt: skip
+
+
+def main() -> None:
+    from segmentation.model import FpReductionConfig, load_model
+
+    n = int(os.environ.get("METTRACK_FP_PHANTOMS", "20"))
+    model = load_model()
+    features_config = FpReductionConfig()
+    sets: dict[str, list[Case]] = {}
+    for name, start in (("tuning", TUNE_SEED), ("test", TEST_SEED)):
+        t = time.perf_counter()
+        sets[name] = [_case(seed, model, features_config) for seed in range(start, start + n)]
+        n_comp = sum(len(c.features) for c in sets[name])
+        print(f"{name} phantoms seeds {start}..{start + n - 1}: {n_comp} components, "
+              f"{time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
+    for name, cases in sets.items():
+        for case in cases:
+            for f, touch in zip(case.features, case.touches_any, strict=True):
+                if not touch:
+                    print(f"  {name} seed {case.seed} false positive: {f.volume_mm3:.0f} mm3, "
+                          f"elongation {f.elongation:.1f}, tubularity {f.tubularity:.2f}, "
+                          f"midline {f.midline_distance_mm:.1f} mm (width {f.midline_width_mm:.1f}), "
+                          f"depth {f.depth_mm:.1f} mm, shell {f.contrast_to_shell:.2f}, "
+                          f"brain {f.contrast_to_brain:.2f}")  # fmt: skip
+        tps = [f for c in cases for f, t in zip(c.features, c.touches_any, strict=True) if t]
+        if tps:
+            print(f"  {name} true positives: elongation max {max(f.elongation for f in tps):.1f}, "
+                  f"tubularity max {max(f.tubularity for f in tps):.2f}, "
+                  f"midline min {min(f.midline_distance_mm for f in tps):.1f} mm, "
+                  f"depth min {min(f.depth_mm for f in tps):.1f} mm, "
+                  f"shell contrast min {min(f.contrast_to_shell for f in tps):.2f}")  # fmt: skip
+    t = time.perf_counter()
+    chosen = _choose(sets["tuning"])
+    print(
+        f"chosen on the tuning set ({time.perf_counter() - t:.0f} s): {chosen.to_dict() if chosen else None}"
+    )
+    for name, cases in sets.items():
+        print(
+            f"{name} ({len(cases)} studies) without the stage: {_figures(_counts(cases, None), len(cases))}"
+        )
+        print(
+            f"{name} ({len(cases)} studies) with the stage:    {_figures(_counts(cases, chosen), len(cases))}"
+        )
+    if chosen is not None:
+        _real_mri(model, chosen)
