@@ -129,7 +129,8 @@ class FpReductionResult:
     Attributes:
         labels: The kept components, relabelled 1..n in their former order (raster order stays).
         rejected: The removed components.
-        features: The features of every component, kept or not.
+        features: The features of every component the rules looked at (those ``keep_volume_mm3``
+            protects are not described).
     """
 
     labels: sitk.Image
@@ -279,6 +280,7 @@ def component_features(
     config: FpReductionConfig,
     plane: MidsagittalPlane | None = None,
     depth: sitk.Image | None = None,
+    only: frozenset[int] | None = None,
 ) -> tuple[ComponentFeatures, ...]:
     """The features of every labelled component (module docstring), in label order.
 
@@ -290,6 +292,7 @@ def component_features(
         plane: The midsagittal plane (default: :func:`midsagittal_plane` of ``brain``).
         depth: Depth below the brain surface (mm) on the same grid (default: the Euclidean distance
             transform of ``brain`` with the voxel spacing).
+        only: The labels to describe (default: all).
     """
     lab = sitk.GetArrayViewFromImage(labels)
     n = int(lab.max()) if lab.size else 0
@@ -311,7 +314,7 @@ def component_features(
     pad = np.ceil((3.0 * max(config.sigmas_mm) + config.shell_mm) / spacing_zyx).astype(int) + 1
     out = []
     for label, raw_box in enumerate(ndi.find_objects(lab), start=1):
-        if raw_box is None:
+        if raw_box is None or (only is not None and label not in only):
             continue
         box = tuple(
             slice(max(0, s.start - p), min(dim, s.stop + p))
@@ -421,5 +424,12 @@ def reduce_false_positives(
         to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
     )
     depth = to_native(depth_model.astype(np.float32), pre)
-    features = component_features(image, labels, brain, config, midsagittal_plane(brain_model), depth)
+    # Components that keep_volume_mm3 protects are kept whatever their features: not describing them
+    # saves most of the stage's time on a large lesion (its box and objectness filter are the largest).
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel())
+    voxel_mm3 = float(np.prod(image.GetSpacing()))
+    limit = np.inf if config.keep_volume_mm3 is None else config.keep_volume_mm3
+    only = frozenset(int(i) for i in np.nonzero(counts * voxel_mm3 < limit)[0] if i > 0)
+    plane = midsagittal_plane(brain_model)
+    features = component_features(image, labels, brain, config, plane, depth, only)
     return apply_rules(labels, features, config)

@@ -324,6 +324,11 @@ def test_segment_image_with_the_stage_drops_a_vessel_and_keeps_the_lesion(vessel
     big = max(without.lesions, key=lambda m: m.volume_mm3)
     assert staged.lesions[0].volume_mm3 == big.volume_mm3
 
+    # keep_volume_mm3 protects the vessel: kept, and not described (the stage skips its features).
+    protect = {"max_elongation": 4.0, "keep_volume_mm3": float(vessel.sum()) * 8.0 / 2.0}
+    protected = segment_image(image, _model(fp_reduction=protect), options)
+    assert len(protected.lesions) == 2 and protected.rejected == ()
+
     # The stage with no rule on changes nothing but its timing.
     idle = segment_image(image, _model(fp_reduction={}), options)
     assert np.array_equal(sitk.GetArrayViewFromImage(idle.labels), found)
