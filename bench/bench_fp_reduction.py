@@ -14,7 +14,9 @@
 
 Lesion-wise counting as :func:`segmentation.train.lesion_counts`: a reference lesion (equivalent
 diameter >= 5 mm) is found when a kept component overlaps it; a kept component overlapping no reference
-lesion is a false positive. ``METTRACK_FP_PHANTOMS`` sets the phantoms per set (default 20).
+lesion is a false positive. ``METTRACK_FP_PHANTOMS`` sets the phantoms per set (default 20);
+``METTRACK_FP_CACHE`` names a pickle file where the phantoms' components and features are kept (read
+when it exists), to study other rule grids without running the network again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -107,14 +110,19 @@ def _figures(counts: tuple[int, int, int], n_cases: int) -> str:
     )
 
 
-def _choose(cases: list[Case]):
+#: Rules on shape and place only: a cystic or necrotic metastasis is darker than its surroundings
+#: (the real MRI's large lesion: shell contrast 0.9), so the contrast rule can remove a real lesion.
+GEOMETRY_ONLY = {name: values for name, values in GRID.items() if name != "min_shell_contrast"}
+
+
+def _choose(cases: list[Case], grid: dict[str, list[float | None]] = GRID):
     """The grid setting with the best precision at the baseline's sensitivity (fewest rules on ties)."""
     from segmentation.model import FpReductionConfig
 
     base_tp, _, _ = _counts(cases, None)
     best, best_key = None, None
-    names = list(GRID)
-    for values in itertools.product(*(GRID[n] for n in names)):
+    names = list(grid)
+    for values in itertools.product(*(grid[n] for n in names)):
         kwargs: dict[str, Any] = dict(zip(names, values, strict=True))
         if all(v is None for k, v in kwargs.items() if k != "keep_volume_mm3") and kwargs["keep_volume_mm3"]:
             continue
@@ -129,8 +137,20 @@ def _choose(cases: list[Case]):
     return best
 
 
-def _real_mri(model, config) -> None:
+#: Axial slices (array's first index) of the large frontal lesion of the real MRI (../shared/data README).
+LESION_SLICES = (55, 100)
+
+
+def _real_mri(model: Any, config: Any) -> None:
+    """Every component on the real MRI without the stage, its features and slices, and the stage's verdict.
+
+    The large lesion is the largest component lying within :data:`LESION_SLICES` (the data README's
+    description), not the largest component: on this image that is the superior sagittal sinus.
+    """
+    from segmentation.fp_reduction import reduce_false_positives, rules_that_reject
     from segmentation.inference import InferenceOptions, segment_image
+    from segmentation.model import FpReductionConfig
+    from segmentation.preprocess import preprocess
 
     path = Path(os.environ.get("METTRACK_MRI", DEFAULT_MRI))
     if not path.is_file():
@@ -139,38 +159,61 @@ def _real_mri(model, config) -> None:
     image = sitk.ReadImage(str(path))
     base = segment_image(image, model, InferenceOptions(device="cpu"))
     post = replace(model.config.postprocessing, fp_reduction=config)
-    staged_model = model.with_config(replace(model.config, postprocessing=post))
-    staged = segment_image(image, staged_model, InferenceOptions(device="cpu"))
-    largest = max(base.lesions, key=lambda m: m.volume_mm3)
-    kept = any(abs(m.volume_mm3 - largest.volume_mm3) < 1e-6 for m in staged.lesions)
-    print(f"real MRI {path.name}: without the stage {len(base.lesions)} components "
-          f"(largest {largest.volume_mm3:.0f} mm3, LD {largest.longest_diameter_mm:.1f} mm, so "
-          f"{len(base.lesions) - 1} others); with it {len(staged.lesions)} "
-          f"({len(staged.lesions) - int(kept)} others); largest lesion kept: {kept}; "
-          f"stage {staged.timings_s.get('fp_reduction', 0.0):.2f} s")  # fmt: skip
-    for r in staged.rejected:
-        f = r.features
-        print(f"  rejected by {r.reason} (rules {', '.join(r.rules)}): {f.volume_mm3:.0f} mm3, "
-              f"elongation {f.elongation:.1f}, tubularity {f.tubularity:.2f}, midline {f.midline_distance_mm:.1f} mm, "
-              f"depth {f.depth_mm:.1f} mm, shell contrast {f.contrast_to_shell:.2f}")  # fmt: skip
-    for m in staged.lesions:
-        print(f"  kept: {m.volume_mm3:.0f} mm3, LD {m.longest_diameter_mm:.1f} mm, "
-              f"centroid {tuple(round(c, 1) for c in m.centroid_mm)}")  # fmt: skip
+    staged = segment_image(
+        image, model.with_config(replace(model.config, postprocessing=post)), InferenceOptions(device="cpu")
+    )
+    # Features of every component (the stage with no rule), to show why each one stays or goes.
+    pre = preprocess(image, model.config.preprocessing)
+    features = reduce_false_positives(image, base.labels, pre, FpReductionConfig()).features
+    lab = sitk.GetArrayViewFromImage(base.labels)
+    slices = {
+        f.label: (int(z.min()), int(z.max())) for f in features for z in [np.nonzero(lab == f.label)[0]]
+    }
+    inside = [
+        f
+        for f in features
+        if LESION_SLICES[0] - 5 <= slices[f.label][0] and slices[f.label][1] <= LESION_SLICES[1] + 5
+    ]
+    lesion = max(inside, key=lambda f: f.volume_mm3) if inside else None
+    verdicts = {f.label: rules_that_reject(f, config) for f in features}
+    kept_lesion = lesion is not None and not verdicts[lesion.label]
+    others = len(staged.lesions) - int(kept_lesion)
+    print(f"real MRI {path.name}: without the stage {len(base.lesions)} components ({len(base.lesions) - int(lesion is not None)} "
+          f"besides the large lesion); with it {len(staged.lesions)} ({others} besides it); large lesion kept: "
+          f"{kept_lesion}; stage {staged.timings_s.get('fp_reduction', 0.0):.2f} s")  # fmt: skip
+    for f in features:
+        rules = verdicts[f.label]
+        what = "LARGE LESION" if lesion is not None and f.label == lesion.label else "other"
+        print(f"  L{f.label} {what} slices {slices[f.label][0]}-{slices[f.label][1]}: {f.volume_mm3:.0f} mm3, "
+              f"elongation {f.elongation:.1f}, tubularity {f.tubularity:.2f}, midline {f.midline_distance_mm:.1f} mm "
+              f"(width {f.midline_width_mm:.1f}), depth {f.depth_mm:.1f} mm, shell {f.contrast_to_shell:.2f}, "
+              f"brain {f.contrast_to_brain:.2f} -> {'rejected by ' + rules[0] if rules else 'kept'}")  # fmt: skip
 
 
-def main() -> None:
-    from segmentation.model import FpReductionConfig, load_model
+def _load_sets(model: Any, n: int) -> dict[str, list[Case]]:
+    """The tuning and test phantoms' components (from ``METTRACK_FP_CACHE`` when it exists)."""
+    from segmentation.model import FpReductionConfig
 
-    n = int(os.environ.get("METTRACK_FP_PHANTOMS", "20"))
-    model = load_model()
-    features_config = FpReductionConfig()
     sets: dict[str, list[Case]] = {}
+    cache = Path(os.environ["METTRACK_FP_CACHE"]) if os.environ.get("METTRACK_FP_CACHE") else None
+    if cache is not None and cache.is_file():
+        sets = pickle.loads(cache.read_bytes())  # noqa: S301 - a file this bench wrote itself
+        print(f"components and features read from {cache}")
     for name, start in (("tuning", TUNE_SEED), ("test", TEST_SEED)):
+        if name in sets:
+            continue
         t = time.perf_counter()
-        sets[name] = [_case(seed, model, features_config) for seed in range(start, start + n)]
+        sets[name] = [_case(seed, model, FpReductionConfig()) for seed in range(start, start + n)]
         n_comp = sum(len(c.features) for c in sets[name])
         print(f"{name} phantoms seeds {start}..{start + n - 1}: {n_comp} components, "
               f"{time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
+    if cache is not None and not cache.is_file():
+        cache.write_bytes(pickle.dumps(sets))
+    return sets
+
+
+def _print_components(sets: dict[str, list[Case]]) -> None:
+    """Each false positive's features, and the range of the true positives' features."""
     for name, cases in sets.items():
         for case in cases:
             for f, touch in zip(case.features, case.touches_any, strict=True):
@@ -187,17 +230,22 @@ def main() -> None:
                   f"midline min {min(f.midline_distance_mm for f in tps):.1f} mm, "
                   f"depth min {min(f.depth_mm for f in tps):.1f} mm, "
                   f"shell contrast min {min(f.contrast_to_shell for f in tps):.2f}")  # fmt: skip
-    t = time.perf_counter()
-    chosen = _choose(sets["tuning"])
-    print(
-        f"chosen on the tuning set ({time.perf_counter() - t:.0f} s): {chosen.to_dict() if chosen else None}"
-    )
-    for name, cases in sets.items():
-        print(
-            f"{name} ({len(cases)} studies) without the stage: {_figures(_counts(cases, None), len(cases))}"
-        )
-        print(
-            f"{name} ({len(cases)} studies) with the stage:    {_figures(_counts(cases, chosen), len(cases))}"
-        )
-    if chosen is not None:
-        _real_mri(model, chosen)
+
+
+def main() -> None:
+    from segmentation.model import load_model
+
+    model = load_model()
+    sets = _load_sets(model, int(os.environ.get("METTRACK_FP_PHANTOMS", "20")))
+    _print_components(sets)
+    for title, grid in (("every rule", GRID), ("shape and place rules only", GEOMETRY_ONLY)):
+        t = time.perf_counter()
+        choice = _choose(sets["tuning"], grid)
+        print(f"{title}: chosen on the tuning set ({time.perf_counter() - t:.0f} s): "
+              f"{choice.to_dict() if choice else None}")  # fmt: skip
+        for name, cases in sets.items():
+            without, with_stage = _counts(cases, None), _counts(cases, choice)
+            print(f"  {name} ({len(cases)} studies) without the stage: {_figures(without, len(cases))}")
+            print(f"  {name} ({len(cases)} studies) with the stage:    {_figures(with_stage, len(cases))}")
+        if choice is not None:
+            _real_mri(model, choice)
