@@ -6,8 +6,9 @@ DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 
 * ``mask.nii.gz``: binary lesion mask (uint8) on the input's grid;
 * ``labels.nii.gz``: lesion labels 1..n on the same grid;
-* ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records and the
-  per-stage timings;
+* ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records, the
+  components the false-positive reduction stage removed (``rejected_components``: features and rule;
+  empty when the model config does not enable it) and the per-stage timings;
 * ``probability.nii`` with ``--probability``: the lesion probability on the same grid, stored as uint16
   with the NIfTI scale ``scl_slope = 1/65535`` (NIfTI readers see float probabilities);
 * ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...);
@@ -261,6 +262,7 @@ def _segment(args: argparse.Namespace) -> int:
         "n_windows": result.n_windows,
         "n_windows_skipped": result.n_windows_skipped,
         "lesions": [m.to_dict() for m in result.lesions],
+        "rejected_components": [r.to_dict() for r in result.rejected],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "notes": notes,
     }
@@ -273,6 +275,10 @@ def _segment(args: argparse.Namespace) -> int:
     for m in result.lesions:
         print(f"  L{m.label}: LD {m.longest_diameter_mm:.1f} mm x {m.perpendicular_diameter_mm:.1f} mm, "
               f"volume {m.volume_mm3:.0f} mm3, centroid {tuple(round(c, 1) for c in m.centroid_mm)}")  # fmt: skip
+    for r in result.rejected:
+        f = r.features
+        print(f"  rejected ({r.reason}): volume {f.volume_mm3:.0f} mm3, centroid "
+              f"{tuple(round(c, 1) for c in f.centroid_mm)}")  # fmt: skip
     for n in notes:
         print(f"note: {n}")
     print("timings:")

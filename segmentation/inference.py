@@ -16,7 +16,10 @@ Stages (each timed in :attr:`SegmentationResult.timings_s`):
    peak reaches ``detection_threshold``);
 4. ``components``: 26-connected lesions, components under ``min_lesion_volume_mm3`` dropped
    (:func:`rano.measure.label_components`);
-5. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
+5. ``fp_reduction`` (only when the model config has ``postprocessing.fp_reduction``): components that
+   look like vessels, falx or dura removed, each kept in :attr:`SegmentationResult.rejected` with its
+   features and the rule that removed it (:mod:`segmentation.fp_reduction`);
+6. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import SimpleITK as sitk
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import BackendUnavailableError, ModelConfigError
+from segmentation.fp_reduction import RejectedComponent, reduce_false_positives
 from segmentation.model import BACKENDS, LoadedModel, resolve_device, resolve_device_name
 from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
 from segmentation.probability import quantise
@@ -98,6 +102,7 @@ class SegmentationResult:
             probability x 65535; :mod:`segmentation.probability`).
         backend: The backend that ran the network: ``torch`` or ``onnx``.
         n_windows_skipped: Windows not run because they held no head voxel.
+        rejected: Components removed by the false-positive reduction stage, with features and reason.
     """
 
     mask: sitk.Image
@@ -109,6 +114,7 @@ class SegmentationResult:
     probability: sitk.Image | None = field(default=None)
     backend: str = "torch"
     n_windows_skipped: int = 0
+    rejected: tuple[RejectedComponent, ...] = ()
 
     @property
     def runtime(self) -> str:
@@ -338,6 +344,14 @@ def segment_image(
     mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
     timings["components"] = time.perf_counter() - t
 
+    rejected: tuple[RejectedComponent, ...] = ()
+    if post.fp_reduction is not None:
+        t = time.perf_counter()
+        reduced = reduce_false_positives(image, labels, pre, post.fp_reduction)
+        labels, rejected = reduced.labels, reduced.rejected
+        mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+        timings["fp_reduction"] = time.perf_counter() - t
+
     t = time.perf_counter()
     lesions = measure_lesions(labels, image, settings=settings, relabel=False)
     timings["measure"] = time.perf_counter() - t
@@ -351,4 +365,5 @@ def segment_image(
         probability=native_prob if options.keep_probability else None,
         backend=backend,
         n_windows_skipped=n_skipped,
+        rejected=rejected,
     )

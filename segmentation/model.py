@@ -174,6 +174,110 @@ class OnnxExport:
         return {**out, **self.extra}
 
 
+#: Rules of :class:`FpReductionConfig`, in the order they are checked (the first that fires is the reason).
+FP_RULES = ("tubularity", "elongation", "midline", "surface", "shell_contrast", "brain_contrast")
+
+
+def _check_number(section: str, name: str, value: Any, *, low: float, positive: bool = False) -> None:
+    """Refuse a value that is not a number >= ``low`` (or > ``low`` when ``positive``), naming the field."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and np.isfinite(float(value))
+    ok = ok and (float(value) > low if positive else float(value) >= low)
+    if not ok:
+        relation = ">" if positive else ">="
+        raise ModelConfigError(f"{section}.{name} must be a number {relation} {low:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FpReductionConfig:
+    """False-positive reduction rules (``config.json`` -> ``postprocessing.fp_reduction``).
+
+    Absent from the config: the stage does not run. Each rule is off when its threshold is None; a
+    component is rejected by the first rule (order of :data:`FP_RULES`) whose test holds, and never when
+    its volume reaches ``keep_volume_mm3``. Features: :mod:`segmentation.fp_reduction`.
+
+    Attributes:
+        max_tubularity: ``tubularity``: reject when the component's tubularity (0-1) exceeds this.
+        max_elongation: ``elongation``: reject when the ratio of its largest to smallest extent exceeds this.
+        midline_distance_mm: ``midline``: reject when its centroid lies within this distance of the
+            midsagittal plane...
+        midline_max_width_mm: ...and (when set) its width across the plane is at most this (a falx is thin).
+        min_depth_mm: ``surface``: reject when its deepest voxel lies less than this below the brain surface
+            (a component hugging the dura or a cortical vein).
+        min_shell_contrast: ``shell_contrast``: reject when its mean intensity over that of a surrounding
+            shell is below this.
+        min_brain_contrast: ``brain_contrast``: reject when its mean intensity over the brain's median is
+            below this.
+        keep_volume_mm3: Components at least this large are always kept (None: no protection).
+        sigmas_mm: Gaussian scales (mm) of the tubularity measure: vessel radii (a 3 mm scale already
+            answers inside a 5 mm radius ball as if it were a tube).
+        shell_mm: Thickness (mm) of the shell of the shell contrast.
+    """
+
+    max_tubularity: float | None = None
+    max_elongation: float | None = None
+    midline_distance_mm: float | None = None
+    midline_max_width_mm: float | None = None
+    min_depth_mm: float | None = None
+    min_shell_contrast: float | None = None
+    min_brain_contrast: float | None = None
+    keep_volume_mm3: float | None = None
+    sigmas_mm: tuple[float, ...] = (1.0, 2.0)
+    shell_mm: float = 3.0
+
+    def __post_init__(self) -> None:
+        section = "postprocessing.fp_reduction"
+        if self.max_tubularity is not None and not (
+            not isinstance(self.max_tubularity, bool)
+            and isinstance(self.max_tubularity, int | float)
+            and 0.0 <= float(self.max_tubularity) <= 1.0
+        ):
+            raise ModelConfigError(
+                f"{section}.max_tubularity must be a number in [0, 1], got {self.max_tubularity!r}"
+            )
+        if self.max_elongation is not None:
+            _check_number(section, "max_elongation", self.max_elongation, low=1.0)
+        for name in ("midline_distance_mm", "midline_max_width_mm", "min_depth_mm", "keep_volume_mm3"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(section, name, value, low=0.0, positive=True)
+        for name in ("min_shell_contrast", "min_brain_contrast"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(section, name, value, low=0.0)
+        if self.midline_max_width_mm is not None and self.midline_distance_mm is None:
+            raise ModelConfigError(f"{section}.midline_max_width_mm needs midline_distance_mm")
+        if not isinstance(self.sigmas_mm, tuple) or not self.sigmas_mm:
+            raise ModelConfigError(
+                f"{section}.sigmas_mm must be a list of scales in mm, got {self.sigmas_mm!r}"
+            )
+        for value in self.sigmas_mm:
+            _check_number(section, "sigmas_mm", value, low=0.0, positive=True)
+        _check_number(section, "shell_mm", self.shell_mm, low=0.0, positive=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FpReductionConfig:
+        """Parse the ``fp_reduction`` mapping (unknown keys are refused, with their names)."""
+        if not isinstance(data, Mapping):
+            raise ModelConfigError(f"postprocessing.fp_reduction must be a mapping, got {data!r}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelConfigError(f"postprocessing.fp_reduction has unknown keys: {sorted(unknown)}")
+        values = dict(data)
+        if "sigmas_mm" in values:
+            sigmas = values["sigmas_mm"]
+            values["sigmas_mm"] = tuple(sigmas) if isinstance(sigmas, list | tuple) else sigmas
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, the inverse of :meth:`from_dict` (rules that are off are left out)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
 @dataclass(frozen=True)
 class PostprocessConfig:
     """Thresholding and component filtering (``config.json`` -> ``postprocessing``).
@@ -185,11 +289,13 @@ class PostprocessConfig:
             peak probability reaches this (None: every component is kept). Detection and delineation
             then have their own thresholds: a faint enhancing vessel never peaks high, while a large
             lesion keeps its full extent at the lower threshold.
+        fp_reduction: The false-positive reduction rules (None, the default: the stage does not run).
     """
 
     threshold: float = 0.5
     min_lesion_volume_mm3: float = 5.0
     detection_threshold: float | None = None
+    fp_reduction: FpReductionConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "detection_threshold"):
@@ -309,7 +415,10 @@ class ModelConfig:
             )
         try:
             inference = InferenceConfig(**inf)
-            post = PostprocessConfig(**data.get("postprocessing", {}))
+            post_data = dict(data.get("postprocessing", {}))
+            fp_data = post_data.pop("fp_reduction", None)
+            fp = None if fp_data is None else FpReductionConfig.from_dict(fp_data)
+            post = PostprocessConfig(**post_data, fp_reduction=fp)
         except TypeError as exc:
             raise ModelConfigError(f"inference/postprocessing section: {exc}") from exc
         known = {
@@ -361,6 +470,11 @@ class ModelConfig:
                 **(
                     {"detection_threshold": self.postprocessing.detection_threshold}
                     if self.postprocessing.detection_threshold is not None
+                    else {}
+                ),
+                **(
+                    {"fp_reduction": self.postprocessing.fp_reduction.to_dict()}
+                    if self.postprocessing.fp_reduction is not None
                     else {}
                 ),
             },

@@ -1,0 +1,435 @@
+"""False-positive reduction: per-lesion-component features and rules, on the native image grid.
+
+The demo model marks enhancing structures that are not metastases: the superior sagittal sinus and the
+falx on the midline, the dura along the brain surface, cortical and deep veins. Each 26-connected
+component of the lesion labels gets the features below (:func:`component_features`); the rules of
+:class:`~segmentation.model.FpReductionConfig` (``config.json`` -> ``postprocessing.fp_reduction``)
+reject components, and every rejected component keeps its features and the rule that rejected it
+(:class:`RejectedComponent`), so a reader can see why a finding was dropped.
+
+Features (all in physical millimetres, patient coordinates of the image, any orientation):
+
+* ``volume_mm3``: voxel count x voxel volume.
+* ``elongation``: ratio of the largest to the smallest extent, from a PCA of the component's voxel
+  centres: ``sqrt(l_max / l_min)`` of the eigenvalues of their covariance, to which each voxel's own
+  spread (a uniform box: ``spacing**2 / 12`` per axis) is added so a one-voxel-thick line stays finite.
+* ``tubularity``: SimpleITK's :func:`~SimpleITK.ObjectnessMeasure` (Antiga's generalisation of Frangi's
+  vesselness, object dimension 1: bright tubes) on the component's padded box divided by the brain's
+  median, after Gaussian smoothing at each of ``sigmas_mm`` (scale-normalised by ``sigma**2``), the
+  largest response over the scales per voxel; the feature is its median over the component's core
+  (0: blob or sheet, 1: tube). This filter
+  rather than a hand-written Hessian eigen-analysis: it is ITK's tested implementation, works in
+  physical units on any spacing, and the multi-scale maximum is the usual Frangi recipe.
+* ``midline_distance_mm`` and ``midline_width_mm``: distance of the centroid to the midsagittal plane,
+  and the component's width across the plane. The plane is estimated from the brain mask (see
+  :func:`midsagittal_plane`).
+* ``depth_mm``: depth below the brain surface of the component's deepest voxel: the Euclidean distance
+  transform of the brain mask with the voxel spacing (:func:`scipy.ndimage.distance_transform_edt`). A
+  dural or cortical-vein finding lies entirely within a few millimetres of the surface.
+* ``contrast_to_shell``: mean intensity of the component over that of a shell ``shell_mm`` thick around
+  it (inside the brain); ``contrast_to_brain``: its mean over the brain's median intensity.
+
+The brain mask is :func:`brain_mask`: the preprocessed head mask on skull-stripped input, the brain
+inside the skull otherwise. Pure: no Django, arrays and images in, frozen dataclasses out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from segmentation.model import FP_RULES, FpReductionConfig
+from segmentation.preprocess import PreprocessedImage, to_native
+
+
+@dataclass(frozen=True)
+class MidsagittalPlane:
+    """A plane in patient coordinates (mm): points ``p`` with ``dot(p - point_mm, normal) == 0``."""
+
+    point_mm: tuple[float, float, float]
+    normal: tuple[float, float, float]
+
+    def signed_distance_mm(self, points_mm: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Signed distance (mm) of points (n, 3) to the plane."""
+        return np.asarray((points_mm - np.asarray(self.point_mm)) @ np.asarray(self.normal), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ComponentFeatures:
+    """The features of one lesion component (module docstring for their definitions).
+
+    Attributes:
+        label: The component's label in the labels it came from.
+        volume_mm3: Volume.
+        centroid_mm: Centroid in patient coordinates.
+        extents_mm: Principal extents (``sqrt(12 * eigenvalue)``: the side of a box of that spread),
+            largest first.
+        elongation: Largest over smallest principal extent (>= 1).
+        tubularity: Median multi-scale objectness (0-1) over the component.
+        midline_distance_mm: Distance of the centroid to the midsagittal plane.
+        midline_width_mm: Width across the midsagittal plane.
+        depth_mm: Depth of the deepest voxel below the brain surface.
+        contrast_to_shell: Mean intensity over the mean of the surrounding shell.
+        contrast_to_brain: Mean intensity over the brain's median intensity.
+    """
+
+    label: int
+    volume_mm3: float
+    centroid_mm: tuple[float, float, float]
+    extents_mm: tuple[float, float, float]
+    elongation: float
+    tubularity: float
+    midline_distance_mm: float
+    midline_width_mm: float
+    depth_mm: float
+    contrast_to_shell: float
+    contrast_to_brain: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, rounded for reading."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, tuple):
+                out[key] = [round(float(v), 2) for v in value]
+            elif isinstance(value, float):
+                out[key] = round(value, 3)
+            else:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class RejectedComponent:
+    """A component the stage removed, with why.
+
+    Attributes:
+        features: Its features.
+        reason: The first rule (:data:`~segmentation.model.FP_RULES` order) that rejected it.
+        rules: Every rule whose test held.
+    """
+
+    features: ComponentFeatures
+    reason: str
+    rules: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return {"reason": self.reason, "rules": list(self.rules), "features": self.features.to_dict()}
+
+
+@dataclass(frozen=True)
+class FpReductionResult:
+    """Output of :func:`reduce_false_positives`.
+
+    Attributes:
+        labels: The kept components, relabelled 1..n in their former order (raster order stays).
+        rejected: The removed components.
+        features: The features of every component the rules looked at (those ``keep_volume_mm3``
+            protects are not described).
+    """
+
+    labels: sitk.Image
+    rejected: tuple[RejectedComponent, ...]
+    features: tuple[ComponentFeatures, ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _index_to_physical(image: sitk.Image, index_zyx: NDArray[Any]) -> NDArray[np.float64]:
+    """Physical points (n, 3; x, y, z mm) of array indices (n, 3; z, y, x)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    ijk = np.asarray(index_zyx, dtype=np.float64)[:, ::-1] * np.asarray(image.GetSpacing())
+    return np.asarray(image.GetOrigin()) + ijk @ direction.T
+
+
+def _voxel_covariance(image: sitk.Image) -> NDArray[np.float64]:
+    """Covariance (mm^2) of a point uniform in one voxel, in patient axes: ``D diag(s^2 / 12) D^T``."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    return np.asarray(direction @ np.diag(np.asarray(image.GetSpacing()) ** 2 / 12.0) @ direction.T)
+
+
+def midsagittal_plane(brain: sitk.Image) -> MidsagittalPlane:
+    """The midsagittal plane of a brain (or head) mask, in patient coordinates.
+
+    Estimate: a mirror-symmetric body has the normal of its symmetry plane as a principal axis of its
+    covariance, and its centroid on that plane. So the plane passes through the mask's centroid, and its
+    normal is the principal axis closest to the patient's left-right axis (x in DICOM's LPS). This holds
+    for a head tilted by any angle about any axis as long as left-right stays the closest principal axis,
+    and costs one covariance; it ignores asymmetry (a large mass shifting the midline).
+    """
+    arr = sitk.GetArrayViewFromImage(brain)
+    idx = np.argwhere(arr > 0)
+    if len(idx) < 4:
+        raise ValueError("the brain mask is empty: no midsagittal plane")
+    # A subsample is enough for a covariance (and keeps this to milliseconds on a 1 mm grid).
+    step = max(1, len(idx) // 200_000)
+    pts = _index_to_physical(brain, idx[::step])
+    centroid = pts.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov(pts, rowvar=False))
+    normal = vectors[:, int(np.argmax(np.abs(vectors[0, :])))]
+    normal = normal if normal[0] >= 0 else -normal
+    return MidsagittalPlane(
+        point_mm=tuple(float(v) for v in centroid),  # type: ignore[arg-type]
+        normal=tuple(float(v) for v in normal),  # type: ignore[arg-type]
+    )
+
+
+def _ball(radius_mm: float, spacing_xyz: tuple[float, ...]) -> list[int]:
+    return [max(1, round(radius_mm / s)) for s in spacing_xyz]
+
+
+def brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image:
+    """The brain inside a head mask (uint8), whose surface stands for the dural surface.
+
+    On skull-stripped input the head mask is the brain already and this returns nearly the same mask. With
+    the skull, the brain is the largest bright part of the head cut off by the dark bone and CSF rim:
+    voxels above half the head's median intensity, opened by 2 mm (breaks thin bridges to the scalp and
+    marrow), the largest component, closed by 3 mm and with its holes (ventricles) filled.
+    """
+    arr = sitk.GetArrayViewFromImage(image)
+    inside = sitk.GetArrayViewFromImage(head) > 0
+    if not inside.any():
+        raise ValueError("the head mask is empty")
+    median = float(np.median(arr[inside][:: max(1, int(inside.sum()) // 500_000)]))
+    bright = sitk.GetImageFromArray((inside & (arr > 0.5 * median)).astype(np.uint8))
+    bright.CopyInformation(head)
+    spacing = head.GetSpacing()
+    opened = sitk.BinaryMorphologicalOpening(bright, _ball(2.0, spacing), sitk.sitkBall)
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(opened), sortByObjectSize=True) == 1
+    # Pad before closing so the brain touching the edge of the field of view is not eaten.
+    pad = _ball(3.0, spacing)
+    padded = sitk.ConstantPad(sitk.Cast(largest, sitk.sitkUInt8), pad, pad, 0)
+    closed = sitk.BinaryMorphologicalClosing(padded, pad, sitk.sitkBall)
+    closed = sitk.Crop(closed, pad, pad)
+    filled = ndi.binary_fill_holes(sitk.GetArrayViewFromImage(closed) > 0)
+    out = sitk.GetImageFromArray((filled & inside).astype(np.uint8))
+    out.CopyInformation(head)
+    return out
+
+
+def native_head_mask(pre: PreprocessedImage) -> sitk.Image:
+    """The preprocessing's head mask (model grid) on the native image grid (uint8)."""
+    head = to_native(sitk.GetArrayFromImage(pre.head_mask).astype(np.float32), pre)
+    return sitk.Cast(head > 0.5, sitk.sitkUInt8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------------
+
+
+#: Frangi's structureness constant ``c`` (gamma of SimpleITK's filter) on the image divided by the brain's
+#: median intensity and scale-normalised: the measure's "is there any structure" term reaches 0.6 for a
+#: tube about 20 % brighter than the brain, and keeps flat, noisy bright regions (a large lesion's
+#: inside) near 0. SimpleITK applies this term whatever ``scaleObjectnessMeasure`` says, so it must be
+#: set for the intensity scale in use: the filter's default (5.0) assumes 0-255 data.
+_STRUCTURENESS_GAMMA = 0.1
+
+
+def _tubularity(
+    image: sitk.Image,
+    box: tuple[slice, ...],
+    component: NDArray[np.bool_],
+    sigmas_mm: tuple[float, ...],
+    brain_median: float,
+) -> float:
+    """Median over the component's core of the largest scale-normalised objectness (bright tubes) over
+    scales. The core (voxels at least half the component's largest inner depth from its border) keeps
+    the edge of a blob out: there one tangential curvature can mimic a tube's. The filter runs on the
+    core's box padded by three of the largest sigma (a large lesion's core is an eighth of its box)."""
+    spacing_zyx = np.asarray(image.GetSpacing(), dtype=np.float64)[::-1]
+    inner = ndi.distance_transform_edt(np.pad(component, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    core = inner >= 0.5 * float(inner.max())
+    pad = np.ceil(3.0 * max(sigmas_mm) / spacing_zyx).astype(int) + 1
+    lo = np.maximum(np.argwhere(core).min(axis=0) - pad, 0)
+    hi = np.minimum(np.argwhere(core).max(axis=0) + 1 + pad, np.asarray(component.shape))
+    sub_box = tuple(slice(b.start + int(a), b.start + int(c)) for b, a, c in zip(box, lo, hi, strict=True))
+    core = core[tuple(slice(int(a), int(c)) for a, c in zip(lo, hi, strict=True))]
+    sub = sitk.Cast(image[sub_box[2], sub_box[1], sub_box[0]], sitk.sitkFloat32) / float(
+        max(brain_median, 1e-6)
+    )
+    best = np.zeros(core.shape, dtype=np.float32)
+    for sigma in sigmas_mm:
+        # Multiplying by sigma^2 normalises the Hessian across scales (Lindeberg), as Frangi does.
+        smooth = sitk.SmoothingRecursiveGaussian(sub, float(sigma)) * float(sigma) ** 2
+        obj = sitk.ObjectnessMeasure(
+            smooth,
+            alpha=0.5,
+            beta=0.5,
+            gamma=_STRUCTURENESS_GAMMA,
+            scaleObjectnessMeasure=False,
+            objectDimension=1,
+            brightObject=True,
+        )
+        best = np.maximum(best, sitk.GetArrayViewFromImage(obj))
+    return float(np.median(best[core]))
+
+
+def component_features(
+    image: sitk.Image,
+    labels: sitk.Image,
+    brain: sitk.Image,
+    config: FpReductionConfig,
+    plane: MidsagittalPlane | None = None,
+    depth: sitk.Image | None = None,
+    only: frozenset[int] | None = None,
+) -> tuple[ComponentFeatures, ...]:
+    """The features of every labelled component (module docstring), in label order.
+
+    Args:
+        image: The MRI on the grid of ``labels``.
+        labels: Component labels 1..n (0: background).
+        brain: Brain mask on the same grid (:func:`brain_mask`).
+        config: Scales of the tubularity and shell thickness.
+        plane: The midsagittal plane (default: :func:`midsagittal_plane` of ``brain``).
+        depth: Depth below the brain surface (mm) on the same grid (default: the Euclidean distance
+            transform of ``brain`` with the voxel spacing).
+        only: The labels to describe (default: all).
+    """
+    lab = sitk.GetArrayViewFromImage(labels)
+    n = int(lab.max()) if lab.size else 0
+    if n == 0:
+        return ()
+    arr = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    inside = sitk.GetArrayViewFromImage(brain) > 0
+    plane = plane or midsagittal_plane(brain)
+    spacing_zyx = np.asarray(image.GetSpacing(), dtype=np.float64)[::-1]
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    depth_mm = (
+        ndi.distance_transform_edt(inside, sampling=spacing_zyx)
+        if depth is None
+        else sitk.GetArrayViewFromImage(depth)
+    )
+    brain_values = arr[inside]
+    brain_median = float(np.median(brain_values)) if brain_values.size else float(np.median(arr))
+    voxel_cov = _voxel_covariance(image)
+    pad = np.ceil((3.0 * max(config.sigmas_mm) + config.shell_mm) / spacing_zyx).astype(int) + 1
+    out = []
+    for label, raw_box in enumerate(ndi.find_objects(lab), start=1):
+        if raw_box is None or (only is not None and label not in only):
+            continue
+        box = tuple(
+            slice(max(0, s.start - p), min(dim, s.stop + p))
+            for s, p, dim in zip(raw_box, pad, lab.shape, strict=True)
+        )
+        component = lab[box] == label
+        idx = np.argwhere(component) + np.asarray([s.start for s in box])
+        pts = _index_to_physical(image, idx)
+        centroid = pts.mean(axis=0)
+        cov = (np.cov(pts, rowvar=False) if len(pts) > 1 else np.zeros((3, 3))) + voxel_cov
+        eig = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+        extents = np.sqrt(12.0 * eig)
+        across = plane.signed_distance_mm(pts)
+        # Width across the plane: span of the voxel centres plus one voxel's thickness along the normal.
+        normal = np.asarray(plane.normal)
+        voxel_along_normal = float(np.sqrt(12.0 * normal @ voxel_cov @ normal))
+        # The shell: within shell_mm of the component (a distance transform of the box with the spacing:
+        # a true millimetre shell on anisotropic grids, where dilation iterations would not be).
+        dist = ndi.distance_transform_edt(~component, sampling=spacing_zyx)
+        shell = (dist > 0) & (dist <= config.shell_mm) & inside[box] & (lab[box] == 0)
+        mean_in = float(arr[box][component].mean())
+        mean_shell = float(arr[box][shell].mean()) if shell.any() else float("nan")
+        out.append(
+            ComponentFeatures(
+                label=label,
+                volume_mm3=float(component.sum()) * voxel_mm3,
+                centroid_mm=tuple(float(v) for v in centroid),  # type: ignore[arg-type]
+                extents_mm=tuple(float(v) for v in extents),  # type: ignore[arg-type]
+                elongation=float(np.sqrt(eig[0] / eig[-1])) if eig[-1] > 0 else float("inf"),
+                tubularity=_tubularity(image, box, component, config.sigmas_mm, brain_median),
+                midline_distance_mm=float(abs(plane.signed_distance_mm(centroid[None, :])[0])),
+                midline_width_mm=float(across.max() - across.min()) + voxel_along_normal,
+                depth_mm=float(depth_mm[box][component].max()),
+                contrast_to_shell=mean_in / mean_shell if mean_shell > 0 else float("inf"),
+                contrast_to_brain=mean_in / brain_median if brain_median > 0 else float("inf"),
+            )
+        )
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules and the stage
+# --------------------------------------------------------------------------------------------------
+
+
+def rules_that_reject(features: ComponentFeatures, config: FpReductionConfig) -> tuple[str, ...]:
+    """The rules (:data:`~segmentation.model.FP_RULES` order) whose test holds for a component; none
+    when it reaches ``keep_volume_mm3``."""
+    c, f = config, features
+    if c.keep_volume_mm3 is not None and f.volume_mm3 >= c.keep_volume_mm3:
+        return ()
+    tests = {
+        "tubularity": c.max_tubularity is not None and f.tubularity > c.max_tubularity,
+        "elongation": c.max_elongation is not None and f.elongation > c.max_elongation,
+        "midline": c.midline_distance_mm is not None
+        and f.midline_distance_mm < c.midline_distance_mm
+        and (c.midline_max_width_mm is None or f.midline_width_mm <= c.midline_max_width_mm),
+        "surface": c.min_depth_mm is not None and f.depth_mm < c.min_depth_mm,
+        "shell_contrast": c.min_shell_contrast is not None and f.contrast_to_shell < c.min_shell_contrast,
+        "brain_contrast": c.min_brain_contrast is not None and f.contrast_to_brain < c.min_brain_contrast,
+    }
+    return tuple(rule for rule in FP_RULES if tests[rule])
+
+
+def apply_rules(
+    labels: sitk.Image, features: tuple[ComponentFeatures, ...], config: FpReductionConfig
+) -> FpReductionResult:
+    """Remove the components some rule rejects; the rest relabelled 1..n in their former order."""
+    lab = sitk.GetArrayViewFromImage(labels)
+    n = int(lab.max()) if lab.size else 0
+    keep = np.ones(n + 1, dtype=bool)
+    rejected = []
+    for f in features:
+        rules = rules_that_reject(f, config)
+        if rules:
+            keep[f.label] = False
+            rejected.append(RejectedComponent(features=f, reason=rules[0], rules=rules))
+    keep[0] = False
+    lut = np.zeros(n + 1, dtype=np.uint32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    out = sitk.GetImageFromArray(lut[lab])
+    out.CopyInformation(labels)
+    return FpReductionResult(labels=out, rejected=tuple(rejected), features=features)
+
+
+def reduce_false_positives(
+    image: sitk.Image, labels: sitk.Image, pre: PreprocessedImage, config: FpReductionConfig
+) -> FpReductionResult:
+    """The pipeline stage: features of every component of ``labels`` (native grid), then the rules.
+
+    Args:
+        image: The MRI in its native geometry.
+        labels: Lesion components on the same grid (:func:`rano.measure.label_components`).
+        pre: The preprocessing of ``image`` (its head mask).
+        config: The rules.
+    """
+    if not sitk.GetArrayViewFromImage(labels).any():
+        return FpReductionResult(labels=labels, rejected=(), features=())
+    # Brain mask, midsagittal plane and depth on the model grid (2 mm for the demo: an eighth of the
+    # voxels of a 1 mm image, seconds saved), then mapped onto the native grid like the probability.
+    brain_model = brain_mask(pre.model_space, pre.head_mask)
+    spacing_zyx = np.asarray(brain_model.GetSpacing(), dtype=np.float64)[::-1]
+    depth_model = ndi.distance_transform_edt(
+        sitk.GetArrayViewFromImage(brain_model) > 0, sampling=spacing_zyx
+    )
+    brain = sitk.Cast(
+        to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
+    )
+    depth = to_native(depth_model.astype(np.float32), pre)
+    # Components that keep_volume_mm3 protects are kept whatever their features: not describing them
+    # saves most of the stage's time on a large lesion (its box and objectness filter are the largest).
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel())
+    voxel_mm3 = float(np.prod(image.GetSpacing()))
+    limit = np.inf if config.keep_volume_mm3 is None else config.keep_volume_mm3
+    only = frozenset(int(i) for i in np.nonzero(counts * voxel_mm3 < limit)[0] if i > 0)
+    plane = midsagittal_plane(brain_model)
+    features = component_features(image, labels, brain, config, plane, depth, only)
+    return apply_rules(labels, features, config)

@@ -1,0 +1,336 @@
+"""False-positive reduction: features against independent computations, rules on analytic shapes,
+config parsing, and the stage inside segment_image."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage as ndi
+
+from rano.measure import label_components
+from segmentation.errors import ModelConfigError
+from segmentation.fp_reduction import (
+    apply_rules,
+    component_features,
+    midsagittal_plane,
+    rules_that_reject,
+)
+from segmentation.inference import InferenceOptions, segment_image
+from segmentation.model import FpReductionConfig, LoadedModel, ModelConfig, build_network
+from segmentation.train import demo_config
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic heads: an ellipsoid brain of intensity 1 (seeded noise) on a coarse grid
+# --------------------------------------------------------------------------------------------------
+
+BRAIN_SEMI_AXES_MM = (60.0, 75.0, 55.0)  # x, y, z: distinct, so the principal axes are defined
+
+
+def _image(
+    array_zyx: np.ndarray, spacing: tuple[float, float, float], origin: tuple[float, ...]
+) -> sitk.Image:
+    image = sitk.GetImageFromArray(array_zyx)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+class Head:
+    """A brain ellipsoid centred at the physical origin, with physical coordinates of every voxel."""
+
+    def __init__(
+        self, spacing: tuple[float, float, float] = (2.0, 2.0, 2.0), margin_mm: float = 10.0
+    ) -> None:
+        self.spacing = spacing
+        half = np.asarray(BRAIN_SEMI_AXES_MM) + margin_mm
+        size = [int(np.ceil(2 * h / s)) + 1 for h, s in zip(half, spacing, strict=True)]
+        self.origin = tuple(float(-h) for h in half)
+        zi, yi, xi = np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")
+        self.x = self.origin[0] + xi * spacing[0]
+        self.y = self.origin[1] + yi * spacing[1]
+        self.z = self.origin[2] + zi * spacing[2]
+        a, b, c = BRAIN_SEMI_AXES_MM
+        self.brain = (self.x / a) ** 2 + (self.y / b) ** 2 + (self.z / c) ** 2 <= 1.0
+        rng = np.random.default_rng(7)
+        self.intensity = np.where(self.brain, 1.0, 0.0) + rng.normal(0.0, 0.02, self.brain.shape)
+        self.labels = np.zeros(self.brain.shape, dtype=np.uint32)
+
+    def add(self, component: np.ndarray, value: float = 1.6) -> int:
+        label = int(self.labels.max()) + 1
+        self.labels[component] = label
+        self.intensity[component] = value
+        return label
+
+    def images(self) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+        return (
+            _image(self.intensity.astype(np.float32), self.spacing, self.origin),
+            _image(self.labels, self.spacing, self.origin),
+            _image(self.brain.astype(np.uint8), self.spacing, self.origin),
+        )
+
+    def features(self, config: FpReductionConfig | None = None) -> dict[int, Any]:
+        image, labels, brain = self.images()
+        return {f.label: f for f in component_features(image, labels, brain, config or FpReductionConfig())}
+
+
+def _ball(head: Head, centre: tuple[float, float, float], radius: float) -> np.ndarray:
+    return (head.x - centre[0]) ** 2 + (head.y - centre[1]) ** 2 + (head.z - centre[2]) ** 2 <= radius**2
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules on analytic shapes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_thin_long_tube_is_rejected_and_a_sphere_of_the_same_volume_kept() -> None:
+    # 1 mm grid: a 1.5 mm radius vessel is three voxels across (at 2 mm it would be one).
+    head = Head(spacing=(1.0, 1.0, 1.0))
+    tube = ((head.x + 25.0) ** 2 + (head.z - 5.0) ** 2 <= 1.5**2) & (np.abs(head.y) <= 25.0)
+    tube_label = head.add(tube)
+    radius = float(np.cbrt(3.0 * tube.sum() / (4.0 * np.pi)))  # same volume (1 mm^3 voxels)
+    sphere = _ball(head, (25.0, 0.0, 5.0), radius)
+    sphere_label = head.add(sphere)
+    assert abs(int(sphere.sum()) - int(tube.sum())) < 0.1 * tube.sum()
+    features = head.features()
+    tube_f, sphere_f = features[tube_label], features[sphere_label]
+    assert tube_f.elongation > 8.0 and sphere_f.elongation < 1.3
+    assert tube_f.tubularity > 0.45 and sphere_f.tubularity < 0.2
+
+    for config, rule in (
+        (FpReductionConfig(max_elongation=4.0), "elongation"),
+        (FpReductionConfig(max_tubularity=0.35), "tubularity"),
+    ):
+        _, labels, _ = head.images()
+        result = apply_rules(labels, (tube_f, sphere_f), config)
+        assert [(r.features.label, r.reason) for r in result.rejected] == [(tube_label, rule)]
+        kept = sitk.GetArrayViewFromImage(result.labels)
+        assert np.array_equal(kept > 0, sphere) and int(kept.max()) == 1  # relabelled 1..n
+
+
+def test_a_falx_like_sheet_on_the_midline_is_rejected_and_the_same_sheet_lateral_kept() -> None:
+    head = Head()
+    sheet = (np.abs(head.y - 10.0) <= 10.0) & (np.abs(head.z - 20.0) <= 10.0)
+    midline = head.add(sheet & (np.abs(head.x) < 1.0))  # one 2 mm voxel thick, on x = 0
+    lateral = head.add(sheet & (np.abs(head.x - 26.0) < 1.0))  # 26 mm lateral
+    features = head.features()
+    assert features[midline].midline_distance_mm == pytest.approx(0.0, abs=0.5)
+    assert features[lateral].midline_distance_mm == pytest.approx(26.0, abs=0.5)
+    assert features[midline].midline_width_mm == pytest.approx(2.0, abs=0.5)  # one voxel thick
+    config = FpReductionConfig(midline_distance_mm=5.0, midline_max_width_mm=6.0)
+    assert rules_that_reject(features[midline], config) == ("midline",)
+    assert rules_that_reject(features[lateral], config) == ()
+    # A blob on the midline wider than the width limit (a lesion astride the midline) is not the falx.
+    assert rules_that_reject(replace(features[midline], midline_width_mm=12.0), config) == ()
+
+
+def test_a_component_hugging_the_brain_surface_is_rejected_and_a_deep_one_kept() -> None:
+    head = Head()
+    a, b, c = BRAIN_SEMI_AXES_MM
+    radial = np.sqrt((head.x / a) ** 2 + (head.y / b) ** 2 + (head.z / c) ** 2)
+    # A patch of the outer 3 mm under the top of the brain (dura, a cortical vein on the surface).
+    hugging = head.add(head.brain & (radial > 1.0 - 3.0 / c) & (head.z > 45.0) & (np.abs(head.x) < 15.0))
+    deep = head.add(_ball(head, (20.0, 0.0, 0.0), 6.0))
+    features = head.features()
+    # The distance transform measures to the nearest voxel outside: up to a voxel (2 mm) more.
+    assert features[hugging].depth_mm <= 5.0
+    assert features[deep].depth_mm > 30.0
+    config = FpReductionConfig(min_depth_mm=8.0)
+    assert rules_that_reject(features[hugging], config) == ("surface",)
+    assert rules_that_reject(features[deep], config) == ()
+    # keep_volume_mm3 protects a large component whatever the rules say.
+    protect = FpReductionConfig(min_depth_mm=8.0, keep_volume_mm3=features[hugging].volume_mm3)
+    assert rules_that_reject(features[hugging], protect) == ()
+
+
+def test_contrast_features_and_rules() -> None:
+    head = Head()
+    faint = head.add(_ball(head, (-20.0, 10.0, 0.0), 6.0), value=1.05)
+    bright = head.add(_ball(head, (20.0, 10.0, 0.0), 6.0), value=1.8)
+    features = head.features()
+    # Shell and brain are the brain's intensity 1.0 (noise sd 0.02): ratios equal the set values.
+    assert features[faint].contrast_to_shell == pytest.approx(1.05, abs=0.01)
+    assert features[bright].contrast_to_brain == pytest.approx(1.8, abs=0.02)
+    config = FpReductionConfig(min_shell_contrast=1.2)
+    assert rules_that_reject(features[faint], config) == ("shell_contrast",)
+    assert rules_that_reject(features[bright], config) == ()
+    # Every rule that holds is kept for traceability; the first in FP_RULES order is the reason.
+    both = FpReductionConfig(min_shell_contrast=1.2, min_brain_contrast=1.2)
+    assert rules_that_reject(features[faint], both) == ("shell_contrast", "brain_contrast")
+
+
+# --------------------------------------------------------------------------------------------------
+# Features against independent computations
+# --------------------------------------------------------------------------------------------------
+
+
+def test_elongation_and_centroid_match_numpy_on_an_oblique_anisotropic_grid() -> None:
+    rng = np.random.default_rng(3)
+    shape_zyx = (24, 40, 36)
+    spacing = (1.5, 2.0, 3.0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    direction = q * np.sign(np.linalg.det(q))
+    zi, yi, xi = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
+    blob = ((xi - 18) / 8.0) ** 2 + ((yi - 20) / 15.0) ** 2 + ((zi - 12) / 5.0) ** 2 <= 1.0
+    image = sitk.GetImageFromArray(np.where(blob, 2.0, 1.0).astype(np.float32))
+    labels = sitk.GetImageFromArray(blob.astype(np.uint32))
+    brain = sitk.GetImageFromArray(np.ones(shape_zyx, np.uint8))
+    for im in (image, labels, brain):
+        im.SetSpacing(spacing)
+        im.SetDirection(tuple(direction.ravel()))
+        im.SetOrigin((10.0, -20.0, 5.0))
+    (f,) = component_features(image, labels, brain, FpReductionConfig(sigmas_mm=(3.0,)))
+    # Independent: SimpleITK maps each index to its physical point.
+    pts = np.array(
+        [image.TransformIndexToPhysicalPoint([int(i), int(j), int(k)]) for k, j, i in np.argwhere(blob)]
+    )
+    voxel = direction @ np.diag(np.square(spacing) / 12.0) @ direction.T
+    eig = np.linalg.eigvalsh(np.cov(pts, rowvar=False) + voxel)
+    assert f.elongation == pytest.approx(np.sqrt(eig[-1] / eig[0]), rel=1e-9)
+    assert f.centroid_mm == pytest.approx(tuple(pts.mean(axis=0)), abs=1e-9)
+    assert f.volume_mm3 == pytest.approx(blob.sum() * np.prod(spacing))
+    assert sorted(f.extents_mm, reverse=True) == pytest.approx(list(np.sqrt(12.0 * eig[::-1])), rel=1e-9)
+
+
+def test_depth_matches_scipy_distance_transform_with_spacing() -> None:
+    head = Head(spacing=(2.0, 2.0, 3.0))
+    lesion = head.add(_ball(head, (10.0, -20.0, 10.0), 7.0))
+    f = head.features()[lesion]
+    edt = ndi.distance_transform_edt(head.brain, sampling=(3.0, 2.0, 2.0))
+    assert f.depth_mm == pytest.approx(float(edt[head.labels == lesion].max()), abs=1e-6)
+
+
+def test_midsagittal_plane_of_a_rotated_head() -> None:
+    head = Head()
+    _, _, brain = head.images()
+    plane = midsagittal_plane(brain)
+    assert np.abs(plane.normal) == pytest.approx((1.0, 0.0, 0.0), abs=1e-3)
+    assert plane.point_mm == pytest.approx((0.0, 0.0, 0.0), abs=1.0)
+    # The same brain yawed 8 degrees about z: the normal follows the head, not the image axes.
+    angle = np.deg2rad(8.0)
+    rotation = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, float(angle))
+    yawed = sitk.Resample(brain, brain, rotation, sitk.sitkNearestNeighbor, 0)
+    normal = np.asarray(midsagittal_plane(yawed).normal)
+    expected = np.asarray(rotation.GetInverse().TransformVector((1.0, 0.0, 0.0), (0.0, 0.0, 0.0)))
+    assert np.degrees(np.arccos(min(1.0, abs(float(normal @ expected))))) < 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Config parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _config_dict(**post: Any) -> dict[str, Any]:
+    data = demo_config(spacing_mm=2.0, patch=32, feature_size=4, hidden_size=48, num_heads=4).to_dict()
+    data["postprocessing"] = {"threshold": 0.5, "min_lesion_volume_mm3": 5.0, **post}
+    return data
+
+
+def test_config_absent_means_disabled_and_round_trips() -> None:
+    assert ModelConfig.from_dict(_config_dict()).postprocessing.fp_reduction is None
+    assert "fp_reduction" not in ModelConfig.from_dict(_config_dict()).to_dict()["postprocessing"]
+    rules = {"max_elongation": 4.0, "midline_distance_mm": 5, "min_depth_mm": 3.0, "sigmas_mm": [1.0, 2.5]}
+    cfg = ModelConfig.from_dict(_config_dict(fp_reduction=rules))
+    fp = cfg.postprocessing.fp_reduction
+    assert fp == FpReductionConfig(
+        max_elongation=4.0, midline_distance_mm=5, min_depth_mm=3.0, sigmas_mm=(1.0, 2.5)
+    )
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("fp_reduction", "field"),
+    [
+        ({"max_elongation": 0.5}, "max_elongation"),
+        ({"max_elongation": True}, "max_elongation"),
+        ({"max_tubularity": 1.5}, "max_tubularity"),
+        ({"midline_distance_mm": -1}, "midline_distance_mm"),
+        ({"midline_distance_mm": "5"}, "midline_distance_mm"),
+        ({"min_depth_mm": 0}, "min_depth_mm"),
+        ({"min_shell_contrast": -0.1}, "min_shell_contrast"),
+        ({"keep_volume_mm3": float("nan")}, "keep_volume_mm3"),
+        ({"sigmas_mm": []}, "sigmas_mm"),
+        ({"sigmas_mm": [1.0, 0.0]}, "sigmas_mm"),
+        ({"shell_mm": 0}, "shell_mm"),
+        ({"midline_max_width_mm": 5.0}, "midline_max_width_mm"),
+        ({"max_elongaton": 4.0}, "unknown keys"),
+        ([4.0], "must be a mapping"),
+    ],
+)
+def test_bad_config_values_are_refused_with_the_field_named(fp_reduction: Any, field: str) -> None:
+    with pytest.raises(ModelConfigError, match=field):
+        ModelConfig.from_dict(_config_dict(fp_reduction=fp_reduction))
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage in segment_image
+# --------------------------------------------------------------------------------------------------
+
+
+class IntensityThreshold(torch.nn.Module):
+    """A "network" that marks every voxel brighter than ``threshold`` (normalised input): the test
+    knows what it will find, so the stage's effect can be checked (as in test_inference)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 40.0 * (x - self.threshold)
+
+
+@pytest.fixture(scope="module")
+def vessel_and_lesion() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    head = Head()
+    vessel = ((head.x + 25.0) ** 2 + (head.z - 5.0) ** 2 <= 2.5**2) & (np.abs(head.y) <= 35.0)
+    lesion = _ball(head, (25.0, 0.0, 5.0), 8.0)
+    head.add(vessel, 1.8)
+    head.add(lesion, 1.8)
+    image, _, _ = head.images()
+    return sitk.Cast(image * 500.0, sitk.sitkInt16), vessel, lesion
+
+
+def _model(**post: Any) -> LoadedModel:
+    config = ModelConfig.from_dict(_config_dict(**post))
+    config = replace(config, preprocessing=replace(config.preprocessing, n4_enabled=False))
+    torch.manual_seed(0)
+    build_network(config)  # the config must describe a network that can be built
+    return LoadedModel(config, IntensityThreshold(0.75), Path("."), 0)
+
+
+def test_segment_image_with_the_stage_drops_a_vessel_and_keeps_the_lesion(vessel_and_lesion) -> None:  # type: ignore[no-untyped-def]
+    image, vessel, lesion = vessel_and_lesion
+    options = InferenceOptions(device="cpu", backend="torch")
+    without = segment_image(image, _model(), options)
+    found = sitk.GetArrayViewFromImage(without.labels)
+    assert len(without.lesions) == 2 and found[vessel].all() and found[lesion].all()
+    assert without.rejected == () and "fp_reduction" not in without.timings_s
+
+    staged = segment_image(image, _model(fp_reduction={"max_elongation": 4.0}), options)
+    assert len(staged.lesions) == 1
+    kept = sitk.GetArrayViewFromImage(staged.labels)
+    assert kept[lesion].all() and not kept[vessel].any()
+    assert np.array_equal(sitk.GetArrayViewFromImage(staged.mask), (kept > 0).astype(np.uint8))
+    ((rejected),) = staged.rejected
+    assert rejected.reason == "elongation" and rejected.features.elongation > 8.0
+    assert rejected.to_dict()["features"]["volume_mm3"] == pytest.approx(vessel.sum() * 8.0, rel=0.1)
+    assert "fp_reduction" in staged.timings_s
+    # The kept lesion's measurement is the one the run without the stage made.
+    big = max(without.lesions, key=lambda m: m.volume_mm3)
+    assert staged.lesions[0].volume_mm3 == big.volume_mm3
+
+    # keep_volume_mm3 protects the vessel: kept, and not described (the stage skips its features).
+    protect = {"max_elongation": 4.0, "keep_volume_mm3": float(vessel.sum()) * 8.0 / 2.0}
+    protected = segment_image(image, _model(fp_reduction=protect), options)
+    assert len(protected.lesions) == 2 and protected.rejected == ()
+
+    # The stage with no rule on changes nothing but its timing.
+    idle = segment_image(image, _model(fp_reduction={}), options)
+    assert np.array_equal(sitk.GetArrayViewFromImage(idle.labels), found)
+    assert [m.to_dict() for m in idle.lesions] == [m.to_dict() for m in without.lesions]
+    assert np.array_equal(found, sitk.GetArrayViewFromImage(label_components(without.mask, 5.0)))
