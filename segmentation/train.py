@@ -55,7 +55,6 @@ from segmentation.errors import ImagingError
 from segmentation.model import (
     DeviceUnavailableError,
     ModelConfig,
-    PostprocessConfig,
     build_network,
     library_versions,
     load_model,
@@ -1020,7 +1019,10 @@ def train(
             if options.export_dir is not None:
                 chosen = replace(
                     config,
-                    postprocessing=PostprocessConfig(
+                    # replace, not a new PostprocessConfig: the config's other settings (the
+                    # false-positive reduction rules) stay with the exported model.
+                    postprocessing=replace(
+                        config.postprocessing,
                         threshold=float(val["threshold"]),
                         min_lesion_volume_mm3=float(val["min_lesion_volume_mm3"]),
                         detection_threshold=val["detection_threshold"],

@@ -165,7 +165,9 @@ def _tiny_config() -> Any:
 @pytest.fixture(scope="module")
 def tiny_config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "config.json"
-    path.write_text(json.dumps(_tiny_config().to_dict()), encoding="utf-8")
+    data = _tiny_config().to_dict()
+    data["postprocessing"]["fp_reduction"] = {"min_depth_mm": 6.0}  # must reach the exported model
+    path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
 
@@ -184,6 +186,8 @@ def test_bm_train_end_to_end_resume_and_fine_tune(
     model = load_model(run / "model")  # a complete, verified model directory
     cfg = model.config.to_dict()
     assert cfg["label"] == "demo — not for clinical use"
+    # The calibration chose the thresholds and kept the config's false-positive reduction rules.
+    assert cfg["postprocessing"]["fp_reduction"]["min_depth_mm"] == 6.0
     assert cfg["training"]["seed"] == 0 and "--data" in cfg["training"]["command"]
     assert cfg["training"]["patients_per_split"] == {"train": 1, "val": 1, "test": 1}
     assert {"dice", "lesion_f1"} <= set(cfg["metrics"]["test"]) and {"dice", "lesion_f1"} <= set(
