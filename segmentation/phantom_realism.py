@@ -753,21 +753,8 @@ def _paint_veins_and_plexus(
     x, y, z = mni_coordinates()
     surface = np.argwhere((anat.outside_mm > 0) & (anat.outside_mm < 3) & (anat.depth_mm == 0) & (z > -20))
     for _ in range(int(rng.integers(8, 16))):
-        p = surface[rng.integers(len(surface))].astype(np.float64)
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        pts = []
-        for _step in range(int(rng.integers(30, 100))):
-            direction += rng.normal(scale=0.25, size=3)
-            direction /= np.linalg.norm(direction)
-            q = p + direction
-            qi = tuple(np.clip(np.round(q).astype(int), 0, shape - 1))
-            if anat.depth_mm[qi] > 2 or anat.outside_mm[qi] > 3:
-                direction = -direction + rng.normal(scale=0.5, size=3)
-                direction /= np.linalg.norm(direction)
-                continue
-            p = q
-            pts.append(p.copy())
+        start = surface[rng.integers(len(surface))].astype(np.float64)
+        pts = P.surface_walk(rng, anat, start, (30, 100), max_depth_mm=2.0, max_outside_mm=3.0)
         if pts:
             box, occ = _tube(tuple(shape), np.asarray(pts), float(rng.uniform(0.6, 1.4)))
             paint("cortical_vein", box, occ, enh(1.3, 1.9) if gre else float(rng.uniform(0.85, 1.1)))

@@ -478,27 +478,45 @@ def _stamp_tube(image: np.ndarray, points_zyx: np.ndarray, radius_mm: float, val
         np.maximum(region, region * (1 - occ) + value * occ, out=region)
 
 
+def surface_walk(
+    rng: np.random.Generator,
+    anat: TemplateAnatomy,
+    start: np.ndarray,
+    steps: tuple[int, int],
+    *,
+    max_depth_mm: float,
+    max_outside_mm: float,
+) -> list[np.ndarray]:
+    """A cortical vein's path: a random walk of 1 mm steps from ``start`` (template voxel) along the brain
+    surface, turning back where it would go deeper than ``max_depth_mm`` or further out than
+    ``max_outside_mm``. The number of steps is drawn from ``steps`` (low, high), after the first direction."""
+    shape = np.asarray(anat.brain.shape)
+    p = start
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    pts = []
+    for _step in range(int(rng.integers(*steps))):
+        direction += rng.normal(scale=0.25, size=3)
+        direction /= np.linalg.norm(direction)
+        q = p + direction
+        qi = tuple(np.clip(np.round(q).astype(int), 0, shape - 1))
+        if anat.depth_mm[qi] > max_depth_mm or anat.outside_mm[qi] > max_outside_mm:
+            direction = -direction + rng.normal(scale=0.5, size=3)
+            direction /= np.linalg.norm(direction)
+            continue
+        p = q
+        pts.append(p.copy())
+    return pts
+
+
 def _add_distractors(rng: np.random.Generator, anat: TemplateAnatomy, image: np.ndarray) -> None:
     """Enhancing structures that are not metastases: veins, sinus, dura, falx, choroid plexus."""
     shape = np.asarray(image.shape)
     # Cortical veins: random walks along the brain surface (0-4 mm outside to 3 mm inside).
     surface = np.argwhere((anat.outside_mm > 0) & (anat.outside_mm < 3) & (anat.depth_mm == 0))
     for _ in range(int(rng.integers(6, 14))):
-        p = surface[rng.integers(len(surface))].astype(np.float64)
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        pts = []
-        for _step in range(int(rng.integers(30, 120))):
-            direction += rng.normal(scale=0.25, size=3)
-            direction /= np.linalg.norm(direction)
-            q = p + direction
-            qi = tuple(np.clip(np.round(q).astype(int), 0, shape - 1))
-            if anat.depth_mm[qi] > 3 or anat.outside_mm[qi] > 4:
-                direction = -direction + rng.normal(scale=0.5, size=3)
-                direction /= np.linalg.norm(direction)
-                continue
-            p = q
-            pts.append(p.copy())
+        start = surface[rng.integers(len(surface))].astype(np.float64)
+        pts = surface_walk(rng, anat, start, (30, 120), max_depth_mm=3.0, max_outside_mm=4.0)
         if pts:
             _stamp_tube(
                 image, np.asarray(pts[::1]), float(rng.uniform(0.5, 1.3)), float(rng.uniform(1.2, 1.8))
