@@ -43,6 +43,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from rano.measure import Geometry
 from segmentation.model import FP_RULES, FpReductionConfig
 from segmentation.preprocess import PreprocessedImage, to_native
 
@@ -145,9 +146,7 @@ class FpReductionResult:
 
 def _index_to_physical(image: sitk.Image, index_zyx: NDArray[Any]) -> NDArray[np.float64]:
     """Physical points (n, 3; x, y, z mm) of array indices (n, 3; z, y, x)."""
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    ijk = np.asarray(index_zyx, dtype=np.float64)[:, ::-1] * np.asarray(image.GetSpacing())
-    return np.asarray(image.GetOrigin()) + ijk @ direction.T
+    return Geometry.of(image).to_physical(np.asarray(index_zyx, dtype=np.float64)[:, ::-1])
 
 
 def _voxel_covariance(image: sitk.Image) -> NDArray[np.float64]:
@@ -213,12 +212,6 @@ def brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image:
     out = sitk.GetImageFromArray((filled & inside).astype(np.uint8))
     out.CopyInformation(head)
     return out
-
-
-def native_head_mask(pre: PreprocessedImage) -> sitk.Image:
-    """The preprocessing's head mask (model grid) on the native image grid (uint8)."""
-    head = to_native(sitk.GetArrayFromImage(pre.head_mask).astype(np.float32), pre)
-    return sitk.Cast(head > 0.5, sitk.sitkUInt8)
 
 
 # --------------------------------------------------------------------------------------------------
