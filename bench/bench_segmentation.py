@@ -3,20 +3,20 @@
 CPU part, on the real MRI (../shared/data BraTS-MET-00110-000 t1c; ``METTRACK_MRI`` for another):
 
 1. The shipped demo model, ``bm-segment`` end to end in a child process with each backend (PyTorch, the
-   reference; ONNX Runtime on the shipped export): wall time, the child's own peak RSS, per-stage times.
-   Target: <= 5 s.
+   reference; ONNX Runtime and OpenVINO on the shipped export): wall time, the child's own peak RSS,
+   per-stage times. Target: <= 5 s.
 2. The paper-size UNETR (in 1, out 2, feature 16, hidden 768: 92.8M parameters, random seeded weights)
    at 1 mm, exported to ONNX in a temporary directory (a site does this once, timed apart), then end
-   to end with PyTorch at today's settings, with ONNX Runtime at the same settings, and with ONNX
-   Runtime at the overlap chosen from the curve (:data:`CHOSEN_OVERLAP`). Target: <= 30 s; ratios
-   against the 55.1 s recorded before the CPU backend and against the PyTorch run of the same bench.
-   MONAI's default sliding-window settings (batch 1, overlap 0.25, constant blending, PyTorch) time
-   the network step on the same preprocessed input.
-3. Accuracy of the ONNX backend against PyTorch on the real MRI (both models): largest probability
+   to end with PyTorch at today's settings, and with ONNX Runtime and OpenVINO at the same settings
+   (overlap 0.25: OpenVINO is the default CPU path), and with OpenVINO at the overlap chosen from the
+   curve (:data:`CHOSEN_OVERLAP`). Target: <= 30 s; ratios against the 55.1 s recorded before the CPU
+   backends and against the PyTorch run of the same bench. MONAI's default sliding-window settings
+   (batch 1, overlap 0.25, constant blending, PyTorch) time the network step on the same input.
+3. Accuracy of each export backend against PyTorch on the real MRI (both models): largest probability
    difference on the native grid, Dice of the masks, lesion tables (count, largest LD difference).
 4. Overlap and blending, accuracy against time: the demo model (the one with trained weights) on the
    real MRI (Dice against the densest setting) and on a held-out phantom (Dice against its truth).
-5. Windows per ONNX Runtime call (batch 1, 2, 4) on the paper-size export: seconds per window.
+5. Windows per call (batch 1, 2, 4) of each export runtime on the paper-size export: seconds per window.
 
 GPU part (only when CUDA is present, otherwise reported as skipped): the paper-size UNETR on a synthetic
 512 x 512 x 208, 0.5 x 0.5 x 1 mm DICOM series, end to end with bf16 and batched windows; the network
@@ -168,13 +168,14 @@ def demo_runs(mri: Path, tmpd: Path) -> None:
     from segmentation.modeldir import DEMO_MODEL_DIR
 
     runs = {}
-    for backend in ("torch", "onnx"):
+    for backend in ("torch", "onnx", "openvino"):
         runs[backend] = run_bm_segment(mri, DEMO_MODEL_DIR, tmpd / f"demo-{backend}", "--device", "cpu",
                                        "--backend", backend, "--probability")  # fmt: skip
         _print_run(f"CPU demo model, {backend}", runs[backend], 5.0)
-    print(f"  ratio onnx / torch end to end: wall {runs['onnx']['wall_s'] / runs['torch']['wall_s']:.2f}, "
-          f"CPU {runs['onnx']['cpu_s'] / runs['torch']['cpu_s']:.2f}")  # fmt: skip
-    compare_runs(runs["torch"], runs["onnx"], "demo onnx vs torch on the real MRI")
+    for backend in ("onnx", "openvino"):
+        print(f"  ratio {backend} / torch end to end: wall {runs[backend]['wall_s'] / runs['torch']['wall_s']:.2f}, "
+              f"CPU {runs[backend]['cpu_s'] / runs['torch']['cpu_s']:.2f}")  # fmt: skip
+        compare_runs(runs["torch"], runs[backend], f"demo {backend} vs torch on the real MRI")
 
 
 def paper_runs(mri: Path, tmpd: Path) -> Path:
@@ -188,18 +189,24 @@ def paper_runs(mri: Path, tmpd: Path) -> Path:
     base = ("--device", "cpu", "--probability")
     torch_run = run_bm_segment(mri, paper, tmpd / "p-torch", *base, "--backend", "torch")
     _print_run("CPU paper-size UNETR, torch, overlap 0.25, batch 4 (today's settings)", torch_run, 30.0)
-    onnx_same = run_bm_segment(mri, paper, tmpd / "p-onnx", *base, "--backend", "onnx")
-    _print_run("CPU paper-size UNETR, onnx, overlap 0.25, one window per call", onnx_same, 30.0)
+    same = {}
+    for backend in ("onnx", "openvino"):
+        same[backend] = run_bm_segment(mri, paper, tmpd / f"p-{backend}", *base, "--backend", backend)
+        _print_run(f"CPU paper-size UNETR, {backend}, overlap 0.25, one window per call", same[backend], 30.0)
     fast = run_bm_segment(
-        mri, paper, tmpd / "p-fast", *base, "--backend", "onnx", "--overlap", str(CHOSEN_OVERLAP)
+        mri, paper, tmpd / "p-fast", *base, "--backend", "openvino", "--overlap", str(CHOSEN_OVERLAP)
     )
-    _print_run(f"CPU paper-size UNETR, onnx, overlap {CHOSEN_OVERLAP}", fast, 30.0)
-    print(f"  ratio vs before ({BEFORE_S} s): {fast['wall_s'] / BEFORE_S:.2f}; vs torch in this run: wall "
-          f"{fast['wall_s'] / torch_run['wall_s']:.2f}, CPU {fast['cpu_s'] / torch_run['cpu_s']:.2f}; onnx at "
-          f"today's overlap vs torch: wall {onnx_same['wall_s'] / torch_run['wall_s']:.2f}, CPU "
-          f"{onnx_same['cpu_s'] / torch_run['cpu_s']:.2f}")  # fmt: skip
-    compare_runs(torch_run, onnx_same, "paper onnx vs torch, same settings")
-    compare_runs(torch_run, fast, f"paper onnx overlap {CHOSEN_OVERLAP} vs torch overlap 0.25")
+    _print_run(f"CPU paper-size UNETR, openvino, overlap {CHOSEN_OVERLAP}", fast, 30.0)
+    default = same["openvino"]
+    print(f"  default CPU path (openvino, overlap 0.25): ratio vs before ({BEFORE_S} s) "
+          f"{default['wall_s'] / BEFORE_S:.2f}; vs torch in this run: wall {default['wall_s'] / torch_run['wall_s']:.2f}, "
+          f"CPU {default['cpu_s'] / torch_run['cpu_s']:.2f}; vs onnx in this run: wall "
+          f"{default['wall_s'] / same['onnx']['wall_s']:.2f}, CPU {default['cpu_s'] / same['onnx']['cpu_s']:.2f}")  # fmt: skip
+    print(f"  openvino at overlap {CHOSEN_OVERLAP}: ratio vs before {fast['wall_s'] / BEFORE_S:.2f}, "
+          f"vs torch wall {fast['wall_s'] / torch_run['wall_s']:.2f}")  # fmt: skip
+    for backend in ("onnx", "openvino"):
+        compare_runs(torch_run, same[backend], f"paper {backend} vs torch, same settings")
+    compare_runs(torch_run, fast, f"paper openvino overlap {CHOSEN_OVERLAP} vs torch overlap 0.25")
     return paper
 
 
@@ -225,20 +232,23 @@ def monai_default_network(mri: Path, paper: Path) -> None:
 
 
 def window_batches(paper: Path) -> None:
-    """Seconds per 96^3 window of the ONNX Runtime session, by windows per call."""
+    """Seconds per 96^3 window of each export runtime, by windows per call."""
     import numpy as np
 
     from segmentation.model import load_model
     from segmentation.onnx_backend import predictor_of
 
-    predictor = predictor_of(load_model(paper, backend="onnx"))
     x = np.random.default_rng(0).random((4, 1, 96, 96, 96), dtype=np.float32)
-    predictor(x[:1])  # warm-up
-    for batch in (1, 2, 4):
-        t, c = time.perf_counter(), time.process_time()
-        predictor(x[:batch])
-        print(f"  onnx, {batch} window(s) per call: {(time.perf_counter() - t) / batch:.2f} s per window, "
-              f"CPU {(time.process_time() - c) / batch:.2f} s per window ({predictor.threads} threads)")  # fmt: skip
+    for backend in ("onnx", "openvino"):
+        t = time.perf_counter()
+        predictor = predictor_of(load_model(paper, backend=backend), backend=backend)
+        print(f"  {backend}: session or compilation {time.perf_counter() - t:.2f} s")
+        predictor(x[:1])  # warm-up
+        for batch in (1, 2, 4):
+            t, c = time.perf_counter(), time.process_time()
+            predictor(x[:batch])
+            print(f"  {backend}, {batch} window(s) per call: {(time.perf_counter() - t) / batch:.2f} s per window, "
+                  f"CPU {(time.process_time() - c) / batch:.2f} s per window ({predictor.threads} threads)")  # fmt: skip
 
 
 def overlap_curve(mri: Path) -> None:
@@ -256,11 +266,11 @@ def overlap_curve(mri: Path) -> None:
     image = sitk.ReadImage(str(mri))
     settings = [(o, m) for m in ("gaussian", "constant") for o in (0.0, 0.125, 0.25, 0.5)]
     reference = None
-    print("overlap curve, demo model, ONNX Runtime (reference: overlap 0.5, gaussian):")
+    print("overlap curve, demo model, default CPU backend (reference: overlap 0.5, gaussian):")
     print("  overlap mode      windows  network s  Dice vs ref  lesions  | phantom Dice vs truth  network s")
     rows = []
     for overlap, mode in [(0.5, "gaussian"), *[s for s in settings if s != (0.5, "gaussian")]]:
-        opts = InferenceOptions(device="cpu", backend="onnx", overlap=overlap)
+        opts = InferenceOptions(device="cpu", overlap=overlap)
         cfg = model.config
         tuned = model.with_config(replace(cfg, inference=replace(cfg.inference, mode=mode)))
         real = segment_image(image, tuned, opts)

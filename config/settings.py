@@ -173,7 +173,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 PIPELINE_MODEL_DIR: str = env.str("PIPELINE_MODEL_DIR", default="")  # empty: segmentation/models/demo-unetr
 PIPELINE_DEVICE: str = env.str("PIPELINE_DEVICE", default="auto")  # auto | cpu | cuda
-# auto | torch | onnx; empty: the model config's (auto: ONNX Runtime on the CPU when the model has its export)
+# auto | torch | onnx | openvino; empty: the model config's (auto: OpenVINO on the CPU when the model
+# has its export)
 PIPELINE_BACKEND: str = env.str("PIPELINE_BACKEND", default="")
 PIPELINE_JOB_TIME_LIMIT_S: int = env.int("PIPELINE_JOB_TIME_LIMIT_S", default=3600)
 PIPELINE_ENQUEUE_GRACE_S: int = env.int("PIPELINE_ENQUEUE_GRACE_S", default=30)

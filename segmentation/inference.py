@@ -7,9 +7,10 @@ Stages (each timed in :attr:`SegmentationResult.timings_s`):
    On CUDA: MONAI :func:`~monai.inferers.sliding_window_inference` with bf16 autocast (``amp``),
    ``channels_last_3d`` and ``torch.compile`` options, blending on the GPU. On the CPU:
    :func:`segmentation.sliding.sliding_window` (MONAI's windows and weights, windows without head
-   skipped), float32, deterministic (same input, same output, bit for bit), through one of two
-   backends: PyTorch (the reference) or ONNX Runtime on the model's verified export
-   (:mod:`segmentation.onnx_backend`; the default on the CPU when the model directory has one);
+   skipped), float32, deterministic (same input, same output, bit for bit), through one of three
+   backends: PyTorch (the reference), or OpenVINO or ONNX Runtime on the model's verified export
+   (:mod:`segmentation.onnx_backend`; OpenVINO is the default on the CPU when the model directory has
+   an export);
 3. ``to_native``: probability map turned into the compact uint16 type (:mod:`segmentation.probability`)
    and resampled (linear) from the cropped model grid onto the native image grid in one step, then
    thresholded to a uint8 mask (with the model's optional hysteresis: a component is kept only when its
@@ -36,13 +37,13 @@ from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import BackendUnavailableError, ModelConfigError
 from segmentation.fp_reduction import RejectedComponent, reduce_false_positives
-from segmentation.model import BACKENDS, LoadedModel, resolve_device, resolve_device_name
+from segmentation.model import BACKENDS, EXPORT_BACKENDS, LoadedModel, resolve_device, resolve_device_name
 from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
 from segmentation.probability import quantise
 from segmentation.sliding import sliding_window
 
 if TYPE_CHECKING:
-    # Imported where the PyTorch backend runs: the ONNX backend never loads torch or MONAI.
+    # Imported where the PyTorch backend runs: the backends of the export never load torch or MONAI.
     import torch
 
 
@@ -63,14 +64,15 @@ class InferenceOptions:
         amp: bf16 autocast on CUDA (ignored on the CPU, which stays float32 and deterministic).
         channels_last: ``channels_last_3d`` memory format on CUDA.
         compile: ``torch.compile`` the network on CUDA.
-        sw_batch_size: Windows per forward pass (default: the model config's; 1 on the ONNX backend).
+        sw_batch_size: Windows per forward pass (default: the model config's; 1 on the backends of the
+            export).
         overlap: Window overlap fraction (default: the model config's).
         threshold: Probability threshold (default: the model config's).
         keep_probability: Keep the native-grid probability map in the result (uint16, probability x
             65535: 2 bytes/voxel; :func:`segmentation.probability.to_float` reads it).
-        backend: ``auto``, ``torch`` or ``onnx`` (default: the model config's ``inference.backend``);
-            see :func:`resolve_backend`.
-        threads: CPU threads of the ONNX backend (default: the cores this process may use).
+        backend: ``auto``, ``torch``, ``onnx`` or ``openvino`` (default: the model config's
+            ``inference.backend``); see :func:`resolve_backend`.
+        threads: CPU threads of the export's runtime (default: the cores this process may use).
         skip_empty_windows: On the CPU, do not run windows that hold no head voxel.
     """
 
@@ -100,7 +102,7 @@ class SegmentationResult:
         n_windows: Number of sliding windows evaluated.
         probability: Lesion probability when ``keep_probability`` was set, in the compact type (uint16,
             probability x 65535; :mod:`segmentation.probability`).
-        backend: The backend that ran the network: ``torch`` or ``onnx``.
+        backend: The backend that ran the network: ``torch``, ``onnx`` or ``openvino``.
         n_windows_skipped: Windows not run because they held no head voxel.
         rejected: Components removed by the false-positive reduction stage, with features and reason.
     """
@@ -118,7 +120,8 @@ class SegmentationResult:
 
     @property
     def runtime(self) -> str:
-        """Where and how the network ran, for provenance: ``cpu/onnx``, ``cpu/torch``, ``cuda/torch``."""
+        """Where and how the network ran, for provenance: ``cpu/openvino``, ``cpu/onnx``, ``cpu/torch``,
+        ``cuda/torch``."""
         return f"{self.device}/{self.backend}"
 
 
@@ -151,32 +154,44 @@ def _predictor(
 
 
 def resolve_backend(requested: str, device: str, model: LoadedModel) -> str:
-    """The backend that runs the network: ``torch`` or ``onnx``.
+    """The backend that runs the network: ``torch``, ``onnx`` or ``openvino``.
 
-    ``auto`` is ONNX Runtime on the CPU when the model has a verified export, PyTorch otherwise (and
-    always on CUDA). ``onnx`` runs on the CPU only and needs the export. ``device`` is a device name
-    (``cpu``, ``cuda``, ``cuda:0``).
+    ``auto`` is OpenVINO on the CPU when the model has a verified export (ONNX Runtime when OpenVINO is
+    not installed), PyTorch otherwise (and always on CUDA). ``onnx`` and ``openvino`` run on the CPU
+    only and need the export. ``device`` is a device name (``cpu``, ``cuda``, ``cuda:0``).
 
     Raises:
-        BackendUnavailableError: ``onnx`` on CUDA or without an export.
+        BackendUnavailableError: ``onnx`` or ``openvino`` on CUDA, without an export or without its
+            runtime.
         ModelConfigError: An unknown backend name.
     """
+    from segmentation.onnx_backend import RUNTIME_PACKAGES, runtime_available
+
     if requested not in BACKENDS:
         raise ModelConfigError(f"unknown backend {requested!r}; use {', '.join(BACKENDS)}")
     if requested == "torch":
         return "torch"
-    if requested == "onnx":
+    if requested in EXPORT_BACKENDS:
         if device != "cpu":
             raise BackendUnavailableError(
-                "the ONNX backend runs on the CPU: use --device cpu, or --backend torch"
+                f"the {requested} backend runs on the CPU: use --device cpu, or --backend torch"
             )
         if model.onnx_path is None:
             raise BackendUnavailableError(
-                f"the ONNX backend was asked for but {model.directory} has no verified export; "
+                f"the {requested} backend was asked for but {model.directory} has no verified export; "
                 f"run bm-export {model.directory} first"
             )
-        return "onnx"
-    return "onnx" if device == "cpu" and model.onnx_path is not None else "torch"
+        if not runtime_available(requested):
+            raise BackendUnavailableError(
+                f"the {requested} backend needs the {RUNTIME_PACKAGES[requested]} package, which is not "
+                "installed"
+            )
+        return requested
+    if device == "cpu" and model.onnx_path is not None:
+        for backend in EXPORT_BACKENDS:
+            if runtime_available(backend):
+                return backend
+    return "torch"
 
 
 def _cpu_network(
@@ -191,11 +206,11 @@ def _cpu_network(
     cfg = model.config
     roi_zyx = tuple(int(v) for v in cfg.inference.roi_size)[::-1]
     predictor: Callable[[np.ndarray], np.ndarray]
-    if backend == "onnx":
+    if backend in EXPORT_BACKENDS:
         from segmentation.onnx_backend import predictor_of
 
-        predictor = predictor_of(model, options.threads)
-        # One window per call unless asked: ONNX Runtime's threads already fill the cores, and batches
+        predictor = predictor_of(model, options.threads, backend)
+        # One window per call unless asked: the runtime's threads already fill the cores, and batches
         # of 2 or 4 windows cost the same CPU time per window with 2-3x the memory (bench segmentation).
         sw_batch = options.sw_batch_size or 1
     else:
@@ -284,16 +299,17 @@ def segment_image(
         ImageTooSmallError: The head is far smaller than the model's window.
         PreprocessError: Any other image that cannot be preprocessed.
         DeviceUnavailableError: ``cuda`` asked for without CUDA.
-        BackendUnavailableError: ``onnx`` asked for on CUDA or without a verified export.
+        BackendUnavailableError: ``onnx`` or ``openvino`` asked for on CUDA, without a verified export or
+            without its runtime.
     """
     options = options or InferenceOptions()
     cfg = model.config
     settings = settings or ResponseSettings(min_lesion_volume_mm3=cfg.postprocessing.min_lesion_volume_mm3)
     requested = options.backend or cfg.inference.backend
-    # ONNX Runtime runs on the CPU: "auto" device means the CPU for it, never CUDA. On a machine
-    # without the NVIDIA driver "auto" is the CPU without asking torch (whose import takes seconds).
+    # The export's runtimes run on the CPU: "auto" device means the CPU for them, never CUDA. On a
+    # machine without the NVIDIA driver "auto" is the CPU without asking torch (whose import takes seconds).
     device = resolve_device_name(
-        "cpu" if requested == "onnx" and options.device == "auto" else options.device
+        "cpu" if requested in EXPORT_BACKENDS and options.device == "auto" else options.device
     )
     backend = resolve_backend(requested, device, model)
     timings: dict[str, float] = {}

@@ -84,8 +84,9 @@ class InferenceConfig:
         sw_batch_size: Windows per forward pass.
         overlap: Fraction of overlap between neighbouring windows.
         mode: Blending, ``gaussian`` or ``constant``.
-        backend: ``auto`` (ONNX Runtime on the CPU when the directory holds a verified export, PyTorch
-            otherwise and on CUDA), ``torch`` or ``onnx``.
+        backend: ``auto`` (OpenVINO on the CPU when the directory holds a verified export, ONNX Runtime
+            there when OpenVINO is not installed, PyTorch otherwise and on CUDA), ``torch``, ``onnx``
+            (ONNX Runtime on the export) or ``openvino`` (OpenVINO on the export).
     """
 
     roi_size: tuple[int, int, int]
@@ -114,8 +115,10 @@ class InferenceConfig:
             )
 
 
-#: Inference backends: ``auto`` picks ONNX Runtime on the CPU when the model has its export.
-BACKENDS = ("auto", "torch", "onnx")
+#: Inference backends: ``auto`` picks a runtime of the export on the CPU when the model has one.
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+#: The backends that run the model's ONNX export (on the CPU), in the order ``auto`` prefers them.
+EXPORT_BACKENDS = ("openvino", "onnx")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,8 @@ class OnnxExport:
             ``weights_sha256`` when the weights changed after the export (stale: refused).
         opset: ONNX opset version.
         max_abs_diff: Largest absolute difference of the lesion probability between the export and
-            PyTorch, measured by ``bm-export`` on a random window.
+            PyTorch, measured by ``bm-export`` on a random window (the largest over the runtimes it
+            checked; ``extra["max_abs_diff_by_runtime"]`` has each).
         extra: Everything else (library versions, date), kept verbatim.
     """
 
@@ -553,11 +557,11 @@ class LoadedModel:
     Attributes:
         config: The parsed config.
         network: The UNETR with its weights, in eval mode, on the CPU. Built on first use when the model
-            was loaded for its ONNX export (the ONNX backend never needs it).
+            was loaded for its ONNX export (the backends that run the export never need it).
         directory: Where it was loaded from.
         n_parameters: Number of parameters.
         onnx_path: The verified ONNX export (checksum and source weights checked), when the model has
-            one and the ONNX backend may run; None otherwise.
+            one and a backend that runs it may be used; None otherwise.
     """
 
     def __init__(
@@ -663,7 +667,7 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR, *, backend: str | None = 
         ModelIntegrityError: The weights file or the ONNX export is missing or its sha256 differs from
             the config's, or the export is stale (:class:`~segmentation.errors.StaleExportError`).
         ModelWeightsMismatchError: The weights do not fit the configured architecture.
-        BackendUnavailableError: ``onnx`` asked for but the model has no export.
+        BackendUnavailableError: ``onnx`` or ``openvino`` asked for but the model has no export.
     """
     directory = Path(model_dir)
     config = read_config(directory)
@@ -683,9 +687,10 @@ def load_model(model_dir: str | Path = DEMO_MODEL_DIR, *, backend: str | None = 
             f"refusing {weights}: its sha256 is {actual} but config.json expects {config.weights_sha256}"
         )
     onnx_path = None if backend == "torch" else verify_onnx_export(directory, config)
-    if backend == "onnx" and onnx_path is None:
+    if backend in EXPORT_BACKENDS and onnx_path is None:
         raise BackendUnavailableError(
-            f"the ONNX backend was asked for but {directory} has no export; run bm-export {directory} first"
+            f"the {backend} backend was asked for but {directory} has no ONNX export; "
+            f"run bm-export {directory} first"
         )
     if onnx_path is not None and config.onnx_export is not None:
         # The export was checked against these very weights when it was made: the PyTorch network is

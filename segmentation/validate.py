@@ -1,7 +1,7 @@
 """``bm-validate``: validate a model directory against reference contours.
 
     bm-validate OUTPUT_DIR (--data DIR | --dicom DIR [--roi-pattern 'GTV*'] | --phantoms N [--seed S])
-                [--model DIR] [--visits VISITS.json [--register]] [--device auto|cpu|cuda] [--backend auto|torch|onnx]
+                [--model DIR] [--visits VISITS.json [--register]] [--device auto|cpu|cuda] [--backend auto|torch|onnx|openvino]
                 [--resamples N] [--min-lesion-volume-mm3 V]
 
 Cases are read as ``bm-train`` reads them (:func:`segmentation.train.nifti_pair_sources`,
@@ -37,6 +37,7 @@ import SimpleITK as sitk
 from rano.errors import RanoError
 from rano.validation import ValidationCase, validate
 from segmentation.errors import ImagingError, ModelError
+from segmentation.model import BACKENDS
 from segmentation.modeldir import DEMO_MODEL_DIR, config_sha256
 
 
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="register follow-ups to baseline for the responses (default: the visits share one space)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"))
+    p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (patients)")
     p.add_argument(
         "--min-lesion-volume-mm3", type=float, help="components under this are ignored (default: the model's)"

@@ -77,8 +77,8 @@ def test_three_visits_with_the_demo_model_in_a_real_worker(
     labels_of: dict[int, set[str]] = {}
     for index, label in enumerate(synthetic_patient.labels):
         assert runs[label].model_version.is_demo and runs[label].model_weights_sha256
-        # The demo model ships its ONNX export: on the CPU the worker ran ONNX Runtime, and says so.
-        assert runs[label].device == "cpu/onnx"
+        # The demo model ships its ONNX export: on the CPU the worker ran it on OpenVINO, and says so.
+        assert runs[label].device == "cpu/openvino"
         mapping = lesion_label_of_ground_truth(runs[label], synthetic_patient.phantoms[index], media_root)
         for gt_id, lesion_label in mapping.items():
             if gt_id:  # 0: a component on no ground-truth lesion (a false positive)

@@ -91,7 +91,8 @@ def record_segmentation(
         series: The segmented series.
         model_version: The model (or ground-truth source) that produced the mask.
         mask: Binary mask or label image on the series' native grid.
-        device: Where and how the network ran (``cpu/onnx``, ``cpu/torch``, ``cuda/torch``).
+        device: Where and how the network ran (``cpu/openvino``, ``cpu/onnx``, ``cpu/torch``,
+            ``cuda/torch``).
         timings_s: Seconds per stage.
         started_at: When the segmentation started (the run keeps the earliest start it was given).
         labelled: ``mask`` is already the run's components (labels 1..n in raster order, none under
@@ -204,7 +205,7 @@ def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -
         series,
         version,
         result.labels,
-        # "cpu/onnx", "cpu/torch", "cuda/torch": the run records which backend produced its mask.
+        # "cpu/openvino", "cpu/onnx", "cpu/torch", "cuda/torch": the run records which backend produced its mask.
         device=result.runtime,
         timings_s={k: round(v, 3) for k, v in result.timings_s.items()},
         started_at=started,

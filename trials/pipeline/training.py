@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from segmentation.io import sha256_file
-from segmentation.model import ModelConfig, load_model
+from segmentation.model import EXPORT_BACKENDS, ModelConfig, load_model
 from segmentation.modeldir import config_sha256
 from segmentation.train import TrainingError, TrainOptions, nifti_pair_sources, train
 from trials.exceptions import InvalidStateError
@@ -90,7 +90,7 @@ def _train(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -> 
         label += "; from the demo model, not for clinical use"
     data = {**config.to_dict(), "name": name, "version": version, "label": label}
     data.pop("onnx_export", None)  # the base's export is of other weights
-    if data["inference"].get("backend") == "onnx":
+    if data["inference"].get("backend") in EXPORT_BACKENDS:
         data["inference"] = {**data["inference"], "backend": "auto"}
     data["training_set"] = {
         "training_set_id": training_set.pk,
