@@ -227,6 +227,14 @@ def test_fine_tuning_job_registers_a_version_refused_until_approved(
     assert job.progress_pct == 100
     tuned = ModelVersion.objects.get(pk=job.result["model_version_id"])
     assert tuned.lifecycle == ModelLifecycle.REGISTERED and not tuned.trial_models.exists()
+    # The new weights come with their CPU export, checked against PyTorch and recorded.
+    from segmentation.model import load_model
+
+    assert job.result["cpu_export"]["exported"] is True
+    tuned_model = load_model(tuned.weights_path)
+    assert tuned_model.onnx_path is not None
+    assert tuned_model.config.onnx_export is not None
+    assert tuned_model.config.onnx_export.weights_sha256 == tuned.weights_sha256
     provenance = tuned.training_provenance
     assert provenance["freeze_encoder"] is True and provenance["loss"] == "bce"
     assert provenance["training_set"]["manifest_sha256"] == training_set.manifest_sha256

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+from segmentation.errors import ModelError
 from segmentation.io import sha256_file
 from segmentation.model import EXPORT_BACKENDS, ModelConfig, load_model
 from segmentation.modeldir import config_sha256
@@ -138,6 +139,8 @@ def _train(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -> 
             )
     except TrainingError as exc:
         raise InvalidStateError(f"Training set {training_set.pk} cannot be trained on: {exc}") from exc
+    progress(job, 92, "exporting", "ONNX export for the CPU backends")
+    cpu_export = _export_for_cpu(export_dir)
     progress(job, 95, "registering")
     registered, _ = register_model_directory(
         export_dir,
@@ -151,6 +154,7 @@ def _train(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -> 
         "model_version": str(registered),
         "best_epoch": best.get("epoch"),
         "val_dice": best.get("dice"),
+        "cpu_export": cpu_export,
     }
     finish_job(
         job,
@@ -160,6 +164,23 @@ def _train(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -> 
         correlation_id=cid,
     )
     return result
+
+
+def _export_for_cpu(model_dir: Path) -> dict[str, Any]:
+    """Export new weights for the CPU backends (``bm-export``), so that the version validates and runs
+    on OpenVINO or ONNX Runtime like its base. A failed export leaves the version on PyTorch (the
+    reference path, slower on CPUs): the job reports why instead of failing the training."""
+    from segmentation.onnx_backend import export_onnx
+
+    try:
+        record = export_onnx(model_dir)
+    except ModelError as exc:
+        return {"exported": False, "error": str(exc)}
+    return {
+        "exported": True,
+        "sha256": record.sha256,
+        "max_abs_diff_by_runtime": record.extra.get("max_abs_diff_by_runtime", {}),
+    }
 
 
 __all__ = ["run_training"]
