@@ -16,7 +16,10 @@ Lesion-wise counting as :func:`segmentation.train.lesion_counts`: a reference le
 diameter >= 5 mm) is found when a kept component overlaps it; a kept component overlapping no reference
 lesion is a false positive. ``METTRACK_FP_PHANTOMS`` sets the phantoms per set (default 20);
 ``METTRACK_FP_CACHE`` names a pickle file where the phantoms' components and features are kept (read
-when it exists), to study other rule grids without running the network again.
+when it exists), to study other rule grids without running the network again. ``METTRACK_FP_STYLE=
+realistic`` draws the phantoms in the realistic style instead (:mod:`segmentation.phantom_realism`:
+dural sinuses, falx, tentorium, cortical veins, choroid plexus, pituitary, nasal mucosa and fat, scanner
+variety, each at the voxel size it draws); the default is the basic style on the 2 mm grid.
 """
 
 from __future__ import annotations
@@ -59,13 +62,20 @@ class Case:
     reference: frozenset[int]  # reference lesions >= 5 mm equivalent diameter
 
 
+def _style() -> str:
+    return os.environ.get("METTRACK_FP_STYLE", "basic")
+
+
 def _case(seed: int, model, fp_config) -> Case:
     from segmentation.fp_reduction import reduce_false_positives
     from segmentation.inference import InferenceOptions, segment_image
     from segmentation.phantoms import make_phantom
     from segmentation.preprocess import preprocess
 
-    phantom = make_phantom(seed, geometry="axial_2mm")
+    if _style() == "realistic":
+        phantom = make_phantom(seed, style="realistic")
+    else:
+        phantom = make_phantom(seed, geometry="axial_2mm")
     result = segment_image(phantom.image, model, InferenceOptions(device="cpu"))
     pre = preprocess(phantom.image, model.config.preprocessing)
     # The stage itself with no rule on: every component's features, as the pipeline computes them.
@@ -205,7 +215,7 @@ def _load_sets(model: Any, n: int) -> dict[str, list[Case]]:
         t = time.perf_counter()
         sets[name] = [_case(seed, model, FpReductionConfig()) for seed in range(start, start + n)]
         n_comp = sum(len(c.features) for c in sets[name])
-        print(f"{name} phantoms seeds {start}..{start + n - 1}: {n_comp} components, "
+        print(f"{name} phantoms ({_style()} style) seeds {start}..{start + n - 1}: {n_comp} components, "
               f"{time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
     if cache is not None and not cache.is_file():
         cache.write_bytes(pickle.dumps(sets))
