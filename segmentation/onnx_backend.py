@@ -31,6 +31,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,31 @@ RUNTIME_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 def runtime_available(backend: str) -> bool:
     """Whether the runtime of an export backend (``onnx``, ``openvino``) is installed (not imported)."""
     return importlib.util.find_spec(RUNTIME_PACKAGES[backend]) is not None
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO with its usage telemetry blocked; every import of it in MetTrack goes through here.
+
+    ``import openvino`` imports its model converter, which by default (no consent file in
+    ``~/intel``) writes a client id and a usage count there and sends an "import" event to Google
+    Analytics. A clinical service must not report to anyone, so the telemetry package is made
+    unimportable in this process before OpenVINO is imported; OpenVINO then uses its own no-op stub,
+    and nothing is written or sent (tested with an empty home directory). Written by hand: OpenVINO has
+    no setting for this besides a consent file per user or a ``CI`` environment variable.
+
+    Raises:
+        BackendUnavailableError: The openvino package is not installed.
+    """
+    # A None entry makes "import openvino_telemetry" raise ImportError (the stub's trigger). Left
+    # alone if something imported the real package earlier: nothing here can undo that.
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the openvino backend needs the openvino package; use --backend onnx"
+        ) from exc
+    return openvino
 
 
 def _lesion_probability(logits: np.ndarray) -> np.ndarray:
@@ -118,6 +144,7 @@ def _two_stage_mean(x: Any) -> Any:
     """Mean of an (N, C, D, H, W) OpenVINO output over D, H and W, kept as (N, C, 1, 1, 1): over W
     first, then over D x H. The Reshape between the two reductions keeps OpenVINO from merging them
     back into one (its ReduceMerge transformation)."""
+    import_openvino()
     from openvino import opset13 as ops
 
     def axis(a: int) -> Any:
@@ -143,6 +170,7 @@ def precise_instance_norms(model: Any) -> int:
     Returns:
         The number of instance norms rewritten.
     """
+    import_openvino()
     from openvino import opset13 as ops
     from openvino.passes import ConstantFolding, Manager
 
@@ -188,12 +216,7 @@ class OpenVinoPredictor:
     """
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "the openvino backend needs the openvino package; use --backend onnx"
-            ) from exc
+        ov = import_openvino()
         self.threads = threads or cpu_threads()
         config = {
             # One request at a time, each spread over the threads: the sliding window is sequential.
@@ -364,6 +387,7 @@ __all__ = [
     "OpenVinoPredictor",
     "cpu_threads",
     "export_onnx",
+    "import_openvino",
     "precise_instance_norms",
     "predictor_of",
     "runtime_available",

@@ -28,7 +28,13 @@ from segmentation.inference import InferenceOptions, SegmentationResult, resolve
 from segmentation.io import sha256_file
 from segmentation.model import build_network, load_model, save_model_dir
 from segmentation.modeldir import CONFIG_NAME, DEMO_MODEL_DIR, ONNX_NAME, WEIGHTS_NAME
-from segmentation.onnx_backend import OnnxPredictor, OpenVinoPredictor, cpu_threads, export_onnx
+from segmentation.onnx_backend import (
+    OnnxPredictor,
+    OpenVinoPredictor,
+    cpu_threads,
+    export_onnx,
+    import_openvino,
+)
 from segmentation.phantoms import make_phantom
 from segmentation.preprocess import preprocess
 from segmentation.probability import to_float
@@ -182,7 +188,7 @@ def test_openvino_instance_norms_match_pytorch_closely() -> None:
     """OpenVINO's own instance norm sums a feature map's statistics in float32 lanes; the rewritten
     two-stage statistics bring the demo model's windows of a held-out phantom to within 5e-5 of
     PyTorch (measured 3e-6 to 5e-6; OpenVINO's own: 5e-4 to 7e-4)."""
-    import openvino as ov
+    ov = import_openvino()
 
     from segmentation.onnx_backend import _lesion_probability
 
@@ -209,9 +215,33 @@ def test_openvino_instance_norms_match_pytorch_closely() -> None:
     assert precise < plain
 
 
+def test_openvino_reports_nothing_home(tmp_path: Path) -> None:
+    """OpenVINO's package sends usage telemetry on import by default and keeps a client id in
+    ~/intel; through MetTrack it writes nothing there (and so sends nothing). A plain import in the
+    same empty home shows what is blocked."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("CI", None)  # OpenVINO's own switch: off, as on a site's server
+    code = (
+        "import sys, numpy as np\n"
+        "from segmentation.modeldir import DEMO_MODEL_DIR, ONNX_NAME\n"
+        "from segmentation.onnx_backend import OpenVinoPredictor\n"
+        "OpenVinoPredictor(DEMO_MODEL_DIR / ONNX_NAME, 1)(np.zeros((1, 1, 48, 48, 48), np.float32))\n"
+        "print(sys.modules.get('openvino_telemetry'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=600
+    )
+    assert out.stdout.strip().splitlines()[-1] == "None"
+    assert list(home.iterdir()) == []
+    subprocess.run([sys.executable, "-c", "import openvino"], env=env, check=True, timeout=600)
+    assert (home / "intel").is_dir()  # the plain import would have kept a client id there
+
+
 def test_openvino_runs_float32_with_the_threads_asked_for(exported_dir: Path) -> None:
     """No bf16 or on-the-fly quantisation (another model), no pinned cores (shared servers)."""
-    import openvino as ov
+    ov = import_openvino()
 
     predictor = OpenVinoPredictor(exported_dir / ONNX_NAME, 1)
     compiled = predictor.compiled
