@@ -1,6 +1,7 @@
 """``bm-validate``: validate a model directory against reference contours.
 
-    bm-validate OUTPUT_DIR (--data DIR | --dicom DIR [--roi-pattern 'GTV*'] | --phantoms N [--seed S])
+    bm-validate OUTPUT_DIR (--data DIR | --dicom DIR [--roi-pattern 'GTV*']
+                | --phantoms N [--seed S] [--phantom-style basic|realistic])
                 [--model DIR] [--visits VISITS.json [--register]] [--device auto|cpu|cuda] [--backend auto|torch|onnx|openvino]
                 [--resamples N] [--min-lesion-volume-mm3 V]
 
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         "--roi-pattern", default="GTV*", help="ROI names / segment labels that are lesions (fnmatch)"
     )
     p.add_argument("--seed", type=int, default=20261206, help="phantom seed (keep it off the training seed)")
+    p.add_argument(
+        "--phantom-style",
+        choices=("basic", "realistic"),
+        default="basic",
+        help="with --phantoms: basic (the demo model's training style) or realistic (dural sinuses, falx, "
+        "veins, scanner variety: segmentation.phantom_realism)",
+    )
     p.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="model directory (default: demo)")
     p.add_argument("--visits", type=Path, help='JSON {"CASE": {"patient": "P1", "date": "YYYY-MM-DD"}}')
     p.add_argument(
@@ -181,8 +189,12 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
             "roi_pattern": args.roi_pattern,
         }
     else:
-        sources = phantom_sources(args.phantoms, args.seed)
-        described = {"source": "synthetic phantoms (held out)", "seed": args.seed}
+        sources = phantom_sources(args.phantoms, args.seed, args.phantom_style)
+        described = {
+            "source": "synthetic phantoms (held out)",
+            "seed": args.seed,
+            "style": args.phantom_style,
+        }
     cases = []
     slices = {}
     started = time.perf_counter()
