@@ -35,8 +35,10 @@ WEB_MODULES = (
 
 #: Modules a job imports on first use (the pipeline's stages bring SimpleITK and a network backend; the
 #: contour export highdicom and rt-utils). segmentation.inference no longer imports torch and MONAI
-#: itself (the ONNX backend runs without them), but a worker may run either backend (GPU nodes and
-#: models without an export run PyTorch), so both are warmed here, once per process, not per job.
+#: itself (the backends of the export run without them), but a worker may run any backend (GPU nodes
+#: and models without an export run PyTorch), so all are warmed here, once per process, not per job.
+#: OpenVINO is not in this list: it is imported through ``import_openvino`` (its telemetry blocked),
+#: see :func:`warm_up_process`.
 WORKER_MODULES = (
     "trials.pipeline.embedded",
     "segmentation.inference",
@@ -75,6 +77,11 @@ def warm_up_process(role: str = "all") -> float:
     started = time.perf_counter()
     for name in ROLES[role]:
         importlib.import_module(name)
+    if "segmentation.onnx_backend" in ROLES[role]:
+        from segmentation.onnx_backend import import_openvino, runtime_available
+
+        if runtime_available("openvino"):
+            import_openvino()  # about 1 s, paid here rather than by the first job
     if "highdicom" in ROLES[role]:
         _load_highdicom_tables()
     gc.collect()
