@@ -143,8 +143,8 @@ class OnnxPredictor:
 def _two_stage_mean(x: Any) -> Any:
     """Mean of an (N, C, D, H, W) OpenVINO output over D, H and W, kept as (N, C, 1, 1, 1): over W
     first, then over D x H. The Reshape between the two reductions keeps OpenVINO from merging them
-    back into one (its ReduceMerge transformation)."""
-    import_openvino()
+    back into one (its ReduceMerge transformation). Called by :func:`precise_instance_norms`, which has
+    imported OpenVINO through :func:`import_openvino`."""
     from openvino import opset13 as ops
 
     def axis(a: int) -> Any:
