@@ -8,7 +8,9 @@ DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 * ``labels.nii.gz``: lesion labels 1..n on the same grid;
 * ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records, the
   components the false-positive reduction stage removed (``rejected_components``: features and rule;
-  empty when the model config does not enable it) and the per-stage timings;
+  empty when the model config does not enable it), the volume the rim completion stage added to each
+  lesion (``rim_completion_added_mm3``, ``{"L1": mm3}``; empty when not enabled) and the per-stage
+  timings;
 * ``probability.nii`` with ``--probability``: the lesion probability on the same grid, stored as uint16
   with the NIfTI scale ``scl_slope = 1/65535`` (NIfTI readers see float probabilities);
 * ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...);
@@ -266,6 +268,7 @@ def _segment(args: argparse.Namespace) -> int:
         "n_windows_skipped": result.n_windows_skipped,
         "lesions": [m.to_dict() for m in result.lesions],
         "rejected_components": [r.to_dict() for r in result.rejected],
+        "rim_completion_added_mm3": {f"L{k}": round(v, 1) for k, v in sorted(result.rim_added_mm3.items())},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "notes": notes,
     }

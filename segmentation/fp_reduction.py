@@ -394,7 +394,11 @@ def apply_rules(
 
 
 def reduce_false_positives(
-    image: sitk.Image, labels: sitk.Image, pre: PreprocessedImage, config: FpReductionConfig
+    image: sitk.Image,
+    labels: sitk.Image,
+    pre: PreprocessedImage,
+    config: FpReductionConfig,
+    brain_model: sitk.Image | None = None,
 ) -> FpReductionResult:
     """The pipeline stage: features of every component of ``labels`` (native grid), then the rules.
 
@@ -403,12 +407,14 @@ def reduce_false_positives(
         labels: Lesion components on the same grid (:func:`rano.measure.label_components`).
         pre: The preprocessing of ``image`` (its head mask).
         config: The rules.
+        brain_model: :func:`brain_mask` of ``pre`` on the model grid, when the caller has it already.
     """
     if not sitk.GetArrayViewFromImage(labels).any():
         return FpReductionResult(labels=labels, rejected=(), features=())
     # Brain mask, midsagittal plane and depth on the model grid (2 mm for the demo: an eighth of the
     # voxels of a 1 mm image, seconds saved), then mapped onto the native grid like the probability.
-    brain_model = brain_mask(pre.model_space, pre.head_mask)
+    if brain_model is None:
+        brain_model = brain_mask(pre.model_space, pre.head_mask)
     spacing_zyx = np.asarray(brain_model.GetSpacing(), dtype=np.float64)[::-1]
     depth_model = ndi.distance_transform_edt(
         sitk.GetArrayViewFromImage(brain_model) > 0, sampling=spacing_zyx

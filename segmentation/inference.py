@@ -20,7 +20,11 @@ Stages (each timed in :attr:`SegmentationResult.timings_s`):
 5. ``fp_reduction`` (only when the model config has ``postprocessing.fp_reduction``): components that
    look like vessels, falx or dura removed, each kept in :attr:`SegmentationResult.rejected` with its
    features and the rule that removed it (:mod:`segmentation.fp_reduction`);
-6. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
+6. ``rim_completion`` (only when the model config has ``postprocessing.rim_completion``): each kept
+   component extended to the outer edge of its enhancing rim and the cavity it encloses
+   (:mod:`segmentation.rim_completion`; the volume each gained is in
+   :attr:`SegmentationResult.rim_added_mm3`);
+7. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
 """
 
 from __future__ import annotations
@@ -36,10 +40,18 @@ import SimpleITK as sitk
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import BackendUnavailableError, ModelConfigError
-from segmentation.fp_reduction import RejectedComponent, reduce_false_positives
-from segmentation.model import BACKENDS, EXPORT_BACKENDS, LoadedModel, resolve_device, resolve_device_name
+from segmentation.fp_reduction import RejectedComponent, brain_mask, reduce_false_positives
+from segmentation.model import (
+    BACKENDS,
+    EXPORT_BACKENDS,
+    LoadedModel,
+    PostprocessConfig,
+    resolve_device,
+    resolve_device_name,
+)
 from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
 from segmentation.probability import quantise
+from segmentation.rim_completion import complete_rims
 from segmentation.sliding import sliding_window
 
 if TYPE_CHECKING:
@@ -105,6 +117,8 @@ class SegmentationResult:
         backend: The backend that ran the network: ``torch``, ``onnx`` or ``openvino``.
         n_windows_skipped: Windows not run because they held no head voxel.
         rejected: Components removed by the false-positive reduction stage, with features and reason.
+        rim_added_mm3: Volume (mm^3) the rim completion stage added to each lesion, by label (empty when
+            the stage does not run).
     """
 
     mask: sitk.Image
@@ -117,6 +131,7 @@ class SegmentationResult:
     backend: str = "torch"
     n_windows_skipped: int = 0
     rejected: tuple[RejectedComponent, ...] = ()
+    rim_added_mm3: dict[int, float] = field(default_factory=dict)
 
     @property
     def runtime(self) -> str:
@@ -276,6 +291,37 @@ def _cuda_network(
     return prob_np
 
 
+def _component_stages(
+    image: sitk.Image,
+    labels: sitk.Image,
+    pre: PreprocessedImage,
+    post: PostprocessConfig,
+    timings: dict[str, float],
+) -> tuple[sitk.Image, tuple[RejectedComponent, ...], dict[int, float]]:
+    """The optional stages on the components: false-positive reduction, then rim completion (each timed
+    into ``timings`` when it runs). Returns the labels, the rejected components and the rim's additions."""
+    rejected: tuple[RejectedComponent, ...] = ()
+    rim_added: dict[int, float] = {}
+    if not (post.fp_reduction or post.rim_completion) or not sitk.GetArrayViewFromImage(labels).any():
+        return labels, rejected, rim_added
+    # Both stages need the brain mask (model grid): computed once.
+    brain_model = brain_mask(pre.model_space, pre.head_mask)
+    if post.fp_reduction is not None:
+        t = time.perf_counter()
+        reduced = reduce_false_positives(image, labels, pre, post.fp_reduction, brain_model)
+        labels, rejected = reduced.labels, reduced.rejected
+        timings["fp_reduction"] = time.perf_counter() - t
+    if post.rim_completion is not None:
+        t = time.perf_counter()
+        brain = sitk.Cast(
+            to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
+        )
+        completed = complete_rims(image, labels, brain, post.rim_completion)
+        labels, rim_added = completed.labels, completed.added_mm3
+        timings["rim_completion"] = time.perf_counter() - t
+    return labels, rejected, rim_added
+
+
 def segment_image(
     image: sitk.Image,
     model: LoadedModel,
@@ -360,13 +406,8 @@ def segment_image(
     mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
     timings["components"] = time.perf_counter() - t
 
-    rejected: tuple[RejectedComponent, ...] = ()
-    if post.fp_reduction is not None:
-        t = time.perf_counter()
-        reduced = reduce_false_positives(image, labels, pre, post.fp_reduction)
-        labels, rejected = reduced.labels, reduced.rejected
-        mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
-        timings["fp_reduction"] = time.perf_counter() - t
+    labels, rejected, rim_added = _component_stages(image, labels, pre, post, timings)
+    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
 
     t = time.perf_counter()
     lesions = measure_lesions(labels, image, settings=settings, relabel=False)
@@ -382,4 +423,5 @@ def segment_image(
         backend=backend,
         n_windows_skipped=n_skipped,
         rejected=rejected,
+        rim_added_mm3=rim_added,
     )

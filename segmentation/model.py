@@ -283,6 +283,55 @@ class FpReductionConfig:
 
 
 @dataclass(frozen=True)
+class RimCompletionConfig:
+    """Rim completion (``config.json`` -> ``postprocessing.rim_completion``; absent: the stage does not run).
+
+    Each component is extended to the outer edge of the enhancing rim around it and the cavity that rim
+    encloses (:mod:`segmentation.rim_completion`).
+
+    Attributes:
+        rim_mm: How far from the component (or its cavity) the enhancing wall is looked for (mm): the
+            thickest wall the stage adds.
+        min_enhancement: A voxel enhances when brighter than this times the local brain reference.
+        reference_mm: The local reference is the median of the brain within this distance (mm) of the
+            component's box, the component excluded.
+        max_cavity_intensity: A component whose median is darker than this times the reference is a
+            cavity: the dark voxels connected to it (same level, within ``cavity_mm``) join it before its
+            wall is looked for (None: no cavity step).
+        cavity_mm: How far from the component (mm) the cavity's fluid is followed.
+    """
+
+    rim_mm: float = 6.0
+    min_enhancement: float = 1.5
+    reference_mm: float = 20.0
+    max_cavity_intensity: float | None = 0.6
+    cavity_mm: float = 10.0
+
+    def __post_init__(self) -> None:
+        section = "postprocessing.rim_completion"
+        _check_number(section, "rim_mm", self.rim_mm, low=0.0, positive=True)
+        _check_number(section, "cavity_mm", self.cavity_mm, low=0.0, positive=True)
+        _check_number(section, "min_enhancement", self.min_enhancement, low=1.0, positive=True)
+        _check_number(section, "reference_mm", self.reference_mm, low=0.0, positive=True)
+        if self.max_cavity_intensity is not None:
+            _check_number(section, "max_cavity_intensity", self.max_cavity_intensity, low=0.0, positive=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RimCompletionConfig:
+        """Parse the ``rim_completion`` mapping (unknown keys are refused, with their names)."""
+        if not isinstance(data, Mapping):
+            raise ModelConfigError(f"postprocessing.rim_completion must be a mapping, got {data!r}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelConfigError(f"postprocessing.rim_completion has unknown keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, the inverse of :meth:`from_dict`."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class PostprocessConfig:
     """Thresholding and component filtering (``config.json`` -> ``postprocessing``).
 
@@ -294,12 +343,15 @@ class PostprocessConfig:
             then have their own thresholds: a faint enhancing vessel never peaks high, while a large
             lesion keeps its full extent at the lower threshold.
         fp_reduction: The false-positive reduction rules (None, the default: the stage does not run).
+        rim_completion: Extension of each kept component to its enhancing rim (None, the default: the
+            stage does not run).
     """
 
     threshold: float = 0.5
     min_lesion_volume_mm3: float = 5.0
     detection_threshold: float | None = None
     fp_reduction: FpReductionConfig | None = None
+    rim_completion: RimCompletionConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "detection_threshold"):
@@ -422,7 +474,9 @@ class ModelConfig:
             post_data = dict(data.get("postprocessing", {}))
             fp_data = post_data.pop("fp_reduction", None)
             fp = None if fp_data is None else FpReductionConfig.from_dict(fp_data)
-            post = PostprocessConfig(**post_data, fp_reduction=fp)
+            rim_data = post_data.pop("rim_completion", None)
+            rim = None if rim_data is None else RimCompletionConfig.from_dict(rim_data)
+            post = PostprocessConfig(**post_data, fp_reduction=fp, rim_completion=rim)
         except TypeError as exc:
             raise ModelConfigError(f"inference/postprocessing section: {exc}") from exc
         known = {
@@ -479,6 +533,11 @@ class ModelConfig:
                 **(
                     {"fp_reduction": self.postprocessing.fp_reduction.to_dict()}
                     if self.postprocessing.fp_reduction is not None
+                    else {}
+                ),
+                **(
+                    {"rim_completion": self.postprocessing.rim_completion.to_dict()}
+                    if self.postprocessing.rim_completion is not None
                     else {}
                 ),
             },

@@ -46,6 +46,10 @@ LesionLocation = Literal["cortex", "ventricle", "deep", "junction", "cerebellum"
 #: ``basic``: what the demo model was trained on; ``realistic``: :mod:`segmentation.phantom_realism`.
 PhantomStyle = Literal["basic", "realistic"]
 
+#: Styles of a set of synthetic patients (training, validation): a :data:`PhantomStyle`, or ``mixed``
+#: (even patients basic, odd ones realistic; :func:`segmentation.train.phantom_sources`).
+PHANTOM_SET_STYLES = ("basic", "realistic", "mixed")
+
 #: Diameters the sampler draws from when not told otherwise (mm).
 DEFAULT_DIAMETER_RANGE_MM: tuple[float, float] = (3.0, 40.0)
 #: Extra room around the template so that skull and scalp fit (mm; the template is 1 mm isotropic).

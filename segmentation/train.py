@@ -14,8 +14,9 @@ Data sources:
   matches ``--roi-pattern`` (fnmatch, default ``GTV*``) are merged into the lesion mask; the patient id is
   the DICOM PatientID;
 * ``--phantoms N``: N synthetic patients from :mod:`segmentation.phantoms` (the demo model);
-  ``--phantom-style realistic`` draws them from :mod:`segmentation.phantom_realism` instead (the style
-  is written into the model card's ``training.data``, next to the command line).
+  ``--phantom-style realistic`` draws them from :mod:`segmentation.phantom_realism` instead, ``mixed``
+  alternates the two (the style is written into the model card's ``training.data``, next to the command
+  line).
 
 Every case is preprocessed once with the model's own preprocessing and cached (``<run>/cache``).
 Training samples patches (lesion-centred with probability ``--positive-fraction``), validates after
@@ -227,21 +228,26 @@ def dicom_rtstruct_sources(directory: str | Path, roi_pattern: str = "GTV*") -> 
 TRAINING_GEOMETRIES = ("axial_1mm", "sagittal_1mm", "coronal_0p9x0p9x1p2mm", "axial_0p9x0p9x2mm", "axial_2mm")
 
 
-def phantom_sources(n_patients: int, seed: int, style: phantoms.PhantomStyle = "basic") -> list[CaseSource]:
+def phantom_sources(n_patients: int, seed: int, style: str = "basic") -> list[CaseSource]:
     """``n_patients`` synthetic patients (one visit each).
 
     ``basic`` (the demo model's data): cycling through :data:`TRAINING_GEOMETRIES`. ``realistic``: each
     patient draws its scanner, protocol (0.5-1.2 mm voxels), artefacts, anatomy variant, noise and lesions
-    from :mod:`segmentation.phantom_realism`; skull and bias field vary as for ``basic``.
+    from :mod:`segmentation.phantom_realism`; skull and bias field vary as for ``basic``. ``mixed``: even
+    patients ``basic``, odd ones ``realistic`` (each drawn exactly as in its own style), so a model learns
+    the realistic distractors without losing what the basic style teaches; the patient split stays by
+    patient, so every split holds both.
     """
-    if style not in ("basic", "realistic"):
-        raise TrainingError(f"phantom style must be 'basic' or 'realistic', got {style!r}")
+    if style not in phantoms.PHANTOM_SET_STYLES:
+        raise TrainingError(
+            f"phantom style must be one of {', '.join(phantoms.PHANTOM_SET_STYLES)}, got {style!r}"
+        )
     out = []
     for i in range(n_patients):
 
         def _load(i: int = i) -> tuple[sitk.Image, sitk.Image]:
             rng = np.random.default_rng([seed, i])
-            if style == "realistic":
+            if style == "realistic" or (style == "mixed" and i % 2 == 1):
                 ph = phantoms.make_phantom(
                     int(rng.integers(2**31 - 1)),
                     style="realistic",
@@ -1212,10 +1218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom-seed", type=int, default=1000, help="seed of the synthetic patients")
     p.add_argument(
         "--phantom-style",
-        choices=("basic", "realistic"),
+        choices=phantoms.PHANTOM_SET_STYLES,
         default="basic",
-        help="basic (the demo model's phantoms) or realistic (segmentation.phantom_realism: rims, "
-        "distractors, scanner variety, artefacts, warped anatomy)",
+        help="basic (the demo model's phantoms), realistic (segmentation.phantom_realism: rims, "
+        "distractors, scanner variety, artefacts, warped anatomy) or mixed (alternate patients)",
     )
     p.add_argument(
         "--evaluate",

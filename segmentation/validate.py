@@ -40,6 +40,7 @@ from rano.validation import ValidationCase, validate
 from segmentation.errors import ImagingError, ModelError
 from segmentation.model import BACKENDS
 from segmentation.modeldir import DEMO_MODEL_DIR, config_sha256
+from segmentation.phantoms import PHANTOM_SET_STYLES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20261206, help="phantom seed (keep it off the training seed)")
     p.add_argument(
         "--phantom-style",
-        choices=("basic", "realistic"),
+        choices=PHANTOM_SET_STYLES,
         default="basic",
-        help="with --phantoms: basic (the demo model's training style) or realistic (dural sinuses, falx, "
-        "veins, scanner variety: segmentation.phantom_realism)",
+        help="with --phantoms: basic (the demo model's training style), realistic (dural sinuses, falx, "
+        "veins, scanner variety: segmentation.phantom_realism) or mixed (alternate patients)",
     )
     p.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help="model directory (default: demo)")
     p.add_argument("--visits", type=Path, help='JSON {"CASE": {"patient": "P1", "date": "YYYY-MM-DD"}}')

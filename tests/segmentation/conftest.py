@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,3 +72,62 @@ def mr_series(write_series: Callable[..., tuple[Path, list[Path]]]) -> tuple[Pat
 def make_image() -> Callable[..., sitk.Image]:
     """The :func:`make_mr_image` builder, for tests that need another geometry."""
     return make_mr_image
+
+
+@pytest.fixture(scope="session")
+def intensity_threshold() -> Callable[[float], Any]:
+    """Factory: ``intensity_threshold(t)`` is a "network" whose lesion logit is ``40 x (input - t)``.
+
+    It marks every voxel of the normalised model input brighter than ``t``, so a test knows what the
+    "network" will find (the bright lesions of a distractor-free image) and can check the geometry and the
+    post-processing stages of the whole pipeline against its own ground truth. torch is imported here,
+    not at the top, so the tests that never run a network do not load it.
+    """
+    import torch
+
+    class IntensityThreshold(torch.nn.Module):
+        def __init__(self, threshold: float) -> None:
+            super().__init__()
+            self.threshold = threshold
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 40.0 * (x - self.threshold)
+
+    return IntensityThreshold
+
+
+@pytest.fixture(scope="session")
+def small_config_dict() -> Callable[..., dict[str, Any]]:
+    """Factory: ``small_config_dict(**postprocessing)`` is the ``config.json`` mapping of a small demo
+    architecture (2 mm, 32^3 windows) with threshold 0.5, 5 mm^3 components and the given postprocessing
+    entries (``fp_reduction={...}``, ``rim_completion={...}``)."""
+    from segmentation.train import demo_config
+
+    def make(**post: Any) -> dict[str, Any]:
+        data = demo_config(spacing_mm=2.0, patch=32, feature_size=4, hidden_size=48, num_heads=4).to_dict()
+        data["postprocessing"] = {"threshold": 0.5, "min_lesion_volume_mm3": 5.0, **post}
+        return data
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def threshold_model(
+    intensity_threshold: Callable[[float], Any], small_config_dict: Callable[..., dict[str, Any]]
+) -> Callable[..., Any]:
+    """Factory: ``threshold_model(t, **postprocessing)`` is a LoadedModel of the small architecture (N4
+    off) whose "network" is ``intensity_threshold(t)``, with the given postprocessing."""
+    from dataclasses import replace
+
+    import torch
+
+    from segmentation.model import LoadedModel, ModelConfig, build_network
+
+    def make(threshold: float, **post: Any) -> LoadedModel:
+        config = ModelConfig.from_dict(small_config_dict(**post))
+        config = replace(config, preprocessing=replace(config.preprocessing, n4_enabled=False))
+        torch.manual_seed(0)
+        build_network(config)  # the config must describe a network that can be built
+        return LoadedModel(config, intensity_threshold(threshold), Path("."), 0)
+
+    return make

@@ -50,6 +50,7 @@ def test_nifti_input_writes_mask_and_lesion_table(
     assert report["model"]["label"] == "demo — not for clinical use"
     assert {"read", "preprocess.n4", "network", "measure", "write"} <= set(report["timings_s"])
     assert report["rejected_components"] == [] and "fp_reduction" not in report["timings_s"]
+    assert report["rim_completion_added_mm3"] == {} and "rim_completion" not in report["timings_s"]
     assert not (out / "rtstruct.dcm").exists() and not (out / "seg.dcm").exists()  # NIfTI input
     # probability.nii: uint16 on disk; nibabel (an independent reader) applies the 1/65535 scale, and
     # the mask is the probability at the model's threshold on the same grid (before small specks go).
@@ -86,6 +87,25 @@ def test_rejected_components_are_listed_with_their_rule(
     assert report["rejected_components"][0]["features"]["contrast_to_brain"] < 10.0
     assert "fp_reduction" in report["timings_s"]
     assert "rejected (brain_contrast)" in capsys.readouterr().out
+
+
+def test_rim_completion_gains_are_listed_by_lesion(tmp_path: Path, tiny_model_dir: Path, phantom) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "t1c.nii.gz"
+    sitk.WriteImage(phantom.image, str(src))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / WEIGHTS_NAME).write_bytes((tiny_model_dir / WEIGHTS_NAME).read_bytes())
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["postprocessing"]["rim_completion"] = {}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    # A threshold just above 0 makes the whole head box one lesion, so there is always one to complete.
+    args = [str(src), str(out), "--model", str(model_dir), "--device", "cpu", "--threshold", "1e-6"]
+    assert segment_main(args) == 0
+    report = json.loads((out / "lesions.json").read_text())
+    assert set(report["rim_completion_added_mm3"]) == {f"L{m['label']}" for m in report["lesions"]} != set()
+    assert all(v >= 0.0 for v in report["rim_completion_added_mm3"].values())
+    assert "rim_completion" in report["timings_s"]
 
 
 def test_dicom_input_also_writes_rtstruct_and_seg(tmp_path: Path, tiny_model_dir: Path, phantom) -> None:  # type: ignore[no-untyped-def]

@@ -4,13 +4,11 @@ config parsing, and the stage inside segment_image."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy import ndimage as ndi
 
 from rano.measure import label_components
@@ -22,8 +20,7 @@ from segmentation.fp_reduction import (
     rules_that_reject,
 )
 from segmentation.inference import InferenceOptions, segment_image
-from segmentation.model import FpReductionConfig, LoadedModel, ModelConfig, build_network
-from segmentation.train import demo_config
+from segmentation.model import FpReductionConfig, LoadedModel, ModelConfig
 
 # --------------------------------------------------------------------------------------------------
 # Synthetic heads: an ellipsoid brain of intensity 1 (seeded noise) on a coarse grid
@@ -225,13 +222,8 @@ def test_midsagittal_plane_of_a_rotated_head() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _config_dict(**post: Any) -> dict[str, Any]:
-    data = demo_config(spacing_mm=2.0, patch=32, feature_size=4, hidden_size=48, num_heads=4).to_dict()
-    data["postprocessing"] = {"threshold": 0.5, "min_lesion_volume_mm3": 5.0, **post}
-    return data
-
-
-def test_config_absent_means_disabled_and_round_trips() -> None:
+def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None:  # type: ignore[no-untyped-def]
+    _config_dict = small_config_dict
     assert ModelConfig.from_dict(_config_dict()).postprocessing.fp_reduction is None
     assert "fp_reduction" not in ModelConfig.from_dict(_config_dict()).to_dict()["postprocessing"]
     rules = {"max_elongation": 4.0, "midline_distance_mm": 5, "min_depth_mm": 3.0, "sigmas_mm": [1.0, 2.5]}
@@ -262,7 +254,10 @@ def test_config_absent_means_disabled_and_round_trips() -> None:
         ([4.0], "must be a mapping"),
     ],
 )
-def test_bad_config_values_are_refused_with_the_field_named(fp_reduction: Any, field: str) -> None:
+def test_bad_config_values_are_refused_with_the_field_named(  # type: ignore[no-untyped-def]
+    fp_reduction: Any, field: str, small_config_dict
+) -> None:
+    _config_dict = small_config_dict
     with pytest.raises(ModelConfigError, match=field):
         ModelConfig.from_dict(_config_dict(fp_reduction=fp_reduction))
 
@@ -270,18 +265,6 @@ def test_bad_config_values_are_refused_with_the_field_named(fp_reduction: Any, f
 # --------------------------------------------------------------------------------------------------
 # The stage in segment_image
 # --------------------------------------------------------------------------------------------------
-
-
-class IntensityThreshold(torch.nn.Module):
-    """A "network" that marks every voxel brighter than ``threshold`` (normalised input): the test
-    knows what it will find, so the stage's effect can be checked (as in test_inference)."""
-
-    def __init__(self, threshold: float) -> None:
-        super().__init__()
-        self.threshold = threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 40.0 * (x - self.threshold)
 
 
 @pytest.fixture(scope="module")
@@ -295,16 +278,14 @@ def vessel_and_lesion() -> tuple[sitk.Image, np.ndarray, np.ndarray]:
     return sitk.Cast(image * 500.0, sitk.sitkInt16), vessel, lesion
 
 
-def _model(**post: Any) -> LoadedModel:
-    config = ModelConfig.from_dict(_config_dict(**post))
-    config = replace(config, preprocessing=replace(config.preprocessing, n4_enabled=False))
-    torch.manual_seed(0)
-    build_network(config)  # the config must describe a network that can be built
-    return LoadedModel(config, IntensityThreshold(0.75), Path("."), 0)
-
-
-def test_segment_image_with_the_stage_drops_a_vessel_and_keeps_the_lesion(vessel_and_lesion) -> None:  # type: ignore[no-untyped-def]
+def test_segment_image_with_the_stage_drops_a_vessel_and_keeps_the_lesion(  # type: ignore[no-untyped-def]
+    vessel_and_lesion, threshold_model
+) -> None:
     image, vessel, lesion = vessel_and_lesion
+
+    def _model(**post: Any) -> LoadedModel:
+        return threshold_model(0.75, **post)
+
     options = InferenceOptions(device="cpu", backend="torch")
     without = segment_image(image, _model(), options)
     found = sitk.GetArrayViewFromImage(without.labels)

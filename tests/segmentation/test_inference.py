@@ -18,22 +18,6 @@ from segmentation.probability import to_float
 from segmentation.train import demo_config, dice_score
 
 
-class IntensityThreshold(torch.nn.Module):
-    """A network whose lesion logit is a steep function of the input intensity.
-
-    It lets the test know what the "network" will find (the bright lesions of a distractor-free phantom),
-    so that the geometry of the whole pipeline (reorientation, resampling, crop, sliding window, paste
-    back, resampling to the native grid) can be checked against the phantom's ground truth.
-    """
-
-    def __init__(self, threshold: float) -> None:
-        super().__init__()
-        self.threshold = threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 40.0 * (x - self.threshold)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     torch.manual_seed(0)
@@ -63,7 +47,9 @@ def oblique_phantom():  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
-def test_pipeline_maps_predictions_back_to_the_native_grid(tiny_model: LoadedModel, oblique_phantom) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_maps_predictions_back_to_the_native_grid(  # type: ignore[no-untyped-def]
+    tiny_model: LoadedModel, oblique_phantom, intensity_threshold
+) -> None:
     pre = preprocess(oblique_phantom.image, tiny_model.config.preprocessing)
     truth_model_space = mask_to_model_space(oblique_phantom.mask, pre) > 0
     head = pre.array > 0
@@ -71,7 +57,7 @@ def test_pipeline_maps_predictions_back_to_the_native_grid(tiny_model: LoadedMod
     tissue_level = np.percentile(pre.array[head & ~truth_model_space], 95)
     assert lesion_level > tissue_level
     model = LoadedModel(
-        tiny_model.config, IntensityThreshold((lesion_level + tissue_level) / 2), Path("."), 0
+        tiny_model.config, intensity_threshold((lesion_level + tissue_level) / 2), Path("."), 0
     )
     result = segment_image(oblique_phantom.image, model, InferenceOptions(device="cpu"))
     for im in (result.mask, result.labels):

@@ -485,3 +485,32 @@ def test_phantom_style_reaches_the_generator_and_the_provenance(
     assert "style" not in calls[-1] and calls[-1]["geometry"] == T.TRAINING_GEOMETRIES[1]
     with pytest.raises(SystemExit):
         build_parser().parse_args([*args, "--phantom-style", "fancy"])
+
+
+def test_mixed_style_alternates_the_basic_and_the_realistic_patients_of_the_same_seeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Patient i of a mixed set is patient i of the basic set (even i) or of the realistic set (odd i),
+    drawn with the same arguments: a mixed run's even patients are the demo model's own patients."""
+    import segmentation.train as T
+
+    calls: list[tuple[int, dict[str, Any]]] = []
+
+    def fake_make_phantom(seed: int, **kw: Any) -> Any:
+        calls.append((seed, kw))
+        return type("Ph", (), {"image": None, "mask": None})()
+
+    monkeypatch.setattr(T.phantoms, "make_phantom", fake_make_phantom)
+    for source in T.phantom_sources(4, 1000, "mixed"):
+        source.load()
+    mixed = list(calls)
+    calls.clear()
+    for style in ("basic", "realistic"):
+        for source in T.phantom_sources(4, 1000, style):
+            source.load()
+    basic, realistic = calls[:4], calls[4:]
+    assert mixed == [basic[0], realistic[1], basic[2], realistic[3]]
+    assert [kw.get("style", "basic") for _, kw in mixed] == ["basic", "realistic", "basic", "realistic"]
+    with pytest.raises(T.TrainingError, match="mixed"):
+        T.phantom_sources(2, 1000, "fancy")
+    assert build_parser().parse_args(["--phantoms", "3", "--phantom-style", "mixed"]).phantom_style == "mixed"
