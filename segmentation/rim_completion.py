@@ -6,9 +6,9 @@ wall of a real cyst (the demo model does on the real BraTS scan), which underest
 diameter. This stage, after the false-positive reduction, adds to each kept component what its image
 shows around it:
 
-0. **the rest of its cavity**, when the component is darker than ``max_cavity_intensity`` times the local
-   brain reference (it is the fluid of a cyst or necrosis): the voxels as dark as that connected to it,
-   within ``cavity_mm``;
+0. **the rest of its cavity**, when the component and its border are darker than ``max_cavity_intensity``
+   times the local brain reference (it lies in the fluid of a cyst or necrosis and has not reached the
+   wall): the voxels as dark as that connected to it, within ``cavity_mm``;
 1. **enhancing voxels** within ``rim_mm`` of that: brighter than ``min_enhancement`` times the local brain
    reference (the median of the brain within ``reference_mm`` of the component's box: local, so a bias
    field does not move it), inside the brain and not in another component;
@@ -108,8 +108,15 @@ def complete_rims(
         cavity_level = (
             None if config.max_cavity_intensity is None else config.max_cavity_intensity * reference
         )
-        if cavity_level is not None and float(np.median(values[component])) < cavity_level:
-            # The component is the dark fluid of a cavity: the rest of that fluid joins it first, so the
+        border = component & ~ndi.binary_erosion(component, _FULL)
+        if (
+            cavity_level is not None
+            and float(np.median(values[component])) < cavity_level
+            and float(np.median(values[border])) < cavity_level
+        ):
+            # The component lies in the dark fluid of a cavity, its border too (it has not reached the
+            # wall: a component that holds its wall, with a necrotic centre, has a bright border and
+            # does not grow into the dark CSF next to it). The rest of that fluid joins it first, so the
             # enhancing wall is looked for around the whole cavity.
             reach = ndi.distance_transform_edt(~component, sampling=spacing_zyx) <= config.cavity_mm
             dark, _ = ndi.label((reach & free & (values < cavity_level)) | component, _FULL)

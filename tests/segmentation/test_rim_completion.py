@@ -98,6 +98,23 @@ def test_without_the_cavity_step_a_cyst_keeps_its_inside_only() -> None:
     assert _dice(labels == 1, r <= 16.0) >= 0.97
 
 
+def test_a_ring_lesion_found_whole_does_not_grow_into_the_csf_beside_it() -> None:
+    """A component holding its wall and a large necrotic centre is dark on average, but its border is
+    the bright wall: no cavity step, so the dark ventricle it touches is not taken."""
+    block = Block()
+    r = block.r()
+    block.intensity[r <= 12.0] = 1.8
+    block.intensity[r <= 10.0] = 0.3  # necrosis: most of the lesion's voxels
+    ventricle = (
+        (block.x > 11.0) & (block.x < 26.0) & (np.abs(block.y) < 4.0) & (np.abs(block.z) < 8.0) & (r > 12.0)
+    )
+    block.intensity[ventricle] = 0.3  # CSF touching the wall
+    block.labels[r <= 12.0] = 1
+    labels, added = block.complete()
+    assert not (labels[ventricle] > 0).any()
+    assert added[1] <= 0.05 * float(np.count_nonzero(r <= 12.0)) * float(np.prod(SPACING))
+
+
 def test_a_solid_lesion_already_covered_gains_only_its_partial_volume_edge() -> None:
     block = Block()
     r = block.r()
