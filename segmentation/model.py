@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,6 +191,16 @@ def _check_number(section: str, name: str, value: Any, *, low: float, positive: 
         raise ModelConfigError(f"{section}.{name} must be a number {relation} {low:g}, got {value!r}")
 
 
+def _section_values(section: str, data: Any, fields: Iterable[str]) -> dict[str, Any]:
+    """The values of a config section that must be a mapping of known fields (refused otherwise, named)."""
+    if not isinstance(data, Mapping):
+        raise ModelConfigError(f"{section} must be a mapping, got {data!r}")
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ModelConfigError(f"{section} has unknown keys: {sorted(unknown)}")
+    return dict(data)
+
+
 @dataclass(frozen=True)
 class FpReductionConfig:
     """False-positive reduction rules (``config.json`` -> ``postprocessing.fp_reduction``).
@@ -261,12 +271,7 @@ class FpReductionConfig:
     @classmethod
     def from_dict(cls, data: Any) -> FpReductionConfig:
         """Parse the ``fp_reduction`` mapping (unknown keys are refused, with their names)."""
-        if not isinstance(data, Mapping):
-            raise ModelConfigError(f"postprocessing.fp_reduction must be a mapping, got {data!r}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ModelConfigError(f"postprocessing.fp_reduction has unknown keys: {sorted(unknown)}")
-        values = dict(data)
+        values = _section_values("postprocessing.fp_reduction", data, cls.__dataclass_fields__)
         if "sigmas_mm" in values:
             sigmas = values["sigmas_mm"]
             values["sigmas_mm"] = tuple(sigmas) if isinstance(sigmas, list | tuple) else sigmas
@@ -319,12 +324,7 @@ class RimCompletionConfig:
     @classmethod
     def from_dict(cls, data: Any) -> RimCompletionConfig:
         """Parse the ``rim_completion`` mapping (unknown keys are refused, with their names)."""
-        if not isinstance(data, Mapping):
-            raise ModelConfigError(f"postprocessing.rim_completion must be a mapping, got {data!r}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ModelConfigError(f"postprocessing.rim_completion has unknown keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**_section_values("postprocessing.rim_completion", data, cls.__dataclass_fields__))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict`."""

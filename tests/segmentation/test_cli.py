@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -65,18 +66,29 @@ def test_nifti_input_writes_mask_and_lesion_table(
     assert np.allclose(stored.affine, nibabel.load(str(out / "mask.nii.gz")).affine, atol=1e-4)
 
 
-def test_rejected_components_are_listed_with_their_rule(
-    tmp_path: Path, tiny_model_dir: Path, phantom, capsys
-) -> None:  # type: ignore[no-untyped-def]
+def _with_postprocessing(
+    tmp_path: Path, tiny_model_dir: Path, phantom: Any, **post: Any
+) -> tuple[Path, Path]:
+    """The phantom written as NIfTI, and a copy of the tiny model whose config adds ``post`` to its
+    postprocessing."""
     src = tmp_path / "t1c.nii.gz"
     sitk.WriteImage(phantom.image, str(src))
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / WEIGHTS_NAME).write_bytes((tiny_model_dir / WEIGHTS_NAME).read_bytes())
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    # No component is ten times brighter than the brain's median: the rule rejects everything.
-    config["postprocessing"]["fp_reduction"] = {"min_brain_contrast": 10.0}
+    config["postprocessing"].update(post)
     (model_dir / "config.json").write_text(json.dumps(config))
+    return src, model_dir
+
+
+def test_rejected_components_are_listed_with_their_rule(
+    tmp_path: Path, tiny_model_dir: Path, phantom, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    # No component is ten times brighter than the brain's median: the rule rejects everything.
+    src, model_dir = _with_postprocessing(
+        tmp_path, tiny_model_dir, phantom, fp_reduction={"min_brain_contrast": 10.0}
+    )
     out = tmp_path / "out"
     # A threshold just above 0 makes the whole head box one component, so there is always one to reject.
     args = [str(src), str(out), "--model", str(model_dir), "--device", "cpu", "--threshold", "1e-6"]
@@ -90,14 +102,7 @@ def test_rejected_components_are_listed_with_their_rule(
 
 
 def test_rim_completion_gains_are_listed_by_lesion(tmp_path: Path, tiny_model_dir: Path, phantom) -> None:  # type: ignore[no-untyped-def]
-    src = tmp_path / "t1c.nii.gz"
-    sitk.WriteImage(phantom.image, str(src))
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / WEIGHTS_NAME).write_bytes((tiny_model_dir / WEIGHTS_NAME).read_bytes())
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    config["postprocessing"]["rim_completion"] = {}
-    (model_dir / "config.json").write_text(json.dumps(config))
+    src, model_dir = _with_postprocessing(tmp_path, tiny_model_dir, phantom, rim_completion={})
     out = tmp_path / "out"
     # A threshold just above 0 makes the whole head box one lesion, so there is always one to complete.
     args = [str(src), str(out), "--model", str(model_dir), "--device", "cpu", "--threshold", "1e-6"]
