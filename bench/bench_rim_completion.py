@@ -55,18 +55,15 @@ class Case:
 
 
 def _case(seed: int, model: Any) -> Case:
-    from segmentation.fp_reduction import brain_mask
+    from segmentation.fp_reduction import brain_mask, native_brain
     from segmentation.inference import InferenceOptions, segment_image
     from segmentation.phantoms import make_phantom
-    from segmentation.preprocess import preprocess, to_native
+    from segmentation.preprocess import preprocess
 
     phantom = make_phantom(seed, style="realistic", skull=bool(seed % 2), bias_field_strength=0.2)
     result = segment_image(phantom.image, model, InferenceOptions(device="cpu"))
     pre = preprocess(phantom.image, model.config.preprocessing)
-    brain_model = brain_mask(pre.model_space, pre.head_mask)
-    brain = sitk.Cast(
-        to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
-    )
+    brain = native_brain(brain_mask(pre.model_space, pre.head_mask), pre)
     return Case(
         seed,
         phantom.image,

@@ -393,6 +393,14 @@ def apply_rules(
     return FpReductionResult(labels=out, rejected=tuple(rejected), features=features)
 
 
+def native_brain(brain_model: sitk.Image, pre: PreprocessedImage) -> sitk.Image:
+    """A brain mask on the model grid (:func:`brain_mask`) mapped onto the native grid of ``pre``'s image
+    (uint8), as the probability is."""
+    return sitk.Cast(
+        to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
+    )
+
+
 def reduce_false_positives(
     image: sitk.Image,
     labels: sitk.Image,
@@ -419,9 +427,7 @@ def reduce_false_positives(
     depth_model = ndi.distance_transform_edt(
         sitk.GetArrayViewFromImage(brain_model) > 0, sampling=spacing_zyx
     )
-    brain = sitk.Cast(
-        to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
-    )
+    brain = native_brain(brain_model, pre)
     depth = to_native(depth_model.astype(np.float32), pre)
     # Components that keep_volume_mm3 protects are kept whatever their features: not describing them
     # saves most of the stage's time on a large lesion (its box and objectness filter are the largest).

@@ -40,7 +40,7 @@ import SimpleITK as sitk
 from rano.measure import LesionMeasurement, label_components, measure_lesions
 from rano.settings import ResponseSettings
 from segmentation.errors import BackendUnavailableError, ModelConfigError
-from segmentation.fp_reduction import RejectedComponent, brain_mask, reduce_false_positives
+from segmentation.fp_reduction import RejectedComponent, brain_mask, native_brain, reduce_false_positives
 from segmentation.model import (
     BACKENDS,
     EXPORT_BACKENDS,
@@ -313,10 +313,7 @@ def _component_stages(
         timings["fp_reduction"] = time.perf_counter() - t
     if post.rim_completion is not None:
         t = time.perf_counter()
-        brain = sitk.Cast(
-            to_native(sitk.GetArrayFromImage(brain_model).astype(np.float32), pre) > 0.5, sitk.sitkUInt8
-        )
-        completed = complete_rims(image, labels, brain, post.rim_completion)
+        completed = complete_rims(image, labels, native_brain(brain_model, pre), post.rim_completion)
         labels, rim_added = completed.labels, completed.added_mm3
         timings["rim_completion"] = time.perf_counter() - t
     return labels, rejected, rim_added

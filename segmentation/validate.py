@@ -1,7 +1,7 @@
 """``bm-validate``: validate a model directory against reference contours.
 
     bm-validate OUTPUT_DIR (--data DIR | --dicom DIR [--roi-pattern 'GTV*']
-                | --phantoms N [--seed S] [--phantom-style basic|realistic])
+                | --phantoms N [--seed S] [--phantom-style basic|realistic|mixed])
                 [--model DIR] [--visits VISITS.json [--register]] [--device auto|cpu|cuda] [--backend auto|torch|onnx|openvino]
                 [--resamples N] [--min-lesion-volume-mm3 V]
 
