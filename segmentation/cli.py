@@ -283,7 +283,8 @@ def _segment(args: argparse.Namespace) -> int:
               f"volume {m.volume_mm3:.0f} mm3, centroid {tuple(round(c, 1) for c in m.centroid_mm)}")  # fmt: skip
     for r in result.rejected:
         f = r.features
-        print(f"  rejected ({r.reason}): volume {f.volume_mm3:.0f} mm3, centroid "
+        why = r.reason if r.probability is None else f"{r.reason}, lesion probability {r.probability:.2f}"
+        print(f"  rejected ({why}): volume {f.volume_mm3:.0f} mm3, centroid "
               f"{tuple(round(c, 1) for c in f.centroid_mm)}")  # fmt: skip
     for n in notes:
         print(f"note: {n}")

@@ -29,13 +29,19 @@ Features (all in physical millimetres, patient coordinates of the image, any ori
 * ``contrast_to_shell``: mean intensity of the component over that of a shell ``shell_mm`` thick around
   it (inside the brain); ``contrast_to_brain``: its mean over the brain's median intensity.
 
+Besides the rules on single features, a second-stage classifier (:class:`~segmentation.model.
+FpClassifierConfig`, fitted on phantom components by :mod:`segmentation.fp_classifier`) weighs them
+together: :func:`classifier_inputs` turns the features into its inputs, :func:`lesion_probability`
+gives a component's probability of being a lesion, and the rule ``classifier`` rejects it below the
+config's threshold.
+
 The brain mask is :func:`brain_mask`: the preprocessed head mask on skull-stripped input, the brain
 inside the skull otherwise. Pure: no Django, arrays and images in, frozen dataclasses out.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,8 +49,8 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from rano.measure import Geometry
-from segmentation.model import FP_RULES, FpReductionConfig
+from rano.measure import Geometry, label_components_array
+from segmentation.model import FP_CLASSIFIER_INPUTS, FP_RULES, FpClassifierConfig, FpReductionConfig
 from segmentation.preprocess import PreprocessedImage, to_native
 
 
@@ -112,15 +118,20 @@ class RejectedComponent:
         features: Its features.
         reason: The first rule (:data:`~segmentation.model.FP_RULES` order) that rejected it.
         rules: Every rule whose test held.
+        probability: The classifier's lesion probability (None: no classifier in the config).
     """
 
     features: ComponentFeatures
     reason: str
     rules: tuple[str, ...]
+    probability: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping."""
-        return {"reason": self.reason, "rules": list(self.rules), "features": self.features.to_dict()}
+        out: dict[str, Any] = {"reason": self.reason, "rules": list(self.rules)}
+        if self.probability is not None:
+            out["probability"] = round(self.probability, 4)
+        return {**out, "features": self.features.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -132,11 +143,14 @@ class FpReductionResult:
         rejected: The removed components.
         features: The features of every component the rules looked at (those ``keep_volume_mm3``
             protects are not described).
+        described: The labels the features' ``label`` refers to: the input components, or their pieces
+            when the config splits joined components (:func:`split_joined`).
     """
 
     labels: sitk.Image
     rejected: tuple[RejectedComponent, ...]
     features: tuple[ComponentFeatures, ...]
+    described: sitk.Image | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +195,15 @@ def midsagittal_plane(brain: sitk.Image) -> MidsagittalPlane:
     )
 
 
+def padded_box(box: tuple[slice, ...], pad: NDArray[Any], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """A component's box (:func:`scipy.ndimage.find_objects`) grown by ``pad`` voxels per axis, within
+    ``shape``."""
+    return tuple(
+        slice(max(0, s.start - int(p)), min(dim, s.stop + int(p)))
+        for s, p, dim in zip(box, pad, shape, strict=True)
+    )
+
+
 def _ball(radius_mm: float, spacing_xyz: tuple[float, ...]) -> list[int]:
     return [max(1, round(radius_mm / s)) for s in spacing_xyz]
 
@@ -212,6 +235,88 @@ def brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image:
     out = sitk.GetImageFromArray((filled & inside).astype(np.uint8))
     out.CopyInformation(head)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting joined components
+# --------------------------------------------------------------------------------------------------
+
+
+def split_joined(
+    labels: sitk.Image, radius_mm: float, min_piece_mm3: float, only: frozenset[int] | None = None
+) -> sitk.Image:
+    """Split components made of parts joined by thin bridges (a metastasis touching a vein or a sinus)
+    into pieces, so each piece is judged on its own.
+
+    Each component (of ``only``, default all) is opened by a ball of ``radius_mm``: its cores are the
+    26-connected parts of the opening, the places at least that thick. Every voxel within ``radius_mm``
+    of a core joins its nearest core; what is left (the thin parts: vessels, dura, bridges) forms pieces of
+    its own, 26-connected. A thin piece smaller than ``min_piece_mm3`` joins its nearest core instead. A
+    component with no core, or only one piece, stays whole. The opening is two Euclidean distance
+    transforms with the voxel spacing (erosion, then dilation: a true millimetre ball on any grid, in
+    linear time, where a voxel structuring element would be neither).
+
+    Returns:
+        Piece labels 1..m on the same grid (UInt32); pieces of one component are numbered in a row, in
+        the components' order.
+    """
+    lab = sitk.GetArrayViewFromImage(labels)
+    out = np.zeros(lab.shape, dtype=np.uint32)
+    spacing_zyx = np.asarray(labels.GetSpacing(), dtype=np.float64)[::-1]
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    structure = np.ones((3, 3, 3), dtype=bool)
+    pad = np.ceil(radius_mm / spacing_zyx).astype(int) + 1
+    following = 0
+    for label, raw_box in enumerate(ndi.find_objects(lab), start=1):
+        if raw_box is None:
+            continue
+        box = padded_box(raw_box, pad, lab.shape)
+        component = lab[box] == label
+        pieces = (
+            component.astype(np.uint32)
+            if only is not None and label not in only
+            else _pieces(component, spacing_zyx, radius_mm, min_piece_mm3 / voxel_mm3, structure)
+        )
+        target = out[box]
+        target[component] = pieces[component] + following
+        following += int(pieces.max())
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(labels)
+    return image
+
+
+def _pieces(
+    component: NDArray[np.bool_],
+    spacing_zyx: NDArray[np.float64],
+    radius_mm: float,
+    min_piece_voxels: float,
+    structure: NDArray[np.bool_],
+) -> NDArray[np.uint32]:
+    """The pieces (1..k) of one component in its padded box (:func:`split_joined`); 1 everywhere when it
+    stays whole."""
+    whole = component.astype(np.uint32)
+    eroded = ndi.distance_transform_edt(component, sampling=spacing_zyx) > radius_mm
+    if not eroded.any():
+        return whole
+    opened = component & (ndi.distance_transform_edt(~eroded, sampling=spacing_zyx) <= radius_mm)
+    cores, n_cores = ndi.label(opened, structure)
+    distance, nearest = ndi.distance_transform_edt(cores == 0, sampling=spacing_zyx, return_indices=True)
+    nearest_core = cores[tuple(nearest)]
+    pieces = np.where(component & (distance <= radius_mm), nearest_core, 0).astype(np.uint32)
+    thin, n_thin = ndi.label(component & (pieces == 0), structure)
+    if n_thin:
+        sizes = np.bincount(thin.ravel(), minlength=n_thin + 1)
+        large = sizes >= min_piece_voxels
+        large[0] = False
+        lut = np.zeros(n_thin + 1, dtype=np.uint32)
+        lut[large] = np.arange(n_cores + 1, n_cores + 1 + int(large.sum()), dtype=np.uint32)
+        from_thin = lut[thin]
+        small = (thin > 0) & (from_thin == 0)
+        pieces = np.where(from_thin > 0, from_thin, pieces)
+        pieces[small] = nearest_core[small]
+    if int(pieces.max()) <= 1:
+        return whole
+    return pieces
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,10 +414,7 @@ def component_features(
     for label, raw_box in enumerate(ndi.find_objects(lab), start=1):
         if raw_box is None or (only is not None and label not in only):
             continue
-        box = tuple(
-            slice(max(0, s.start - p), min(dim, s.stop + p))
-            for s, p, dim in zip(raw_box, pad, lab.shape, strict=True)
-        )
+        box = padded_box(raw_box, pad, lab.shape)
         component = lab[box] == label
         idx = np.argwhere(component) + np.asarray([s.start for s in box])
         pts = _index_to_physical(image, idx)
@@ -349,6 +451,49 @@ def component_features(
 
 
 # --------------------------------------------------------------------------------------------------
+# The second-stage classifier
+# --------------------------------------------------------------------------------------------------
+
+#: Where a distance stops meaning anything more (mm): a component 60 mm from the midline or 60 mm deep
+#: is as far from the falx or the dura as one farther still.
+_DISTANCE_CAP_MM = 60.0
+
+
+def classifier_inputs(features: ComponentFeatures) -> dict[str, float]:
+    """The :data:`~segmentation.model.FP_CLASSIFIER_INPUTS` of a component: logarithms of its sizes and
+    ratios (they span decades; a linear model weighs their orders of magnitude), its distances capped at
+    60 mm. Infinite ratios (a one-voxel component, an empty shell) are clipped to finite values."""
+    f = features
+
+    def log(value: float, low: float, high: float) -> float:
+        return float(np.log(np.clip(value, low, high)))
+
+    inputs = {
+        "log_volume": log(f.volume_mm3, 1e-3, 1e7),
+        "log_elongation": log(f.elongation, 1.0, 1e3),
+        "tubularity": float(f.tubularity),
+        "midline_distance": min(float(f.midline_distance_mm), _DISTANCE_CAP_MM),
+        "log_midline_width": log(f.midline_width_mm, 0.1, 1e3),
+        "depth": min(float(f.depth_mm), _DISTANCE_CAP_MM),
+        "log_shell_contrast": log(f.contrast_to_shell, 1e-2, 1e2),
+        "log_brain_contrast": log(f.contrast_to_brain, 1e-2, 1e2),
+    }
+    return {name: inputs[name] for name in FP_CLASSIFIER_INPUTS}
+
+
+def lesion_probability(features: ComponentFeatures, classifier: FpClassifierConfig) -> float:
+    """The classifier's probability that a component is a lesion (:class:`~segmentation.model.FpClassifierConfig`)."""
+    inputs = classifier_inputs(features)
+    x = np.asarray([inputs[name] for name in classifier.inputs], dtype=np.float64)
+    z = classifier.bias + float(
+        np.dot(
+            np.asarray(classifier.weights), (x - np.asarray(classifier.mean)) / np.asarray(classifier.scale)
+        )
+    )
+    return float(1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0))))
+
+
+# --------------------------------------------------------------------------------------------------
 # Rules and the stage
 # --------------------------------------------------------------------------------------------------
 
@@ -368,6 +513,8 @@ def rules_that_reject(features: ComponentFeatures, config: FpReductionConfig) ->
         "surface": c.min_depth_mm is not None and f.depth_mm < c.min_depth_mm,
         "shell_contrast": c.min_shell_contrast is not None and f.contrast_to_shell < c.min_shell_contrast,
         "brain_contrast": c.min_brain_contrast is not None and f.contrast_to_brain < c.min_brain_contrast,
+        "classifier": c.classifier is not None
+        and lesion_probability(f, c.classifier) < c.classifier.min_probability,
     }
     return tuple(rule for rule in FP_RULES if tests[rule])
 
@@ -384,7 +531,10 @@ def apply_rules(
         rules = rules_that_reject(f, config)
         if rules:
             keep[f.label] = False
-            rejected.append(RejectedComponent(features=f, reason=rules[0], rules=rules))
+            probability = None if config.classifier is None else lesion_probability(f, config.classifier)
+            rejected.append(
+                RejectedComponent(features=f, reason=rules[0], rules=rules, probability=probability)
+            )
     keep[0] = False
     lut = np.zeros(n + 1, dtype=np.uint32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
@@ -407,6 +557,7 @@ def reduce_false_positives(
     pre: PreprocessedImage,
     config: FpReductionConfig,
     brain_model: sitk.Image | None = None,
+    brain: sitk.Image | None = None,
 ) -> FpReductionResult:
     """The pipeline stage: features of every component of ``labels`` (native grid), then the rules.
 
@@ -416,6 +567,7 @@ def reduce_false_positives(
         pre: The preprocessing of ``image`` (its head mask).
         config: The rules.
         brain_model: :func:`brain_mask` of ``pre`` on the model grid, when the caller has it already.
+        brain: ``brain_model`` on the native grid (:func:`native_brain`), when the caller has it already.
     """
     if not sitk.GetArrayViewFromImage(labels).any():
         return FpReductionResult(labels=labels, rejected=(), features=())
@@ -427,7 +579,7 @@ def reduce_false_positives(
     depth_model = ndi.distance_transform_edt(
         sitk.GetArrayViewFromImage(brain_model) > 0, sampling=spacing_zyx
     )
-    brain = native_brain(brain_model, pre)
+    brain = native_brain(brain_model, pre) if brain is None else brain
     depth = to_native(depth_model.astype(np.float32), pre)
     # Components that keep_volume_mm3 protects are kept whatever their features: not describing them
     # saves most of the stage's time on a large lesion (its box and objectness filter are the largest).
@@ -436,5 +588,18 @@ def reduce_false_positives(
     limit = np.inf if config.keep_volume_mm3 is None else config.keep_volume_mm3
     only = frozenset(int(i) for i in np.nonzero(counts * voxel_mm3 < limit)[0] if i > 0)
     plane = midsagittal_plane(brain_model)
-    features = component_features(image, labels, brain, config, plane, depth, only)
-    return apply_rules(labels, features, config)
+    if config.split_radius_mm is None:
+        features = component_features(image, labels, brain, config, plane, depth, only)
+        return replace(apply_rules(labels, features, config), described=labels)
+    pieces = split_joined(labels, config.split_radius_mm, config.split_min_piece_mm3, only)
+    lab, piece_arr = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(pieces)
+    only_pieces = frozenset(int(i) for i in np.unique(piece_arr[np.isin(lab, list(only))]) if i > 0)
+    features = component_features(image, pieces, brain, config, plane, depth, only_pieces)
+    judged = apply_rules(pieces, features, config)
+    # The kept pieces of one component touch again: they are one lesion, as the network drew it.
+    kept = label_components_array(
+        sitk.GetArrayViewFromImage(judged.labels) > 0, image.GetSpacing(), min_volume_mm3=0.0
+    )
+    out = sitk.GetImageFromArray(kept)
+    out.CopyInformation(labels)
+    return replace(judged, labels=out, described=pieces)

@@ -179,7 +179,17 @@ class OnnxExport:
 
 
 #: Rules of :class:`FpReductionConfig`, in the order they are checked (the first that fires is the reason).
-FP_RULES = ("tubularity", "elongation", "midline", "surface", "shell_contrast", "brain_contrast")
+FP_RULES = (
+    "tubularity", "elongation", "midline", "surface", "shell_contrast", "brain_contrast", "classifier",
+)  # fmt: skip
+
+#: The inputs a :class:`FpClassifierConfig` may use: transforms of the component features that
+#: :func:`segmentation.fp_reduction.classifier_inputs` computes (logarithms of ratios and sizes, distances
+#: capped where a larger value means nothing more).
+FP_CLASSIFIER_INPUTS = (
+    "log_volume", "log_elongation", "tubularity", "midline_distance", "log_midline_width", "depth",
+    "log_shell_contrast", "log_brain_contrast",
+)  # fmt: skip
 
 
 def _check_number(section: str, name: str, value: Any, *, low: float, positive: bool = False) -> None:
@@ -202,6 +212,74 @@ def _section_values(section: str, data: Any, fields: Iterable[str]) -> dict[str,
 
 
 @dataclass(frozen=True)
+class FpClassifierConfig:
+    """A second-stage lesion classifier on component features (``fp_reduction.classifier``).
+
+    Logistic regression: ``p = 1 / (1 + exp(-(bias + sum(weights * (x - mean) / scale))))`` over the
+    :data:`FP_CLASSIFIER_INPUTS` named in ``inputs``; a component whose ``p`` is below
+    ``min_probability`` is rejected (rule ``classifier``). Fitted on phantom components by
+    :func:`segmentation.fp_classifier.fit_classifier`; ``fitted_on`` says on what, for the model card.
+    """
+
+    inputs: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    min_probability: float
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        section = "postprocessing.fp_reduction.classifier"
+        if not isinstance(self.inputs, tuple) or not self.inputs:
+            raise ModelConfigError(f"{section}.inputs must be a list of input names, got {self.inputs!r}")
+        unknown = [name for name in self.inputs if name not in FP_CLASSIFIER_INPUTS]
+        if unknown or len(set(self.inputs)) != len(self.inputs):
+            raise ModelConfigError(
+                f"{section}.inputs must name distinct inputs of {list(FP_CLASSIFIER_INPUTS)}, got {list(self.inputs)}"
+            )
+        for name in ("mean", "scale", "weights"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != len(self.inputs):
+                raise ModelConfigError(
+                    f"{section}.{name} must have one number per input ({len(self.inputs)})"
+                )
+            for value in values:
+                _check_number(section, name, value, low=-np.inf)
+        for value in self.scale:
+            _check_number(section, "scale", value, low=0.0, positive=True)
+        _check_number(section, "bias", self.bias, low=-np.inf)
+        _check_number(section, "min_probability", self.min_probability, low=0.0)
+        if self.min_probability >= 1.0:
+            raise ModelConfigError(f"{section}.min_probability must be below 1, got {self.min_probability!r}")
+        if not isinstance(self.fitted_on, str):
+            raise ModelConfigError(f"{section}.fitted_on must be text, got {self.fitted_on!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FpClassifierConfig:
+        """Parse the ``classifier`` mapping (unknown or missing keys are refused, with their names)."""
+        section = "postprocessing.fp_reduction.classifier"
+        values = _section_values(section, data, cls.__dataclass_fields__)
+        missing = [
+            n for n in ("inputs", "mean", "scale", "weights", "bias", "min_probability") if n not in values
+        ]
+        if missing:
+            raise ModelConfigError(f"{section} lacks {missing}")
+        for name in ("inputs", "mean", "scale", "weights"):
+            if isinstance(values[name], list):
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, the inverse of :meth:`from_dict`."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name in self.__dataclass_fields__
+            for value in [getattr(self, name)]
+        }
+
+
+@dataclass(frozen=True)
 class FpReductionConfig:
     """False-positive reduction rules (``config.json`` -> ``postprocessing.fp_reduction``).
 
@@ -221,7 +299,13 @@ class FpReductionConfig:
             shell is below this.
         min_brain_contrast: ``brain_contrast``: reject when its mean intensity over the brain's median is
             below this.
+        classifier: ``classifier``: reject when the second-stage classifier's lesion probability is below
+            its ``min_probability`` (:class:`FpClassifierConfig`).
         keep_volume_mm3: Components at least this large are always kept (None: no protection).
+        split_radius_mm: Before the rules, split each component joined by bridges thinner than twice this
+            radius into pieces, each judged on its own; the kept pieces of a component stay one lesion
+            (:func:`segmentation.fp_reduction.split_joined`; None: no splitting).
+        split_min_piece_mm3: A thin part smaller than this is not a piece of its own.
         sigmas_mm: Gaussian scales (mm) of the tubularity measure: vessel radii (a 3 mm scale already
             answers inside a 5 mm radius ball as if it were a tube).
         shell_mm: Thickness (mm) of the shell of the shell contrast.
@@ -234,12 +318,17 @@ class FpReductionConfig:
     min_depth_mm: float | None = None
     min_shell_contrast: float | None = None
     min_brain_contrast: float | None = None
+    classifier: FpClassifierConfig | None = None
     keep_volume_mm3: float | None = None
+    split_radius_mm: float | None = None
+    split_min_piece_mm3: float = 50.0
     sigmas_mm: tuple[float, ...] = (1.0, 2.0)
     shell_mm: float = 3.0
 
     def __post_init__(self) -> None:
         section = "postprocessing.fp_reduction"
+        if self.classifier is not None and not isinstance(self.classifier, FpClassifierConfig):
+            raise ModelConfigError(f"{section}.classifier must be a mapping, got {self.classifier!r}")
         if self.max_tubularity is not None and not (
             not isinstance(self.max_tubularity, bool)
             and isinstance(self.max_tubularity, int | float)
@@ -250,7 +339,9 @@ class FpReductionConfig:
             )
         if self.max_elongation is not None:
             _check_number(section, "max_elongation", self.max_elongation, low=1.0)
-        for name in ("midline_distance_mm", "midline_max_width_mm", "min_depth_mm", "keep_volume_mm3"):
+        for name in (
+            "midline_distance_mm", "midline_max_width_mm", "min_depth_mm", "keep_volume_mm3", "split_radius_mm",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
                 _check_number(section, name, value, low=0.0, positive=True)
@@ -267,6 +358,7 @@ class FpReductionConfig:
         for value in self.sigmas_mm:
             _check_number(section, "sigmas_mm", value, low=0.0, positive=True)
         _check_number(section, "shell_mm", self.shell_mm, low=0.0, positive=True)
+        _check_number(section, "split_min_piece_mm3", self.split_min_piece_mm3, low=0.0)
 
     @classmethod
     def from_dict(cls, data: Any) -> FpReductionConfig:
@@ -275,6 +367,8 @@ class FpReductionConfig:
         if "sigmas_mm" in values:
             sigmas = values["sigmas_mm"]
             values["sigmas_mm"] = tuple(sigmas) if isinstance(sigmas, list | tuple) else sigmas
+        if values.get("classifier") is not None:
+            values["classifier"] = FpClassifierConfig.from_dict(values["classifier"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,7 +376,9 @@ class FpReductionConfig:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, FpClassifierConfig):
+                out[name] = value.to_dict()
+            elif value is not None:
                 out[name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -33,6 +33,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from segmentation.fp_reduction import padded_box
 from segmentation.model import RimCompletionConfig
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
@@ -89,19 +90,13 @@ def complete_rims(
     for label, raw_box in enumerate(ndi.find_objects(original), start=1):
         if raw_box is None:
             continue
-        ref_box = tuple(
-            slice(max(0, s.start - p), min(dim, s.stop + p))
-            for s, p, dim in zip(raw_box, pad_reference, lab.shape, strict=True)
-        )
+        ref_box = padded_box(raw_box, pad_reference, lab.shape)
         ref_values = arr[ref_box][inside[ref_box] & (original[ref_box] == 0)]
         if ref_values.size == 0:
             added[label] = 0.0
             continue
         reference = float(np.median(ref_values))
-        box = tuple(
-            slice(max(0, s.start - p), min(dim, s.stop + p))
-            for s, p, dim in zip(raw_box, pad_search, lab.shape, strict=True)
-        )
+        box = padded_box(raw_box, pad_search, lab.shape)
         component = original[box] == label
         free = inside[box] & (lab[box] == 0)
         values = arr[box]

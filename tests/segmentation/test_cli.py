@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,28 @@ def test_rejected_components_are_listed_with_their_rule(
     assert "rejected (brain_contrast)" in capsys.readouterr().out
 
 
+def test_classifier_rejections_carry_their_probability(
+    tmp_path: Path, tiny_model_dir: Path, phantom, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    # A classifier with no weight gives every component the probability of its bias: 1 / (1 + e) here.
+    classifier = {"inputs": ["depth"], "mean": [0.0], "scale": [1.0], "weights": [0.0], "bias": -1.0,
+                  "min_probability": 0.5}  # fmt: skip
+    src, model_dir = _with_postprocessing(
+        tmp_path, tiny_model_dir, phantom, fp_reduction={"classifier": classifier}
+    )
+    out = tmp_path / "out"
+    args = [str(src), str(out), "--model", str(model_dir), "--device", "cpu", "--threshold", "1e-6"]
+    assert segment_main(args) == 0
+    report = json.loads((out / "lesions.json").read_text())
+    assert report["lesions"] == [] and len(report["rejected_components"]) >= 1
+    expected = 1.0 / (1.0 + 2.718281828459045)
+    for rejected in report["rejected_components"]:
+        assert rejected["reason"] == "classifier" and rejected["probability"] == pytest.approx(
+            expected, abs=1e-4
+        )
+    assert "rejected (classifier, lesion probability 0.27)" in capsys.readouterr().out
+
+
 def test_rim_completion_gains_are_listed_by_lesion(tmp_path: Path, tiny_model_dir: Path, phantom) -> None:  # type: ignore[no-untyped-def]
     src, model_dir = _with_postprocessing(tmp_path, tiny_model_dir, phantom, rim_completion={})
     out = tmp_path / "out"
@@ -171,7 +194,14 @@ def test_enhanced_multiframe_input_writes_seg_and_says_why_no_rtstruct(
     (tmp_path / "enhanced").mkdir()
     enhanced.save_as(tmp_path / "enhanced" / "IM_0001.dcm")
     out = tmp_path / "out"
-    args = [str(tmp_path / "enhanced"), str(out), "--model", str(DEMO_MODEL_DIR), "--device", "cpu"]
+    # The demo model without its false-positive stage: the threshold below makes the crop one box-shaped
+    # component, which the stage's classifier would rightly reject; this test is about the SEG.
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL_DIR, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    del config["postprocessing"]["fp_reduction"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    args = [str(tmp_path / "enhanced"), str(out), "--model", str(model_dir), "--device", "cpu"]
     assert segment_main([*args, "--threshold", "1e-6"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "labels.nii.gz",

@@ -18,6 +18,7 @@ from segmentation.fp_reduction import (
     component_features,
     midsagittal_plane,
     rules_that_reject,
+    split_joined,
 )
 from segmentation.inference import InferenceOptions, segment_image
 from segmentation.model import FpReductionConfig, LoadedModel, ModelConfig
@@ -315,3 +316,92 @@ def test_segment_image_with_the_stage_drops_a_vessel_and_keeps_the_lesion(  # ty
     assert np.array_equal(sitk.GetArrayViewFromImage(idle.labels), found)
     assert [m.to_dict() for m in idle.lesions] == [m.to_dict() for m in without.lesions]
     assert np.array_equal(found, sitk.GetArrayViewFromImage(label_components(without.mask, 5.0)))
+
+
+def test_segment_image_with_a_classifier_rejects_the_vessel_and_reports_its_probability(  # type: ignore[no-untyped-def]
+    vessel_and_lesion, threshold_model
+) -> None:
+    image, vessel, lesion = vessel_and_lesion
+    # A classifier on elongation alone: odds fall by e^3 per e-fold of elongation around 3.
+    classifier = {
+        "inputs": ["log_elongation"], "mean": [float(np.log(3.0))], "scale": [1.0], "weights": [-3.0],
+        "bias": 0.0, "min_probability": 0.5,
+    }  # fmt: skip
+    options = InferenceOptions(device="cpu", backend="torch")
+    staged = segment_image(image, threshold_model(0.75, fp_reduction={"classifier": classifier}), options)
+    kept = sitk.GetArrayViewFromImage(staged.labels)
+    assert len(staged.lesions) == 1 and kept[lesion].all() and not kept[vessel].any()
+    ((rejected),) = staged.rejected
+    assert rejected.reason == "classifier" and rejected.rules == ("classifier",)
+    expected = 1.0 / (1.0 + (rejected.features.elongation / 3.0) ** 3.0)  # the logistic written out
+    assert rejected.probability == pytest.approx(expected, rel=1e-9)
+    assert rejected.to_dict()["probability"] == pytest.approx(expected, abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting joined components
+# --------------------------------------------------------------------------------------------------
+
+
+def _labels(head: Head, mask: np.ndarray) -> sitk.Image:
+    return _image(mask.astype(np.uint32), head.spacing, head.origin)
+
+
+def test_a_lesion_joined_to_a_vessel_splits_into_the_ball_and_the_vessel() -> None:
+    head = Head(spacing=(1.0, 1.0, 1.5))  # anisotropic: the ball is in millimetres
+    ball = _ball(head, (20.0, 0.0, 5.0), 7.0)
+    vessel = ((head.x - 20.0) ** 2 + (head.z - 5.0) ** 2 <= 1.5**2) & (np.abs(head.y) <= 35.0)
+    pieces = sitk.GetArrayFromImage(split_joined(_labels(head, ball | vessel), 3.0, 50.0))
+    assert set(np.unique(pieces)) == {0, 1, 2, 3}  # the ball, and the vessel on either side of it
+    core = np.bincount(pieces[ball]).argmax()
+    assert pieces[ball].min() > 0 and np.mean(pieces[ball] == core) == 1.0  # the whole ball is one piece
+    # The vessel's pieces: beyond 3 mm of the ball's surface.
+    beyond = vessel & ~_ball(head, (20.0, 0.0, 5.0), 7.0 + 3.0 + 1.0)
+    assert (pieces[beyond] != core).all() and (pieces[beyond] > 0).all()
+    np.testing.assert_array_equal(pieces > 0, ball | vessel)
+
+
+def test_split_leaves_whole_what_has_no_thin_part_or_no_core() -> None:
+    head = Head()
+    ball = _ball(head, (-20.0, 0.0, 0.0), 8.0)
+    tube = ((head.x - 25.0) ** 2 + (head.z - 5.0) ** 2 <= 2.0**2) & (np.abs(head.y) <= 30.0)
+    stub = ball | (((head.x + 20.0) ** 2 + head.z**2 <= 2.0**2) & (head.y >= 0) & (head.y <= 11.0))
+    lab = np.zeros(head.brain.shape, np.uint32)
+    lab[stub] = 1
+    lab[tube] = 2
+    pieces = sitk.GetArrayFromImage(split_joined(_image(lab, head.spacing, head.origin), 3.0, 50.0))
+    # The ball with a short stub (3 mm beyond the reach of its core: under 50 mm^3) stays whole; the
+    # tube, thinner than the ball everywhere, has no core and stays whole.
+    np.testing.assert_array_equal(pieces, lab)
+    # Only the listed components are split.
+    joined = _labels(head, ball | (((head.x + 20.0) ** 2 + head.z**2 <= 2.0**2) & (np.abs(head.y) <= 40.0)))
+    assert int(sitk.GetArrayFromImage(split_joined(joined, 3.0, 50.0, only=frozenset())).max()) == 1
+    assert int(sitk.GetArrayFromImage(split_joined(joined, 3.0, 50.0)).max()) == 3
+
+
+def test_the_stage_drops_the_vessel_of_a_joined_lesion_and_keeps_its_pieces_one_lesion(  # type: ignore[no-untyped-def]
+    threshold_model,
+) -> None:
+    head = Head()
+    lesion = _ball(head, (25.0, 0.0, 5.0), 8.0)
+    vessel = ((head.x - 25.0) ** 2 + (head.z - 5.0) ** 2 <= 2.5**2) & (np.abs(head.y) <= 40.0)
+    lobe = _ball(head, (25.0, 12.0, 5.0), 6.0)  # a second lobe, through a neck: the same lesion
+    head.add(lesion | vessel | lobe, 1.8)
+    image = sitk.Cast(head.images()[0] * 500.0, sitk.sitkInt16)
+    options = InferenceOptions(device="cpu", backend="torch")
+    rules = {"max_elongation": 3.0}
+    whole = segment_image(image, threshold_model(0.75, fp_reduction=rules), options)
+    assert not whole.lesions and whole.rejected[0].reason == "elongation"  # the joined blob is lost
+
+    split = segment_image(
+        image, threshold_model(0.75, fp_reduction={**rules, "split_radius_mm": 3.0}), options
+    )
+    kept = sitk.GetArrayViewFromImage(split.labels)
+    assert len(split.lesions) == 1 and int(kept.max()) == 1
+    assert kept[lesion].all() and kept[lobe].all()  # the two lobes: one lesion again
+    far = vessel & (np.abs(head.y) > 25.0)
+    assert not kept[far].any()
+    assert {r.reason for r in split.rejected} == {"elongation"} and len(split.rejected) == 2
+    # With no rule on, the pieces are all kept and merge back into the component the network drew.
+    idle = segment_image(image, threshold_model(0.75, fp_reduction={"split_radius_mm": 3.0}), options)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(idle.labels) == 1, lesion | vessel | lobe)

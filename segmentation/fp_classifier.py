@@ -1,0 +1,84 @@
+"""Fitting the second-stage lesion classifier of the false-positive stage on labelled components.
+
+The classifier is a logistic regression on standardised :func:`~segmentation.fp_reduction.classifier_inputs`
+(scikit-learn's :class:`~sklearn.linear_model.LogisticRegression`, L2-regularised, classes balanced: the
+phantoms give more distractors than lesions). A linear model on eight named inputs keeps every verdict
+explainable (each weight says how much one feature moves the odds) and its config is a handful of
+numbers, so the pipeline needs no scikit-learn at run time (:func:`~segmentation.fp_reduction.
+lesion_probability` is one dot product).
+
+The threshold is set at fixed sensitivity: the highest ``min_probability`` at which every reference lesion
+found on the fitting components stays found (a lesion is found while any component overlapping it is
+kept). Pure: no Django.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Hashable, Sequence
+from dataclasses import replace
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from segmentation.fp_reduction import ComponentFeatures, classifier_inputs, lesion_probability
+from segmentation.model import FP_CLASSIFIER_INPUTS, FpClassifierConfig
+
+
+class ClassifierFitError(ValueError):
+    """The components cannot fit a classifier (one class only, no lesion found, mismatched lengths)."""
+
+
+def fit_classifier(
+    features: Sequence[ComponentFeatures],
+    is_lesion: Sequence[bool],
+    found: Sequence[Collection[Hashable]],
+    *,
+    inputs: Sequence[str] = FP_CLASSIFIER_INPUTS,
+    regularisation: float = 1.0,
+    fitted_on: str = "",
+) -> FpClassifierConfig:
+    """Fit the classifier and its threshold.
+
+    Args:
+        features: The components' features.
+        is_lesion: Per component, whether it overlaps a true lesion (of any size).
+        found: Per component, the reference lesions it overlaps (keys unique across studies); the
+            threshold keeps every one of them found.
+        inputs: The :data:`~segmentation.model.FP_CLASSIFIER_INPUTS` to use.
+        regularisation: scikit-learn's ``C`` (inverse L2 strength).
+        fitted_on: What the components came from, for the model card.
+
+    Raises:
+        ClassifierFitError: On mismatched lengths, a single class, or no reference lesion found.
+    """
+    if not len(features) == len(is_lesion) == len(found):
+        raise ClassifierFitError("features, is_lesion and found must have one entry per component")
+    y = np.asarray(is_lesion, dtype=bool)
+    if y.all() or not y.any():
+        raise ClassifierFitError("the components must include both lesions and false positives")
+    lesions = {key for keys in found for key in keys}
+    if not lesions:
+        raise ClassifierFitError("no reference lesion is found by the components: no threshold to keep")
+    x = np.asarray([[classifier_inputs(f)[name] for name in inputs] for f in features], dtype=np.float64)
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=regularisation, class_weight="balanced", max_iter=10_000)
+    model.fit(scaler.transform(x), y)
+    unthresholded = FpClassifierConfig(
+        inputs=tuple(inputs),
+        mean=tuple(float(v) for v in scaler.mean_),
+        scale=tuple(float(v) for v in scaler.scale_),
+        weights=tuple(float(v) for v in model.coef_[0]),
+        bias=float(model.intercept_[0]),
+        min_probability=0.0,
+        fitted_on=fitted_on,
+    )
+    probabilities = [lesion_probability(f, unthresholded) for f in features]
+    # Each lesion stays found while its most probable overlapping component is kept.
+    best = {
+        key: max(p for p, keys in zip(probabilities, found, strict=True) if key in keys) for key in lesions
+    }
+    # Rounded down to four decimals so the stored threshold still keeps the least probable lesion.
+    threshold = math.floor(min(best.values()) * 1e4) / 1e4
+    return replace(unthresholded, min_probability=threshold)
