@@ -193,7 +193,10 @@ def test_bm_train_end_to_end_resume_and_fine_tune(
     assert {"dice", "lesion_f1"} <= set(cfg["metrics"]["test"]) and {"dice", "lesion_f1"} <= set(
         cfg["metrics"]["validation"]
     )
-    assert (run / "model" / "MODEL_CARD.md").read_text().count("not for clinical use") >= 1
+    card = (run / "model" / "MODEL_CARD.md").read_text()
+    assert card.count("not for clinical use") >= 1
+    # The card lists the postprocessing the model runs, its false-positive rules included.
+    assert "## Postprocessing" in card and '"min_depth_mm": 6.0' in card
     assert "epoch 0 loss" in (run / "train.log").read_text()
 
     # Resume continues from last.pt: one more epoch, history of two.
