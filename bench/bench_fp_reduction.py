@@ -66,6 +66,12 @@ def _style() -> str:
     return os.environ.get("METTRACK_FP_STYLE", "basic")
 
 
+def without_component_stages(model: Any) -> Any:
+    """``model`` with false-positive reduction and rim completion off: the network's components."""
+    post = replace(model.config.postprocessing, fp_reduction=None, rim_completion=None)
+    return model.with_config(replace(model.config, postprocessing=post))
+
+
 def _case(seed: int, model, fp_config) -> Case:
     from segmentation.fp_reduction import reduce_false_positives
     from segmentation.inference import InferenceOptions, segment_image
@@ -76,7 +82,8 @@ def _case(seed: int, model, fp_config) -> Case:
         phantom = make_phantom(seed, style="realistic")
     else:
         phantom = make_phantom(seed, geometry="axial_2mm")
-    result = segment_image(phantom.image, model, InferenceOptions(device="cpu"))
+    # The components as the stage sees them in the pipeline: before rim completion (which runs after it).
+    result = segment_image(phantom.image, without_component_stages(model), InferenceOptions(device="cpu"))
     pre = preprocess(phantom.image, model.config.preprocessing)
     # The stage itself with no rule on: every component's features, as the pipeline computes them.
     features = reduce_false_positives(phantom.image, result.labels, pre, fp_config).features
@@ -167,7 +174,7 @@ def _real_mri(model: Any, config: Any) -> None:
         print(f"real MRI: {path} not found, skipped")
         return
     image = sitk.ReadImage(str(path))
-    base = segment_image(image, model, InferenceOptions(device="cpu"))
+    base = segment_image(image, without_component_stages(model), InferenceOptions(device="cpu"))
     post = replace(model.config.postprocessing, fp_reduction=config)
     staged = segment_image(
         image, model.with_config(replace(model.config, postprocessing=post)), InferenceOptions(device="cpu")

@@ -1,0 +1,258 @@
+"""Second-stage lesion classifier, lesion-wise: ``python -m bench fp_classifier``.
+
+1. The shipped demo model, its component stages off (the components the false-positive stage sees in the
+   pipeline), segments phantoms of both styles: realistic (:mod:`segmentation.phantom_realism`, skull on
+   odd seeds) and basic (2 mm grid), tuning seeds 6000.. and held-out seeds 5000... Each phantom's image,
+   components and truth are written once to ``METTRACK_FPC_CACHE`` (a folder; read when present).
+2. Every component gets its features (:func:`segmentation.fp_reduction.component_features`); a component
+   touching a true lesion (any size) is a lesion, one touching none a false positive.
+3. On the tuning phantoms (both styles) :func:`segmentation.fp_classifier.fit_classifier` fits the
+   logistic regression and sets its threshold at fixed sensitivity: no reference lesion (>= 5 mm) the
+   model found on the tuning phantoms may be lost.
+4. Reported on the held-out phantoms, never used for the fit: precision, sensitivity and false positives
+   per study without and with the classifier, at the chosen threshold and along a range of thresholds.
+5. The real MRI (../shared/data BraTS-MET-00110-000 t1c, never used for the fit): each component's
+   probability and verdict, and whether the large lesion is kept.
+
+``METTRACK_FPC_TUNING`` and ``METTRACK_FPC_TEST`` set the phantoms per style and set (default 30 and
+20); ``METTRACK_FPC_OUT`` names a file where the fitted ``classifier`` section is written as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+from scipy.cluster.hierarchy import DisjointSet
+
+from bench.bench_fp_reduction import DEFAULT_MRI, LESION_SLICES, without_component_stages
+
+TUNE_SEED, TEST_SEED = 6000, 5000
+STYLES = ("realistic", "basic")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One predicted component (or piece of one): its features and what it touches in the truth."""
+
+    features: Any  # ComponentFeatures
+    lesions: frozenset[int]  # reference lesions (>= 5 mm) it overlaps
+    is_lesion: bool  # overlaps any true lesion
+
+
+@dataclass(frozen=True)
+class Study:
+    style: str
+    seed: int
+    components: tuple[Component, ...]
+    reference: frozenset[int]
+    touching: tuple[tuple[int, int], ...] = ()  # pairs of touching pieces (indices into components)
+
+
+def _phantom(style: str, seed: int) -> Any:
+    from segmentation.phantoms import make_phantom
+
+    if style == "realistic":
+        return make_phantom(seed, style="realistic", skull=bool(seed % 2))
+    return make_phantom(seed, geometry="axial_2mm")
+
+
+def _cached(folder: Path, style: str, seed: int, model: Any) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """(image, components, truth labels) of one phantom, segmented once and kept in ``folder``."""
+    from segmentation.inference import InferenceOptions, segment_image
+
+    here = folder / f"{style}-{seed}"
+    names = ("image.mha", "components.mha", "truth.mha")
+    if not all((here / n).is_file() for n in names):
+        phantom = _phantom(style, seed)
+        result = segment_image(phantom.image, without_component_stages(model), InferenceOptions(device="cpu"))
+        here.mkdir(parents=True, exist_ok=True)
+        for name, image in zip(names, (phantom.image, result.labels, phantom.labels), strict=True):
+            sitk.WriteImage(image, str(here / name))
+    return tuple(sitk.ReadImage(str(here / n)) for n in names)  # type: ignore[return-value]
+
+
+def _touching(pieces: np.ndarray, labels: list[int]) -> tuple[tuple[int, int], ...]:
+    """Pairs (indices into ``labels``) of 26-adjacent pieces."""
+    index = {label: i for i, label in enumerate(labels)}
+    pairs: set[tuple[int, int]] = set()
+    for label, box in enumerate(ndi.find_objects(pieces), start=1):
+        if box is None or label not in index:
+            continue
+        grown = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        around = pieces[grown][ndi.binary_dilation(pieces[grown] == label, np.ones((3, 3, 3), bool))]
+        for other in np.unique(around):
+            if other > label and int(other) in index:
+                pairs.add((index[label], index[int(other)]))
+    return tuple(sorted(pairs))
+
+
+def _study(style: str, seed: int, model: Any, folder: Path, split_radius_mm: float | None) -> Study:
+    from segmentation.fp_reduction import reduce_false_positives
+    from segmentation.model import FpReductionConfig
+    from segmentation.preprocess import preprocess
+
+    image, components, truth_image = _cached(folder, style, seed, model)
+    pre = preprocess(image, model.config.preprocessing)
+    # The stage with no rule: the features of every component (or piece), as the pipeline computes them.
+    staged = reduce_false_positives(
+        image, components, pre, FpReductionConfig(split_radius_mm=split_radius_mm)
+    )
+    truth, n_t = ndi.label(sitk.GetArrayFromImage(truth_image) > 0, np.ones((3, 3, 3), bool))
+    voxel_mm3 = float(np.prod(image.GetSpacing()))
+    diam = np.cbrt(6.0 * np.bincount(truth.ravel(), minlength=n_t + 1) * voxel_mm3 / math.pi)
+    reference = frozenset(i for i in range(1, n_t + 1) if diam[i] >= 5.0)
+    lab = sitk.GetArrayFromImage(staged.described if staged.described is not None else components)
+    out = []
+    for f in staged.features:
+        hit = set(np.unique(truth[(lab == f.label) & (truth > 0)]).tolist())
+        out.append(Component(f, frozenset(hit & reference), bool(hit)))
+    touching = _touching(lab, [f.label for f in staged.features]) if split_radius_mm else ()
+    return Study(style, seed, tuple(out), reference, touching)
+
+
+def load_studies(model: Any, folder: Path, first: int, n: int, split_radius_mm: float | None) -> list[Study]:
+    """Both styles' studies of seeds ``first..first + n - 1``."""
+    studies = []
+    for style in STYLES:
+        started = time.perf_counter()
+        studies += [_study(style, seed, model, folder, split_radius_mm) for seed in range(first, first + n)]
+        print(f"  {style} seeds {first}..{first + n - 1}: {time.perf_counter() - started:.0f} s", flush=True)
+    return studies
+
+
+def counts(studies: list[Study], keep: Any = None) -> tuple[int, int, int]:
+    """(found, missed, false positives) of the lesions the stage outputs; ``keep(features) -> bool``
+    decides each component or piece (None: all kept). Kept pieces that touch are one output lesion (the
+    stage merges them), a false positive when none of them touches a true lesion."""
+    tp = fn = fp = 0
+    for study in studies:
+        kept = [keep is None or keep(c.features) for c in study.components]
+        groups = DisjointSet(range(len(study.components)))
+        for a, b in study.touching:
+            if kept[a] and kept[b]:
+                groups.merge(a, b)
+        found: set[int] = set()
+        touches: dict[int, bool] = {}
+        for i, c in enumerate(study.components):
+            if kept[i]:
+                found |= c.lesions
+                touches[groups[i]] = touches.get(groups[i], False) or c.is_lesion
+        tp += len(found)
+        fn += len(study.reference - found)
+        fp += sum(not t for t in touches.values())
+    return tp, fn, fp
+
+
+def figures(c: tuple[int, int, int], n: int) -> str:
+    tp, fn, fp = c
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    return (
+        f"precision {precision:.3f}, sensitivity {tp / max(tp + fn, 1):.3f} ({tp}/{tp + fn}), "
+        f"false positives {fp} ({fp / max(n, 1):.2f} per study)"
+    )
+
+
+def _real_mri(model: Any, config: Any) -> None:
+    """The real MRI without the stage and with the chosen one (the demo's rim completion in both)."""
+    from segmentation.inference import InferenceOptions, segment_image
+
+    path = Path(os.environ.get("METTRACK_MRI", DEFAULT_MRI))
+    if not path.is_file():
+        print(f"real MRI: {path} not found, skipped")
+        return
+    image = sitk.ReadImage(str(path))
+    runs = {}
+    for name, fp in (("without the stage", None), ("with the chosen stage", config)):
+        post = replace(model.config.postprocessing, fp_reduction=fp)
+        runs[name] = segment_image(
+            image,
+            model.with_config(replace(model.config, postprocessing=post)),
+            InferenceOptions(device="cpu"),
+        )
+    for name, result in runs.items():
+        lab = sitk.GetArrayViewFromImage(result.labels)
+        print(f"real MRI {path.name}, {name}: {len(result.lesions)} lesions "
+              f"(stage {result.timings_s.get('fp_reduction', 0.0):.1f} s)")  # fmt: skip
+        for m in result.lesions:
+            z = np.nonzero(lab == m.label)[0]
+            inside = LESION_SLICES[0] - 5 <= z.min() and z.max() <= LESION_SLICES[1] + 5
+            print(f"  L{m.label} slices {z.min()}-{z.max()}{' (the lesion slices)' if inside else ''}: "
+                  f"{m.volume_mm3:.0f} mm3, LD {m.longest_diameter_mm:.1f} mm")  # fmt: skip
+        for r in result.rejected:
+            f = r.features
+            print(f"  rejected ({r.reason}, p {r.probability if r.probability is not None else float('nan'):.3f}): "
+                  f"{f.volume_mm3:.0f} mm3, elongation {f.elongation:.1f}, depth {f.depth_mm:.1f} mm, "
+                  f"midline {f.midline_distance_mm:.1f} mm")  # fmt: skip
+
+
+#: Split radii tried (None: no splitting); the choice is made on the tuning phantoms only.
+SPLIT_RADII_MM: tuple[float | None, ...] = (None, 2.0, 3.0)
+
+
+def main() -> None:
+    from segmentation.fp_classifier import fit_classifier
+    from segmentation.fp_reduction import lesion_probability
+    from segmentation.model import FpReductionConfig, load_model
+
+    model = load_model()
+    folder = Path(os.environ.get("METTRACK_FPC_CACHE") or tempfile.mkdtemp(prefix="fpc-"))
+    n_tune = int(os.environ.get("METTRACK_FPC_TUNING", "30"))
+    n_test = int(os.environ.get("METTRACK_FPC_TEST", "20"))
+    results = []
+    for radius in SPLIT_RADII_MM:
+        print(f"split radius {radius} mm; phantoms in {folder}: tuning ({n_tune} per style)", flush=True)
+        tuning = load_studies(model, folder, TUNE_SEED, n_tune, radius)
+        print(f"held out ({n_test} per style)", flush=True)
+        test = load_studies(model, folder, TEST_SEED, n_test, radius)
+        components = [c for s in tuning for c in s.components]
+        print(f"tuning components: {sum(c.is_lesion for c in components)} lesions, "
+              f"{sum(not c.is_lesion for c in components)} false positives")  # fmt: skip
+        classifier = fit_classifier(
+            [c.features for c in components],
+            [c.is_lesion for c in components],
+            [{(s.style, s.seed, lesion) for lesion in c.lesions} for s in tuning for c in s.components],
+            fitted_on=(
+                f"demo model components on phantoms of seeds {TUNE_SEED}-{TUNE_SEED + n_tune - 1}, "
+                f"{' and '.join(STYLES)} styles (python -m bench fp_classifier)"
+            ),
+        )
+        print(f"fitted: {json.dumps(classifier.to_dict())}")
+
+        def keep_at(threshold: float, classifier: Any = classifier) -> Any:
+            return lambda f: lesion_probability(f, classifier) >= threshold
+
+        for name, studies in (("tuning", tuning), ("held out", test)):
+            for style in (*STYLES, "both"):
+                subset = [s for s in studies if style in (s.style, "both")]
+                print(
+                    f"  {name}, {style} ({len(subset)} studies) without: {figures(counts(subset), len(subset))}"
+                )
+                print(f"  {name}, {style} ({len(subset)} studies) with:    "
+                      f"{figures(counts(subset, keep_at(classifier.min_probability)), len(subset))}")  # fmt: skip
+        print("  held out, both styles, along thresholds:")
+        for threshold in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+            print(f"    {threshold:.2f}: {figures(counts(test, keep_at(threshold)), len(test))}")
+        tuning_fp = counts(tuning, keep_at(classifier.min_probability))[2]
+        results.append((tuning_fp, SPLIT_RADII_MM.index(radius), radius, classifier))
+    # Rule fixed beforehand: the fewest tuning false positives (every variant keeps the tuning
+    # sensitivity by construction); on ties, no splitting, then the smaller radius.
+    _, _, radius, classifier = min(results, key=lambda r: (r[0], r[1]))
+    chosen = FpReductionConfig(classifier=classifier, split_radius_mm=radius)
+    print(f"chosen: split radius {radius} mm; section: {json.dumps(chosen.to_dict())}")
+    if os.environ.get("METTRACK_FPC_OUT"):
+        Path(os.environ["METTRACK_FPC_OUT"]).write_text(json.dumps(chosen.to_dict(), indent=2) + "\n")
+    _real_mri(model, chosen)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
