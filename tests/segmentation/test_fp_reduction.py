@@ -250,6 +250,8 @@ def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None
         ({"sigmas_mm": []}, "sigmas_mm"),
         ({"sigmas_mm": [1.0, 0.0]}, "sigmas_mm"),
         ({"shell_mm": 0}, "shell_mm"),
+        ({"split_radius_mm": 0}, "split_radius_mm"),
+        ({"split_min_piece_mm3": -1.0}, "split_min_piece_mm3"),
         ({"midline_max_width_mm": 5.0}, "midline_max_width_mm"),
         ({"max_elongaton": 4.0}, "unknown keys"),
         ([4.0], "must be a mapping"),
