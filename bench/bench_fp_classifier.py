@@ -194,11 +194,8 @@ def _real_mri(model: Any, config: Any) -> None:
     image = sitk.ReadImage(str(path))
     runs = {}
     for name, fp in (("without the stage", None), ("with the chosen stage", config)):
-        post = replace(model.config.postprocessing, fp_reduction=fp)
         runs[name] = segment_image(
-            image,
-            model.with_config(replace(model.config, postprocessing=post)),
-            InferenceOptions(device="cpu"),
+            image, model.with_postprocessing(fp_reduction=fp), InferenceOptions(device="cpu")
         )
     for name, result in runs.items():
         lab = sitk.GetArrayViewFromImage(result.labels)
@@ -284,8 +281,7 @@ def main() -> None:
         Path(os.environ["METTRACK_FPC_OUT"]).write_text(
             json.dumps({"detection_threshold": detection, "fp_reduction": chosen.to_dict()}, indent=2) + "\n"
         )
-    post = replace(model.config.postprocessing, detection_threshold=detection)
-    model = model.with_config(replace(model.config, postprocessing=post))
+    model = model.with_postprocessing(detection_threshold=detection)
     _real_mri(model, chosen)
 
 

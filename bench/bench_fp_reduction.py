@@ -29,7 +29,7 @@ import math
 import os
 import pickle
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,7 @@ def _style() -> str:
 
 def without_component_stages(model: Any) -> Any:
     """``model`` with false-positive reduction and rim completion off: the network's components."""
-    post = replace(model.config.postprocessing, fp_reduction=None, rim_completion=None)
-    return model.with_config(replace(model.config, postprocessing=post))
+    return model.with_postprocessing(fp_reduction=None, rim_completion=None)
 
 
 def _case(seed: int, model, fp_config) -> Case:
@@ -175,9 +174,8 @@ def _real_mri(model: Any, config: Any) -> None:
         return
     image = sitk.ReadImage(str(path))
     base = segment_image(image, without_component_stages(model), InferenceOptions(device="cpu"))
-    post = replace(model.config.postprocessing, fp_reduction=config)
     staged = segment_image(
-        image, model.with_config(replace(model.config, postprocessing=post)), InferenceOptions(device="cpu")
+        image, model.with_postprocessing(fp_reduction=config), InferenceOptions(device="cpu")
     )
     # Features of every component (the stage with no rule), to show why each one stays or goes.
     pre = preprocess(image, model.config.preprocessing)

@@ -26,7 +26,7 @@ import itertools
 import os
 import pickle
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +152,7 @@ def _load(model: Any, n: int) -> dict[str, list[Case]]:
 
 def _with_rim(model: Any, config: Any) -> Any:
     """The model with another rim completion setting (None: the stage off)."""
-    post = replace(model.config.postprocessing, rim_completion=config)
-    return model.with_config(replace(model.config, postprocessing=post))
+    return model.with_postprocessing(rim_completion=config)
 
 
 def _real_mri(model: Any, config: Any) -> None:

@@ -23,7 +23,7 @@ import json
 import os
 import platform
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -751,6 +751,11 @@ class LoadedModel:
         return LoadedModel(
             config, self._network, self.directory, self.n_parameters, self.onnx_path, build=self._build
         )
+
+    def with_postprocessing(self, **changes: Any) -> LoadedModel:
+        """The same model with some postprocessing fields changed (e.g. ``fp_reduction=None``)."""
+        post = replace(self.config.postprocessing, **changes)
+        return self.with_config(replace(self.config, postprocessing=post))
 
 
 def load_state_dict_checked(network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

@@ -69,6 +69,15 @@ def test_save_and_load_round_trip(model_dir: Path) -> None:
         assert torch.equal(loaded.network.state_dict()[key], value)
     assert not loaded.network.training
     assert loaded.config.preprocessing.spacing_mm == (2.0, 2.0, 2.0)
+    # with_postprocessing changes only the named fields and keeps the weights.
+    changed = loaded.with_postprocessing(threshold=0.3, rim_completion=None)
+    assert changed.config.postprocessing.threshold == 0.3 and changed.network is loaded.network
+    assert changed.config.preprocessing == loaded.config.preprocessing
+    assert (
+        changed.config.postprocessing.min_lesion_volume_mm3
+        == loaded.config.postprocessing.min_lesion_volume_mm3
+    )
+    assert loaded.config.postprocessing.threshold != 0.3
 
 
 def test_tampered_weights_are_refused(model_dir: Path) -> None:
