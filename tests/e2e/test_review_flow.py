@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.dashboard.world import CENTRE_L1, CENTRE_MISSED, build_world
 from tests.e2e.conftest import ARTIFACTS
@@ -201,7 +202,10 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     page.get_by_label("Click on the image to").select_option("add")
     point = page.evaluate("v => MetTrackViewer.canvasPoint('main', v)", list(CENTRE_MISSED))
     page.locator("#main-canvas").click(position={"x": point[0], "y": point[1]})
-    assert page.get_by_label("Seed voxel (i,j,k)").input_value() == ",".join(map(str, CENTRE_MISSED))
+    # The viewer fills the form just after the mouse-up: wait for it, not for the click to return.
+    expect(page.get_by_label("Seed voxel (i,j,k)")).to_have_value(
+        ",".join(map(str, CENTRE_MISSED)), timeout=15_000
+    )
     page.locator("#add-reason").fill("missed enhancing focus")
     page.get_by_role("button", name="Add lesion").click()
     page.locator(".messages").get_by_text("L3 added").wait_for()
@@ -214,13 +218,15 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     page.get_by_label("Click on the image to").select_option("merge-absorb")
     point = page.evaluate("v => MetTrackViewer.canvasPoint('main', v)", list(CENTRE_L1))
     page.locator("#main-canvas").click(position={"x": point[0], "y": point[1]})
-    assert page.locator("#merge-absorb").input_value() == str(l1.pk)
+    expect(page.locator("#merge-absorb")).to_have_value(str(l1.pk), timeout=15_000)
     page.get_by_label("Click on the image to").select_option("split-keep")
     point = page.evaluate("v => MetTrackViewer.canvasPoint('main', v)", list(CENTRE_MISSED))
     page.locator("#main-canvas").click(position={"x": point[0], "y": point[1]})
     l3 = Lesion.objects.get(patient=world.patient, label="L3")
-    assert page.locator("#split-lesion").input_value() == str(l3.pk)  # the lesion under the click
-    assert page.locator("#split-keep").input_value() == ",".join(map(str, CENTRE_MISSED))
+    expect(page.locator("#split-lesion")).to_have_value(
+        str(l3.pk), timeout=15_000
+    )  # the lesion under the click
+    expect(page.locator("#split-keep")).to_have_value(",".join(map(str, CENTRE_MISSED)), timeout=15_000)
     # A reload (the address keeps the view) comes back to the same point, window and comparison.
     viewed = page.locator("#main-canvas").get_attribute("data-vox")
     page.reload()
