@@ -13,13 +13,14 @@ Features (all in physical millimetres, patient coordinates of the image, any ori
 * ``elongation``: ratio of the largest to the smallest extent, from a PCA of the component's voxel
   centres: ``sqrt(l_max / l_min)`` of the eigenvalues of their covariance, to which each voxel's own
   spread (a uniform box: ``spacing**2 / 12`` per axis) is added so a one-voxel-thick line stays finite.
-* ``tubularity``: SimpleITK's :func:`~SimpleITK.ObjectnessMeasure` (Antiga's generalisation of Frangi's
-  vesselness, object dimension 1: bright tubes) on the component's padded box divided by the brain's
-  median, after Gaussian smoothing at each of ``sigmas_mm`` (scale-normalised by ``sigma**2``), the
-  largest response over the scales per voxel; the feature is its median over the component's core
-  (0: blob or sheet, 1: tube). This filter
-  rather than a hand-written Hessian eigen-analysis: it is ITK's tested implementation, works in
-  physical units on any spacing, and the multi-scale maximum is the usual Frangi recipe.
+* ``tubularity``: Antiga's objectness (the generalisation of Frangi's vesselness that SimpleITK's
+  :func:`~SimpleITK.ObjectnessMeasure` computes; object dimension 1: bright tubes) of the image divided
+  by the brain's median, after Gaussian smoothing at each of ``sigmas_mm`` (SimpleITK's recursive
+  Gaussian, scale-normalised by ``sigma**2``), the largest response over the scales per voxel; the
+  feature is its median over the component's core (0: blob or sheet, 1: tube). The filter's formula is
+  evaluated at the core's voxels only (:func:`objectness_at`, equal to SimpleITK's filter to float
+  precision, which a test checks): the filter would evaluate the whole padded box, six times as many
+  voxels, and took half of the stage's time.
 * ``midline_distance_mm`` and ``midline_width_mm``: distance of the centroid to the midsagittal plane,
   and the component's width across the plane. The plane is estimated from the brain mask (see
   :func:`midsagittal_plane`).
@@ -332,6 +333,58 @@ def _pieces(
 _STRUCTURENESS_GAMMA = 0.1
 
 
+#: Frangi's plate-versus-tube (alpha) and blob (beta) weights: the usual 0.5, SimpleITK's defaults.
+_ALPHA = _BETA = 0.5
+
+
+def objectness_at(
+    smooth: NDArray[np.floating[Any]],
+    points: NDArray[np.intp],
+    spacing_zyx: NDArray[np.float64],
+    gamma: float = _STRUCTURENESS_GAMMA,
+) -> NDArray[np.float64]:
+    """SimpleITK's :func:`~SimpleITK.ObjectnessMeasure` of ``smooth`` (bright tubes: object dimension
+    1, alpha = beta = 0.5, ``gamma``, not scaled by the largest eigenvalue) at ``points`` (voxel indices,
+    z y x) only.
+
+    Written out because the filter evaluates every voxel of its input, where the feature needs the
+    component's core: the Hessian by the filter's central differences in physical units (its
+    ``HessianImageFilter``), then ITK's ``HessianToObjectnessMeasureImageFilter`` formula on its
+    eigenvalues sorted by magnitude. Equal to the filter to float precision (tested)."""
+    # Beyond the border the filter repeats the edge voxel (ITK's zero-flux Neumann condition).
+    f = np.pad(np.asarray(smooth, dtype=np.float64), 1, mode="edge")
+    unit = np.eye(3, dtype=np.intp)
+
+    def at(offset: NDArray[np.intp]) -> NDArray[np.float64]:
+        q = points + 1 + offset
+        return f[q[:, 0], q[:, 1], q[:, 2]]
+
+    centre = at(np.zeros(3, dtype=np.intp))
+    hessian = np.empty((len(points), 3, 3))
+    for i in range(3):
+        hessian[:, i, i] = (at(unit[i]) - 2.0 * centre + at(-unit[i])) / spacing_zyx[i] ** 2
+        for j in range(i + 1, 3):
+            cross = (
+                at(unit[i] + unit[j]) - at(unit[i] - unit[j]) - at(unit[j] - unit[i]) + at(-unit[i] - unit[j])
+            )
+            hessian[:, i, j] = hessian[:, j, i] = cross / (4.0 * spacing_zyx[i] * spacing_zyx[j])
+    eig = np.linalg.eigvalsh(hessian)
+    eig = np.take_along_axis(eig, np.argsort(np.abs(eig), axis=1, kind="stable"), axis=1)
+    mag = np.abs(eig)
+    # A bright tube: the two largest curvatures negative, both non-zero.
+    valid = (eig[:, 1] <= 0.0) & (eig[:, 2] <= 0.0) & (mag[:, 1] > 0.0)
+    safe = np.where(valid[:, None], mag, 1.0)
+    r_a = safe[:, 1] / safe[:, 2]  # plate against tube
+    r_b = safe[:, 0] / np.sqrt(safe[:, 1] * safe[:, 2])  # blob against tube
+    structure = (mag**2).sum(axis=1)
+    measure = (
+        (1.0 - np.exp(-0.5 * r_a**2 / _ALPHA**2))
+        * np.exp(-0.5 * r_b**2 / _BETA**2)
+        * (1.0 - np.exp(-0.5 * structure / gamma**2))
+    )
+    return np.where(valid, measure, 0.0)
+
+
 def _tubularity(
     image: sitk.Image,
     box: tuple[slice, ...],
@@ -340,35 +393,29 @@ def _tubularity(
     brain_median: float,
 ) -> float:
     """Median over the component's core of the largest scale-normalised objectness (bright tubes) over
-    scales. The core (voxels at least half the component's largest inner depth from its border) keeps
-    the edge of a blob out: there one tangential curvature can mimic a tube's. The filter runs on the
-    core's box padded by three of the largest sigma (a large lesion's core is an eighth of its box)."""
+    scales. ``component`` is the component in its box ``box`` of ``image``. The core (voxels at least
+    half the component's largest inner depth from its border) keeps the edge of a blob out: there one
+    tangential curvature can mimic a tube's. The smoothing runs on the core's box padded by three of
+    the largest sigma (a large lesion's core is an eighth of its box)."""
     spacing_zyx = np.asarray(image.GetSpacing(), dtype=np.float64)[::-1]
     inner = ndi.distance_transform_edt(np.pad(component, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
-    core = inner >= 0.5 * float(inner.max())
+    core = np.argwhere(inner >= 0.5 * float(inner.max())) + np.asarray([b.start for b in box])
     pad = np.ceil(3.0 * max(sigmas_mm) / spacing_zyx).astype(int) + 1
-    lo = np.maximum(np.argwhere(core).min(axis=0) - pad, 0)
-    hi = np.minimum(np.argwhere(core).max(axis=0) + 1 + pad, np.asarray(component.shape))
-    sub_box = tuple(slice(b.start + int(a), b.start + int(c)) for b, a, c in zip(box, lo, hi, strict=True))
-    core = core[tuple(slice(int(a), int(c)) for a, c in zip(lo, hi, strict=True))]
+    shape = image.GetSize()[::-1]
+    core_box = tuple(
+        slice(int(a), int(b) + 1) for a, b in zip(core.min(axis=0), core.max(axis=0), strict=True)
+    )
+    sub_box = padded_box(core_box, pad, shape)
     sub = sitk.Cast(image[sub_box[2], sub_box[1], sub_box[0]], sitk.sitkFloat32) / float(
         max(brain_median, 1e-6)
     )
-    best = np.zeros(core.shape, dtype=np.float32)
+    points = core - np.asarray([b.start for b in sub_box])
+    best = np.zeros(len(points))
     for sigma in sigmas_mm:
         # Multiplying by sigma^2 normalises the Hessian across scales (Lindeberg), as Frangi does.
         smooth = sitk.SmoothingRecursiveGaussian(sub, float(sigma)) * float(sigma) ** 2
-        obj = sitk.ObjectnessMeasure(
-            smooth,
-            alpha=0.5,
-            beta=0.5,
-            gamma=_STRUCTURENESS_GAMMA,
-            scaleObjectnessMeasure=False,
-            objectDimension=1,
-            brightObject=True,
-        )
-        best = np.maximum(best, sitk.GetArrayViewFromImage(obj))
-    return float(np.median(best[core]))
+        best = np.maximum(best, objectness_at(sitk.GetArrayViewFromImage(smooth), points, spacing_zyx))
+    return float(np.median(best))
 
 
 def component_features(
@@ -409,12 +456,11 @@ def component_features(
     brain_values = arr[inside]
     brain_median = float(np.median(brain_values)) if brain_values.size else float(np.median(arr))
     voxel_cov = _voxel_covariance(image)
-    pad = np.ceil((3.0 * max(config.sigmas_mm) + config.shell_mm) / spacing_zyx).astype(int) + 1
+    shell_pad = np.ceil(config.shell_mm / spacing_zyx).astype(int) + 1
     out = []
-    for label, raw_box in enumerate(ndi.find_objects(lab), start=1):
-        if raw_box is None or (only is not None and label not in only):
+    for label, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None or (only is not None and label not in only):
             continue
-        box = padded_box(raw_box, pad, lab.shape)
         component = lab[box] == label
         idx = np.argwhere(component) + np.asarray([s.start for s in box])
         pts = _index_to_physical(image, idx)
@@ -426,12 +472,14 @@ def component_features(
         # Width across the plane: span of the voxel centres plus one voxel's thickness along the normal.
         normal = np.asarray(plane.normal)
         voxel_along_normal = float(np.sqrt(12.0 * normal @ voxel_cov @ normal))
-        # The shell: within shell_mm of the component (a distance transform of the box with the spacing:
-        # a true millimetre shell on anisotropic grids, where dilation iterations would not be).
-        dist = ndi.distance_transform_edt(~component, sampling=spacing_zyx)
-        shell = (dist > 0) & (dist <= config.shell_mm) & inside[box] & (lab[box] == 0)
+        # The shell: within shell_mm of the component (a distance transform of the box grown by the
+        # shell, with the spacing: a true millimetre shell on anisotropic grids, where dilation
+        # iterations would not be).
+        around = padded_box(box, shell_pad, lab.shape)
+        dist = ndi.distance_transform_edt(lab[around] != label, sampling=spacing_zyx)
+        shell = (dist > 0) & (dist <= config.shell_mm) & inside[around] & (lab[around] == 0)
         mean_in = float(arr[box][component].mean())
-        mean_shell = float(arr[box][shell].mean()) if shell.any() else float("nan")
+        mean_shell = float(arr[around][shell].mean()) if shell.any() else float("nan")
         out.append(
             ComponentFeatures(
                 label=label,

@@ -52,14 +52,35 @@ class RimCompletionResult:
     added_mm3: dict[int, float]
 
 
-def _fill_planes(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Holes of ``mask`` filled in 3-D and in every plane along each of the three axes."""
-    out = ndi.binary_fill_holes(mask)
+def fill_holes(mask: NDArray[np.bool_], across: int | None = None) -> NDArray[np.bool_]:
+    """``mask`` with its holes filled: in 3-D, or (``across`` an axis) in each plane across that axis.
+
+    A hole is background not connected to the border (face-connected, within its plane for a plane-wise
+    fill), as :func:`scipy.ndimage.binary_fill_holes` defines it and returns (tested equal). Written
+    out because scipy fills by dilating from the border until nothing changes, one call per plane: a
+    large lesion's box has hundreds of planes, and that loop took most of this stage's time, where one
+    labelling of the background does every plane at once."""
+    structure = ndi.generate_binary_structure(3, 1)
+    edge = np.zeros(mask.shape, dtype=bool)
     for axis in range(3):
-        moved = np.moveaxis(mask, axis, 0)
-        filled = np.stack([ndi.binary_fill_holes(plane) for plane in moved])
-        out |= np.moveaxis(filled, 0, axis)
-    return np.asarray(out, dtype=bool)
+        if axis == across:
+            # No connection between planes.
+            structure[tuple(slice(None) if a != axis else [0, 2] for a in range(3))] = False
+            continue
+        edge[tuple(slice(None) if a != axis else [0, -1] for a in range(3))] = True
+    background, count = ndi.label(~mask, structure)
+    hole = np.ones(count + 1, dtype=bool)
+    hole[background[edge]] = False  # reaches the border (label 0 is the mask: kept either way)
+    return mask | hole[background]
+
+
+def _fill_planes(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Holes of ``mask`` filled in every plane along each of the three axes (a 3-D hole is a hole of
+    every plane through it: an in-plane path to the border would be a path in 3-D)."""
+    out = fill_holes(mask, across=0)
+    for axis in (1, 2):
+        out |= fill_holes(mask, across=axis)
+    return out
 
 
 def complete_rims(

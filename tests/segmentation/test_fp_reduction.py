@@ -17,6 +17,7 @@ from segmentation.fp_reduction import (
     apply_rules,
     component_features,
     midsagittal_plane,
+    objectness_at,
     rules_that_reject,
     split_joined,
 )
@@ -201,6 +202,48 @@ def test_depth_matches_scipy_distance_transform_with_spacing() -> None:
     f = head.features()[lesion]
     edt = ndi.distance_transform_edt(head.brain, sampling=(3.0, 2.0, 2.0))
     assert f.depth_mm == pytest.approx(float(edt[head.labels == lesion].max()), abs=1e-6)
+
+
+def test_objectness_at_equals_simpleitks_filter_at_every_voxel_of_an_anisotropic_grid() -> None:
+    # Oracle: SimpleITK's ObjectnessMeasure on the whole image, the border voxels included.
+    rng = np.random.default_rng(11)
+    array = rng.normal(0.0, 0.3, size=(22, 26, 30)).astype(np.float32)
+    zi, yi, xi = np.meshgrid(*[np.arange(n) for n in array.shape], indexing="ij")
+    array[(yi - 13) ** 2 + (zi - 11) ** 2 <= 4] += 2.0  # a bright tube along x, to the border
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.9, 1.1, 1.4))
+    smooth = sitk.SmoothingRecursiveGaussian(image, 1.5) * 1.5**2
+    expected = sitk.GetArrayFromImage(
+        sitk.ObjectnessMeasure(
+            smooth,
+            alpha=0.5,
+            beta=0.5,
+            gamma=0.1,
+            scaleObjectnessMeasure=False,
+            objectDimension=1,
+            brightObject=True,
+        )
+    )
+    points = np.argwhere(np.ones(array.shape, dtype=bool))
+    got = objectness_at(
+        sitk.GetArrayViewFromImage(smooth), points, np.asarray(image.GetSpacing())[::-1], gamma=0.1
+    )
+    assert np.abs(got - expected[tuple(points.T)]).max() < 1e-5  # the filter works in float32
+    assert (expected > 0.1).mean() > 0.02 and expected[11, 13, 15] > 0.5  # the tube and more respond
+
+
+def test_shell_contrast_matches_a_shell_from_the_whole_image_distance_transform() -> None:
+    head = Head(spacing=(1.5, 2.0, 2.5))
+    lesion = head.add(_ball(head, (15.0, 5.0, -10.0), 6.0), value=1.6)
+    neighbour = head.add(_ball(head, (15.0, 14.0, -10.0), 4.5), value=3.0)  # within the shell: excluded
+    head.intensity += np.where(head.brain, 0.004 * head.x, 0.0)  # a gradient: the shell's extent matters
+    config = FpReductionConfig()
+    f = head.features(config)[lesion]
+    dist = ndi.distance_transform_edt(head.labels != lesion, sampling=head.spacing[::-1])
+    shell = (dist > 0) & (dist <= config.shell_mm) & head.brain & (head.labels == 0)
+    assert neighbour and (dist[head.labels == neighbour] <= config.shell_mm).any()
+    expected = head.intensity[head.labels == lesion].mean() / head.intensity[shell].mean()
+    assert f.contrast_to_shell == pytest.approx(expected, rel=1e-6)
 
 
 def test_midsagittal_plane_of_a_rotated_head() -> None:

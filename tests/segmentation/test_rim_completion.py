@@ -14,7 +14,7 @@ from rano.measure import measure_lesions
 from segmentation.errors import ModelConfigError
 from segmentation.inference import InferenceOptions, segment_image
 from segmentation.model import ModelConfig, RimCompletionConfig
-from segmentation.rim_completion import complete_rims
+from segmentation.rim_completion import complete_rims, fill_holes
 
 SPACING = (1.0, 1.0, 1.2)  # x, y, z: anisotropic, so millimetres and voxels differ along z
 
@@ -152,6 +152,28 @@ def test_enhancing_tissue_beyond_unenhancing_brain_is_not_taken_and_components_n
     assert grown.any()
     distance = ndi.distance_transform_edt(~(r <= 6.0), sampling=SPACING[::-1])
     assert float(distance[grown].max()) <= config.rim_mm
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_equals_scipy_in_3d_and_plane_by_plane(seed: int) -> None:
+    # Oracle: scipy's binary_fill_holes on the volume, and on each plane in turn.
+    rng = np.random.default_rng(seed)
+    filled_any = False
+    for _ in range(40):
+        shape = tuple(int(n) for n in rng.integers(1, 16, size=3))
+        mask = ndi.binary_dilation(
+            rng.random(shape) < rng.uniform(0.05, 0.5), iterations=int(rng.integers(0, 2))
+        )
+        holes_3d = ndi.binary_fill_holes(mask)
+        assert np.array_equal(fill_holes(mask), holes_3d), shape
+        for axis in range(3):  # a 3-D hole is a hole of every plane through it (_fill_planes)
+            assert not (holes_3d & ~fill_holes(mask, across=axis)).any()
+        for axis in range(3):
+            planes = [ndi.binary_fill_holes(plane) for plane in np.moveaxis(mask, axis, 0)]
+            expected = np.moveaxis(np.stack(planes), 0, axis)
+            assert np.array_equal(fill_holes(mask, across=axis), expected), (shape, axis)
+            filled_any |= bool((expected & ~mask).any())
+    assert filled_any  # the masks had holes to fill
 
 
 def test_no_component_no_change() -> None:
