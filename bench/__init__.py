@@ -1,5 +1,13 @@
 """MetTrack benchmarks: each ``bench/bench_*.py`` module has a ``main()`` that prints its figures."""
 
+from pathlib import Path
+
+#: The repository's root.
+ROOT = Path(__file__).resolve().parents[1]
+#: The real post-contrast T1 beside the repository (../shared/data; never used for training or fitting),
+#: which the segmentation benches read unless ``METTRACK_MRI`` names another.
+DEFAULT_MRI = ROOT.parent / "shared" / "data" / "BraTS-MET-00110-000-t1c.nii.gz"
+
 
 def setup_django() -> None:
     """Set Django up as the deployed processes run: DEBUG off, a throw-away secret key.

@@ -37,8 +37,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MRI = ROOT.parent / "shared" / "data" / "BraTS-MET-00110-000-t1c.nii.gz"
+from bench import DEFAULT_MRI
+
 TUNE_SEED, TEST_SEED = 6000, 5000
 #: Grid of every rule (None: rule off); midline width and sigmas stay at their defaults.
 GRID: dict[str, list[float | None]] = {

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MRI = ROOT.parent / "shared" / "data" / "BraTS-MET-00110-000-t1c.nii.gz"
+from bench import DEFAULT_MRI
+
 TUNE_SEED, TEST_SEED = 7100, 7200
 #: (rim_mm, min_enhancement, max_cavity_intensity); cavity_mm and reference_mm stay at their defaults.
 GRID: list[tuple[float, float, float | None]] = list(

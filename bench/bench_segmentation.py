@@ -34,8 +34,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MRI = ROOT.parent / "shared" / "data" / "BraTS-MET-00110-000-t1c.nii.gz"
+from bench import DEFAULT_MRI, ROOT
+
 #: End to end time of the paper-size UNETR on the real MRI before the CPU backend (issue 23, quiet machine).
 BEFORE_S = 55.1
 #: Window overlap of the fast paper-size run, chosen from the overlap curve (docs/benchmarks.md).
