@@ -291,6 +291,15 @@ def _cuda_network(
     return prob_np
 
 
+def lesion_components(probability: sitk.Image, post: PostprocessConfig, min_volume_mm3: float) -> sitk.Image:
+    """The lesion components (labels 1..n, 26-connected) of a native-grid probability map: ``post``'s
+    thresholds (:meth:`~segmentation.model.PostprocessConfig.binarise`), then the components of at
+    least ``min_volume_mm3``."""
+    mask = sitk.GetImageFromArray(post.binarise(sitk.GetArrayViewFromImage(probability)).astype(np.uint8))
+    mask.CopyInformation(probability)
+    return label_components(mask, min_volume_mm3)
+
+
 def _component_stages(
     image: sitk.Image,
     labels: sitk.Image,
@@ -399,13 +408,10 @@ def segment_image(
     )
     native_prob = to_native(quantise(prob_np), pre)
     del prob_np
-    mask = sitk.GetImageFromArray(post.binarise(sitk.GetArrayViewFromImage(native_prob)).astype(np.uint8))
-    mask.CopyInformation(native_prob)
     timings["to_native"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    labels = label_components(mask, settings.min_lesion_volume_mm3)
-    mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
+    labels = lesion_components(native_prob, post, settings.min_lesion_volume_mm3)
     timings["components"] = time.perf_counter() - t
 
     labels, rejected, rim_added = _component_stages(image, labels, pre, post, timings)
