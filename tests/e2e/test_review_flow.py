@@ -211,7 +211,7 @@ def test_radiologist_review_flow(live_server: Any, live_world: Any, page: Any) -
     page.locator(".messages").get_by_text("L3 added").wait_for()
     page.wait_for_function("document.getElementById('overall-response').innerText.startsWith('PD')")
     assert "new" in page.locator("#lesion-L3").inner_text()
-    assert page.locator("#main-canvas").get_attribute("data-k") == str(CENTRE_MISSED[2])
+    _wait_attr(page, "#main-canvas", "data-k", str(CENTRE_MISSED[2]))  # on the clicked slice
     assert page.evaluate("window.__sameDocument === true")
     # Split and merge take their lesions and points from clicks too.
     l1 = world.lesions["L1"]
