@@ -22,9 +22,9 @@
    the real MRI (../shared/data BraTS-MET-00110-000 t1c, never used for the fit or the choice) without
    and with the chosen stage.
 
-``METTRACK_FPC_TUNING`` and ``METTRACK_FPC_TEST`` set the phantoms per style and set (default 30 and
-20); ``METTRACK_FPC_OUT`` names a file where the chosen detection threshold and ``fp_reduction`` section
-are written as JSON.
+``METTRACK_FPC_TUNING`` and ``METTRACK_FPC_TEST`` set the phantoms per style and set (default 40 and
+30); ``METTRACK_FPC_OUT`` names a file where the chosen detection threshold, smallest component and
+``fp_reduction`` section are written as JSON.
 """
 
 from __future__ import annotations
@@ -293,8 +293,8 @@ def main() -> None:
 
     model = load_model()
     folder = Path(os.environ.get("METTRACK_FPC_CACHE") or tempfile.mkdtemp(prefix="fpc-"))
-    n_tune = int(os.environ.get("METTRACK_FPC_TUNING", "30"))
-    n_test = int(os.environ.get("METTRACK_FPC_TEST", "20"))
+    n_tune = int(os.environ.get("METTRACK_FPC_TUNING", "40"))
+    n_test = int(os.environ.get("METTRACK_FPC_TEST", "30"))
     results = []
     post = model.config.postprocessing
     for radius, detection, smallest in VARIANTS:
