@@ -7,9 +7,9 @@ explainable (each weight says how much one feature moves the odds) and its confi
 numbers, so the pipeline needs no scikit-learn at run time (:func:`~segmentation.fp_reduction.
 lesion_probability` is one dot product).
 
-The threshold is set at fixed sensitivity: the highest ``min_probability`` at which every reference lesion
-found on the fitting components stays found (a lesion is found while any component overlapping it is
-kept). Pure: no Django.
+The threshold is set at fixed sensitivity: the highest ``min_probability`` at which a set share of the
+reference lesions found on the fitting components stays found (a lesion is found while any component
+overlapping it is kept); by default every one of them. Pure: no Django.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def fit_classifier(
     *,
     inputs: Sequence[str] = FP_CLASSIFIER_INPUTS,
     regularisation: float = 1.0,
+    sensitivity: float = 1.0,
     fitted_on: str = "",
 ) -> FpClassifierConfig:
     """Fit the classifier and its threshold.
@@ -48,6 +49,9 @@ def fit_classifier(
             threshold keeps every one of them found.
         inputs: The :data:`~segmentation.model.FP_CLASSIFIER_INPUTS` to use.
         regularisation: scikit-learn's ``C`` (inverse L2 strength).
+        sensitivity: The share (0-1] of the found reference lesions the threshold keeps: 1 keeps every
+            one; below 1 the least probable may go, so that one lesion the features cannot tell from the
+            distractors does not pull the threshold down for every study.
         fitted_on: What the components came from, for the model card.
 
     Raises:
@@ -55,6 +59,8 @@ def fit_classifier(
     """
     if not len(features) == len(is_lesion) == len(found):
         raise ClassifierFitError("features, is_lesion and found must have one entry per component")
+    if not 0.0 < sensitivity <= 1.0:
+        raise ClassifierFitError(f"sensitivity must be in (0, 1], got {sensitivity!r}")
     y = np.asarray(is_lesion, dtype=bool)
     if y.all() or not y.any():
         raise ClassifierFitError("the components must include both lesions and false positives")
@@ -79,6 +85,9 @@ def fit_classifier(
     best = {
         key: max(p for p, keys in zip(probabilities, found, strict=True) if key in keys) for key in lesions
     }
-    # Rounded down to four decimals so the stored threshold still keeps the least probable lesion.
-    threshold = math.floor(min(best.values()) * 1e4) / 1e4
+    # The threshold keeps the ceil(sensitivity x n) most probable lesions: the least probable of them
+    # sets it, rounded down to four decimals so that the stored threshold still keeps it.
+    ordered = sorted(best.values(), reverse=True)
+    kept = max(1, math.ceil(round(sensitivity * len(ordered), 9)))
+    threshold = math.floor(ordered[kept - 1] * 1e4) / 1e4
     return replace(unthresholded, min_probability=threshold)

@@ -29,6 +29,10 @@ Features (all in physical millimetres, patient coordinates of the image, any ori
   dural or cortical-vein finding lies entirely within a few millimetres of the surface.
 * ``contrast_to_shell``: mean intensity of the component over that of a shell ``shell_mm`` thick around
   it (inside the brain); ``contrast_to_brain``: its mean over the brain's median intensity.
+* ``mean_probability``: the network's lesion probability averaged over the component (the native-grid
+  map the components were drawn from; NaN when the caller gave none). A vessel or the dura that the
+  network only half believes in stays near the threshold over most of its voxels; a lesion's core is
+  near 1.
 
 Besides the rules on single features, a second-stage classifier (:class:`~segmentation.model.
 FpClassifierConfig`, fitted on phantom components by :mod:`segmentation.fp_classifier`) weighs them
@@ -53,6 +57,7 @@ from scipy import ndimage as ndi
 from rano.measure import Geometry, label_components_array
 from segmentation.model import FP_CLASSIFIER_INPUTS, FP_RULES, FpClassifierConfig, FpReductionConfig
 from segmentation.preprocess import PreprocessedImage, to_native
+from segmentation.probability import to_float
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class ComponentFeatures:
         depth_mm: Depth of the deepest voxel below the brain surface.
         contrast_to_shell: Mean intensity over the mean of the surrounding shell.
         contrast_to_brain: Mean intensity over the brain's median intensity.
+        mean_probability: The network's lesion probability averaged over the component (NaN: not given).
     """
 
     label: int
@@ -97,6 +103,7 @@ class ComponentFeatures:
     depth_mm: float
     contrast_to_shell: float
     contrast_to_brain: float
+    mean_probability: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, rounded for reading."""
@@ -105,7 +112,7 @@ class ComponentFeatures:
             if isinstance(value, tuple):
                 out[key] = [round(float(v), 2) for v in value]
             elif isinstance(value, float):
-                out[key] = round(value, 3)
+                out[key] = round(value, 3) if np.isfinite(value) else None
             else:
                 out[key] = value
         return out
@@ -426,6 +433,7 @@ def component_features(
     plane: MidsagittalPlane | None = None,
     depth: sitk.Image | None = None,
     only: frozenset[int] | None = None,
+    probability: sitk.Image | None = None,
 ) -> tuple[ComponentFeatures, ...]:
     """The features of every labelled component (module docstring), in label order.
 
@@ -438,6 +446,8 @@ def component_features(
         depth: Depth below the brain surface (mm) on the same grid (default: the Euclidean distance
             transform of ``brain`` with the voxel spacing).
         only: The labels to describe (default: all).
+        probability: The network's probability map on the same grid, float (0..1) or the compact type
+            (:mod:`segmentation.probability`), for ``mean_probability`` (default: NaN).
     """
     lab = sitk.GetArrayViewFromImage(labels)
     n = int(lab.max()) if lab.size else 0
@@ -456,6 +466,7 @@ def component_features(
     brain_values = arr[inside]
     brain_median = float(np.median(brain_values)) if brain_values.size else float(np.median(arr))
     voxel_cov = _voxel_covariance(image)
+    prob = None if probability is None else sitk.GetArrayViewFromImage(probability)
     shell_pad = np.ceil(config.shell_mm / spacing_zyx).astype(int) + 1
     out = []
     for label, box in enumerate(ndi.find_objects(lab), start=1):
@@ -480,6 +491,7 @@ def component_features(
         shell = (dist > 0) & (dist <= config.shell_mm) & inside[around] & (lab[around] == 0)
         mean_in = float(arr[box][component].mean())
         mean_shell = float(arr[around][shell].mean()) if shell.any() else float("nan")
+        mean_probability = float("nan") if prob is None else float(to_float(prob[box][component]).mean())
         out.append(
             ComponentFeatures(
                 label=label,
@@ -493,6 +505,7 @@ def component_features(
                 depth_mm=float(depth_mm[box][component].max()),
                 contrast_to_shell=mean_in / mean_shell if mean_shell > 0 else float("inf"),
                 contrast_to_brain=mean_in / brain_median if brain_median > 0 else float("inf"),
+                mean_probability=mean_probability,
             )
         )
     return tuple(out)
@@ -507,10 +520,18 @@ def component_features(
 _DISTANCE_CAP_MM = 60.0
 
 
+def _logit(p: float) -> float:
+    """Log-odds of a probability clipped to 1e-4..1 - 1e-4 (NaN stays NaN)."""
+    q = float(np.clip(p, 1e-4, 1.0 - 1e-4))
+    return float(np.log(q / (1.0 - q)))
+
+
 def classifier_inputs(features: ComponentFeatures) -> dict[str, float]:
     """The :data:`~segmentation.model.FP_CLASSIFIER_INPUTS` of a component: logarithms of its sizes and
     ratios (they span decades; a linear model weighs their orders of magnitude), its distances capped at
-    60 mm. Infinite ratios (a one-voxel component, an empty shell) are clipped to finite values."""
+    60 mm, the log-odds of its mean probability (clipped to 1e-4..1 - 1e-4; NaN when the features were
+    computed without the probability map). Infinite ratios (a one-voxel component, an empty shell) are
+    clipped to finite values."""
     f = features
 
     def log(value: float, low: float, high: float) -> float:
@@ -525,14 +546,23 @@ def classifier_inputs(features: ComponentFeatures) -> dict[str, float]:
         "depth": min(float(f.depth_mm), _DISTANCE_CAP_MM),
         "log_shell_contrast": log(f.contrast_to_shell, 1e-2, 1e2),
         "log_brain_contrast": log(f.contrast_to_brain, 1e-2, 1e2),
+        "probability_logit": float(_logit(f.mean_probability)),
     }
     return {name: inputs[name] for name in FP_CLASSIFIER_INPUTS}
 
 
 def lesion_probability(features: ComponentFeatures, classifier: FpClassifierConfig) -> float:
-    """The classifier's probability that a component is a lesion (:class:`~segmentation.model.FpClassifierConfig`)."""
+    """The classifier's probability that a component is a lesion (:class:`~segmentation.model.FpClassifierConfig`).
+
+    Raises:
+        ValueError: An input the classifier uses is missing (``probability_logit`` of features computed
+            without the probability map).
+    """
     inputs = classifier_inputs(features)
     x = np.asarray([inputs[name] for name in classifier.inputs], dtype=np.float64)
+    if not np.isfinite(x).all():
+        missing = [name for name, v in zip(classifier.inputs, x, strict=True) if not np.isfinite(v)]
+        raise ValueError(f"the classifier needs {missing}, which component {features.label} lacks")
     z = classifier.bias + float(
         np.dot(
             np.asarray(classifier.weights), (x - np.asarray(classifier.mean)) / np.asarray(classifier.scale)
@@ -546,12 +576,17 @@ def lesion_probability(features: ComponentFeatures, classifier: FpClassifierConf
 # --------------------------------------------------------------------------------------------------
 
 
-def rules_that_reject(features: ComponentFeatures, config: FpReductionConfig) -> tuple[str, ...]:
+def rules_that_reject(
+    features: ComponentFeatures, config: FpReductionConfig, probability: float | None = None
+) -> tuple[str, ...]:
     """The rules (:data:`~segmentation.model.FP_RULES` order) whose test holds for a component; none
-    when it reaches ``keep_volume_mm3``."""
+    when it reaches ``keep_volume_mm3``. ``probability``: the classifier's :func:`lesion_probability`
+    of the component when the caller has it already."""
     c, f = config, features
     if c.keep_volume_mm3 is not None and f.volume_mm3 >= c.keep_volume_mm3:
         return ()
+    if c.classifier is not None and probability is None:
+        probability = lesion_probability(f, c.classifier)
     tests = {
         "tubularity": c.max_tubularity is not None and f.tubularity > c.max_tubularity,
         "elongation": c.max_elongation is not None and f.elongation > c.max_elongation,
@@ -562,7 +597,8 @@ def rules_that_reject(features: ComponentFeatures, config: FpReductionConfig) ->
         "shell_contrast": c.min_shell_contrast is not None and f.contrast_to_shell < c.min_shell_contrast,
         "brain_contrast": c.min_brain_contrast is not None and f.contrast_to_brain < c.min_brain_contrast,
         "classifier": c.classifier is not None
-        and lesion_probability(f, c.classifier) < c.classifier.min_probability,
+        and probability is not None
+        and probability < c.classifier.min_probability,
     }
     return tuple(rule for rule in FP_RULES if tests[rule])
 
@@ -576,10 +612,10 @@ def apply_rules(
     keep = np.ones(n + 1, dtype=bool)
     rejected = []
     for f in features:
-        rules = rules_that_reject(f, config)
+        probability = None if config.classifier is None else lesion_probability(f, config.classifier)
+        rules = rules_that_reject(f, config, probability)
         if rules:
             keep[f.label] = False
-            probability = None if config.classifier is None else lesion_probability(f, config.classifier)
             rejected.append(
                 RejectedComponent(features=f, reason=rules[0], rules=rules, probability=probability)
             )
@@ -606,6 +642,7 @@ def reduce_false_positives(
     config: FpReductionConfig,
     brain_model: sitk.Image | None = None,
     brain: sitk.Image | None = None,
+    probability: sitk.Image | None = None,
 ) -> FpReductionResult:
     """The pipeline stage: features of every component of ``labels`` (native grid), then the rules.
 
@@ -616,6 +653,8 @@ def reduce_false_positives(
         config: The rules.
         brain_model: :func:`brain_mask` of ``pre`` on the model grid, when the caller has it already.
         brain: ``brain_model`` on the native grid (:func:`native_brain`), when the caller has it already.
+        probability: The network's probability map the components were drawn from (native grid), for
+            the ``mean_probability`` feature; a classifier that uses it needs it.
     """
     if not sitk.GetArrayViewFromImage(labels).any():
         return FpReductionResult(labels=labels, rejected=(), features=())
@@ -637,12 +676,12 @@ def reduce_false_positives(
     only = frozenset(int(i) for i in np.nonzero(counts * voxel_mm3 < limit)[0] if i > 0)
     plane = midsagittal_plane(brain_model)
     if config.split_radius_mm is None:
-        features = component_features(image, labels, brain, config, plane, depth, only)
+        features = component_features(image, labels, brain, config, plane, depth, only, probability)
         return replace(apply_rules(labels, features, config), described=labels)
     pieces = split_joined(labels, config.split_radius_mm, config.split_min_piece_mm3, only)
     lab, piece_arr = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(pieces)
     only_pieces = frozenset(int(i) for i in np.unique(piece_arr[np.isin(lab, list(only))]) if i > 0)
-    features = component_features(image, pieces, brain, config, plane, depth, only_pieces)
+    features = component_features(image, pieces, brain, config, plane, depth, only_pieces, probability)
     judged = apply_rules(pieces, features, config)
     # The kept pieces of one component touch again: they are one lesion, as the network drew it.
     kept = label_components_array(

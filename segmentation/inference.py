@@ -306,9 +306,11 @@ def _component_stages(
     pre: PreprocessedImage,
     post: PostprocessConfig,
     timings: dict[str, float],
+    probability: sitk.Image,
 ) -> tuple[sitk.Image, tuple[RejectedComponent, ...], dict[int, float]]:
-    """The optional stages on the components: false-positive reduction, then rim completion (each timed
-    into ``timings`` when it runs). Returns the labels, the rejected components and the rim's additions."""
+    """The optional stages on the components drawn from ``probability`` (native grid): false-positive
+    reduction, then rim completion (each timed into ``timings`` when it runs). Returns the labels, the
+    rejected components and the rim's additions."""
     rejected: tuple[RejectedComponent, ...] = ()
     rim_added: dict[int, float] = {}
     if not (post.fp_reduction or post.rim_completion) or not sitk.GetArrayViewFromImage(labels).any():
@@ -321,7 +323,9 @@ def _component_stages(
     shared = time.perf_counter() - t
     if post.fp_reduction is not None:
         t = time.perf_counter()
-        reduced = reduce_false_positives(image, labels, pre, post.fp_reduction, brain_model, brain)
+        reduced = reduce_false_positives(
+            image, labels, pre, post.fp_reduction, brain_model, brain, probability
+        )
         labels, rejected = reduced.labels, reduced.rejected
         timings["fp_reduction"] = time.perf_counter() - t + shared
         shared = 0.0
@@ -414,7 +418,7 @@ def segment_image(
     labels = lesion_components(native_prob, post, settings.min_lesion_volume_mm3)
     timings["components"] = time.perf_counter() - t
 
-    labels, rejected, rim_added = _component_stages(image, labels, pre, post, timings)
+    labels, rejected, rim_added = _component_stages(image, labels, pre, post, timings, native_prob)
     mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
 
     t = time.perf_counter()

@@ -188,7 +188,7 @@ FP_RULES = (
 #: capped where a larger value means nothing more).
 FP_CLASSIFIER_INPUTS = (
     "log_volume", "log_elongation", "tubularity", "midline_distance", "log_midline_width", "depth",
-    "log_shell_contrast", "log_brain_contrast",
+    "log_shell_contrast", "log_brain_contrast", "probability_logit",
 )  # fmt: skip
 
 

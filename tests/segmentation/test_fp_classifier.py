@@ -32,6 +32,7 @@ def _features(label: int = 1, **values: float) -> ComponentFeatures:
         "depth_mm": 25.0,
         "contrast_to_shell": 1.5,
         "contrast_to_brain": 1.6,
+        "mean_probability": 0.9,
     }
     return ComponentFeatures(label=label, **{**base, **values})
 
@@ -48,6 +49,24 @@ def test_inputs_are_the_named_transforms_in_order() -> None:
     # Infinite ratios (one voxel, no shell) stay finite.
     odd = classifier_inputs(_features(elongation=float("inf"), contrast_to_shell=float("inf")))
     assert all(math.isfinite(v) for v in odd.values())
+    # The network's mean probability as log-odds, clipped at 1e-4 from 0 and 1.
+    assert inputs["probability_logit"] == pytest.approx(math.log(0.9 / 0.1))
+    assert classifier_inputs(_features(mean_probability=1.0))["probability_logit"] == pytest.approx(
+        math.log(0.9999 / 1e-4)
+    )
+
+
+def test_a_classifier_on_the_probability_refuses_features_computed_without_it() -> None:
+    classifier = FpClassifierConfig(
+        inputs=("depth", "probability_logit"), mean=(20.0, 0.0), scale=(10.0, 1.0), weights=(1.0, 1.0),
+        bias=0.0, min_probability=0.5,
+    )  # fmt: skip
+    assert 0.0 < lesion_probability(_features(), classifier) < 1.0
+    with pytest.raises(ValueError, match=r"needs \['probability_logit'\], which component 7 lacks"):
+        lesion_probability(_features(7, mean_probability=float("nan")), classifier)
+    # A classifier without that input never looks at it.
+    depth_only = replace(classifier, inputs=("depth",), mean=(20.0,), scale=(10.0,), weights=(1.0,))
+    assert 0.0 < lesion_probability(_features(mean_probability=float("nan")), depth_only) < 1.0
 
 
 def test_probability_by_hand() -> None:
@@ -110,6 +129,36 @@ def test_fit_matches_scikit_learn_and_keeps_every_found_lesion() -> None:
     }
     for r in result.rejected:
         assert r.reason == "classifier" and r.to_dict()["probability"] < classifier.min_probability
+
+
+@pytest.mark.parametrize("lost", [1, 2, 5])
+def test_a_sensitivity_below_one_lets_the_least_probable_lesions_go(lost: int) -> None:
+    features, is_lesion, found = _population()
+    inputs = ("log_elongation", "depth")
+    every = fit_classifier(features, is_lesion, found, inputs=inputs)
+    # 15 lesions: a share of (15 - lost) / 15, or less down to the next fifteenth, loses the `lost` least
+    # probable (the count kept is rounded up).
+    for share in ((15 - lost) / 15, (14.5 - lost) / 15):
+        part = fit_classifier(features, is_lesion, found, inputs=inputs, sensitivity=share)
+        assert part.weights == every.weights and part.bias == every.bias  # the same fit
+        ours = np.asarray([lesion_probability(f, part) for f in features])
+        ordered = np.sort(ours[:15])
+        assert int((ours[:15] >= part.min_probability).sum()) == 15 - lost
+        assert ordered[lost - 1] < part.min_probability <= ordered[lost]
+        assert part.min_probability == pytest.approx(float(ordered[lost]), abs=1e-4)
+    # Losing the vessel-like lesion (the least probable) raises the threshold and removes distractors.
+    one = fit_classifier(features, is_lesion, found, inputs=inputs, sensitivity=14 / 15)
+    assert one.min_probability > every.min_probability
+    assert sum(lesion_probability(f, one) < one.min_probability for f in features[15:]) > sum(
+        lesion_probability(f, every) < every.min_probability for f in features[15:]
+    )
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.01, float("nan")])
+def test_a_sensitivity_outside_zero_to_one_is_refused(share: float) -> None:
+    features, is_lesion, found = _population()
+    with pytest.raises(ClassifierFitError, match="sensitivity must be in"):
+        fit_classifier(features, is_lesion, found, sensitivity=share)
 
 
 def test_a_lesion_found_by_two_components_needs_only_one() -> None:

@@ -3,6 +3,7 @@ config parsing, and the stage inside segment_image."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from segmentation.fp_reduction import (
 )
 from segmentation.inference import InferenceOptions, segment_image
 from segmentation.model import FpReductionConfig, LoadedModel, ModelConfig
+from segmentation.probability import quantise, to_float
 
 # --------------------------------------------------------------------------------------------------
 # Synthetic heads: an ellipsoid brain of intensity 1 (seeded noise) on a coarse grid
@@ -166,6 +168,28 @@ def test_contrast_features_and_rules() -> None:
 # --------------------------------------------------------------------------------------------------
 # Features against independent computations
 # --------------------------------------------------------------------------------------------------
+
+
+def test_mean_probability_is_the_maps_mean_over_each_component_float_or_compact() -> None:
+    head = Head()
+    first = head.add(_ball(head, (-20.0, 10.0, 0.0), 6.0))
+    second = head.add(_ball(head, (20.0, -10.0, 5.0), 4.0))
+    image, labels, brain = head.images()
+    rng = np.random.default_rng(3)
+    probability = rng.uniform(0.0, 1.0, head.brain.shape).astype(np.float32)
+    prob_image = _image(probability, head.spacing, head.origin)
+    compact_image = _image(quantise(probability), head.spacing, head.origin)
+    for prob, tolerance in ((prob_image, 1e-6), (compact_image, 1.0 / 65535)):
+        features = {
+            f.label: f
+            for f in component_features(image, labels, brain, FpReductionConfig(), probability=prob)
+        }
+        for label in (first, second):
+            expected = float(probability[head.labels == label].astype(np.float64).mean())
+            assert features[label].mean_probability == pytest.approx(expected, abs=tolerance)
+    # Without the map the feature is NaN, and written as null (valid JSON).
+    without = head.features()[first]
+    assert math.isnan(without.mean_probability) and without.to_dict()["mean_probability"] is None
 
 
 def test_elongation_and_centroid_match_numpy_on_an_oblique_anisotropic_grid() -> None:
@@ -381,6 +405,30 @@ def test_segment_image_with_a_classifier_rejects_the_vessel_and_reports_its_prob
     expected = 1.0 / (1.0 + (rejected.features.elongation / 3.0) ** 3.0)  # the logistic written out
     assert rejected.probability == pytest.approx(expected, rel=1e-9)
     assert rejected.to_dict()["probability"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_pipeline_gives_the_stage_the_probability_map_it_drew_the_components_from(  # type: ignore[no-untyped-def]
+    vessel_and_lesion, threshold_model
+) -> None:
+    image, vessel, lesion = vessel_and_lesion
+    options = InferenceOptions(device="cpu", backend="torch", keep_probability=True)
+    without = segment_image(image, threshold_model(0.75), options)
+    assert without.probability is not None
+    probability = to_float(sitk.GetArrayViewFromImage(without.probability))
+    found = sitk.GetArrayViewFromImage(without.labels)
+    # A classifier on the network's probability alone (its log-odds, weight 1: p is the mean
+    # probability itself), with a threshold above every component's mean: both rejected, each with the
+    # mean of the map over its voxels (the log-odds clip at 1e-4 keeps p at most 0.9999).
+    classifier = {
+        "inputs": ["probability_logit"], "mean": [0.0], "scale": [1.0], "weights": [1.0], "bias": 0.0,
+        "min_probability": 0.99995,
+    }  # fmt: skip
+    staged = segment_image(image, threshold_model(0.75, fp_reduction={"classifier": classifier}), options)
+    assert len(staged.lesions) == 0 and len(staged.rejected) == 2
+    for rejected in staged.rejected:
+        expected = float(probability[found == rejected.features.label].astype(np.float64).mean())
+        assert rejected.features.mean_probability == pytest.approx(expected, abs=1e-6)
+        assert rejected.probability == pytest.approx(min(expected, 1 - 1e-4), abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
