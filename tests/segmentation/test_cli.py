@@ -239,6 +239,32 @@ def test_self_check_reports_dice(tiny_model_dir: Path, capsys) -> None:  # type:
     assert "FAILED" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_self_check_on_the_realistic_phantom_style(tiny_model_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from segmentation.phantoms import make_phantom
+
+    argv = [
+        "--self-check",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--min-dice",
+        "0",
+        "--seed",
+        "3",
+    ]
+    assert segment_main([*argv, "--phantom-style", "realistic"]) == 0
+    out = capsys.readouterr().out
+    # The phantom checked is the realistic generator's for that seed: its lesions and drawn geometry.
+    expected = make_phantom(3, n_lesions=4, diameter_range_mm=(6.0, 30.0), style="realistic")
+    assert f"phantom seed 3, style realistic: 4 lesions, geometry {expected.geometry.name}" in out
+    assert 0.0 <= float(out.split("Dice ")[1].split(";")[0]) <= 1.0
+    with pytest.raises(SystemExit):
+        segment_main([*argv, "--phantom-style", "lifelike"])
+    assert "invalid choice: 'lifelike'" in capsys.readouterr().err
+
+
 def test_tampered_model_is_refused(tmp_path: Path, tiny_model_dir: Path, phantom, capsys) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad"
     bad.mkdir()
