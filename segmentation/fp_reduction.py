@@ -546,7 +546,7 @@ def classifier_inputs(features: ComponentFeatures) -> dict[str, float]:
         "depth": min(float(f.depth_mm), _DISTANCE_CAP_MM),
         "log_shell_contrast": log(f.contrast_to_shell, 1e-2, 1e2),
         "log_brain_contrast": log(f.contrast_to_brain, 1e-2, 1e2),
-        "probability_logit": float(_logit(f.mean_probability)),
+        "probability_logit": _logit(f.mean_probability),
     }
     return {name: inputs[name] for name in FP_CLASSIFIER_INPUTS}
 
