@@ -296,9 +296,10 @@ VARIANTS: tuple[tuple[float | None, float | None, float | None], ...] = (
 #: Classifier fits tried on each variant's components: (name, inputs, sensitivity). ``image`` leaves
 #: out the network's mean probability (the inputs of the demo's first classifier); the sensitivity is
 #: the share of the tuning lesions found that the threshold keeps (1: all, the demo's rule).
+_IMAGE_INPUTS = tuple(n for n in FP_CLASSIFIER_INPUTS if n != "probability_logit")
 FITS: tuple[tuple[str, tuple[str, ...], float], ...] = (
-    ("image, all", tuple(n for n in FP_CLASSIFIER_INPUTS if n != "probability_logit"), 1.0),
-    ("image, 0.97", tuple(n for n in FP_CLASSIFIER_INPUTS if n != "probability_logit"), 0.97),
+    ("image, all", _IMAGE_INPUTS, 1.0),
+    ("image, 0.97", _IMAGE_INPUTS, 0.97),
     ("image + probability, all", FP_CLASSIFIER_INPUTS, 1.0),
     ("image + probability, 0.97", FP_CLASSIFIER_INPUTS, 0.97),
 )
@@ -400,8 +401,8 @@ def main() -> None:
     # Rule fixed before this run (after the previous run's held-out figures had been seen): among the
     # variants and fits with at most one cross-validated false positive per tuning study, the highest
     # cross-validated F1 (lesions >= 5 mm); on ties the most 3-5 mm lesions found, then the earlier one
-    # (the model's own thresholds and the demo's fit first). The chosen fit is then refitted on every
-    # tuning study.
+    # (the model's own thresholds and the demo's fit first). The classifier written out is the chosen
+    # fit on every tuning study.
     eligible = [r for r in results if r[2] <= 1.0] or results[:1]
     best = max(eligible, key=lambda r: (round(r[0], 6), r[1], -results.index(r)))
     *_, radius, detection, smallest, fit_name, classifier = best
