@@ -67,8 +67,9 @@ def _style() -> str:
 
 
 def without_component_stages(model: Any) -> Any:
-    """``model`` with false-positive reduction and rim completion off: the network's components."""
-    return model.with_postprocessing(fp_reduction=None, rim_completion=None)
+    """``model`` with false-positive reduction, rim completion and small-lesion detection off: the
+    network's components."""
+    return model.with_postprocessing(fp_reduction=None, rim_completion=None, small_lesions=None)
 
 
 def _case(seed: int, model, fp_config) -> Case:

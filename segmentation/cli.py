@@ -9,8 +9,9 @@ DICOM folder or a zip of one series) and writes into OUTPUT_DIR:
 * ``lesions.json``: the model (name, label, sha256), the device and backend that ran it, the per-lesion :mod:`rano.measure` records, the
   components the false-positive reduction stage removed (``rejected_components``: features and rule;
   empty when the model config does not enable it), the volume the rim completion stage added to each
-  lesion (``rim_completion_added_mm3``, ``{"L1": mm3}``; empty when not enabled) and the per-stage
-  timings;
+  lesion (``rim_completion_added_mm3``, ``{"L1": mm3}``; empty when not enabled), the lesions the
+  small-lesion stage added with their features (``small_lesions``, ``{"L4": {...}}``; empty when not
+  enabled or none found) and the per-stage timings;
 * ``probability.nii`` with ``--probability``: the lesion probability on the same grid, stored as uint16
   with the NIfTI scale ``scl_slope = 1/65535`` (NIfTI readers see float probabilities);
 * ``rtstruct.dcm`` and ``seg.dcm`` when the input was DICOM (one ROI/segment per lesion, ``L1``...);
@@ -283,6 +284,7 @@ def _segment(args: argparse.Namespace) -> int:
         "lesions": [m.to_dict() for m in result.lesions],
         "rejected_components": [r.to_dict() for r in result.rejected],
         "rim_completion_added_mm3": {f"L{k}": round(v, 1) for k, v in sorted(result.rim_added_mm3.items())},
+        "small_lesions": {f"L{k}": c.to_dict() for k, c in sorted(result.small_lesions.items())},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "notes": notes,
     }
@@ -294,7 +296,8 @@ def _segment(args: argparse.Namespace) -> int:
     print(f"{len(result.lesions)} lesions; wrote {', '.join(written)} to {out}")
     for m in result.lesions:
         print(f"  L{m.label}: LD {m.longest_diameter_mm:.1f} mm x {m.perpendicular_diameter_mm:.1f} mm, "
-              f"volume {m.volume_mm3:.0f} mm3, centroid {tuple(round(c, 1) for c in m.centroid_mm)}")  # fmt: skip
+              f"volume {m.volume_mm3:.0f} mm3, centroid {tuple(round(c, 1) for c in m.centroid_mm)}"
+              f"{' (small-lesion stage)' if m.label in result.small_lesions else ''}")  # fmt: skip
     for r in result.rejected:
         f = r.features
         why = r.reason if r.probability is None else f"{r.reason}, lesion probability {r.probability:.2f}"

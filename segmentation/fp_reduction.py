@@ -344,21 +344,12 @@ _STRUCTURENESS_GAMMA = 0.1
 _ALPHA = _BETA = 0.5
 
 
-def objectness_at(
-    smooth: NDArray[np.floating[Any]],
-    points: NDArray[np.intp],
-    spacing_zyx: NDArray[np.float64],
-    gamma: float = _STRUCTURENESS_GAMMA,
+def hessian_at(
+    smooth: NDArray[np.floating[Any]], points: NDArray[np.intp], spacing_zyx: NDArray[np.float64]
 ) -> NDArray[np.float64]:
-    """SimpleITK's :func:`~SimpleITK.ObjectnessMeasure` of ``smooth`` (bright tubes: object dimension
-    1, alpha = beta = 0.5, ``gamma``, not scaled by the largest eigenvalue) at ``points`` (voxel indices,
-    z y x) only.
-
-    Written out because the filter evaluates every voxel of its input, where the feature needs the
-    component's core: the Hessian by the filter's central differences in physical units (its
-    ``HessianImageFilter``), then ITK's ``HessianToObjectnessMeasureImageFilter`` formula on its
-    eigenvalues sorted by magnitude. Equal to the filter to float precision (tested)."""
-    # Beyond the border the filter repeats the edge voxel (ITK's zero-flux Neumann condition).
+    """The Hessians (n, 3, 3; z y x) of ``smooth`` at ``points`` (voxel indices, z y x) by central
+    differences in physical units, as ITK's ``HessianImageFilter`` computes them; beyond the border the
+    edge voxel repeats (ITK's zero-flux Neumann condition)."""
     f = np.pad(np.asarray(smooth, dtype=np.float64), 1, mode="edge")
     unit = np.eye(3, dtype=np.intp)
 
@@ -375,6 +366,24 @@ def objectness_at(
                 at(unit[i] + unit[j]) - at(unit[i] - unit[j]) - at(unit[j] - unit[i]) + at(-unit[i] - unit[j])
             )
             hessian[:, i, j] = hessian[:, j, i] = cross / (4.0 * spacing_zyx[i] * spacing_zyx[j])
+    return hessian
+
+
+def objectness_at(
+    smooth: NDArray[np.floating[Any]],
+    points: NDArray[np.intp],
+    spacing_zyx: NDArray[np.float64],
+    gamma: float = _STRUCTURENESS_GAMMA,
+) -> NDArray[np.float64]:
+    """SimpleITK's :func:`~SimpleITK.ObjectnessMeasure` of ``smooth`` (bright tubes: object dimension
+    1, alpha = beta = 0.5, ``gamma``, not scaled by the largest eigenvalue) at ``points`` (voxel indices,
+    z y x) only.
+
+    Written out because the filter evaluates every voxel of its input, where the feature needs the
+    component's core: the Hessian by the filter's central differences (:func:`hessian_at`), then ITK's
+    ``HessianToObjectnessMeasureImageFilter`` formula on its eigenvalues sorted by magnitude. Equal to
+    the filter to float precision (tested)."""
+    hessian = hessian_at(smooth, points, spacing_zyx)
     eig = np.linalg.eigvalsh(hessian)
     eig = np.take_along_axis(eig, np.argsort(np.abs(eig), axis=1, kind="stable"), axis=1)
     mag = np.abs(eig)

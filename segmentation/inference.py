@@ -24,7 +24,11 @@ Stages (each timed in :attr:`SegmentationResult.timings_s`):
    component extended to the outer edge of its enhancing rim and the cavity it encloses
    (:mod:`segmentation.rim_completion`; the volume each gained is in
    :attr:`SegmentationResult.rim_added_mm3`);
-7. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
+7. ``small_lesions`` (only when the model config has ``postprocessing.small_lesions``): bright blobs of
+   a few millimetres that the network's grid cannot resolve, found on the image away from every
+   component the network drew (kept or rejected) and added as new lesions after them
+   (:mod:`segmentation.small_lesions`; their features are in :attr:`SegmentationResult.small_lesions`);
+8. ``measure``: the lesion table (:func:`rano.measure.measure_lesions`), in native millimetres.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from segmentation.preprocess import PreprocessedImage, PreprocessError, preproce
 from segmentation.probability import quantise
 from segmentation.rim_completion import complete_rims
 from segmentation.sliding import sliding_window
+from segmentation.small_lesions import Candidate, detect_small_lesions
 
 if TYPE_CHECKING:
     # Imported where the PyTorch backend runs: the backends of the export never load torch or MONAI.
@@ -119,6 +124,8 @@ class SegmentationResult:
         rejected: Components removed by the false-positive reduction stage, with features and reason.
         rim_added_mm3: Volume (mm^3) the rim completion stage added to each lesion, by label (empty when
             the stage does not run).
+        small_lesions: The lesions the small-lesion stage added, by label, with their features (empty
+            when the stage does not run or adds none).
     """
 
     mask: sitk.Image
@@ -132,6 +139,7 @@ class SegmentationResult:
     n_windows_skipped: int = 0
     rejected: tuple[RejectedComponent, ...] = ()
     rim_added_mm3: dict[int, float] = field(default_factory=dict)
+    small_lesions: dict[int, Candidate] = field(default_factory=dict)
 
     @property
     def runtime(self) -> str:
@@ -300,6 +308,16 @@ def lesion_components(probability: sitk.Image, post: PostprocessConfig, min_volu
     return label_components(mask, min_volume_mm3)
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """What the optional component stages did (:func:`_component_stages`)."""
+
+    labels: sitk.Image
+    rejected: tuple[RejectedComponent, ...] = ()
+    rim_added_mm3: dict[int, float] = field(default_factory=dict)
+    small_lesions: dict[int, Candidate] = field(default_factory=dict)
+
+
 def _component_stages(
     image: sitk.Image,
     labels: sitk.Image,
@@ -307,21 +325,23 @@ def _component_stages(
     post: PostprocessConfig,
     timings: dict[str, float],
     probability: sitk.Image,
-) -> tuple[sitk.Image, tuple[RejectedComponent, ...], dict[int, float]]:
+) -> _Staged:
     """The optional stages on the components drawn from ``probability`` (native grid): false-positive
-    reduction, then rim completion (each timed into ``timings`` when it runs). Returns the labels, the
-    rejected components and the rim's additions."""
-    rejected: tuple[RejectedComponent, ...] = ()
-    rim_added: dict[int, float] = {}
-    if not (post.fp_reduction or post.rim_completion) or not sitk.GetArrayViewFromImage(labels).any():
-        return labels, rejected, rim_added
-    # Both stages need the brain mask (model grid) and its native-grid copy: each computed once, timed
+    reduction, rim completion, then small-lesion detection (each timed into ``timings`` when it runs)."""
+    drawn = labels
+    has_components = bool(sitk.GetArrayViewFromImage(labels).any())
+    runs_on_components = (post.fp_reduction or post.rim_completion) and has_components
+    if not (runs_on_components or post.small_lesions):
+        return _Staged(labels)
+    # The stages need the brain mask (model grid) and its native-grid copy: each computed once, timed
     # with the first stage that runs.
     t = time.perf_counter()
     brain_model = brain_mask(pre.model_space, pre.head_mask)
     brain = native_brain(brain_model, pre)
     shared = time.perf_counter() - t
-    if post.fp_reduction is not None:
+    rejected: tuple[RejectedComponent, ...] = ()
+    rim_added: dict[int, float] = {}
+    if post.fp_reduction is not None and has_components:
         t = time.perf_counter()
         reduced = reduce_false_positives(
             image, labels, pre, post.fp_reduction, brain_model, brain, probability
@@ -329,12 +349,24 @@ def _component_stages(
         labels, rejected = reduced.labels, reduced.rejected
         timings["fp_reduction"] = time.perf_counter() - t + shared
         shared = 0.0
-    if post.rim_completion is not None:
+    if post.rim_completion is not None and has_components:
         t = time.perf_counter()
         completed = complete_rims(image, labels, brain, post.rim_completion)
         labels, rim_added = completed.labels, completed.added_mm3
         timings["rim_completion"] = time.perf_counter() - t + shared
-    return labels, rejected, rim_added
+        shared = 0.0
+    small: dict[int, Candidate] = {}
+    if post.small_lesions is not None:
+        t = time.perf_counter()
+        # Not looked at: every component the network drew (a rejected vessel stays rejected) and the
+        # lesions as rim completion left them.
+        exclude = sitk.Or(sitk.Cast(drawn > 0, sitk.sitkUInt8), sitk.Cast(labels > 0, sitk.sitkUInt8))
+        found = detect_small_lesions(image, labels, exclude, brain, post.small_lesions, probability)
+        first = int(sitk.GetArrayViewFromImage(labels).max()) + 1
+        labels = found.labels
+        small = {first + i: c for i, c in enumerate(found.added)}
+        timings["small_lesions"] = time.perf_counter() - t + shared
+    return _Staged(labels, rejected, rim_added, small)
 
 
 def segment_image(
@@ -418,7 +450,8 @@ def segment_image(
     labels = lesion_components(native_prob, post, settings.min_lesion_volume_mm3)
     timings["components"] = time.perf_counter() - t
 
-    labels, rejected, rim_added = _component_stages(image, labels, pre, post, timings, native_prob)
+    staged = _component_stages(image, labels, pre, post, timings, native_prob)
+    labels = staged.labels
     mask = sitk.Cast(labels > 0, sitk.sitkUInt8)
 
     t = time.perf_counter()
@@ -434,6 +467,7 @@ def segment_image(
         probability=native_prob if options.keep_probability else None,
         backend=backend,
         n_windows_skipped=n_skipped,
-        rejected=rejected,
-        rim_added_mm3=rim_added,
+        rejected=staged.rejected,
+        rim_added_mm3=staged.rim_added_mm3,
+        small_lesions=staged.small_lesions,
     )

@@ -428,6 +428,84 @@ class RimCompletionConfig:
 
 
 @dataclass(frozen=True)
+class SmallLesionConfig:
+    """Small-lesion detection (``config.json`` -> ``postprocessing.small_lesions``; absent: the stage does
+    not run). Bright blobs the network's grid cannot resolve, found on the image at a finer grid
+    (:mod:`segmentation.small_lesions`, where each feature is defined).
+
+    Attributes:
+        spacing_mm: The isotropic grid the image is resampled onto.
+        sigmas_mm: The blob scales (a sphere of radius r answers most at sigma = r / sqrt(3)).
+        min_response: Smallest scale-normalised blob response of a candidate (x brain median).
+        exclude_mm: Candidates within this distance of the network's components are not looked at.
+        min_blobness: Smallest blobness kept (0-1; tubes and sheets are near 0).
+        min_brightness: Smallest peak intensity kept (x the brain's median).
+        min_contrast: Smallest ratio of the peak to the upper quartile of its shell kept.
+        min_depth_mm: Smallest depth below the brain surface kept.
+        min_probability: Smallest network probability near the peak kept (None: not used).
+        min_diameter_mm: Smallest mask kept (equivalent-sphere diameter).
+        max_diameter_mm: A mask reaching farther than half this from the peak is refused (a larger
+            bright structure).
+    """
+
+    spacing_mm: float = 1.0
+    sigmas_mm: tuple[float, ...] = (1.0, 1.5, 2.0)
+    min_response: float = 0.1
+    exclude_mm: float = 2.0
+    min_blobness: float = 0.3
+    min_brightness: float = 1.5
+    min_contrast: float = 1.3
+    min_depth_mm: float = 2.0
+    min_probability: float | None = None
+    min_diameter_mm: float = 2.5
+    max_diameter_mm: float = 7.0
+
+    def __post_init__(self) -> None:
+        section = "postprocessing.small_lesions"
+        if not isinstance(self.sigmas_mm, tuple) or not self.sigmas_mm:
+            raise ModelConfigError(
+                f"{section}.sigmas_mm must be a list of scales in mm, got {self.sigmas_mm!r}"
+            )
+        for value in self.sigmas_mm:
+            _check_number(section, "sigmas_mm", value, low=0.0, positive=True)
+        for name in ("spacing_mm", "max_diameter_mm"):
+            _check_number(section, name, getattr(self, name), low=0.0, positive=True)
+        for name in (
+            "min_response",
+            "exclude_mm",
+            "min_brightness",
+            "min_contrast",
+            "min_depth_mm",
+            "min_diameter_mm",
+        ):
+            _check_number(section, name, getattr(self, name), low=0.0)
+        _check_number(section, "min_blobness", self.min_blobness, low=0.0)
+        if self.min_blobness > 1.0:
+            raise ModelConfigError(f"{section}.min_blobness must be within [0, 1], got {self.min_blobness!r}")
+        if self.min_probability is not None:
+            _check_number(section, "min_probability", self.min_probability, low=0.0)
+            if self.min_probability > 1.0:
+                raise ModelConfigError(
+                    f"{section}.min_probability must be within [0, 1], got {self.min_probability!r}"
+                )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SmallLesionConfig:
+        """Parse the ``small_lesions`` mapping (unknown keys are refused, with their names)."""
+        values = _section_values("postprocessing.small_lesions", data, cls.__dataclass_fields__)
+        if isinstance(values.get("sigmas_mm"), list):
+            values["sigmas_mm"] = tuple(values["sigmas_mm"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping, the inverse of :meth:`from_dict`."""
+        return {
+            name: list(value) if isinstance(value := getattr(self, name), tuple) else value
+            for name in self.__dataclass_fields__
+        }
+
+
+@dataclass(frozen=True)
 class PostprocessConfig:
     """Thresholding and component filtering (``config.json`` -> ``postprocessing``).
 
@@ -441,6 +519,8 @@ class PostprocessConfig:
         fp_reduction: The false-positive reduction rules (None, the default: the stage does not run).
         rim_completion: Extension of each kept component to its enhancing rim (None, the default: the
             stage does not run).
+        small_lesions: Detection of small lesions on the image, away from the network's components
+            (None, the default: the stage does not run).
     """
 
     threshold: float = 0.5
@@ -448,6 +528,7 @@ class PostprocessConfig:
     detection_threshold: float | None = None
     fp_reduction: FpReductionConfig | None = None
     rim_completion: RimCompletionConfig | None = None
+    small_lesions: SmallLesionConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "detection_threshold"):
@@ -572,7 +653,9 @@ class ModelConfig:
             fp = None if fp_data is None else FpReductionConfig.from_dict(fp_data)
             rim_data = post_data.pop("rim_completion", None)
             rim = None if rim_data is None else RimCompletionConfig.from_dict(rim_data)
-            post = PostprocessConfig(**post_data, fp_reduction=fp, rim_completion=rim)
+            small_data = post_data.pop("small_lesions", None)
+            small = None if small_data is None else SmallLesionConfig.from_dict(small_data)
+            post = PostprocessConfig(**post_data, fp_reduction=fp, rim_completion=rim, small_lesions=small)
         except TypeError as exc:
             raise ModelConfigError(f"inference/postprocessing section: {exc}") from exc
         known = {
@@ -634,6 +717,11 @@ class ModelConfig:
                 **(
                     {"rim_completion": self.postprocessing.rim_completion.to_dict()}
                     if self.postprocessing.rim_completion is not None
+                    else {}
+                ),
+                **(
+                    {"small_lesions": self.postprocessing.small_lesions.to_dict()}
+                    if self.postprocessing.small_lesions is not None
                     else {}
                 ),
             },

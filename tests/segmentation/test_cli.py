@@ -332,3 +332,28 @@ def test_bm_train_entry_point_shows_help(capsys) -> None:  # type: ignore[no-unt
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--freeze-encoder" in out and "--init-from" in out and "--roi-pattern" in out
+
+
+def test_small_lesion_stage_additions_are_listed_with_their_features(
+    tmp_path: Path, tiny_model_dir: Path, phantom, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    # A head-sized block of brain with one bright 4 mm ball, which the small-lesion stage finds.
+    rng = np.random.default_rng(2)
+    zi, yi, xi = np.meshgrid(*(np.arange(121) - 60,) * 3, indexing="ij")
+    arr = np.where((np.abs(xi) < 54) & (np.abs(yi) < 54) & (np.abs(zi) < 54), 1.0, 0.0)
+    arr += rng.normal(0, 0.02, arr.shape)
+    arr[np.sqrt((xi - 12.4) ** 2 + (yi + 9.7) ** 2 + (zi - 4.1) ** 2) <= 2.0] = 2.0
+    image = sitk.GetImageFromArray((arr * 500).astype(np.int16))
+    src, model_dir = _with_postprocessing(tmp_path, tiny_model_dir, phantom, small_lesions={})
+    sitk.WriteImage(image, str(src))
+    out = tmp_path / "out"
+    # A threshold just below 1: the (untrained) network draws nothing, the stage finds the ball.
+    args = [str(src), str(out), "--model", str(model_dir), "--device", "cpu", "--threshold", "0.999999"]
+    assert segment_main(args) == 0
+    report = json.loads((out / "lesions.json").read_text())
+    assert [m["label"] for m in report["lesions"]] == [1] and set(report["small_lesions"]) == {"L1"}
+    added = report["small_lesions"]["L1"]
+    assert added["reason"] == "" and added["blobness"] > 0.5 and added["diameter_mm"] > 2.5
+    assert np.allclose(added["center_mm"], (60 + 12.4, 60 - 9.7, 60 + 4.1), atol=1.0)  # origin 0, 1 mm
+    assert "small_lesions" in report["timings_s"]
+    assert "(small-lesion stage)" in capsys.readouterr().out
