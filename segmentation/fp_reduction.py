@@ -60,6 +60,20 @@ from segmentation.preprocess import PreprocessedImage, to_native
 from segmentation.probability import to_float
 
 
+def rounded_record(record: Any) -> dict[str, Any]:
+    """A dataclass of features as a JSON-ready mapping, rounded for reading: tuples to lists of 2
+    decimals, floats to 3 decimals, non-finite floats to None (JSON has no NaN or Infinity)."""
+    out: dict[str, Any] = {}
+    for key, value in asdict(record).items():
+        if isinstance(value, tuple):
+            out[key] = [round(float(v), 2) for v in value]
+        elif isinstance(value, float):
+            out[key] = round(value, 3) if np.isfinite(value) else None
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class MidsagittalPlane:
     """A plane in patient coordinates (mm): points ``p`` with ``dot(p - point_mm, normal) == 0``."""
@@ -106,16 +120,8 @@ class ComponentFeatures:
     mean_probability: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping, rounded for reading."""
-        out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            if isinstance(value, tuple):
-                out[key] = [round(float(v), 2) for v in value]
-            elif isinstance(value, float):
-                out[key] = round(value, 3) if np.isfinite(value) else None
-            else:
-                out[key] = value
-        return out
+        """JSON-ready mapping, rounded for reading (:func:`rounded_record`)."""
+        return rounded_record(self)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ for the few hundred peaks the features need. The rules were chosen on phantoms b
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from segmentation.fp_reduction import hessian_at
+from segmentation.fp_reduction import hessian_at, rounded_record
 from segmentation.model import SmallLesionConfig
 from segmentation.probability import to_float
 
@@ -88,16 +88,8 @@ class Candidate:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping, rounded for reading."""
-        out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            if isinstance(value, tuple):
-                out[key] = [round(float(v), 2) for v in value]
-            elif isinstance(value, float):
-                out[key] = round(value, 3) if math.isfinite(value) else None
-            else:
-                out[key] = value
-        return out
+        """JSON-ready mapping, rounded for reading (:func:`~segmentation.fp_reduction.rounded_record`)."""
+        return rounded_record(self)
 
 
 @dataclass(frozen=True)
