@@ -16,7 +16,7 @@
    positives added per study, per style and together, beside the demo pipeline's own figures; then
    the real MRI (../shared/data BraTS-MET-00110-000 t1c, never used for the choice) with the stage.
 
-``METTRACK_SLD_TUNING`` and ``METTRACK_SLD_TEST`` set the phantoms per style (default 40 and 30);
+``METTRACK_SLD_TUNING`` and ``METTRACK_SLD_TEST`` set the phantoms per style (default 30 and 30);
 ``METTRACK_SLD_OUT`` names a file where the chosen ``small_lesions`` section is written as JSON.
 """
 
@@ -248,7 +248,7 @@ def main() -> None:
 
     model = load_model()
     folder = Path(os.environ.get("METTRACK_FPC_CACHE") or tempfile.mkdtemp(prefix="sld-"))
-    n_tune = int(os.environ.get("METTRACK_SLD_TUNING", "40"))
+    n_tune = int(os.environ.get("METTRACK_SLD_TUNING", "30"))
     n_test = int(os.environ.get("METTRACK_SLD_TEST", "30"))
     print(f"phantoms in {folder}: tuning ({n_tune} per style)", flush=True)
     tuning = load_studies(model, folder, TUNE_SEED, n_tune)
