@@ -182,7 +182,8 @@ def find_candidates(
     if len(points) == 0:
         return [], []
     depth = ndi.distance_transform_edt(inside, sampling=h)
-    prob_arr = None if probability is None else to_float(sitk.GetArrayViewFromImage(probability))
+    # The stored (compact) map as it is: only each candidate's neighbourhood is converted.
+    prob_arr = None if probability is None else sitk.GetArrayViewFromImage(probability)
     # The Hessian at each peak at the scale that answered most there (one padded copy per scale).
     scales = scale[tuple(points.T)]
     blob = np.zeros(len(points))
@@ -253,7 +254,7 @@ def _max_near(prob: NDArray[Any], image: sitk.Image, centre: tuple[float, ...], 
     if np.any(hi <= lo):
         return 0.0
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    return float(prob[box].max())
+    return float(to_float(prob[box]).max())
 
 
 #: The rules of :class:`~segmentation.model.SmallLesionConfig`, in the order a refusal is named by.

@@ -312,3 +312,30 @@ def test_segment_image_with_the_stage_adds_the_small_lesion_after_the_network_on
     assert added.longest_diameter_mm == pytest.approx(4.0, abs=1.5)
     assert np.array_equal(sitk.GetArrayViewFromImage(staged.mask), (labels > 0).astype(np.uint8))
     assert math.isfinite(staged.small_lesions[2].probability)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_probability_feature_is_the_largest_network_probability_near_the_peak(compact: bool) -> None:
+    brain = Brain()
+    centre = (4.0, -3.0, 2.0)
+    brain.ball(centre, 4.0)
+    near = brain.r(centre) <= 1.0
+    far = brain.r((-15.0, 10.0, -10.0)) <= 2.0  # higher, but far from the ball: not counted
+    if compact:  # the pipeline's stored type: probability x 65535 in uint16
+        prob = np.zeros(brain.brain.shape, np.uint16)
+        prob[near], prob[far] = 32768, 65535
+        expected = 32768 / 65535
+    else:
+        prob = np.zeros(brain.brain.shape, np.float32)
+        prob[near], prob[far] = 0.25, 0.9
+        expected = 0.25
+    result = detect_small_lesions(
+        brain.image((brain.intensity * 500.0).astype(np.int16)),
+        brain.image(brain.labels),
+        brain.image(brain.labels.astype(np.uint8)),
+        brain.image(brain.brain.astype(np.uint8)),
+        SmallLesionConfig(),
+        brain.image(prob),
+    )
+    assert len(result.added) == 1
+    assert result.added[0].probability == pytest.approx(expected, abs=1e-6)
