@@ -192,13 +192,33 @@ FP_CLASSIFIER_INPUTS = (
 )  # fmt: skip
 
 
-def _check_number(section: str, name: str, value: Any, *, low: float, positive: bool = False) -> None:
-    """Refuse a value that is not a number >= ``low`` (or > ``low`` when ``positive``), naming the field."""
+def _check_number(
+    section: str, name: str, value: Any, *, low: float, positive: bool = False, high: float | None = None
+) -> None:
+    """Refuse a value that is not a number >= ``low`` (or > ``low`` when ``positive``) and, when
+    ``high`` is given, <= ``high``, naming the field."""
     ok = not isinstance(value, bool) and isinstance(value, int | float) and np.isfinite(float(value))
     ok = ok and (float(value) > low if positive else float(value) >= low)
+    ok = ok and (high is None or float(value) <= high)
     if not ok:
         relation = ">" if positive else ">="
-        raise ModelConfigError(f"{section}.{name} must be a number {relation} {low:g}, got {value!r}")
+        bound = "" if high is None else f" and <= {high:g}"
+        raise ModelConfigError(f"{section}.{name} must be a number {relation} {low:g}{bound}, got {value!r}")
+
+
+def _check_scales(section: str, scales: Any) -> None:
+    """Refuse ``sigmas_mm`` unless it is a non-empty tuple of positive numbers (mm)."""
+    if not isinstance(scales, tuple) or not scales:
+        raise ModelConfigError(f"{section}.sigmas_mm must be a list of scales in mm, got {scales!r}")
+    for value in scales:
+        _check_number(section, "sigmas_mm", value, low=0.0, positive=True)
+
+
+def _scales_as_tuple(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a JSON list of ``sigmas_mm`` turned into the tuple the config holds."""
+    if isinstance(values.get("sigmas_mm"), list | tuple):
+        values["sigmas_mm"] = tuple(values["sigmas_mm"])
+    return values
 
 
 def _section_values(section: str, data: Any, fields: Iterable[str]) -> dict[str, Any]:
@@ -351,22 +371,16 @@ class FpReductionConfig:
                 _check_number(section, name, value, low=0.0)
         if self.midline_max_width_mm is not None and self.midline_distance_mm is None:
             raise ModelConfigError(f"{section}.midline_max_width_mm needs midline_distance_mm")
-        if not isinstance(self.sigmas_mm, tuple) or not self.sigmas_mm:
-            raise ModelConfigError(
-                f"{section}.sigmas_mm must be a list of scales in mm, got {self.sigmas_mm!r}"
-            )
-        for value in self.sigmas_mm:
-            _check_number(section, "sigmas_mm", value, low=0.0, positive=True)
+        _check_scales(section, self.sigmas_mm)
         _check_number(section, "shell_mm", self.shell_mm, low=0.0, positive=True)
         _check_number(section, "split_min_piece_mm3", self.split_min_piece_mm3, low=0.0)
 
     @classmethod
     def from_dict(cls, data: Any) -> FpReductionConfig:
         """Parse the ``fp_reduction`` mapping (unknown keys are refused, with their names)."""
-        values = _section_values("postprocessing.fp_reduction", data, cls.__dataclass_fields__)
-        if "sigmas_mm" in values:
-            sigmas = values["sigmas_mm"]
-            values["sigmas_mm"] = tuple(sigmas) if isinstance(sigmas, list | tuple) else sigmas
+        values = _scales_as_tuple(
+            _section_values("postprocessing.fp_reduction", data, cls.__dataclass_fields__)
+        )
         if values.get("classifier") is not None:
             values["classifier"] = FpClassifierConfig.from_dict(values["classifier"])
         return cls(**values)
@@ -462,12 +476,7 @@ class SmallLesionConfig:
 
     def __post_init__(self) -> None:
         section = "postprocessing.small_lesions"
-        if not isinstance(self.sigmas_mm, tuple) or not self.sigmas_mm:
-            raise ModelConfigError(
-                f"{section}.sigmas_mm must be a list of scales in mm, got {self.sigmas_mm!r}"
-            )
-        for value in self.sigmas_mm:
-            _check_number(section, "sigmas_mm", value, low=0.0, positive=True)
+        _check_scales(section, self.sigmas_mm)
         for name in ("spacing_mm", "max_diameter_mm"):
             _check_number(section, name, getattr(self, name), low=0.0, positive=True)
         for name in (
@@ -479,23 +488,18 @@ class SmallLesionConfig:
             "min_diameter_mm",
         ):
             _check_number(section, name, getattr(self, name), low=0.0)
-        _check_number(section, "min_blobness", self.min_blobness, low=0.0)
-        if self.min_blobness > 1.0:
-            raise ModelConfigError(f"{section}.min_blobness must be within [0, 1], got {self.min_blobness!r}")
+        _check_number(section, "min_blobness", self.min_blobness, low=0.0, high=1.0)
         if self.min_probability is not None:
-            _check_number(section, "min_probability", self.min_probability, low=0.0)
-            if self.min_probability > 1.0:
-                raise ModelConfigError(
-                    f"{section}.min_probability must be within [0, 1], got {self.min_probability!r}"
-                )
+            _check_number(section, "min_probability", self.min_probability, low=0.0, high=1.0)
 
     @classmethod
     def from_dict(cls, data: Any) -> SmallLesionConfig:
         """Parse the ``small_lesions`` mapping (unknown keys are refused, with their names)."""
-        values = _section_values("postprocessing.small_lesions", data, cls.__dataclass_fields__)
-        if isinstance(values.get("sigmas_mm"), list):
-            values["sigmas_mm"] = tuple(values["sigmas_mm"])
-        return cls(**values)
+        return cls(
+            **_scales_as_tuple(
+                _section_values("postprocessing.small_lesions", data, cls.__dataclass_fields__)
+            )
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict`."""
