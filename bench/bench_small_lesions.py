@@ -118,9 +118,7 @@ def _study(model: Any, folder: Path, style: str, seed: int) -> Study:
     image, probability, truth_image, brain, exclude, labels = _demo_stages(model, folder, style, seed)
     truth, diameter = _truth(truth_image)
     loose = SmallLesionConfig(**LOOSE)  # type: ignore[arg-type]
-    candidates, levels = find_candidates(image, brain, exclude, loose, probability)
-    inside = sitk.GetArrayViewFromImage(brain) > 0
-    median = float(np.median(sitk.GetArrayViewFromImage(image)[inside]))
+    candidates, levels, median = find_candidates(image, brain, exclude, loose, probability)
     occupied = (sitk.GetArrayViewFromImage(exclude) > 0) | (sitk.GetArrayViewFromImage(labels) > 0)
     voxel_mm3 = float(np.prod(image.GetSpacing()))
     judged = []

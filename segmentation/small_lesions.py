@@ -150,12 +150,13 @@ def find_candidates(
     exclude: sitk.Image,
     config: SmallLesionConfig,
     probability: sitk.Image | None = None,
-) -> tuple[list[Candidate], list[tuple[float, float]]]:
+) -> tuple[list[Candidate], list[tuple[float, float]], float]:
     """Every candidate (steps 1-4 of the module docstring), with each one's (peak intensity, shell
-    median) on the brain-median scale, for its mask."""
+    median) on the brain-median scale, for its mask, and the brain's median intensity that scale is
+    of (1 without a brain)."""
     arr_brain = sitk.GetArrayViewFromImage(brain) > 0
     if not arr_brain.any():
-        return [], []
+        return [], [], 1.0
     native = sitk.GetArrayViewFromImage(image)
     median = float(np.median(native[arr_brain][:: max(1, int(arr_brain.sum()) // 500_000)]))
     work, mask = _work_grid(image, brain, config.spacing_mm)
@@ -180,7 +181,7 @@ def find_candidates(
     peaks = (best == ndi.maximum_filter(best, size=3)) & inside & ~ex_arr & (best >= config.min_response)
     points = np.argwhere(peaks)
     if len(points) == 0:
-        return [], []
+        return [], [], median
     depth = ndi.distance_transform_edt(inside, sampling=h)
     # The stored (compact) map as it is: only each candidate's neighbourhood is converted.
     prob_arr = None if probability is None else sitk.GetArrayViewFromImage(probability)
@@ -223,7 +224,7 @@ def find_candidates(
         )
         out.append(replace(candidate, reason=refusal(candidate, config)) if not cheap_pass[i] else candidate)
         levels.append((float(peak[i]), shell))
-    return out, levels
+    return out, levels, median
 
 
 def _shell_levels(
@@ -346,12 +347,7 @@ def detect_small_lesions(
         config: The detector's settings and rules.
         probability: The network's probability map (native grid), for the ``probability`` feature.
     """
-    candidates, levels = find_candidates(image, brain, exclude, config, probability)
-    inside = sitk.GetArrayViewFromImage(brain) > 0
-    native = sitk.GetArrayViewFromImage(image)
-    median = (
-        float(np.median(native[inside][:: max(1, int(inside.sum()) // 500_000)])) if inside.any() else 1.0
-    )
+    candidates, levels, median = find_candidates(image, brain, exclude, config, probability)
     out = sitk.GetArrayFromImage(labels).astype(np.uint32)
     occupied = (out > 0) | (sitk.GetArrayViewFromImage(exclude) > 0)
     next_label = int(out.max()) + 1
