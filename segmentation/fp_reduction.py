@@ -535,7 +535,7 @@ def component_features(
 _DISTANCE_CAP_MM = 60.0
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
     """Log-odds of a probability clipped to 1e-4..1 - 1e-4 (NaN stays NaN)."""
     q = float(np.clip(p, 1e-4, 1.0 - 1e-4))
     return float(np.log(q / (1.0 - q)))
@@ -561,7 +561,7 @@ def classifier_inputs(features: ComponentFeatures) -> dict[str, float]:
         "depth": min(float(f.depth_mm), _DISTANCE_CAP_MM),
         "log_shell_contrast": log(f.contrast_to_shell, 1e-2, 1e2),
         "log_brain_contrast": log(f.contrast_to_brain, 1e-2, 1e2),
-        "probability_logit": _logit(f.mean_probability),
+        "probability_logit": logit(f.mean_probability),
     }
     return {name: inputs[name] for name in FP_CLASSIFIER_INPUTS}
 
@@ -573,17 +573,10 @@ def lesion_probability(features: ComponentFeatures, classifier: FpClassifierConf
         ValueError: An input the classifier uses is missing (``probability_logit`` of features computed
             without the probability map).
     """
-    inputs = classifier_inputs(features)
-    x = np.asarray([inputs[name] for name in classifier.inputs], dtype=np.float64)
-    if not np.isfinite(x).all():
-        missing = [name for name, v in zip(classifier.inputs, x, strict=True) if not np.isfinite(v)]
-        raise ValueError(f"the classifier needs {missing}, which component {features.label} lacks")
-    z = classifier.bias + float(
-        np.dot(
-            np.asarray(classifier.weights), (x - np.asarray(classifier.mean)) / np.asarray(classifier.scale)
-        )
-    )
-    return float(1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0))))
+    try:
+        return classifier.probability(classifier_inputs(features))
+    except ValueError as exc:
+        raise ValueError(f"{exc}, which component {features.label} lacks") from None
 
 
 # --------------------------------------------------------------------------------------------------

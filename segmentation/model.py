@@ -23,9 +23,9 @@ import json
 import os
 import platform
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -191,6 +191,13 @@ FP_CLASSIFIER_INPUTS = (
     "log_shell_contrast", "log_brain_contrast", "probability_logit",
 )  # fmt: skip
 
+#: The inputs a :class:`SmallLesionClassifierConfig` may use: transforms of a small-lesion candidate's
+#: features that :func:`segmentation.small_lesions.classifier_inputs` computes.
+SMALL_LESION_INPUTS = (
+    "log_response", "blobness", "log_brightness", "log_contrast", "depth", "probability_logit", "sigma",
+    "log_diameter",
+)  # fmt: skip
+
 
 def _check_number(
     section: str, name: str, value: Any, *, low: float, positive: bool = False, high: float | None = None
@@ -232,14 +239,20 @@ def _section_values(section: str, data: Any, fields: Iterable[str]) -> dict[str,
 
 
 @dataclass(frozen=True)
-class FpClassifierConfig:
-    """A second-stage lesion classifier on component features (``fp_reduction.classifier``).
+class LesionClassifierConfig:
+    """A logistic regression that weighs a lesion candidate's named inputs into a lesion probability.
 
-    Logistic regression: ``p = 1 / (1 + exp(-(bias + sum(weights * (x - mean) / scale))))`` over the
-    :data:`FP_CLASSIFIER_INPUTS` named in ``inputs``; a component whose ``p`` is below
-    ``min_probability`` is rejected (rule ``classifier``). Fitted on phantom components by
-    :func:`segmentation.fp_classifier.fit_classifier`; ``fitted_on`` says on what, for the model card.
+    ``p = 1 / (1 + exp(-(bias + sum(weights * (x - mean) / scale))))`` over the inputs named in
+    ``inputs`` (each a member of the subclass's :attr:`INPUTS`); a candidate whose ``p`` is below
+    ``min_probability`` is rejected (rule ``classifier``). Fitted on phantoms by
+    :func:`segmentation.fp_classifier.fit_linear`; ``fitted_on`` says on what, for the model card. The
+    subclasses say where in ``config.json`` it lives and which inputs it may use.
     """
+
+    #: Where the mapping lives in ``config.json`` (named in errors).
+    SECTION: ClassVar[str] = "postprocessing.classifier"
+    #: The input names it may use.
+    INPUTS: ClassVar[tuple[str, ...]] = ()
 
     inputs: tuple[str, ...]
     mean: tuple[float, ...]
@@ -250,13 +263,13 @@ class FpClassifierConfig:
     fitted_on: str = ""
 
     def __post_init__(self) -> None:
-        section = "postprocessing.fp_reduction.classifier"
+        section = self.SECTION
         if not isinstance(self.inputs, tuple) or not self.inputs:
             raise ModelConfigError(f"{section}.inputs must be a list of input names, got {self.inputs!r}")
-        unknown = [name for name in self.inputs if name not in FP_CLASSIFIER_INPUTS]
+        unknown = [name for name in self.inputs if name not in self.INPUTS]
         if unknown or len(set(self.inputs)) != len(self.inputs):
             raise ModelConfigError(
-                f"{section}.inputs must name distinct inputs of {list(FP_CLASSIFIER_INPUTS)}, got {list(self.inputs)}"
+                f"{section}.inputs must name distinct inputs of {list(self.INPUTS)}, got {list(self.inputs)}"
             )
         for name in ("mean", "scale", "weights"):
             values = getattr(self, name)
@@ -275,16 +288,30 @@ class FpClassifierConfig:
         if not isinstance(self.fitted_on, str):
             raise ModelConfigError(f"{section}.fitted_on must be text, got {self.fitted_on!r}")
 
+    def probability(self, values: Mapping[str, float]) -> float:
+        """The lesion probability of a candidate whose inputs are ``values`` (every name in ``inputs``).
+
+        Raises:
+            ValueError: An input it uses is missing or not finite, named.
+        """
+        x = np.asarray([values.get(name, np.nan) for name in self.inputs], dtype=np.float64)
+        if not np.isfinite(x).all():
+            missing = [name for name, v in zip(self.inputs, x, strict=True) if not np.isfinite(v)]
+            raise ValueError(f"the classifier needs {missing}")
+        z = self.bias + float(
+            np.dot(np.asarray(self.weights), (x - np.asarray(self.mean)) / np.asarray(self.scale))
+        )
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0))))
+
     @classmethod
-    def from_dict(cls, data: Any) -> FpClassifierConfig:
-        """Parse the ``classifier`` mapping (unknown or missing keys are refused, with their names)."""
-        section = "postprocessing.fp_reduction.classifier"
-        values = _section_values(section, data, cls.__dataclass_fields__)
+    def from_dict(cls, data: Any) -> Self:
+        """Parse the mapping (unknown or missing keys are refused, with their names)."""
+        values = _section_values(cls.SECTION, data, [f.name for f in fields(cls)])
         missing = [
             n for n in ("inputs", "mean", "scale", "weights", "bias", "min_probability") if n not in values
         ]
         if missing:
-            raise ModelConfigError(f"{section} lacks {missing}")
+            raise ModelConfigError(f"{cls.SECTION} lacks {missing}")
         for name in ("inputs", "mean", "scale", "weights"):
             if isinstance(values[name], list):
                 values[name] = tuple(values[name])
@@ -293,10 +320,27 @@ class FpClassifierConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict`."""
         return {
-            name: list(value) if isinstance(value, tuple) else value
-            for name in self.__dataclass_fields__
-            for value in [getattr(self, name)]
+            f.name: list(value) if isinstance(value := getattr(self, f.name), tuple) else value
+            for f in fields(self)
         }
+
+
+@dataclass(frozen=True)
+class FpClassifierConfig(LesionClassifierConfig):
+    """The second-stage classifier of the false-positive stage (``fp_reduction.classifier``), on the
+    :data:`FP_CLASSIFIER_INPUTS` of a network component."""
+
+    SECTION: ClassVar[str] = "postprocessing.fp_reduction.classifier"
+    INPUTS: ClassVar[tuple[str, ...]] = FP_CLASSIFIER_INPUTS
+
+
+@dataclass(frozen=True)
+class SmallLesionClassifierConfig(LesionClassifierConfig):
+    """The classifier of the small-lesion stage (``small_lesions.classifier``), on the
+    :data:`SMALL_LESION_INPUTS` of a candidate whose mask is drawn."""
+
+    SECTION: ClassVar[str] = "postprocessing.small_lesions.classifier"
+    INPUTS: ClassVar[tuple[str, ...]] = SMALL_LESION_INPUTS
 
 
 @dataclass(frozen=True)
@@ -460,6 +504,9 @@ class SmallLesionConfig:
         min_diameter_mm: Smallest mask kept (equivalent-sphere diameter).
         max_diameter_mm: A mask reaching farther than half this from the peak is refused (a larger
             bright structure).
+        classifier: A candidate that passed the rules and whose mask is drawn is kept only when this
+            classifier's lesion probability reaches its ``min_probability`` (rule ``classifier``;
+            :class:`SmallLesionClassifierConfig`; None: the rules alone decide).
     """
 
     spacing_mm: float = 1.0
@@ -473,9 +520,12 @@ class SmallLesionConfig:
     min_probability: float | None = None
     min_diameter_mm: float = 2.5
     max_diameter_mm: float = 7.0
+    classifier: SmallLesionClassifierConfig | None = None
 
     def __post_init__(self) -> None:
         section = "postprocessing.small_lesions"
+        if self.classifier is not None and not isinstance(self.classifier, SmallLesionClassifierConfig):
+            raise ModelConfigError(f"{section}.classifier must be a mapping, got {self.classifier!r}")
         _check_scales(section, self.sigmas_mm)
         for name in ("spacing_mm", "max_diameter_mm"):
             _check_number(section, name, getattr(self, name), low=0.0, positive=True)
@@ -495,18 +545,23 @@ class SmallLesionConfig:
     @classmethod
     def from_dict(cls, data: Any) -> SmallLesionConfig:
         """Parse the ``small_lesions`` mapping (unknown keys are refused, with their names)."""
-        return cls(
-            **_scales_as_tuple(
-                _section_values("postprocessing.small_lesions", data, cls.__dataclass_fields__)
-            )
+        values = _scales_as_tuple(
+            _section_values("postprocessing.small_lesions", data, cls.__dataclass_fields__)
         )
+        if values.get("classifier") is not None:
+            values["classifier"] = SmallLesionClassifierConfig.from_dict(values["classifier"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping, the inverse of :meth:`from_dict`."""
-        return {
-            name: list(value) if isinstance(value := getattr(self, name), tuple) else value
-            for name in self.__dataclass_fields__
-        }
+        """JSON-ready mapping, the inverse of :meth:`from_dict` (no ``classifier`` when there is none)."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, SmallLesionClassifierConfig):
+                out[name] = value.to_dict()
+            elif name != "classifier":
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 @dataclass(frozen=True)

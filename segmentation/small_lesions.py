@@ -54,8 +54,8 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from segmentation.fp_reduction import hessian_at, rounded_record
-from segmentation.model import SmallLesionConfig
+from segmentation.fp_reduction import hessian_at, logit, rounded_record
+from segmentation.model import SMALL_LESION_INPUTS, SmallLesionConfig
 from segmentation.probability import to_float
 
 
@@ -73,6 +73,8 @@ class Candidate:
         depth_mm: Depth below the brain surface.
         probability: The network's largest lesion probability near the peak (NaN: not given).
         diameter_mm: Equivalent-sphere diameter of its mask on the native grid (0: no mask drawn).
+        lesion_probability: The stage's classifier's probability that it is a lesion (NaN: not judged
+            by a classifier).
         reason: The first rule that refused it, or "" when it is kept.
     """
 
@@ -85,6 +87,7 @@ class Candidate:
     depth_mm: float
     probability: float
     diameter_mm: float = 0.0
+    lesion_probability: float = float("nan")
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,7 +262,7 @@ def _max_near(prob: NDArray[Any], image: sitk.Image, centre: tuple[float, ...], 
 
 
 #: The rules of :class:`~segmentation.model.SmallLesionConfig`, in the order a refusal is named by.
-SMALL_LESION_RULES = ("blobness", "brightness", "depth", "contrast", "probability", "size")
+SMALL_LESION_RULES = ("blobness", "brightness", "depth", "contrast", "probability", "size", "classifier")
 
 #: Why a candidate that passed the rules has no mask: its peak lies in a lesion drawn before it.
 OVERLAP = "overlap"
@@ -280,6 +283,27 @@ def refusal(candidate: Candidate, config: SmallLesionConfig) -> str:
     if config.min_probability is not None and not candidate.probability >= config.min_probability:
         return "probability"
     return ""
+
+
+def classifier_inputs(candidate: Candidate) -> dict[str, float]:
+    """The :data:`~segmentation.model.SMALL_LESION_INPUTS` of a candidate whose mask is drawn: logarithms
+    of its ratios and sizes, its depth capped at 20 mm (deeper means nothing more), the logit of the
+    network's probability (clipped to 1e-4 .. 1 - 1e-4). A feature that was not measured stays NaN."""
+    inputs = {
+        "log_response": _log(candidate.response),
+        "blobness": candidate.blobness,
+        "log_brightness": _log(candidate.brightness),
+        "log_contrast": _log(candidate.contrast),
+        "depth": min(candidate.depth_mm, 20.0),
+        "probability_logit": logit(candidate.probability),
+        "sigma": candidate.sigma_mm,
+        "log_diameter": _log(candidate.diameter_mm),
+    }
+    return {name: inputs[name] for name in SMALL_LESION_INPUTS}
+
+
+def _log(value: float) -> float:
+    return math.log(value) if value > 0 else math.nan
 
 
 def draw_mask(
@@ -371,10 +395,15 @@ def detect_small_lesions(
         if diameter < config.min_diameter_mm:
             judged.append(replace(cand, diameter_mm=diameter, reason="size"))
             continue
+        kept = replace(cand, diameter_mm=diameter)
+        if config.classifier is not None:
+            kept = replace(kept, lesion_probability=config.classifier.probability(classifier_inputs(kept)))
+            if kept.lesion_probability < config.classifier.min_probability:
+                judged.append(replace(kept, reason="classifier"))
+                continue
         out[box][mask] = next_label
         occupied[box] |= mask
         next_label += 1
-        kept = replace(cand, diameter_mm=diameter)
         added.append(kept)
         judged.append(kept)
     result = sitk.GetImageFromArray(out)

@@ -15,9 +15,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from segmentation.errors import ModelConfigError
-from segmentation.fp_classifier import ClassifierFitError, fit_classifier
+from segmentation.fp_classifier import ClassifierFitError, fit_classifier, fit_linear
 from segmentation.fp_reduction import ComponentFeatures, apply_rules, classifier_inputs, lesion_probability
-from segmentation.model import FP_CLASSIFIER_INPUTS, FpClassifierConfig, FpReductionConfig, ModelConfig
+from segmentation.model import (
+    FP_CLASSIFIER_INPUTS,
+    FpClassifierConfig,
+    FpReductionConfig,
+    ModelConfig,
+    SmallLesionClassifierConfig,
+)
 
 
 def _features(label: int = 1, **values: float) -> ComponentFeatures:
@@ -129,6 +135,26 @@ def test_fit_matches_scikit_learn_and_keeps_every_found_lesion() -> None:
     }
     for r in result.rejected:
         assert r.reason == "classifier" and r.to_dict()["probability"] < classifier.min_probability
+
+
+def test_fit_linear_makes_the_config_type_asked_for() -> None:
+    """The small-lesion stage's classifier is fitted by the same function on its own inputs."""
+    rng = np.random.default_rng(3)
+    rows = [{"log_diameter": float(v), "blobness": float(b)} for v, b in rng.normal(size=(40, 2))]
+    is_lesion = [row["log_diameter"] + 0.5 * row["blobness"] > 0 for row in rows]
+    found = [{f"L{i}"} if lesion else set() for i, lesion in enumerate(is_lesion)]
+    classifier = fit_linear(
+        SmallLesionClassifierConfig, rows, is_lesion, found, inputs=("log_diameter", "blobness")
+    )
+    assert isinstance(classifier, SmallLesionClassifierConfig)
+    probabilities = [classifier.probability(row) for row in rows]
+    assert (
+        min(p for p, lesion in zip(probabilities, is_lesion, strict=True) if lesion)
+        >= classifier.min_probability
+    )
+    with pytest.raises(ModelConfigError, match="small_lesions.classifier.inputs"):
+        fit_linear(SmallLesionClassifierConfig, [{"log_volume": 1.0}, {"log_volume": 2.0}], [True, False],
+                   [{"a"}, set()], inputs=("log_volume",))  # fmt: skip
 
 
 @pytest.mark.parametrize("lost", [1, 2, 5])

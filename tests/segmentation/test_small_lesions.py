@@ -14,11 +14,17 @@ import SimpleITK as sitk
 from segmentation.errors import ModelConfigError
 from segmentation.fp_reduction import hessian_at
 from segmentation.inference import InferenceOptions, segment_image
-from segmentation.model import ModelConfig, SmallLesionConfig
+from segmentation.model import (
+    SMALL_LESION_INPUTS,
+    ModelConfig,
+    SmallLesionClassifierConfig,
+    SmallLesionConfig,
+)
 from segmentation.small_lesions import (
     SMALL_LESION_RULES,
     Candidate,
     blobness,
+    classifier_inputs,
     detect_small_lesions,
     refusal,
 )
@@ -225,6 +231,45 @@ def test_candidate_to_dict_is_json_ready() -> None:
     assert out["probability"] is None and out["center_mm"] == [0.0, 0.0, 0.0] and out["reason"] == ""
 
 
+def test_classifier_inputs_are_the_named_transforms_in_order() -> None:
+    inputs = classifier_inputs(_candidate(diameter_mm=3.0, depth_mm=35.0, probability=0.2))
+    assert tuple(inputs) == SMALL_LESION_INPUTS
+    expected = {
+        "log_response": math.log(0.5), "blobness": 0.8, "log_brightness": math.log(2.0),
+        "log_contrast": math.log(1.5), "depth": 20.0, "probability_logit": math.log(0.2 / 0.8),
+        "sigma": 1.0, "log_diameter": math.log(3.0),
+    }  # fmt: skip
+    assert inputs == pytest.approx(expected, abs=1e-12)
+    unmeasured = classifier_inputs(_candidate(probability=float("nan"), contrast=float("nan")))
+    assert math.isnan(unmeasured["probability_logit"]) and math.isnan(unmeasured["log_contrast"])
+    assert math.isnan(unmeasured["log_diameter"])  # no mask drawn
+
+
+def _size_classifier(min_probability: float) -> SmallLesionClassifierConfig:
+    """p = d / (d + 3) for a mask of equivalent diameter d mm (logistic in log d, bias -log 3)."""
+    return SmallLesionClassifierConfig(
+        inputs=("log_diameter",), mean=(0.0,), scale=(1.0,), weights=(1.0,), bias=-math.log(3.0),
+        min_probability=min_probability,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("min_probability", "kept"), [(0.5, True), (0.7, False)])
+def test_the_classifier_judges_each_drawn_mask_after_the_rules(min_probability: float, kept: bool) -> None:
+    brain = Brain()
+    brain.ball((4.3, -6.1, 2.2), 4.0)
+    result = brain.detect(SmallLesionConfig(classifier=_size_classifier(min_probability)))
+    judged = [c for c in result.candidates if math.isfinite(c.lesion_probability)]
+    assert len(judged) == 1
+    ball = judged[0]
+    assert ball.lesion_probability == pytest.approx(ball.diameter_mm / (ball.diameter_mm + 3.0), abs=1e-9)
+    assert 0.5 < ball.lesion_probability < 0.7  # a 4 mm mask: about 0.57
+    assert (result.added == (ball,)) is kept
+    assert ball.reason == ("" if kept else "classifier")
+    assert bool(sitk.GetArrayViewFromImage(result.labels).max() == 1) is kept
+    # Without a classifier no candidate carries a lesion probability.
+    assert all(math.isnan(c.lesion_probability) for c in brain.detect().candidates)
+
+
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
@@ -241,6 +286,11 @@ def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None
     assert ModelConfig.from_dict(small_config_dict(small_lesions={})).postprocessing.small_lesions == (
         SmallLesionConfig()
     )
+    with_classifier = ModelConfig.from_dict(
+        small_config_dict(small_lesions={"classifier": _size_classifier(0.4).to_dict()})
+    )
+    assert with_classifier.postprocessing.small_lesions == SmallLesionConfig(classifier=_size_classifier(0.4))
+    assert ModelConfig.from_dict(with_classifier.to_dict()) == with_classifier
 
 
 @pytest.mark.parametrize(
@@ -256,7 +306,17 @@ def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None
         ({"max_diameter_mm": True}, "max_diameter_mm"),
         ({"radius": 3}, "unknown keys"),
         ([1.0], "must be a mapping"),
-    ],
+        ({"classifier": [1.0]}, "small_lesions.classifier must be a mapping"),
+        # An input of the false-positive stage's classifier is not one of this stage's.
+        (
+            {"classifier": {**_size_classifier(0.4).to_dict(), "inputs": ["log_volume"]}},
+            "small_lesions.classifier.inputs must name distinct inputs of",
+        ),
+        (
+            {"classifier": {**_size_classifier(0.4).to_dict(), "min_probability": 1.0}},
+            "small_lesions.classifier.min_probability",
+        ),
+    ],  # fmt: skip
 )
 def test_bad_config_values_are_refused_with_the_field_named(  # type: ignore[no-untyped-def]
     small_lesions: Any, field: str, small_config_dict
