@@ -574,6 +574,10 @@ class SegmentationRun(models.Model):
     A *shadow* run (``is_shadow``) is a trial's shadow candidate on a visit's series, next to the active
     model's run: it stores its mask and ``lesion_table`` (one ``rano.measure`` record per lesion) and
     drives nothing (no lesion, observation or assessment; never the visit's result).
+
+    ``findings`` says which labels of the mask a stage after the network added (the small-lesion stage,
+    :mod:`segmentation.small_lesions`) and what that stage measured on each, so a reader sees which of
+    the AI's lesions the network itself did not draw.
     """
 
     series = models.ForeignKey(ImagingSeries, on_delete=models.PROTECT, related_name="segmentation_runs")
@@ -593,6 +597,12 @@ class SegmentationRun(models.Model):
     )
     lesion_table = models.JSONField(
         default=list, blank=True, help_text="Shadow runs: one rano.measure record per lesion (mm, mm3)."
+    )
+    findings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Labels of the mask that a stage after the network added, by label: {"4": {"stage": '
+        '"small_lesions", "features": {...}}}; a label not here is the network\'s.',
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -755,6 +765,15 @@ class LesionObservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.lesion_id}@{self.timepoint_id}"
+
+    @property
+    def finding(self) -> dict[str, Any] | None:
+        """What the pipeline stage that added this lesion to its run's mask measured (the run's
+        ``findings`` at ``component_label``), or None: the network drew it, or a reader did."""
+        if self.segmentation_run_id is None or self.component_label is None:
+            return None
+        finding = self.segmentation_run.findings.get(str(self.component_label))  # type: ignore[union-attr]
+        return finding if isinstance(finding, dict) else None
 
 
 class Assessment(models.Model):

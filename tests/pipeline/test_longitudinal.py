@@ -641,3 +641,67 @@ def absent_sum(patient: Any, timepoint: Timepoint) -> float:
         "created_at", "pk"
     )
     return float(rows.first().sum_ld_mm)
+
+
+@pytest.mark.django_db
+def test_a_lesion_the_small_lesion_stage_added_is_shown_as_such(
+    synthetic_patient: SyntheticPatient, pipeline_patient: Any, media_root: Any, client: Any, api_client: Any
+) -> None:
+    """The run keeps which labels of its mask the small-lesion stage added (``findings``, from the
+    stage's own result), and the reader sees it: the visit's lesion table tags that lesion with the stage
+    and its lesion probability, the network's lesion is untagged, and the API returns the findings."""
+    import json
+
+    from segmentation.inference import SegmentationResult
+    from segmentation.small_lesions import Candidate
+
+    timepoint = pipeline_patient.timepoints.get(visit_label="BASELINE")
+    upload = imaging.upload_series(timepoint, synthetic_patient.zips[0], enqueue=False, actor=None)
+    volume = sitk.ReadImage(str(media_root / upload.series.volume_file.name))
+    network = sitk.GetArrayFromImage(_balls_on(volume, [((-14.0, 0.0, 0.0), 8.0)]))
+    small = sitk.GetArrayFromImage(_balls_on(volume, [((14.0, 0.0, 0.0), 2.5)]))
+    labels = sitk.GetImageFromArray((network + 2 * small).astype(np.uint32))
+    labels.CopyInformation(volume)
+    added = Candidate(
+        center_mm=(14.0, 0.0, 0.0), sigma_mm=1.5, response=0.6, blobness=0.7, brightness=2.1, contrast=1.6,
+        depth_mm=18.0, probability=0.02, diameter_mm=5.0, lesion_probability=0.8312,
+    )  # fmt: skip
+    result = SegmentationResult(
+        mask=sitk.Cast(labels > 0, sitk.sitkUInt8), labels=labels, lesions=[], timings_s={}, device="cpu",
+        n_windows=0, small_lesions={2: added},
+    )  # fmt: skip
+    findings = segmentation_stage.stage_findings(result)
+    assert set(findings) == {"2"} and findings["2"]["stage"] == "small_lesions"
+    assert json.loads(json.dumps(findings))["2"]["features"]["lesion_probability"] == 0.831
+    run = segmentation_stage.record_segmentation(
+        upload.series, ground_truth_version(), labels, labelled=True, findings=findings
+    )
+    analysis.run_analysis_stage(upload.job.pk, run.pk)
+    run.refresh_from_db()
+    assert run.findings == findings
+
+    by_label = {
+        o.component_label: o
+        for o in LesionObservation.objects.filter(timepoint=timepoint).select_related("segmentation_run")
+    }
+    assert set(by_label) == {1, 2}
+    assert by_label[1].finding is None
+    assert by_label[2].finding == findings["2"]
+    stage_lesion = by_label[2].lesion.label
+
+    reader = make_member(pipeline_patient.trial, MembershipRole.INVESTIGATOR)
+    client.force_login(reader)
+    page = client.get(f"/visits/{timepoint.pk}/")
+    assert page.status_code == 200
+    rows = {
+        label: row
+        for row in page.content.decode().split('<tr id="lesion-')[1:]
+        for label in [row.split('"', 1)[0]]
+    }
+    assert set(rows) == {by_label[1].lesion.label, stage_lesion}
+    assert "small-lesion stage, p 0.83" in rows[stage_lesion]
+    assert "small-lesion stage" not in rows[by_label[1].lesion.label]
+
+    api_client.force_authenticate(reader)
+    detail = api_client.get(f"/api/v1/segmentation-runs/{run.pk}/").json()
+    assert detail["findings"]["2"]["features"]["lesion_probability"] == 0.831

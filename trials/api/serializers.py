@@ -498,7 +498,9 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
     """A segmentation run (read-only). ``files`` links the stored outputs: ``mask`` (component labels,
     NIfTI), ``lesions`` (lesion numbers on the series grid, NIfTI), ``rtstruct`` and ``seg`` (DICOM, for
     DICOM uploads); a file not (yet) written is absent. A shadow run (``is_shadow``: a trial's shadow
-    candidate, for comparison only, never the visit's result) has a ``mask`` and its ``lesion_table``."""
+    candidate, for comparison only, never the visit's result) has a ``mask`` and its ``lesion_table``.
+    ``findings``: the labels of the mask that a stage after the network added (the small-lesion stage),
+    with what it measured on each."""
 
     model_name = serializers.CharField(source="model_version.name", read_only=True)
     is_demo_model = serializers.BooleanField(source="model_version.is_demo", read_only=True)
@@ -522,6 +524,7 @@ class SegmentationRunSerializer(serializers.ModelSerializer):
             "error",
             "is_shadow",
             "lesion_table",
+            "findings",
             "created_at",
         ]
         read_only_fields = fields

@@ -79,6 +79,7 @@ def record_segmentation(
     actor: Any | None = None,
     correlation_id: str = "",
     labelled: bool = False,
+    findings: dict[str, Any] | None = None,
 ) -> SegmentationRun:
     """Store a lesion mask of a series as the output of a segmentation run (created if needed).
 
@@ -98,6 +99,8 @@ def record_segmentation(
         labelled: ``mask`` is already the run's components (labels 1..n in raster order, none under
             the trial's ``min_lesion_volume_mm3``), as ``segment_image`` returns them with the trial's
             settings: stored as it is instead of being labelled again.
+        findings: The labels of ``mask`` (as text) a stage after the network added, with what it measured
+            (:func:`stage_findings`); only with ``labelled``, whose labels they name.
 
     Raises:
         InvalidInputError: The mask is not on the series' grid.
@@ -122,6 +125,7 @@ def record_segmentation(
         mask_file=name,
         device=device or run.device,
         timings_s={**(run.timings_s or {}), **(timings_s or {})},
+        findings=findings if labelled and findings else {},
         started_at=min((t for t in (run.started_at, started_at) if t is not None), default=timezone.now()),
         status=RunStatus.RUNNING,
         error="",
@@ -137,6 +141,15 @@ def _mask_reusable(run: SegmentationRun) -> bool:
     if not run.mask_file or run.status not in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
         return False
     return image_verifies(stored_name(run.mask_file))
+
+
+def stage_findings(result: SegmentationResult) -> dict[str, Any]:
+    """The run's ``findings``: each label the small-lesion stage added, with the features it measured
+    (:meth:`segmentation.small_lesions.Candidate.to_dict`: JSON-ready, no patient data)."""
+    return {
+        str(label): {"stage": "small_lesions", "features": candidate.to_dict()}
+        for label, candidate in sorted(result.small_lesions.items())
+    }
 
 
 def segment_series(series: ImagingSeries, model: LoadedModel) -> SegmentationResult:
@@ -212,9 +225,10 @@ def _segment(job: ProcessingJob, *, actor_id: int | None, correlation_id: str) -
         actor=actor,
         correlation_id=cid,
         labelled=True,
+        findings=stage_findings(result),
     )
     progress(job, 60, "segmentation", f"{len(result.lesions)} lesion(s) found")
     return run.pk
 
 
-__all__ = ["get_or_create_run", "record_segmentation", "run_segmentation_stage"]
+__all__ = ["get_or_create_run", "record_segmentation", "run_segmentation_stage", "stage_findings"]

@@ -265,6 +265,7 @@ SEGMENTATION_RUN_FIELDS = (
     "error",
     "is_shadow",
     "lesion_table",
+    "findings",
 )
 
 

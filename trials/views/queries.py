@@ -201,7 +201,9 @@ def patient_timeline(patient: Patient) -> list[VisitRow]:
     volumetric = {a.timepoint_id: a for a in current if a.criteria == Criteria.VOLUMETRIC}
     lesions = list(Lesion.objects.filter(patient=patient).select_related("first_seen_timepoint"))
     observations = list(
-        LesionObservation.objects.filter(timepoint__patient=patient).select_related("lesion").order_by("id")
+        LesionObservation.objects.filter(timepoint__patient=patient)
+        .select_related("lesion", "segmentation_run")
+        .order_by("id")
     )
     by_visit: dict[int, dict[int, LesionObservation]] = defaultdict(dict)
     for obs in observations:
