@@ -813,7 +813,7 @@ def model_card(config: ModelConfig) -> str:
         "```json",
         json.dumps(d["architecture"], indent=2),
         "```",
-        "## Postprocessing (threshold, components, false-positive reduction, rim completion)",
+        "## Postprocessing (threshold, components, false-positive reduction, rim completion, small lesions)",
         "```json",
         json.dumps(d["postprocessing"], indent=2),
         "```",
