@@ -163,6 +163,9 @@ def _check_agreement(
         cand_labels = sitk.GetArrayFromImage(cand)
         voxel = float(np.prod(cand.GetSpacing()))
         assert len(shadow.lesion_table) == int(cand_labels.max()) >= 1
+        # What a stage after the network added names labels of the candidate's own mask.
+        assert {int(k) for k in shadow.findings} <= set(np.unique(cand_labels).tolist()) - {0}
+        assert all(f["stage"] == "small_lesions" for f in shadow.findings.values())
         assert sum(r["volume_mm3"] for r in shadow.lesion_table) == pytest.approx(
             (cand_labels != 0).sum() * voxel
         )

@@ -42,7 +42,7 @@ from trials.pipeline.errors import PERMANENT_ERRORS, user_message
 from trials.pipeline.jobs import claim, heartbeat, job_context, progress
 from trials.pipeline.queue import create_shadow_job
 from trials.pipeline.registry import load_version_model
-from trials.pipeline.segmentation import segment_series
+from trials.pipeline.segmentation import segment_series, stage_findings
 from trials.quality import ai_answer
 from trials.records.base import update_row
 from trials.records.imaging import create_segmentation_run, update_segmentation_run
@@ -184,6 +184,7 @@ def _segment(
         run,
         mask_file=name,
         lesion_table=[lesion.to_dict() for lesion in result.lesions],
+        findings=stage_findings(result),
         device=result.runtime,
         timings_s={k: round(v, 3) for k, v in result.timings_s.items()},
         started_at=started,
