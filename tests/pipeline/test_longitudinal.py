@@ -701,6 +701,9 @@ def test_a_lesion_the_small_lesion_stage_added_is_shown_as_such(
     assert set(rows) == {by_label[1].lesion.label, stage_lesion}
     assert "small-lesion stage, p 0.83" in rows[stage_lesion]
     assert "small-lesion stage" not in rows[by_label[1].lesion.label]
+    # The viewer's lesion list (its jump menu) carries the stage too.
+    stages = {les["label"]: les["stage"] for les in page.context["viewer_data"]["main"]["lesions"]}
+    assert stages == {by_label[1].lesion.label: "", stage_lesion: "small_lesions"}
 
     api_client.force_authenticate(reader)
     detail = api_client.get(f"/api/v1/segmentation-runs/{run.pk}/").json()

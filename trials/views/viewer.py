@@ -158,6 +158,8 @@ def viewer_panel(row: VisitRow | None, onto: VisitRow | None = None) -> dict[str
                 "role": obs.lesion.role,
                 "dropped": obs.lesion.is_false_positive,
                 "ld_mm": obs.longest_diameter_mm,
+                # The pipeline stage that added it after the network ("" : the network, or a reader).
+                "stage": (obs.finding or {}).get("stage", ""),
             }
         )
     # Each panel has its own window: the 0.5-99.5 percentiles of its own signal (load_volume), so a

@@ -372,7 +372,8 @@
     select.querySelectorAll("option[value]:not([value=''])").forEach(function (o) { o.remove(); });
     panels.main.data.lesions.filter(function (l) { return l.vox; }).forEach(function (l) {
       const opt = document.createElement("option");
-      opt.value = l.label; opt.textContent = l.label + " (" + (l.category || l.role) + ", slice " + (l.k + 1) + ")";
+      opt.value = l.label;
+      opt.textContent = l.label + " (" + (l.category || l.role) + (l.stage === "small_lesions" ? ", small-lesion stage" : "") + ", slice " + (l.k + 1) + ")";
       select.appendChild(opt);
     });
   }
