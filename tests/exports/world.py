@@ -90,7 +90,13 @@ def build_world() -> World:
     runs = {}
     for n, (label, tp) in enumerate(tps.items(), start=1):
         series = f.make_series(tp, series_instance_uid=f"1.2.826.0.1.3680043.8.498.1{n}")
-        runs[label] = f.make_run(series, model, status=RunStatus.SUCCEEDED)
+        # FU3: the small-lesion stage added component 3 (L3) after the network (column ai_stage).
+        findings = (
+            {"3": {"stage": "small_lesions", "features": {"lesion_probability": 0.8}}}
+            if label == "FU3"
+            else {}
+        )
+        runs[label] = f.make_run(series, model, status=RunStatus.SUCCEEDED, findings=findings)
     l1 = f.make_lesion(p1, role=LesionRole.TARGET, first_seen_timepoint=tps["BASELINE"])
     l2 = f.make_lesion(p1, role=LesionRole.TARGET, first_seen_timepoint=tps["BASELINE"])
     l3 = f.make_lesion(p1, role=LesionRole.NON_TARGET, first_seen_timepoint=tps["BASELINE"])
@@ -119,7 +125,7 @@ def build_world() -> World:
             "FU3": (6.0, 4.0, 90.0, 1),
         },
     }
-    for lesion, visits in measurements.items():
+    for component, (lesion, visits) in enumerate(measurements.items(), start=1):
         for label, values in visits.items():
             if values is None:
                 f.make_observation(
@@ -137,6 +143,7 @@ def build_world() -> World:
                 slice_count=4,
                 measurable=ld >= 10,
                 segmentation_run=runs[label],
+                component_label=component,
             )
     f.make_observation(
         l4,

@@ -257,6 +257,14 @@ LESION_COLUMNS: tuple[Column, ...] = (
         allowed=("Y", "N"),
     ),
     Column("model_version", TEXT, "Segmentation model (name and version) that produced the observation."),
+    Column(
+        "ai_stage",
+        TEXT,
+        "The AI stage that drew the lesion at this visit: network (the segmentation network) or "
+        "small_lesions (the small-lesion stage, on the image after the network); empty when no AI contour "
+        "stands behind the row (drawn by a reader, or absent).",
+        allowed=("network", "small_lesions"),
+    ),
 )
 
 
@@ -345,11 +353,22 @@ def visit_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]
         yield visit_row(trial, visit, observations)
 
 
+def ai_stage(obs: dict[str, Any], findings: dict[int, dict[str, Any]]) -> str | None:
+    """``network``, or the stage that added the observation's contour to its run's mask (the run's
+    ``findings`` at its component label); None without an AI contour (a reader's, or absent)."""
+    run, label = obs["segmentation_run_id"], obs["component_label"]
+    if run is None or label is None:
+        return None
+    finding = findings.get(run, {}).get(str(label))
+    return str(finding["stage"]) if isinstance(finding, dict) and "stage" in finding else "network"
+
+
 def lesion_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
     """Rows of the ``lesions`` CSV: one per lesion per visit, lesions in label-number order."""
     stream = queries.visits_with_observations(
         queries.visits(trial, filters), queries.observations(trial, filters)
     )
+    stages = queries.run_findings(trial)
     patient_id = None
     first_visit_baseline: dict[int, bool] = {}
     for visit, observations in stream:
@@ -386,6 +405,7 @@ def lesion_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]
                 "too_small_to_measure": obs["too_small_to_measure"],
                 "unequivocal_progression": obs["unequivocal_progression"],
                 "model_version": model,
+                "ai_stage": ai_stage(obs, stages),
             }
 
 

@@ -166,8 +166,8 @@ def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any
 
     Ordered like :func:`visits`, then by lesion record id. Keys: the observation's measurements plus
     ``patient_id``, ``scan_date``, ``timepoint_id``, ``label``, ``role``, the lesion's reader flags,
-    ``first_seen_is_baseline`` (None when unknown), ``ever_split``, ``merged_into_label`` and
-    ``model_version``.
+    ``first_seen_is_baseline`` (None when unknown), ``ever_split``, ``merged_into_label``,
+    ``segmentation_run_id``, ``component_label`` and ``model_version``.
     """
     split = LesionObservation.objects.filter(lesion=OuterRef("lesion"), fragment_count__gt=1)
     queryset = (
@@ -188,6 +188,8 @@ def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any
             "measurable",
             "unequivocal_progression",
             "ever_split",
+            "segmentation_run_id",
+            "component_label",
             patient_id=F("timepoint__patient_id"),
             scan_date=F("timepoint__scan_date"),
             label=F("lesion__label"),
@@ -206,6 +208,17 @@ def observations(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any
     )
     # values() rows are dicts (django-stubs types them as TypedDicts of the selected fields).
     return cast(Iterator[dict[str, Any]], queryset.iterator(chunk_size=CHUNK_SIZE))
+
+
+def run_findings(trial: Trial) -> dict[int, dict[str, Any]]:
+    """Run id -> ``findings`` for the trial's runs whose mask has labels a stage after the network added
+    (one query; most runs have none and are left out)."""
+    rows = (
+        SegmentationRun.objects.filter(series__timepoint__patient__trial=trial, is_shadow=False)
+        .exclude(findings={})
+        .values_list("pk", "findings")
+    )
+    return {pk: findings for pk, findings in rows if isinstance(findings, dict)}
 
 
 def patients(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
