@@ -238,6 +238,30 @@ def _section_values(section: str, data: Any, fields: Iterable[str]) -> dict[str,
     return dict(data)
 
 
+def _stage_values(
+    section: str, data: Any, stage: Any, classifier: type[LesionClassifierConfig]
+) -> dict[str, Any]:
+    """The values of a post-processing stage's mapping: known fields only, ``sigmas_mm`` as a tuple, its
+    ``classifier`` (when given) parsed as ``classifier``."""
+    values = _scales_as_tuple(_section_values(section, data, stage.__dataclass_fields__))
+    if values.get("classifier") is not None:
+        values["classifier"] = classifier.from_dict(values["classifier"])
+    return values
+
+
+def _stage_dict(stage: Any, *, keep_none: bool) -> dict[str, Any]:
+    """A post-processing stage's JSON-ready mapping: tuples as lists, its classifier as its own mapping,
+    no ``classifier`` when there is none and, unless ``keep_none``, no other field that is None."""
+    out: dict[str, Any] = {}
+    for name in stage.__dataclass_fields__:
+        value = getattr(stage, name)
+        if isinstance(value, LesionClassifierConfig):
+            out[name] = value.to_dict()
+        elif value is not None or (keep_none and name != "classifier"):
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 @dataclass(frozen=True)
 class LesionClassifierConfig:
     """A logistic regression that weighs a lesion candidate's named inputs into a lesion probability.
@@ -422,23 +446,11 @@ class FpReductionConfig:
     @classmethod
     def from_dict(cls, data: Any) -> FpReductionConfig:
         """Parse the ``fp_reduction`` mapping (unknown keys are refused, with their names)."""
-        values = _scales_as_tuple(
-            _section_values("postprocessing.fp_reduction", data, cls.__dataclass_fields__)
-        )
-        if values.get("classifier") is not None:
-            values["classifier"] = FpClassifierConfig.from_dict(values["classifier"])
-        return cls(**values)
+        return cls(**_stage_values("postprocessing.fp_reduction", data, cls, FpClassifierConfig))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict` (rules that are off are left out)."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if isinstance(value, FpClassifierConfig):
-                out[name] = value.to_dict()
-            elif value is not None:
-                out[name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return _stage_dict(self, keep_none=False)
 
 
 @dataclass(frozen=True)
@@ -545,23 +557,11 @@ class SmallLesionConfig:
     @classmethod
     def from_dict(cls, data: Any) -> SmallLesionConfig:
         """Parse the ``small_lesions`` mapping (unknown keys are refused, with their names)."""
-        values = _scales_as_tuple(
-            _section_values("postprocessing.small_lesions", data, cls.__dataclass_fields__)
-        )
-        if values.get("classifier") is not None:
-            values["classifier"] = SmallLesionClassifierConfig.from_dict(values["classifier"])
-        return cls(**values)
+        return cls(**_stage_values("postprocessing.small_lesions", data, cls, SmallLesionClassifierConfig))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping, the inverse of :meth:`from_dict` (no ``classifier`` when there is none)."""
-        out: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if isinstance(value, SmallLesionClassifierConfig):
-                out[name] = value.to_dict()
-            elif name != "classifier":
-                out[name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return _stage_dict(self, keep_none=True)
 
 
 @dataclass(frozen=True)
