@@ -666,6 +666,15 @@ class Lesion(models.Model):
         return f"{self.patient_id}:{self.label}"
 
 
+def finding_at(findings: Any, component_label: int | None) -> dict[str, Any] | None:
+    """A run's ``findings`` at one label of its mask: what the stage that added that lesion after the
+    network measured, or None (the network's lesion, or no label)."""
+    if component_label is None or not isinstance(findings, dict):
+        return None
+    finding = findings.get(str(component_label))
+    return finding if isinstance(finding, dict) else None
+
+
 class LesionObservation(models.Model):
     """One lesion at one visit, with every measurement of rano-bm.md section 1 (physical mm).
 
@@ -770,10 +779,9 @@ class LesionObservation(models.Model):
     def finding(self) -> dict[str, Any] | None:
         """What the pipeline stage that added this lesion to its run's mask measured (the run's
         ``findings`` at ``component_label``), or None: the network drew it, or a reader did."""
-        if self.segmentation_run_id is None or self.component_label is None:
+        if self.segmentation_run_id is None:
             return None
-        finding = self.segmentation_run.findings.get(str(self.component_label))  # type: ignore[union-attr]
-        return finding if isinstance(finding, dict) else None
+        return finding_at(self.segmentation_run.findings, self.component_label)  # type: ignore[union-attr]
 
 
 class Assessment(models.Model):

@@ -32,7 +32,7 @@ from trials.exports.common import (
     too_small_setting,
 )
 from trials.exports.filters import ExportFilters
-from trials.models import Trial
+from trials.models import Trial, finding_at
 
 RESPONSES = tuple(ResponseChoices.values)
 #: Assessor value of an assessment no reader has signed yet.
@@ -359,8 +359,8 @@ def ai_stage(obs: dict[str, Any], findings: dict[int, dict[str, Any]]) -> str | 
     run, label = obs["segmentation_run_id"], obs["component_label"]
     if run is None or label is None:
         return None
-    finding = findings.get(run, {}).get(str(label))
-    return str(finding["stage"]) if isinstance(finding, dict) and "stage" in finding else "network"
+    finding = finding_at(findings.get(run), label)
+    return str(finding["stage"]) if finding is not None and "stage" in finding else "network"
 
 
 def lesion_rows(trial: Trial, filters: ExportFilters) -> Iterator[dict[str, Any]]:
