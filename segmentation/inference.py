@@ -318,6 +318,15 @@ class _Staged:
     small_lesions: dict[int, Candidate] = field(default_factory=dict)
 
 
+def _added_outside(labels: sitk.Image, drawn: sitk.Image) -> dict[int, float]:
+    """Volume (mm^3) of each component of ``labels`` that lies outside every component of ``drawn``
+    (every label present)."""
+    lab = sitk.GetArrayViewFromImage(labels)
+    outside = np.bincount(lab[sitk.GetArrayViewFromImage(drawn) == 0].ravel(), minlength=int(lab.max()) + 1)
+    voxel_mm3 = float(np.prod(labels.GetSpacing()))
+    return {k: float(outside[k]) * voxel_mm3 for k in range(1, int(lab.max()) + 1)}
+
+
 def _component_stages(
     image: sitk.Image,
     labels: sitk.Image,
@@ -327,7 +336,9 @@ def _component_stages(
     probability: sitk.Image,
 ) -> _Staged:
     """The optional stages on the components drawn from ``probability`` (native grid): false-positive
-    reduction, rim completion, then small-lesion detection (each timed into ``timings`` when it runs)."""
+    reduction, rim completion, then small-lesion detection (each timed into ``timings`` when it runs).
+    With ``fp_reduction.after_rim_completion`` rim completion runs first and the false-positive stage
+    judges the completed components."""
     drawn = labels
     has_components = bool(sitk.GetArrayViewFromImage(labels).any())
     runs_on_components = (post.fp_reduction or post.rim_completion) and has_components
@@ -341,17 +352,26 @@ def _component_stages(
     shared = time.perf_counter() - t
     rejected: tuple[RejectedComponent, ...] = ()
     rim_added: dict[int, float] = {}
-    if post.fp_reduction is not None and has_components:
+    fp, rim = post.fp_reduction, post.rim_completion
+    rim_first = fp is not None and fp.after_rim_completion
+    if rim is not None and has_components and rim_first:
         t = time.perf_counter()
-        reduced = reduce_false_positives(
-            image, labels, pre, post.fp_reduction, brain_model, brain, probability
-        )
+        labels = complete_rims(image, labels, brain, rim).labels
+        timings["rim_completion"] = time.perf_counter() - t + shared
+        shared = 0.0
+    if fp is not None and has_components:
+        t = time.perf_counter()
+        reduced = reduce_false_positives(image, labels, pre, fp, brain_model, brain, probability)
         labels, rejected = reduced.labels, reduced.rejected
         timings["fp_reduction"] = time.perf_counter() - t + shared
         shared = 0.0
-    if post.rim_completion is not None and has_components:
+    if rim_first:
+        # What rim completion added to each kept component: its voxels outside every drawn component
+        # (the stage only adds where no component is; the false-positive stage relabels what it keeps).
+        rim_added = _added_outside(labels, drawn)
+    elif rim is not None and has_components:
         t = time.perf_counter()
-        completed = complete_rims(image, labels, brain, post.rim_completion)
+        completed = complete_rims(image, labels, brain, rim)
         labels, rim_added = completed.labels, completed.added_mm3
         timings["rim_completion"] = time.perf_counter() - t + shared
         shared = 0.0

@@ -251,13 +251,14 @@ def _stage_values(
 
 def _stage_dict(stage: Any, *, keep_none: bool) -> dict[str, Any]:
     """A post-processing stage's JSON-ready mapping: tuples as lists, its classifier as its own mapping,
-    no ``classifier`` when there is none and, unless ``keep_none``, no other field that is None."""
+    no ``classifier`` when there is none and, unless ``keep_none``, no other field that is None or
+    false (a rule or an option that is off)."""
     out: dict[str, Any] = {}
     for name in stage.__dataclass_fields__:
         value = getattr(stage, name)
         if isinstance(value, LesionClassifierConfig):
             out[name] = value.to_dict()
-        elif value is not None or (keep_none and name != "classifier"):
+        elif (value is not None and value is not False) or (keep_none and name != "classifier"):
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -397,6 +398,10 @@ class FpReductionConfig:
         sigmas_mm: Gaussian scales (mm) of the tubularity measure: vessel radii (a 3 mm scale already
             answers inside a 5 mm radius ball as if it were a tube).
         shell_mm: Thickness (mm) of the shell of the shell contrast.
+        after_rim_completion: Judge each component as rim completion extended it (that stage runs
+            first; it must be configured): a cystic lesion the network drew as its dark cavity is then
+            described with its enhancing wall. A classifier must be fitted on features of the same kind
+            (``python -m bench fp_classifier`` fits both).
     """
 
     max_tubularity: float | None = None
@@ -412,6 +417,7 @@ class FpReductionConfig:
     split_min_piece_mm3: float = 50.0
     sigmas_mm: tuple[float, ...] = (1.0, 2.0)
     shell_mm: float = 3.0
+    after_rim_completion: bool = False
 
     def __post_init__(self) -> None:
         section = "postprocessing.fp_reduction"
@@ -442,6 +448,10 @@ class FpReductionConfig:
         _check_scales(section, self.sigmas_mm)
         _check_number(section, "shell_mm", self.shell_mm, low=0.0, positive=True)
         _check_number(section, "split_min_piece_mm3", self.split_min_piece_mm3, low=0.0)
+        if not isinstance(self.after_rim_completion, bool):
+            raise ModelConfigError(
+                f"{section}.after_rim_completion must be true or false, got {self.after_rim_completion!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: Any) -> FpReductionConfig:
@@ -602,6 +612,14 @@ class PostprocessConfig:
         if isinstance(value, bool) or not isinstance(value, int | float) or float(value) < 0:
             raise ModelConfigError(
                 f"postprocessing.min_lesion_volume_mm3 must be a number >= 0, got {value!r}"
+            )
+        if (
+            self.fp_reduction is not None
+            and self.fp_reduction.after_rim_completion
+            and self.rim_completion is None
+        ):
+            raise ModelConfigError(
+                "postprocessing.fp_reduction.after_rim_completion needs a postprocessing.rim_completion section"
             )
 
     def binarise(self, probability: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 RANO-BM measures a ring-enhancing or cystic metastasis to the outer edge of its enhancing rim, cavity
 included. A network trained on synthetic data may outline only the dark cavity and the inner part of the
 wall of a real cyst (the demo model does on the real BraTS scan), which underestimates the longest
-diameter. This stage, after the false-positive reduction, adds to each kept component what its image
-shows around it:
+diameter. This stage, after the false-positive reduction (before it with
+``fp_reduction.after_rim_completion``, which then judges the completed components), adds to each kept
+component what its image shows around it:
 
 0. **the rest of its cavity**, when the component and its border are darker than ``max_cavity_intensity``
    times the local brain reference (it lies in the fluid of a cyst or necrosis and has not reached the

@@ -301,6 +301,16 @@ def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None
         max_elongation=4.0, midline_distance_mm=5, min_depth_mm=3.0, sigmas_mm=(1.0, 2.5)
     )
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    # Judged after rim completion: written out when on, left out (the default) when off.
+    assert "after_rim_completion" not in cfg.to_dict()["postprocessing"]["fp_reduction"]
+    cfg = ModelConfig.from_dict(
+        _config_dict(fp_reduction={**rules, "after_rim_completion": True}, rim_completion={})
+    )
+    assert (
+        cfg.postprocessing.fp_reduction is not None and cfg.postprocessing.fp_reduction.after_rim_completion
+    )
+    assert cfg.to_dict()["postprocessing"]["fp_reduction"]["after_rim_completion"] is True
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
 @pytest.mark.parametrize(
@@ -322,6 +332,8 @@ def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None
         ({"midline_max_width_mm": 5.0}, "midline_max_width_mm"),
         ({"max_elongaton": 4.0}, "unknown keys"),
         ([4.0], "must be a mapping"),
+        ({"after_rim_completion": 1}, "after_rim_completion must be true or false"),
+        ({"after_rim_completion": True}, "after_rim_completion needs a postprocessing.rim_completion"),
     ],
 )
 def test_bad_config_values_are_refused_with_the_field_named(  # type: ignore[no-untyped-def]

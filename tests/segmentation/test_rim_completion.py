@@ -260,3 +260,49 @@ def test_segment_image_with_the_stage_fills_the_cavity_of_a_ring(ring_lesion, th
     assert staged.lesions[0].longest_diameter_mm == pytest.approx(
         without.lesions[0].longest_diameter_mm, abs=1.0
     )
+
+
+def test_judged_after_rim_completion_the_false_positive_stage_sees_the_completed_lesion(  # type: ignore[no-untyped-def]
+    ring_lesion, threshold_model
+) -> None:
+    """The "network" marks the ring's bright wall (mean 1.8 x the brain); completed with its dark centre
+    the lesion's mean is about 1.1 x the brain (analytic: volumes of the wall and the centre). A rule at
+    1.4 keeps the wall as drawn and rejects the completed lesion: the stage judged what rim completion
+    made of it."""
+    image, wall, lesion = ring_lesion
+    options = InferenceOptions(device="cpu", backend="torch")
+    rule = {"min_brain_contrast": 1.4}
+    before = segment_image(image, threshold_model(0.75, fp_reduction=rule, rim_completion={}), options)
+    assert len(before.lesions) == 1 and before.rejected == ()
+    assert _dice(sitk.GetArrayViewFromImage(before.labels) > 0, lesion) >= 0.95
+
+    after = threshold_model(0.75, fp_reduction={**rule, "after_rim_completion": True}, rim_completion={})
+    judged = segment_image(image, after, options)
+    assert judged.lesions == [] and judged.rim_added_mm3 == {}
+    (rejected,) = judged.rejected
+    voxel_mm3 = float(np.prod(SPACING))
+    assert rejected.reason == "brain_contrast"
+    assert rejected.features.volume_mm3 == pytest.approx(
+        float(np.count_nonzero(lesion)) * voxel_mm3, rel=0.05
+    )
+    wall_mm3, centre_mm3 = 4.0 / 3.0 * np.pi * (14.0**3 - 11.0**3), 4.0 / 3.0 * np.pi * 11.0**3
+    assert rejected.features.contrast_to_brain == pytest.approx(
+        (1.8 * wall_mm3 + 0.35 * centre_mm3) / (wall_mm3 + centre_mm3), abs=0.1
+    )
+    assert {"rim_completion", "fp_reduction"} <= judged.timings_s.keys()
+
+
+def test_after_rim_completion_a_kept_lesion_is_the_same_and_its_added_volume_too(  # type: ignore[no-untyped-def]
+    ring_lesion, threshold_model
+) -> None:
+    image, _, _ = ring_lesion
+    options = InferenceOptions(device="cpu", backend="torch")
+    rule = {"min_brain_contrast": 0.5}
+    before = segment_image(image, threshold_model(0.75, fp_reduction=rule, rim_completion={}), options)
+    after = threshold_model(0.75, fp_reduction={**rule, "after_rim_completion": True}, rim_completion={})
+    judged = segment_image(image, after, options)
+    assert np.array_equal(
+        sitk.GetArrayViewFromImage(judged.labels), sitk.GetArrayViewFromImage(before.labels)
+    )
+    assert judged.rim_added_mm3 == pytest.approx(before.rim_added_mm3) and judged.rim_added_mm3[1] > 1000.0
+    assert judged.lesions == before.lesions
