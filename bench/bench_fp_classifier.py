@@ -4,9 +4,10 @@
    (:mod:`segmentation.phantom_realism`, skull on odd seeds) and basic (2 mm grid), tuning seeds 6000..
    and held-out seeds 5000... Each phantom's image, probability map (compact, as the pipeline keeps it)
    and truth are written once to ``METTRACK_FPC_CACHE`` (a folder; read when present).
-2. For each of :data:`VARIANTS` (split radius, hysteresis detection threshold, smallest component)
-   the components are the model's thresholds applied to the probability map, as the pipeline draws
-   them, then split or not; every component or piece gets its features
+2. For each of :data:`VARIANTS` (split radius, hysteresis detection threshold, smallest component,
+   before or after rim completion) the components are the model's thresholds applied to the
+   probability map, as the pipeline draws them, then completed by the demo's rim completion or not,
+   split or not; every component or piece gets its features
    (:func:`segmentation.fp_reduction.component_features`). One touching a true lesion (any size) is a
    lesion, one touching none a distractor.
 3. For each of :data:`FITS` (the inputs: the image features alone or with the network's mean
@@ -22,8 +23,9 @@
 5. The choice (a rule fixed before the run, on the tuning phantoms only): among the variants and fits
    with at most one cross-validated false positive per tuning study (issue 21's target), the highest
    cross-validated lesion-wise F1 for lesions >= 5 mm (its headline figure); on ties the most 3-5 mm
-   lesions found, then the earlier one; only the fits of :data:`CHOSEN_FROM`. In-sample tuning figures are optimistic (a threshold that may
-   lose the hardest 3 % of the tuning lesions fits them by construction), hence the cross-validation.
+   lesions found, then the earlier one; only the fits of :data:`CHOSEN_FROM`. In-sample tuning figures
+   are optimistic (a threshold that may lose the hardest 3 % of the tuning lesions fits them by
+   construction), hence the cross-validation.
    Then the real MRI (../shared/data BraTS-MET-00110-000 t1c, never used for the fit or the choice)
    without and with the chosen stage.
 
