@@ -50,12 +50,13 @@ from segmentation.model import (
     EXPORT_BACKENDS,
     LoadedModel,
     PostprocessConfig,
+    RimCompletionConfig,
     resolve_device,
     resolve_device_name,
 )
 from segmentation.preprocess import PreprocessedImage, PreprocessError, preprocess, to_native
 from segmentation.probability import quantise
-from segmentation.rim_completion import complete_rims
+from segmentation.rim_completion import RimCompletionResult, complete_rims
 from segmentation.sliding import sliding_window
 from segmentation.small_lesions import Candidate, detect_small_lesions
 
@@ -354,11 +355,17 @@ def _component_stages(
     rim_added: dict[int, float] = {}
     fp, rim = post.fp_reduction, post.rim_completion
     rim_first = fp is not None and fp.after_rim_completion
-    if rim is not None and has_components and rim_first:
+
+    def complete(components: sitk.Image, config: RimCompletionConfig) -> RimCompletionResult:
+        nonlocal shared
         t = time.perf_counter()
-        labels = complete_rims(image, labels, brain, rim).labels
+        completed = complete_rims(image, components, brain, config)
         timings["rim_completion"] = time.perf_counter() - t + shared
         shared = 0.0
+        return completed
+
+    if rim is not None and has_components and rim_first:
+        labels = complete(labels, rim).labels
     if fp is not None and has_components:
         t = time.perf_counter()
         reduced = reduce_false_positives(image, labels, pre, fp, brain_model, brain, probability)
@@ -370,11 +377,8 @@ def _component_stages(
         # (the stage only adds where no component is; the false-positive stage relabels what it keeps).
         rim_added = _added_outside(labels, drawn)
     elif rim is not None and has_components:
-        t = time.perf_counter()
-        completed = complete_rims(image, labels, brain, rim)
+        completed = complete(labels, rim)
         labels, rim_added = completed.labels, completed.added_mm3
-        timings["rim_completion"] = time.perf_counter() - t + shared
-        shared = 0.0
     small: dict[int, Candidate] = {}
     if post.small_lesions is not None:
         t = time.perf_counter()
