@@ -13,7 +13,8 @@
 3. For each of :data:`FITS` (the inputs: the image features alone or with the network's mean
    probability; the share of the tuning lesions the threshold keeps: all, or 0.97),
    :func:`segmentation.fp_classifier.fit_classifier` fits the logistic regression on the tuning
-   phantoms (both styles) and sets its threshold at that sensitivity (reference lesions >= 5 mm found
+   phantoms' components (both styles) that the ``outside_brain`` rule keeps (:data:`MIN_BRAIN_FRACTION`;
+   every fit is judged with that rule before it) and sets its threshold at that sensitivity (reference lesions >= 5 mm found
    by that variant's components). The same fit is cross-validated on the tuning phantoms
    (:data:`FOLDS` folds by study: each fold judged by a classifier and threshold fitted on the others).
 4. Reported on the held-out phantoms, never used for the fit or the choice: precision, sensitivity
@@ -339,11 +340,23 @@ def _report(name: str, studies: list[Study], keep: Any = None) -> None:
               f"{figures(counts(subset, keep), len(subset), small_found(subset, keep))}")  # fmt: skip
 
 
+#: The ``outside_brain`` rule of every fit (``fp_reduction.min_brain_fraction``): a component with less
+#: than half its voxels in the brain mask is rejected before the classifier, which is fitted on the rest.
+#: A prior, not tuned: a lesion lies in the brain, and those the phantoms place at the surface keep more
+#: than three quarters of their voxels in it.
+MIN_BRAIN_FRACTION = 0.5
+
+
+def _in_brain(features: Any) -> bool:
+    return not features.brain_fraction < MIN_BRAIN_FRACTION
+
+
 def _fit(studies: list[Study], inputs: tuple[str, ...], sensitivity: float, fitted_on: str = "") -> Any:
-    """The classifier fitted on the components of ``studies`` (lesion keys unique across studies)."""
+    """The classifier fitted on the components of ``studies`` that the ``outside_brain`` rule keeps
+    (lesion keys unique across studies)."""
     from segmentation.fp_classifier import fit_classifier
 
-    components = [(s, c) for s in studies for c in s.components]
+    components = [(s, c) for s in studies for c in s.components if _in_brain(c.features)]
     return fit_classifier(
         [c.features for _, c in components],
         [c.is_lesion for _, c in components],
@@ -357,7 +370,7 @@ def _fit(studies: list[Study], inputs: tuple[str, ...], sensitivity: float, fitt
 def _keeper(classifier: Any) -> Any:
     from segmentation.fp_reduction import lesion_probability
 
-    return lambda f: lesion_probability(f, classifier) >= classifier.min_probability
+    return lambda f: _in_brain(f) and lesion_probability(f, classifier) >= classifier.min_probability
 
 
 #: Folds of the cross-validation on the tuning studies (by study; every fold holds both styles).
@@ -439,7 +452,12 @@ def main() -> None:
     eligible = [r for r in results if r[2] <= 1.0 and r[-2] in CHOSEN_FROM] or results[:1]
     best = max(eligible, key=lambda r: (round(r[0], 6), r[1], -results.index(r)))
     *_, radius, detection, smallest, after_rim, fit_name, classifier = best
-    chosen = FpReductionConfig(classifier=classifier, split_radius_mm=radius, after_rim_completion=after_rim)
+    chosen = FpReductionConfig(
+        min_brain_fraction=MIN_BRAIN_FRACTION,
+        classifier=classifier,
+        split_radius_mm=radius,
+        after_rim_completion=after_rim,
+    )
     print(f"chosen: split radius {radius} mm, detection threshold {detection}, smallest component "
           f"{smallest} mm3, {'after' if after_rim else 'before'} rim completion, fit {fit_name}; section: "
           f"{json.dumps(chosen.to_dict())}")  # fmt: skip

@@ -180,7 +180,7 @@ class OnnxExport:
 
 #: Rules of :class:`FpReductionConfig`, in the order they are checked (the first that fires is the reason).
 FP_RULES = (
-    "tubularity", "elongation", "midline", "surface", "shell_contrast", "brain_contrast", "classifier",
+    "outside_brain", "tubularity", "elongation", "midline", "surface", "shell_contrast", "brain_contrast", "classifier",
 )  # fmt: skip
 
 #: The inputs a :class:`FpClassifierConfig` may use: transforms of the component features that
@@ -377,6 +377,9 @@ class FpReductionConfig:
     its volume reaches ``keep_volume_mm3``. Features: :mod:`segmentation.fp_reduction`.
 
     Attributes:
+        min_brain_fraction: ``outside_brain``: reject when less than this share (0-1) of the component's
+            voxels lies in the brain mask (orbital fat, scalp fat, nasal mucosa and marrow on an image
+            whose skull was not stripped: a brain metastasis is inside the brain).
         max_tubularity: ``tubularity``: reject when the component's tubularity (0-1) exceeds this.
         max_elongation: ``elongation``: reject when the ratio of its largest to smallest extent exceeds this.
         midline_distance_mm: ``midline``: reject when its centroid lies within this distance of the
@@ -404,6 +407,7 @@ class FpReductionConfig:
             (``python -m bench fp_classifier`` fits both).
     """
 
+    min_brain_fraction: float | None = None
     max_tubularity: float | None = None
     max_elongation: float | None = None
     midline_distance_mm: float | None = None
@@ -423,14 +427,10 @@ class FpReductionConfig:
         section = "postprocessing.fp_reduction"
         if self.classifier is not None and not isinstance(self.classifier, FpClassifierConfig):
             raise ModelConfigError(f"{section}.classifier must be a mapping, got {self.classifier!r}")
-        if self.max_tubularity is not None and not (
-            not isinstance(self.max_tubularity, bool)
-            and isinstance(self.max_tubularity, int | float)
-            and 0.0 <= float(self.max_tubularity) <= 1.0
-        ):
-            raise ModelConfigError(
-                f"{section}.max_tubularity must be a number in [0, 1], got {self.max_tubularity!r}"
-            )
+        for name in ("min_brain_fraction", "max_tubularity"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(section, name, value, low=0.0, high=1.0)
         if self.max_elongation is not None:
             _check_number(section, "max_elongation", self.max_elongation, low=1.0)
         for name in (

@@ -16,7 +16,9 @@ from rano.measure import label_components
 from segmentation.errors import ModelConfigError
 from segmentation.fp_reduction import (
     apply_rules,
+    brain_mask,
     component_features,
+    has_skull,
     midsagittal_plane,
     objectness_at,
     rules_that_reject,
@@ -163,6 +165,135 @@ def test_contrast_features_and_rules() -> None:
     # Every rule that holds is kept for traceability; the first in FP_RULES order is the reason.
     both = FpReductionConfig(min_shell_contrast=1.2, min_brain_contrast=1.2)
     assert rules_that_reject(features[faint], both) == ("shell_contrast", "brain_contrast")
+
+
+def test_a_component_mostly_outside_the_brain_is_rejected_and_a_lesion_at_the_surface_kept() -> None:
+    head = Head(margin_mm=20.0)
+    a, b, c = BRAIN_SEMI_AXES_MM
+    # Two boxes across the top of the brain: one mostly above it (orbital or scalp fat, marrow), one
+    # mostly below (a cortical lesion bulging out of the brain).
+    above = head.add(
+        (np.abs(head.x - 20.0) < 6.0) & (np.abs(head.y) < 6.0) & (np.abs(head.z - c - 4.0) < 6.0)
+    )
+    below = head.add(
+        (np.abs(head.x + 20.0) < 6.0) & (np.abs(head.y) < 6.0) & (np.abs(head.z - c + 8.0) < 6.0)
+    )
+    features = head.features()
+    for label in (above, below):  # the share of the component's (bright) voxels in the brain, by numpy
+        expected = float((head.brain & (head.labels == label)).sum() / (head.labels == label).sum())
+        assert features[label].brain_fraction == pytest.approx(expected, abs=1e-9)
+    assert features[above].brain_fraction < 0.3 < 0.7 < features[below].brain_fraction
+    config = FpReductionConfig(min_brain_fraction=0.5)
+    assert rules_that_reject(features[above], config) == ("outside_brain",)
+    assert rules_that_reject(features[below], config) == ()
+    # Without the feature (features made by hand: NaN) the rule does not fire.
+    assert rules_that_reject(replace(features[above], brain_fraction=float("nan")), config) == ()
+
+
+def _skull_head(seed: int = 3) -> tuple[sitk.Image, dict[str, np.ndarray]]:
+    """A head around the ellipsoid brain, as an unstripped post-contrast T1 at 2 mm: brain 1.0 with a
+    dark enclosed ventricle; CSF rim 2 mm (0.25), bone 6 mm (0.05) holding a 2 mm marrow band (0.7),
+    scalp fat 4 mm (1.5), skin 2 mm (0.7); a bright fat ellipsoid under the front outside the bone (an
+    orbit); and bright rods 6 mm across through the CSF and the bone, joining brain, marrow and scalp in
+    a dozen places (where the tables are thinner than a voxel), which an opening by a voxel does not cut."""
+    head = Head(margin_mm=24.0)
+    a, b, c = BRAIN_SEMI_AXES_MM
+    # Distance outside the brain surface (mm), from the brain's distance transform.
+    out = ndi.distance_transform_edt(~head.brain, sampling=(2.0, 2.0, 2.0))
+    rng = np.random.default_rng(seed)
+    image = np.where(head.brain, 1.0, 0.0)
+    ventricle = (head.x / 12.0) ** 2 + ((head.y + 5.0) / 25.0) ** 2 + (head.z / 10.0) ** 2 <= 1.0
+    image[ventricle] = 0.25
+    layers = {
+        "csf": (out > 0) & (out <= 2.0),
+        "bone": (out > 2.0) & (out <= 8.0),
+        "marrow": (out > 4.0) & (out <= 6.0),
+        "scalp": (out > 8.0) & (out <= 12.0),
+        "skin": (out > 12.0) & (out <= 14.0),
+    }
+    for name, value in (("csf", 0.25), ("bone", 0.05), ("marrow", 0.7), ("scalp", 1.5), ("skin", 0.7)):
+        image[layers[name]] = value
+    orbit = ((head.x - 25.0) / 12.0) ** 2 + ((head.y - 60.0) / 14.0) ** 2 + ((head.z + 35.0) / 12.0) ** 2 <= 1
+    orbit &= out > 4.0
+    image[orbit] = 1.5
+    # Bridges: where the CSF rim and the bone's tables are thinner than a voxel, the brain touches the
+    # marrow and the scalp: radial rods 6 mm across from the brain surface out to the scalp.
+    surface = np.argwhere(head.brain & ~ndi.binary_erosion(head.brain))
+    points = np.stack([head.x, head.y, head.z], axis=-1)
+    for z, y, x in surface[rng.choice(len(surface), 12, replace=False)]:
+        start = np.asarray([head.x[z, y, x], head.y[z, y, x], head.z[z, y, x]])
+        unit = start / np.linalg.norm(start)
+        along = np.clip((points - start) @ unit, 0.0, 10.0)
+        rod = np.linalg.norm(points - start - along[..., None] * unit, axis=-1) <= 3.0
+        image[rod & ~head.brain] = 0.9
+    image = image + rng.normal(0.0, 0.02, image.shape)
+    regions = {"brain": head.brain, "ventricle": ventricle, "orbit": orbit, **layers}
+    return _image(image.astype(np.float32), head.spacing, head.origin), regions
+
+
+def test_brain_mask_of_an_unstripped_head_leaves_out_scalp_marrow_and_orbit() -> None:
+    image, regions = _skull_head()
+    head = sitk.Cast(image > 0.03, sitk.sitkUInt8)  # the whole head (the bone too), as preprocessing gives
+    mask = sitk.GetArrayFromImage(brain_mask(image, head)) > 0
+    brain = regions["brain"]
+    dice = 2.0 * (mask & brain).sum() / (mask.sum() + brain.sum())
+    # The mask's surface is the brain's, give or take the 2 mm CSF rim it may take in.
+    assert dice >= 0.95
+    assert (mask & brain).sum() / brain.sum() >= 0.99
+    assert mask[regions["ventricle"]].all()  # holes filled
+    for name in ("scalp", "skin", "marrow", "orbit"):
+        assert (mask & regions[name]).sum() / regions[name].sum() <= 0.01, name
+
+
+def _stripped(image: sitk.Image, brain: np.ndarray) -> tuple[sitk.Image, sitk.Image]:
+    """The skull-stripped image of a head and its head mask (the brain)."""
+    stripped = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) * brain).astype(np.float32))
+    stripped.CopyInformation(image)
+    return stripped, sitk.Cast(stripped > 0.03, sitk.sitkUInt8)
+
+
+def test_the_skull_test_tells_a_head_from_a_stripped_brain() -> None:
+    image, regions = _skull_head()
+    assert has_skull(image, sitk.Cast(image > 0.03, sitk.sitkUInt8))
+    assert not has_skull(*_stripped(image, regions["brain"]))
+
+
+def test_brain_mask_of_a_stripped_brain_is_the_brain() -> None:
+    image, regions = _skull_head()
+    brain = regions["brain"]
+    mask = sitk.GetArrayFromImage(brain_mask(*_stripped(image, brain))) > 0
+    assert 2.0 * (mask & brain).sum() / (mask.sum() + brain.sum()) >= 0.99
+    assert mask[regions["ventricle"]].all()
+
+
+@pytest.mark.parametrize("stripped", [True, False], ids=["stripped", "with skull"])
+def test_a_large_cystic_lesion_at_the_brain_surface_keeps_its_wall_in_the_brain(stripped: bool) -> None:
+    # The real BraTS lesion's shape: a 4 mm enhancing wall around a dark cyst 40 mm across, open to the
+    # surface; the brain's core lies far from the wall's outer side, which must stay brain.
+    image, regions = _skull_head()
+    head = Head(margin_mm=24.0)
+    r = np.sqrt((head.x - 30.0) ** 2 + head.y**2 + (head.z - 30.0) ** 2)
+    wall, cyst = head.brain & (r > 20.0) & (r <= 24.0), head.brain & (r <= 20.0)
+    array = sitk.GetArrayFromImage(image)
+    array[wall], array[cyst] = 1.8, 0.3
+    cystic = sitk.GetImageFromArray(array)
+    cystic.CopyInformation(image)
+    if stripped:
+        cystic, head_mask = _stripped(cystic, regions["brain"])
+    else:
+        head_mask = sitk.Cast(cystic > 0.03, sitk.sitkUInt8)
+    assert has_skull(cystic, head_mask) is not stripped
+    brain = brain_mask(cystic, head_mask)
+    mask = sitk.GetArrayFromImage(brain) > 0
+    # An opening or the core's reach takes a little of the wall where it is the brain's surface; the dark
+    # cyst, open to the surface, is no brain. The lesion's brain fraction counts its bright voxels (the
+    # wall): the outside_brain rule keeps it.
+    assert mask[wall].mean() >= 0.85
+    assert mask[cyst].mean() < 0.5
+    labels = _image((wall | cyst).astype(np.uint32), head.spacing, head.origin)
+    (lesion,) = component_features(cystic, labels, brain, FpReductionConfig())
+    assert lesion.brain_fraction == pytest.approx(float(mask[wall].mean()), abs=1e-9)
+    assert rules_that_reject(lesion, FpReductionConfig(min_brain_fraction=0.5)) == ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,6 +450,8 @@ def test_config_absent_means_disabled_and_round_trips(small_config_dict) -> None
         ({"max_elongation": 0.5}, "max_elongation"),
         ({"max_elongation": True}, "max_elongation"),
         ({"max_tubularity": 1.5}, "max_tubularity"),
+        ({"min_brain_fraction": 1.2}, "min_brain_fraction"),
+        ({"min_brain_fraction": -0.1}, "min_brain_fraction"),
         ({"midline_distance_mm": -1}, "midline_distance_mm"),
         ({"midline_distance_mm": "5"}, "midline_distance_mm"),
         ({"min_depth_mm": 0}, "min_depth_mm"),
