@@ -228,7 +228,7 @@ def padded_box(box: tuple[slice, ...], pad: NDArray[Any], shape: tuple[int, ...]
 #: The skull test: the share of the head's voxels 2-15 mm under its surface darker than
 #: :data:`BONE_LEVEL` times the head's median above which the head holds a skull (measured on the model
 #: grid: the 40 realistic tuning phantoms of ``bench fp_classifier`` with the skull 0.080-0.206, without it
-#: 0.002-0.010; basic phantoms, all with the skull, 0.15-0.23; the skull-stripped BraTS image 0.010).
+#: 0.002-0.010; three basic phantoms with the skull 0.15-0.23; the skull-stripped BraTS image 0.010).
 SKULL_DARK_SHARE = 0.04
 #: Bone (and air) is darker than this fraction of the head's median intensity.
 BONE_LEVEL = 0.15
