@@ -269,6 +269,11 @@ def _under_surface(inside: NDArray[np.bool_], spacing_zyx: NDArray[np.float64]) 
     return np.asarray(ndi.distance_transform_edt(padded, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1])
 
 
+def _head_median(arr: NDArray[Any], inside: NDArray[np.bool_]) -> float:
+    """The median intensity of the head (from at most about 500,000 of its voxels)."""
+    return float(np.median(arr[inside][:: max(1, int(inside.sum()) // 500_000)]))
+
+
 def has_skull(image: sitk.Image, head: sitk.Image) -> bool:
     """Whether the head holds its skull: more than :data:`SKULL_DARK_SHARE` of the voxels 2-15 mm under
     the head mask's surface are bone-dark (below :data:`BONE_LEVEL` times the head's median). Under a
@@ -277,7 +282,7 @@ def has_skull(image: sitk.Image, head: sitk.Image) -> bool:
     inside = sitk.GetArrayViewFromImage(head) > 0
     if not inside.any():
         return False
-    median = float(np.median(arr[inside][:: max(1, int(inside.sum()) // 500_000)]))
+    median = _head_median(arr, inside)
     depth = _under_surface(inside, np.asarray(head.GetSpacing(), dtype=np.float64)[::-1])
     band = inside & (depth > 2.0) & (depth <= 15.0)
     return bool(band.any() and float((arr[band] < BONE_LEVEL * median).mean()) > SKULL_DARK_SHARE)
@@ -312,7 +317,7 @@ def brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image:
     inside = sitk.GetArrayViewFromImage(head) > 0
     if not inside.any():
         raise ValueError("the head mask is empty")
-    median = float(np.median(arr[inside][:: max(1, int(inside.sum()) // 500_000)]))
+    median = _head_median(arr, inside)
     bright = inside & (arr > 0.5 * median)
     if has_skull(image, head):
         filled = _brain_in_skull(bright, np.asarray(head.GetSpacing(), dtype=np.float64)[::-1])
