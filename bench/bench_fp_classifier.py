@@ -341,7 +341,7 @@ def _report(name: str, studies: list[Study], keep: Any = None) -> None:
 
 
 #: The ``outside_brain`` rule of every fit (``fp_reduction.min_brain_fraction``): a component with less
-#: than half its voxels in the brain mask is rejected before the classifier, which is fitted on the rest.
+#: than half its bright voxels in the brain mask is rejected before the classifier, which is fitted on the rest.
 #: A prior, not tuned: a lesion lies in the brain, and those the phantoms place at the surface keep more
 #: than three quarters of their voxels in it.
 MIN_BRAIN_FRACTION = 0.5

@@ -282,8 +282,16 @@ def has_skull(image: sitk.Image, head: sitk.Image) -> bool:
     inside = sitk.GetArrayViewFromImage(head) > 0
     if not inside.any():
         return False
-    median = _head_median(arr, inside)
-    depth = _under_surface(inside, np.asarray(head.GetSpacing(), dtype=np.float64)[::-1])
+    return _skull_in(
+        arr, inside, _head_median(arr, inside), np.asarray(head.GetSpacing(), dtype=np.float64)[::-1]
+    )
+
+
+def _skull_in(
+    arr: NDArray[Any], inside: NDArray[np.bool_], median: float, spacing_zyx: NDArray[np.float64]
+) -> bool:
+    """:func:`has_skull` of a non-empty head whose median the caller has already."""
+    depth = _under_surface(inside, spacing_zyx)
     band = inside & (depth > 2.0) & (depth <= 15.0)
     return bool(band.any() and float((arr[band] < BONE_LEVEL * median).mean()) > SKULL_DARK_SHARE)
 
@@ -319,8 +327,9 @@ def brain_mask(image: sitk.Image, head: sitk.Image) -> sitk.Image:
         raise ValueError("the head mask is empty")
     median = _head_median(arr, inside)
     bright = inside & (arr > 0.5 * median)
-    if has_skull(image, head):
-        filled = _brain_in_skull(bright, np.asarray(head.GetSpacing(), dtype=np.float64)[::-1])
+    spacing_zyx = np.asarray(head.GetSpacing(), dtype=np.float64)[::-1]
+    if _skull_in(arr, inside, median, spacing_zyx):
+        filled = _brain_in_skull(bright, spacing_zyx)
     else:
         filled = _stripped_brain(bright, head)
     out = sitk.GetImageFromArray((filled & inside).astype(np.uint8))
